@@ -1,0 +1,83 @@
+"""The error tree. Each error carries its HTTP status and a stable code; one handler renders them.
+
+    TripwireError
+    ├── ConfigError              a config file or campaign is invalid (every problem, with paths)
+    └── HTTPError                answered to a client as {"error": code, "detail": ...}
+        ├── BadRequest           400 malformed body, wrong types, missing ids
+        ├── Unauthorized         401 unknown or missing write key / admin token
+        ├── NotFound             404
+        ├── PayloadTooLarge      413 over the size limits
+        ├── UnsupportedMediaType 415
+        └── Unavailable          503 a backing service is down; carries Retry-After
+"""
+
+from __future__ import annotations
+
+
+class TripwireError(Exception):
+    """Base of every error Tripwire raises on purpose."""
+
+
+class ConfigError(TripwireError):
+    """A config is invalid; `problems` holds every `path: message`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class HTTPError(TripwireError):
+    """An error answered to an HTTP client."""
+
+    status = 500
+    code = "internal"
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class BadRequest(HTTPError):
+    """The request or a message in it is malformed."""
+
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(HTTPError):
+    """The write key or admin token is missing or unknown."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(HTTPError):
+    """No such resource."""
+
+    status = 404
+    code = "not_found"
+
+
+class PayloadTooLarge(HTTPError):
+    """A message or batch is over the size limits."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(HTTPError):
+    """The body is neither JSON nor text/plain, or has an unknown encoding."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class Unavailable(HTTPError):
+    """A backing service is down; the client should retry later."""
+
+    status = 503
+    code = "unavailable"
+
+    def __init__(self, detail: str, *, retry_after: int = 1) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
