@@ -1,0 +1,45 @@
+// Builds dist/tripwire.min.js from src/tripwire.js and enforces the size budget.
+//   node build.mjs                write dist/tripwire.min.js
+//   node build.mjs --out FILE     write FILE instead
+//   node build.mjs --check        fail when dist/tripwire.min.js differs from a fresh build
+import { readFileSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { gzipSync } from "node:zlib";
+import { transform } from "esbuild";
+
+const BUDGET = 2048; // bytes, gzip -9
+
+const here = dirname(fileURLToPath(import.meta.url));
+const { version } = JSON.parse(readFileSync(join(here, "package.json"), "utf8"));
+const dist = join(here, "dist", "tripwire.min.js");
+const args = process.argv.slice(2);
+const out = args.includes("--out") ? args[args.indexOf("--out") + 1] : dist;
+
+const { code } = await transform(readFileSync(join(here, "src", "tripwire.js"), "utf8"), {
+  minify: true,
+  target: "es2017",
+  charset: "utf8",
+  define: { VERSION: JSON.stringify(version) },
+  banner: `/*! tripwire.js ${version} */`,
+});
+const built = Buffer.from(code);
+const gzipped = gzipSync(built, { level: 9 }).length;
+console.log(`tripwire.min.js: ${built.length} bytes raw, ${gzipped} bytes gzip -9 (budget ${BUDGET})`);
+
+if (gzipped > BUDGET) {
+  console.error(`over budget by ${gzipped - BUDGET} bytes`);
+  process.exit(1);
+}
+if (args.includes("--check")) {
+  let current = Buffer.alloc(0);
+  try {
+    current = readFileSync(dist);
+  } catch {}
+  if (!current.equals(built)) {
+    console.error("dist/tripwire.min.js is stale: run `npm run build` in tag/");
+    process.exit(1);
+  }
+} else {
+  writeFileSync(out, built);
+}
