@@ -57,8 +57,15 @@ CampaignStatus = Literal["draft", "published", "paused", "archived"]
 
 _WINDOW = re.compile(r"^(all|session|previous_session|today|[1-9][0-9]{0,3}[dh])$")
 _HOURS = re.compile(r"^([01][0-9]|2[0-4]):([0-5][0-9])-([01][0-9]|2[0-4]):([0-5][0-9])$")
-Window = Annotated[str, Meta(pattern=_WINDOW.pattern)]
-Hours = Annotated[str, Meta(pattern=_HOURS.pattern)]
+
+
+class Window(str):
+    """A variable window: all, session, previous_session, today, Nd or Nh."""
+
+
+class Hours(str):
+    """A daily time range, `HH:MM-HH:MM`."""
+
 
 
 class WebhookSettings(Base):
@@ -81,7 +88,7 @@ class VariableSpec(Base):
     stat: Stat
     field: str | None = None
     where: ConditionTree | None = None
-    window: Window = "all"
+    window: Window = Window("all")
     default: Any = None
 
 
@@ -349,6 +356,16 @@ def decode_hook(type_: type, value: Any) -> Any:
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown timezone {value!r}") from None
         return TimezoneName(value)
+    if type_ is Window:
+        if not isinstance(value, str) or not _WINDOW.match(value):
+            raise ValueError(
+                f"invalid window {value!r} (use all, session, previous_session, today, Nd or Nh)"
+            )
+        return Window(value)
+    if type_ is Hours:
+        if not isinstance(value, str) or not _HOURS.match(value):
+            raise ValueError(f"invalid hours {value!r} (use HH:MM-HH:MM, e.g. 09:00-21:00)")
+        return Hours(value)
     if type_ is ConditionTree:
         problems: list[str] = []
         root = parse_condition(value, "$", problems)

@@ -1,0 +1,51 @@
+# Two commands: `make demo` runs Tripwire, `make test` passes the tests. `make bench` measures.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: demo test bench lint tag serve clean
+
+$(VENV)/.runtime: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.test: pyproject.toml $(VENV)/.runtime
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+tag/node_modules/.package-lock.json: tag/package.json tag/package-lock.json
+	cd tag && npm ci --no-audit --no-fund --loglevel=error
+
+## Run the demo: collector, request bin, dashboard and the demo shop.
+demo: $(VENV)/.runtime
+	$(VENV)/bin/tripwire demo
+
+## Run the collector with the example config.
+serve: $(VENV)/.runtime
+	$(VENV)/bin/tripwire serve --config examples/tripwire.yaml
+
+## Build the JavaScript tag (fails above its size budget).
+tag: tag/node_modules/.package-lock.json
+	cd tag && npm run build
+
+## Install what the tests need, build and check the tag, run the whole suite.
+test: $(VENV)/.test tag/node_modules/.package-lock.json
+	./scripts/system-deps.sh
+	cd tag && npm run check
+	$(VENV)/bin/ruff check collector tests benchmarks
+	$(VENV)/bin/mypy
+	$(PY) -m pytest
+
+## Run the benchmarks and print their figures and ratios.
+bench: $(VENV)/.test
+	$(PY) benchmarks/run.py
+
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check collector tests benchmarks
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) tag/node_modules .tripwire .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,94 @@
+"""The collector's ASGI application: routes, and a lifespan that owns every client and task.
+
+`create_app(settings)` wires the parts together: ingest → store (engine inside) → outbox →
+delivery. Nothing is created at import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+
+import msgspec
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from collector import __version__
+from collector.config import Settings
+from collector.errors import HTTPError, Unavailable
+from collector.events import Event
+from collector.ingest import IngestApp
+from collector.metrics import IngestMetrics, render
+from collector.runtime import Runtime
+from collector.tagfile import tag_route
+
+log = logging.getLogger("tripwire")
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the collector app for these settings."""
+    registry = CollectorRegistry(auto_describe=True)
+    metrics = IngestMetrics(registry)
+    runtime = Runtime(settings, registry, metrics)
+
+    async def accept(events: Sequence[Event], now: float) -> None:
+        await runtime.accept(events, now)
+
+    ingest = IngestApp(settings.config.write_keys, settings.config.allowed_origins, accept, metrics)
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    async def readyz(_: Request) -> Response:
+        ready = await runtime.ready()
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    async def metrics_endpoint(_: Request) -> Response:
+        return Response(render(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    routes: list[BaseRoute] = [
+        Mount("/v1", app=ingest),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint),
+        tag_route(),
+        *runtime.extra_routes(),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPError: _render_error})
+    app.state.runtime = runtime
+    return app
+
+
+async def _render_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPError)
+    headers = dict(exc.headers)
+    return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status, headers=headers)
+
+
+SETTINGS_ENV = "TRIPWIRE_SETTINGS_JSON"
+
+
+def app_from_environment() -> Starlette:
+    """App factory for uvicorn worker processes: settings arrive as JSON from the parent."""
+    from collector.schema import decode_hook
+
+    raw = os.environ[SETTINGS_ENV]
+    settings = msgspec.json.decode(raw, type=Settings, dec_hook=decode_hook)
+    return create_app(settings)
+
+
+__all__ = ["Unavailable", "app_from_environment", "create_app"]

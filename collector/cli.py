@@ -1,0 +1,133 @@
+"""The `tripwire` command: serve, worker, demo, check, replay, bin."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from collector import __version__
+from collector.config import Settings, build_settings, load_config
+from collector.errors import ConfigError
+
+UVICORN_OPTIONS: dict[str, Any] = {
+    "log_level": "warning",
+    "access_log": False,
+    "loop": "uvloop",
+    "http": "httptools",
+    "timeout_graceful_shutdown": 10,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `tripwire` command line."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result: int = args.run(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tripwire", description="Website behaviour to webhooks.")
+    parser.add_argument("--version", action="version", version=f"tripwire {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the collector")
+    _server_options(serve)
+    serve.add_argument("--workers", type=int, help="collector processes (default 1)")
+    serve.set_defaults(run=_serve)
+
+    check = commands.add_parser("check", help="validate a config file")
+    check.add_argument("config", help="tripwire.yaml or .json")
+    check.set_defaults(run=_check)
+
+    replay = commands.add_parser("replay", help="run recorded events through the engine offline")
+    replay.add_argument("events", help="Segment-spec JSON lines")
+    replay.add_argument("--config", required=True)
+    replay.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    replay.set_defaults(run=_replay)
+    return parser
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", dest="config_path", help="tripwire.yaml (or TRIPWIRE_CONFIG_PATH)")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    parser.add_argument("--store", help="memory (default) or redis://host:port/db")
+    parser.add_argument("--data-dir", dest="data_dir", help="where memory mode keeps state (default ./.tripwire)")
+
+
+def _cli_values(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    return {name: getattr(args, name, None) for name in names}
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from collector.app import SETTINGS_ENV, create_app
+
+    settings = build_settings(
+        _cli_values(args, "config_path", "host", "port", "store", "data_dir", "workers")
+    )
+    _validate_rules(settings)
+    print(f"tripwire {__version__}: collecting on http://{settings.host}:{settings.port} "
+          f"(store: {settings.store})", flush=True)
+    if settings.workers > 1:
+        os.environ[SETTINGS_ENV] = msgspec.json.encode(settings, enc_hook=_enc).decode()
+        uvicorn.run(
+            "collector.app:app_from_environment",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            **UVICORN_OPTIONS,
+        )
+    else:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **UVICORN_OPTIONS)
+    return 0
+
+
+def _enc(value: Any) -> Any:
+    from collector.schema import encode_hook
+
+    return encode_hook(value)
+
+
+def _validate_rules(settings: Settings) -> None:
+    from collector.engine import compile_rules
+
+    compile_rules(settings.config)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from collector.engine import compile_rules
+
+    config = load_config(args.config)
+    compile_rules(config)
+    print(
+        f"{args.config}: OK — {len(config.campaigns)} campaigns, {len(config.variables)} variables, "
+        f"{len(config.segments)} segments"
+    )
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from collector.replay import run_replay
+
+    config = load_config(args.config)
+    return run_replay(args.events, config, as_json=args.json, out=sys.stdout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Ingest counters, kept as plain integers on the hot path and exposed in Prometheus format.
+
+Each process owns one `CollectorRegistry` (never the global default); delivery registers its
+own metrics on the same registry, and `/metrics` renders it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+
+class IngestMetrics(Collector):
+    """Counts of requests, messages and decisions, read by Prometheus on scrape."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests: Counter[int] = Counter()  # by HTTP status
+        self.messages: Counter[str] = Counter()  # accepted, duplicate, rejected
+        self.decisions: Counter[tuple[str, str, str]] = Counter()  # campaign, outcome, reason
+        self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        registry.register(self)
+
+    def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        """Expose a value read at scrape time (profiles held, queue depth, ...)."""
+        self.gauges[name] = (help_text, read)
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the current values for a scrape."""
+        requests = CounterMetricFamily(
+            "tripwire_ingest_requests", "Ingest requests by HTTP status", labels=["status"]
+        )
+        for status, count in sorted(self.requests.items()):
+            requests.add_metric([str(status)], count)
+        yield requests
+        messages = CounterMetricFamily(
+            "tripwire_ingest_messages", "Ingested messages by result", labels=["result"]
+        )
+        for result, count in sorted(self.messages.items()):
+            messages.add_metric([result], count)
+        yield messages
+        decisions = CounterMetricFamily(
+            "tripwire_campaign_decisions",
+            "Campaign decisions by outcome and reason",
+            labels=["campaign", "outcome", "reason"],
+        )
+        for labels, count in sorted(self.decisions.items()):
+            decisions.add_metric(list(labels), count)
+        yield decisions
+        for name, (help_text, read) in self.gauges.items():
+            yield GaugeMetricFamily(name, help_text, value=read())
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The registry in Prometheus text format."""
+    return generate_latest(registry)

@@ -1,0 +1,64 @@
+"""What one collector process runs: the engine, the store, the outbox and delivery, wired.
+
+The app's lifespan calls `start` and `stop`; ingest calls `accept` for every request's events.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry
+from starlette.routing import BaseRoute
+
+from collector.admin import admin_routes
+from collector.config import Settings
+from collector.engine import Engine, compile_rules
+from collector.events import Event
+from collector.metrics import IngestMetrics
+from collector.store.base import Store
+from collector.store.memory import MemoryStore
+
+log = logging.getLogger("tripwire")
+
+
+class Runtime:
+    """The parts of a running collector and the path an accepted event takes through them."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry, metrics: IngestMetrics) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = metrics
+        self.engine = Engine(compile_rules(settings.config))
+        self.store: Store = self._make_store()
+
+    def _make_store(self) -> Store:
+        config = self.settings.config
+        if self.settings.store == "memory":
+            store = MemoryStore(lambda: self.engine, config.state, self.settings.data_dir)
+            self.metrics.gauge("tripwire_profiles", "Profiles held in memory", lambda: float(len(store)))
+            return store
+        raise ValueError(f"unsupported store {self.settings.store!r}")
+
+    async def start(self) -> None:
+        """Open the store and start delivery."""
+        await self.store.open()
+
+    async def stop(self) -> None:
+        """Stop delivery and save what must survive a restart."""
+        await self.store.close()
+
+    async def ready(self) -> bool:
+        """True when the store answers."""
+        return await self.store.ping()
+
+    async def accept(self, events: Sequence[Event], now: float) -> None:
+        """Run accepted events through the store and engine and queue their webhooks."""
+        result = await self.store.ingest(events, now)
+        self.metrics.messages["accepted"] += result.accepted
+        if result.duplicates:
+            self.metrics.messages["duplicate"] += result.duplicates
+
+    def extra_routes(self) -> list[BaseRoute]:
+        """Routes of the optional parts (admin, request bin)."""
+        return admin_routes(self.settings.admin_token, self.store)

@@ -1,0 +1,72 @@
+"""The store interface: per-user state, identities, dedupe and recent events, in memory or Redis.
+
+A store runs each accepted event through the engine against the user's state, atomically per
+user, and returns the webhooks to send. Both implementations pass `tests/test_store.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import msgspec
+
+from collector.events import Event
+from collector.webhook import WebhookRequest
+
+
+class IngestResult(msgspec.Struct):
+    """What a batch of events did: how many were new, how many were duplicates, what fires."""
+
+    accepted: int
+    duplicates: int
+    webhooks: list[WebhookRequest]
+
+
+class UserView(msgspec.Struct):
+    """A user as the admin lookup shows it."""
+
+    key: str
+    profile: dict[str, Any]
+    recent_events: list[dict[str, Any]]
+
+
+class Store(Protocol):
+    """Per-user state shared by every collector process using the same backend."""
+
+    async def open(self) -> None:
+        """Connect and load what a previous run left."""
+
+    async def close(self) -> None:
+        """Persist what must survive a restart and disconnect."""
+
+    async def ingest(self, events: Sequence[Event], now: float) -> IngestResult:
+        """Dedupe, resolve identities and run each event through the engine, in order."""
+
+    async def lookup(self, identity: str, now: float) -> UserView | None:
+        """Find a user by anonymous id, user id or key."""
+
+    async def ping(self) -> bool:
+        """True when the backend answers."""
+
+
+def event_as_message(event: Event) -> dict[str, Any]:
+    """Render an accepted event back as a Segment-style message (for lookups and streams)."""
+    message: dict[str, Any] = {
+        "type": event.type,
+        "messageId": event.message_id,
+        "anonymousId": event.anonymous_id,
+        "userId": event.user_id,
+        "properties": event.properties,
+        "traits": event.traits,
+        "context": event.context,
+        "timestamp": event.timestamp,
+        "receivedAt": event.received_at,
+    }
+    if event.type == "track":
+        message["event"] = event.name
+    if event.type in ("page", "screen") and "name" in event.properties:
+        message["name"] = event.properties["name"]
+    if event.previous_id is not None:
+        message["previousId"] = event.previous_id
+    return message
