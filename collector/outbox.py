@@ -1,0 +1,299 @@
+"""The outbox: webhooks waiting to be sent, scheduled retries, and dead letters.
+
+The `Outbox` protocol is what the dispatcher needs; `MemoryOutbox` implements it in-process and
+survives a clean restart through `<data_dir>/outbox.msgpack` (written by `close`, read and removed
+by `open`). A Redis Streams implementation maps it as: `put` = XADD; `claim` = XAUTOCLAIM of
+stale entries + XREADGROUP + due members of a retry sorted set; `ack` = XACK; `retry_at` = ZADD +
+XACK; `dead_letter` = XADD to a dead-letter stream + XACK; `add_usage` = INCRBY.
+
+    outbox = MemoryOutbox(data_dir)
+    await outbox.open()
+    await outbox.put([request, ...])            # cheap: no network, idempotent per webhook_id
+    batch = await outbox.claim(limit=100, wait=1.0)
+    await outbox.ack(batch[0])                  # or retry_at(env, due) / dead_letter(env, ...)
+    await outbox.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import msgspec
+
+from collector.webhook import WebhookRequest
+
+SNAPSHOT_NAME = "outbox.msgpack"
+
+
+class OutboxClosed(RuntimeError):
+    """Work was offered to an outbox that is closed (shutting down)."""
+
+
+class Envelope(msgspec.Struct, kw_only=True):
+    """A webhook in the outbox, with its delivery state."""
+
+    request: WebhookRequest
+    enqueued_at: float  # start of the max_age window (first put, or the replay)
+    due_at: float  # when the next attempt may start
+    attempts: int = 0  # attempts made so far
+    counted: bool = False  # already counted against the monthly quota
+    last_error: str | None = None
+    receipt: str | None = None  # backend's handle for ack (a Redis stream entry id)
+
+    @property
+    def delivery_id(self) -> str:
+        """The delivery's id: its webhook-id, stable across retries and replays."""
+        return self.request.webhook_id
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """A delivery that ended without success; replayable."""
+
+    request: WebhookRequest
+    status: str  # dead | failed | refused | paused
+    error: str | None
+    attempts: int
+    dead_at: float
+
+    @property
+    def delivery_id(self) -> str:
+        """The delivery's id (its webhook-id)."""
+        return self.request.webhook_id
+
+
+class Outbox(Protocol):
+    """Storage for pending deliveries; one implementation per store mode."""
+
+    async def open(self) -> None:
+        """Prepare for use (load what a previous run left)."""
+
+    async def close(self) -> None:
+        """Stop taking work and keep what is left for the next start."""
+
+    async def put(self, requests: Iterable[WebhookRequest]) -> None:
+        """Enqueue new webhooks, due now; a webhook_id already pending is ignored."""
+
+    async def claim(self, limit: int, wait: float) -> list[Envelope]:
+        """Take up to `limit` due envelopes, waiting up to `wait` seconds for one."""
+
+    async def ack(self, envelope: Envelope) -> None:
+        """Forget a claimed envelope: it was delivered or suppressed."""
+
+    async def retry_at(self, envelope: Envelope, due: float) -> None:
+        """Put a claimed envelope back, to be claimed again at `due`."""
+
+    async def dead_letter(self, envelope: Envelope, status: str, error: str | None) -> None:
+        """Move a claimed envelope to the dead letters."""
+
+    async def dead_letters(
+        self,
+        *,
+        campaign: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+    ) -> list[DeadLetter]:
+        """List dead letters, oldest first, by campaign and time of death."""
+
+    async def revive(self, delivery_ids: Sequence[str]) -> list[str]:
+        """Move dead letters back to pending as fresh deliveries; return the ids moved."""
+
+    async def add_usage(self, period: str, amount: int) -> int:
+        """Add to a period's delivery count and return the new total."""
+
+    def depth(self) -> int:
+        """Envelopes pending or claimed and not yet settled."""
+
+
+class _Snapshot(msgspec.Struct, kw_only=True):
+    version: int = 1
+    pending: list[Envelope] = []
+    dead: list[DeadLetter] = []
+    usage: dict[str, int] = {}
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(_Snapshot)
+
+
+class MemoryOutbox:
+    """In-process outbox: a heap keyed by due time, a claimed set, bounded dead letters."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        *,
+        dead_capacity: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._path = None if data_dir is None else Path(data_dir) / SNAPSHOT_NAME
+        self._clock = clock
+        self._dead_capacity = dead_capacity
+        self._heap: list[tuple[float, int, Envelope]] = []
+        self._seq = itertools.count()
+        self._live: dict[str, Envelope] = {}  # pending or claimed, by delivery id
+        self._claimed: dict[str, Envelope] = {}
+        self._dead: OrderedDict[str, DeadLetter] = OrderedDict()
+        self._usage: dict[str, int] = {}
+        self._wakeup = asyncio.Event()
+        self._closed = False
+
+    async def open(self) -> None:
+        """Load and remove the snapshot a previous clean stop wrote, if any."""
+        self._closed = False
+        if self._path is None or not self._path.exists():
+            return
+        snapshot = _DECODER.decode(await asyncio.to_thread(self._path.read_bytes))
+        for envelope in snapshot.pending:
+            self._push(envelope)
+        for letter in snapshot.dead:
+            self._bury(letter)
+        for period, count in snapshot.usage.items():
+            self._usage[period] = self._usage.get(period, 0) + count
+        self._path.unlink()
+
+    async def close(self) -> None:
+        """Refuse further puts and write what is pending (claimed included) to the data dir."""
+        self._closed = True
+        if self._path is None:
+            return
+        pending = [entry[2] for entry in sorted(self._heap)] + list(self._claimed.values())
+        if not (pending or self._dead or self._usage):
+            return
+        snapshot = _Snapshot(pending=pending, dead=list(self._dead.values()), usage=self._usage)
+        data = _ENCODER.encode(snapshot)
+        await asyncio.to_thread(_write_atomically, self._path, data)
+
+    async def put(self, requests: Iterable[WebhookRequest]) -> None:
+        """Enqueue new webhooks, due now; a webhook_id already pending is ignored."""
+        if self._closed:
+            raise OutboxClosed("the outbox is closed")
+        now = self._clock()
+        for request in requests:
+            if request.webhook_id not in self._live:
+                self._push(Envelope(request=request, enqueued_at=now, due_at=now))
+
+    async def claim(self, limit: int, wait: float) -> list[Envelope]:
+        """Take up to `limit` due envelopes, waiting up to `wait` seconds for one."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + wait
+        while True:
+            now = self._clock()
+            heap = self._heap
+            if heap and heap[0][0] <= now:
+                batch: list[Envelope] = []
+                while heap and heap[0][0] <= now and len(batch) < limit:
+                    envelope = heapq.heappop(heap)[2]
+                    self._claimed[envelope.delivery_id] = envelope
+                    batch.append(envelope)
+                return batch
+            timeout = give_up - loop.time()
+            if heap:
+                timeout = min(timeout, heap[0][0] - now)
+            if timeout <= 0 or limit <= 0:
+                return []
+            self._wakeup.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                pass
+
+    async def ack(self, envelope: Envelope) -> None:
+        """Forget a claimed envelope."""
+        self._release(envelope)
+
+    async def retry_at(self, envelope: Envelope, due: float) -> None:
+        """Put a claimed envelope back, due at `due`."""
+        self._release(envelope)
+        envelope.due_at = due
+        self._push(envelope)
+
+    async def dead_letter(self, envelope: Envelope, status: str, error: str | None) -> None:
+        """Move a claimed envelope to the dead letters."""
+        self._release(envelope)
+        self._bury(
+            DeadLetter(
+                request=envelope.request,
+                status=status,
+                error=error,
+                attempts=envelope.attempts,
+                dead_at=self._clock(),
+            )
+        )
+
+    async def dead_letters(
+        self,
+        *,
+        campaign: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+    ) -> list[DeadLetter]:
+        """List dead letters, oldest first, by campaign and time of death."""
+        found: list[DeadLetter] = []
+        for letter in self._dead.values():
+            if campaign is not None and letter.request.campaign_id != campaign:
+                continue
+            if since is not None and letter.dead_at < since:
+                continue
+            if until is not None and letter.dead_at > until:
+                continue
+            found.append(letter)
+            if limit is not None and len(found) >= limit:
+                break
+        return found
+
+    async def revive(self, delivery_ids: Sequence[str]) -> list[str]:
+        """Move dead letters back to pending, as new deliveries due now."""
+        now = self._clock()
+        revived: list[str] = []
+        for delivery_id in delivery_ids:
+            if delivery_id in self._live:
+                continue
+            letter = self._dead.pop(delivery_id, None)
+            if letter is None:
+                continue
+            self._push(Envelope(request=letter.request, enqueued_at=now, due_at=now, counted=True))
+            revived.append(delivery_id)
+        return revived
+
+    async def add_usage(self, period: str, amount: int) -> int:
+        """Add to a period's delivery count and return the new total."""
+        total = self._usage.get(period, 0) + amount
+        self._usage = {period: total}  # older periods are of no further use
+        return total
+
+    def depth(self) -> int:
+        """Envelopes pending or claimed and not yet settled."""
+        return len(self._live)
+
+    def _push(self, envelope: Envelope) -> None:
+        self._live[envelope.delivery_id] = envelope
+        heapq.heappush(self._heap, (envelope.due_at, next(self._seq), envelope))
+        self._wakeup.set()
+
+    def _release(self, envelope: Envelope) -> None:
+        self._claimed.pop(envelope.delivery_id, None)
+        self._live.pop(envelope.delivery_id, None)
+
+    def _bury(self, letter: DeadLetter) -> None:
+        self._dead.pop(letter.delivery_id, None)
+        self._dead[letter.delivery_id] = letter
+        while len(self._dead) > self._dead_capacity:
+            self._dead.popitem(last=False)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
