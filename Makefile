@@ -33,7 +33,7 @@ tag: tag/node_modules/.package-lock.json
 
 ## Install what the tests need, build and check the tag, run the whole suite.
 test: $(VENV)/.test tag/node_modules/.package-lock.json
-	./scripts/system-deps.sh
+	./scripts/system-deps.sh redis-server chromium
 	cd tag && npm run check
 	$(VENV)/bin/ruff check collector tests benchmarks
 	$(VENV)/bin/mypy
@@ -41,6 +41,7 @@ test: $(VENV)/.test tag/node_modules/.package-lock.json
 
 ## Run the benchmarks and print their figures and ratios.
 bench: $(VENV)/.test
+	./scripts/system-deps.sh wrk redis-server
 	$(PY) benchmarks/run.py
 
 lint: $(VENV)/.test

@@ -6,6 +6,7 @@ The app's lifespan calls `start` and `stop`; ingest calls `accept` for every req
 from __future__ import annotations
 
 import logging
+from zoneinfo import ZoneInfo
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry
@@ -13,9 +14,12 @@ from starlette.routing import BaseRoute
 
 from collector.admin import admin_routes
 from collector.config import Settings
+from collector.delivery import Dispatcher
+from collector.deliverylog import DeliveryLog
 from collector.engine import Engine, compile_rules
 from collector.events import Event
 from collector.metrics import IngestMetrics
+from collector.outbox import MemoryOutbox, Outbox
 from collector.store.base import Store
 from collector.store.memory import MemoryStore
 
@@ -31,6 +35,15 @@ class Runtime:
         self.metrics = metrics
         self.engine = Engine(compile_rules(settings.config))
         self.store: Store = self._make_store()
+        self.outbox: Outbox = MemoryOutbox(settings.data_dir)
+        self.delivery_log = DeliveryLog()
+        self.dispatcher = Dispatcher(
+            self.outbox,
+            settings.config.webhooks,
+            self.delivery_log,
+            registry,
+            timezone=ZoneInfo(settings.config.timezone),
+        )
 
     def _make_store(self) -> Store:
         config = self.settings.config
@@ -43,9 +56,17 @@ class Runtime:
     async def start(self) -> None:
         """Open the store and start delivery."""
         await self.store.open()
+        if self.settings.deliver_in_process:
+            await self.dispatcher.start()
+        else:
+            await self.outbox.open()
 
     async def stop(self) -> None:
         """Stop delivery and save what must survive a restart."""
+        if self.settings.deliver_in_process:
+            await self.dispatcher.stop(grace=5.0)
+        else:
+            await self.outbox.close()
         await self.store.close()
 
     async def ready(self) -> bool:
@@ -58,6 +79,8 @@ class Runtime:
         self.metrics.messages["accepted"] += result.accepted
         if result.duplicates:
             self.metrics.messages["duplicate"] += result.duplicates
+        if result.webhooks:
+            await self.outbox.put(result.webhooks)
 
     def extra_routes(self) -> list[BaseRoute]:
         """Routes of the optional parts (admin, request bin)."""

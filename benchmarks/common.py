@@ -1,0 +1,122 @@
+"""Shared helpers for the benchmarks: free ports, processes, waiting, wrk and its output."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+UVICORN_FLAGS = ["--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log"]
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 20.0) -> None:
+    """Wait until `url` answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.TransportError):
+            httpx.get(url, timeout=1.0, trust_env=False)
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def pinned(cores: str) -> list[str]:
+    """A `taskset` prefix pinning a process to some cores, when taskset exists."""
+    return ["taskset", "-c", cores] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
+
+
+@contextlib.contextmanager
+def process(command: Sequence[str], ready_url: str, env: dict[str, str] | None = None) -> Iterator[None]:
+    """Run a server process until the block ends."""
+    proc = subprocess.Popen(list(command), cwd=ROOT, env={**os.environ, **(env or {})})
+    try:
+        wait_http(ready_url)
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextlib.contextmanager
+def bare_app(port: int, cores: str = "0") -> Iterator[str]:
+    """The baseline ASGI app on uvicorn with the collector's settings."""
+    command = [*pinned(cores), sys.executable, "-m", "uvicorn", "benchmarks.bare_app:app",
+               "--port", str(port), *UVICORN_FLAGS]
+    with process(command, f"http://127.0.0.1:{port}/"):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def tripwire(config: dict[str, Any], port: int, cores: str = "0", args: Sequence[str] = ()) -> Iterator[str]:
+    """`tripwire serve` with this config."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tripwire.json"
+        path.write_text(json.dumps(config))
+        command = [*pinned(cores), sys.executable, "-m", "collector.cli", "serve", "--config", str(path),
+                   "--port", str(port), "--data-dir", str(Path(tmp) / "data"), *args]
+        with process(command, f"http://127.0.0.1:{port}/healthz"):
+            yield f"http://127.0.0.1:{port}"
+
+
+WRK_SCRIPT = r"""
+local counter = 0
+local batch = tonumber(os.getenv("BATCH") or "1")
+local users = tonumber(os.getenv("USERS") or "10000")
+local thread_id = 0
+setup = function(thread) thread_id = thread_id + 1; thread:set("tid", thread_id) end
+request = function()
+  local parts = {}
+  for i = 1, batch do
+    counter = counter + 1
+    local user = math.random(users)
+    parts[i] = string.format(
+      '{"type":"page","messageId":"m-%s-%d","anonymousId":"visitor-%d",' ..
+      '"context":{"page":{"path":"/products/%d","url":"https://shop.example/products/%d","title":"Product"}}}',
+      tostring(tid), counter, user, counter %% 50, counter %% 50)
+  end
+  local body = '{"writeKey":"bench-key","batch":[' .. table.concat(parts, ",") .. ']}'
+  return wrk.format("POST", "/v1/batch", {["Content-Type"] = "text/plain"}, body)
+end
+"""
+
+
+def wrk(url: str, *, batch: int = 1, seconds: int = 5, connections: int = 32, cores: str = "1") -> float:
+    """Requests per second that wrk reaches against `url`'s ingest endpoint."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT.replace("%%", "%"))
+    result = subprocess.run(
+        [*pinned(cores), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script.name, url],
+        capture_output=True, text=True, env={**os.environ, "BATCH": str(batch)}, check=True,
+    )
+    os.unlink(script.name)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", result.stdout)
+    if errors:
+        raise RuntimeError(f"{errors.group(1)} failed requests:\n{result.stdout}")
+    match = re.search(r"Requests/sec:\s+([0-9.]+)", result.stdout)
+    if not match:
+        raise RuntimeError(result.stdout + result.stderr)
+    return float(match.group(1))
