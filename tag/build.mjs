@@ -2,19 +2,20 @@
 //   node build.mjs                write dist/tripwire.min.js
 //   node build.mjs --out FILE     write FILE instead
 //   node build.mjs --check        fail when dist/tripwire.min.js differs from a fresh build
+//   node build.mjs --budget N     use another budget (to see the build fail)
 import { readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { gzipSync } from "node:zlib";
 import { transform } from "esbuild";
 
-const BUDGET = 2048; // bytes, gzip -9
-
 const here = dirname(fileURLToPath(import.meta.url));
 const { version } = JSON.parse(readFileSync(join(here, "package.json"), "utf8"));
 const dist = join(here, "dist", "tripwire.min.js");
 const args = process.argv.slice(2);
-const out = args.includes("--out") ? args[args.indexOf("--out") + 1] : dist;
+const option = (name, fallback) => (args.includes(name) ? args[args.indexOf(name) + 1] : fallback);
+const out = option("--out", dist);
+const BUDGET = Number(option("--budget", 2048)); // bytes, gzip -9
 
 const { code } = await transform(readFileSync(join(here, "src", "tripwire.js"), "utf8"), {
   minify: true,

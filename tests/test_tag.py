@@ -1,0 +1,517 @@
+"""The JS tag in Chromium against a real collector, with the pages served from another origin.
+
+Pages under tests/tag_pages/ carry the snippet as a site owner pastes it; the page server fills
+in the collector's URL and the write key. What arrived is read back from the collector's admin API.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+
+from tests.support.ports import free_port
+from tests.support.server import Tripwire, run_tripwire, wait_until
+
+PAGES = Path(__file__).resolve().parent / "tag_pages"
+TAG_DIR = Path(__file__).resolve().parent.parent / "tag"
+DIST = TAG_DIR / "dist" / "tripwire.min.js"
+BUDGET = 2048  # bytes, gzip -9
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-gpu",
+    "--disable-component-update",
+    "--no-first-run",
+]
+WRITE_KEY = "tag-test-write-key"
+CONFIG: dict[str, Any] = {"write_keys": [WRITE_KEY]}
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+ISO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+VERSION = json.loads((TAG_DIR / "package.json").read_text())["version"]
+
+Event = dict[str, Any]
+
+
+# -- the page server: another origin than the collector's -------------------------------------
+
+
+class _PageHandler(http.server.BaseHTTPRequestHandler):
+    server: _PageServer
+
+    def do_GET(self) -> None:
+        name = self.path.split("?", 1)[0].lstrip("/") or "index.html"
+        page = PAGES / name
+        if not (name.endswith(".html") and page.is_file()):
+            page = PAGES / "index.html"  # client-side routes fall back to the app shell
+        body = (
+            page.read_text()
+            .replace("{{COLLECTOR}}", self.server.collector_url)
+            .replace("{{WRITE_KEY}}", self.server.write_key)
+            .encode()
+        )
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _PageServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, collector_url: str, write_key: str) -> None:
+        super().__init__(("127.0.0.1", 0), _PageHandler)
+        self.collector_url = collector_url
+        self.write_key = write_key
+
+
+@contextmanager
+def serve_pages(collector_url: str, write_key: str = WRITE_KEY) -> Iterator[str]:
+    """Serve tests/tag_pages on 127.0.0.1, pointing at the collector by its `localhost` name."""
+    server = _PageServer(collector_url.replace("127.0.0.1", "localhost"), write_key)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture(scope="module")
+def collector() -> Iterator[Tripwire]:
+    with run_tripwire(CONFIG) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def site(collector: Tripwire) -> Iterator[str]:
+    with serve_pages(collector.url) as url:
+        yield url
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    context = browser.new_context(locale="ja-JP", timezone_id="Asia/Tokyo")
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def page(context: BrowserContext) -> Page:
+    return context.new_page()
+
+
+@pytest.fixture
+def page_errors(page: Page) -> list[str]:
+    """Uncaught errors on the page: the tag must never throw into it."""
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return errors
+
+
+def events_of(collector: Tripwire, user: str) -> list[Event]:
+    """The events the collector accepted for a visitor or user, oldest first."""
+    found = collector.user(user)
+    return list(found["recent_events"]) if found else []
+
+
+def wait_for_events(
+    collector: Tripwire, user: str, count: int, timeout: float = 10.0
+) -> list[Event]:
+    """Wait until the collector holds at least `count` events for `user`."""
+    events: list[Event] = wait_until(
+        lambda: (events := events_of(collector, user)) and len(events) >= count and events,
+        timeout=timeout,
+        message=f"{count} events for {user}",
+    )
+    return events
+
+
+def anonymous_id(context: BrowserContext) -> str:
+    """The visitor id the tag keeps in its first-party cookie."""
+    visitor: str = wait_until(
+        lambda: next((c["value"] for c in context.cookies() if c["name"] == "tw_aid"), None),
+        message="the tw_aid cookie",
+    )
+    return visitor
+
+
+def stored_queue(page: Page) -> list[Event]:
+    """The unsent messages the tag keeps in localStorage."""
+    return json.loads(page.evaluate("localStorage.getItem('tw_q') || '[]'"))
+
+
+def summary(events: list[Event]) -> list[tuple[str, str | None]]:
+    return [
+        (
+            e["type"],
+            e.get("event") or (e["context"]["page"]["path"] if e["type"] == "page" else None),
+        )
+        for e in events
+    ]
+
+
+# -- behaviour --------------------------------------------------------------------------------
+
+
+def test_page_track_identify_and_navigation_arrive_in_order(
+    collector: Tripwire, site: str, context: BrowserContext, page: Page, page_errors: list[str]
+) -> None:
+    utm = "utm_source=news&utm_medium=email&utm_campaign=spring&utm_term=shoes&utm_content=banner"
+    batches: list[dict[str, Any]] = []
+    page.on(
+        "request",
+        lambda r: (
+            r.url.endswith("/v1/batch")
+            and batches.append(
+                {"body": json.loads(r.post_data or "{}"), "type": r.headers.get("content-type")}
+            )
+        ),
+    )
+    page.goto(f"{site}/index.html?{utm}", referer="https://search.example/?q=shop")
+    visitor = anonymous_id(context)
+    wait_for_events(collector, visitor, 1)
+    page.evaluate("tripwire('track', 'Added to Cart', {sku: 'A-1', price: 9.5})")
+    page.evaluate("tripwire('identify', 'user-42', {plan: 'pro', email: 'a@example.com'})")
+    page.click("text=Pricing")  # client-side navigation: pushState
+    page.evaluate("history.replaceState({}, '', location.href)")  # same URL: no page view
+    page.go_back()  # popstate back to the first URL
+    page.click("text=Cart")
+    events = wait_for_events(collector, visitor, 6)
+
+    assert summary(events) == [
+        ("page", "/index.html"),
+        ("track", "Added to Cart"),
+        ("identify", None),
+        ("page", "/pricing"),
+        ("page", "/index.html"),
+        ("page", "/cart"),
+    ]
+    first, track, identify, pricing, back, cart = events
+    assert len({e["messageId"] for e in events}) == 6
+    for event in events:
+        assert UUID.match(event["messageId"])
+        assert event["anonymousId"] == visitor
+        assert ISO_TIME.match(event["timestamp"]) or event["timestamp"]
+        context_ = event["context"]
+        assert context_["library"] == {"name": "tripwire.js", "version": VERSION}
+        assert context_["locale"] == "ja-JP"
+        assert context_["timezone"] == "Asia/Tokyo"
+    assert "userId" not in first and "userId" not in track
+    assert [e["userId"] for e in (identify, pricing, back, cart)] == ["user-42"] * 4
+
+    assert first["name"] == "Shop home"
+    assert first["context"]["page"] == {
+        "path": "/index.html",
+        "url": f"{site}/index.html?{utm}",
+        "title": "Shop home",
+        "referrer": "https://search.example/?q=shop",
+        "search": f"?{utm}",
+    }
+    assert first["context"]["campaign"] == {
+        "source": "news",
+        "medium": "email",
+        "name": "spring",
+        "term": "shoes",
+        "content": "banner",
+    }
+    assert track["properties"] == {"sku": "A-1", "price": 9.5}
+    assert identify["traits"] == {"plan": "pro", "email": "a@example.com"}
+    assert pricing["context"]["page"]["url"] == f"{site}/pricing"
+    assert pricing["context"]["page"]["title"] == "Pricing"
+    assert pricing["context"]["page"]["referrer"] == f"{site}/index.html?{utm}"
+    assert "campaign" not in pricing["context"]
+    assert back["context"]["page"]["referrer"] == f"{site}/pricing"
+    assert cart["context"]["page"]["path"] == "/cart"
+
+    # On the wire: text/plain (no CORS preflight), the write key, and sentAt set per batch.
+    assert batches and all(b["type"].startswith("text/plain") for b in batches)
+    for batch in batches:
+        assert batch["body"]["writeKey"] == WRITE_KEY
+        assert ISO_TIME.match(batch["body"]["sentAt"])
+        assert 1 <= len(batch["body"]["batch"]) <= 20
+    assert page_errors == []
+
+
+def test_calls_made_before_the_tag_loads_are_sent_in_order_under_a_renamed_global(
+    collector: Tripwire, site: str, context: BrowserContext, page: Page
+) -> None:
+    page.goto(f"{site}/renamed.html")
+    visitor = anonymous_id(context)
+    events = wait_for_events(collector, visitor, 5)
+    assert summary(events) == [
+        ("page", "/renamed.html"),
+        ("track", "Early Bird"),
+        ("identify", None),
+        ("track", "Early Bird"),
+        ("page", "/renamed.html"),
+    ]
+    assert [e["properties"] for e in events if e["type"] == "track"] == [{"rank": 1}, {"rank": 2}]
+    assert events[2]["userId"] == "early-user" and events[2]["traits"] == {"plan": "free"}
+    assert events[4]["properties"] == {"section": "intro"} and events[4]["userId"] == "early-user"
+    # The stub's queue is gone, the renamed global is the tag, and the default name is unused.
+    assert page.evaluate("typeof tw === 'function' && !tw.q && typeof tripwire === 'undefined'")
+
+
+def test_closing_the_tab_right_after_a_track_still_delivers_it(
+    collector: Tripwire, site: str, context: BrowserContext, page: Page
+) -> None:
+    page.goto(f"{site}/index.html")
+    visitor = anonymous_id(context)
+    wait_for_events(collector, visitor, 1)
+    page.evaluate("tripwire('track', 'Left Quickly', {step: 3})")
+    page.close()  # well within the one-second batching window
+    events = wait_for_events(collector, visitor, 2)
+    assert summary(events) == [("page", "/index.html"), ("track", "Left Quickly")]
+    assert events[1]["properties"] == {"step": 3}
+
+
+def test_many_events_go_in_batches_of_at_most_twenty_in_order(
+    collector: Tripwire, site: str, context: BrowserContext, page: Page
+) -> None:
+    sizes: list[int] = []
+    page.on(
+        "request",
+        lambda r: (
+            r.url.endswith("/v1/batch")
+            and sizes.append(len(json.loads(r.post_data or "{}")["batch"]))
+        ),
+    )
+    page.goto(f"{site}/index.html")
+    visitor = anonymous_id(context)
+    page.evaluate("for (var i = 0; i < 30; i++) tripwire('track', 'Scrolled', {n: i})")
+    events = wait_for_events(collector, visitor, 31)
+    assert [e["properties"]["n"] for e in events if e["type"] == "track"] == list(range(30))
+    wait_until(lambda: stored_queue(page) == [], message="the stored queue to empty")
+    assert max(sizes) == 20 and sum(sizes) >= 31  # request events are seen by now
+
+
+def test_opt_out_sends_nothing_and_is_remembered(
+    collector: Tripwire, site: str, context: BrowserContext, page: Page
+) -> None:
+    page.goto(f"{site}/index.html")
+    visitor = anonymous_id(context)
+    wait_for_events(collector, visitor, 1)
+    page.evaluate("tripwire('optOut'); tripwire('track', 'Hidden')")
+    assert stored_queue(page) == []
+    page.reload()  # no page view: the opt-out is stored
+    page.evaluate("tripwire('track', 'Hidden')")
+    page.click("text=Pricing")
+    assert stored_queue(page) == []
+    page.evaluate("tripwire('optIn'); tripwire('track', 'Visible')")
+    events = wait_for_events(collector, visitor, 2)
+    assert summary(events) == [("page", "/index.html"), ("track", "Visible")]
+
+
+def test_global_privacy_control_is_honoured_when_configured(
+    collector: Tripwire, site: str, browser: Browser
+) -> None:
+    signalled = browser.new_context()
+    signalled.add_init_script(
+        "Object.defineProperty(navigator, 'globalPrivacyControl', {value: true})"
+    )
+    try:
+        page = signalled.new_page()
+        page.goto(f"{site}/gpc.html")
+        page.evaluate("tripwire('track', 'Hidden')")
+        visitor = anonymous_id(signalled)
+        assert stored_queue(page) == []
+        page.goto(f"{site}/index.html")  # this page's init does not ask for GPC
+        events = wait_for_events(collector, visitor, 1)
+        assert summary(events) == [("page", "/index.html")]
+    finally:
+        signalled.close()
+
+
+def test_visitor_id_survives_a_reload_and_reset_makes_a_new_one(
+    collector: Tripwire, site: str, context: BrowserContext, page: Page
+) -> None:
+    page.goto(f"{site}/index.html")
+    visitor = anonymous_id(context)
+    cookie = next(c for c in context.cookies() if c["name"] == "tw_aid")
+    assert cookie["sameSite"] == "Lax" and cookie["path"] == "/"
+    assert 395 * 86400 < cookie["expires"] - time.time() < 405 * 86400
+    assert page.evaluate("localStorage.getItem('tw_aid')") == visitor
+
+    page.evaluate("tripwire('identify', 'user-7')")
+    page.reload()
+    assert anonymous_id(context) == visitor
+    events = wait_for_events(collector, visitor, 3)
+    assert [(e["type"], e["anonymousId"], e.get("userId")) for e in events] == [
+        ("page", visitor, None),
+        ("identify", visitor, "user-7"),
+        ("page", visitor, "user-7"),  # the user id is kept across the reload
+    ]
+
+    page.evaluate("tripwire('reset'); tripwire('track', 'After Reset')")
+    fresh = wait_until(
+        lambda: (value := anonymous_id(context)) != visitor and value, message="a new visitor id"
+    )
+    assert UUID.match(fresh)
+    after = wait_for_events(collector, fresh, 1)
+    assert summary(after) == [("track", "After Reset")]
+    assert "userId" not in after[0]
+    page.reload()
+    assert anonymous_id(context) == fresh
+
+
+def test_storage_and_cookies_blocked_the_tag_still_sends_and_never_throws(
+    collector: Tripwire, site: str, browser: Browser
+) -> None:
+    blocked = browser.new_context()
+    blocked.add_init_script(
+        """
+        (function () {
+          function refuse() { throw new DOMException('blocked', 'SecurityError'); }
+          Object.defineProperty(window, 'localStorage', {get: refuse});
+          Object.defineProperty(Document.prototype, 'cookie', {get: refuse, set: refuse});
+        })();
+        """
+    )
+    try:
+        page = blocked.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{site}/index.html")
+        page.evaluate("tripwire('identify', 'blocked-user'); tripwire('track', 'Still Counted')")
+        page.click("text=Pricing")
+        events = wait_for_events(collector, "blocked-user", 3)
+        assert summary(events) == [
+            ("identify", None),
+            ("track", "Still Counted"),
+            ("page", "/pricing"),
+        ]
+        page.evaluate("tripwire('optOut'); tripwire('track', 'Hidden'); tripwire('optIn')")
+        page.evaluate("tripwire('reset'); tripwire('track', 'After Reset')")
+        page.reload()
+        assert errors == []
+    finally:
+        blocked.close()
+
+
+def test_unknown_write_key_drops_the_batch_instead_of_retrying(
+    collector: Tripwire, context: BrowserContext, page: Page
+) -> None:
+    with serve_pages(collector.url, write_key="not-a-key") as site:
+        with page.expect_response(lambda r: r.url.endswith("/v1/batch")) as answer:
+            page.goto(f"{site}/index.html")
+        assert answer.value.status == 401
+        wait_until(lambda: stored_queue(page) == [], message="the rejected batch to be dropped")
+
+
+def test_events_wait_in_local_storage_while_the_collector_is_down(
+    context: BrowserContext, page: Page
+) -> None:
+    port = free_port()
+    with serve_pages(f"http://127.0.0.1:{port}") as site:
+        with run_tripwire(CONFIG, port=port) as collector:
+            page.goto(f"{site}/index.html")
+            visitor = anonymous_id(context)
+            wait_for_events(collector, visitor, 1)
+        # The collector is down from here on.
+        with page.expect_event("requestfailed", lambda r: r.url.endswith("/v1/batch")):
+            page.evaluate("tripwire('track', 'Offline Click', {n: 1})")
+        assert [m.get("event") for m in stored_queue(page)] == ["Offline Click"]
+        page.reload()  # the tag comes from the browser cache; the queue from localStorage
+        page.evaluate("tripwire('track', 'Offline Click', {n: 2})")
+        assert [m.get("event") for m in stored_queue(page)] == [
+            "Offline Click",
+            None,  # the page view of the reload
+            "Offline Click",
+        ]
+        with run_tripwire(CONFIG, port=port) as collector:
+            wait_until(
+                lambda: (
+                    summary(events := events_of(collector, visitor))[-3:]
+                    == [
+                        ("track", "Offline Click"),
+                        ("page", "/index.html"),
+                        ("track", "Offline Click"),
+                    ]
+                    and events
+                ),
+                timeout=20,
+                message="the stored events to arrive",
+            )
+            events = events_of(collector, visitor)
+            assert [e["properties"].get("n") for e in events[-3:]] == [1, None, 2]
+            wait_until(lambda: stored_queue(page) == [], message="the stored queue to empty")
+
+
+# -- the build --------------------------------------------------------------------------------
+
+
+def build_into(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Run the tag's build with its locked esbuild, installing it first when needed."""
+    node = shutil.which("node")
+    assert node, "Node.js is needed to check the tag build"
+    if not (TAG_DIR / "node_modules" / "esbuild").is_dir():
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"], cwd=TAG_DIR, check=True, capture_output=True
+        )
+    return subprocess.run(
+        [node, "build.mjs", "--out", str(out), *extra],
+        cwd=TAG_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_committed_build_is_fresh(tmp_path: Path) -> None:
+    fresh = tmp_path / "tripwire.min.js"
+    result = build_into(fresh)
+    assert result.returncode == 0, result.stderr
+    assert fresh.read_bytes() == DIST.read_bytes(), (
+        "tag/dist/tripwire.min.js is stale against tag/src: run `npm run build` in tag/"
+    )
+
+
+def test_committed_build_is_within_the_size_budget() -> None:
+    gzipped = subprocess.run(
+        ["gzip", "-9"], input=DIST.read_bytes(), capture_output=True, check=True
+    )
+    size = len(gzipped.stdout)
+    assert size <= BUDGET, f"tag is {size} bytes gzipped; the budget is {BUDGET}"
+
+
+def test_build_fails_over_its_budget(tmp_path: Path) -> None:
+    out = tmp_path / "tripwire.min.js"
+    result = build_into(out, "--budget", "1000")
+    assert result.returncode != 0
+    assert "over budget" in result.stderr
+    assert not out.exists()
