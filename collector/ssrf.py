@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 Address = IPv4Address | IPv6Address
@@ -164,7 +164,8 @@ class Policy:
             raise TargetRefused(host, str(address), reason)
 
 
-async def _system_lookup(host: str) -> list[str]:
+async def system_lookup(host: str) -> list[str]:
+    """Resolve a host name with the system resolver (getaddrinfo), returning address strings."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     return [str(info[4][0]) for info in infos]
@@ -186,8 +187,10 @@ class Guard:
         ttl: float = 10.0,
         max_entries: int = 4096,
         clock: Callable[[], float] = time.monotonic,
+        lookup: Callable[[str], Awaitable[list[str]]] = system_lookup,
     ) -> None:
         self.policy = policy
+        self._lookup = lookup
         self._ttl = ttl
         self._max_entries = max_entries
         self._clock = clock
@@ -228,8 +231,8 @@ class Guard:
         else:
             return (literal,)
         try:
-            raw = await _system_lookup(host)
-        except (socket.gaierror, UnicodeError) as exc:
+            raw = await self._lookup(host)
+        except (OSError, UnicodeError) as exc:
             raise ResolutionFailed(f"cannot resolve {host}: {exc}") from exc
         addresses: list[Address] = []
         for text in raw:
