@@ -15,30 +15,67 @@ from benchmarks.common import bare_app, free_port, tripwire, wrk
 def pipeline_config(sink_url: str) -> dict[str, Any]:
     """20 published campaigns and 10 variables, like a busy real site."""
     variables: dict[str, Any] = {
-        "viewed_path": {"event": "page", "field": "context.page.path", "stat": "latest", "window": "session"},
+        "viewed_path": {
+            "event": "page",
+            "field": "context.page.path",
+            "stat": "latest",
+            "window": "session",
+        },
         "page_views": {"event": "page", "stat": "count", "window": "all"},
         "views_7d": {"event": "page", "stat": "count", "window": "7d"},
         "views_today": {"event": "page", "stat": "count", "window": "today"},
         "session_views": {"event": "page", "stat": "count", "window": "session"},
-        "first_path": {"event": "page", "field": "context.page.path", "stat": "first", "window": "all"},
-        "distinct_paths": {"event": "page", "field": "context.page.path", "stat": "distinct_count", "window": "28d"},
+        "first_path": {
+            "event": "page",
+            "field": "context.page.path",
+            "stat": "first",
+            "window": "all",
+        },
+        "distinct_paths": {
+            "event": "page",
+            "field": "context.page.path",
+            "stat": "distinct_count",
+            "window": "28d",
+        },
         "last_seen_at": {"event": "page", "stat": "last_at", "window": "all"},
-        "cart_views": {"event": "page", "where": {"context": "page.path", "starts_with": "/cart"},
-                       "stat": "count", "window": "session"},
-        "spent": {"event": "Order Completed", "field": "properties.revenue", "stat": "sum", "default": 0},
+        "cart_views": {
+            "event": "page",
+            "where": {"context": "page.path", "starts_with": "/cart"},
+            "stat": "count",
+            "window": "session",
+        },
+        "spent": {
+            "event": "Order Completed",
+            "field": "properties.revenue",
+            "stat": "sum",
+            "default": 0,
+        },
     }
     campaigns = []
     for i in range(20):
-        campaigns.append({
-            "id": f"campaign-{i}",
-            "status": "published",
-            "trigger": {"event": "page", "where": {"context": "page.path", "eq": f"/products/{i}"}},
-            "target": {"users": "all", "segments": ["engaged"]},
-            "frequency": {"per": "user", "max_total": 1},
-            "action": {"webhook": {"url": f"{sink_url}/hook/{i}", "method": "POST",
-                                   "body": {"user": "#{visitor_id}", "path": "#{viewed_path}",
-                                            "views": "#{page_views}"}}},
-        })
+        campaigns.append(
+            {
+                "id": f"campaign-{i}",
+                "status": "published",
+                "trigger": {
+                    "event": "page",
+                    "where": {"context": "page.path", "eq": f"/products/{i}"},
+                },
+                "target": {"users": "all", "segments": ["engaged"]},
+                "frequency": {"per": "user", "max_total": 1},
+                "action": {
+                    "webhook": {
+                        "url": f"{sink_url}/hook/{i}",
+                        "method": "POST",
+                        "body": {
+                            "user": "#{visitor_id}",
+                            "path": "#{viewed_path}",
+                            "views": "#{page_views}",
+                        },
+                    }
+                },
+            }
+        )
     return {
         "write_keys": ["bench-key"],
         "webhooks": {"allow_private_networks": True},
@@ -56,15 +93,22 @@ def main() -> None:
     with bare_app(free_port()) as bare:
         wrk(bare + "/v1/batch", seconds=1)  # warm up
         baseline = wrk(bare + "/v1/batch", seconds=args.seconds)
-    with bare_app(free_port(), cores="1") as sink, tripwire(pipeline_config(sink), free_port()) as url:
+    with (
+        bare_app(free_port(), cores="1") as sink,
+        tripwire(pipeline_config(sink), free_port()) as url,
+    ):
         wrk(url + "/v1/batch", seconds=1)
         single = wrk(url + "/v1/batch", seconds=args.seconds)
         batched = wrk(url + "/v1/batch", seconds=args.seconds, batch=20) * 20
     print(f"bare ASGI app (reads body, 204):        {baseline:10,.0f} requests/s")
-    print(f"tripwire, 1-message requests:           {single:10,.0f} requests/s   "
-          f"ratio {single / baseline:.2f} (target ≥ 0.60)")
-    print(f"tripwire, 20-message batches:           {batched:10,.0f} messages/s   "
-          f"ratio {batched / baseline:.2f} (target ≥ 2.50)")
+    print(
+        f"tripwire, 1-message requests:           {single:10,.0f} requests/s   "
+        f"ratio {single / baseline:.2f} (target ≥ 0.60)"
+    )
+    print(
+        f"tripwire, 20-message batches:           {batched:10,.0f} messages/s   "
+        f"ratio {batched / baseline:.2f} (target ≥ 2.50)"
+    )
 
 
 if __name__ == "__main__":

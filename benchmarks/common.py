@@ -20,7 +20,15 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-UVICORN_FLAGS = ["--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log"]
+UVICORN_FLAGS = [
+    "--loop",
+    "uvloop",
+    "--http",
+    "httptools",
+    "--log-level",
+    "warning",
+    "--no-access-log",
+]
 
 
 def free_port() -> int:
@@ -47,7 +55,9 @@ def pinned(cores: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def process(command: Sequence[str], ready_url: str, env: dict[str, str] | None = None) -> Iterator[None]:
+def process(
+    command: Sequence[str], ready_url: str, env: dict[str, str] | None = None
+) -> Iterator[None]:
     """Run a server process until the block ends."""
     proc = subprocess.Popen(list(command), cwd=ROOT, env={**os.environ, **(env or {})})
     try:
@@ -64,20 +74,42 @@ def process(command: Sequence[str], ready_url: str, env: dict[str, str] | None =
 @contextlib.contextmanager
 def bare_app(port: int, cores: str = "0") -> Iterator[str]:
     """The baseline ASGI app on uvicorn with the collector's settings."""
-    command = [*pinned(cores), sys.executable, "-m", "uvicorn", "benchmarks.bare_app:app",
-               "--port", str(port), *UVICORN_FLAGS]
+    command = [
+        *pinned(cores),
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "benchmarks.bare_app:app",
+        "--port",
+        str(port),
+        *UVICORN_FLAGS,
+    ]
     with process(command, f"http://127.0.0.1:{port}/"):
         yield f"http://127.0.0.1:{port}"
 
 
 @contextlib.contextmanager
-def tripwire(config: dict[str, Any], port: int, cores: str = "0", args: Sequence[str] = ()) -> Iterator[str]:
+def tripwire(
+    config: dict[str, Any], port: int, cores: str = "0", args: Sequence[str] = ()
+) -> Iterator[str]:
     """`tripwire serve` with this config."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "tripwire.json"
         path.write_text(json.dumps(config))
-        command = [*pinned(cores), sys.executable, "-m", "collector.cli", "serve", "--config", str(path),
-                   "--port", str(port), "--data-dir", str(Path(tmp) / "data"), *args]
+        command = [
+            *pinned(cores),
+            sys.executable,
+            "-m",
+            "collector.cli",
+            "serve",
+            "--config",
+            str(path),
+            "--port",
+            str(port),
+            "--data-dir",
+            str(Path(tmp) / "data"),
+            *args,
+        ]
         with process(command, f"http://127.0.0.1:{port}/healthz"):
             yield f"http://127.0.0.1:{port}"
 
@@ -104,13 +136,18 @@ end
 """
 
 
-def wrk(url: str, *, batch: int = 1, seconds: int = 5, connections: int = 32, cores: str = "1") -> float:
+def wrk(
+    url: str, *, batch: int = 1, seconds: int = 5, connections: int = 32, cores: str = "1"
+) -> float:
     """Requests per second that wrk reaches against `url`'s ingest endpoint."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_SCRIPT.replace("%%", "%"))
     result = subprocess.run(
         [*pinned(cores), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script.name, url],
-        capture_output=True, text=True, env={**os.environ, "BATCH": str(batch)}, check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BATCH": str(batch)},
+        check=True,
     )
     os.unlink(script.name)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", result.stdout)

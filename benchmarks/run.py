@@ -14,7 +14,9 @@ def main() -> int:
     failed = 0
     for script in sorted(HERE.glob("bench_*.py")):
         print(f"\n== {script.stem} ==", flush=True)
-        result = subprocess.run([sys.executable, "-m", f"benchmarks.{script.stem}"], cwd=HERE.parent)
+        result = subprocess.run(
+            [sys.executable, "-m", f"benchmarks.{script.stem}"], cwd=HERE.parent
+        )
         failed += result.returncode != 0
     return 1 if failed else 0
 

@@ -28,7 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the `tripwire` command line."""
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         result: int = args.run(args)
     except ConfigError as exc:
@@ -61,11 +63,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _server_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", dest="config_path", help="tripwire.yaml (or TRIPWIRE_CONFIG_PATH)")
+    parser.add_argument(
+        "--config", dest="config_path", help="tripwire.yaml (or TRIPWIRE_CONFIG_PATH)"
+    )
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
     parser.add_argument("--store", help="memory (default) or redis://host:port/db")
-    parser.add_argument("--data-dir", dest="data_dir", help="where memory mode keeps state (default ./.tripwire)")
+    parser.add_argument(
+        "--data-dir", dest="data_dir", help="where memory mode keeps state (default ./.tripwire)"
+    )
 
 
 def _cli_values(args: argparse.Namespace, *names: str) -> dict[str, Any]:
@@ -81,8 +87,11 @@ def _serve(args: argparse.Namespace) -> int:
         _cli_values(args, "config_path", "host", "port", "store", "data_dir", "workers")
     )
     _validate_rules(settings)
-    print(f"tripwire {__version__}: collecting on http://{settings.host}:{settings.port} "
-          f"(store: {settings.store})", flush=True)
+    print(
+        f"tripwire {__version__}: collecting on http://{settings.host}:{settings.port} "
+        f"(store: {settings.store})",
+        flush=True,
+    )
     if settings.workers > 1:
         os.environ[SETTINGS_ENV] = msgspec.json.encode(settings, enc_hook=_enc).decode()
         uvicorn.run(
@@ -116,7 +125,8 @@ def _check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     compile_rules(config)
     print(
-        f"{args.config}: OK — {len(config.campaigns)} campaigns, {len(config.variables)} variables, "
+        f"{args.config}: OK — {len(config.campaigns)} campaigns, "
+        f"{len(config.variables)} variables, "
         f"{len(config.segments)} segments"
     )
     return 0

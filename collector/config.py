@@ -19,7 +19,14 @@ import yaml
 
 from collector import schema
 from collector.errors import ConfigError
-from collector.schema import CampaignSpec, ConditionTree, ConfigFile, Leaf, decode_hook, parse_condition
+from collector.schema import (
+    CampaignSpec,
+    ConditionTree,
+    ConfigFile,
+    Leaf,
+    decode_hook,
+    parse_condition,
+)
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,7 +81,9 @@ def load_config(path: str | Path) -> ConfigFile:
     try:
         raw = msgspec.json.decode(text) if file.suffix == ".json" else yaml.safe_load(text)
     except (msgspec.DecodeError, yaml.YAMLError) as exc:
-        raise ConfigError([f"{path}: not valid {'JSON' if file.suffix == '.json' else 'YAML'}: {exc}"]) from exc
+        raise ConfigError(
+            [f"{path}: not valid {'JSON' if file.suffix == '.json' else 'YAML'}: {exc}"]
+        ) from exc
     return decode_config(raw)
 
 
@@ -88,7 +97,9 @@ def _convert(raw: Any, typ: Any, path: str, problems: list[str]) -> Any:
     """Convert raw data to `typ`, descending into structs, lists and dicts to report every error."""
     start = len(problems)
     origin = typing.get_origin(typ)
-    if typ is ConditionTree or (origin in (typing.Union, types.UnionType) and ConditionTree in typing.get_args(typ)):
+    if typ is ConditionTree or (
+        origin in (typing.Union, types.UnionType) and ConditionTree in typing.get_args(typ)
+    ):
         if raw is None and typ is not ConditionTree:
             return None
         root = parse_condition(raw, path, problems)
@@ -112,7 +123,9 @@ def _convert(raw: Any, typ: Any, path: str, problems: list[str]) -> Any:
         for key, value in raw.items():
             _convert(value, value_type, _join(path, str(key)), problems)
     elif origin in (typing.Union, types.UnionType):
-        structs = [a for a in typing.get_args(typ) if isinstance(a, type) and issubclass(a, msgspec.Struct)]
+        structs = [
+            a for a in typing.get_args(typ) if isinstance(a, type) and issubclass(a, msgspec.Struct)
+        ]
         if len(structs) == 1 and isinstance(raw, dict):
             return _convert(raw, structs[0], path, problems)
     if len(problems) > start:
@@ -158,7 +171,9 @@ def check_config(config: ConfigFile, problems: list[str]) -> None:
         _check_campaign(campaign, path, config, problems)
 
 
-def _check_campaign(campaign: CampaignSpec, path: str, config: ConfigFile, problems: list[str]) -> None:
+def _check_campaign(
+    campaign: CampaignSpec, path: str, config: ConfigFile, problems: list[str]
+) -> None:
     if (campaign.action is None) == (campaign.variants is None):
         problems.append(f"{_join(path, 'action')}: give exactly one of 'action' or 'variants'")
     if campaign.variants is not None:
@@ -184,7 +199,12 @@ def _check_campaign(campaign: CampaignSpec, path: str, config: ConfigFile, probl
                 problems.append(f"{tpath}.where: only an event trigger takes 'where'")
             _check_condition(trigger.where, f"{tpath}.where", config, problems)
     schedule = campaign.schedule
-    if schedule and schedule.start and schedule.end and _aware(schedule.end) <= _aware(schedule.start):
+    if (
+        schedule
+        and schedule.start
+        and schedule.end
+        and _aware(schedule.end) <= _aware(schedule.start)
+    ):
         problems.append(f"{_join(path, 'schedule.end')}: must be after start")
 
 
@@ -194,7 +214,9 @@ def _aware(moment: Any) -> Any:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _check_condition(tree: ConditionTree, path: str, config: ConfigFile, problems: list[str]) -> None:
+def _check_condition(
+    tree: ConditionTree, path: str, config: ConfigFile, problems: list[str]
+) -> None:
     for leaf_path, leaf in _leaves(tree.root, path):
         if leaf.kind == "var" and leaf.name not in config.variables:
             problems.append(f"{leaf_path}.var: unknown variable {leaf.name!r}")
@@ -234,7 +256,7 @@ def _check_segment_cycles(config: ConfigFile, problems: list[str]) -> None:
         if state.get(name) == 2 or name not in config.segments:
             return
         if state.get(name) == 1:
-            cycle = [*trail[trail.index(name):], name]
+            cycle = [*trail[trail.index(name) :], name]
             problems.append(f"segments.{name}: cycle {' -> '.join(cycle)}")
             return
         state[name] = 1
@@ -251,9 +273,7 @@ def _check_segment_cycles(config: ConfigFile, problems: list[str]) -> None:
 ENV_PREFIX = "TRIPWIRE_"
 
 
-def build_settings(
-    cli: Mapping[str, Any], environ: Mapping[str, str] | None = None
-) -> Settings:
+def build_settings(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
     """Combine defaults, the config file, `TRIPWIRE_*` variables and CLI flags (highest wins)."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
@@ -268,7 +288,9 @@ def build_settings(
     config = load_config(config_path) if config_path else ConfigFile()
     config = _config_overrides(config, env)
     try:
-        return msgspec.convert({**values, "config": config}, Settings, strict=False, from_attributes=True)
+        return msgspec.convert(
+            {**values, "config": config}, Settings, strict=False, from_attributes=True
+        )
     except msgspec.ValidationError as exc:
         raise ConfigError([_validation_message(exc, "")]) from exc
 

@@ -26,4 +26,3 @@ def parse_duration(value: Any) -> Duration:
         if match:
             return Duration(float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"])
     raise ValueError(f"invalid duration {value!r} (use e.g. 30s, 10m, 24h, 7d)")
-

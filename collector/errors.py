@@ -1,14 +1,14 @@
 """The error tree. Each error carries its HTTP status and a stable code; one handler renders them.
 
-    TripwireError
-    ├── ConfigError              a config file or campaign is invalid (every problem, with paths)
-    └── HTTPError                answered to a client as {"error": code, "detail": ...}
-        ├── BadRequest           400 malformed body, wrong types, missing ids
-        ├── Unauthorized         401 unknown or missing write key / admin token
-        ├── NotFound             404
-        ├── PayloadTooLarge      413 over the size limits
-        ├── UnsupportedMediaType 415
-        └── Unavailable          503 a backing service is down; carries Retry-After
+TripwireError
+├── ConfigError              a config file or campaign is invalid (every problem, with paths)
+└── HTTPError                answered to a client as {"error": code, "detail": ...}
+    ├── BadRequest           400 malformed body, wrong types, missing ids
+    ├── Unauthorized         401 unknown or missing write key / admin token
+    ├── NotFound             404
+    ├── PayloadTooLarge      413 over the size limits
+    ├── UnsupportedMediaType 415
+    └── Unavailable          503 a backing service is down; carries Retry-After
 """
 
 from __future__ import annotations

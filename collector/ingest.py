@@ -17,7 +17,13 @@ from typing import Any
 
 import orjson
 
-from collector.errors import BadRequest, HTTPError, PayloadTooLarge, Unauthorized, UnsupportedMediaType
+from collector.errors import (
+    BadRequest,
+    HTTPError,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from collector.events import Event
 from collector.messages import MAX_BATCH_BYTES, MESSAGE_TYPES, Decoded, decode_batch, decode_single
 from collector.metrics import IngestMetrics
@@ -78,7 +84,10 @@ class IngestApp:
         if decoded.rejected:
             self._metrics.messages["rejected"] += len(decoded.rejected)
             payload = orjson.dumps(
-                {"success": True, "rejected": [{"index": r.index, "detail": r.detail} for r in decoded.rejected]}
+                {
+                    "success": True,
+                    "rejected": [{"index": r.index, "detail": r.detail} for r in decoded.rejected],
+                }
             )
         else:
             payload = _OK
@@ -135,7 +144,9 @@ async def _read_body(receive: Receive, headers: dict[bytes, bytes]) -> bytes:
         )
     encoding = headers.get(b"content-encoding", b"identity").strip().lower()
     if encoding not in (b"gzip", b"identity"):
-        raise UnsupportedMediaType(f"content-encoding {encoding.decode('latin-1')!r}: send gzip or none")
+        raise UnsupportedMediaType(
+            f"content-encoding {encoding.decode('latin-1')!r}: send gzip or none"
+        )
     declared = headers.get(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > _MAX_WIRE_BYTES:
         raise PayloadTooLarge(f"$: body is {int(declared)} bytes; the limit is {MAX_BATCH_BYTES}")
@@ -172,7 +183,7 @@ def _gunzip(body: bytes) -> bytes:
 
 
 def _basic_user(header: bytes | None) -> str | None:
-    if not header or not header[:6].lower() == b"basic ":
+    if not header or header[:6].lower() != b"basic ":
         return None
     try:
         user, _, _ = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
@@ -181,7 +192,9 @@ def _basic_user(header: bytes | None) -> str | None:
     return user or None
 
 
-async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+async def _respond(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
     await send(
         {
             "type": "http.response.start",

@@ -100,7 +100,11 @@ def decode_batch(body: bytes, received_at: float) -> Decoded:
     sent_at = envelope.sentAt
     for index, raw in enumerate(envelope.batch):
         try:
-            events.append(_decode_message(raw, None, sent_at, envelope.context, received_at, f"$.batch[{index}]"))
+            events.append(
+                _decode_message(
+                    raw, None, sent_at, envelope.context, received_at, f"$.batch[{index}]"
+                )
+            )
         except (BadRequest, PayloadTooLarge) as exc:
             rejected.append(Rejection(index, exc.detail, isinstance(exc, PayloadTooLarge)))
     if not events:
@@ -132,7 +136,9 @@ def _decode_message(
 ) -> Event:
     data = bytes(raw)
     if len(data) > MAX_MESSAGE_BYTES:
-        raise PayloadTooLarge(f"{path}: message is {len(data)} bytes; the limit is {MAX_MESSAGE_BYTES}")
+        raise PayloadTooLarge(
+            f"{path}: message is {len(data)} bytes; the limit is {MAX_MESSAGE_BYTES}"
+        )
     # Cheap bound first: fewer opening brackets than the limit cannot nest deeper than it.
     if data.count(b"{") + data.count(b"[") > MAX_DEPTH and _depth(data) > MAX_DEPTH:
         raise BadRequest(f"{path}: nesting is deeper than {MAX_DEPTH}")
@@ -174,7 +180,9 @@ def _decode_message(
         user_id=user_id,
         previous_id=previous_id,
         properties=properties,
-        traits=message.traits or (context.get("traits") if isinstance(context.get("traits"), dict) else None) or {},
+        traits=message.traits
+        or (context.get("traits") if isinstance(context.get("traits"), dict) else None)
+        or {},
         context=context,
         timestamp=_corrected_time(message, batch_sent_at, received_at),
         received_at=received_at,

@@ -6,8 +6,8 @@ The app's lifespan calls `start` and `stop`; ingest calls `accept` for every req
 from __future__ import annotations
 
 import logging
-from zoneinfo import ZoneInfo
 from collections.abc import Sequence
+from zoneinfo import ZoneInfo
 
 from prometheus_client import CollectorRegistry
 from starlette.routing import BaseRoute
@@ -29,7 +29,9 @@ log = logging.getLogger("tripwire")
 class Runtime:
     """The parts of a running collector and the path an accepted event takes through them."""
 
-    def __init__(self, settings: Settings, registry: CollectorRegistry, metrics: IngestMetrics) -> None:
+    def __init__(
+        self, settings: Settings, registry: CollectorRegistry, metrics: IngestMetrics
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
@@ -49,7 +51,9 @@ class Runtime:
         config = self.settings.config
         if self.settings.store == "memory":
             store = MemoryStore(lambda: self.engine, config.state, self.settings.data_dir)
-            self.metrics.gauge("tripwire_profiles", "Profiles held in memory", lambda: float(len(store)))
+            self.metrics.gauge(
+                "tripwire_profiles", "Profiles held in memory", lambda: float(len(store))
+            )
             return store
         raise ValueError(f"unsupported store {self.settings.store!r}")
 

@@ -44,12 +44,31 @@ Identifier = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")]
 Rate = Annotated[float, Meta(ge=0, le=100)]
 Count = Annotated[int, Meta(ge=0)]
 
-STATS = (
-    "count sum avg min max latest previous first distinct_count first_at last_at".split()
-)
+STATS = [
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "latest",
+    "previous",
+    "first",
+    "distinct_count",
+    "first_at",
+    "last_at",
+]
 Stat = Literal[
-    "count", "sum", "avg", "min", "max", "latest", "previous", "first",
-    "distinct_count", "first_at", "last_at",
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "latest",
+    "previous",
+    "first",
+    "distinct_count",
+    "first_at",
+    "last_at",
 ]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -65,7 +84,6 @@ class Window(str):
 
 class Hours(str):
     """A daily time range, `HH:MM-HH:MM`."""
-
 
 
 class WebhookSettings(Base):
@@ -199,10 +217,25 @@ class ConfigFile(Base):
 # --- conditions -------------------------------------------------------------------------------
 
 OPERAND_KINDS = ("trait", "var", "prop", "context", "event_count", "segment")
-VALUE_OPERATORS = (
-    "eq ne gt gte lt lte between in not_in contains not_contains starts_with ends_with "
-    "regex exists within older_than"
-).split()
+VALUE_OPERATORS = [
+    "eq",
+    "ne",
+    "gt",
+    "gte",
+    "lt",
+    "lte",
+    "between",
+    "in",
+    "not_in",
+    "contains",
+    "not_contains",
+    "starts_with",
+    "ends_with",
+    "regex",
+    "exists",
+    "within",
+    "older_than",
+]
 
 
 class Leaf(msgspec.Struct, frozen=True):
@@ -245,12 +278,17 @@ def parse_condition(raw: Any, path: str, errors: list[str]) -> Condition | None:
     for combinator in ("all", "any"):
         if combinator in raw:
             if keys != {combinator}:
-                errors.append(f"{path}: '{combinator}' cannot be combined with {sorted(keys - {combinator})}")
+                errors.append(
+                    f"{path}: '{combinator}' cannot be combined with {sorted(keys - {combinator})}"
+                )
             items = raw[combinator]
             if not isinstance(items, list) or not items:
                 errors.append(f"{path}.{combinator}: expected a non-empty list of conditions")
                 return None
-            parsed = [parse_condition(item, f"{path}.{combinator}[{i}]", errors) for i, item in enumerate(items)]
+            parsed = [
+                parse_condition(item, f"{path}.{combinator}[{i}]", errors)
+                for i, item in enumerate(items)
+            ]
             kept = tuple(p for p in parsed if p is not None)
             return All(kept) if combinator == "all" else AnyOf(kept)
     if "not" in raw:
@@ -264,7 +302,9 @@ def parse_condition(raw: Any, path: str, errors: list[str]) -> Condition | None:
 def _parse_leaf(raw: dict[str, Any], path: str, errors: list[str]) -> Leaf | None:
     kinds = [k for k in raw if k in OPERAND_KINDS]
     ops = [k for k in raw if k in VALUE_OPERATORS]
-    unknown = [k for k in raw if k not in OPERAND_KINDS and k not in VALUE_OPERATORS and k != "window"]
+    unknown = [
+        k for k in raw if k not in OPERAND_KINDS and k not in VALUE_OPERATORS and k != "window"
+    ]
     start = len(errors)
     for key in unknown:
         errors.append(f"{path}: unknown operator '{key}'")
@@ -306,7 +346,9 @@ def _check_value(op: str, value: Any, path: str, errors: list[str]) -> Any:
         return value
     if op in ("gt", "gte", "lt", "lte") and not isinstance(value, int | float | str):
         errors.append(f"{path}: expected a number or string")
-    if op in ("contains", "not_contains", "starts_with", "ends_with") and not isinstance(value, str | int | float):
+    if op in ("contains", "not_contains", "starts_with", "ends_with") and not isinstance(
+        value, str | int | float
+    ):
         errors.append(f"{path}: expected a string")
     if op == "regex":
         if not isinstance(value, str):

@@ -16,7 +16,9 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "tripwire.yaml"
 
 
 def tripwire(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "collector.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "collector.cli", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_check_accepts_the_example_config() -> None:
@@ -58,16 +60,49 @@ campaigns:
     [
         ({"timezone": "Mars/Olympus"}, "timezone: unknown timezone 'Mars/Olympus'"),
         ({"session_timeout": "soon"}, "session_timeout: invalid duration 'soon'"),
-        ({"campaigns": [{"id": "a"}]}, "campaigns[0].action: give exactly one of 'action' or 'variants'"),
-        ({"campaigns": [{"id": "a", "target": {"segments": ["vip"]}, "action": {"webhook": {"url": "u"}}}]},
-         "campaigns[0].target.segments[0]: unknown segment 'vip'"),
-        ({"segments": {"a": {"segment": "b"}, "b": {"segment": "a"}}}, "segments.a: cycle a -> b -> a"),
+        (
+            {"campaigns": [{"id": "a"}]},
+            "campaigns[0].action: give exactly one of 'action' or 'variants'",
+        ),
+        (
+            {
+                "campaigns": [
+                    {
+                        "id": "a",
+                        "target": {"segments": ["vip"]},
+                        "action": {"webhook": {"url": "u"}},
+                    }
+                ]
+            },
+            "campaigns[0].target.segments[0]: unknown segment 'vip'",
+        ),
+        (
+            {"segments": {"a": {"segment": "b"}, "b": {"segment": "a"}}},
+            "segments.a: cycle a -> b -> a",
+        ),
         ({"segments": {"s": {"var": "nope", "gt": 1}}}, "segments.s.var: unknown variable 'nope'"),
-        ({"segments": {"s": {"trait": "x", "regex": "("}}}, "segments.s.regex: invalid regular expression"),
-        ({"campaigns": [{"id": "a", "variants": [{"id": "x", "rate": 60, "action": {"webhook": {"url": "u"}}},
-                                                 {"id": "y", "rate": 50, "action": {"webhook": {"url": "u"}}}]}]},
-         "campaigns[0].variants: rates add up to more than 100"),
-        ({"variables": {"v": {"event": "page", "stat": "sum"}}}, "variables.v.field: stat 'sum' needs a field"),
+        (
+            {"segments": {"s": {"trait": "x", "regex": "("}}},
+            "segments.s.regex: invalid regular expression",
+        ),
+        (
+            {
+                "campaigns": [
+                    {
+                        "id": "a",
+                        "variants": [
+                            {"id": "x", "rate": 60, "action": {"webhook": {"url": "u"}}},
+                            {"id": "y", "rate": 50, "action": {"webhook": {"url": "u"}}},
+                        ],
+                    }
+                ]
+            },
+            "campaigns[0].variants: rates add up to more than 100",
+        ),
+        (
+            {"variables": {"v": {"event": "page", "stat": "sum"}}},
+            "variables.v.field: stat 'sum' needs a field",
+        ),
     ],
 )
 def test_each_kind_of_mistake_is_reported(raw: dict[str, object], problem: str) -> None:
@@ -78,7 +113,9 @@ def test_each_kind_of_mistake_is_reported(raw: dict[str, object], problem: str) 
 
 def test_durations_and_json_configs(tmp_path: Path) -> None:
     file = tmp_path / "tripwire.json"
-    file.write_text(json.dumps({"write_keys": ["k"], "session_timeout": "45m", "webhooks": {"max_age": "2d"}}))
+    file.write_text(
+        json.dumps({"write_keys": ["k"], "session_timeout": "45m", "webhooks": {"max_age": "2d"}})
+    )
     config = load_config(file)
     assert config.session_timeout == 45 * 60
     assert config.webhooks.max_age == 2 * 86400
@@ -87,8 +124,12 @@ def test_durations_and_json_configs(tmp_path: Path) -> None:
 def test_environment_overrides_the_file_and_flags_override_both(tmp_path: Path) -> None:
     settings = build_settings(
         {"config_path": str(EXAMPLE), "port": 9123},
-        {"TRIPWIRE_PORT": "9000", "TRIPWIRE_STORE": "redis://127.0.0.1:1/0", "TRIPWIRE_ADMIN_TOKEN": "t",
-         "TRIPWIRE_WRITE_KEYS": "a, b"},
+        {
+            "TRIPWIRE_PORT": "9000",
+            "TRIPWIRE_STORE": "redis://127.0.0.1:1/0",
+            "TRIPWIRE_ADMIN_TOKEN": "t",
+            "TRIPWIRE_WRITE_KEYS": "a, b",
+        },
     )
     assert settings.port == 9123
     assert settings.store == "redis://127.0.0.1:1/0"

@@ -53,18 +53,32 @@ def test_segment_library_calls_build_one_merged_profile(tripwire: Tripwire) -> N
     anonymous_id = f"anon-{uuid.uuid4()}"
     user_id = f"user-{uuid.uuid4()}"
     client = Client(WRITE_KEY, host=tripwire.url, sync_mode=True, max_retries=0)
-    client.page(anonymous_id=anonymous_id, name="Home", properties={"path": "/"},
-                context={"page": {"path": "/", "url": "http://shop.test/"}})
+    client.page(
+        anonymous_id=anonymous_id,
+        name="Home",
+        properties={"path": "/"},
+        context={"page": {"path": "/", "url": "http://shop.test/"}},
+    )
     client.track(anonymous_id=anonymous_id, event="Added To Cart", properties={"sku": "A1"})
-    client.identify(user_id=user_id, anonymous_id=anonymous_id, traits={"plan": "pro", "email": "a@b.test"})
+    client.identify(
+        user_id=user_id, anonymous_id=anonymous_id, traits={"plan": "pro", "email": "a@b.test"}
+    )
     client.alias(previous_id=anonymous_id, user_id=user_id)
     client.track(user_id=user_id, event="Order Completed", properties={"revenue": 42})
     client.flush()
 
-    by_user = wait_until(lambda: len(event_names(tripwire, user_id)) == 5 and tripwire.user(user_id))
+    by_user = wait_until(
+        lambda: len(event_names(tripwire, user_id)) == 5 and tripwire.user(user_id)
+    )
     by_anonymous = tripwire.user(anonymous_id)
     assert by_anonymous is not None and by_anonymous["key"] == by_user["key"]
-    assert event_names(tripwire, user_id) == ["page", "Added To Cart", "identify", "alias", "Order Completed"]
+    assert event_names(tripwire, user_id) == [
+        "page",
+        "Added To Cart",
+        "identify",
+        "alias",
+        "Order Completed",
+    ]
     profile = by_user["profile"]
     assert profile["traits"]["plan"] == "pro"
     assert profile["user_id"] == user_id
@@ -73,39 +87,24 @@ def test_segment_library_calls_build_one_merged_profile(tripwire: Tripwire) -> N
 
 def test_anonymous_history_joins_the_user_on_identify(tripwire: Tripwire) -> None:
     anonymous_id, user_id = f"a-{uuid.uuid4()}", f"u-{uuid.uuid4()}"
-    assert tripwire.post("/v1/batch", batch(track(anonymous_id), track(anonymous_id))).status_code == 200
+    assert (
+        tripwire.post("/v1/batch", batch(track(anonymous_id), track(anonymous_id))).status_code
+        == 200
+    )
     assert tripwire.post("/v1/batch", batch(track("other", userId=user_id))).status_code == 200
-    identify = {"type": "identify", "anonymousId": anonymous_id, "userId": user_id,
-                "traits": {"name": "Ann"}, "messageId": str(uuid.uuid4())}
+    identify = {
+        "type": "identify",
+        "anonymousId": anonymous_id,
+        "userId": user_id,
+        "traits": {"name": "Ann"},
+        "messageId": str(uuid.uuid4()),
+    }
     assert tripwire.post("/v1/identify", {**identify, "writeKey": WRITE_KEY}).status_code == 200
     user = tripwire.user(user_id)
     assert user is not None
     assert len(user["recent_events"]) == 4
     assert user["profile"]["traits"]["name"] == "Ann"
     assert tripwire.user(anonymous_id)["key"] == user["key"]
-
-
-BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
-    ("not json", {"content": b"{nope", "headers": {"Content-Type": "application/json"}}, 400, "$"),
-    ("wrong type", {"json": batch(track("x", properties="flat"))}, 400, "$.batch[0].properties"),
-    ("missing ids", {"json": batch({"type": "track", "event": "E", "messageId": "m"})}, 400,
-     "$.batch[0].anonymousId"),
-    ("missing event", {"json": batch({"type": "track", "anonymousId": "x"})}, 400, "$.batch[0].event"),
-    ("unknown type", {"json": batch({"type": "teleport", "anonymousId": "x"})}, 400, "$.batch[0].type"),
-    ("message over 32 KB", {"json": batch(track("x", properties={"blob": "x" * 33_000}))}, 413,
-     "$.batch[0]"),
-    ("batch over 500 KB", {"json": batch(*[track("x", properties={"b": "x" * 20_000}) for _ in range(30)])},
-     413, "$"),
-    ("batch over 2,500 messages", {"json": batch(*[{"type": "page", "anonymousId": "x"}] * 2501)}, 413,
-     "$.batch"),
-    ("nesting deeper than 16", {"json": batch(track("x", properties=_deep(20)))}, 400, "$.batch[0]"),
-    ("broken gzip", {"content": b"\x1f\x8b\x08\x00garbage",
-                     "headers": {"Content-Encoding": "gzip", "Content-Type": "text/plain"}}, 400, "$"),
-    ("unknown write key", {"json": {"writeKey": "wrong", "batch": [track("x")]}}, 401, "$.writeKey"),
-    ("missing write key", {"json": {"batch": [track("x")]}}, 401, "$.writeKey"),
-    ("unsupported content type", {"content": b"a=1", "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
-     415, "content-type"),
-]
 
 
 def _deep(levels: int) -> dict[str, Any]:
@@ -115,8 +114,79 @@ def _deep(levels: int) -> dict[str, Any]:
     return value
 
 
-@pytest.mark.parametrize(("case", "request_kwargs", "status", "path"), BAD_REQUESTS,
-                         ids=[c[0] for c in BAD_REQUESTS])
+BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
+    ("not json", {"content": b"{nope", "headers": {"Content-Type": "application/json"}}, 400, "$"),
+    ("wrong type", {"json": batch(track("x", properties="flat"))}, 400, "$.batch[0].properties"),
+    (
+        "missing ids",
+        {"json": batch({"type": "track", "event": "E", "messageId": "m"})},
+        400,
+        "$.batch[0].anonymousId",
+    ),
+    (
+        "missing event",
+        {"json": batch({"type": "track", "anonymousId": "x"})},
+        400,
+        "$.batch[0].event",
+    ),
+    (
+        "unknown type",
+        {"json": batch({"type": "teleport", "anonymousId": "x"})},
+        400,
+        "$.batch[0].type",
+    ),
+    (
+        "message over 32 KB",
+        {"json": batch(track("x", properties={"blob": "x" * 33_000}))},
+        413,
+        "$.batch[0]",
+    ),
+    (
+        "batch over 500 KB",
+        {"json": batch(*[track("x", properties={"b": "x" * 20_000}) for _ in range(30)])},
+        413,
+        "$",
+    ),
+    (
+        "batch over 2,500 messages",
+        {"json": batch(*[{"type": "page", "anonymousId": "x"}] * 2501)},
+        413,
+        "$.batch",
+    ),
+    (
+        "nesting deeper than 16",
+        {"json": batch(track("x", properties=_deep(20)))},
+        400,
+        "$.batch[0]",
+    ),
+    (
+        "broken gzip",
+        {
+            "content": b"\x1f\x8b\x08\x00garbage",
+            "headers": {"Content-Encoding": "gzip", "Content-Type": "text/plain"},
+        },
+        400,
+        "$",
+    ),
+    (
+        "unknown write key",
+        {"json": {"writeKey": "wrong", "batch": [track("x")]}},
+        401,
+        "$.writeKey",
+    ),
+    ("missing write key", {"json": {"batch": [track("x")]}}, 401, "$.writeKey"),
+    (
+        "unsupported content type",
+        {"content": b"a=1", "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
+        415,
+        "content-type",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "request_kwargs", "status", "path"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS]
+)
 def test_bad_input_gets_a_4xx_with_a_path_and_good_requests_still_count(
     tripwire: Tripwire, case: str, request_kwargs: dict[str, Any], status: int, path: str
 ) -> None:
@@ -134,12 +204,17 @@ def test_bad_input_gets_a_4xx_with_a_path_and_good_requests_still_count(
 
 def test_a_batch_keeps_its_good_messages_and_lists_the_rejected(tripwire: Tripwire) -> None:
     anonymous_id = f"a-{uuid.uuid4()}"
-    messages = [track(anonymous_id, "One"), {"type": "track", "anonymousId": anonymous_id},
-                track(anonymous_id, "Three")]
+    messages = [
+        track(anonymous_id, "One"),
+        {"type": "track", "anonymousId": anonymous_id},
+        track(anonymous_id, "Three"),
+    ]
     response = tripwire.post("/v1/batch", batch(*messages))
     assert response.status_code == 200
-    assert response.json() == {"success": True, "rejected": [
-        {"index": 1, "detail": "$.batch[1].event: required for track"}]}
+    assert response.json() == {
+        "success": True,
+        "rejected": [{"index": 1, "detail": "$.batch[1].event: required for track"}],
+    }
     assert event_names(tripwire, anonymous_id) == ["One", "Three"]
 
 
@@ -157,8 +232,15 @@ def test_gzip_text_plain_and_basic_auth_are_accepted(tripwire: Tripwire) -> None
     anonymous_id = f"a-{uuid.uuid4()}"
     body = gzip.compress(json.dumps({"batch": [track(anonymous_id, "Zipped")]}).encode())
     credentials = base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
-    response = tripwire.client.post("/v1/batch", content=body, headers={
-        "Content-Type": "text/plain", "Content-Encoding": "gzip", "Authorization": f"Basic {credentials}"})
+    response = tripwire.client.post(
+        "/v1/batch",
+        content=body,
+        headers={
+            "Content-Type": "text/plain",
+            "Content-Encoding": "gzip",
+            "Authorization": f"Basic {credentials}",
+        },
+    )
     assert response.status_code == 200, response.text
     single = {**track(anonymous_id, "Single"), "writeKey": WRITE_KEY}
     del single["type"]
@@ -169,27 +251,39 @@ def test_gzip_text_plain_and_basic_auth_are_accepted(tripwire: Tripwire) -> None
 def test_client_clock_skew_is_corrected(tripwire: Tripwire) -> None:
     anonymous_id = f"a-{uuid.uuid4()}"
     skewed_now = datetime.now(UTC) + timedelta(hours=3)  # the client's clock runs 3 h fast
-    message = track(anonymous_id, timestamp=(skewed_now - timedelta(seconds=10)).isoformat(),
-                    sentAt=skewed_now.isoformat())
+    message = track(
+        anonymous_id,
+        timestamp=(skewed_now - timedelta(seconds=10)).isoformat(),
+        sentAt=skewed_now.isoformat(),
+    )
     assert tripwire.post("/v1/batch", batch(message)).status_code == 200
     event = tripwire.user(anonymous_id)["recent_events"][0]
     assert abs(event["receivedAt"] - 10 - event["timestamp"]) < 1.0
 
 
 def test_browsers_get_cors_answers(tripwire: Tripwire) -> None:
-    preflight = tripwire.client.options("/v1/batch", headers={
-        "Origin": "http://shop.test", "Access-Control-Request-Method": "POST"})
+    preflight = tripwire.client.options(
+        "/v1/batch", headers={"Origin": "http://shop.test", "Access-Control-Request-Method": "POST"}
+    )
     assert preflight.status_code == 204
     assert preflight.headers["access-control-allow-origin"] == "*"
-    response = tripwire.client.post("/v1/batch", json=batch(track("x")), headers={"Origin": "http://shop.test"})
+    response = tripwire.client.post(
+        "/v1/batch", json=batch(track("x")), headers={"Origin": "http://shop.test"}
+    )
     assert response.headers["access-control-allow-origin"] == "*"
 
 
 def test_only_configured_origins_are_allowed() -> None:
-    with run_tripwire({"write_keys": [WRITE_KEY], "allowed_origins": ["http://shop.test"]}) as server:
-        allowed = server.client.post("/v1/batch", json=batch(track("x")), headers={"Origin": "http://shop.test"})
+    with run_tripwire(
+        {"write_keys": [WRITE_KEY], "allowed_origins": ["http://shop.test"]}
+    ) as server:
+        allowed = server.client.post(
+            "/v1/batch", json=batch(track("x")), headers={"Origin": "http://shop.test"}
+        )
         assert allowed.headers["access-control-allow-origin"] == "http://shop.test"
-        other = server.client.post("/v1/batch", json=batch(track("x")), headers={"Origin": "http://evil.test"})
+        other = server.client.post(
+            "/v1/batch", json=batch(track("x")), headers={"Origin": "http://evil.test"}
+        )
         assert "access-control-allow-origin" not in other.headers
 
 

@@ -107,7 +107,9 @@ class MemoryStore:
 
     async def lookup(self, identity_: str, now: float) -> UserView | None:
         """Find a profile by any of its ids or its key."""
-        key = next((self._index[i] for i in identity.lookup_ids(identity_) if i in self._index), None)
+        key = next(
+            (self._index[i] for i in identity.lookup_ids(identity_) if i in self._index), None
+        )
         if key is None and identity_ in self._users:
             key = identity_
         if key is None or key not in self._users:
@@ -158,13 +160,17 @@ class MemoryStore:
         recent.append(event)
 
     def _recent_merge(self, key: str, other: str) -> None:
-        merged = sorted([*self._recent.pop(other, ()), *self._recent.get(key, ())], key=lambda e: e.timestamp)
+        merged = sorted(
+            [*self._recent.pop(other, ()), *self._recent.get(key, ())], key=lambda e: e.timestamp
+        )
         self._recent[key] = deque(merged, maxlen=self._limits.recent_events)
 
     def _expire(self, now: float) -> None:
         """Forget old messageIds and evict profiles unseen for the TTL or beyond the size bound."""
         seen = self._seen
-        while seen and (len(seen) > MAX_REMEMBERED_MESSAGES or next(iter(seen.values())) < now - DEDUPE_SECONDS):
+        while seen and (
+            len(seen) > MAX_REMEMBERED_MESSAGES or next(iter(seen.values())) < now - DEDUPE_SECONDS
+        ):
             seen.popitem(last=False)
         users = self._users
         ttl = self._limits.user_ttl

@@ -24,7 +24,9 @@ ADMIN_TOKEN = "test-admin-token"
 class Tripwire:
     """A running collector: its URL, its process and a client for its APIs."""
 
-    def __init__(self, url: str, process: subprocess.Popen[bytes], data_dir: Path, log: Path) -> None:
+    def __init__(
+        self, url: str, process: subprocess.Popen[bytes], data_dir: Path, log: Path
+    ) -> None:
         self.url = url
         self.process = process
         self.data_dir = data_dir
@@ -47,7 +49,9 @@ class Tripwire:
     def metric(self, name: str, **labels: str) -> float:
         """The current value of one Prometheus sample (0 when absent)."""
         text = self.client.get("/metrics").text
-        wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+        wanted = name + (
+            "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else ""
+        )
         for line in text.splitlines():
             sample, _, value = line.rpartition(" ")
             if sample == wanted:
@@ -59,7 +63,9 @@ class Tripwire:
         return self.log.read_text(errors="replace")
 
 
-def wait_until(condition: Any, timeout: float = 10.0, interval: float = 0.02, message: str = "") -> Any:
+def wait_until(
+    condition: Any, timeout: float = 10.0, interval: float = 0.02, message: str = ""
+) -> Any:
     """Poll `condition()` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -89,8 +95,17 @@ def run_tripwire(
         data = data_dir or work / "data"
         log = work / "server.log"
         command = [
-            sys.executable, "-m", "collector.cli", "serve", "--config", str(config_file),
-            "--port", str(port), "--data-dir", str(data), *args,
+            sys.executable,
+            "-m",
+            "collector.cli",
+            "serve",
+            "--config",
+            str(config_file),
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data),
+            *args,
         ]
         full_env = {**os.environ, "TRIPWIRE_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})}
         with log.open("wb") as out:
