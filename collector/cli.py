@@ -87,6 +87,10 @@ def _serve(args: argparse.Namespace) -> int:
         _cli_values(args, "config_path", "host", "port", "store", "data_dir", "workers")
     )
     _validate_rules(settings)
+    if settings.workers > 1 and settings.store == "memory":
+        raise ConfigError(
+            ["--workers: several processes need a shared store; add --store redis://host:port/0"]
+        )
     print(
         f"tripwire {__version__}: collecting on http://{settings.host}:{settings.port} "
         f"(store: {settings.store})",

@@ -17,6 +17,7 @@ from collector.config import Settings
 from collector.delivery import Dispatcher
 from collector.deliverylog import DeliveryLog
 from collector.engine import Engine, compile_rules
+from collector.errors import Unavailable
 from collector.events import Event
 from collector.metrics import IngestMetrics
 from collector.outbox import MemoryOutbox, Outbox
@@ -24,6 +25,9 @@ from collector.store.base import Store
 from collector.store.memory import MemoryStore
 
 log = logging.getLogger("tripwire")
+
+# Beyond this many undelivered webhooks, ingest sheds load (503) rather than grow without bound.
+MAX_PENDING_WEBHOOKS = 200_000
 
 
 class Runtime:
@@ -79,6 +83,8 @@ class Runtime:
 
     async def accept(self, events: Sequence[Event], now: float) -> None:
         """Run accepted events through the store and engine and queue their webhooks."""
+        if self.outbox.depth() > MAX_PENDING_WEBHOOKS:
+            raise Unavailable("too many webhooks waiting to be sent; retry shortly", retry_after=5)
         result = await self.store.ingest(events, now)
         self.metrics.messages["accepted"] += result.accepted
         if result.duplicates:
