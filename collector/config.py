@@ -52,7 +52,7 @@ def decode_config(raw: Any) -> ConfigFile:
     problems: list[str] = []
     if raw is None:
         raw = {}
-    config = _convert(raw, ConfigFile, "", problems)
+    config: ConfigFile | None = _convert(raw, ConfigFile, "", problems)
     if config is not None:
         check_config(config, problems)
     if problems or config is None:
@@ -63,7 +63,7 @@ def decode_config(raw: Any) -> ConfigFile:
 def decode_campaign(raw: Any, config: ConfigFile) -> CampaignSpec:
     """Decode one campaign (admin API) against an existing config, with the same checks."""
     problems: list[str] = []
-    campaign = _convert(raw, CampaignSpec, "", problems)
+    campaign: CampaignSpec | None = _convert(raw, CampaignSpec, "", problems)
     if campaign is not None:
         _check_campaign(campaign, "", config, problems)
     if problems or campaign is None:

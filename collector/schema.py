@@ -86,7 +86,7 @@ class Hours(str):
     """A daily time range, `HH:MM-HH:MM`."""
 
 
-class WebhookSettings(Base):
+class WebhookSettings(Base, frozen=True):
     """How webhooks are signed, sent, retried and guarded."""
 
     signing_secrets: list[str] = []
@@ -99,7 +99,7 @@ class WebhookSettings(Base):
     concurrency_per_endpoint: Annotated[int, Meta(ge=1, le=1000)] = 8
 
 
-class VariableSpec(Base):
+class VariableSpec(Base, frozen=True):
     """A per-user value computed from events (ユーザー情報変数)."""
 
     event: str | list[str]
@@ -110,7 +110,7 @@ class VariableSpec(Base):
     default: Any = None
 
 
-class Schedule(Base):
+class Schedule(Base, frozen=True):
     """When a campaign may fire, in the config's timezone unless times carry an offset."""
 
     start: datetime | None = None
@@ -119,14 +119,14 @@ class Schedule(Base):
     hours: Hours | None = None
 
 
-class Target(Base):
+class Target(Base, frozen=True):
     """Who a campaign is for: everyone, identified members or anonymous visitors, in segments."""
 
     users: Literal["all", "members", "visitors"] = "all"
     segments: list[str] = []
 
 
-class Trigger(Base):
+class Trigger(Base, frozen=True):
     """What a user must just have done: an event (optionally filtered) or entering a segment."""
 
     event: str | None = None
@@ -134,7 +134,7 @@ class Trigger(Base):
     segment_entered: str | None = None
 
 
-class Frequency(Base):
+class Frequency(Base, frozen=True):
     """Caps on how often a campaign fires, counted per event, session or user."""
 
     per: Literal["event", "session", "user"] = "user"
@@ -142,7 +142,7 @@ class Frequency(Base):
     max_per_day: Annotated[int, Meta(ge=1)] | None = None
 
 
-class WebhookAction(Base):
+class WebhookAction(Base, frozen=True):
     """The HTTP request a campaign sends; strings may hold `#{name}` placeholders."""
 
     url: Annotated[str, Meta(min_length=1)]
@@ -151,13 +151,13 @@ class WebhookAction(Base):
     body: Any = None
 
 
-class Action(Base):
+class Action(Base, frozen=True):
     """What happens when a campaign fires."""
 
     webhook: WebhookAction
 
 
-class Variant(Base):
+class Variant(Base, frozen=True):
     """One arm of an A/B test: its share of users and its own action."""
 
     id: Identifier
@@ -165,7 +165,7 @@ class Variant(Base):
     action: Action
 
 
-class CampaignSpec(Base):
+class CampaignSpec(Base, frozen=True):
     """A campaign (接客サービス): delivery conditions plus a webhook action."""
 
     id: Identifier
@@ -183,14 +183,14 @@ class CampaignSpec(Base):
     variants: list[Variant] | None = None
 
 
-class RequestBinSettings(Base):
+class RequestBinSettings(Base, frozen=True):
     """The built-in request bin (on in the demo, off in serve unless enabled)."""
 
     enabled: bool = False
     max_requests: Annotated[int, Meta(ge=1)] = 200
 
 
-class StateSettings(Base):
+class StateSettings(Base, frozen=True):
     """Bounds on per-user state held in memory."""
 
     user_ttl: Duration = Duration(30 * 86400.0)
@@ -198,7 +198,7 @@ class StateSettings(Base):
     recent_events: Annotated[int, Meta(ge=0, le=1000)] = 50
 
 
-class ConfigFile(Base):
+class ConfigFile(Base, frozen=True):
     """The whole `tripwire.yaml`."""
 
     write_keys: list[str] = []
