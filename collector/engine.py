@@ -1,0 +1,274 @@
+"""The campaign engine: one event in; state changes, decisions and webhooks out. Pure.
+
+What the store and app call::
+
+    rules = compile_rules(config, updated_at={"cart-followup": 1767225600.0})  # or ConfigError
+    engine = Engine(rules)
+    outcome = engine.process(state, event, now)   # state: UserState | None (None = new profile)
+    outcome.state       # the same object, mutated (or a new one); store it under its `key`
+    outcome.decisions   # one Decision per campaign considered: fired, or suppressed + reason
+    outcome.webhooks    # one WebhookRequest per fired campaign, for the outbox
+    outcome.entered     # segments the user newly entered on this event
+    engine.merge(a, b)              # one profile from two (identity merge); keeps a.key
+    engine.describe(state, now)     # plain dict for the user-lookup view
+    engine.replace_campaign(spec, updated_at); engine.remove_campaign(campaign_id)
+    new_state(key, now)             # an empty profile, if the store wants to make one itself
+
+Time: the engine reads no clock. The event's time is `min(event.timestamp, now)`: windows,
+sessions, schedules, caps and `within`/`older_than` all use it, so replaying recorded events
+(with `now` = their timestamp) gives the same answers as live traffic. `now` stamps decisions
+and webhooks.
+
+Per event: identity, traits (every message's `traits` merge in), counts, session (a new one
+after `session_timeout` of inactivity) and latest page are updated; then the variables fed by
+the event; then tracked segments (those some `segment_entered` trigger names) are re-evaluated;
+then the campaigns indexed under the event's name (plus those whose segment was just entered)
+are checked in exclusivity-rank order: `Campaign.check`, frequency caps, exclusivity (one
+`exclusive` campaign at most fires per event: the best ranked that passes and renders), then
+rendering. Every campaign considered leaves a Decision, also kept as the latest per campaign in
+the state ("why didn't it fire?").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from typing import Any
+
+import msgspec
+
+from collector.campaigns import Arm, Campaign
+from collector.events import Event
+from collector.profile import (
+    MAX_ANONYMOUS_IDS,
+    MAX_EVENT_NAMES,
+    Decision,
+    Session,
+    UserState,
+    merge,
+    new_state,
+)
+from collector.rules import Rules, compile_rules
+from collector.schema import CampaignSpec
+from collector.scope import MISSING, Scope
+from collector.templates import PAGE_FIELDS, Suppressed
+from collector.webhook import WebhookRequest, webhook_id_for
+
+__all__ = ["Decision", "Engine", "Outcome", "Rules", "UserState", "compile_rules", "new_state"]
+
+FIRED = "fired"
+SUPPRESSED = "suppressed"
+
+
+class Outcome(msgspec.Struct):
+    """What one event did: the user's state, a decision per campaign considered, webhooks."""
+
+    state: UserState
+    decisions: list[Decision]
+    webhooks: list[WebhookRequest]
+    entered: list[str]
+
+
+def key_for(event: Event) -> str:
+    """A key for a brand-new profile: the user id, else the anonymous id."""
+    return event.user_id or event.anonymous_id or event.message_id
+
+
+class Engine:
+    """Runs events through compiled rules; holds no per-user data itself."""
+
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+
+    def replace_campaign(self, spec: CampaignSpec, updated_at: float) -> None:
+        """Add or replace one campaign (raises ConfigError if its templates are invalid)."""
+        self.rules = self.rules.with_campaign(spec, updated_at)
+
+    def remove_campaign(self, campaign_id: str) -> None:
+        """Drop one campaign."""
+        self.rules = self.rules.without_campaign(campaign_id)
+
+    def process(self, state: UserState | None, event: Event, now: float) -> Outcome:
+        """Run one event for one user; mutates and returns the state."""
+        rules = self.rules
+        t = event.timestamp if event.timestamp < now else now
+        if state is None:
+            state = new_state(key_for(event), t)
+        number = self._observe(rules, state, event, t)
+        scope = Scope(state, event, t, rules.calendar, number)
+        recorders = rules.variables_by_event.get(event.name)
+        if recorders:
+            for variable in recorders:
+                variable.record(scope)
+            scope.values.clear()  # a variable's `where` may have read values now stale
+            scope.segments.clear()
+        entered = self._entered(rules, scope) if rules.tracked else []
+        candidates = rules.by_event.get(event.name, ())
+        if entered:
+            extra = [c for name in entered for c in rules.by_segment[name]]
+            candidates = tuple(sorted((*candidates, *extra), key=Campaign.rank))
+        decisions: list[Decision] = []
+        webhooks: list[WebhookRequest] = []
+        if candidates:
+            self._decide(candidates, scope, now, decisions, webhooks)
+        return Outcome(state, decisions, webhooks, entered)
+
+    def _observe(self, rules: Rules, state: UserState, event: Event, t: float) -> int:
+        if event.user_id is not None and state.user_id != event.user_id:
+            state.user_id = event.user_id
+        anonymous_id = event.anonymous_id
+        if anonymous_id is not None:
+            ids = state.anonymous_ids
+            if not ids or ids[-1] != anonymous_id:
+                if anonymous_id in ids:
+                    ids.remove(anonymous_id)
+                ids.append(anonymous_id)
+                del ids[:-MAX_ANONYMOUS_IDS]
+        if event.traits:
+            state.traits.update(event.traits)
+        counts = state.event_counts
+        count = counts.get(event.name)
+        if count is not None:
+            counts[event.name] = count + 1
+        elif len(counts) < MAX_EVENT_NAMES:
+            counts[sys.intern(event.name)] = 1
+        if t > state.last_seen:
+            state.last_seen = t
+        if t < state.first_seen or not state.first_seen:
+            state.first_seen = t
+        if rules.keep_page and event.type == "page":
+            page = event.context.get("page")
+            if page.__class__ is dict:
+                state.page = {k: page[k] for k in PAGE_FIELDS if k in page}
+        session = state.session
+        if session is None or t - session.last > rules.session_timeout:
+            number = 1 if session is None else session.number + 1
+            state.session = Session(_session_id(state.key, number, t), number, t, t)
+            return number
+        if t > session.last:
+            session.last = t
+        return session.number
+
+    def _entered(self, rules: Rules, scope: Scope) -> list[str]:
+        before = scope.state.segments
+        now_in = [name for name, member in rules.tracked if member(scope)]
+        if now_in == before:
+            return []
+        scope.state.segments = now_in
+        return [name for name in now_in if name not in before]
+
+    def _decide(
+        self,
+        candidates: tuple[Campaign, ...],
+        scope: Scope,
+        now: float,
+        decisions: list[Decision],
+        webhooks: list[WebhookRequest],
+    ) -> None:
+        latest = scope.state.decisions
+        exclusive_fired = False
+        for campaign in candidates:
+            result = campaign.check(scope)
+            variant_id: str | None = None
+            reason: str | None
+            if result.__class__ is str:
+                reason = result
+            else:
+                arm: Arm = result  # type: ignore[assignment]
+                variant_id = arm.variant_id
+                if campaign.has_caps and campaign.capped(scope):
+                    reason = "frequency"
+                elif campaign.exclusive and exclusive_fired:
+                    reason = "exclusive"
+                else:
+                    reason = self._fire(campaign, arm, scope, now, webhooks)
+                    if reason is None and campaign.exclusive:
+                        exclusive_fired = True
+            decision = Decision(
+                campaign.id, variant_id, FIRED if reason is None else SUPPRESSED, reason, now
+            )
+            decisions.append(decision)
+            latest[campaign.id] = decision
+
+    def _fire(
+        self, campaign: Campaign, arm: Arm, scope: Scope, now: float, webhooks: list[WebhookRequest]
+    ) -> str | None:
+        event = scope.event
+        webhook_id = webhook_id_for(campaign.id, arm.variant_id, event.message_id)
+        scope.campaign_id = campaign.id
+        scope.campaign_name = campaign.name
+        scope.variant_id = arm.variant_id
+        scope.delivery_id = webhook_id
+        try:
+            url, headers, body = arm.template.render(scope)
+        except Suppressed as suppressed:
+            return suppressed.reason
+        webhooks.append(
+            WebhookRequest(
+                webhook_id=webhook_id,
+                campaign_id=campaign.id,
+                variant_id=arm.variant_id,
+                user_key=scope.state.key,
+                event_id=event.message_id,
+                method=arm.template.method,
+                url=url,
+                headers=headers,
+                body=body,
+                created_at=now,
+            )
+        )
+        campaign.count_fired(scope)
+        return None
+
+    def merge(self, a: UserState, b: UserState) -> UserState:
+        """One profile from two of the same person; keeps `a.key` (see `profile.merge`)."""
+        return merge(a, b, self._merge_variable)
+
+    def _merge_variable(self, name: str, a: list[Any], b: list[Any], a_is_newer: bool) -> list[Any]:
+        variable = self.rules.variables.get(name)
+        if not a or not b:
+            return a or b
+        if variable is None:
+            return a if a_is_newer else b
+        return variable.merge(a, b, a_is_newer)
+
+    def describe(self, state: UserState, now: float) -> dict[str, Any]:
+        """The user-lookup view: identity, traits, variables, segments, latest decisions."""
+        rules = self.rules
+        session = state.session
+        number = session.number if session is not None else 0
+        if session is None or now - session.last > rules.session_timeout:
+            number += 1  # the session is over: "session" windows start afresh
+        event = Event(type="describe", name="", message_id="", timestamp=now, received_at=now)
+        scope = Scope(state, event, now, rules.calendar, number)
+        variables = {}
+        for name, variable in rules.variables.items():
+            if not name.startswith("~"):
+                value = variable.read(scope)
+                variables[name] = None if value is MISSING else value
+        return {
+            "key": state.key,
+            "user_id": state.user_id,
+            "anonymous_ids": list(state.anonymous_ids),
+            "traits": dict(state.traits),
+            "first_seen": state.first_seen,
+            "last_seen": state.last_seen,
+            "event_counts": dict(state.event_counts),
+            "session": None
+            if session is None
+            else {"id": session.id, "number": session.number, "start": session.start,
+                  "last_activity": session.last, "active": number == session.number},
+            "variables": variables,
+            "segments": [name for name, member in rules.segments.items() if member(scope)],
+            "decisions": {
+                cid: {"variant_id": d.variant_id, "outcome": d.outcome, "reason": d.reason,
+                      "at": d.at}
+                for cid, d in state.decisions.items()
+            },
+            "caps": {cid: msgspec.structs.asdict(caps) for cid, caps in state.caps.items()},
+        }
+
+
+def _session_id(key: str, number: int, start: float) -> str:
+    digest = hashlib.blake2b(f"{key}\x1f{number}\x1f{start!r}".encode(), digest_size=8)
+    return f"s_{digest.hexdigest()}"

@@ -1,0 +1,136 @@
+"""Per-user state: identity, traits, session, variable buckets, segments, caps and decisions.
+
+`UserState` is a tree of msgspec Structs holding only plain types (str, int, float, None, lists
+and dicts of them), so both stores can keep it as is: the memory store holds the objects, the
+Redis store encodes them with msgspec msgpack. The engine mutates the state it is handed and
+returns it; the store owns it between events.
+
+Variable state is `variables[name]`: a list whose layout belongs to the variable's statistic
+(see `collector.variables`); only the engine's rules know how to read or merge it, so `merge`
+takes the rules' variable merger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+MAX_ANONYMOUS_IDS = 8  # the most recent anonymous ids kept per profile
+MAX_EVENT_NAMES = 100  # distinct event names counted per profile
+
+
+class Session(msgspec.Struct, array_like=True):
+    """The user's current session; `number` counts sessions from 1."""
+
+    id: str
+    number: int
+    start: float
+    last: float  # last activity
+
+
+class Decision(msgspec.Struct, array_like=True, frozen=True):
+    """What happened to one campaign on one event: fired, or suppressed with a reason."""
+
+    campaign_id: str
+    variant_id: str | None
+    outcome: str  # "fired" | "suppressed"
+    reason: str | None  # None when fired
+    at: float
+
+
+class Caps(msgspec.Struct, array_like=True):
+    """Fired deliveries of one campaign: in total, in session `session`, on local day `day`."""
+
+    total: int = 0
+    session: int = 0
+    in_session: int = 0
+    day: int = 0
+    in_day: int = 0
+
+
+class UserState(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Everything the engine knows about one user."""
+
+    key: str  # the store's key for this profile; also seeds sticky rate/variant assignment
+    user_id: str | None = None
+    anonymous_ids: list[str] = []  # oldest first, at most MAX_ANONYMOUS_IDS
+    traits: dict[str, Any] = {}
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    event_counts: dict[str, int] = {}  # lifetime count per event name, at most MAX_EVENT_NAMES
+    session: Session | None = None
+    variables: dict[str, list[Any]] = {}  # per maintained variable, layout set by its stat
+    segments: list[str] = []  # the user's tracked segments (named by segment_entered triggers)
+    caps: dict[str, Caps] = {}  # per campaign with frequency caps
+    decisions: dict[str, Decision] = {}  # latest decision per campaign
+    page: dict[str, Any] = {}  # latest page (path, url, title, referrer, search), kept when used
+
+
+VariableMerger = Callable[[str, list[Any], list[Any], bool], list[Any]]
+"""Merge two states of one variable: (name, a, b, a_is_newer) -> merged."""
+
+
+def new_state(key: str, now: float = 0.0) -> UserState:
+    """A fresh profile for `key`, first seen at `now`."""
+    return UserState(key=key, first_seen=now, last_seen=now)
+
+
+def merge(a: UserState, b: UserState, merge_variable: VariableMerger) -> UserState:
+    """Combine two profiles of one person; the result keeps `a.key` and answers to both ids.
+
+    Counts and caps add up, traits merge with the newer profile winning, variables merge as
+    their statistic allows (via `merge_variable`), the newer session is kept, decisions keep the
+    latest per campaign, and segment memberships are the union (so nobody "enters" a segment
+    only because two halves of their profile were joined).
+    """
+    a_newer = a.last_seen >= b.last_seen
+    newer, older = (a, b) if a_newer else (b, a)
+    anonymous = [i for i in older.anonymous_ids if i not in newer.anonymous_ids]
+    anonymous.extend(newer.anonymous_ids)
+    counts = dict(a.event_counts)
+    for name, count in b.event_counts.items():
+        if name in counts or len(counts) < MAX_EVENT_NAMES:
+            counts[name] = counts.get(name, 0) + count
+    variables = dict(b.variables)
+    for name, value in a.variables.items():
+        other = variables.get(name)
+        variables[name] = value if other is None else merge_variable(name, value, other, a_newer)
+    caps = dict(b.caps)
+    for campaign_id, mine in a.caps.items():
+        theirs = caps.get(campaign_id)
+        caps[campaign_id] = mine if theirs is None else _merge_caps(mine, theirs)
+    decisions = dict(older.decisions)
+    for campaign_id, decision in newer.decisions.items():
+        kept = decisions.get(campaign_id)
+        if kept is None or decision.at >= kept.at:
+            decisions[campaign_id] = decision
+    return UserState(
+        key=a.key,
+        user_id=newer.user_id or older.user_id,
+        anonymous_ids=anonymous[-MAX_ANONYMOUS_IDS:],
+        traits={**older.traits, **newer.traits},
+        first_seen=min(a.first_seen, b.first_seen),
+        last_seen=max(a.last_seen, b.last_seen),
+        event_counts=counts,
+        session=newer.session or older.session,
+        variables=variables,
+        segments=sorted(set(a.segments) | set(b.segments)),
+        caps=caps,
+        decisions=decisions,
+        page=newer.page or older.page,
+    )
+
+
+def _merge_caps(a: Caps, b: Caps) -> Caps:
+    total = a.total + b.total
+    if a.session == b.session:
+        session, in_session = a.session, a.in_session + b.in_session
+    else:
+        session, in_session = max((a.session, a.in_session), (b.session, b.in_session))
+    if a.day == b.day:
+        day, in_day = a.day, a.in_day + b.in_day
+    else:
+        day, in_day = max((a.day, a.in_day), (b.day, b.in_day))
+    return Caps(total, session, in_session, day, in_day)

@@ -1,0 +1,476 @@
+"""User variables (ユーザー情報変数): a statistic of an event field over a window, per user.
+
+Windows are bucketed. Every window maps the event's time to a bucket index, and a read covers
+a range of indexes:
+
+- `all`: one bucket (index 0);
+- `session` / `previous_session`: the bucket is the session number; a read covers the current
+  session, or the one before it;
+- `today`: the bucket is the local day (configured timezone) and a read covers today only;
+- `Nd` / `Nh`: local days / hours, grouped so that at most 64 buckets exist; a read covers the
+  current bucket and the ones before it up to N units (so `7d` is today and the 6 days before).
+
+A variable's state is a list of buckets `[index, ...payload]`, oldest first, trimmed to the
+window. The payload depends on the statistic (see each `Stat`). `latest`, `previous` and
+`last_at` need only the newest bucket; `distinct_count` keeps a map of at most
+`DISTINCT_LIMIT` values to the last two bucket indexes each was seen in.
+
+Values: a missing or null field skips the event (`count` without a field counts every matching
+event). `sum avg min max` take numbers, or strings holding a finite number; other values skip
+the event. `count` and `distinct_count` read as 0 without data; the other stats read as missing,
+and then the variable's `default` (if any) stands in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from collector.events import Event
+from collector.schema import window_seconds
+from collector.scope import MISSING, Predicate, Scope, as_number, path_getter
+
+MAX_BUCKETS = 64
+DISTINCT_LIMIT = 100
+
+Buckets = list[Any]
+
+
+class Window:
+    """Maps the event's time to a bucket index and says which buckets a read covers."""
+
+    __slots__ = ("keep", "kind", "offset", "span", "width")
+
+    def __init__(self, window: str) -> None:
+        self.kind = window
+        self.width = 1
+        self.span = 1  # buckets a read covers
+        self.offset = 0  # how far the covered range ends before the current bucket
+        seconds = window_seconds(window)
+        if window == "previous_session":
+            self.offset = 1
+        elif seconds is not None:
+            units = int(window[:-1])
+            self.kind = "hours" if window.endswith("h") else "days"
+            self.width = -(-units // MAX_BUCKETS)
+            self.span = -(-units // self.width)
+        self.keep = self.span + self.offset  # buckets worth keeping
+
+    def index(self, scope: Scope) -> int:
+        """The bucket the current time falls in."""
+        kind = self.kind
+        if kind == "all":
+            return 0
+        if kind == "days":
+            return scope.day // self.width
+        if kind == "hours":
+            return scope.hour // self.width
+        if kind == "today":
+            return scope.day
+        return scope.session_number
+
+
+class Stat:
+    """How a statistic folds values into bucket payloads and reads a value back."""
+
+    single = False  # only the newest bucket in the covered range is read
+    numeric = False
+    empty: Any = MISSING
+
+    def new(self, idx: int, value: Any, t: float, before: list[Any] | None) -> list[Any]:
+        """A bucket holding one value."""
+        raise NotImplementedError
+
+    def add(self, bucket: list[Any], value: Any, t: float) -> None:
+        """Fold a value into an existing bucket."""
+        raise NotImplementedError
+
+    def read(self, buckets: Buckets, low: int, high: int) -> Any:
+        """The statistic over the buckets with low <= index <= high."""
+        raise NotImplementedError
+
+    def combine(self, a: list[Any], b: list[Any]) -> list[Any]:
+        """Two buckets with the same index, as one (for merging profiles)."""
+        raise NotImplementedError
+
+    def record(self, buckets: Buckets, idx: int, keep: int, value: Any, t: float) -> None:
+        """Add a value at bucket `idx`, creating and trimming buckets as needed."""
+        if not buckets:
+            buckets.append(self.new(idx, value, t, None))
+            return
+        last = buckets[-1]
+        newest = last[0]
+        if newest == idx:
+            self.add(last, value, t)
+        elif newest < idx:
+            buckets.append(self.new(idx, value, t, last))
+            if buckets[0][0] <= idx - keep:
+                buckets[:] = [b for b in buckets if b[0] > idx - keep]
+        elif not self.single and idx > newest - keep:  # a late event, still inside the window
+            for pos in range(len(buckets) - 1, -1, -1):
+                if buckets[pos][0] == idx:
+                    self.add(buckets[pos], value, t)
+                    return
+                if buckets[pos][0] < idx:
+                    buckets.insert(pos + 1, self.new(idx, value, t, None))
+                    return
+            buckets.insert(0, self.new(idx, value, t, None))
+
+    def merge(self, a: Buckets, b: Buckets, keep: int) -> Buckets:
+        """Two bucket lists of one variable, as one."""
+        by_index: dict[int, list[Any]] = {bucket[0]: list(bucket) for bucket in a}
+        for bucket in b:
+            mine = by_index.get(bucket[0])
+            by_index[bucket[0]] = list(bucket) if mine is None else self.combine(mine, bucket)
+        merged = [by_index[idx] for idx in sorted(by_index)]
+        newest = merged[-1][0] if merged else 0
+        return [bucket for bucket in merged if bucket[0] > newest - keep]
+
+
+class Count(Stat):
+    """[idx, n]"""
+
+    empty = 0
+
+    def new(self, idx: int, value: Any, t: float, before: list[Any] | None) -> list[Any]:
+        return [idx, 1]
+
+    def add(self, bucket: list[Any], value: Any, t: float) -> None:
+        bucket[1] += 1
+
+    def read(self, buckets: Buckets, low: int, high: int) -> Any:
+        total = 0
+        for bucket in reversed(buckets):
+            idx = bucket[0]
+            if idx < low:
+                break
+            if idx <= high:
+                total += bucket[1]
+        return total
+
+    def combine(self, a: list[Any], b: list[Any]) -> list[Any]:
+        return [a[0], a[1] + b[1]]
+
+
+class Sum(Count):
+    """[idx, total]"""
+
+    numeric = True
+    empty = MISSING
+
+    def new(self, idx: int, value: Any, t: float, before: list[Any] | None) -> list[Any]:
+        return [idx, value]
+
+    def add(self, bucket: list[Any], value: Any, t: float) -> None:
+        bucket[1] += value
+
+    def read(self, buckets: Buckets, low: int, high: int) -> Any:
+        total: Any = MISSING
+        for bucket in reversed(buckets):
+            idx = bucket[0]
+            if idx < low:
+                break
+            if idx <= high:
+                total = bucket[1] if total is MISSING else total + bucket[1]
+        return total
+
+
+class Average(Stat):
+    """[idx, total, n]"""
+
+    numeric = True
+
+    def new(self, idx: int, value: Any, t: float, before: list[Any] | None) -> list[Any]:
+        return [idx, value, 1]
+
+    def add(self, bucket: list[Any], value: Any, t: float) -> None:
+        bucket[1] += value
+        bucket[2] += 1
+
+    def read(self, buckets: Buckets, low: int, high: int) -> Any:
+        total, n = 0.0, 0
+        for bucket in reversed(buckets):
+            idx = bucket[0]
+            if idx < low:
+                break
+            if idx <= high:
+                total += bucket[1]
+                n += bucket[2]
+        return total / n if n else MISSING
+
+    def combine(self, a: list[Any], b: list[Any]) -> list[Any]:
+        return [a[0], a[1] + b[1], a[2] + b[2]]
+
+
+class Minimum(Stat):
+    """[idx, lowest]"""
+
+    numeric = True
+
+    def new(self, idx: int, value: Any, t: float, before: list[Any] | None) -> list[Any]:
+        return [idx, value]
+
+    def add(self, bucket: list[Any], value: Any, t: float) -> None:
+        if value < bucket[1]:
+            bucket[1] = value
+
+    def read(self, buckets: Buckets, low: int, high: int) -> Any:
+        found = [bucket[1] for bucket in buckets if low <= bucket[0] <= high]
+        return min(found) if found else MISSING
+
+    def combine(self, a: list[Any], b: list[Any]) -> list[Any]:
+        return [a[0], min(a[1], b[1])]
+
+
+class Maximum(Minimum):
+    """[idx, highest]"""
+
+    def add(self, bucket: list[Any], value: Any, t: float) -> None:
+        if value > bucket[1]:
+            bucket[1] = value
+
+    def read(self, buckets: Buckets, low: int, high: int) -> Any:
+        found = [bucket[1] for bucket in buckets if low <= bucket[0] <= high]
+        return max(found) if found else MISSING
+
+    def combine(self, a: list[Any], b: list[Any]) -> list[Any]:
+        return [a[0], max(a[1], b[1])]
+
+
+def _newest_until(buckets: Buckets, high: int) -> list[Any] | None:
+    for bucket in reversed(buckets):
+        if bucket[0] <= high:
+            return bucket  # type: ignore[no-any-return]
+    return None
+
+
+class Latest(Stat):
+    """[idx, value, t] — only the newest bucket is kept (two for previous_session)."""
+
+    single = True
+
+    def new(self, idx: int, value: Any, t: float, before: list[Any] | None) -> list[Any]:
+        return [idx, value, t]
+
+    def add(self, bucket: list[Any], value: Any, t: float) -> None:
+        if t >= bucket[2]:
+            bucket[1] = value
+            bucket[2] = t
+
+    def read(self, buckets: Buckets, low: int, high: int) -> Any:
+        bucket = _newest_until(buckets, high)
+        return bucket[1] if bucket is not None and bucket[0] >= low else MISSING
+
+    def combine(self, a: list[Any], b: list[Any]) -> list[Any]:
+        return list(a) if a[2] >= b[2] else list(b)
+
+
+class Previous(Stat):
+    """[idx, value, t, previous value, its t, its bucket index or None] — newest bucket only."""
+
+    single = True
+
+    def new(self, idx: int, value: Any, t: float, before: list[Any] | None) -> list[Any]:
+        if before is None:
+            return [idx, value, t, None, 0.0, None]
+        return [idx, value, t, before[1], before[2], before[0]]
+
+    def add(self, bucket: list[Any], value: Any, t: float) -> None:
+        if t >= bucket[2]:
+            bucket[3:6] = [bucket[1], bucket[2], bucket[0]]
+            bucket[1] = value
+            bucket[2] = t
+        elif bucket[5] is None or t >= bucket[4]:
+            bucket[3:6] = [value, t, bucket[0]]
+
+    def read(self, buckets: Buckets, low: int, high: int) -> Any:
+        bucket = _newest_until(buckets, high)
+        if bucket is None or bucket[5] is None or bucket[0] < low or not low <= bucket[5] <= high:
+            return MISSING
+        return bucket[3]
+
+    def combine(self, a: list[Any], b: list[Any]) -> list[Any]:
+        seen = [(a[0], a[2], a[1]), (b[0], b[2], b[1])]
+        seen += [(x[5], x[4], x[3]) for x in (a, b) if x[5] is not None]
+        seen.sort(key=lambda item: (item[0], item[1]), reverse=True)
+        (idx, t, value), (before_idx, before_t, before) = seen[0], seen[1]
+        return [idx, value, t, before, before_t, before_idx]
+
+
+class First(Stat):
+    """[idx, value, t] — the earliest value in each bucket."""
+
+    def new(self, idx: int, value: Any, t: float, before: list[Any] | None) -> list[Any]:
+        return [idx, value, t]
+
+    def add(self, bucket: list[Any], value: Any, t: float) -> None:
+        if t < bucket[2]:
+            bucket[1] = value
+            bucket[2] = t
+
+    def read(self, buckets: Buckets, low: int, high: int) -> Any:
+        for bucket in buckets:
+            if low <= bucket[0] <= high:
+                return bucket[1]
+        return MISSING
+
+    def combine(self, a: list[Any], b: list[Any]) -> list[Any]:
+        return list(a) if a[2] <= b[2] else list(b)
+
+
+class Distinct(Stat):
+    """[newest idx, {value key: [last idx, idx before that]}], at most DISTINCT_LIMIT values."""
+
+    empty = 0
+
+    def record(self, buckets: Buckets, idx: int, keep: int, value: Any, t: float) -> None:
+        if not buckets:
+            buckets.extend((idx, {}))
+        seen: dict[str, list[int]] = buckets[1]
+        key = value if value.__class__ is str else "\x00" + msgspec.json.encode(value).decode()
+        entry = seen.get(key)
+        if entry is None:
+            seen[key] = [idx]
+        elif entry[0] < idx:
+            seen[key] = [idx, entry[0]]
+        elif entry[0] > idx and (len(entry) == 1 or entry[1] < idx):
+            seen[key] = [entry[0], idx]
+        if idx > buckets[0]:
+            buckets[0] = idx
+            stale = [k for k, e in seen.items() if e[0] <= idx - keep]
+            for k in stale:
+                del seen[k]
+        if len(seen) > DISTINCT_LIMIT:
+            del seen[min(seen, key=lambda k: seen[k][0])]
+
+    def read(self, buckets: Buckets, low: int, high: int) -> Any:
+        count = 0
+        for entry in buckets[1].values():
+            last = entry[0]
+            if low <= last <= high or (last > high and len(entry) == 2 and low <= entry[1] <= high):
+                count += 1
+        return count
+
+    def merge(self, a: Buckets, b: Buckets, keep: int) -> Buckets:
+        newest = max(a[0], b[0])
+        seen: dict[str, list[int]] = {k: list(v) for k, v in a[1].items()}
+        for key, entry in b[1].items():
+            indexes = sorted(set(seen.get(key, [])) | set(entry), reverse=True)[:2]
+            seen[key] = indexes
+        kept = sorted(
+            ((k, e) for k, e in seen.items() if e[0] > newest - keep), key=lambda item: -item[1][0]
+        )
+        return [newest, dict(kept[:DISTINCT_LIMIT])]
+
+
+STATS: dict[str, Stat] = {
+    "count": Count(),
+    "sum": Sum(),
+    "avg": Average(),
+    "min": Minimum(),
+    "max": Maximum(),
+    "latest": Latest(),
+    "previous": Previous(),
+    "first": First(),
+    "distinct_count": Distinct(),
+    "first_at": First(),
+    "last_at": Latest(),
+}
+_TIME_STATS = frozenset({"first_at", "last_at"})
+
+
+_EVENT_ATTRIBUTES = {
+    "event": "name",
+    "name": "name",
+    "type": "type",
+    "message_id": "message_id",
+    "messageId": "message_id",
+    "user_id": "user_id",
+    "userId": "user_id",
+    "anonymous_id": "anonymous_id",
+    "anonymousId": "anonymous_id",
+    "timestamp": "timestamp",
+}
+_EVENT_DICTS = ("properties", "context", "traits")
+
+
+def event_field(path: str) -> Callable[[Event], Any] | None:
+    """A reader of a dotted path into an event (`properties.revenue`), or None if not one."""
+    root, _, rest = path.partition(".")
+    if root in _EVENT_DICTS and rest:
+        inner = path_getter(rest)
+        if root == "properties":
+            return lambda event: inner(event.properties)
+        if root == "context":
+            return lambda event: inner(event.context)
+        return lambda event: inner(event.traits)
+    attribute = _EVENT_ATTRIBUTES.get(path)
+    if attribute is not None:
+        return lambda event: getattr(event, attribute)
+    return None
+
+
+class Variable:
+    """A compiled variable: which events feed it, how, and how to read its value."""
+
+    __slots__ = (
+        "default", "events", "field", "keep", "name", "stat", "time_value", "where", "window",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        events: tuple[str, ...],
+        stat: str,
+        window: str,
+        field: Callable[[Event], Any] | None = None,
+        default: Any = None,
+    ) -> None:
+        self.name = name
+        self.events = events
+        self.stat = STATS[stat]
+        self.time_value = stat in _TIME_STATS
+        self.window = Window(window)
+        self.keep = 1 + self.window.offset if self.stat.single else self.window.keep
+        self.field = field
+        self.where: Predicate | None = None  # set once conditions are compiled
+        self.default = MISSING if default is None else default
+
+    def record(self, scope: Scope) -> None:
+        """Fold the current event into the user's state, if it passes `where` and has the field."""
+        if self.where is not None and not self.where(scope):
+            return
+        value: Any = None
+        if self.time_value:
+            value = scope.t
+        elif self.field is not None:
+            value = self.field(scope.event)
+            if value is MISSING or value is None:
+                return
+            if self.stat.numeric:
+                value = as_number(value)
+                if value is MISSING:
+                    return
+        variables = scope.state.variables
+        buckets = variables.get(self.name)
+        if buckets is None:
+            buckets = variables[self.name] = []
+        self.stat.record(buckets, self.window.index(scope), self.keep, value, scope.t)
+
+    def read(self, scope: Scope) -> Any:
+        """The variable's current value: the statistic, else the default, else MISSING."""
+        buckets = scope.state.variables.get(self.name)
+        value = self.stat.empty
+        if buckets:
+            window = self.window
+            high = window.index(scope) - window.offset
+            value = self.stat.read(buckets, high - window.span + 1, high)
+        return self.default if value is MISSING else value
+
+    def merge(self, a: Buckets, b: Buckets, a_is_newer: bool) -> Buckets:
+        """Merge two profiles' states; session windows keep the newer profile's sessions."""
+        if self.window.kind in ("session", "previous_session"):
+            return a if a_is_newer else b
+        return self.stat.merge(a, b, self.keep)
