@@ -6,9 +6,11 @@ The app's lifespan calls `start` and `stop`; ingest calls `accept` for every req
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from zoneinfo import ZoneInfo
 
+import msgspec
 from prometheus_client import CollectorRegistry
 from starlette.routing import BaseRoute
 
@@ -21,6 +23,7 @@ from collector.errors import Unavailable
 from collector.events import Event
 from collector.metrics import IngestMetrics
 from collector.outbox import MemoryOutbox, Outbox
+from collector.schema import CampaignSpec
 from collector.store.base import Store
 from collector.store.memory import MemoryStore
 
@@ -39,7 +42,8 @@ class Runtime:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
-        self.engine = Engine(compile_rules(settings.config))
+        self.config = settings.config  # the live config: the file plus admin campaign changes
+        self.engine = Engine(compile_rules(settings.config, updated_at={}))
         self.store: Store = self._make_store()
         self.outbox: Outbox = MemoryOutbox(settings.data_dir)
         self.delivery_log = DeliveryLog()
@@ -91,7 +95,31 @@ class Runtime:
             self.metrics.messages["duplicate"] += result.duplicates
         if result.webhooks:
             await self.outbox.put(result.webhooks)
+        decisions = self.metrics.decisions
+        for decision in result.decisions:
+            decisions[(decision.campaign_id, decision.outcome, decision.reason or "")] += 1
+
+    async def put_campaign(self, spec: CampaignSpec) -> bool:
+        """Add or replace a campaign everywhere it runs; True when it is new."""
+        campaigns = list(self.config.campaigns)
+        index = next((i for i, c in enumerate(campaigns) if c.id == spec.id), None)
+        if index is None:
+            campaigns.append(spec)
+        else:
+            campaigns[index] = spec
+        self.config = msgspec.structs.replace(self.config, campaigns=campaigns)
+        self.engine.replace_campaign(spec, time.time())
+        return index is None
+
+    async def remove_campaign(self, campaign_id: str) -> bool:
+        """Delete a campaign everywhere it runs; False when there was none."""
+        campaigns = [c for c in self.config.campaigns if c.id != campaign_id]
+        if len(campaigns) == len(self.config.campaigns):
+            return False
+        self.config = msgspec.structs.replace(self.config, campaigns=campaigns)
+        self.engine.remove_campaign(campaign_id)
+        return True
 
     def extra_routes(self) -> list[BaseRoute]:
         """Routes of the optional parts (admin, request bin)."""
-        return admin_routes(self.settings.admin_token, self.store)
+        return admin_routes(self)

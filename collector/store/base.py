@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import msgspec
 
 from collector.events import Event
+from collector.profile import Decision, UserState
 from collector.webhook import WebhookRequest
 
 
@@ -21,6 +22,7 @@ class IngestResult(msgspec.Struct):
     accepted: int
     duplicates: int
     webhooks: list[WebhookRequest]
+    decisions: list[Decision]
 
 
 class UserView(msgspec.Struct):
@@ -48,6 +50,9 @@ class Store(Protocol):
 
     async def ping(self) -> bool:
         """True when the backend answers."""
+
+    async def user_state(self, identity: str) -> UserState | None:
+        """The engine state of a user found by anonymous id, user id or key."""
 
 
 def event_as_message(event: Event) -> dict[str, Any]:

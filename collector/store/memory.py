@@ -13,9 +13,9 @@ from pathlib import Path
 
 import msgspec
 
-from collector.engine import Engine, merge_states
+from collector.engine import Engine, new_state
 from collector.events import Event
-from collector.profile import UserState
+from collector.profile import Decision, UserState
 from collector.schema import StateSettings
 from collector.store import identity
 from collector.store.base import IngestResult, UserView, event_as_message
@@ -89,6 +89,7 @@ class MemoryStore:
         """Dedupe and process each event against its user's state, in order."""
         engine = self._engine()
         webhooks: list[WebhookRequest] = []
+        decisions: list[Decision] = []
         accepted = duplicates = 0
         self._expire(now)
         for event in events:
@@ -98,12 +99,14 @@ class MemoryStore:
             self._seen[event.message_id] = now
             accepted += 1
             key = self._resolve(event, engine)
-            outcome = engine.process(self._users.get(key), event, now)
+            state = self._users.get(key) or new_state(key, now)
+            outcome = engine.process(state, event, now)
             self._users[key] = outcome.state
             self._users.move_to_end(key)
             self._remember(key, event)
             webhooks.extend(outcome.webhooks)
-        return IngestResult(accepted, duplicates, webhooks)
+            decisions.extend(outcome.decisions)
+        return IngestResult(accepted, duplicates, webhooks, decisions)
 
     async def lookup(self, identity_: str, now: float) -> UserView | None:
         """Find a profile by any of its ids or its key."""
@@ -117,6 +120,11 @@ class MemoryStore:
         state = self._users[key]
         recent = [event_as_message(e) for e in self._recent.get(key, ())]
         return UserView(key, self._engine().describe(state, now), recent)
+
+    def _find(self, identity_: str) -> str | None:
+        ids = identity.lookup_ids(identity_)
+        key = next((self._index[i] for i in ids if i in self._index), identity_)
+        return key if key in self._users else None
 
     def __len__(self) -> int:
         return len(self._users)
@@ -135,7 +143,7 @@ class MemoryStore:
             key = keys[0]
             for other in keys[1:]:
                 if self._mergeable(self._users[key], self._users[other]):
-                    self._users[key] = merge_states(self._users[key], self._users.pop(other))
+                    self._users[key] = engine.merge(self._users[key], self._users.pop(other))
                     self._recent_merge(key, other)
                     for id_ in self._ids.pop(other, []):
                         self._index[id_] = key
