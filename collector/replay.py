@@ -1,0 +1,266 @@
+"""`tripwire replay`: recorded events through the engine, offline; reports, sends nothing.
+
+The file holds one Segment-spec message per line (a `{"batch": [...]}` line is read as its
+messages). Each message's `timestamp` (epoch seconds or milliseconds, or ISO-8601; else
+`originalTimestamp`, `sentAt`, `receivedAt`) is the engine's clock for it, so a replay always
+gives the same answer. Like the collector, replay skips a `messageId` seen in the previous 24
+hours, and resolves identities in memory: an anonymous id and a user id seen together share a
+profile; when both already have different profiles (or an `alias` links two ids) the profiles
+are merged, the identified one's key surviving.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import orjson
+
+from collector.engine import Engine, compile_rules
+from collector.errors import ConfigError
+from collector.events import Event
+from collector.profile import UserState
+from collector.schema import ConfigFile
+
+DEDUPE_SECONDS = 86400.0
+_TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
+_PAGE_FIELDS = ("path", "url", "title", "referrer", "search")
+
+
+def parse_time(value: Any) -> float | None:
+    """Epoch seconds from epoch seconds/milliseconds or an ISO-8601 string (naive = UTC)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value / 1000.0 if value > 1e11 else float(value)
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.timestamp()
+    return None
+
+
+def _id(value: Any) -> str | None:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def event_from_message(message: Any, fallback_id: str) -> Event:
+    """Normalise one Segment message into an Event; raises ValueError saying what is wrong."""
+    if not isinstance(message, dict):
+        raise ValueError("expected a JSON object")
+    kind = str(message.get("type") or "track").lower()
+    if kind == "track":
+        name = message.get("event")
+        if not isinstance(name, str) or not name:
+            raise ValueError("track message without 'event'")
+    else:
+        name = kind
+    user_id, anonymous_id = _id(message.get("userId")), _id(message.get("anonymousId"))
+    if user_id is None and anonymous_id is None:
+        raise ValueError("message without 'userId' or 'anonymousId'")
+    timestamp = None
+    for field in _TIME_FIELDS:
+        if field in message:
+            timestamp = parse_time(message[field])
+            break
+    if timestamp is None:
+        raise ValueError("message without a valid 'timestamp'")
+    properties, context = _dict(message.get("properties")), _dict(message.get("context"))
+    if kind == "page" and "page" not in context:
+        page = {k: properties[k] for k in _PAGE_FIELDS if k in properties}
+        if page:
+            context = {**context, "page": page}
+    traits = _dict(message.get("traits")) or _dict(context.get("traits"))
+    return Event(
+        type=kind,
+        name=name,
+        message_id=_id(message.get("messageId")) or fallback_id,
+        anonymous_id=anonymous_id,
+        user_id=user_id,
+        previous_id=_id(message.get("previousId")),
+        properties=properties,
+        traits=traits,
+        context=context,
+        timestamp=timestamp,
+        received_at=timestamp,
+    )
+
+
+class Replay:
+    """Feeds events to an engine with in-memory identities, dedupe and per-campaign counts."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.states: dict[str, UserState] = {}
+        self._keys: dict[str, str] = {}  # "u:<userId>" / "a:<anonymousId>" -> profile key
+        self._aliases: dict[str, list[str]] = {}  # profile key -> ids once linked to it
+        self._seen: dict[str, float] = {}
+        self.events = 0
+        self.duplicates = 0
+        self.webhooks = 0
+        self.fired: Counter[str] = Counter()
+        self.suppressed: dict[str, Counter[str]] = {}
+
+    def feed(self, event: Event) -> None:
+        """Run one event, unless its messageId was seen in the previous 24 hours."""
+        seen = self._seen.get(event.message_id)
+        if seen is not None and abs(event.timestamp - seen) < DEDUPE_SECONDS:
+            self.duplicates += 1
+            return
+        self._seen[event.message_id] = event.timestamp
+        self.events += 1
+        key = self._resolve(event)
+        outcome = self.engine.process(self.states.get(key), event, event.timestamp)
+        self.states[key] = outcome.state
+        self.webhooks += len(outcome.webhooks)
+        for decision in outcome.decisions:
+            if decision.reason is None:
+                self.fired[decision.campaign_id] += 1
+            else:
+                counts = self.suppressed.get(decision.campaign_id)
+                if counts is None:
+                    counts = self.suppressed[decision.campaign_id] = Counter()
+                counts[decision.reason] += 1
+
+    def _resolve(self, event: Event) -> str:
+        keys = self._keys
+        user = f"u:{event.user_id}" if event.user_id is not None else None
+        anon = f"a:{event.anonymous_id}" if event.anonymous_id is not None else None
+        by_user = keys.get(user) if user else None
+        by_anon = keys.get(anon) if anon else None
+        if event.type == "alias" and event.previous_id is not None and user is not None:
+            previous = keys.get(f"u:{event.previous_id}") or keys.get(f"a:{event.previous_id}")
+            if previous is not None:
+                if by_user is None:
+                    self._link(user, previous)
+                    return previous
+                if previous != by_user:
+                    return self._merge(by_user, previous)
+        if by_user is not None and by_anon is not None and by_user != by_anon:
+            if self._owner(by_anon) in (None, event.user_id):
+                self._merge(by_user, by_anon)
+            key = by_user
+        elif by_user is not None:
+            key = by_user
+        elif by_anon is not None:
+            owner = self._owner(by_anon)
+            # another person signing in on a shared browser gets a profile of their own
+            key = user if user is not None and owner not in (None, event.user_id) else by_anon
+        else:
+            key = user or anon or event.message_id
+        if user is not None:
+            self._link(user, key)
+        if anon is not None:
+            self._link(anon, key)
+        return key
+
+    def _link(self, alias: str, key: str) -> None:
+        if self._keys.get(alias) != key:
+            self._keys[alias] = key
+            self._aliases.setdefault(key, []).append(alias)
+
+    def _owner(self, key: str) -> str | None:
+        state = self.states.get(key)
+        return state.user_id if state is not None else None
+
+    def _merge(self, keep: str, drop: str) -> str:
+        kept, dropped = self.states.get(keep), self.states.pop(drop, None)
+        if kept is not None and dropped is not None:
+            self.states[keep] = self.engine.merge(kept, dropped)
+        elif dropped is not None:
+            self.states[keep] = dropped
+        for alias in self._aliases.pop(drop, []):
+            if self._keys.get(alias) == drop:
+                self._link(alias, keep)
+        return keep
+
+    def report(self, campaign_ids: list[str]) -> dict[str, Any]:
+        """Counts per campaign (config order first), as plain data."""
+        ids = list(campaign_ids)
+        ids += sorted((set(self.fired) | set(self.suppressed)) - set(ids))
+        return {
+            "events": self.events,
+            "duplicates": self.duplicates,
+            "users": len(self.states),
+            "webhooks": self.webhooks,
+            "campaigns": {
+                cid: {
+                    "fired": self.fired.get(cid, 0),
+                    "suppressed": dict(sorted(self.suppressed.get(cid, Counter()).items())),
+                }
+                for cid in ids
+            },
+        }
+
+
+def run_replay(events_path: str, config: ConfigFile, *, as_json: bool, out: TextIO) -> int:
+    """Replay a JSON-lines file of events and print per-campaign counts; returns an exit code."""
+    try:
+        engine = Engine(compile_rules(config))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    replay = Replay(engine)
+    invalid: list[str] = []
+    try:
+        with open(events_path, "rb") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    message = orjson.loads(line)
+                    batch = message.get("batch") if isinstance(message, dict) else None
+                    messages = batch if isinstance(batch, list) else [message]
+                    events = [
+                        event_from_message(m, f"replay-{number}-{i}")
+                        for i, m in enumerate(messages)
+                    ]
+                except (orjson.JSONDecodeError, ValueError) as exc:
+                    invalid.append(f"line {number}: {exc}")
+                    continue
+                for event in events:
+                    replay.feed(event)
+    except OSError as exc:
+        print(f"{events_path}: cannot read: {exc.strerror}", file=sys.stderr)
+        return 2
+    report = replay.report([c.id for c in config.campaigns])
+    report["invalid"] = len(invalid)
+    if as_json:
+        report["invalid_lines"] = invalid[:20]
+        out.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        _print_table(report, invalid, out)
+    return 0
+
+
+def _print_table(report: dict[str, Any], invalid: list[str], out: TextIO) -> None:
+    out.write(
+        f"{report['events']} events ({report['duplicates']} duplicates skipped, "
+        f"{report['invalid']} invalid lines), {report['users']} users, "
+        f"{report['webhooks']} webhooks would have been sent\n"
+    )
+    for problem in invalid[:5]:
+        out.write(f"  skipped {problem}\n")
+    campaigns: dict[str, Any] = report["campaigns"]
+    width = max([len("campaign"), *(len(cid) for cid in campaigns)])
+    out.write(f"\n{'campaign':<{width}}  {'fired':>8}  {'suppressed':>10}  by reason\n")
+    for cid, counts in campaigns.items():
+        reasons = counts["suppressed"]
+        ordered = sorted(reasons.items(), key=lambda item: -item[1])
+        detail = ", ".join(f"{reason} {n}" for reason, n in ordered)
+        out.write(f"{cid:<{width}}  {counts['fired']:>8}  {sum(reasons.values()):>10}  {detail}\n")
