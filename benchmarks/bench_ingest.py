@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from benchmarks.common import bare_app, free_port, tripwire, wrk
+from benchmarks.common import bare_app, free_port, metric_sum, tripwire, wrk
 
 
 def pipeline_config(sink_url: str) -> dict[str, Any]:
@@ -100,6 +100,9 @@ def main() -> None:
         wrk(url + "/v1/batch", seconds=1)
         single = wrk(url + "/v1/batch", seconds=args.seconds)
         batched = wrk(url + "/v1/batch", seconds=args.seconds, batch=20) * 20
+        messages = metric_sum(url, "tripwire_ingest_messages_total", result="accepted")
+        fired = metric_sum(url, "tripwire_campaign_decisions_total", outcome="fired")
+        considered = metric_sum(url, "tripwire_campaign_decisions_total")
     print(f"bare ASGI app (reads body, 204):        {baseline:10,.0f} requests/s")
     print(
         f"tripwire, 1-message requests:           {single:10,.0f} requests/s   "

@@ -137,7 +137,13 @@ end
 
 
 def wrk(
-    url: str, *, batch: int = 1, seconds: int = 5, connections: int = 32, cores: str = "1"
+    url: str,
+    *,
+    batch: int = 1,
+    seconds: int = 5,
+    connections: int = 32,
+    cores: str = "1",
+    users: int = 100_000,
 ) -> float:
     """Requests per second that wrk reaches against `url`'s ingest endpoint."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
@@ -146,7 +152,7 @@ def wrk(
         [*pinned(cores), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script.name, url],
         capture_output=True,
         text=True,
-        env={**os.environ, "BATCH": str(batch)},
+        env={**os.environ, "BATCH": str(batch), "USERS": str(users)},
         check=True,
     )
     os.unlink(script.name)
@@ -157,3 +163,15 @@ def wrk(
     if not match:
         raise RuntimeError(result.stdout + result.stderr)
     return float(match.group(1))
+
+
+def metric_sum(base_url: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus metric's samples whose labels include `labels`."""
+    total = 0.0
+    for line in httpx.get(base_url + "/metrics", trust_env=False).text.splitlines():
+        if not line.startswith(name):
+            continue
+        sample, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in sample for k, v in labels.items()):
+            total += float(value)
+    return total
