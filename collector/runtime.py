@@ -14,8 +14,9 @@ import msgspec
 from prometheus_client import CollectorRegistry
 from starlette.routing import BaseRoute
 
-from collector.admin import admin_routes
+from collector.admin import EventFeed, admin_routes
 from collector.config import Settings
+from collector.dashboard import dashboard_routes
 from collector.delivery import Dispatcher
 from collector.deliverylog import DeliveryLog
 from collector.engine import Engine, compile_rules
@@ -23,6 +24,7 @@ from collector.errors import Unavailable
 from collector.events import Event
 from collector.metrics import IngestMetrics
 from collector.outbox import MemoryOutbox, Outbox
+from collector.requestbin import RequestBin, bin_routes
 from collector.schema import CampaignSpec
 from collector.store.base import Store
 from collector.store.memory import MemoryStore
@@ -53,6 +55,13 @@ class Runtime:
             self.delivery_log,
             registry,
             timezone=ZoneInfo(settings.config.timezone),
+        )
+        self.events = EventFeed()  # accepted events, for the admin live stream
+        bin_settings = settings.config.request_bin
+        self.request_bin = (
+            RequestBin(bin_settings.max_requests)
+            if settings.request_bin or bin_settings.enabled
+            else None
         )
 
     def _make_store(self) -> Store:
@@ -90,6 +99,7 @@ class Runtime:
         if self.outbox.depth() > MAX_PENDING_WEBHOOKS:
             raise Unavailable("too many webhooks waiting to be sent; retry shortly", retry_after=5)
         result = await self.store.ingest(events, now)
+        self.events.publish(events)
         self.metrics.messages["accepted"] += result.accepted
         if result.duplicates:
             self.metrics.messages["duplicate"] += result.duplicates
@@ -120,6 +130,15 @@ class Runtime:
         self.engine.remove_campaign(campaign_id)
         return True
 
+    def begin_shutdown(self) -> None:
+        """End live streams (admin events, request bin) so the server can stop without waiting."""
+        self.events.close()
+        if self.request_bin is not None:
+            self.request_bin.close()
+
     def extra_routes(self) -> list[BaseRoute]:
-        """Routes of the optional parts (admin, request bin)."""
-        return admin_routes(self)
+        """Routes of the optional parts (admin API, dashboard, request bin)."""
+        routes = [*admin_routes(self), *dashboard_routes(self)]
+        if self.request_bin is not None:
+            routes += bin_routes(self.request_bin)
+        return routes
