@@ -98,9 +98,10 @@ class Engine:
         scope = Scope(state, event, t, rules.calendar, number)
         recorders = rules.variables_by_event.get(event.name)
         if recorders:
-            for variable in recorders:
+            # every `where` first, so each sees the variables as they were before this event
+            for variable in [v for v in recorders if v.where is None or v.where(scope)]:
                 variable.record(scope)
-            scope.values.clear()  # a variable's `where` may have read values now stale
+            scope.values.clear()  # values read by a `where` are stale now
             scope.segments.clear()
         entered = self._entered(rules, scope) if rules.tracked else []
         candidates = rules.by_event.get(event.name, ())

@@ -15,6 +15,8 @@ window. The payload depends on the statistic (see each `Stat`). `latest`, `previ
 `last_at` need only the newest bucket; `distinct_count` keeps a map of at most
 `DISTINCT_LIMIT` values to the last two bucket indexes each was seen in.
 
+A variable's `where` sees other variables as they were before the event being recorded.
+
 Values: a missing or null field skips the event (`count` without a field counts every matching
 event). `sum avg min max` take numbers, or strings holding a finite number; other values skip
 the event. `count` and `distinct_count` read as 0 without data; the other stats read as missing,
@@ -439,9 +441,7 @@ class Variable:
         self.default = MISSING if default is None else default
 
     def record(self, scope: Scope) -> None:
-        """Fold the current event into the user's state, if it passes `where` and has the field."""
-        if self.where is not None and not self.where(scope):
-            return
+        """Fold the current event into the user's state (the caller has checked `where`)."""
         value: Any = None
         if self.time_value:
             value = scope.t
