@@ -61,6 +61,23 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--config", required=True)
     replay.add_argument("--json", action="store_true", help="print JSON instead of a table")
     replay.set_defaults(run=_replay)
+
+    demo = commands.add_parser("demo", help="run the demo: collector, request bin, dashboard, shop")
+    demo.add_argument("--port", type=int, default=8000, help="collector port (default 8000)")
+    demo.add_argument("--site-port", type=int, default=8080, help="demo shop port (default 8080)")
+    demo.add_argument("--no-browser", action="store_true", help="do not open the shop in a browser")
+    demo.add_argument(
+        "--data-dir", dest="data_dir", help="where the demo keeps state (default ./.tripwire)"
+    )
+    demo.set_defaults(run=_demo)
+
+    bin_ = commands.add_parser("bin", help="run a standalone request bin")
+    bin_.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    bin_.add_argument("--port", type=int, default=9000, help="port to listen on (default 9000)")
+    bin_.add_argument(
+        "--max-requests", type=int, default=200, help="requests kept per bin (default 200)"
+    )
+    bin_.set_defaults(run=_bin)
     return parser
 
 
@@ -111,6 +128,22 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **UVICORN_OPTIONS)
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from collector.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        port=args.port, site_port=args.site_port, open_browser=not args.no_browser,
+        data_dir=args.data_dir,
+    )
+    return run_demo(options)
+
+
+def _bin(args: argparse.Namespace) -> int:
+    from collector.demo import run_bin
+
+    return run_bin(args.host, args.port, args.max_requests)
 
 
 def _enc(value: Any) -> Any:
