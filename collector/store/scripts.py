@@ -1,0 +1,248 @@
+"""Lua scripts run by the Redis store and outbox; each touches the keys of one shard only.
+
+Arguments are documented at the top of each script. Scripts are loaded once per connection
+(`SCRIPT LOAD`) and called by SHA inside pipelines, so a request's scripts cost no extra round
+trip; a server that lost them (restart, failover) answers NOSCRIPT and they are loaded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final
+
+
+class Script:
+    """A Lua script and its SHA1."""
+
+    __slots__ = ("name", "sha", "source")
+
+    def __init__(self, name: str, source: str) -> None:
+        self.name = name
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
+# Commit one profile: its new state, seen messageIds, recent events, webhooks and identity
+# links, only if its version (and that of every same-shard profile merged into it) is unchanged.
+# Returns the new version, or 0 on a conflict.
+COMMIT: Final = Script(
+    "commit",
+    """
+-- KEYS: profile, recent, seen, outbox stream, outbox live hash,
+--       then NLINKS identity keys, then 4 keys (profile, recent, seen, identity) per merged profile
+-- ARGV: version, state, ttl, seen cutoff, recent cap, seen cap, profile key, replace recent (0|1),
+--       NLINKS, NMERGED, NMERGED versions, then counted lists:
+--       seen (score member pairs), recent blobs, webhooks (id blob pairs), absorbed keys
+local function chunked(cmd, key, from, to)
+  local i = from
+  while i <= to do
+    local j = math.min(i + 999, to)
+    redis.call(cmd, key, unpack(ARGV, i, j))
+    i = j + 1
+  end
+end
+local nlinks = tonumber(ARGV[9])
+local nmerged = tonumber(ARGV[10])
+if tonumber(redis.call('HGET', KEYS[1], 'v') or '0') ~= tonumber(ARGV[1]) then return 0 end
+local a = 11
+for i = 1, nmerged do
+  local other = KEYS[5 + nlinks + (i - 1) * 4 + 1]
+  if tonumber(redis.call('HGET', other, 'v') or '0') ~= tonumber(ARGV[a]) then return 0 end
+  a = a + 1
+end
+local ttl = tonumber(ARGV[3])
+local version = redis.call('HINCRBY', KEYS[1], 'v', 1)
+redis.call('HSET', KEYS[1], 's', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ttl)
+local n = tonumber(ARGV[a])
+a = a + 1
+if n > 0 then chunked('ZADD', KEYS[3], a, a + 2 * n - 1) end
+a = a + 2 * n
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[4])
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[6]) - 1)
+redis.call('EXPIRE', KEYS[3], ttl)
+if ARGV[8] == '1' then redis.call('DEL', KEYS[2]) end
+n = tonumber(ARGV[a])
+a = a + 1
+local cap = tonumber(ARGV[5])
+if n > 0 and cap > 0 then
+  chunked('RPUSH', KEYS[2], a, a + n - 1)
+  redis.call('LTRIM', KEYS[2], -cap, -1)
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+a = a + n
+n = tonumber(ARGV[a])
+a = a + 1
+for i = 1, n do
+  local id = ARGV[a]
+  if redis.call('HEXISTS', KEYS[5], id) == 0 then
+    local entry = redis.call('XADD', KEYS[4], '*', 'e', ARGV[a + 1])
+    redis.call('HSET', KEYS[5], id, entry)
+  end
+  a = a + 2
+end
+n = tonumber(ARGV[a])
+a = a + 1
+for i = 1, n do
+  redis.call('HSET', KEYS[1], 'a:' .. ARGV[a], '1')
+  a = a + 1
+end
+for i = 1, nlinks do
+  redis.call('SET', KEYS[5 + i], ARGV[7], 'EX', ttl)
+end
+for i = 1, nmerged do
+  local base = 5 + nlinks + (i - 1) * 4
+  redis.call('DEL', KEYS[base + 1], KEYS[base + 2], KEYS[base + 3])
+  redis.call('HSET', KEYS[base + 1], 'v', tonumber(ARGV[10 + i]) + 1, 'to', ARGV[7])
+  redis.call('EXPIRE', KEYS[base + 1], ttl)
+  redis.call('SET', KEYS[base + 4], ARGV[7], 'EX', ttl)
+end
+return version
+""",
+)
+
+# Freeze a profile that is being merged into one of another shard: from now on it redirects
+# to the target, and writers holding its old version conflict. Its data stays until the
+# target has absorbed it (CLEAN). Returns 1, or 0 when its version changed.
+FREEZE: Final = Script(
+    "freeze",
+    """
+-- KEYS: profile, identity of the profile's own key    ARGV: version, target, ttl
+if tonumber(redis.call('HGET', KEYS[1], 'v') or '0') ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+redis.call('HSET', KEYS[1], 'to', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', tonumber(ARGV[3]))
+return 1
+""",
+)
+
+# Drop the data of a frozen profile once its target has absorbed it.
+CLEAN: Final = Script(
+    "clean",
+    """
+-- KEYS: profile, recent, seen    ARGV: target
+if redis.call('HGET', KEYS[1], 'to') ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[1], 's')
+redis.call('DEL', KEYS[2], KEYS[3])
+return 1
+""",
+)
+
+# --- outbox: KEYS are always Keys.outbox_keys(shard): stream, live, retries, dead, dead order ---
+
+# Enqueue webhooks unless already pending. ARGV: (id, envelope) pairs. Returns how many were new.
+PUT: Final = Script(
+    "put",
+    """
+local added = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then
+    local entry = redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 1])
+    redis.call('HSET', KEYS[2], ARGV[i], entry)
+    added = added + 1
+  end
+end
+return added
+""",
+)
+
+# Move retries that are due onto the stream. ARGV: now, limit. Returns the next due time or -1.
+PROMOTE: Final = Script(
+    "promote",
+    """
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, member in ipairs(due) do
+  local sep = string.find(member, '\\n', 1, true)
+  local id = string.sub(member, 1, sep - 1)
+  local entry = redis.call('XADD', KEYS[1], '*', 'e', string.sub(member, sep + 1))
+  redis.call('HSET', KEYS[2], id, entry)
+  redis.call('ZREM', KEYS[3], member)
+end
+local head = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+if head[2] then return head[2] end
+return '-1'
+""",
+)
+
+# Settle claimed entries. ARGV: group, then triples (entry id, delivery id, action) where action
+# is "ack", "retry" (next two ARGV: due, member) or "dead" (next three: dead at, letter, capacity).
+SETTLE: Final = Script(
+    "settle",
+    """
+local i = 2
+local done = 0
+while i <= #ARGV do
+  local entry, id, action = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  i = i + 3
+  local current = redis.call('HGET', KEYS[2], id)
+  local acked = redis.call('XACK', KEYS[1], ARGV[1], entry)
+  redis.call('XDEL', KEYS[1], entry)
+  local owner = acked == 1 and current == entry
+  if action == 'ack' then
+    if owner then redis.call('HDEL', KEYS[2], id) end
+  elseif action == 'retry' then
+    if owner then
+      redis.call('ZADD', KEYS[3], ARGV[i], ARGV[i + 1])
+      redis.call('HSET', KEYS[2], id, 'r')
+    end
+    i = i + 2
+  else
+    if owner then
+      redis.call('HDEL', KEYS[2], id)
+      redis.call('HSET', KEYS[4], id, ARGV[i + 1])
+      redis.call('ZADD', KEYS[5], ARGV[i], id)
+      local over = redis.call('ZCARD', KEYS[5]) - tonumber(ARGV[i + 2])
+      if over > 0 then
+        local old = redis.call('ZRANGE', KEYS[5], 0, over - 1)
+        redis.call('ZREMRANGEBYRANK', KEYS[5], 0, over - 1)
+        redis.call('HDEL', KEYS[4], unpack(old))
+      end
+    end
+    i = i + 3
+  end
+  if owner then done = done + 1 end
+end
+return done
+""",
+)
+
+# Put dead letters back on the stream as fresh deliveries. ARGV: (id, envelope) pairs.
+# Returns the ids revived.
+REVIVE: Final = Script(
+    "revive",
+    """
+local revived = {}
+for i = 1, #ARGV, 2 do
+  local id = ARGV[i]
+  if redis.call('HEXISTS', KEYS[4], id) == 1 and redis.call('HEXISTS', KEYS[2], id) == 0 then
+    local entry = redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 1])
+    redis.call('HSET', KEYS[2], id, entry)
+    redis.call('HDEL', KEYS[4], id)
+    redis.call('ZREM', KEYS[5], id)
+    revived[#revived + 1] = id
+  end
+end
+return revived
+""",
+)
+
+# Hand entries this consumer read but never started back to the stream (clean shutdown).
+# ARGV: group, then (entry id, delivery id) pairs.
+RELEASE: Final = Script(
+    "release",
+    """
+for i = 2, #ARGV, 2 do
+  local entry, id = ARGV[i], ARGV[i + 1]
+  local found = redis.call('XRANGE', KEYS[1], entry, entry)
+  if found[1] and redis.call('XACK', KEYS[1], ARGV[1], entry) == 1 then
+    local fields = found[1][2]
+    local fresh = redis.call('XADD', KEYS[1], '*', fields[1], fields[2])
+    redis.call('XDEL', KEYS[1], entry)
+    if redis.call('HGET', KEYS[2], id) == entry then redis.call('HSET', KEYS[2], id, fresh) end
+  end
+end
+return 1
+""",
+)
+
+ALL: Final = (COMMIT, FREEZE, CLEAN, PUT, PROMOTE, SETTLE, REVIVE, RELEASE)
