@@ -91,7 +91,7 @@ def protect(token: str | None, endpoint: Endpoint) -> Endpoint:
     """Wrap an endpoint so it answers 401 without the admin token, 404 when admin is off."""
 
     async def guarded(request: Request) -> Response:
-        if token is None:
+        if not token:
             raise NotFound("the admin API is off: set TRIPWIRE_ADMIN_TOKEN to turn it on")
         if not authorized(request, token):
             raise Unauthorized("admin token required: Authorization: Bearer <token>")
@@ -276,7 +276,7 @@ def render_test(rules: Rules, campaign_id: str, state: UserState, now: float) ->
 
 def admin_routes(runtime: Runtime) -> list[BaseRoute]:
     """The admin API routes."""
-    token = runtime.settings.admin_token
+    token = runtime.settings.admin_token or None  # empty = off
 
     async def list_campaigns(_: Request) -> Response:
         stats = campaign_stats(runtime)

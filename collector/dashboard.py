@@ -79,7 +79,7 @@ action:
 
 def dashboard_routes(runtime: Runtime) -> list[BaseRoute]:
     """The dashboard's pages, its login and its static files."""
-    token = runtime.settings.admin_token
+    token = runtime.settings.admin_token or None  # empty = off
     views = {name: string.Template(_resource("templates", f"{name}.html")) for name in TEMPLATES}
     assets = {
         "tripwire.css": (_resource("static", "tripwire.css"), "text/css; charset=utf-8"),
