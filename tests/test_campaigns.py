@@ -28,15 +28,25 @@ HOOK = {"webhook": {"url": "https://hooks.example/#{campaign_id}"}}
 
 
 def campaign(cid: str = "c", **fields: Any) -> dict[str, Any]:
-    return {"id": cid, "status": "published", "trigger": {"event": "Clicked"}, "action": HOOK, **fields}
+    return {
+        "id": cid,
+        "status": "published",
+        "trigger": {"event": "Clicked"},
+        "action": HOOK,
+        **fields,
+    }
 
 
-def engine_for(*campaigns: dict[str, Any], updated_at: dict[str, float] | None = None,
-               **config: Any) -> Engine:
+def engine_for(
+    *campaigns: dict[str, Any], updated_at: dict[str, float] | None = None, **config: Any
+) -> Engine:
     raw = {
         "timezone": "Asia/Tokyo",
         "session_timeout": "30m",
-        "segments": {"pro": {"trait": "plan", "eq": "pro"}, "osaka": {"trait": "city", "eq": "Osaka"}},
+        "segments": {
+            "pro": {"trait": "plan", "eq": "pro"},
+            "osaka": {"trait": "city", "eq": "Osaka"},
+        },
         "test_users": {"trait": "is_test", "eq": True},
         "campaigns": list(campaigns),
         **config,
@@ -47,18 +57,29 @@ def engine_for(*campaigns: dict[str, Any], updated_at: dict[str, float] | None =
 class User:
     """One user sending events to an engine."""
 
-    def __init__(self, engine: Engine, anonymous_id: str = "anon-1", user_id: str | None = None) -> None:
+    def __init__(
+        self, engine: Engine, anonymous_id: str = "anon-1", user_id: str | None = None
+    ) -> None:
         self.engine = engine
         self.anonymous_id = anonymous_id
         self.user_id = user_id
         self.state: UserState | None = None
         self.n = 0
 
-    def send(self, name: str = "Clicked", t: float = T, kind: str = "track", **fields: Any) -> Outcome:
+    def send(
+        self, name: str = "Clicked", t: float = T, kind: str = "track", **fields: Any
+    ) -> Outcome:
         self.n += 1
-        event = Event(type=kind, name=name, message_id=f"{self.anonymous_id}-{self.n}",
-                      anonymous_id=self.anonymous_id, user_id=self.user_id, timestamp=t,
-                      received_at=t, **fields)
+        event = Event(
+            type=kind,
+            name=name,
+            message_id=f"{self.anonymous_id}-{self.n}",
+            anonymous_id=self.anonymous_id,
+            user_id=self.user_id,
+            timestamp=t,
+            received_at=t,
+            **fields,
+        )
         outcome = self.engine.process(self.state, event, t)
         self.state = outcome.state
         return outcome
@@ -79,9 +100,15 @@ def reason(engine: Engine, **fields: Any) -> str:
 # -- status and schedule -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("status", "expected"), [
-    ("published", "fired"), ("draft", "status"), ("paused", "status"), ("archived", "status"),
-])
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("published", "fired"),
+        ("draft", "status"),
+        ("paused", "status"),
+        ("archived", "status"),
+    ],
+)
 def test_only_published_campaigns_fire(status: str, expected: str) -> None:
     assert reason(engine_for(campaign(status=status))) == expected
 
@@ -121,11 +148,17 @@ def test_schedule_edges(schedule: dict[str, Any], t: float, expected: str) -> No
 # -- target, trigger, test users -------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("users", "user_id", "expected"), [
-    ("all", None, "fired"), ("all", "u1", "fired"),
-    ("members", "u1", "fired"), ("members", None, "target"),
-    ("visitors", None, "fired"), ("visitors", "u1", "target"),
-])
+@pytest.mark.parametrize(
+    ("users", "user_id", "expected"),
+    [
+        ("all", None, "fired"),
+        ("all", "u1", "fired"),
+        ("members", "u1", "fired"),
+        ("members", None, "target"),
+        ("visitors", None, "fired"),
+        ("visitors", "u1", "target"),
+    ],
+)
 def test_target_users(users: str, user_id: str | None, expected: str) -> None:
     engine = engine_for(campaign(target={"users": users}))
     (only,) = User(engine, user_id=user_id).reasons().values()
@@ -140,7 +173,9 @@ def test_target_segments_must_all_hold() -> None:
 
 
 def test_trigger_event_and_where() -> None:
-    engine = engine_for(campaign(trigger={"event": "Clicked", "where": {"prop": "button", "eq": "buy"}}))
+    engine = engine_for(
+        campaign(trigger={"event": "Clicked", "where": {"prop": "button", "eq": "buy"}})
+    )
     assert reason(engine, properties={"button": "buy"}) == "fired"
     assert reason(engine, properties={"button": "help"}) == "trigger"
     assert User(engine).reasons(name="Viewed") == {}  # other events do not consider it at all
@@ -237,8 +272,10 @@ def test_max_per_day_turns_over_at_local_midnight() -> None:
 
 
 def test_caps_count_only_fired_deliveries() -> None:
-    spec = campaign(frequency={"max_total": 1},
-                    action={"webhook": {"url": "https://hooks.example/", "body": {"p": "#{traits.plan}"}}})
+    spec = campaign(
+        frequency={"max_total": 1},
+        action={"webhook": {"url": "https://hooks.example/", "body": {"p": "#{traits.plan}"}}},
+    )
     user = User(engine_for(spec))
     assert user.reasons()["c"] == "missing_variable"
     assert user.reasons(t=T + 1, traits={"plan": "pro"})["c"] == "fired"
@@ -258,16 +295,20 @@ def test_exclusive_highest_priority_wins_and_others_fire_alongside() -> None:
     assert User(engine).reasons() == {"high": "fired", "low": "exclusive", "shared": "fired"}
 
 
-@pytest.mark.parametrize(("updated_at", "winner"), [
-    ({"first": 100.0, "second": 200.0}, "second"),
-    ({"first": 300.0, "second": 200.0}, "first"),
-    (None, "first"),  # same priority, same update time: the first in the config
-])
+@pytest.mark.parametrize(
+    ("updated_at", "winner"),
+    [
+        ({"first": 100.0, "second": 200.0}, "second"),
+        ({"first": 300.0, "second": 200.0}, "first"),
+        (None, "first"),  # same priority, same update time: the first in the config
+    ],
+)
 def test_exclusivity_ties_go_to_the_most_recently_updated(
     updated_at: dict[str, float] | None, winner: str
 ) -> None:
-    engine = engine_for(campaign("first", exclusive=True), campaign("second", exclusive=True),
-                        updated_at=updated_at)
+    engine = engine_for(
+        campaign("first", exclusive=True), campaign("second", exclusive=True), updated_at=updated_at
+    )
     result = User(engine).reasons()
     assert result[winner] == "fired"
     assert sorted(result.values()) == ["exclusive", "fired"]
@@ -282,7 +323,11 @@ def test_an_exclusive_campaign_that_cannot_fire_leaves_room_for_the_next() -> No
     )
     user = User(engine)
     assert user.reasons() == {"top": "missing_variable", "capped": "fired", "next": "exclusive"}
-    assert user.reasons(t=T + 1) == {"top": "missing_variable", "capped": "frequency", "next": "fired"}
+    assert user.reasons(t=T + 1) == {
+        "top": "missing_variable",
+        "capped": "frequency",
+        "next": "fired",
+    }
 
 
 # -- the order of the steps ----------------------------------------------------------------------
@@ -292,23 +337,36 @@ ORDER_TABLE = [
     ({"status": "paused", "schedule": {"days": ["mon"]}}, {}, "status"),
     ({"schedule": {"days": ["mon"]}, "target": {"users": "members"}}, {}, "schedule"),
     ({"target": {"users": "members", "segments": ["pro"]}}, {}, "target"),
-    ({"target": {"segments": ["pro"]}, "trigger": {"event": "Clicked", "where": {"prop": "x", "eq": 1}}},
-     {}, "not_in_segment"),
-    ({"trigger": {"event": "Clicked", "where": {"prop": "x", "eq": 1}}, "test_mode": True}, {}, "trigger"),
+    (
+        {
+            "target": {"segments": ["pro"]},
+            "trigger": {"event": "Clicked", "where": {"prop": "x", "eq": 1}},
+        },
+        {},
+        "not_in_segment",
+    ),
+    (
+        {"trigger": {"event": "Clicked", "where": {"prop": "x", "eq": 1}}, "test_mode": True},
+        {},
+        "trigger",
+    ),
     ({"test_mode": True, "rate": 0}, {}, "test_mode"),
     ({"rate": 0, "frequency": {"max_total": 1}}, {"traits": {"is_test": True}}, "control_group"),
 ]
 
 
 @pytest.mark.parametrize(("fields", "event", "expected"), ORDER_TABLE)
-def test_the_first_failing_step_is_the_reason(fields: dict[str, Any], event: dict[str, Any],
-                                              expected: str) -> None:
+def test_the_first_failing_step_is_the_reason(
+    fields: dict[str, Any], event: dict[str, Any], expected: str
+) -> None:
     assert reason(engine_for(campaign(**fields)), **event) == expected
 
 
 def test_frequency_is_checked_after_rate_and_before_exclusivity() -> None:
-    engine = engine_for(campaign("a", exclusive=True, priority=2, frequency={"max_total": 1}),
-                        campaign("b", exclusive=True, priority=1))
+    engine = engine_for(
+        campaign("a", exclusive=True, priority=2, frequency={"max_total": 1}),
+        campaign("b", exclusive=True, priority=1),
+    )
     user = User(engine)
     assert user.reasons() == {"a": "fired", "b": "exclusive"}
     assert user.reasons(t=T + 1) == {"a": "frequency", "b": "fired"}
@@ -322,7 +380,8 @@ def test_segment_entered_fires_when_the_user_newly_enters() -> None:
     user = User(engine)
     assert user.reasons(name="Viewed") == {}
     assert user.reasons(name="identify", t=T + 1, kind="identify", traits={"plan": "pro"}) == {
-        "welcome-pro": "fired"}
+        "welcome-pro": "fired"
+    }
     assert user.reasons(name="Viewed", t=T + 2) == {}  # still in: not entered again
     assert user.reasons(name="identify", t=T + 3, kind="identify", traits={"plan": "free"}) == {}
     assert user.reasons(name="Viewed", t=T + 4, traits={"plan": "pro"}) == {"welcome-pro": "fired"}

@@ -39,8 +39,14 @@ def holds(
     state = new_state("user-1", t)
     state.traits.update(traits or {})
     event = Event(
-        type="track", name="Probe", message_id="m1", anonymous_id="anon-1",
-        properties=properties or {}, context=context or {}, timestamp=t, received_at=t,
+        type="track",
+        name="Probe",
+        message_id="m1",
+        anonymous_id="anon-1",
+        properties=properties or {},
+        context=context or {},
+        timestamp=t,
+        received_at=t,
     )
     return bool(rules.segments["probe"](Scope(state, event, t, rules.calendar, 1)))
 
@@ -124,11 +130,23 @@ def test_operator(op: str, expected: Any, actual: Any, result: bool) -> None:
 
 
 MISSING_TABLE = [
-    ("eq", "a", False), ("ne", "a", True), ("gt", 1, False), ("gte", 1, False),
-    ("lt", 1, False), ("lte", 1, False), ("between", [0, 9], False), ("in", ["a"], False),
-    ("not_in", ["a"], True), ("contains", "a", False), ("not_contains", "a", True),
-    ("starts_with", "a", False), ("ends_with", "a", False), ("regex", "a", False),
-    ("exists", True, False), ("exists", False, True), ("within", "1h", False),
+    ("eq", "a", False),
+    ("ne", "a", True),
+    ("gt", 1, False),
+    ("gte", 1, False),
+    ("lt", 1, False),
+    ("lte", 1, False),
+    ("between", [0, 9], False),
+    ("in", ["a"], False),
+    ("not_in", ["a"], True),
+    ("contains", "a", False),
+    ("not_contains", "a", True),
+    ("starts_with", "a", False),
+    ("ends_with", "a", False),
+    ("regex", "a", False),
+    ("exists", True, False),
+    ("exists", False, True),
+    ("within", "1h", False),
     ("older_than", "1h", False),
 ]
 
@@ -171,36 +189,61 @@ def test_naive_iso_times_are_in_the_configured_timezone() -> None:
 
 
 def test_operands_read_traits_properties_and_context_by_dotted_path() -> None:
-    rules = build({"all": [
-        {"trait": "address.city", "eq": "Osaka"},
-        {"prop": "items.0.sku", "eq": "A-1"},
-        {"context": "page.path", "starts_with": "/cart"},
-    ]})
+    rules = build(
+        {
+            "all": [
+                {"trait": "address.city", "eq": "Osaka"},
+                {"prop": "items.0.sku", "eq": "A-1"},
+                {"context": "page.path", "starts_with": "/cart"},
+            ]
+        }
+    )
     assert holds(
-        rules, traits={"address": {"city": "Osaka"}}, properties={"items": [{"sku": "A-1"}]},
+        rules,
+        traits={"address": {"city": "Osaka"}},
+        properties={"items": [{"sku": "A-1"}]},
         context={"page": {"path": "/cart/3"}},
     )
     assert not holds(
-        rules, traits={"address": {"city": "Kyoto"}}, properties={"items": [{"sku": "A-1"}]},
+        rules,
+        traits={"address": {"city": "Kyoto"}},
+        properties={"items": [{"sku": "A-1"}]},
         context={"page": {"path": "/cart/3"}},
     )
-    assert not holds(rules, traits={"address": "Osaka"}, properties={"items": []},
-                     context={"page": {"path": "/cart/3"}})
+    assert not holds(
+        rules,
+        traits={"address": "Osaka"},
+        properties={"items": []},
+        context={"page": {"path": "/cart/3"}},
+    )
 
 
 def test_combinators_nest() -> None:
-    rules = build({"any": [
-        {"all": [{"trait": "plan", "eq": "pro"}, {"not": {"trait": "churned", "eq": True}}]},
-        {"trait": "vip", "eq": True},
-    ]})
+    rules = build(
+        {
+            "any": [
+                {
+                    "all": [
+                        {"trait": "plan", "eq": "pro"},
+                        {"not": {"trait": "churned", "eq": True}},
+                    ]
+                },
+                {"trait": "vip", "eq": True},
+            ]
+        }
+    )
     assert holds(rules, traits={"plan": "pro"})
     assert not holds(rules, traits={"plan": "pro", "churned": True})
     assert holds(rules, traits={"plan": "free", "vip": True})
     assert not holds(rules, traits={})
-    three = build({"all": [{"trait": "a", "eq": 1}, {"trait": "b", "eq": 2}, {"trait": "c", "eq": 3}]})
+    three = build(
+        {"all": [{"trait": "a", "eq": 1}, {"trait": "b", "eq": 2}, {"trait": "c", "eq": 3}]}
+    )
     assert holds(three, traits={"a": 1, "b": 2, "c": 3})
     assert not holds(three, traits={"a": 1, "b": 2, "c": 4})
-    some = build({"any": [{"trait": "a", "eq": 1}, {"trait": "b", "eq": 2}, {"trait": "c", "eq": 3}]})
+    some = build(
+        {"any": [{"trait": "a", "eq": 1}, {"trait": "b", "eq": 2}, {"trait": "c", "eq": 3}]}
+    )
     assert holds(some, traits={"c": 3})
     assert not holds(some, traits={"c": 4})
 
@@ -219,27 +262,52 @@ def test_segments_reference_segments_and_compare_as_booleans() -> None:
 
 
 def _page(t: float, path: str, n: int) -> Event:
-    return Event(type="page", name="page", message_id=f"p{n}", anonymous_id="anon-1",
-                 context={"page": {"path": path}}, timestamp=t, received_at=t)
+    return Event(
+        type="page",
+        name="page",
+        message_id=f"p{n}",
+        anonymous_id="anon-1",
+        context={"page": {"path": path}},
+        timestamp=t,
+        received_at=t,
+    )
 
 
 def test_var_and_event_count_operands_read_the_users_history() -> None:
-    config = decode_config({
-        "variables": {"cart_views": {"event": "page", "stat": "count", "window": "7d",
-                                     "where": {"context": "page.path", "starts_with": "/cart"}}},
-        "segments": {
-            "keen": {"all": [{"var": "cart_views", "gte": 2},
-                             {"not": {"event_count": "Order Completed", "window": "7d", "gt": 0}}]},
-        },
-    })
+    config = decode_config(
+        {
+            "variables": {
+                "cart_views": {
+                    "event": "page",
+                    "stat": "count",
+                    "window": "7d",
+                    "where": {"context": "page.path", "starts_with": "/cart"},
+                }
+            },
+            "segments": {
+                "keen": {
+                    "all": [
+                        {"var": "cart_views", "gte": 2},
+                        {"not": {"event_count": "Order Completed", "window": "7d", "gt": 0}},
+                    ]
+                },
+            },
+        }
+    )
     engine = Engine(compile_rules(config))
     state = None
     for n, path in enumerate(["/cart", "/home", "/cart"]):
         state = engine.process(state, _page(T + n, path, n), T + n).state
     assert state is not None
     assert engine.describe(state, T + 5)["segments"] == ["keen"]
-    order = Event(type="track", name="Order Completed", message_id="o1", anonymous_id="anon-1",
-                  timestamp=T + 10, received_at=T + 10)
+    order = Event(
+        type="track",
+        name="Order Completed",
+        message_id="o1",
+        anonymous_id="anon-1",
+        timestamp=T + 10,
+        received_at=T + 10,
+    )
     state = engine.process(state, order, T + 10).state
     assert engine.describe(state, T + 11)["segments"] == []
     # eight days later the order has left the 7-day window, and so have the cart views
@@ -249,8 +317,9 @@ def test_var_and_event_count_operands_read_the_users_history() -> None:
 def test_a_missing_variable_uses_its_default() -> None:
     rules = build(
         {"var": "spent", "gte": 0},
-        variables={"spent": {"event": "Order", "field": "properties.revenue", "stat": "sum",
-                             "default": 0}},
+        variables={
+            "spent": {"event": "Order", "field": "properties.revenue", "stat": "sum", "default": 0}
+        },
     )
     assert holds(rules)
     bare = build(
@@ -263,7 +332,9 @@ def test_a_missing_variable_uses_its_default() -> None:
 def test_between_with_mixed_bounds_is_a_load_error_with_its_path() -> None:
     with pytest.raises(ConfigError) as caught:
         build({"all": [{"trait": "a", "eq": 1}, {"trait": "x", "between": [1, "z"]}]})
-    assert caught.value.problems == ["segments.probe.all[1].between: expected two numbers or two strings"]
+    assert caught.value.problems == [
+        "segments.probe.all[1].between: expected two numbers or two strings"
+    ]
 
 
 # -- property-based: compiled predicates agree with a plain interpreter ------------------------
@@ -281,12 +352,16 @@ def _leaf_strategy() -> st.SearchStrategy[dict[str, Any]]:
     name = st.sampled_from(NAMES)
     op_value = st.one_of(
         st.tuples(st.sampled_from(["eq", "ne"]), SCALARS),
-        st.tuples(st.sampled_from(["gt", "gte", "lt", "lte"]),
-                  st.sampled_from([0, 1, 2, 1.5, -1, "a", "b", "1"])),
+        st.tuples(
+            st.sampled_from(["gt", "gte", "lt", "lte"]),
+            st.sampled_from([0, 1, 2, 1.5, -1, "a", "b", "1"]),
+        ),
         st.tuples(st.just("between"), st.sampled_from([[0, 2], [1, 1.5], ["a", "b"], [-1, 0]])),
         st.tuples(st.sampled_from(["in", "not_in"]), st.lists(SCALARS, max_size=3)),
-        st.tuples(st.sampled_from(["contains", "not_contains", "starts_with", "ends_with"]),
-                  st.sampled_from(["a", "b", "", "1", 1])),
+        st.tuples(
+            st.sampled_from(["contains", "not_contains", "starts_with", "ends_with"]),
+            st.sampled_from(["a", "b", "", "1", 1]),
+        ),
         st.tuples(st.just("regex"), st.sampled_from(["^a", "b$", r"\d", "a|b"])),
         st.tuples(st.just("exists"), st.booleans()),
         st.tuples(st.sampled_from(["within", "older_than"]), st.sampled_from([60, 3600, 86400])),
@@ -305,8 +380,12 @@ CONDITIONS = st.recursive(
 )
 TIMES = st.sampled_from([T - 30, T - 3599, T - 7200, T - 90000, T + 5])
 PROFILE = st.fixed_dictionaries(
-    {}, optional={"a": st.one_of(VALUES, TIMES), "b": VALUES,
-                  "c": st.one_of(st.fixed_dictionaries({}, optional={"d": VALUES}), SCALARS)},
+    {},
+    optional={
+        "a": st.one_of(VALUES, TIMES),
+        "b": VALUES,
+        "c": st.one_of(st.fixed_dictionaries({}, optional={"d": VALUES}), SCALARS),
+    },
 )
 
 

@@ -23,16 +23,30 @@ VARIABLES = {
 
 
 def engine_with(webhook: dict[str, Any], **campaign: Any) -> Engine:
-    spec = {"id": "c1", "name": "Follow-up", "status": "published",
-            "trigger": {"event": "Clicked"}, "action": {"webhook": webhook}, **campaign}
+    spec = {
+        "id": "c1",
+        "name": "Follow-up",
+        "status": "published",
+        "trigger": {"event": "Clicked"},
+        "action": {"webhook": webhook},
+        **campaign,
+    }
     return Engine(compile_rules(decode_config({"variables": VARIABLES, "campaigns": [spec]})))
 
 
 def click(
     engine: Engine, state: UserState | None = None, *, user_id: str | None = "u-1", **fields: Any
 ) -> Outcome:
-    event = Event(type="track", name="Clicked", message_id="msg-1", anonymous_id="anon-1",
-                  user_id=user_id, timestamp=T, received_at=T, **fields)
+    event = Event(
+        type="track",
+        name="Clicked",
+        message_id="msg-1",
+        anonymous_id="anon-1",
+        user_id=user_id,
+        timestamp=T,
+        received_at=T,
+        **fields,
+    )
     return engine.process(state, event, T)
 
 
@@ -43,14 +57,17 @@ def fired(outcome: Outcome) -> WebhookRequest:
 
 
 def test_url_values_are_url_encoded() -> None:
-    engine = engine_with({"url": "https://hooks.example/p/#{properties.q}?u=#{user_id}&c=#{campaign_id}"})
+    engine = engine_with(
+        {"url": "https://hooks.example/p/#{properties.q}?u=#{user_id}&c=#{campaign_id}"}
+    )
     webhook = fired(click(engine, properties={"q": "a b&c/d"}, user_id="ü@x"))
     assert webhook.url == "https://hooks.example/p/a%20b%26c%2Fd?u=%C3%BC%40x&c=c1"
 
 
 def test_headers_render_and_crlf_suppresses() -> None:
-    engine = engine_with({"url": "https://hooks.example/", "headers": {
-        "X-User": "id=#{user_id}", "X-Fixed": "abc"}})
+    engine = engine_with(
+        {"url": "https://hooks.example/", "headers": {"X-User": "id=#{user_id}", "X-Fixed": "abc"}}
+    )
     assert fired(click(engine)).headers == {"X-User": "id=u-1", "X-Fixed": "abc"}
     outcome = click(engine, user_id="u-1\r\nX-Evil: 1")
     assert outcome.webhooks == []
@@ -58,27 +75,52 @@ def test_headers_render_and_crlf_suppresses() -> None:
 
 
 def test_a_whole_placeholder_keeps_the_json_type_and_text_is_interpolated() -> None:
-    engine = engine_with({"url": "https://hooks.example/", "body": {
-        "amount": "#{properties.amount}", "flag": "#{properties.flag}",
-        "items": "#{properties.items}", "nested": {"list": ["#{properties.amount}", "x#{properties.amount}"]},
-        "sentence": "#{properties.flag} and #{properties.items} cost #{properties.amount}",
-        "constant": 7,
-    }})
+    engine = engine_with(
+        {
+            "url": "https://hooks.example/",
+            "body": {
+                "amount": "#{properties.amount}",
+                "flag": "#{properties.flag}",
+                "items": "#{properties.items}",
+                "nested": {"list": ["#{properties.amount}", "x#{properties.amount}"]},
+                "sentence": "#{properties.flag} and #{properties.items} cost #{properties.amount}",
+                "constant": 7,
+            },
+        }
+    )
     body = fired(click(engine, properties={"amount": 12.5, "flag": True, "items": [1, "a"]})).body
     assert body == {
-        "amount": 12.5, "flag": True, "items": [1, "a"], "nested": {"list": [12.5, "x12.5"]},
-        "sentence": 'true and [1,"a"] cost 12.5', "constant": 7,
+        "amount": 12.5,
+        "flag": True,
+        "items": [1, "a"],
+        "nested": {"list": [12.5, "x12.5"]},
+        "sentence": 'true and [1,"a"] cost 12.5',
+        "constant": 7,
     }
 
 
 def test_fallbacks_and_variable_defaults() -> None:
-    engine = engine_with({"url": "https://hooks.example/?plan=#{traits.plan|free}", "body": {
-        "spent": "#{spent}", "sku": "#{last_sku|none}", "count": "#{properties.count|0}",
-        "ok": "#{properties.ok|true}", "label": "plan: #{traits.plan|unknown}",
-    }})
+    engine = engine_with(
+        {
+            "url": "https://hooks.example/?plan=#{traits.plan|free}",
+            "body": {
+                "spent": "#{spent}",
+                "sku": "#{last_sku|none}",
+                "count": "#{properties.count|0}",
+                "ok": "#{properties.ok|true}",
+                "label": "plan: #{traits.plan|unknown}",
+            },
+        }
+    )
     webhook = fired(click(engine))
     assert webhook.url == "https://hooks.example/?plan=free"
-    assert webhook.body == {"spent": 0, "sku": "none", "count": 0, "ok": True, "label": "plan: unknown"}
+    assert webhook.body == {
+        "spent": 0,
+        "sku": "none",
+        "count": 0,
+        "ok": True,
+        "label": "plan: unknown",
+    }
 
 
 def test_a_missing_value_without_fallback_or_default_suppresses() -> None:
@@ -95,54 +137,105 @@ def test_a_missing_value_without_fallback_or_default_suppresses() -> None:
 
 
 def test_user_variables_render_their_current_value() -> None:
-    engine = engine_with({"url": "https://hooks.example/", "body": {"spent": "#{spent}", "sku": "#{last_sku}"}})
-    order = Event(type="track", name="Order", message_id="o1", anonymous_id="anon-1",
-                  properties={"revenue": 30, "sku": "A-1"}, timestamp=T - 60, received_at=T - 60)
+    engine = engine_with(
+        {"url": "https://hooks.example/", "body": {"spent": "#{spent}", "sku": "#{last_sku}"}}
+    )
+    order = Event(
+        type="track",
+        name="Order",
+        message_id="o1",
+        anonymous_id="anon-1",
+        properties={"revenue": 30, "sku": "A-1"},
+        timestamp=T - 60,
+        received_at=T - 60,
+    )
     state = engine.process(None, order, T - 60).state
     assert fired(click(engine, state)).body == {"spent": 30, "sku": "A-1"}
 
 
 def test_builtins() -> None:
-    names = ["user_id", "visitor_id", "campaign_id", "campaign_name", "variant_id", "event",
-             "event_id", "delivery_id", "timestamp", "session_id"]
+    names = [
+        "user_id",
+        "visitor_id",
+        "campaign_id",
+        "campaign_name",
+        "variant_id",
+        "event",
+        "event_id",
+        "delivery_id",
+        "timestamp",
+        "session_id",
+    ]
     engine = engine_with({"url": "https://hooks.example/", "body": {n: f"#{{{n}}}" for n in names}})
     outcome = click(engine)
     webhook = fired(outcome)
     assert outcome.state.session is not None
     assert webhook.body == {
-        "user_id": "u-1", "visitor_id": "anon-1", "campaign_id": "c1", "campaign_name": "Follow-up",
-        "variant_id": "", "event": "Clicked", "event_id": "msg-1",
-        "delivery_id": webhook.webhook_id, "timestamp": "2026-03-10T12:00:00.250Z",
+        "user_id": "u-1",
+        "visitor_id": "anon-1",
+        "campaign_id": "c1",
+        "campaign_name": "Follow-up",
+        "variant_id": "",
+        "event": "Clicked",
+        "event_id": "msg-1",
+        "delivery_id": webhook.webhook_id,
+        "timestamp": "2026-03-10T12:00:00.250Z",
         "session_id": outcome.state.session.id,
     }
 
 
 def test_variant_id_renders_for_variants() -> None:
     action = {"webhook": {"url": "https://hooks.example/#{variant_id}"}}
-    engine = engine_with({"url": "unused"}, action=None, variants=[{"id": "B", "rate": 100, "action": action}])
+    engine = engine_with(
+        {"url": "unused"}, action=None, variants=[{"id": "B", "rate": 100, "action": action}]
+    )
     webhook = fired(click(engine))
     assert (webhook.url, webhook.variant_id) == ("https://hooks.example/B", "B")
 
 
 def test_prefixed_names_and_page_fields() -> None:
-    engine = engine_with({"url": "https://hooks.example/", "body": {
-        "plan": "#{traits.plan}", "city": "#{traits.address.city}", "sku": "#{properties.items.0.sku}",
-        "locale": "#{context.locale}", "path": "#{page.path}", "title": "#{page.title|-}",
-    }})
-    webhook = fired(click(
-        engine, traits={"plan": "pro", "address": {"city": "Osaka"}},
-        properties={"items": [{"sku": "A-1"}]},
-        context={"locale": "ja-JP", "page": {"path": "/cart", "title": "Cart"}},
-    ))
-    assert webhook.body == {"plan": "pro", "city": "Osaka", "sku": "A-1", "locale": "ja-JP",
-                            "path": "/cart", "title": "Cart"}
+    engine = engine_with(
+        {
+            "url": "https://hooks.example/",
+            "body": {
+                "plan": "#{traits.plan}",
+                "city": "#{traits.address.city}",
+                "sku": "#{properties.items.0.sku}",
+                "locale": "#{context.locale}",
+                "path": "#{page.path}",
+                "title": "#{page.title|-}",
+            },
+        }
+    )
+    webhook = fired(
+        click(
+            engine,
+            traits={"plan": "pro", "address": {"city": "Osaka"}},
+            properties={"items": [{"sku": "A-1"}]},
+            context={"locale": "ja-JP", "page": {"path": "/cart", "title": "Cart"}},
+        )
+    )
+    assert webhook.body == {
+        "plan": "pro",
+        "city": "Osaka",
+        "sku": "A-1",
+        "locale": "ja-JP",
+        "path": "/cart",
+        "title": "Cart",
+    }
 
 
 def test_page_fields_fall_back_to_the_latest_page_viewed() -> None:
     engine = engine_with({"url": "https://hooks.example/", "body": {"path": "#{page.path}"}})
-    view = Event(type="page", name="page", message_id="p1", anonymous_id="anon-1",
-                 context={"page": {"path": "/product/9", "url": "https://shop.example/product/9"}},
-                 timestamp=T - 5, received_at=T - 5)
+    view = Event(
+        type="page",
+        name="page",
+        message_id="p1",
+        anonymous_id="anon-1",
+        context={"page": {"path": "/product/9", "url": "https://shop.example/product/9"}},
+        timestamp=T - 5,
+        received_at=T - 5,
+    )
     state = engine.process(None, view, T - 5).state
     assert fired(click(engine, state)).body == {"path": "/product/9"}
 
@@ -150,15 +243,26 @@ def test_page_fields_fall_back_to_the_latest_page_viewed() -> None:
 @pytest.mark.parametrize(
     ("webhook", "problem"),
     [
-        ({"url": "https://x.example/", "body": {"user": "#{usr_id}"}},
-         "campaigns[0].action.webhook.body.user: unknown variable 'usr_id'"),
-        ({"url": "https://x.example/#{nope}"}, "campaigns[0].action.webhook.url: unknown variable 'nope'"),
-        ({"url": "https://x.example/", "headers": {"X-A": "#{page.colour}"}},
-         "campaigns[0].action.webhook.headers.X-A: unknown variable 'page.colour'"),
-        ({"url": "https://x.example/", "body": {"a": [1, {"b": "x #{ }"}]}},
-         "campaigns[0].action.webhook.body.a[1].b: empty placeholder '#{}'"),
-        ({"url": "https://x.example/", "headers": {"X-A": "a\nb"}},
-         "campaigns[0].action.webhook.headers.X-A: header names and values cannot hold CR or LF"),
+        (
+            {"url": "https://x.example/", "body": {"user": "#{usr_id}"}},
+            "campaigns[0].action.webhook.body.user: unknown variable 'usr_id'",
+        ),
+        (
+            {"url": "https://x.example/#{nope}"},
+            "campaigns[0].action.webhook.url: unknown variable 'nope'",
+        ),
+        (
+            {"url": "https://x.example/", "headers": {"X-A": "#{page.colour}"}},
+            "campaigns[0].action.webhook.headers.X-A: unknown variable 'page.colour'",
+        ),
+        (
+            {"url": "https://x.example/", "body": {"a": [1, {"b": "x #{ }"}]}},
+            "campaigns[0].action.webhook.body.a[1].b: empty placeholder '#{}'",
+        ),
+        (
+            {"url": "https://x.example/", "headers": {"X-A": "a\nb"}},
+            "campaigns[0].action.webhook.headers.X-A: header names and values cannot hold CR or LF",
+        ),
     ],
 )
 def test_unknown_names_are_load_errors_with_paths(webhook: dict[str, Any], problem: str) -> None:
@@ -170,10 +274,14 @@ def test_unknown_names_are_load_errors_with_paths(webhook: dict[str, Any], probl
 def test_every_template_problem_is_reported_including_variants() -> None:
     bad = {"webhook": {"url": "https://x.example/#{a}", "body": {"b": "#{b}"}}}
     with pytest.raises(ConfigError) as caught:
-        engine_with({"url": "unused"}, action=None, variants=[
-            {"id": "A", "rate": 50, "action": {"webhook": {"url": "https://x.example/"}}},
-            {"id": "B", "rate": 50, "action": bad},
-        ])
+        engine_with(
+            {"url": "unused"},
+            action=None,
+            variants=[
+                {"id": "A", "rate": 50, "action": {"webhook": {"url": "https://x.example/"}}},
+                {"id": "B", "rate": 50, "action": bad},
+            ],
+        )
     assert caught.value.problems == [
         "campaigns[0].variants[1].action.webhook.url: unknown variable 'a'",
         "campaigns[0].variants[1].action.webhook.body.b: unknown variable 'b'",

@@ -35,8 +35,15 @@ class Feed:
 
     def send(self, t: float, name: str = "Order", kind: str = "track", **fields: Any) -> None:
         self.n += 1
-        event = Event(type=kind, name=name, message_id=f"m{self.n}", anonymous_id="anon-1",
-                      timestamp=t, received_at=t, **fields)
+        event = Event(
+            type=kind,
+            name=name,
+            message_id=f"m{self.n}",
+            anonymous_id="anon-1",
+            timestamp=t,
+            received_at=t,
+            **fields,
+        )
         self.state = self.engine.process(self.state, event, t).state
 
     def values(self, now: float) -> dict[str, Any]:
@@ -113,14 +120,22 @@ def test_today_turns_over_at_midnight_in_the_configured_timezone() -> None:
     assert feed.values(tokyo(2026, 3, 11, 9, 0))["today"] == 1
     # the same instants in UTC are all on 2026-03-10 (UTC 14:58 - 15:00), so UTC sees 3 today
     utc = Feed(engine_for(variables))
-    for t in (tokyo(2026, 3, 10, 23, 58), tokyo(2026, 3, 10, 23, 59, 59), tokyo(2026, 3, 11, 0, 0, 1)):
+    for t in (
+        tokyo(2026, 3, 10, 23, 58),
+        tokyo(2026, 3, 10, 23, 59, 59),
+        tokyo(2026, 3, 11, 0, 0, 1),
+    ):
         utc.send(t)
     assert utc.values(tokyo(2026, 3, 11, 0, 0, 2))["today"] == 3
 
 
 def test_day_windows_cover_today_and_the_days_before() -> None:
-    feed = Feed(engine_for({"week": stat("count", None, window="7d"),
-                            "spent_week": stat("sum", window="7d")}, timezone="Asia/Tokyo"))
+    feed = Feed(
+        engine_for(
+            {"week": stat("count", None, window="7d"), "spent_week": stat("sum", window="7d")},
+            timezone="Asia/Tokyo",
+        )
+    )
     feed.send(tokyo(2026, 3, 1, 23, 0), properties={"revenue": 1})
     feed.send(tokyo(2026, 3, 4, 12, 0), properties={"revenue": 10})
     assert feed.values(tokyo(2026, 3, 7, 23, 59)) == {"week": 2, "spent_week": 11}
@@ -154,9 +169,11 @@ def test_long_windows_keep_a_bounded_number_of_buckets() -> None:
 
 
 def test_session_and_previous_session_windows() -> None:
-    variables = {"this_session": stat("count", None, window="session"),
-                 "last_session": stat("count", None, window="previous_session"),
-                 "last_latest": stat("latest", window="previous_session")}
+    variables = {
+        "this_session": stat("count", None, window="session"),
+        "last_session": stat("count", None, window="previous_session"),
+        "last_latest": stat("latest", window="previous_session"),
+    }
     feed = Feed(engine_for(variables, session_timeout="30m"))
     for i in range(3):
         feed.send(T + i * 60, properties={"revenue": i})
@@ -180,8 +197,12 @@ def test_exactly_the_session_timeout_keeps_the_session() -> None:
 
 def test_where_filters_and_event_lists_and_dotted_fields() -> None:
     variables = {
-        "cart_views": {"event": "page", "stat": "count", "window": "7d",
-                       "where": {"context": "page.path", "starts_with": "/cart"}},
+        "cart_views": {
+            "event": "page",
+            "stat": "count",
+            "window": "7d",
+            "where": {"context": "page.path", "starts_with": "/cart"},
+        },
         "last_path": {"event": "page", "field": "context.page.path", "stat": "latest"},
         "actions": {"event": ["Signed Up", "Order"], "stat": "count"},
         "plan": {"event": "identify", "field": "traits.plan", "stat": "latest"},
@@ -193,7 +214,12 @@ def test_where_filters_and_event_lists_and_dotted_fields() -> None:
     feed.send(T + 6, name="Order")
     feed.send(T + 7, name="Other")
     feed.send(T + 8, name="identify", kind="identify", traits={"plan": "pro"})
-    assert feed.values(T + 9) == {"cart_views": 2, "last_path": "/cart/2", "actions": 2, "plan": "pro"}
+    assert feed.values(T + 9) == {
+        "cart_views": 2,
+        "last_path": "/cart/2",
+        "actions": 2,
+        "plan": "pro",
+    }
 
 
 def test_distinct_count_keeps_a_bounded_set() -> None:
@@ -207,8 +233,10 @@ def test_distinct_count_keeps_a_bounded_set() -> None:
 
 
 def test_distinct_count_over_sessions_and_days() -> None:
-    variables = {"today": stat("distinct_count", field="properties.sku", window="today"),
-                 "before": stat("distinct_count", field="properties.sku", window="previous_session")}
+    variables = {
+        "today": stat("distinct_count", field="properties.sku", window="today"),
+        "before": stat("distinct_count", field="properties.sku", window="previous_session"),
+    }
     feed = Feed(engine_for(variables))
     day = datetime(2026, 3, 10, 1, 0, tzinfo=UTC).timestamp()
     for sku in ("a", "b", "a"):
@@ -220,12 +248,18 @@ def test_distinct_count_over_sessions_and_days() -> None:
 
 
 def test_a_late_event_lands_in_its_own_bucket() -> None:
-    engine = engine_for({"week": stat("count", None, window="7d"),
-                         "last": stat("latest")})
+    engine = engine_for({"week": stat("count", None, window="7d"), "last": stat("latest")})
     feed = Feed(engine)
     feed.send(T, properties={"revenue": 2})
-    event = Event(type="track", name="Order", message_id="late", anonymous_id="anon-1",
-                  properties={"revenue": 1}, timestamp=T - 3 * 86400, received_at=T)
+    event = Event(
+        type="track",
+        name="Order",
+        message_id="late",
+        anonymous_id="anon-1",
+        properties={"revenue": 1},
+        timestamp=T - 3 * 86400,
+        received_at=T,
+    )
     feed.state = engine.process(feed.state, event, T).state
     assert feed.values(T + 1) == {"week": 2, "last": 2}
     # four days on, the late event (six days back) still counts, then leaves the window
@@ -241,7 +275,10 @@ def test_only_variables_that_something_uses_are_kept() -> None:
             "used_in_where": stat("count", None, where={"var": "used_by_other", "gt": 5}),
             "unused": stat("max"),
         },
-        "segments": {"s": {"var": "used_in_where", "gte": 0}, "t": {"var": "used_by_segment", "gt": 1}},
+        "segments": {
+            "s": {"var": "used_in_where", "gte": 0},
+            "t": {"var": "used_by_segment", "gt": 1},
+        },
     }
     feed = Feed(Engine(compile_rules(decode_config(raw))))
     feed.send(T, properties={"revenue": 10})
