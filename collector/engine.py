@@ -4,7 +4,7 @@ What the store and app call::
 
     rules = compile_rules(config, updated_at={"cart-followup": 1767225600.0})  # or ConfigError
     engine = Engine(rules)
-    outcome = engine.process(state, event, now)   # state: UserState | None (None = new profile)
+    outcome = engine.process(state, event, now, key=profile_key)  # state None: a new profile
     outcome.state       # the same object, mutated (or a new one); store it under its `key`
     outcome.decisions   # one Decision per campaign considered: fired, or suppressed + reason
     outcome.webhooks    # one WebhookRequest per fired campaign, for the outbox
@@ -70,7 +70,7 @@ class Outcome(msgspec.Struct):
 
 
 def key_for(event: Event) -> str:
-    """A key for a brand-new profile: the user id, else the anonymous id."""
+    """The key `process` gives a new profile when the caller names none."""
     return event.user_id or event.anonymous_id or event.message_id
 
 
@@ -88,12 +88,14 @@ class Engine:
         """Drop one campaign."""
         self.rules = self.rules.without_campaign(campaign_id)
 
-    def process(self, state: UserState | None, event: Event, now: float) -> Outcome:
-        """Run one event for one user; mutates and returns the state."""
+    def process(
+        self, state: UserState | None, event: Event, now: float, *, key: str | None = None
+    ) -> Outcome:
+        """Run one event for one user; mutates and returns the state (new under `key` if None)."""
         rules = self.rules
         t = event.timestamp if event.timestamp < now else now
         if state is None:
-            state = new_state(key_for(event), t)
+            state = new_state(key or key_for(event), t)
         number = self._observe(rules, state, event, t)
         scope = Scope(state, event, t, rules.calendar, number)
         recorders = rules.variables_by_event.get(event.name)

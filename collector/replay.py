@@ -6,7 +6,8 @@ messages). Each message's `timestamp` (epoch seconds or milliseconds, or ISO-860
 gives the same answer. Like the collector, replay skips a `messageId` seen in the previous 24
 hours, and resolves identities in memory: an anonymous id and a user id seen together share a
 profile; when both already have different profiles (or an `alias` links two ids) the profiles
-are merged, the identified one's key surviving.
+are merged, the identified one's key surviving. A new profile's key is `u:<userId>` when the
+message has a user id, else `a:<anonymousId>` (the key seeds sticky rate/variant buckets).
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ class Replay:
         self._seen[event.message_id] = event.timestamp
         self.events += 1
         key = self._resolve(event)
-        outcome = self.engine.process(self.states.get(key), event, event.timestamp)
+        outcome = self.engine.process(self.states.get(key), event, event.timestamp, key=key)
         self.states[key] = outcome.state
         self.webhooks += len(outcome.webhooks)
         for decision in outcome.decisions:
