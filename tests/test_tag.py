@@ -23,6 +23,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_
 
 from tests.support.ports import free_port
 from tests.support.server import Tripwire, run_tripwire, wait_until
+from tests.support.sink import Sink
 
 PAGES = Path(__file__).resolve().parent / "tag_pages"
 TAG_DIR = Path(__file__).resolve().parent.parent / "tag"
@@ -38,6 +39,7 @@ CHROMIUM_ARGS = [
 ]
 WRITE_KEY = "tag-test-write-key"
 CONFIG: dict[str, Any] = {"write_keys": [WRITE_KEY]}
+CART_EVENT = "Added to Cart"  # only the first test sends it: it fires the campaign below
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 ISO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 VERSION = json.loads((TAG_DIR / "package.json").read_text())["version"]
@@ -112,8 +114,38 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def collector() -> Iterator[Tripwire]:
-    with run_tripwire(CONFIG) as server:
+def sink() -> Iterator[Sink]:
+    with Sink() as receiver:
+        yield receiver
+
+
+def with_cart_campaign(sink: Sink) -> dict[str, Any]:
+    """The test config plus a campaign that posts to the sink when something is added to a cart."""
+    campaign = {
+        "id": "cart-hook",
+        "name": "Cart hook",
+        "status": "published",
+        "trigger": {"event": CART_EVENT},
+        "action": {
+            "webhook": {
+                "url": f"{sink.url}/hook?campaign=#{{campaign_id}}",
+                "method": "POST",
+                "body": {
+                    "visitor": "#{visitor_id}",
+                    "user": "#{user_id|guest}",
+                    "sku": "#{properties.sku}",
+                    "price": "#{properties.price}",
+                    "path": "#{page.path}",
+                },
+            }
+        },
+    }
+    return {**CONFIG, "webhooks": {"allow_private_networks": True}, "campaigns": [campaign]}
+
+
+@pytest.fixture(scope="module")
+def collector(sink: Sink) -> Iterator[Tripwire]:
+    with run_tripwire(with_cart_campaign(sink)) as server:
         yield server
 
 
@@ -188,8 +220,13 @@ def summary(events: list[Event]) -> list[tuple[str, str | None]]:
 # -- behaviour --------------------------------------------------------------------------------
 
 
-def test_page_track_identify_and_navigation_arrive_in_order(
-    collector: Tripwire, site: str, context: BrowserContext, page: Page, page_errors: list[str]
+def test_page_track_identify_and_navigation_arrive_in_order_and_fire_a_webhook(
+    collector: Tripwire,
+    sink: Sink,
+    site: str,
+    context: BrowserContext,
+    page: Page,
+    page_errors: list[str],
 ) -> None:
     utm = "utm_source=news&utm_medium=email&utm_campaign=spring&utm_term=shoes&utm_content=banner"
     batches: list[dict[str, Any]] = []
@@ -205,7 +242,7 @@ def test_page_track_identify_and_navigation_arrive_in_order(
     page.goto(f"{site}/index.html?{utm}", referer="https://search.example/?q=shop")
     visitor = anonymous_id(context)
     wait_for_events(collector, visitor, 1)
-    page.evaluate("tripwire('track', 'Added to Cart', {sku: 'A-1', price: 9.5})")
+    page.evaluate(f"tripwire('track', '{CART_EVENT}', {{sku: 'A-1', price: 9.5}})")
     page.evaluate("tripwire('identify', 'user-42', {plan: 'pro', email: 'a@example.com'})")
     page.click("text=Pricing")  # client-side navigation: pushState
     page.evaluate("history.replaceState({}, '', location.href)")  # same URL: no page view
@@ -215,7 +252,7 @@ def test_page_track_identify_and_navigation_arrive_in_order(
 
     assert summary(events) == [
         ("page", "/index.html"),
-        ("track", "Added to Cart"),
+        ("track", CART_EVENT),
         ("identify", None),
         ("page", "/pricing"),
         ("page", "/index.html"),
@@ -274,6 +311,18 @@ def test_page_track_identify_and_navigation_arrive_in_order(
     assert "userId" not in sent[0] and "userId" not in sent[1]
     assert sent[0]["name"] == "Shop home" and sent[0]["properties"] == {}
     assert page_errors == []
+
+    # The track fired the campaign: its webhook reached the sink with the visitor's data.
+    (hook,) = sink.wait_for(1)
+    assert hook.method == "POST" and hook.path == "/hook"
+    assert hook.params["campaign"] == ["cart-hook"]
+    assert hook.json() == {
+        "visitor": visitor,
+        "user": "guest",
+        "sku": "A-1",
+        "price": 9.5,
+        "path": "/index.html",
+    }
 
 
 def test_calls_made_before_the_tag_loads_are_sent_in_order_under_a_renamed_global(
@@ -418,8 +467,9 @@ def test_storage_and_cookies_blocked_the_tag_still_sends_and_never_throws(
         page.goto(f"{site}/index.html")
         page.evaluate("tripwire('identify', 'blocked-user'); tripwire('track', 'Still Counted')")
         page.click("text=Pricing")
-        events = wait_for_events(collector, "blocked-user", 3)
+        events = wait_for_events(collector, "blocked-user", 4)
         assert summary(events) == [
+            ("page", "/index.html"),  # anonymous, then merged into the identified user
             ("identify", None),
             ("track", "Still Counted"),
             ("page", "/pricing"),
