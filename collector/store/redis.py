@@ -185,7 +185,7 @@ class RedisStore:
 
     async def _attempt(self, events: list[Event], now: float) -> tuple[_Plan, set[int]]:
         """Run events once; return the plan and the positions of events whose commit conflicted."""
-        keys = self.connection.keys
+        keys = await self.connection.names()
         ids = sorted({i for event in events for i in identity.ids_of(event)})
         results = await self.connection.pipeline(
             [("GETEX", keys.identity(i), "EX", self._ttl) for i in ids], "resolving identities"
@@ -206,7 +206,7 @@ class RedisStore:
 
     async def _load(self, wanted: dict[str, set[str]]) -> tuple[dict[str, _Record], set[str]]:
         """Load profiles, following merge redirects; return them and the messageIds seen."""
-        keys = self.connection.keys
+        keys = await self.connection.names()
         records: dict[str, _Record] = {}
         seen: set[str] = set()
         checked: dict[str, set[str]] = defaultdict(set)  # key -> messageIds checked against it
@@ -336,7 +336,7 @@ class RedisStore:
 
     async def _commit(self, plan: _Plan, records: dict[str, _Record], now: float) -> set[str]:
         """Write every changed profile; return the keys whose commit conflicted."""
-        keys = self.connection.keys
+        keys = await self.connection.names()
         conflicts: set[str] = set()
         changed = [k for k in plan.owner_events if plan.seen.get(k) or plan.pending.get(k)]
         merged: dict[str, list[str]] = defaultdict(list)  # key -> profiles merged into it now
@@ -415,7 +415,7 @@ class RedisStore:
         now: float,
     ) -> list[Command]:
         """The COMMIT script call for one profile, plus SETs linking identities of other shards."""
-        keys = self.connection.keys
+        keys = self.connection.keys  # connected: called after loading
         shard = keys.shard(key)
         record = records.get(key)
         same = [o for o in losers if keys.shard(o) == shard]
@@ -486,7 +486,7 @@ class RedisStore:
 
     async def _find(self, identity_: str) -> tuple[_Record, list[bytes]] | None:
         """Load the profile an identity (or a key) names, with its recent events."""
-        keys = self.connection.keys
+        keys = await self.connection.names()
         names = identity.lookup_ids(identity_)
         results = await self.connection.pipeline(
             [("GET", keys.identity(i)) for i in names], "looking up a user"

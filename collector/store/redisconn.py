@@ -82,6 +82,11 @@ class RedisConnection:
         log.info("connected to %s (%s)", self.url, "cluster" if self.cluster else "single server")
         return client
 
+    async def names(self) -> Keys:
+        """The key names for the mode of the server (connecting first if need be)."""
+        await self.client()
+        return self.keys
+
     async def close(self) -> None:
         """Close every connection."""
         client, self._client = self._client, None

@@ -160,6 +160,8 @@ class RedisClusterServers:
                     port=port,
                     directory=node_dir,
                     extra=[
+                        "--cluster-port",
+                        str(free_port()),
                         "--cluster-enabled",
                         "yes",
                         "--cluster-config-file",
