@@ -24,6 +24,7 @@ from collector.errors import Unavailable
 from collector.events import Event
 from collector.metrics import IngestMetrics
 from collector.outbox import MemoryOutbox, Outbox
+from collector.redismode import RedisMode, is_redis_url
 from collector.requestbin import RequestBin, bin_routes
 from collector.schema import CampaignSpec
 from collector.store.base import Store
@@ -46,9 +47,10 @@ class Runtime:
         self.metrics = metrics
         self.config = settings.config  # the live config: the file plus admin campaign changes
         self.engine = Engine(compile_rules(settings.config, updated_at={}))
+        self.redis: RedisMode | None = None  # store, outbox, log and campaigns in Redis mode
         self.store: Store = self._make_store()
-        self.outbox: Outbox = MemoryOutbox(settings.data_dir)
-        self.delivery_log = DeliveryLog()
+        self.outbox: Outbox = self.redis.outbox if self.redis else MemoryOutbox(settings.data_dir)
+        self.delivery_log = self.redis.log if self.redis else DeliveryLog()
         self.dispatcher = Dispatcher(
             self.outbox,
             settings.config.webhooks,
@@ -72,11 +74,22 @@ class Runtime:
                 "tripwire_profiles", "Profiles held in memory", lambda: float(len(store))
             )
             return store
+        if is_redis_url(self.settings.store):
+            self.redis = RedisMode(
+                self.settings.store,
+                engine=lambda: self.engine,
+                limits=config.state,
+                apply_put=self._apply_put,
+                apply_remove=self._apply_remove,
+            )
+            return self.redis.store
         raise ValueError(f"unsupported store {self.settings.store!r}")
 
     async def start(self) -> None:
         """Open the store and start delivery."""
         await self.store.open()
+        if self.redis is not None:
+            await self.redis.campaigns.start()
         if self.settings.deliver_in_process:
             await self.dispatcher.start()
         else:
@@ -89,6 +102,8 @@ class Runtime:
         else:
             await self.outbox.close()
         await self.store.close()
+        if self.redis is not None:
+            await self.redis.close()
 
     async def ready(self) -> bool:
         """True when the store answers."""
@@ -103,7 +118,7 @@ class Runtime:
         self.metrics.messages["accepted"] += result.accepted
         if result.duplicates:
             self.metrics.messages["duplicate"] += result.duplicates
-        if result.webhooks:
+        if result.webhooks and self.redis is None:  # the Redis store queued them in its commit
             await self.outbox.put(result.webhooks)
         decisions = self.metrics.decisions
         for decision in result.decisions:
@@ -111,6 +126,16 @@ class Runtime:
 
     async def put_campaign(self, spec: CampaignSpec) -> bool:
         """Add or replace a campaign everywhere it runs; True when it is new."""
+        new = all(c.id != spec.id for c in self.config.campaigns)
+        if self.redis is not None:
+            self.engine.rules.with_campaign(spec, 0.0)  # ConfigError before anything is stored
+            await self.redis.campaigns.put(spec)  # every process applies it, this one first
+        else:
+            self._apply_put(spec, time.time())
+        return new
+
+    def _apply_put(self, spec: CampaignSpec, updated_at: float) -> None:
+        """Add or replace a campaign in this process."""
         campaigns = list(self.config.campaigns)
         index = next((i for i, c in enumerate(campaigns) if c.id == spec.id), None)
         if index is None:
@@ -118,17 +143,24 @@ class Runtime:
         else:
             campaigns[index] = spec
         self.config = msgspec.structs.replace(self.config, campaigns=campaigns)
-        self.engine.replace_campaign(spec, time.time())
-        return index is None
+        self.engine.replace_campaign(spec, updated_at)
 
     async def remove_campaign(self, campaign_id: str) -> bool:
         """Delete a campaign everywhere it runs; False when there was none."""
-        campaigns = [c for c in self.config.campaigns if c.id != campaign_id]
-        if len(campaigns) == len(self.config.campaigns):
+        if all(c.id != campaign_id for c in self.config.campaigns):
             return False
-        self.config = msgspec.structs.replace(self.config, campaigns=campaigns)
-        self.engine.remove_campaign(campaign_id)
+        if self.redis is not None:
+            await self.redis.campaigns.remove(campaign_id)  # every process applies it
+        else:
+            self._apply_remove(campaign_id)
         return True
+
+    def _apply_remove(self, campaign_id: str) -> None:
+        """Delete a campaign in this process."""
+        self.config = msgspec.structs.replace(
+            self.config, campaigns=[c for c in self.config.campaigns if c.id != campaign_id]
+        )
+        self.engine.remove_campaign(campaign_id)
 
     def begin_shutdown(self) -> None:
         """End live streams (admin events, request bin) so the server can stop without waiting."""

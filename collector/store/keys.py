@@ -20,8 +20,8 @@ delivery workers read every shard's stream.
     tw:{N}:ox            hash   delivery id -> dead letter (msgpack)
     tw:{N}:oxt           zset   delivery id scored by time of death (order, capacity)
     tw:usage:<period>    string deliveries counted against the monthly quota
-    tw:campaigns         hash   campaign id -> campaign JSON (or a deletion marker)
-    tw:campaigns:v       string version counter, bumped on every campaign change
+    tw:{campaigns}       hash   campaign id -> campaign JSON (or a deletion marker)
+    tw:{campaigns}:v     string version counter, bumped with every change (same slot)
     tw:deliveries        stream the delivery log, capped
 """
 
@@ -104,12 +104,12 @@ class Keys:
     @staticmethod
     def campaigns() -> str:
         """Hash of campaigns changed through the admin API."""
-        return f"{PREFIX}:campaigns"
+        return f"{PREFIX}:{{campaigns}}"
 
     @staticmethod
     def campaigns_version() -> str:
         """Counter bumped on every campaign change."""
-        return f"{PREFIX}:campaigns:v"
+        return f"{PREFIX}:{{campaigns}}:v"
 
     @staticmethod
     def delivery_log() -> str:
