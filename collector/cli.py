@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -51,6 +52,16 @@ def _parser() -> argparse.ArgumentParser:
     _server_options(serve)
     serve.add_argument("--workers", type=int, help="collector processes (default 1)")
     serve.set_defaults(run=_serve)
+
+    worker = commands.add_parser("worker", help="deliver webhooks from a shared Redis store")
+    worker.add_argument(
+        "--config", dest="config_path", help="tripwire.yaml (or TRIPWIRE_CONFIG_PATH)"
+    )
+    worker.add_argument("--store", help="redis://host:port/db (or TRIPWIRE_STORE)")
+    worker.add_argument(
+        "--concurrency", type=int, help="requests in flight per endpoint (default from config)"
+    )
+    worker.set_defaults(run=_worker)
 
     check = commands.add_parser("check", help="validate a config file")
     check.add_argument("config", help="tripwire.yaml or .json")
@@ -127,6 +138,25 @@ def _serve(args: argparse.Namespace) -> int:
         )
     else:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **UVICORN_OPTIONS)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from collector.redismode import is_redis_url
+    from collector.worker import run_worker
+
+    settings = build_settings(_cli_values(args, "config_path", "store"))
+    if not is_redis_url(settings.store):
+        raise ConfigError(["--store: a worker delivers from a shared store: --store redis://host:port/0"])
+    if args.concurrency is not None and args.concurrency < 1:
+        raise ConfigError(["--concurrency: must be at least 1"])
+    print(f"tripwire {__version__}: delivering from {settings.store}", flush=True)
+    try:
+        import uvloop
+
+        uvloop.run(run_worker(settings, args.concurrency))
+    except ImportError:
+        asyncio.run(run_worker(settings, args.concurrency))
     return 0
 
 
