@@ -147,7 +147,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     settings = build_settings(_cli_values(args, "config_path", "store"))
     if not is_redis_url(settings.store):
-        raise ConfigError(["--store: a worker delivers from a shared store: --store redis://host:port/0"])
+        raise ConfigError(["--store: a worker needs the shared store: --store redis://host:port/0"])
     if args.concurrency is not None and args.concurrency < 1:
         raise ConfigError(["--concurrency: must be at least 1"])
     print(f"tripwire {__version__}: delivering from {settings.store}", flush=True)
