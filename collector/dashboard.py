@@ -266,7 +266,9 @@ def dashboard_routes(runtime: Runtime) -> list[BaseRoute]:
         body = views["deliveries"].substitute(
             here=_e(here),
             rows=rows,
-            campaign_options=_options([c.id for c in runtime.config.campaigns], campaign, "all"),
+            campaign_options=_options(
+                [c.id for c in runtime.config.campaigns], campaign, "all campaigns"
+            ),
             status_options=_options(list(STATUSES), status, "any status"),
         )
         return page(request, "Deliveries", body)
@@ -351,7 +353,7 @@ def _campaign_row(spec: CampaignSpec, stats: dict[str, Any] | None) -> str:
         f'<td class="small">{_e(_trigger_text(spec))}</td>'
         f'<td class="num fired">{fired}</td>'
         f'<td class="reasons">{_reasons_html(stats)}</td>'
-        f'<td class="row">{toggle}<a href="{href}">Edit</a></td></tr>'
+        f'<td class="actions">{toggle}<a href="{href}">Edit</a></td></tr>'
     )
 
 
@@ -431,18 +433,32 @@ def _user_html(
             f'<td><code>{_e(reason or "")}</code></td><td class="why">{_e(why)}</td>'
             f'<td class="small">{_clock(decision.get("at"))}</td></tr>'
         )
-    shown = {"decisions", "traits", "variables", "segments", "key"}
+    shown = {"decisions", "traits", "variables", "segments", "key", "session"}
     segments = "".join(f'<span class="badge">{_e(s)}</span> ' for s in profile.get("segments", []))
     events = "".join(_event_row(m) for m in reversed(recent))
     return template.substitute(
         decisions="".join(rows) or '<tr><td colspan="5" class="muted">No decisions yet.</td></tr>',
         key=_e(key),
-        facts=_kv({k: v for k, v in profile.items() if k not in shown}),
+        facts=_kv(_facts(profile, shown)),
         segments=segments or '<span class="muted">none</span>',
         traits=_kv(profile.get("traits") or {}),
         variables=_kv(profile.get("variables") or {}),
         events=events or '<tr><td colspan="4" class="muted">No recent events.</td></tr>',
     )
+
+
+def _facts(profile: dict[str, Any], shown: set[str]) -> dict[str, Any]:
+    """The profile's other fields, with times and the session made readable."""
+    facts = {k: v for k, v in profile.items() if k not in shown}
+    for name in ("first_seen", "last_seen"):
+        if name in facts:
+            facts[name] = _clock(facts[name])
+    session = profile.get("session")
+    if isinstance(session, dict):
+        state = "active" if session.get("active") else "ended"
+        started = _clock(session.get("start"))
+        facts["session"] = f"#{session.get('number')} since {started} ({state})"
+    return facts
 
 
 def _event_row(message: dict[str, Any]) -> str:
