@@ -14,14 +14,17 @@ Each server runs from `redis-server` in its own temporary directory, never on th
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from tests.support.ports import free_port
 
@@ -220,3 +223,60 @@ class RedisClusterServers:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class Worker:
+    """A running `tripwire worker` process."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.process = process
+        self.log = log
+
+    def output(self) -> str:
+        """What the worker printed so far."""
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@contextlib.contextmanager
+def run_worker(config: dict[str, Any], store: str, *, args: Sequence[str] = ()) -> Iterator[Worker]:
+    """Start `tripwire worker --store STORE` with this config; stop it (SIGTERM) afterwards."""
+    with tempfile.TemporaryDirectory(prefix="tripwire-worker-") as tmp:
+        work = Path(tmp)
+        config_file = work / "tripwire.json"
+        config_file.write_text(json.dumps(config))
+        log = work / "worker.log"
+        command = [
+            sys.executable,
+            "-m",
+            "collector.cli",
+            "worker",
+            "--config",
+            str(config_file),
+            "--store",
+            store,
+            *args,
+        ]
+        with log.open("wb") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        worker = Worker(process, log)
+        try:
+            deadline = time.monotonic() + 20
+            while "delivering from" not in worker.output():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"the worker did not start:\n{worker.output()}")
+                time.sleep(0.02)
+            yield worker
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
