@@ -1,4 +1,4 @@
-# --- Redis servers (tests/support/redis.py): started once per session on free ports, flushed per test.
+# --- Redis servers (tests/support/redis.py): one per session on free ports, flushed per test.
 
 import collections.abc as _abc
 

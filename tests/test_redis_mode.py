@@ -75,7 +75,7 @@ def outbox_empty(redis: RedisServer) -> bool:
     return redis.cli("HLEN", "tw:{0}:ol").strip() == "0"
 
 
-def test_two_servers_and_a_worker_fire_a_once_per_user_campaign_once(redis_server: RedisServer) -> None:
+def test_two_servers_and_a_worker_fire_once_per_user(redis_server: RedisServer) -> None:
     with Sink() as sink:
         cfg = config(
             sink,
