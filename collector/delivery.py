@@ -47,6 +47,7 @@ from collector.webhook import WebhookRequest
 logger = logging.getLogger("tripwire.delivery")
 
 _CLAIM_WAIT = 1.0  # seconds the pump blocks in claim before checking on itself
+_CLAIM_BATCH = 512  # envelopes claimed at once
 _OVERFLOW_DELAY = 1.0  # seconds an envelope waits when its endpoint's queue is full
 
 
@@ -78,11 +79,11 @@ class PausedEndpoint(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Endpoint:
-    __slots__ = ("breaker", "in_flight", "key", "queue")
+    __slots__ = ("breaker", "key", "queue", "workers")
 
     def __init__(self, key: str, policy: BreakerPolicy) -> None:
         self.key = key
-        self.in_flight = 0
+        self.workers = 0  # worker tasks draining the queue, each with one request in flight
         self.queue: deque[Envelope] = deque()
         self.breaker = Breaker(policy)
 
@@ -131,8 +132,7 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         backoff: Backoff | None = None,
         breaker: BreakerPolicy | None = None,
-        max_held: int = 10_000,
-        queue_per_endpoint: int = 1_000,
+        queue_per_endpoint: int = 10_000,
         rng: random.Random | None = None,
     ) -> None:
         self._outbox = outbox
@@ -142,7 +142,6 @@ class Dispatcher:
         self._clock = clock
         self._backoff = backoff or Backoff()
         self._breaker_policy = breaker or BreakerPolicy()
-        self._max_held = max_held
         self._queue_per_endpoint = queue_per_endpoint
         self._rng = rng or random.Random()
         self._limit = max(1, settings.concurrency_per_endpoint)
@@ -156,8 +155,6 @@ class Dispatcher:
         self._endpoints: dict[str, _Endpoint] = {}
         self._paused: dict[tuple[str, str], PausedEndpoint] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._held = 0  # claimed envelopes in flight or waiting in endpoint queues
-        self._room = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._metrics = _Metrics(registry if registry is not None else CollectorRegistry())
@@ -190,7 +187,6 @@ class Dispatcher:
             await self._sender.aclose()
             self._sender = None
         self._endpoints.clear()
-        self._held = 0
         await self._outbox.close()
 
     async def send_now(self, request: WebhookRequest) -> DeliveryAttempt:
@@ -254,13 +250,8 @@ class Dispatcher:
 
     async def _pump(self) -> None:
         while True:
-            room = self._max_held - self._held
-            if room <= 0:
-                self._room.clear()
-                await self._room.wait()
-                continue
             try:
-                batch = await self._outbox.claim(room, _CLAIM_WAIT)
+                batch = await self._outbox.claim(_CLAIM_BATCH, _CLAIM_WAIT)
                 if not batch:
                     continue
                 now = self._clock()
@@ -316,27 +307,40 @@ class Dispatcher:
         if len(endpoint.queue) >= self._queue_per_endpoint:
             await self._outbox.retry_at(envelope, now + _OVERFLOW_DELAY * self._rng.uniform(1, 2))
             return
-        self._held += 1
         endpoint.queue.append(envelope)
-        await self._drain(endpoint, now)
-
-    async def _drain(self, endpoint: _Endpoint, now: float) -> None:
-        """Start queued attempts while the endpoint has room and its breaker allows."""
-        queue = endpoint.queue
-        while queue and endpoint.in_flight < self._limit:
-            if not endpoint.breaker.allow(now):
-                due = endpoint.breaker.retry_time(now)
-                while queue:
-                    envelope = queue.popleft()
-                    self._held -= 1
-                    await self._outbox.retry_at(envelope, due + self._rng.uniform(0.0, 0.5))
-                break
-            envelope = queue.popleft()
-            endpoint.in_flight += 1
-            task = asyncio.create_task(self._attempt(endpoint, envelope))
+        if endpoint.workers < self._limit:
+            endpoint.workers += 1
+            task = asyncio.create_task(self._work(endpoint))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        self._room.set()
+
+    async def _work(self, endpoint: _Endpoint) -> None:
+        """One of an endpoint's at most `concurrency_per_endpoint` workers: drain its queue."""
+        queue = endpoint.queue
+        try:
+            while queue and not self._stopping:
+                now = self._clock()
+                if not endpoint.breaker.allow(now):
+                    await self._defer_queue(endpoint)
+                    break
+                envelope = queue.popleft()
+                if now >= envelope.enqueued_at + self._settings.max_age:
+                    endpoint.breaker.released()
+                    error = envelope.last_error or "max_age reached while queued"
+                    await self._bury(envelope, "dead", AttemptResult(outcome="retry", error=error))
+                    continue
+                await self._attempt(endpoint, envelope)
+        finally:
+            endpoint.workers -= 1
+            if not endpoint.workers and not queue and endpoint.breaker.is_closed:
+                self._endpoints.pop(endpoint.key, None)
+
+    async def _defer_queue(self, endpoint: _Endpoint) -> None:
+        """Send an endpoint's queue back to the outbox until its breaker lets requests through."""
+        due = endpoint.breaker.retry_time(self._clock())
+        while endpoint.queue:
+            envelope = endpoint.queue.popleft()
+            await self._outbox.retry_at(envelope, due + self._rng.uniform(0.0, 0.5))
 
     async def _attempt(self, endpoint: _Endpoint, envelope: Envelope) -> None:
         assert self._sender is not None
@@ -354,12 +358,6 @@ class Dispatcher:
         finally:
             if not settled:
                 endpoint.breaker.released()
-            endpoint.in_flight -= 1
-            self._held -= 1
-            if not self._stopping:
-                await self._drain(endpoint, self._clock())
-                if not endpoint.in_flight and not endpoint.queue and endpoint.breaker.is_closed:
-                    self._endpoints.pop(endpoint.key, None)
 
     async def _settle(self, endpoint: _Endpoint, envelope: Envelope, result: AttemptResult) -> None:
         now = self._clock()

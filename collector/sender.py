@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 import httpcore
 import httpx
@@ -33,6 +34,7 @@ from collector.webhook import WebhookRequest
 USER_AGENT: Final = f"Tripwire/{__version__}"
 RESPONSE_PREFIX: Final = 4096
 _DRAIN_LIMIT: Final = 65536  # read this much of a response at most, so its connection is reused
+_URL_CACHE_SIZE: Final = 1024
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\x00]")
 # Set by delivery itself: framing headers could smuggle requests, webhook-* must stay genuine.
@@ -73,14 +75,15 @@ class AttemptResult(msgspec.Struct, frozen=True, kw_only=True):
 def endpoint_of(url: str) -> str:
     """Return the endpoint a URL belongs to (scheme://host:port), for isolation and pauses."""
     try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
         raise InvalidRequest(f"invalid URL: {exc}") from exc
-    if parsed.scheme not in ("http", "https") or not parsed.host:
+    scheme, host = parts.scheme.lower(), parts.hostname
+    if scheme not in ("http", "https") or not host:
         raise InvalidRequest("URL must be http(s) with a host")
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
-    return f"{parsed.scheme}://{host}:{port}"
+    port = port or (443 if scheme == "https" else 80)
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -129,6 +132,8 @@ class Sender:
         self._signer = signer
         self._timeout = timeout
         self._clock = clock
+        self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
+        self._urls: dict[str, httpx.URL] = {}  # parsed URLs; campaigns reuse a few
         limits = httpx.Limits(
             max_connections=None, max_keepalive_connections=keepalive, keepalive_expiry=30.0
         )
@@ -146,12 +151,7 @@ class Sender:
 
     def prepare(self, request: WebhookRequest) -> tuple[httpx.URL, bytes, dict[str, str]]:
         """Return URL, body and headers (unsigned) for a webhook; raise InvalidRequest."""
-        try:
-            url = httpx.URL(request.url)
-        except httpx.InvalidURL as exc:
-            raise InvalidRequest(f"invalid URL: {exc}") from exc
-        if url.scheme not in ("http", "https") or not url.host:
-            raise InvalidRequest("URL must be http(s) with a host")
+        url = self._parse_url(request.url)
         body = request.body
         content = b""
         if request.method.upper() == "GET":
@@ -166,7 +166,7 @@ class Sender:
                 content = orjson.dumps(body)
             except TypeError as exc:
                 raise InvalidRequest(f"body is not JSON-serialisable: {exc}") from exc
-        headers = {"user-agent": USER_AGENT}
+        headers = {"user-agent": USER_AGENT, "accept": "*/*"}
         for name, value in request.headers.items():
             if not _TOKEN.fullmatch(name):
                 raise InvalidRequest(f"invalid header name {name!r}")
@@ -179,6 +179,21 @@ class Sender:
             headers["content-type"] = "application/json"
         return url, content, headers
 
+    def _parse_url(self, text: str) -> httpx.URL:
+        url = self._urls.get(text)
+        if url is not None:
+            return url
+        try:
+            url = httpx.URL(text)
+        except httpx.InvalidURL as exc:
+            raise InvalidRequest(f"invalid URL: {exc}") from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            raise InvalidRequest("URL must be http(s) with a host")
+        if len(self._urls) >= _URL_CACHE_SIZE:
+            self._urls.clear()
+        self._urls[text] = url
+        return url
+
     async def send(self, request: WebhookRequest) -> AttemptResult:
         """Make one signed attempt and classify how it ended."""
         try:
@@ -190,8 +205,12 @@ class Sender:
         deadline = loop.time() + self._timeout
         started = time.perf_counter()
         try:
-            http_request = self._client.build_request(
-                request.method.upper(), url, content=content or None, headers=headers
+            http_request = httpx.Request(
+                request.method.upper(),
+                url,
+                content=content or None,
+                headers=headers,
+                extensions=self._extensions,
             )
             async with asyncio.timeout_at(deadline):
                 response = await self._client.send(http_request, stream=True)

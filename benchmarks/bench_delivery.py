@@ -1,0 +1,218 @@
+"""Delivery throughput: the dispatcher next to a bare httpx loop, against one fast local sink.
+
+    python benchmarks/bench_delivery.py [--requests 4000] [--concurrency 8] [--rounds 3]
+
+The sink runs in its own process (uvicorn, a bare ASGI app answering 200), so the figures
+measure the sending side. The bare loop uses an httpx client with the same settings as the
+dispatcher's (limits, timeout, no env, no redirects) and the same concurrency, posting the same
+JSON body without signing, logging or scheduling. Rounds alternate; the best of each is kept.
+Also printed: the cost of a host-name resolution with and without the SSRF guard's cache, and
+how many resolutions the dispatcher made (one per new connection, none per request).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+import orjson
+from prometheus_client import CollectorRegistry
+
+from collector import ssrf
+from collector.delivery import Dispatcher
+from collector.deliverylog import DeliveryLog
+from collector.outbox import MemoryOutbox
+from collector.schema import WebhookSettings
+from collector.sender import USER_AGENT
+from collector.webhook import WebhookRequest
+
+BODY = {"user_id": "u-1", "viewed_path": "/cart", "spent": 4200, "campaign": "cart-followup"}
+SECRET = "whsec_" + base64.b64encode(b"benchmark signing secret").decode()
+
+
+async def sink_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Read the request, answer 200 ok."""
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False)
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+    )
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def run_sink(port: int) -> None:
+    """Serve the sink (in the child process)."""
+    import uvicorn
+
+    uvicorn.run(
+        sink_app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+        lifespan="off", interface="asgi3", timeout_keep_alive=60,
+    )  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_sink() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, __file__, "--sink", str(port)])
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return process, f"http://localhost:{port}/hook"
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("sink did not start") from None
+            time.sleep(0.05)
+
+
+async def bare_loop(url: str, requests: int, concurrency: int, timeout: float) -> float:
+    """Deliveries/s of N workers posting with one plain httpx client."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30)
+    body = orjson.dumps(BODY)
+    headers = {"content-type": "application/json"}
+    remaining = requests
+    async with httpx.AsyncClient(
+        limits=limits,
+        timeout=httpx.Timeout(timeout),
+        trust_env=False,
+        follow_redirects=False,
+        headers={"user-agent": USER_AGENT},
+    ) as client:
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                response = await client.post(url, content=body, headers=headers)
+                assert response.status_code == 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return requests / (time.perf_counter() - started)
+
+
+async def dispatcher_run(url: str, requests: int, concurrency: int, timeout: float) -> float:
+    """Deliveries/s of the dispatcher: put everything, wait until the outbox is empty."""
+    settings = WebhookSettings(
+        signing_secrets=[SECRET],
+        timeout=timeout,  # type: ignore[arg-type]
+        allow_private_networks=True,
+        concurrency_per_endpoint=concurrency,
+    )
+    outbox = MemoryOutbox(None)
+    log = DeliveryLog()
+    dispatcher = Dispatcher(outbox, settings, log, CollectorRegistry())
+    now = time.time()
+    batch = [
+        WebhookRequest(
+            webhook_id=f"msg_{i:08d}", campaign_id="cart-followup", variant_id=None,
+            user_key=f"user:{i}", event_id=f"event-{i}", method="POST", url=url, headers={},
+            body=BODY, created_at=now,
+        )
+        for i in range(requests)
+    ]  # fmt: skip
+    await dispatcher.start()
+    lookups_before = resolutions[0]
+    try:
+        started = time.perf_counter()
+        await outbox.put(batch)
+        while outbox.depth():
+            await asyncio.sleep(0.002)
+        elapsed = time.perf_counter() - started
+    finally:
+        await dispatcher.stop(grace=1.0)
+    delivered = await log.query(status="delivered", limit=requests)
+    assert len(delivered) == requests, f"only {len(delivered)} of {requests} delivered"
+    resolutions[1] = resolutions[0] - lookups_before
+    return requests / elapsed
+
+
+resolutions = [0, 0]  # total look-ups; look-ups during the last dispatcher run
+
+
+async def resolution_costs() -> tuple[float, float]:
+    """Microseconds per resolution of `localhost`: uncached (system resolver) and cached."""
+    policy = ssrf.Policy.from_settings(allow_private_networks=True, allow_list=[])
+    uncached = ssrf.Guard(policy, ttl=0.0)
+    cached = ssrf.Guard(policy)
+    rounds = 200
+    started = time.perf_counter()
+    for _ in range(rounds):
+        await uncached.resolve("localhost")
+    cold = (time.perf_counter() - started) / rounds * 1e6
+    await cached.resolve("localhost")
+    started = time.perf_counter()
+    for _ in range(rounds * 50):
+        await cached.resolve("localhost")
+    warm = (time.perf_counter() - started) / (rounds * 50) * 1e6
+    return cold, warm
+
+
+def count_resolutions() -> None:
+    original = ssrf.system_lookup
+
+    async def counted(host: str) -> list[str]:
+        resolutions[0] += 1
+        return await original(host)
+
+    ssrf.system_lookup = counted
+    ssrf.Guard.__init__.__kwdefaults__["lookup"] = counted  # type: ignore[index]
+
+
+async def main(args: argparse.Namespace) -> None:
+    count_resolutions()
+    process, url = start_sink()
+    try:
+        cold, warm = await resolution_costs()
+        print(f"resolve localhost: {cold:.0f} us uncached, {warm:.1f} us cached")
+        await bare_loop(url, 500, args.concurrency, 10.0)  # warm up both paths
+        await dispatcher_run(url, 500, args.concurrency, 10.0)
+        bare_best = ours_best = 0.0
+        for round_no in range(1, args.rounds + 1):
+            bare = await bare_loop(url, args.requests, args.concurrency, 10.0)
+            ours = await dispatcher_run(url, args.requests, args.concurrency, 10.0)
+            bare_best, ours_best = max(bare_best, bare), max(ours_best, ours)
+            print(
+                f"round {round_no}: bare httpx {bare:8.0f}/s   dispatcher {ours:8.0f}/s   "
+                f"ratio {ours / bare:.2f}   (resolutions during the run: {resolutions[1]})"
+            )
+        print(
+            f"delivery, {args.requests} requests x concurrency {args.concurrency}: "
+            f"bare httpx {bare_best:.0f}/s, dispatcher {ours_best:.0f}/s, "
+            f"ratio {ours_best / bare_best:.2f} (target >= 0.80)"
+        )
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sink", type=int, help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    if arguments.sink:
+        run_sink(arguments.sink)
+    else:
+        asyncio.run(main(arguments))
