@@ -70,7 +70,7 @@ class RedisConnection:
             await probe.aclose()
         client: Client
         if info.get("cluster_enabled") in (1, "1"):
-            client = RedisCluster.from_url(self.url, cluster_error_retry_attempts=2, **options)
+            client = RedisCluster.from_url(self.url, retry=Retry(NoBackoff(), 2), **options)
             await client.initialize()
             self.cluster = True
             self.keys = Keys(CLUSTER_SHARDS)
