@@ -108,6 +108,9 @@ class ConditionCompiler:
             if kind == "prop":
                 return lambda scope: scope.event.properties.get(name, MISSING)
             return lambda scope: scope.event.context.get(name, MISSING)
+        parts = name.split(".")
+        if len(parts) == 2 and not parts[1].isdigit():
+            return _two_part_operand(kind, parts[0], parts[1])
         get = path_getter(name)
         if kind == "trait":
             return lambda scope: get(scope.state.traits)
@@ -123,6 +126,9 @@ class ConditionCompiler:
             if leaf.value:
                 return lambda scope: (value := get(scope)) is not MISSING and value is not None
             return lambda scope: (value := get(scope)) is MISSING or value is None
+        fused = _fused(leaf.op, leaf.value, get)
+        if fused is not None:
+            return fused
         test = self._test(leaf.op, leaf.value, f"{path}.{leaf.op}", problems)
         on_missing = leaf.op in _MISSING_IS_TRUE
 
@@ -182,6 +188,57 @@ class ConditionCompiler:
             )
         problems.append(f"{path}: unknown operator '{op}'")
         return lambda value, scope: False
+
+
+def _two_part_operand(kind: str, first: str, second: str) -> Getter:
+    """`page.path`-style operands in one call (the most common shape)."""
+    if kind == "trait":
+
+        def trait(scope: Scope) -> Any:
+            inner = scope.state.traits.get(first)
+            return inner.get(second, MISSING) if inner.__class__ is dict else MISSING
+
+        return trait
+    if kind == "prop":
+
+        def prop(scope: Scope) -> Any:
+            inner = scope.event.properties.get(first)
+            return inner.get(second, MISSING) if inner.__class__ is dict else MISSING
+
+        return prop
+
+    def context(scope: Scope) -> Any:
+        inner = scope.event.context.get(first)
+        return inner.get(second, MISSING) if inner.__class__ is dict else MISSING
+
+    return context
+
+
+def _fused(op: str, expected: Any, get: Getter) -> Predicate | None:
+    """One closure for the commonest leaves, whose tests are false on missing values anyway."""
+    cls = expected.__class__
+    if op == "eq":
+        if cls is str:
+            return lambda scope: bool(get(scope) == expected)
+        if cls is bool:
+            return lambda scope: get(scope) is expected
+        if cls is int or cls is float:
+            return lambda scope: (value := get(scope)).__class__ is not bool and value == expected
+    if op in ("starts_with", "ends_with"):
+        text = _text(expected)
+        if op == "starts_with":
+            return lambda scope: (value := get(scope)).__class__ is str and value.startswith(text)
+        return lambda scope: (value := get(scope)).__class__ is str and value.endswith(text)
+    if op in ("gt", "gte", "lt", "lte") and cls in (int, float):
+        # as_number gives MISSING for absent and null values, so these are false then
+        if op == "gt":
+            return lambda scope: (n := as_number(get(scope))) is not MISSING and n > expected
+        if op == "gte":
+            return lambda scope: (n := as_number(get(scope))) is not MISSING and n >= expected
+        if op == "lt":
+            return lambda scope: (n := as_number(get(scope))) is not MISSING and n < expected
+        return lambda scope: (n := as_number(get(scope))) is not MISSING and n <= expected
+    return None
 
 
 def _equals(expected: Any) -> Test:

@@ -33,6 +33,7 @@ class _Registry:
     def __init__(self, config: ConfigFile, calendar: Calendar) -> None:
         self.config = config
         self.problems: list[str] = []
+        self.url_cache: dict[str, str] = {}  # recent URL-encoded texts, shared by all templates
         self.variables: dict[str, Variable] = {}  # used: declared and implicit
         self._getters: dict[str, Getter] = {}
         self._segments: dict[str, Predicate] = {}
@@ -136,7 +137,7 @@ class _Registry:
     ) -> tuple[Campaign, bool]:
         """Compile one campaign; also says whether its templates read `page.*`."""
         prefix = f"{path}." if path else ""
-        templates = TemplateCompiler(self.template_variable, self.problems)
+        templates = TemplateCompiler(self.template_variable, self.problems, self.url_cache)
         if spec.variants is not None:
             actions = [
                 templates.action(v.action.webhook, f"{prefix}variants[{i}].action.webhook")

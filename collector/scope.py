@@ -89,7 +89,7 @@ def path_getter(path: str) -> Callable[[Any], Any]:
         return get_one
 
     def get_path(data: Any) -> Any:
-        for part in parts:
+        for part in parts:  # nested dicts, or lists indexed by number
             if data.__class__ is dict:
                 data = data.get(part, MISSING)
                 if data is MISSING:
@@ -100,6 +100,16 @@ def path_getter(path: str) -> Callable[[Any], Any]:
                 return MISSING
         return data
 
+    if len(parts) == 2:
+        first, second = parts
+
+        def get_two(data: Any) -> Any:
+            inner = data.get(first) if data.__class__ is dict else None
+            if inner.__class__ is dict:
+                return inner.get(second, MISSING)
+            return get_path(data)
+
+        return get_two
     return get_path
 
 

@@ -34,7 +34,7 @@ from collector.scope import MISSING, Getter, Scope, path_getter
 
 PLACEHOLDER = re.compile(r"#\{([^{}]*)\}")
 PAGE_FIELDS = ("path", "url", "title", "referrer", "search")
-_PREFIXES = ("traits.", "properties.", "context.", "page.")
+_TIMESTAMP_MEMO = "\x00timestamp"  # a key no variable can clash with in the per-event memo
 
 
 class Suppressed(Exception):
@@ -58,9 +58,13 @@ def text(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def _iso(epoch: float) -> str:
-    moment = datetime.fromtimestamp(epoch, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def _timestamp(scope: Scope) -> str:
+    values = scope.values
+    found = values.get(_TIMESTAMP_MEMO)
+    if found is None:  # rendered once per event, however many webhooks use it
+        moment = datetime.fromtimestamp(scope.event.timestamp, UTC)
+        found = values[_TIMESTAMP_MEMO] = moment.isoformat(timespec="milliseconds")[:-6] + "Z"
+    return found
 
 
 def _visitor_id(scope: Scope) -> Any:
@@ -84,7 +88,7 @@ BUILTINS: dict[str, Getter] = {
     "event": lambda scope: scope.event.name,
     "event_id": lambda scope: scope.event.message_id,
     "delivery_id": lambda scope: scope.delivery_id,
-    "timestamp": lambda scope: _iso(scope.event.timestamp),
+    "timestamp": _timestamp,
     "session_id": _session_id,
 }
 
@@ -129,20 +133,44 @@ def _fallback_value(fallback: str) -> Any:
     return fallback
 
 
-def _encoded(slot: Getter) -> Getter:
-    return lambda scope: quote(text(slot(scope)), safe="")
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch
 
 
-def _as_text(slot: Getter) -> Getter:
-    return lambda scope: text(slot(scope))
+_URL_CACHE_SIZE = 4096
+
+
+def url_encoder(cache: dict[str, str]) -> Callable[[Any], str]:
+    """A value-to-URL-encoded-text function remembering recent texts in `cache` (bounded)."""
+
+    def encode(value: Any) -> str:
+        rendered = value if value.__class__ is str else text(value)
+        found = cache.get(rendered)
+        if found is None:
+            found = rendered if _URL_SAFE(rendered) else quote(rendered, safe="")
+            if len(cache) >= _URL_CACHE_SIZE:
+                cache.clear()
+            cache[rendered] = found
+        return found
+
+    return encode
+
+
+def _escape_braces(literal: str) -> str:
+    return literal.replace("{", "{{").replace("}", "}}")
 
 
 class TemplateCompiler:
     """Compiles one action's templates, resolving names and collecting problems with paths."""
 
-    def __init__(self, variable: Callable[[str], Getter | None], problems: list[str]) -> None:
+    def __init__(
+        self,
+        variable: Callable[[str], Getter | None],
+        problems: list[str],
+        url_cache: dict[str, str] | None = None,
+    ) -> None:
         self._variable = variable
         self._problems = problems
+        self._encode = url_encoder({} if url_cache is None else url_cache)
         self.uses_page = False
 
     def action(self, action: WebhookAction, path: str) -> ActionTemplate:
@@ -157,7 +185,11 @@ class TemplateCompiler:
         body = self._body(action.body, f"{path}.body")
         return ActionTemplate(action.method, url, tuple(headers), body)
 
-    def _slot(self, name: str, has_fallback: bool, fallback: Any, path: str) -> Getter:
+    def _slot(
+        self, name: str, has_fallback: bool, fallback: Any, path: str,
+        convert: Callable[[Any], Any] | None = None,
+    ) -> Getter:
+        """A reader of one placeholder's value, converted (to text, URL text) when asked."""
         name = name.strip()
         getter = self._variable(name) if name else None
         if getter is None and name:
@@ -168,39 +200,64 @@ class TemplateCompiler:
             self._problems.append(f"{path}: {shown}")
             return lambda scope: ""
         found = getter
-        if has_fallback:
-            return lambda scope: (
-                fallback if (value := found(scope)) is MISSING or value is None else value
-            )
+        if convert is None:
+            if has_fallback:
+                return lambda scope: (
+                    fallback if (value := found(scope)) is MISSING or value is None else value
+                )
 
-        def required(scope: Scope) -> Any:
+            def required(scope: Scope) -> Any:
+                value = found(scope)
+                if value is MISSING or value is None:
+                    raise Suppressed("missing_variable", name)
+                return value
+
+            return required
+        if has_fallback:
+            converted = convert(fallback)
+            return lambda scope: (
+                converted if (value := found(scope)) is MISSING or value is None else convert(value)
+            )
+        if convert is text:
+
+            def required_text(scope: Scope) -> Any:
+                value = found(scope)
+                if value.__class__ is str:
+                    return value
+                if value is MISSING or value is None:
+                    raise Suppressed("missing_variable", name)
+                return text(value)
+
+            return required_text
+
+        def required_converted(scope: Scope) -> Any:
             value = found(scope)
             if value is MISSING or value is None:
                 raise Suppressed("missing_variable", name)
-            return value
+            return convert(value)
 
-        return required
+        return required_converted
 
     def _string(self, template: str, path: str, *, encode: bool) -> str | Getter:
-        pieces: list[str | Getter] = []
+        literal: list[str] = []  # the template as a str.format pattern, one {} per placeholder
+        slots: list[Getter] = []
         position = 0
         for match in PLACEHOLDER.finditer(template):
-            if match.start() > position:
-                pieces.append(template[position : match.start()])
+            literal.append(_escape_braces(template[position : match.start()]))
+            literal.append("{}")
             name, bar, fallback = match.group(1).partition("|")
-            slot = self._slot(name, bool(bar), fallback, path)
-            pieces.append(_encoded(slot) if encode else _as_text(slot))
+            convert = self._encode if encode else text
+            slots.append(self._slot(name, bool(bar), fallback, path, convert))
             position = match.end()
-        if position == 0:
+        if not slots:
             return template
-        if position < len(template):
-            pieces.append(template[position:])
-        frozen = tuple(pieces)
-
-        def join(scope: Scope) -> str:
-            return "".join([p if isinstance(p, str) else p(scope) for p in frozen])
-
-        return join
+        literal.append(_escape_braces(template[position:]))
+        pattern = "".join(literal).format
+        if len(slots) == 1:
+            (only,) = slots
+            return lambda scope: pattern(only(scope))
+        frozen = tuple(slots)
+        return lambda scope: pattern(*[slot(scope) for slot in frozen])
 
     def _body(self, value: Any, path: str) -> Getter:
         if isinstance(value, str):
