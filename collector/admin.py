@@ -144,12 +144,12 @@ class EventFeed:
 
 
 async def event_stream(feed: EventFeed, backlog: bool) -> AsyncIterator[bytes]:
-    """Server-Sent Events: each accepted event as a Segment-style message."""
+    """Server-Sent Events: the last few events (`backlog`), then each accepted one (`event`)."""
     yield b"retry: 1000\n\n"
     with feed.subscribe() as queue:
         if backlog:
             for event in list(feed.recent):
-                yield _sse("event", event_as_message(event))
+                yield _sse("backlog", event_as_message(event))
         while not feed.closed:
             try:
                 latest = await asyncio.wait_for(queue.get(), HEARTBEAT_SECONDS)

@@ -33,7 +33,7 @@ from collector.config import Settings, build_settings, decode_config
 from collector.errors import ConfigError
 from collector.requestbin import RequestBin, create_bin_app
 
-SITE_DIR = Path(__file__).resolve().parent.parent / "demo_site"
+SITE_DIR = Path(__file__).resolve().parent.parent / "demo_site"  # a checkout (editable install)
 DEFAULT_COLLECTOR = "http://127.0.0.1:8000"  # as written in demo_site's pages and config
 DEMO_BIN = "demo"
 SERVER_OPTIONS: dict[str, Any] = {"log_level": "warning", "access_log": False, "lifespan": "on"}
@@ -46,7 +46,15 @@ class DemoOptions(msgspec.Struct, frozen=True, kw_only=True):
     site_port: int = 8080
     open_browser: bool = True
     data_dir: str | None = None
-    site_dir: str = str(SITE_DIR)
+    site_dir: str | None = None  # default: the checkout's demo_site/, else ./demo_site
+
+
+def find_site_dir(given: str | None) -> Path:
+    """The demo shop's directory: as given, in this checkout, or in the current directory."""
+    for candidate in ([Path(given)] if given else [SITE_DIR, Path.cwd() / "demo_site"]):
+        if (candidate / "tripwire.yaml").is_file():
+            return candidate
+    raise ConfigError(["demo_site/ not found: run `tripwire demo` from a Tripwire checkout"])
 
 
 def demo_settings(options: DemoOptions) -> Settings:
@@ -54,7 +62,7 @@ def demo_settings(options: DemoOptions) -> Settings:
     collector = f"http://127.0.0.1:{options.port}"
     cli = {"host": "127.0.0.1", "port": options.port, "data_dir": options.data_dir}
     settings = build_settings(cli)
-    config_file = Path(options.site_dir) / "tripwire.yaml"
+    config_file = find_site_dir(options.site_dir) / "tripwire.yaml"
     try:
         text = config_file.read_text(encoding="utf-8")
         raw = yaml.safe_load(text.replace(DEFAULT_COLLECTOR, collector))
@@ -179,9 +187,10 @@ def run_demo(options: DemoOptions) -> int:
     site = f"http://localhost:{options.site_port}/"
     app = create_app(settings)
     runtime = app.state.runtime
+    shop = site_app(find_site_dir(options.site_dir), collector)
     servers = [
         server(app, "127.0.0.1", options.port),
-        server(site_app(Path(options.site_dir), collector), "127.0.0.1", options.site_port),
+        server(shop, "127.0.0.1", options.site_port),
     ]
 
     def ready() -> None:

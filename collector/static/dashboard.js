@@ -14,6 +14,7 @@
   var empty = document.getElementById("no-events");
   var status = document.getElementById("live-status");
   var KEEP = 200;
+  var seen = {}; // messageIds shown: a reconnect replays the backlog
 
   function cell(row, text, cls) {
     var td = document.createElement("td");
@@ -23,9 +24,11 @@
     return td;
   }
 
-  function show(message) {
+  function show(message, fresh) {
+    if (seen[message.messageId]) return;
+    seen[message.messageId] = true;
     var row = document.createElement("tr");
-    row.className = "flash";
+    if (fresh) row.className = "flash";
     var page = (message.context && message.context.page) || {};
     cell(row, new Date((message.timestamp || message.receivedAt) * 1000).toLocaleTimeString(), "small");
     cell(row, message.type);
@@ -52,7 +55,10 @@
     status.textContent = "reconnecting…";
     status.className = "badge paused";
   });
+  source.addEventListener("backlog", function (e) {
+    show(JSON.parse(e.data), false);
+  });
   source.addEventListener("event", function (e) {
-    show(JSON.parse(e.data));
+    show(JSON.parse(e.data), true);
   });
 })();
