@@ -12,7 +12,7 @@ import hmac
 import html
 import string
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode
@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from collector import admin
 from collector.deliverylog import STATUSES, DeliveryAttempt
 from collector.errors import HTTPError, NotFound
+from collector.events import Event
 from collector.schema import CampaignSpec
 
 if TYPE_CHECKING:
@@ -294,6 +295,8 @@ def dashboard_routes(runtime: Runtime) -> list[BaseRoute]:
             else:
                 title = f"User {identity}"
                 result = _user_html(views["user"], view.key, view.profile, view.recent_events)
+        if not identity:
+            result = _recent_users(runtime.events.recent)
         body = views["users"].substitute(identity=_e(identity), result=result)
         return page(request, title, body, status)
 
@@ -459,6 +462,22 @@ def _facts(profile: dict[str, Any], shown: set[str]) -> dict[str, Any]:
         started = _clock(session.get("start"))
         facts["session"] = f"#{session.get('number')} since {started} ({state})"
     return facts
+
+
+def _recent_users(events: Iterable[Event]) -> str:
+    """Links to the users behind the latest events, newest first."""
+    seen: dict[str, str] = {}
+    for event in reversed(list(events)):
+        identity = event.user_id or event.anonymous_id
+        if identity and identity not in seen:
+            seen[identity] = event.user_id or f"visitor {identity[:8]}…"
+    if not seen:
+        return ""
+    links = "".join(
+        f'<a class="badge" href="/admin/users?id={quote(identity)}">{_e(label)}</a> '
+        for identity, label in list(seen.items())[:20]
+    )
+    return f'<div class="card"><h2>Recently seen</h2><p class="reasons">{links}</p></div>'
 
 
 def _event_row(message: dict[str, Any]) -> str:

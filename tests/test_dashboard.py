@@ -212,6 +212,9 @@ def test_the_editor_shows_every_problem_inline_and_saves_a_valid_campaign(
 
     admin.click("tr[data-campaign=from-editor] >> text=Edit")
     assert "id: from-editor" in admin.locator("textarea#source").input_value()
+    admin.click("text=Send test")  # for a sample user
+    admin.wait_for_selector(".notice.ok:has-text('Test webhook delivered')")
+    sink.wait_until(lambda _: len(hooks(sink, "sample-user", "/edited")) == 1)
     admin.on("dialog", lambda dialog: dialog.accept())
     admin.click("text=Delete this campaign")
     admin.wait_for_selector("text=Deleted from-editor.")
@@ -262,8 +265,7 @@ def test_user_lookup_explains_why_a_campaign_did_not_fire(
     assert capped["reason"] == "frequency"
 
     admin.click("nav >> text=User lookup")
-    admin.fill("input[name=id]", user)
-    admin.click("text=Look up")
+    admin.click(f".reasons a:text-is('{user}')")  # recently seen users link to their lookup
     welcome = admin.locator("#decisions tr[data-campaign=welcome]")
     assert "frequency" in welcome.inner_text()
     assert "frequency cap was reached" in welcome.locator(".why").inner_text()
