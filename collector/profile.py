@@ -80,10 +80,11 @@ def new_state(key: str, now: float = 0.0) -> UserState:
 def merge(a: UserState, b: UserState, merge_variable: VariableMerger) -> UserState:
     """Combine two profiles of one person; the result keeps `a.key` and answers to both ids.
 
-    Counts and caps add up, traits merge with the newer profile winning, variables merge as
-    their statistic allows (via `merge_variable`), the newer session is kept, decisions keep the
-    latest per campaign, and segment memberships are the union (so nobody "enters" a segment
-    only because two halves of their profile were joined).
+    Counts and caps add up (per-session cap counts are the newer profile's: its session is the
+    one kept), traits merge with the newer profile winning, variables merge as their statistic
+    allows (via `merge_variable`), decisions keep the latest per campaign, and segment
+    memberships are the union (so nobody "enters" a segment only because two halves of their
+    profile were joined). "Newer" is the profile seen last.
     """
     a_newer = a.last_seen >= b.last_seen
     newer, older = (a, b) if a_newer else (b, a)
@@ -97,10 +98,10 @@ def merge(a: UserState, b: UserState, merge_variable: VariableMerger) -> UserSta
     for name, value in a.variables.items():
         other = variables.get(name)
         variables[name] = value if other is None else merge_variable(name, value, other, a_newer)
-    caps = dict(b.caps)
-    for campaign_id, mine in a.caps.items():
-        theirs = caps.get(campaign_id)
-        caps[campaign_id] = mine if theirs is None else _merge_caps(mine, theirs)
+    caps = {cid: _outside_session(c) for cid, c in older.caps.items()}
+    for campaign_id, current in newer.caps.items():
+        previous = caps.get(campaign_id)
+        caps[campaign_id] = current if previous is None else _merge_caps(current, previous)
     decisions = dict(older.decisions)
     for campaign_id, decision in newer.decisions.items():
         kept = decisions.get(campaign_id)
@@ -123,14 +124,15 @@ def merge(a: UserState, b: UserState, merge_variable: VariableMerger) -> UserSta
     )
 
 
-def _merge_caps(a: Caps, b: Caps) -> Caps:
-    total = a.total + b.total
-    if a.session == b.session:
-        session, in_session = a.session, a.in_session + b.in_session
+def _outside_session(caps: Caps) -> Caps:
+    # the older profile's session numbers mean nothing in the newer one's session count
+    return Caps(caps.total, -1, 0, caps.day, caps.in_day)
+
+
+def _merge_caps(newer: Caps, older: Caps) -> Caps:
+    """Totals and same-day counts add up; the session count is the newer profile's."""
+    if newer.day == older.day:
+        day, in_day = newer.day, newer.in_day + older.in_day
     else:
-        session, in_session = max((a.session, a.in_session), (b.session, b.in_session))
-    if a.day == b.day:
-        day, in_day = a.day, a.in_day + b.in_day
-    else:
-        day, in_day = max((a.day, a.in_day), (b.day, b.in_day))
-    return Caps(total, session, in_session, day, in_day)
+        day, in_day = max((newer.day, newer.in_day), (older.day, older.in_day))
+    return Caps(newer.total + older.total, newer.session, newer.in_session, day, in_day)

@@ -259,6 +259,7 @@ def test_merge_combines_two_profiles_of_one_person() -> None:
     assert merged.traits == {"plan": "pro", "city": "Osaka"}  # the newer profile wins
     assert merged.event_counts == {"identify": 2, "Order": 3}
     assert merged.caps["thanks"].total == 3
+    assert merged.caps["thanks"].in_session == 2  # the browser's session is the one kept
     assert (merged.first_seen, merged.last_seen) == (T, T + 40)
     values = engine.describe(merged, T + 50)["variables"]
     assert values == {

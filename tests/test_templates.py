@@ -286,3 +286,11 @@ def test_every_template_problem_is_reported_including_variants() -> None:
         "campaigns[0].variants[1].action.webhook.url: unknown variable 'a'",
         "campaigns[0].variants[1].action.webhook.body.b: unknown variable 'b'",
     ]
+
+
+def test_literal_braces_stay_as_written() -> None:
+    engine = engine_with(
+        {"url": "https://hooks.example/{x}/#{user_id}", "headers": {"X-A": "{#{user_id}}"}}
+    )
+    webhook = fired(click(engine))
+    assert (webhook.url, webhook.headers) == ("https://hooks.example/{x}/u-1", {"X-A": "{u-1}"})

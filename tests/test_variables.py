@@ -295,3 +295,27 @@ def test_a_bad_field_path_is_a_load_error_with_its_path() -> None:
     with pytest.raises(ConfigError) as caught:
         engine_for({"v": stat("sum", field="revenue")})
     assert caught.value.problems[0].startswith("variables.v.field: unknown field 'revenue'")
+
+
+NOW = datetime(2026, 3, 10, 12, 30, tzinfo=UTC).timestamp()
+HISTORY = [40 * 86400, 20 * 86400, 6 * 86400, 30 * 3600, 3 * 3600, 50 * 60, 10 * 60, 60]
+WINDOW_TABLE = [
+    ("all", 8),
+    ("28d", 7),
+    ("7d", 6),  # today and the 6 days before: 6 days ago, yesterday, 4 today
+    ("2d", 5),  # today and yesterday
+    ("today", 4),
+    ("24h", 4),  # 13:00 yesterday onwards
+    ("2h", 3),  # 11:00 onwards
+    ("1h", 2),  # this hour, from 12:00
+    ("session", 2),  # 10 and 1 minutes ago; 50 minutes ago was 40 minutes before: a session apart
+    ("previous_session", 1),
+]
+
+
+@pytest.mark.parametrize(("window", "expected"), WINDOW_TABLE)
+def test_every_window(window: str, expected: int) -> None:
+    feed = Feed(engine_for({"n": stat("count", None, window=window)}, session_timeout="30m"))
+    for ago in HISTORY:
+        feed.send(NOW - ago)
+    assert feed.values(NOW)["n"] == expected
