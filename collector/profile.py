@@ -8,6 +8,12 @@ returns it; the store owns it between events.
 Variable state is `variables[name]`: a list whose layout belongs to the variable's statistic
 (see `collector.variables`); only the engine's rules know how to read or merge it, so `merge`
 takes the rules' variable merger.
+
+Merging two profiles of one person (identity merge): counts and caps add up (per-session cap
+counts are the newer profile's, whose session is the one kept), traits merge with the newer
+profile winning, variables merge as their statistic allows, decisions keep the latest per
+campaign, and segment memberships are the union (so nobody "enters" a segment only because two
+halves of their profile were joined). "Newer" is the profile seen last.
 """
 
 from __future__ import annotations
@@ -78,14 +84,7 @@ def new_state(key: str, now: float = 0.0) -> UserState:
 
 
 def merge(a: UserState, b: UserState, merge_variable: VariableMerger) -> UserState:
-    """Combine two profiles of one person; the result keeps `a.key` and answers to both ids.
-
-    Counts and caps add up (per-session cap counts are the newer profile's: its session is the
-    one kept), traits merge with the newer profile winning, variables merge as their statistic
-    allows (via `merge_variable`), decisions keep the latest per campaign, and segment
-    memberships are the union (so nobody "enters" a segment only because two halves of their
-    profile were joined). "Newer" is the profile seen last.
-    """
+    """Combine two profiles of one person; the result keeps `a.key` and answers to both ids."""
     a_newer = a.last_seen >= b.last_seen
     newer, older = (a, b) if a_newer else (b, a)
     anonymous = [i for i in older.anonymous_ids if i not in newer.anonymous_ids]

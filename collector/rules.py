@@ -222,10 +222,8 @@ class Rules:
 
 
 def compile_rules(config: ConfigFile, *, updated_at: Mapping[str, float] | None = None) -> Rules:
-    """Compile a loaded config; raises ConfigError listing every problem with its path.
-
-    `updated_at` gives campaigns' last-update times (for exclusivity ties); missing ones are 0.
-    """
+    """Compile a loaded config (raises ConfigError listing every problem with its path)."""
+    # `updated_at`: campaigns' last-update times, for exclusivity ties; missing ones count as 0
     calendar = Calendar(config.timezone)
     registry = _Registry(config, calendar)
     for name in config.segments:
