@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, Route, sync_playwright
 
 from tests.support.ports import free_port
 from tests.support.server import Tripwire, run_tripwire, wait_until
@@ -108,7 +108,9 @@ def playwright() -> Iterator[Playwright]:
 
 @pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
-    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    # Subdomains of shop.test resolve to loopback, for pages that share a registrable domain.
+    resolver = "--host-resolver-rules=MAP *.shop.test 127.0.0.1"
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, resolver])
     yield browser
     browser.close()
 
@@ -445,6 +447,48 @@ def test_visitor_id_survives_a_reload_and_reset_makes_a_new_one(
     assert after[0].get("userId") is None
     page.reload()
     assert anonymous_id(context) == fresh
+
+
+def test_visitor_cookie_on_the_configured_domain_is_shared_by_subdomains(
+    collector: Tripwire, site: str, context: BrowserContext, page: Page
+) -> None:
+    port = site.rsplit(":", 1)[1]
+    page.goto(f"http://www.shop.test:{port}/shared_cookie.html")
+    visitor = anonymous_id(context)
+    (cookie,) = [c for c in context.cookies() if c["name"] == "tw_aid"]
+    assert cookie["domain"] == ".shop.test"
+    page.goto(f"http://app.shop.test:{port}/shared_cookie.html")
+    events = wait_for_events(collector, visitor, 2)
+    assert [e["context"]["page"]["url"] for e in events] == [
+        f"http://www.shop.test:{port}/shared_cookie.html",
+        f"http://app.shop.test:{port}/shared_cookie.html",
+    ]
+    assert {e["anonymousId"] for e in events} == {visitor}
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_busy_collector_gets_the_batch_again_later(
+    status: int, collector: Tripwire, site: str, context: BrowserContext, page: Page
+) -> None:
+    answered: list[int] = []
+
+    def busy_once(route: Route) -> None:
+        if answered:
+            route.continue_()
+        else:
+            answered.append(status)
+            route.fulfill(status=status, headers={"Access-Control-Allow-Origin": "*"})
+
+    page.route("**/v1/batch", busy_once)
+    with page.expect_response(lambda r: r.url.endswith("/v1/batch") and r.status == status):
+        page.goto(f"{site}/index.html")
+    assert [m["type"] for m in stored_queue(page)] == ["page"]
+    with page.expect_response(lambda r: r.url.endswith("/v1/batch")) as retry:
+        pass  # the backoff's jittered first delay is under a second
+    assert retry.value.status == 200
+    events = wait_for_events(collector, anonymous_id(context), 1)
+    assert summary(events) == [("page", "/index.html")]
+    wait_until(lambda: stored_queue(page) == [], message="the stored queue to empty")
 
 
 def test_storage_and_cookies_blocked_the_tag_still_sends_and_never_throws(
