@@ -4,10 +4,12 @@ The file holds one Segment-spec message per line (a `{"batch": [...]}` line is r
 messages). Each message's `timestamp` (epoch seconds or milliseconds, or ISO-8601; else
 `originalTimestamp`, `sentAt`, `receivedAt`) is the engine's clock for it, so a replay always
 gives the same answer. Like the collector, replay skips a `messageId` seen in the previous 24
-hours, and resolves identities in memory: an anonymous id and a user id seen together share a
-profile; when both already have different profiles (or an `alias` links two ids) the profiles
-are merged, the identified one's key surviving. A new profile's key is `u:<userId>` when the
-message has a user id, else `a:<anonymousId>` (the key seeds sticky rate/variant buckets).
+hours, normalises messages as ingest does, and resolves identities in memory by the stores'
+rules (`collector.store.identity`): ids seen together share a profile; when they point at two
+profiles, those merge (the one found by user id surviving) unless each belongs to a different
+known user. A new profile's key is `u:<userId>` when the message has a user id, else
+`a:<anonymousId>`; the key seeds sticky rate/variant buckets, so replay splits users as the
+server does.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import orjson
 from collector.engine import Engine, compile_rules
 from collector.errors import ConfigError
 from collector.events import Event
+from collector.messages import MESSAGE_TYPES
 from collector.profile import UserState
 from collector.schema import ConfigFile
+from collector.store import identity
 
 DEDUPE_SECONDS = 86400.0
 _TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
-_PAGE_FIELDS = ("path", "url", "title", "referrer", "search")
 
 
 def parse_time(value: Any) -> float | None:
@@ -59,11 +62,15 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def event_from_message(message: Any, fallback_id: str) -> Event:
-    """Normalise one Segment message into an Event; raises ValueError saying what is wrong."""
+def event_from_message(
+    message: Any, fallback_id: str, batch_context: dict[str, Any] | None = None
+) -> Event:
+    """Normalise one Segment message into an Event as ingest does; raises ValueError if bad."""
     if not isinstance(message, dict):
         raise ValueError("expected a JSON object")
-    kind = str(message.get("type") or "track").lower()
+    kind = message.get("type")
+    if kind not in MESSAGE_TYPES:
+        raise ValueError(f"unknown message type {kind!r}")
     if kind == "track":
         name = message.get("event")
         if not isinstance(name, str) or not name:
@@ -73,6 +80,9 @@ def event_from_message(message: Any, fallback_id: str) -> Event:
     user_id, anonymous_id = _id(message.get("userId")), _id(message.get("anonymousId"))
     if user_id is None and anonymous_id is None:
         raise ValueError("message without 'userId' or 'anonymousId'")
+    previous_id = _id(message.get("previousId"))
+    if kind == "alias" and previous_id is None:
+        raise ValueError("alias message without 'previousId'")
     timestamp = None
     for field in _TIME_FIELDS:
         if field in message:
@@ -80,11 +90,10 @@ def event_from_message(message: Any, fallback_id: str) -> Event:
             break
     if timestamp is None:
         raise ValueError("message without a valid 'timestamp'")
-    properties, context = _dict(message.get("properties")), _dict(message.get("context"))
-    if kind == "page" and "page" not in context:
-        page = {k: properties[k] for k in _PAGE_FIELDS if k in properties}
-        if page:
-            context = {**context, "page": page}
+    properties = _dict(message.get("properties"))
+    if kind in ("page", "screen") and isinstance(message.get("name"), str):
+        properties.setdefault("name", message["name"])
+    context = _dict(message.get("context")) if "context" in message else batch_context or {}
     traits = _dict(message.get("traits")) or _dict(context.get("traits"))
     return Event(
         type=kind,
@@ -92,7 +101,7 @@ def event_from_message(message: Any, fallback_id: str) -> Event:
         message_id=_id(message.get("messageId")) or fallback_id,
         anonymous_id=anonymous_id,
         user_id=user_id,
-        previous_id=_id(message.get("previousId")),
+        previous_id=previous_id,
         properties=properties,
         traits=traits,
         context=context,
@@ -107,8 +116,8 @@ class Replay:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.states: dict[str, UserState] = {}
-        self._keys: dict[str, str] = {}  # "u:<userId>" / "a:<anonymousId>" -> profile key
-        self._aliases: dict[str, list[str]] = {}  # profile key -> ids once linked to it
+        self._index: dict[str, str] = {}  # "u:<userId>" / "a:<anonymousId>" -> profile key
+        self._ids: dict[str, list[str]] = {}  # profile key -> ids pointed at it
         self._seen: dict[str, float] = {}
         self.events = 0
         self.duplicates = 0
@@ -138,56 +147,31 @@ class Replay:
                 counts[decision.reason] += 1
 
     def _resolve(self, event: Event) -> str:
-        keys = self._keys
-        user = f"u:{event.user_id}" if event.user_id is not None else None
-        anon = f"a:{event.anonymous_id}" if event.anonymous_id is not None else None
-        by_user = keys.get(user) if user else None
-        by_anon = keys.get(anon) if anon else None
-        if event.type == "alias" and event.previous_id is not None and user is not None:
-            previous = keys.get(f"u:{event.previous_id}") or keys.get(f"a:{event.previous_id}")
-            if previous is not None:
-                if by_user is None:
-                    self._link(user, previous)
-                    return previous
-                if previous != by_user:
-                    return self._merge(by_user, previous)
-        if by_user is not None and by_anon is not None and by_user != by_anon:
-            if self._owner(by_anon) in (None, event.user_id):
-                self._merge(by_user, by_anon)
-            key = by_user
-        elif by_user is not None:
-            key = by_user
-        elif by_anon is not None:
-            owner = self._owner(by_anon)
-            # another person signing in on a shared browser gets a profile of their own
-            key = user if user is not None and owner not in (None, event.user_id) else by_anon
+        """The event's profile key, merging profiles it shows to be one person, as the stores do."""
+        ids = identity.ids_of(event)
+        keys: list[str] = []
+        for id_ in ids:
+            key = self._index.get(id_)
+            if key is not None and key not in keys and key in self.states:
+                keys.append(key)
+        if not keys:
+            key = identity.new_key(event)
         else:
-            key = user or anon or event.message_id
-        if user is not None:
-            self._link(user, key)
-        if anon is not None:
-            self._link(anon, key)
+            key = keys[0]
+            for other in keys[1:]:
+                mine, theirs = self.states[key], self.states[other]
+                if not (mine.user_id and theirs.user_id and mine.user_id != theirs.user_id):
+                    self.states[key] = self.engine.merge(mine, self.states.pop(other))
+                    for id_ in self._ids.pop(other, []):
+                        self._link(id_, key)
+        for id_ in ids:
+            self._link(id_, key)
         return key
 
-    def _link(self, alias: str, key: str) -> None:
-        if self._keys.get(alias) != key:
-            self._keys[alias] = key
-            self._aliases.setdefault(key, []).append(alias)
-
-    def _owner(self, key: str) -> str | None:
-        state = self.states.get(key)
-        return state.user_id if state is not None else None
-
-    def _merge(self, keep: str, drop: str) -> str:
-        kept, dropped = self.states.get(keep), self.states.pop(drop, None)
-        if kept is not None and dropped is not None:
-            self.states[keep] = self.engine.merge(kept, dropped)
-        elif dropped is not None:
-            self.states[keep] = dropped
-        for alias in self._aliases.pop(drop, []):
-            if self._keys.get(alias) == drop:
-                self._link(alias, keep)
-        return keep
+    def _link(self, id_: str, key: str) -> None:
+        if self._index.get(id_) != key:
+            self._index[id_] = key
+            self._ids.setdefault(key, []).append(id_)
 
     def report(self, campaign_ids: list[str]) -> dict[str, Any]:
         """Counts per campaign (config order first), as plain data."""
@@ -227,8 +211,9 @@ def run_replay(events_path: str, config: ConfigFile, *, as_json: bool, out: Text
                     message = orjson.loads(line)
                     batch = message.get("batch") if isinstance(message, dict) else None
                     messages = batch if isinstance(batch, list) else [message]
+                    shared = message.get("context") if batch is not None else None
                     events = [
-                        event_from_message(m, f"replay-{number}-{i}")
+                        event_from_message(m, f"replay-{number}-{i}", _dict(shared))
                         for i, m in enumerate(messages)
                     ]
                 except (orjson.JSONDecodeError, ValueError) as exc:

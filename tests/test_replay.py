@@ -88,12 +88,14 @@ def generate(path: Path, users: int, events_per_user: int, seed: int) -> dict[st
             kind = rng.choice(["page", "page", "Clicked", "Order Completed"])
             if kind == "page":
                 page = rng.choice(["/", "/cart", "/cart/2", "/product/1"])
+                in_context = rng.random() < 0.8  # conditions read context.page, not properties
                 message.update(
                     type="page",
+                    name="Shop",
                     properties={"path": page},
-                    context={"page": {"path": page}} if rng.random() < 0.5 else {},
+                    context={"page": {"path": page}} if in_context else {},
                 )
-                if page.startswith("/cart"):
+                if in_context and page.startswith("/cart"):
                     if anonymous_id in carts:
                         suppressed["cart-once"]["frequency"] += 1
                     else:
@@ -207,9 +209,9 @@ def test_replay_merges_identities(tmp_path: Path) -> None:
         # two clicks on the laptop: the merged profile has already fired twice
         {"type": "track", "event": "Clicked", "anonymousId": "laptop", "timestamp": START + 30},
         {"type": "track", "event": "Clicked", "userId": "u-1", "timestamp": START + 40},
-        # an alias joins an old id to the member: their clicks count for the member too
-        {"type": "track", "event": "Clicked", "userId": "old-id", "timestamp": START + 50},
-        {"type": "alias", "userId": "u-1", "previousId": "old-id", "timestamp": START + 60},
+        # a click from another anonymous id, which an alias then joins to the member
+        {"type": "track", "event": "Clicked", "anonymousId": "tablet", "timestamp": START + 50},
+        {"type": "alias", "userId": "u-1", "previousId": "tablet", "timestamp": START + 60},
     ]
     for i, message in enumerate(messages):
         message["messageId"] = f"m{i}"
