@@ -64,24 +64,12 @@ WHY = {
     "quota_exceeded": "the monthly webhook quota is used up",
 }
 
-NEW_CAMPAIGN = """\
-id: my-campaign
-name: My campaign
-status: draft
-trigger: {event: page, where: {context: page.path, starts_with: /cart}}
-frequency: {per: session, max_total: 1}
-action:
-  webhook:
-    url: https://example.com/hooks/tripwire
-    method: POST
-    body: {user_id: "#{user_id|}", visitor_id: "#{visitor_id}", campaign: "#{campaign_id}"}
-"""
-
 
 def dashboard_routes(runtime: Runtime) -> list[BaseRoute]:
     """The dashboard's pages, its login and its static files."""
     token = runtime.settings.admin_token or None  # empty = off
     views = {name: string.Template(_resource("templates", f"{name}.html")) for name in TEMPLATES}
+    new_campaign = _resource("templates", "new_campaign.yaml")
     assets = {
         "tripwire.css": (_resource("static", "tripwire.css"), "text/css; charset=utf-8"),
         "dashboard.js": (_resource("static", "dashboard.js"), "text/javascript; charset=utf-8"),
@@ -181,7 +169,7 @@ def dashboard_routes(runtime: Runtime) -> list[BaseRoute]:
     async def editor(request: Request) -> Response:
         campaign_id = request.path_params.get("id")
         if campaign_id is None:
-            return editor_page(request, None, NEW_CAMPAIGN, [], 200)
+            return editor_page(request, None, new_campaign, [], 200)
         spec = admin.find_campaign(runtime, campaign_id)
         return editor_page(request, spec, _campaign_yaml(spec), [], 200)
 
