@@ -249,6 +249,7 @@ def test_page_track_identify_and_navigation_arrive_in_order_and_fire_a_webhook(
     page.click("text=Pricing")  # client-side navigation: pushState
     page.evaluate("history.replaceState({}, '', location.href)")  # same URL: no page view
     page.go_back()  # popstate back to the first URL
+    page.evaluate("location.hash = 'reviews'")  # an in-page anchor: no page view
     page.click("text=Cart")
     events = wait_for_events(collector, visitor, 6)
 
@@ -295,6 +296,7 @@ def test_page_track_identify_and_navigation_arrive_in_order_and_fire_a_webhook(
     assert "campaign" not in pricing["context"]
     assert back["context"]["page"]["referrer"] == f"{site}/pricing"
     assert cart["context"]["page"]["path"] == "/cart"
+    assert cart["context"]["page"]["referrer"] == f"{site}/index.html?{utm}"  # no fragment
 
     # On the wire: text/plain (no CORS preflight), the write key, sentAt set when each batch
     # goes out, and messages with ISO timestamps and no userId until one is known.

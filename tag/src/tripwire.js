@@ -88,9 +88,14 @@
     held.forEach(call);
   }
 
+  // The page's URL without its fragment: following an in-page anchor is not a page view.
+  function here() {
+    return location.href.split("#")[0];
+  }
+
   function navigated() {
     try {
-      if (location.href != lastUrl) {
+      if (here() != lastUrl) {
         referrer = lastUrl;
         page();
       }
@@ -98,7 +103,7 @@
   }
 
   function page(properties) {
-    lastUrl = location.href;
+    lastUrl = here();
     send("page", { name: d.title, properties: properties || {} });
   }
 
@@ -119,7 +124,7 @@
     message.userId = userId || undefined;
     message.timestamp = new Date().toISOString();
     message.context = {
-      page: { path: l.pathname, url: l.href, title: d.title, referrer: referrer, search: search },
+      page: { path: l.pathname, url: here(), title: d.title, referrer: referrer, search: search },
       locale: nav.language,
       timezone: Intl.DateTimeFormat().resolvedOptions().timeZone,
       userAgent: nav.userAgent,
