@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, Route, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Playwright,
+    Request,
+    Route,
+    sync_playwright,
+)
 
 from tests.support.ports import free_port
 from tests.support.server import Tripwire, run_tripwire, wait_until
@@ -206,7 +214,23 @@ def anonymous_id(context: BrowserContext) -> str:
 
 def stored_queue(page: Page) -> list[Event]:
     """The unsent messages the tag keeps in localStorage."""
-    return json.loads(page.evaluate("localStorage.getItem('tw_q') || '[]'"))
+    queue: list[Event] = json.loads(page.evaluate("localStorage.getItem('tw_q') || '[]'"))
+    return queue
+
+
+def record_batches(page: Page) -> list[tuple[str, dict[str, Any]]]:
+    """Record the (content type, body) of every batch the page sends, as they go out.
+
+    Playwright's sync API delivers these events during later calls on the page.
+    """
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    def on_request(request: Request) -> None:
+        if request.url.endswith("/v1/batch"):
+            sent.append((request.headers["content-type"], json.loads(request.post_data or "{}")))
+
+    page.on("request", on_request)
+    return sent
 
 
 def summary(events: list[Event]) -> list[tuple[str, str | None]]:
@@ -231,16 +255,7 @@ def test_page_track_identify_and_navigation_arrive_in_order_and_fire_a_webhook(
     page_errors: list[str],
 ) -> None:
     utm = "utm_source=news&utm_medium=email&utm_campaign=spring&utm_term=shoes&utm_content=banner"
-    batches: list[dict[str, Any]] = []
-    page.on(
-        "request",
-        lambda r: (
-            r.url.endswith("/v1/batch")
-            and batches.append(
-                {"body": json.loads(r.post_data or "{}"), "type": r.headers.get("content-type")}
-            )
-        ),
-    )
+    batches = record_batches(page)
     page.goto(f"{site}/index.html?{utm}", referer="https://search.example/?q=shop")
     visitor = anonymous_id(context)
     wait_for_events(collector, visitor, 1)
@@ -301,10 +316,9 @@ def test_page_track_identify_and_navigation_arrive_in_order_and_fire_a_webhook(
     # On the wire: text/plain (no CORS preflight), the write key, sentAt set when each batch
     # goes out, and messages with ISO timestamps and no userId until one is known.
     wait_until(lambda: stored_queue(page) == [], message="the stored queue to empty")
-    assert batches and all(b["type"].startswith("text/plain") for b in batches)
+    assert batches and all(content_type.startswith("text/plain") for content_type, _ in batches)
     sent = []
-    for batch in batches:
-        body = batch["body"]
+    for _, body in batches:
         assert body["writeKey"] == WRITE_KEY
         assert ISO_TIME.match(body["sentAt"])
         assert 1 <= len(body["batch"]) <= 20
@@ -365,21 +379,15 @@ def test_closing_the_tab_right_after_a_track_still_delivers_it(
 def test_many_events_go_in_batches_of_at_most_twenty_in_order(
     collector: Tripwire, site: str, context: BrowserContext, page: Page
 ) -> None:
-    sizes: list[int] = []
-    page.on(
-        "request",
-        lambda r: (
-            r.url.endswith("/v1/batch")
-            and sizes.append(len(json.loads(r.post_data or "{}")["batch"]))
-        ),
-    )
+    batches = record_batches(page)
     page.goto(f"{site}/index.html")
     visitor = anonymous_id(context)
     page.evaluate("for (var i = 0; i < 30; i++) tripwire('track', 'Scrolled', {n: i})")
     events = wait_for_events(collector, visitor, 31)
     assert [e["properties"]["n"] for e in events if e["type"] == "track"] == list(range(30))
     wait_until(lambda: stored_queue(page) == [], message="the stored queue to empty")
-    assert max(sizes) == 20 and sum(sizes) >= 31  # request events are seen by now
+    sizes = [len(body["batch"]) for _, body in batches]  # request events are seen by now
+    assert max(sizes) == 20 and sum(sizes) >= 31
 
 
 def test_opt_out_sends_nothing_and_is_remembered(
