@@ -108,14 +108,15 @@ class MemoryStore:
             decisions.extend(outcome.decisions)
         return IngestResult(accepted, duplicates, webhooks, decisions)
 
+    async def user_state(self, identity_: str) -> UserState | None:
+        """The engine state of a user found by any of its ids or its key."""
+        key = self._find(identity_)
+        return None if key is None else self._users[key]
+
     async def lookup(self, identity_: str, now: float) -> UserView | None:
         """Find a profile by any of its ids or its key."""
-        key = next(
-            (self._index[i] for i in identity.lookup_ids(identity_) if i in self._index), None
-        )
-        if key is None and identity_ in self._users:
-            key = identity_
-        if key is None or key not in self._users:
+        key = self._find(identity_)
+        if key is None:
             return None
         state = self._users[key]
         recent = [event_as_message(e) for e in self._recent.get(key, ())]
