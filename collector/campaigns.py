@@ -157,7 +157,8 @@ class Campaign:
 
     def capped(self, scope: Scope) -> bool:
         """Whether a frequency cap forbids firing now."""
-        caps = scope.state.caps.get(self.id)
+        every = scope.state.caps
+        caps = every.get(self.id) if every is not None else None
         if caps is None:
             return False
         limit = self.max_total
@@ -174,9 +175,12 @@ class Campaign:
         """Count a fired delivery against the caps."""
         if not self.has_caps:
             return
-        caps = scope.state.caps.get(self.id)
+        every = scope.state.caps
+        if every is None:
+            every = scope.state.caps = {}
+        caps = every.get(self.id)
         if caps is None:
-            caps = scope.state.caps[self.id] = Caps()
+            caps = every[self.id] = Caps()
         caps.total += 1
         if caps.session == scope.session_number:
             caps.in_session += 1

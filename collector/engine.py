@@ -153,11 +153,11 @@ class Engine:
         return session.number
 
     def _entered(self, rules: Rules, scope: Scope) -> list[str]:
-        before = scope.state.segments
+        before = scope.state.segments or []
         now_in = [name for name, member in rules.tracked if member(scope)]
         if now_in == before:
             return []
-        scope.state.segments = now_in
+        scope.state.segments = now_in or None
         return [name for name in now_in if name not in before]
 
     def _decide(
@@ -169,15 +169,15 @@ class Engine:
         webhooks: list[WebhookRequest],
     ) -> None:
         latest = scope.state.decisions
+        record = decisions.append
         exclusive_fired = False
         for campaign in candidates:
-            result = campaign.check(scope)
+            arm = campaign.check(scope)
             variant_id: str | None = None
             reason: str | None
-            if result.__class__ is str:
-                reason = result
+            if isinstance(arm, str):
+                reason = arm
             else:
-                arm: Arm = result  # type: ignore[assignment]
                 variant_id = arm.variant_id
                 if campaign.has_caps and campaign.capped(scope):
                     reason = "frequency"
@@ -190,7 +190,7 @@ class Engine:
             decision = Decision(
                 campaign.id, variant_id, FIRED if reason is None else SUPPRESSED, reason, now
             )
-            decisions.append(decision)
+            record(decision)
             latest[campaign.id] = decision
 
     def _fire(
@@ -268,7 +268,7 @@ class Engine:
                       "at": d.at}
                 for cid, d in state.decisions.items()
             },
-            "caps": {cid: msgspec.structs.asdict(caps) for cid, caps in state.caps.items()},
+            "caps": {cid: msgspec.structs.asdict(c) for cid, c in (state.caps or {}).items()},
         }
 
 

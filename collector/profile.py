@@ -68,10 +68,11 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True):
     event_counts: dict[str, int] = {}  # lifetime count per event name, at most MAX_EVENT_NAMES
     session: Session | None = None
     variables: dict[str, list[Any]] = {}  # per maintained variable, layout set by its stat
-    segments: list[str] = []  # the user's tracked segments (named by segment_entered triggers)
-    caps: dict[str, Caps] = {}  # per campaign with frequency caps
+    # rarely needed, so None until first used (an empty container still costs 56-64 bytes)
+    segments: list[str] | None = None  # tracked segments (named by segment_entered) the user is in
+    caps: dict[str, Caps] | None = None  # per campaign with frequency caps
     decisions: dict[str, Decision] = {}  # latest decision per campaign
-    page: dict[str, Any] = {}  # latest page (path, url, title, referrer, search), kept when used
+    page: dict[str, Any] | None = None  # latest page (path, url, title, referrer, search), if used
 
 
 VariableMerger = Callable[[str, list[Any], list[Any], bool], list[Any]]
@@ -97,8 +98,8 @@ def merge(a: UserState, b: UserState, merge_variable: VariableMerger) -> UserSta
     for name, value in a.variables.items():
         other = variables.get(name)
         variables[name] = value if other is None else merge_variable(name, value, other, a_newer)
-    caps = {cid: _outside_session(c) for cid, c in older.caps.items()}
-    for campaign_id, current in newer.caps.items():
+    caps = {cid: _outside_session(c) for cid, c in (older.caps or {}).items()}
+    for campaign_id, current in (newer.caps or {}).items():
         previous = caps.get(campaign_id)
         caps[campaign_id] = current if previous is None else _merge_caps(current, previous)
     decisions = dict(older.decisions)
@@ -116,8 +117,8 @@ def merge(a: UserState, b: UserState, merge_variable: VariableMerger) -> UserSta
         event_counts=counts,
         session=newer.session or older.session,
         variables=variables,
-        segments=sorted(set(a.segments) | set(b.segments)),
-        caps=caps,
+        segments=sorted(set(a.segments or ()) | set(b.segments or ())) or None,
+        caps=caps or None,
         decisions=decisions,
         page=newer.page or older.page,
     )

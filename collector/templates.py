@@ -100,7 +100,8 @@ def _page_getter(field: str) -> Getter:
             value = page.get(field)
             if value is not None:
                 return value
-        return scope.state.page.get(field, MISSING)
+        latest = scope.state.page
+        return latest.get(field, MISSING) if latest is not None else MISSING
 
     return get
 

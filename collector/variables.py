@@ -11,7 +11,8 @@ a range of indexes:
   current bucket and the ones before it up to N units (so `7d` is today and the 6 days before).
 
 A variable's state is a list of buckets `[index, ...payload]`, oldest first, trimmed to the
-window. The payload depends on the statistic (see each `Stat`). `latest`, `previous` and
+window; when only one bucket is ever kept, the state is that bucket itself (one list less per
+user and variable). The payload depends on the statistic (see each `Stat`). `latest`, `previous` and
 `last_at` need only the newest bucket; `distinct_count` keeps a map of at most
 `DISTINCT_LIMIT` values to the last two bucket indexes each was seen in.
 
@@ -119,6 +120,15 @@ class Stat:
                     buckets.insert(pos + 1, self.new(idx, value, t, None))
                     return
             buckets.insert(0, self.new(idx, value, t, None))
+
+    def record_one(self, bucket: list[Any], idx: int, value: Any, t: float) -> None:
+        """Add a value when only the newest bucket is kept, as the variable's whole state."""
+        if not bucket:
+            bucket.extend(self.new(idx, value, t, None))
+        elif bucket[0] == idx:
+            self.add(bucket, value, t)
+        elif bucket[0] < idx:
+            bucket[:] = self.new(idx, value, t, bucket)  # built before the old one is replaced
 
     def merge(self, a: Buckets, b: Buckets, keep: int) -> Buckets:
         """Two bucket lists of one variable, as one."""
@@ -418,7 +428,8 @@ class Variable:
     """A compiled variable: which events feed it, how, and how to read its value."""
 
     __slots__ = (
-        "default", "events", "field", "keep", "name", "stat", "time_value", "where", "window",
+        "default", "events", "field", "flat", "keep", "name", "stat", "time_value", "where",
+        "window",
     )
 
     def __init__(
@@ -436,6 +447,7 @@ class Variable:
         self.time_value = stat in _TIME_STATS
         self.window = Window(window)
         self.keep = 1 + self.window.offset if self.stat.single else self.window.keep
+        self.flat = self.keep == 1 and not isinstance(self.stat, Distinct)  # state = one bucket
         self.field = field
         self.where: Predicate | None = None  # set once conditions are compiled
         self.default = MISSING if default is None else default
@@ -457,7 +469,10 @@ class Variable:
         buckets = variables.get(self.name)
         if buckets is None:
             buckets = variables[self.name] = []
-        self.stat.record(buckets, self.window.index(scope), self.keep, value, scope.t)
+        if self.flat:
+            self.stat.record_one(buckets, self.window.index(scope), value, scope.t)
+        else:
+            self.stat.record(buckets, self.window.index(scope), self.keep, value, scope.t)
 
     def read(self, scope: Scope) -> Any:
         """The variable's current value: the statistic, else the default, else MISSING."""
@@ -466,11 +481,14 @@ class Variable:
         if buckets:
             window = self.window
             high = window.index(scope) - window.offset
-            value = self.stat.read(buckets, high - window.span + 1, high)
+            low = high - window.span + 1
+            value = self.stat.read([buckets] if self.flat else buckets, low, high)
         return self.default if value is MISSING else value
 
     def merge(self, a: Buckets, b: Buckets, a_is_newer: bool) -> Buckets:
         """Merge two profiles' states; session windows keep the newer profile's sessions."""
         if self.window.kind in ("session", "previous_session"):
             return a if a_is_newer else b
+        if self.flat:
+            return self.stat.merge([a], [b], 1)[0]  # type: ignore[no-any-return]
         return self.stat.merge(a, b, self.keep)
