@@ -3,6 +3,7 @@
 //   node build.mjs --out FILE     write FILE instead
 //   node build.mjs --check        fail when dist/tripwire.min.js differs from a fresh build
 //   node build.mjs --budget N     use another budget (to see the build fail)
+import { spawnSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -25,7 +26,9 @@ const { code } = await transform(readFileSync(join(here, "src", "tripwire.js"), 
   banner: `/*! tripwire.js ${version} */`,
 });
 const built = Buffer.from(code);
-const gzipped = gzipSync(built, { level: 9 }).length;
+// The budget is stated in `gzip -9` bytes; zlib (a few bytes apart) stands in where gzip is missing.
+const cli = spawnSync("gzip", ["-9", "-c"], { input: built });
+const gzipped = cli.status === 0 ? cli.stdout.length : gzipSync(built, { level: 9 }).length;
 console.log(`tripwire.min.js: ${built.length} bytes raw, ${gzipped} bytes gzip -9 (budget ${BUDGET})`);
 
 if (gzipped > BUDGET) {
