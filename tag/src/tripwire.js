@@ -32,7 +32,9 @@
 
   function store(key, value) {
     try {
-      value == null ? localStorage.removeItem(PREFIX + key) : localStorage.setItem(PREFIX + key, value);
+      value == null
+        ? localStorage.removeItem(PREFIX + key)
+        : localStorage.setItem(PREFIX + key, value);
     } catch (e) {}
   }
 
@@ -131,6 +133,7 @@
       campaign: utm && campaign,
       library: { name: "tripwire.js", version: VERSION },
     };
+    JSON.stringify(message); // a property that cannot be sent (a cycle) fails this call only
     queue.push(message) > KEPT && queue.shift();
     save();
     queue.length < BATCH || failures ? schedule(1e3) : flush();
@@ -172,7 +175,10 @@
     busy = 0;
     if (!status || status == 429 || status > 499) {
       clearTimeout(timer); // a backoff replaces any sooner flush
-      timer = setTimeout(flush, Math.min(3e4, 1e3 * Math.pow(2, failures++)) * (0.5 + Math.random() / 2));
+      timer = setTimeout(
+        flush,
+        Math.min(3e4, 1e3 * Math.pow(2, failures++)) * (0.5 + Math.random() / 2)
+      );
     } else {
       failures = 0;
       queue = queue.filter(function (message) {
