@@ -9,6 +9,7 @@ import pytest
 from starlette.applications import Starlette
 
 from collector.tagfile import TAG_PATH, TagNotBuiltError, accepts_gzip, tag_route
+from tests.support.server import run_tripwire
 
 SCRIPT = b"(function(){var tripwire='tag';})();\n" * 20
 
@@ -109,3 +110,17 @@ async def test_default_path_serves_the_committed_build() -> None:
 )
 def test_accepts_gzip(header: str, expected: bool) -> None:
     assert accepts_gzip(header) is expected
+
+
+def test_the_collector_serves_the_built_tag() -> None:
+    with run_tripwire() as collector:
+        client = collector.client
+        first = client.get("/tag.js", headers={"Accept-Encoding": "gzip"})
+        assert first.status_code == 200
+        assert first.content == TAG_PATH.read_bytes()
+        assert first.headers["content-encoding"] == "gzip"
+        assert first.headers["cache-control"] == "public, max-age=300"
+        again = client.get(
+            "/tag.js", headers={"Accept-Encoding": "gzip", "If-None-Match": first.headers["etag"]}
+        )
+        assert again.status_code == 304
