@@ -15,7 +15,6 @@ server does.
 from __future__ import annotations
 
 import sys
-from collections import Counter
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -122,8 +121,7 @@ class Replay:
         self.events = 0
         self.duplicates = 0
         self.webhooks = 0
-        self.fired: Counter[str] = Counter()
-        self.suppressed: dict[str, Counter[str]] = {}
+        self.counts: dict[tuple[str, str | None], int] = {}  # (campaign, reason or None=fired)
 
     def feed(self, event: Event) -> None:
         """Run one event, unless its messageId was seen in the previous 24 hours."""
@@ -137,14 +135,10 @@ class Replay:
         outcome = self.engine.process(self.states.get(key), event, event.timestamp, key=key)
         self.states[key] = outcome.state
         self.webhooks += len(outcome.webhooks)
+        counts = self.counts
         for decision in outcome.decisions:
-            if decision.reason is None:
-                self.fired[decision.campaign_id] += 1
-            else:
-                counts = self.suppressed.get(decision.campaign_id)
-                if counts is None:
-                    counts = self.suppressed[decision.campaign_id] = Counter()
-                counts[decision.reason] += 1
+            which = (decision.campaign_id, decision.reason)
+            counts[which] = counts.get(which, 0) + 1
 
     def _resolve(self, event: Event) -> str:
         """The event's profile key, merging profiles it shows to be one person, as the stores do."""
@@ -175,20 +169,24 @@ class Replay:
 
     def report(self, campaign_ids: list[str]) -> dict[str, Any]:
         """Counts per campaign (config order first), as plain data."""
-        ids = list(campaign_ids)
-        ids += sorted((set(self.fired) | set(self.suppressed)) - set(ids))
+        campaigns: dict[str, dict[str, Any]] = {
+            cid: {"fired": 0, "suppressed": {}} for cid in campaign_ids
+        }
+        for (cid, reason), count in sorted(self.counts.items(), key=lambda item: item[0][1] or ""):
+            entry = campaigns.setdefault(cid, {"fired": 0, "suppressed": {}})
+            if reason is None:
+                entry["fired"] = count
+            else:
+                entry["suppressed"][reason] = count
+        known = set(campaign_ids)
+        extra = sorted(cid for cid in campaigns if cid not in known)  # removed from the config
+        ordered = {cid: campaigns[cid] for cid in [*campaign_ids, *extra]}
         return {
             "events": self.events,
             "duplicates": self.duplicates,
             "users": len(self.states),
             "webhooks": self.webhooks,
-            "campaigns": {
-                cid: {
-                    "fired": self.fired.get(cid, 0),
-                    "suppressed": dict(sorted(self.suppressed.get(cid, Counter()).items())),
-                }
-                for cid in ids
-            },
+            "campaigns": ordered,
         }
 
 
