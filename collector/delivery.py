@@ -167,7 +167,7 @@ class Dispatcher:
         if self._pump_task is not None:
             return
         self._stopping = False
-        self._sender = Sender(signer=self._signer, guard=self.guard, timeout=self._settings.timeout)
+        self._connect()
         await self._outbox.open()
         self._pump_task = asyncio.create_task(self._pump(), name="tripwire-delivery-pump")
 
@@ -190,10 +190,8 @@ class Dispatcher:
         await self._outbox.close()
 
     async def send_now(self, request: WebhookRequest) -> DeliveryAttempt:
-        """Send one webhook right away, once, bypassing queue and quota; log and return it."""
-        if self._sender is None:
-            raise RuntimeError("the dispatcher is not started")
-        result = await self._sender.send(request)
+        """Send one webhook now, once, bypassing queue and quota (works unstarted); log it."""
+        result = await self._connect().send(request)
         status: Status = "failed"
         if result.outcome == "delivered" or result.outcome == "refused":
             status = result.outcome
@@ -245,6 +243,13 @@ class Dispatcher:
         for key in keys:
             del self._paused[key]
         return len(keys)
+
+    def _connect(self) -> Sender:
+        if self._sender is None:
+            self._sender = Sender(
+                signer=self._signer, guard=self.guard, timeout=self._settings.timeout
+            )
+        return self._sender
 
     # The pump: claim due work, apply the quota, hand each envelope to its endpoint.
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import os
 import time
 from collections import OrderedDict
@@ -31,6 +32,7 @@ import msgspec
 from collector.webhook import WebhookRequest
 
 SNAPSHOT_NAME = "outbox.msgpack"
+logger = logging.getLogger("tripwire.delivery")
 
 
 class OutboxClosed(RuntimeError):
@@ -151,7 +153,14 @@ class MemoryOutbox:
         self._closed = False
         if self._path is None or not self._path.exists():
             return
-        snapshot = _DECODER.decode(await asyncio.to_thread(self._path.read_bytes))
+        data = await asyncio.to_thread(self._path.read_bytes)
+        try:
+            snapshot = _DECODER.decode(data)
+        except msgspec.DecodeError as exc:
+            kept = self._path.with_suffix(".corrupt")
+            os.replace(self._path, kept)
+            logger.error("unreadable outbox snapshot moved to %s: %s", kept, exc)
+            return
         for envelope in snapshot.pending:
             self._push(envelope)
         for letter in snapshot.dead:

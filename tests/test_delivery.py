@@ -8,6 +8,7 @@ import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from collector.delivery import Backoff, Dispatcher
 from collector.deliverylog import DeliveryAttempt, DeliveryLog
 from collector.outbox import MemoryOutbox, OutboxClosed
 from collector.schema import WebhookSettings
+from collector.sender import parse_retry_after
 from collector.webhook import WebhookRequest
 from tests.support.sink import HANG, Reply, Sink
 
@@ -157,21 +159,45 @@ async def test_transient_failures_are_retried_with_one_webhook_id(start: Start) 
     assert harness.outbox.depth() == 0
 
 
-async def test_a_client_error_gets_exactly_one_attempt_and_is_dead_lettered(
-    start: Start,
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(400, body="bad field: email\n" * 500),
+        Reply(302, headers={"Location": "/elsewhere"}, body="moved\n" * 1000),
+    ],
+)
+async def test_a_client_error_or_redirect_gets_exactly_one_attempt(
+    start: Start, reply: Reply
 ) -> None:
-    with Sink(default=Reply(400, body="bad field: email\n" * 500)) as sink:
+    with Sink(default=reply) as sink:
         harness = await start()
         request = webhook(f"{sink.url}/hook")
         await harness.send(request)
         (entry,) = await harness.wait_log(status="failed")
-        assert len(sink.requests) == 1
-    assert entry.status_code == 400
+        assert [r.path for r in sink.requests] == ["/hook"]  # no retry, redirect not followed
+    assert entry.status_code == reply.status
     assert entry.response is not None and len(entry.response) == 4096
-    assert entry.response.startswith("bad field: email")
+    assert entry.response.startswith(str(reply.body)[:5])
     assert harness.outbox.depth() == 0  # nothing scheduled: no second attempt
     (letter,) = await harness.dispatcher.dead_letters()
     assert (letter.delivery_id, letter.status, letter.attempts) == (request.webhook_id, "failed", 1)
+
+
+async def test_a_retry_that_would_land_past_max_age_dead_letters_at_once(start: Start) -> None:
+    with Sink(default=Reply(503, headers={"Retry-After": "3600"})) as sink:
+        harness = await start(max_age=60.0)
+        await harness.send(webhook(f"{sink.url}/hook"))
+        (entry,) = await harness.wait_log(status="dead")
+        assert len(sink.requests) == 1
+    assert (entry.attempt, entry.status_code) == (1, 503)
+
+
+def test_retry_after_is_read_as_seconds_or_as_an_http_date() -> None:
+    now = 1_800_000_000.0
+    assert parse_retry_after("120", now) == 120.0
+    assert parse_retry_after(formatdate(now + 30, usegmt=True), now) == 30.0
+    assert parse_retry_after(formatdate(now - 30, usegmt=True), now) == 0.0
+    assert parse_retry_after("soon", now) is None
 
 
 async def test_a_receiver_down_for_five_seconds_gets_the_delivery_when_it_comes_up(
@@ -329,6 +355,12 @@ async def test_the_monthly_quota_suppresses_deliveries_once_reached(
     assert len(sink.requests) == 2
     assert harness.metric("tripwire_webhook_deliveries_total", outcome="quota_exceeded") == 1
 
+    await harness.dispatcher.stop()  # the month's count survives a restart
+    restarted = await start(monthly_quota=2)
+    await restarted.send(webhook(f"{sink.url}/hook"))
+    await restarted.wait_log(status="quota_exceeded")
+    assert len(sink.requests) == 2
+
 
 async def test_dead_letters_can_be_replayed_one_by_one_or_by_campaign(start: Start) -> None:
     with Sink(*[500] * 6) as sink:
@@ -381,8 +413,10 @@ async def test_a_test_fire_sends_once_and_reports_the_answer(start: Start) -> No
 
 
 async def test_putting_the_same_webhook_twice_queues_it_once(tmp_path: Path) -> None:
+    (tmp_path / "outbox.msgpack").write_bytes(b"not msgpack at all")
     outbox = MemoryOutbox(tmp_path)
-    await outbox.open()
+    await outbox.open()  # an unreadable snapshot is set aside, not fatal
+    assert (tmp_path / "outbox.corrupt").exists()
     request = webhook("http://127.0.0.1:9/hook")
     await outbox.put([request, request])
     await outbox.put([request])
