@@ -16,10 +16,10 @@ Admin side: `await log.query(campaign=, status=, limit=)`, `await dispatcher.rep
 logged `DeliveryAttempt`.
 
 How it stays fast and isolated: one pump task claims due webhooks and hands each to its endpoint
-(scheme://host:port). An endpoint runs at most `concurrency_per_endpoint` requests at once and
-has a circuit breaker; excess work waits in the endpoint's short queue, so a slow endpoint only
-slows itself. Retries and breaker deferrals go back to the outbox with a due time (a heap in
-memory mode), never to a sleeping task.
+(scheme://host:port). An endpoint has its own queue, at most `concurrency_per_endpoint` worker
+tasks draining it (one request in flight each) and a circuit breaker, so a slow or dead endpoint
+only slows itself. Retries, breaker deferrals and queue overflow go back to the outbox with a
+due time (a heap in memory mode), never to a sleeping task.
 """
 
 from __future__ import annotations

@@ -172,14 +172,19 @@ class MemoryOutbox:
     async def close(self) -> None:
         """Refuse further puts and write what is pending (claimed included) to the data dir."""
         self._closed = True
+        for envelope in list(self._claimed.values()):  # claimed but unsettled: pending again
+            self._release(envelope)
+            self._push(envelope)
         if self._path is None:
-            return
-        pending = [entry[2] for entry in sorted(self._heap)] + list(self._claimed.values())
-        if not (pending or self._dead or self._usage):
-            return
-        snapshot = _Snapshot(pending=pending, dead=list(self._dead.values()), usage=self._usage)
-        data = _ENCODER.encode(snapshot)
-        await asyncio.to_thread(_write_atomically, self._path, data)
+            return  # nowhere to keep it: it stays in memory for a reopen
+        pending = [entry[2] for entry in sorted(self._heap)]
+        if pending or self._dead or self._usage:
+            snapshot = _Snapshot(pending=pending, dead=list(self._dead.values()), usage=self._usage)
+            await asyncio.to_thread(_write_atomically, self._path, _ENCODER.encode(snapshot))
+        self._heap.clear()
+        self._live.clear()
+        self._dead.clear()
+        self._usage = {}
 
     async def put(self, requests: Iterable[WebhookRequest]) -> None:
         """Enqueue new webhooks, due now; a webhook_id already pending is ignored."""
