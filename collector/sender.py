@@ -5,6 +5,11 @@ network backend that resolves the host with `ssrf.Guard` and dials only the addr
 so there is no second resolution to rebind, while the URL keeps its host name: the `Host` header,
 TLS SNI, certificate checks and the connection pool (keyed by host name) all stay right.
 
+Request shape: GET merges the body (an object) into the URL's query, body keys replacing
+same-named URL keys, and signs an empty payload; other methods send the body as JSON with
+`Content-Type: application/json` unless the campaign's headers set one. Campaign headers cannot
+override framing headers (Host, Content-Length, ...) or the `webhook-*` signature headers.
+
     sender = Sender(signer=Signer(secrets), guard=Guard(policy), timeout=10.0)
     result = await sender.send(request)      # AttemptResult; never raises for the target's faults
     await sender.aclose()
