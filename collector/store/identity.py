@@ -6,6 +6,9 @@ user id. A profile's key is fixed when it is created; later ids are pointed at i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 from collector.events import Event
 
 
@@ -42,3 +45,44 @@ def lookup_ids(identity: str) -> list[str]:
 def new_key(event: Event) -> str:
     """The key of a profile first seen with this event."""
     return ids_of(event)[0]
+
+
+class Resolution(NamedTuple):
+    """Where an event's data goes: the profile key, profiles to merge into it, ids to link."""
+
+    key: str
+    merge: list[str]  # keys of other profiles that turned out to be the same person
+    link: list[str]  # index entries to point at `key`
+
+
+def resolve(
+    event: Event, owner: Callable[[str], str | None], user_of: Callable[[str], str | None]
+) -> Resolution:
+    """Decide which profile an event belongs to, given who owns each id and each profile's user.
+
+    - A user id's profile wins. An anonymous profile seen with it joins it (merge) unless it
+      already belongs to another user: then the browser changed hands, and only the anonymous
+      id moves to the new user.
+    - A new user id on an anonymous profile makes that profile the user's.
+    - An alias merges the profile of `previousId` into the user's, whoever it belonged to.
+    """
+    user_key = owner(user(event.user_id)) if event.user_id else None
+    anonymous_key = owner(anonymous(event.anonymous_id)) if event.anonymous_id else None
+    merge: list[str] = []
+    if event.user_id:
+        if user_key is not None:
+            key = user_key
+            if anonymous_key not in (None, key) and user_of(anonymous_key) in (None, event.user_id):
+                merge.append(anonymous_key)
+        elif anonymous_key is not None and user_of(anonymous_key) in (None, event.user_id):
+            key = anonymous_key
+        else:
+            key = user(event.user_id)
+    else:
+        key = anonymous_key or anonymous(event.anonymous_id or event.message_id)
+    if event.previous_id:
+        for id_ in (user(event.previous_id), anonymous(event.previous_id)):
+            previous = owner(id_)
+            if previous is not None and previous != key and previous not in merge:
+                merge.append(previous)
+    return Resolution(key, merge, ids_of(event))

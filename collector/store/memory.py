@@ -98,7 +98,7 @@ class MemoryStore:
                 continue
             self._seen[event.message_id] = now
             accepted += 1
-            key = self._resolve(event, engine)
+            key = self._resolve(event, engine, now)
             state = self._users.get(key) or new_state(key, now)
             outcome = engine.process(state, event, now)
             self._users[key] = outcome.state
@@ -130,35 +130,35 @@ class MemoryStore:
     def __len__(self) -> int:
         return len(self._users)
 
-    def _resolve(self, event: Event, engine: Engine) -> str:
+    def _resolve(self, event: Event, engine: Engine, now: float) -> str:
         """The key of the event's profile, merging profiles the event shows to be one person."""
-        ids = identity.ids_of(event)
-        keys: list[str] = []
-        for id_ in ids:
-            key = self._index.get(id_)
-            if key is not None and key not in keys and key in self._users:
-                keys.append(key)
-        if not keys:
-            key = identity.new_key(event)
-        else:
-            key = keys[0]
-            for other in keys[1:]:
-                if self._mergeable(self._users[key], self._users[other]):
-                    self._users[key] = engine.merge(self._users[key], self._users.pop(other))
-                    self._recent_merge(key, other)
-                    for id_ in self._ids.pop(other, []):
-                        self._index[id_] = key
-                        self._ids.setdefault(key, []).append(id_)
-        for id_ in ids:
-            if self._index.get(id_) != key:
-                self._index[id_] = key
-                self._ids.setdefault(key, []).append(id_)
+        resolution = identity.resolve(event, self._owner, self._user_of)
+        key = resolution.key
+        for other in resolution.merge:
+            state = self._users.get(key) or new_state(key, now)
+            self._users[key] = engine.merge(state, self._users.pop(other))
+            self._recent_merge(key, other)
+            for id_ in self._ids.pop(other, []):
+                self._link(id_, key)
+        for id_ in resolution.link:
+            self._link(id_, key)
         return key
 
-    @staticmethod
-    def _mergeable(a: UserState, b: UserState) -> bool:
-        """Two profiles merge unless each already belongs to a different known user."""
-        return not (a.user_id and b.user_id and a.user_id != b.user_id)
+    def _owner(self, id_: str) -> str | None:
+        key = self._index.get(id_)
+        return key if key in self._users else None
+
+    def _user_of(self, key: str) -> str | None:
+        return self._users[key].user_id
+
+    def _link(self, id_: str, key: str) -> None:
+        previous = self._index.get(id_)
+        if previous == key:
+            return
+        if previous is not None and previous in self._ids:
+            self._ids[previous] = [i for i in self._ids[previous] if i != id_]
+        self._index[id_] = key
+        self._ids.setdefault(key, []).append(id_)
 
     def _remember(self, key: str, event: Event) -> None:
         if self._limits.recent_events == 0:
