@@ -8,7 +8,7 @@ raw, then each message on its own — so one bad message is rejected with its ow
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -23,6 +23,7 @@ MAX_DEPTH = 16
 
 MESSAGE_TYPES = frozenset(("track", "page", "identify", "alias", "screen", "group"))
 Id = str | int
+Moment = datetime | float  # ISO-8601, or epoch seconds (or milliseconds, when above 1e11)
 
 
 class Message(msgspec.Struct, kw_only=True):
@@ -38,9 +39,10 @@ class Message(msgspec.Struct, kw_only=True):
     properties: dict[str, Any] | None = None
     traits: dict[str, Any] | None = None
     context: dict[str, Any] | None = None
-    timestamp: datetime | None = None
-    originalTimestamp: datetime | None = None
-    sentAt: datetime | None = None
+    timestamp: Moment | None = None
+    originalTimestamp: Moment | None = None
+    sentAt: Moment | None = None
+    receivedAt: Moment | None = None  # in recorded events (replay)
 
 
 class Envelope(msgspec.Struct, kw_only=True):
@@ -48,7 +50,7 @@ class Envelope(msgspec.Struct, kw_only=True):
 
     batch: list[msgspec.Raw]
     writeKey: str | None = None
-    sentAt: datetime | None = None
+    sentAt: Moment | None = None
     context: dict[str, Any] | None = None
 
 
@@ -126,12 +128,35 @@ def decode_single(body: bytes, type_: str, received_at: float) -> Decoded:
     return Decoded(write_key, [event], [])
 
 
+def decode_recorded(line: bytes, path: str) -> list[Event]:
+    """Decode one line of recorded events (a message or a batch) for replay.
+
+    Each message's own time (timestamp, else originalTimestamp, sentAt, receivedAt) is taken as
+    when it was received, so replaying a file always gives the same answer.
+    """
+    if b'"batch"' in line:
+        try:
+            envelope = _ENVELOPE.decode(line)
+        except msgspec.ValidationError:
+            pass  # a message that mentions "batch" somewhere inside it
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"{path}: not valid JSON ({exc})") from exc
+        else:
+            return [
+                _decode_message(
+                    raw, None, envelope.sentAt, envelope.context, None, f"{path}.batch[{i}]"
+                )
+                for i, raw in enumerate(envelope.batch)
+            ]
+    return [_decode_message(msgspec.Raw(line), None, None, None, None, path)]
+
+
 def _decode_message(
     raw: msgspec.Raw,
     type_: str | None,
-    batch_sent_at: datetime | None,
+    batch_sent_at: Moment | None,
     batch_context: dict[str, Any] | None,
-    received_at: float,
+    received_at: float | None,
     path: str,
 ) -> Event:
     data = bytes(raw)
@@ -172,6 +197,13 @@ def _decode_message(
     if kind in ("page", "screen") and message.name is not None and "name" not in properties:
         properties = {**properties, "name": message.name}
     context = message.context if message.context is not None else (batch_context or {})
+    if received_at is None:
+        recorded = _recorded_time(message)
+        if recorded is None:
+            raise BadRequest(f"{path}.timestamp: required in recorded events")
+        timestamp = received_at = recorded
+    else:
+        timestamp = _corrected_time(message, batch_sent_at, received_at)
     return Event(
         type=kind,
         name=name,
@@ -184,20 +216,36 @@ def _decode_message(
         or (context.get("traits") if isinstance(context.get("traits"), dict) else None)
         or {},
         context=context,
-        timestamp=_corrected_time(message, batch_sent_at, received_at),
+        timestamp=timestamp,
         received_at=received_at,
     )
 
 
-def _corrected_time(message: Message, batch_sent_at: datetime | None, received_at: float) -> float:
+def _corrected_time(message: Message, batch_sent_at: Moment | None, received_at: float) -> float:
     """Segment's skew correction: timestamp = receivedAt - (sentAt - originalTimestamp)."""
-    original = message.timestamp or message.originalTimestamp
+    original = _seconds(message.timestamp or message.originalTimestamp)
     if original is None:
         return received_at
-    sent_at = message.sentAt or batch_sent_at
-    if sent_at is None or original.tzinfo is None or sent_at.tzinfo is None:
-        return original.timestamp() if original.tzinfo else received_at
-    return received_at - (sent_at.timestamp() - original.timestamp())
+    sent_at = _seconds(message.sentAt or batch_sent_at)
+    if sent_at is None:
+        return original
+    return received_at - (sent_at - original)
+
+
+def _recorded_time(message: Message) -> float | None:
+    """When a recorded message happened, by the first time field it has."""
+    for value in (message.timestamp, message.originalTimestamp, message.sentAt, message.receivedAt):
+        if value is not None:
+            return _seconds(value)
+    return None
+
+
+def _seconds(value: Moment | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    return value / 1000.0 if value > 1e11 else float(value)
 
 
 def _text(value: Id | None) -> str | None:

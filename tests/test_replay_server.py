@@ -118,7 +118,8 @@ def generate(path: Path) -> list[dict[str, Any]]:
             )
         else:
             messages.append({**base, "type": "identify", "traits": {"plan": "pro"}})
-    messages.extend(messages[:50])  # resent messages are duplicates on both paths
+        if n % 2000 == 0:
+            messages.append(messages[-1])  # a resent message is a duplicate on both paths
     path.write_text("\n".join(json.dumps(m) for m in messages) + "\n")
     return messages
 
