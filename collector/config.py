@@ -19,6 +19,7 @@ import yaml
 
 from collector import schema
 from collector.errors import ConfigError
+from collector.signing import InvalidSecret, decode_secret
 from collector.schema import (
     CampaignSpec,
     ConditionTree,
@@ -150,7 +151,12 @@ def _validation_message(exc: msgspec.ValidationError, path: str) -> str:
 
 
 def check_config(config: ConfigFile, problems: list[str]) -> None:
-    """Append every cross-reference, cycle, rate and timezone problem of a decoded config."""
+    """Append every cross-reference, cycle, rate and secret problem of a decoded config."""
+    for index, secret in enumerate(config.webhooks.signing_secrets):
+        try:
+            decode_secret(secret)
+        except InvalidSecret as exc:
+            problems.append(f"webhooks.signing_secrets[{index}]: {exc}")
     for name, variable in config.variables.items():
         path = f"variables.{name}"
         if variable.field is None and variable.stat not in ("count", "first_at", "last_at"):

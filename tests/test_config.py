@@ -103,6 +103,7 @@ campaigns:
             {"variables": {"v": {"event": "page", "stat": "sum"}}},
             "variables.v.field: stat 'sum' needs a field",
         ),
+        ({"webhooks": {"signing_secrets": ["whsec_!!"]}}, "webhooks.signing_secrets[0]: "),
     ],
 )
 def test_each_kind_of_mistake_is_reported(raw: dict[str, object], problem: str) -> None:
