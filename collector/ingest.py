@@ -13,9 +13,9 @@ import logging
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import orjson
+from starlette.types import Receive, Scope, Send
 
 from collector.errors import (
     BadRequest,
@@ -30,9 +30,6 @@ from collector.metrics import IngestMetrics
 
 log = logging.getLogger("tripwire.ingest")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 Accept = Callable[[Sequence[Event], float], Awaitable[None]]
 
 _OK = orjson.dumps({"success": True})
