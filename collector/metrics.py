@@ -21,7 +21,8 @@ class IngestMetrics(Collector):
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests: Counter[int] = Counter()  # by HTTP status
         self.messages: Counter[str] = Counter()  # accepted, duplicate, rejected
-        self.decisions: Counter[tuple[str, str, str]] = Counter()  # campaign, outcome, reason
+        # (campaign, outcome, reason); reason is None for fired
+        self.decisions: Counter[tuple[str, str, str | None]] = Counter()
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         registry.register(self)
 
@@ -48,8 +49,10 @@ class IngestMetrics(Collector):
             "Campaign decisions by outcome and reason",
             labels=["campaign", "outcome", "reason"],
         )
-        for labels, count in sorted(self.decisions.items()):
-            decisions.add_metric(list(labels), count)
+        for (campaign, outcome, reason), count in sorted(
+            self.decisions.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or "")
+        ):
+            decisions.add_metric([campaign, outcome, reason or ""], count)
         yield decisions
         for name, (help_text, read) in self.gauges.items():
             yield GaugeMetricFamily(name, help_text, value=read())
