@@ -104,6 +104,7 @@ def main() -> None:
         fired = metric_sum(url, "tripwire_campaign_decisions_total", outcome="fired")
         considered = metric_sum(url, "tripwire_campaign_decisions_total")
     print(f"bare ASGI app (reads body, 204):        {baseline:10,.0f} requests/s")
+    print(f"({messages:,.0f} messages; {considered:,.0f} decisions; {fired:,.0f} webhooks fired)")
     print(
         f"tripwire, 1-message requests:           {single:10,.0f} requests/s   "
         f"ratio {single / baseline:.2f} (target ≥ 0.60)"
