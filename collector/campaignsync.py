@@ -70,10 +70,10 @@ class RedisCampaignSync:
 
     async def stop(self) -> None:
         """Stop polling."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def put(self, spec: CampaignSpec) -> None:
         """Store a new or changed campaign for every process, and apply it here."""
@@ -126,7 +126,7 @@ class RedisCampaignSync:
             log.exception("cannot apply stored campaign %s", campaign_id)
 
     async def _poll(self) -> None:
-        while True:
+        while self._task is not None:
             await asyncio.sleep(self._interval)
             try:
                 await self.refresh()

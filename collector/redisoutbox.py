@@ -40,7 +40,7 @@ from collector.errors import Unavailable
 from collector.outbox import DeadLetter, Envelope, OutboxClosed
 from collector.store.keys import GROUP, Keys
 from collector.store.redisconn import Command, RedisConnection, error_text, evalsha, is_error
-from collector.store.scripts import PROMOTE, PUT, RELEASE, REVIVE, SETTLE
+from collector.store.scripts import HOLD, PROMOTE, PUT, RELEASE, REVIVE, SETTLE
 from collector.webhook import WebhookRequest
 
 log = logging.getLogger("tripwire.outbox")
@@ -87,11 +87,12 @@ class RedisOutbox:
         self._depth = 0
         self._closed = True
         self._groups_ready = False
+        self._consuming = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Start the readers, the sweeper (retries, reclaim, heartbeat) and the settler."""
+        """Start the sweeper (retries, reclaim, depth) and the settler; readers start on claim."""
         if not self._closed:
             return
         self._closed = False
@@ -101,7 +102,6 @@ class RedisOutbox:
         self._tasks = [
             asyncio.create_task(self._settler(), name="tripwire-outbox-settler"),
             asyncio.create_task(self._sweeper(), name="tripwire-outbox-sweeper"),
-            asyncio.create_task(self._readers(), name="tripwire-outbox-readers"),
         ]
 
     async def close(self) -> None:
@@ -109,10 +109,13 @@ class RedisOutbox:
         if self._closed:
             return
         self._closed = True
+        self._settle_wakeup.set()
+        self._room.set()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        self._consuming = False
         await self._flush_settles(retry=False)
         held = list(self._held.values())
         self._held.clear()
@@ -152,6 +155,10 @@ class RedisOutbox:
 
     async def claim(self, limit: int, wait: float) -> list[Envelope]:
         """Take up to `limit` envelopes read from the streams, waiting up to `wait` seconds."""
+        if not self._consuming and not self._closed:
+            # Only a process that delivers reads the streams (`serve` may leave it to workers).
+            self._consuming = True
+            self._tasks.append(asyncio.create_task(self._readers(), name="tripwire-outbox-readers"))
         if not self._buffer and limit > 0 and wait > 0:
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
@@ -274,7 +281,7 @@ class RedisOutbox:
             self._held.pop(envelope.receipt or "", None)
 
     async def _settler(self) -> None:
-        while True:
+        while not self._closed:
             await self._settle_wakeup.wait()
             self._settle_wakeup.clear()
             await self._flush_settles(retry=True)
@@ -317,7 +324,7 @@ class RedisOutbox:
         self._groups_ready = True
 
     async def _readers(self) -> None:
-        while not self._groups_ready:
+        while not self._groups_ready and not self._closed:
             try:
                 await self._ensure_groups()
             except Unavailable:
@@ -333,7 +340,7 @@ class RedisOutbox:
 
     async def _reader(self, shard: int) -> None:
         stream = (await self._connection.names()).outbox(shard)
-        while True:
+        while not self._closed:
             await self._room.wait()
             room = self._capacity - len(self._buffer)
             if room <= 0:
@@ -360,8 +367,11 @@ class RedisOutbox:
                         await self._ensure_groups()
                 await asyncio.sleep(_PAUSE)
                 continue
-            for _stream, entries in reply or ():
-                self._take(shard, entries)
+            try:
+                for _stream, entries in reply or ():
+                    self._take(shard, entries)
+            except Exception:  # an unreadable entry; it stays pending and is logged
+                log.exception("cannot read an outbox entry")
 
     def _take(self, shard: int, entries: Iterable[Any]) -> None:
         """Buffer entries read or reclaimed from a shard's stream."""
@@ -384,7 +394,7 @@ class RedisOutbox:
     async def _sweeper(self) -> None:
         """Promote due retries, take over abandoned entries, keep ours fresh, count depth."""
         last_reclaim = last_heartbeat = 0.0
-        while True:
+        while not self._closed:
             delay = 0.5
             try:
                 now = self._clock()
@@ -402,11 +412,14 @@ class RedisOutbox:
                 if now - last_heartbeat >= self._reclaim_after / 3:
                     last_heartbeat = now
                     await self._heartbeat()
-                if now - last_reclaim >= self._reclaim_after / 2:
+                if self._consuming and now - last_reclaim >= min(1.0, self._reclaim_after / 2):
                     last_reclaim = now
                     await self._reclaim()
             except Unavailable:
                 self._depth = 0
+                delay = _PAUSE
+            except Exception:  # a bug here must not stop retries and reclaiming for good
+                log.exception("outbox sweep failed")
                 delay = _PAUSE
             await asyncio.sleep(delay)
 
@@ -418,29 +431,47 @@ class RedisOutbox:
             by_shard[shard].append(entry)
         keys = await self._connection.names()
         commands: list[Command] = [
-            ("XCLAIM", keys.outbox(s), GROUP, self.consumer, 0, *entries, "JUSTID")
+            evalsha(HOLD, [keys.outbox(s)], [GROUP, self.consumer, *entries])
             for s, entries in by_shard.items()
         ]
         _check(await self._connection.pipeline(commands, "refreshing claimed deliveries"))
 
     async def _reclaim(self) -> None:
-        """Take over entries left idle by consumers that died."""
-        room = self._capacity - len(self._buffer)
-        if room <= 0:
-            return
+        """Take over entries left idle by consumers that died (as many as the buffer holds)."""
         keys = await self._connection.names()
         idle_ms = int(self._reclaim_after * 1000)
-        count = max(1, min(room // keys.shards, _READ_COUNT))
-        commands: list[Command] = [
-            ("XAUTOCLAIM", keys.outbox(s), GROUP, self.consumer, idle_ms, "0-0", "COUNT", count)
-            for s in range(keys.shards)
-        ]
-        results = _check(await self._connection.pipeline(commands, "reclaiming deliveries"))
-        for shard, result in enumerate(results):
-            entries = [e for e in result[1] if e and e[1]]
-            if entries:
-                log.info("reclaimed %d deliveries left by a stopped consumer", len(entries))
-                self._take(shard, entries)
+        cursors = {shard: "0-0" for shard in range(keys.shards)}
+        taken = 0
+        while cursors:
+            room = self._capacity - len(self._buffer)
+            if room <= 0:
+                break
+            count = max(1, min(room, 500))
+            order = list(cursors)
+            commands: list[Command] = [
+                (
+                    "XAUTOCLAIM",
+                    keys.outbox(s),
+                    GROUP,
+                    self.consumer,
+                    idle_ms,
+                    cursors[s],
+                    "COUNT",
+                    count,
+                )
+                for s in order
+            ]
+            results = _check(await self._connection.pipeline(commands, "reclaiming deliveries"))
+            for shard, (cursor, entries, *_) in zip(order, results, strict=True):
+                found = [e for e in entries if e and e[1]]
+                taken += len(found)
+                self._take(shard, found)
+                if cursor in (b"0-0", "0-0"):
+                    del cursors[shard]
+                else:
+                    cursors[shard] = cursor
+        if taken:
+            log.info("took over %d deliveries left by a stopped consumer", taken)
 
 
 def _encode(envelope: Envelope) -> bytes:

@@ -245,4 +245,21 @@ return 1
 """,
 )
 
-ALL: Final = (COMMIT, FREEZE, CLEAN, PUT, PROMOTE, SETTLE, REVIVE, RELEASE)
+# Reset the idle time of entries this consumer holds, so that nobody takes them over.
+# ARGV: group, consumer, then entry ids.
+HOLD: Final = Script(
+    "hold",
+    """
+local i = 3
+while i <= #ARGV do
+  local args = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+  for k = i, math.min(i + 999, #ARGV) do args[#args + 1] = ARGV[k] end
+  args[#args + 1] = 'JUSTID'
+  redis.call(unpack(args))
+  i = i + 1000
+end
+return 1
+""",
+)
+
+ALL: Final = (COMMIT, FREEZE, CLEAN, PUT, PROMOTE, SETTLE, REVIVE, RELEASE, HOLD)
