@@ -179,6 +179,10 @@ def _bin(args: argparse.Namespace) -> int:
 def _enc(value: Any) -> Any:
     from collector.schema import encode_hook
 
+    if isinstance(value, str):  # the config's str types: timezone names, windows, hours
+        return str(value)
+    if isinstance(value, float):  # durations
+        return float(value)
     return encode_hook(value)
 
 
