@@ -98,6 +98,7 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while not _answers(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
                 log = self.directory / "redis.log"
                 raise RuntimeError(
                     f"redis-server did not start: {log.read_text() if log.exists() else ''}"
@@ -182,6 +183,13 @@ class RedisClusterServers:
 
     def start(self) -> RedisClusterServers:
         """Start the masters, assign all slots and wait until the cluster is up."""
+        try:
+            return self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> RedisClusterServers:
         for node in self.nodes:
             node.start()
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]

@@ -1,0 +1,234 @@
+"""Redis mode: ingest throughput with 1 and 2 `serve` workers, trigger-to-webhook latency at
+500 events/s, and Redis round trips per ingest request by batch size.
+
+Starts its own redis-server on a free port (no persistence) and never touches another.
+Targets (SPEC §10): p99 ≤ 20 ms trigger to webhook; a constant number of round trips per
+request whatever its batch size.
+
+    python benchmarks/bench_redis.py [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script or a module
+
+from benchmarks.bench_ingest import pipeline_config
+from benchmarks.bench_latency import Run, measure, percentiles
+from benchmarks.bench_latency import config as latency_config
+from benchmarks.common import ROOT, bare_app, free_port, metric_sum, pinned, tripwire, wrk
+from benchmarks.rawhttp import Sink
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A private redis-server on a free port; yields its URL."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp:
+        server = shutil.which("redis-server") or "/usr/bin/redis-server"
+        command = [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            tmp,
+            "--logfile",
+            str(Path(tmp) / "log"),
+        ]
+        process = subprocess.Popen(command)
+        url = f"redis://127.0.0.1:{port}/0"
+        try:
+            deadline = time.monotonic() + 10
+            while (
+                subprocess.run(
+                    ["redis-cli", "-p", str(port), "PING"], capture_output=True, text=True
+                ).stdout.strip()
+                != "PONG"
+            ):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start")
+                time.sleep(0.05)
+            yield url
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+def flush(url: str) -> None:
+    """Empty the benchmark's Redis between runs."""
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    subprocess.run(["redis-cli", "-p", port, "FLUSHALL"], capture_output=True, check=True)
+
+
+def ingest(url: str, seconds: int) -> list[tuple[str, float]]:
+    """Messages/s of 1-message requests and 20-message batches, with 1 and 2 serve workers."""
+    figures: list[tuple[str, float]] = []
+    with bare_app(free_port(), cores="1") as sink:
+        for workers in (1, 2):
+            flush(url)
+            cores = "0" if workers == 1 else "0,1"
+            args = ["--store", url, "--workers", str(workers)]
+            with tripwire(pipeline_config(sink), free_port(), cores=cores, args=args) as server:
+                wrk(server + "/v1/batch", seconds=1)  # warm up
+                single = wrk(server + "/v1/batch", seconds=seconds)
+                batched = wrk(server + "/v1/batch", seconds=seconds, batch=20) * 20
+                if workers == 1:
+                    accepted = metric_sum(
+                        server, "tripwire_ingest_messages_total", result="accepted"
+                    )
+                    figures.append(("  (messages accepted by the measured process)", accepted))
+            figures.append((f"{workers} worker(s), 1-message requests (messages/s)", single))
+            figures.append((f"{workers} worker(s), 20-message batches (messages/s)", batched))
+    return figures
+
+
+@contextlib.contextmanager
+def worker(url: str, config: dict[str, Any], cores: str) -> Iterator[None]:
+    """A `tripwire worker` delivering from the benchmark's Redis."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tripwire.json"
+        path.write_text(json.dumps(config))
+        command = [
+            *pinned(cores),
+            sys.executable,
+            "-m",
+            "collector.cli",
+            "worker",
+            "--config",
+            str(path),
+            "--store",
+            url,
+        ]
+        process = subprocess.Popen(command, cwd=ROOT)
+        try:
+            yield
+        finally:
+            process.terminate()
+            process.wait(15)
+
+
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """Set environment variables for the processes started in the block."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+async def latency(url: str, seconds: int, separate_worker: bool) -> tuple[str, str]:
+    """Accepted → received and sent → received percentiles at 500 events/s."""
+    flush(url)
+    warm_up, measured = Run(), Run()
+    current = [warm_up]
+    sink_port = free_port()
+    sink = Sink(lambda body, at: current[0].on_webhook(body, at))
+    await sink.start(sink_port)
+    port = free_port()
+    config = latency_config(f"http://127.0.0.1:{sink_port}")
+    with contextlib.ExitStack() as stack:
+        if separate_worker:
+            stack.enter_context(environment(TRIPWIRE_DELIVER_IN_PROCESS="false"))
+            stack.enter_context(worker(url, config, cores="1"))
+        stack.enter_context(tripwire(config, port, args=["--store", url]))
+        await measure(port, warm_up, 1, "warm-up")
+        current[0] = measured
+        await measure(port, measured, seconds, "measured")
+    await sink.close()
+    ids = list(measured.sent)
+    accepted = [measured.arrived[m] - measured.accepted[m] for m in ids]
+    sent = [measured.arrived[m] - measured.sent[m] for m in ids]
+    return percentiles(accepted), percentiles(sent)
+
+
+async def round_trips(url: str) -> dict[int, int]:
+    """Round trips one ingest request costs, by batch size (new visitors, one webhook each)."""
+    from collector.config import decode_config
+    from collector.engine import Engine, compile_rules
+    from collector.events import Event
+    from collector.store.redis import RedisStore
+    from collector.store.redisconn import RedisConnection
+
+    flush(url)
+    config = decode_config(pipeline_config("http://127.0.0.1:9"))
+    engine = Engine(compile_rules(config, updated_at={}))
+    connection = RedisConnection(url)
+    store = RedisStore(connection, lambda: engine, config.state)
+    counts: dict[int, int] = {}
+    for size in (1, 1, 20, 100, 500):
+        now = time.time()
+        batch = [
+            Event(
+                type="page",
+                name="page",
+                message_id=uuid.uuid4().hex,
+                anonymous_id=uuid.uuid4().hex,
+                context={"page": {"path": "/products/1"}},
+                timestamp=now,
+                received_at=now,
+            )
+            for _ in range(size)
+        ]
+        before = connection.round_trips
+        await store.ingest(batch, now)
+        counts[size] = connection.round_trips - before  # the first 1 includes connecting
+    await connection.close()
+    return counts
+
+
+def main() -> None:
+    """Measure and print the figures."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--latency-only", action="store_true", help="skip the ingest figures")
+    args = parser.parse_args()
+    results: dict[str, Any] = {}
+    with redis_server() as url:
+        results["trips"] = asyncio.run(round_trips(url))
+        results["ingest"] = [] if args.latency_only else ingest(url, args.seconds)
+        results["latency"] = [
+            asyncio.run(latency(url, max(args.seconds, 5), separate_worker=separate))
+            for separate in (False, True)
+        ]
+    print("Redis round trips per ingest request, by batch size (target: constant):")
+    print("  " + "   ".join(f"{size}: {count}" for size, count in results["trips"].items()))
+    print("Ingest in redis mode (20 campaigns, 10 variables, 100k visitors):")
+    for label, value in results["ingest"]:
+        print(f"  {label:<55} {value:10,.0f}")
+    print("Trigger → webhook, redis mode, 500 events/s (target p99 ≤ 20 ms):")
+    for label, (accepted, sent) in zip(
+        ("delivery inside serve", "delivery in a tripwire worker"), results["latency"], strict=True
+    ):
+        print(f"  {label}:")
+        print(f"    accepted → received   {accepted}")
+        print(f"    sent → received       {sent}")
+
+
+if __name__ == "__main__":
+    main()
