@@ -19,7 +19,6 @@ import yaml
 
 from collector import schema
 from collector.errors import ConfigError
-from collector.signing import InvalidSecret, decode_secret
 from collector.schema import (
     CampaignSpec,
     ConditionTree,
@@ -28,6 +27,7 @@ from collector.schema import (
     decode_hook,
     parse_condition,
 )
+from collector.signing import InvalidSecret, decode_secret
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
