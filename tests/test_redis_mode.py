@@ -196,3 +196,24 @@ def test_serve_killed_after_answering_loses_no_webhook() -> None:
                 return wanted <= got
 
             wait_until(all_arrived, timeout=60, interval=0.2, message="every webhook")
+
+
+def test_serve_starts_without_redis_and_connects_when_it_comes() -> None:
+    redis = RedisServer()
+    try:
+        with Sink() as sink:
+            cfg = config(sink, campaign(sink, "every", "Clicked", {"per": "event"}))
+            with run_tripwire(cfg, args=["--store", redis.url]) as server:
+                assert server.client.get("/healthz").status_code == 200
+                assert server.client.get("/readyz").status_code == 503
+                message = {"writeKey": WRITE_KEY, **track("Clicked", "early")}
+                refused = server.post("/v1/track", message)
+                assert refused.status_code == 503
+                assert refused.headers["retry-after"].isdigit()
+                redis.start()
+                wait_until(lambda: server.client.get("/readyz").status_code == 200, timeout=10)
+                assert server.post("/v1/track", message).status_code == 200
+                assert sink.wait_for(1)[0].json()["event"] == message["messageId"]
+                assert server.process.poll() is None
+    finally:
+        redis.close()

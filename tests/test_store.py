@@ -352,3 +352,39 @@ async def test_an_unreachable_redis_is_unavailable_not_an_error() -> None:
         result = await store.ingest([event(anonymous_id="v2")], time.time())
         assert result.accepted == 1 and await store.ping()
         await factory.close()
+
+
+async def test_a_merge_interrupted_after_freezing_completes_later(
+    make_redis_store: _Factory,
+) -> None:
+    from collector.store.redisconn import evalsha
+    from collector.store.scripts import FREEZE
+
+    store = await make_redis_store()
+    assert isinstance(store, RedisStore)
+    now = time.time()
+    await store.ingest([event(anonymous_id="old-device"), event(anonymous_id="old-device")], now)
+    await store.ingest([event("identify", anonymous_id="new-device", user_id="fay")], now)
+    # A process froze a:old-device for merging into u:fay, then died before committing.
+    keys = await store.connection.names()
+    version = int(await store.connection.call("HGET", keys.profile("a:old-device"), "v", what="t"))
+    frozen = await store.connection.pipeline(
+        [
+            evalsha(
+                FREEZE,
+                [keys.profile("a:old-device"), keys.identity("a:old-device")],
+                [version, "u:fay", 3600],
+            )
+        ],
+        "test",
+    )
+    assert frozen == [1]
+    result = await store.ingest([event(anonymous_id="old-device")], now)
+    assert result.accepted == 1
+    view = await store.lookup("old-device", now)
+    assert view is not None and view.key == "u:fay"
+    assert view.profile["event_counts"] == {"page": 3, "identify": 1}
+    again = await store.ingest([event(user_id="fay")], now)
+    assert again.accepted == 1
+    fay = await store.lookup("fay", now)
+    assert fay is not None and fay.profile["event_counts"] == {"page": 4, "identify": 1}

@@ -41,6 +41,7 @@ from collector.schema import StateSettings
 from collector.store import identity
 from collector.store.base import IngestResult, UserView, event_as_message
 from collector.store.redisconn import RETRY_AFTER, Command, RedisConnection, evalsha, is_error
+from collector.store.redisplan import MAX_CHAIN, Plan, Record, run_events
 from collector.store.scripts import CLEAN, COMMIT, FREEZE
 from collector.webhook import WebhookRequest
 
@@ -49,57 +50,9 @@ log = logging.getLogger("tripwire.store")
 DEDUPE_SECONDS = 24 * 3600.0
 MAX_SEEN_PER_USER = 10_000  # messageIds remembered per profile (within the 24 h)
 MAX_ATTEMPTS = 50  # conflicts tolerated before a request is answered 503
-MAX_CHAIN = 8  # merge redirects followed
 
 _ENCODER = msgspec.msgpack.Encoder()
-_DECODER = msgspec.msgpack.Decoder(UserState)
 _EVENT_DECODER = msgspec.msgpack.Decoder(Event)
-
-
-class _Record:
-    """A profile as loaded: version, state, where it redirects if merged away, absorb markers."""
-
-    __slots__ = ("absorbed", "key", "moved_to", "state", "version")
-
-    def __init__(
-        self, key: str, fields: Sequence[bytes | None], checks: Sequence[str] = ()
-    ) -> None:
-        version, state, moved_to = fields[0], fields[1], fields[2]
-        self.key = key
-        self.version = int(version) if version else 0
-        self.state = _DECODER.decode(state) if state else None
-        self.moved_to = moved_to.decode() if moved_to else None
-        self.absorbed = {q for q, flag in zip(checks, fields[3:], strict=True) if flag}
-
-
-class _Plan:
-    """The outcome of running a group of events: what to write per profile."""
-
-    def __init__(self) -> None:
-        self.states: dict[str, UserState | None] = {}
-        self.owner_events: dict[str, list[int]] = defaultdict(list)  # final key -> event positions
-        self.losers: dict[str, str] = {}  # merged-away key -> key it went into
-        self.pending: dict[str, list[str]] = defaultdict(list)  # key -> frozen keys to absorb
-        self.stale: dict[str, str] = {}  # frozen key already absorbed -> its target
-        self.links: dict[str, str] = {}  # identity -> key
-        self.seen: dict[str, list[str]] = defaultdict(list)  # key -> new messageIds
-        self.recent: dict[str, list[Event]] = defaultdict(list)
-        self.webhooks: dict[str, list[tuple[int, WebhookRequest]]] = defaultdict(list)
-        self.decisions: dict[str, list[tuple[int, Decision]]] = defaultdict(list)
-        self.duplicates: set[int] = set()
-
-    def absorb(self, key: str, other: str) -> None:
-        """Record that profile `other` was merged into `key`."""
-        self.losers[other] = key
-        for loser, target in self.losers.items():
-            if target == other:
-                self.losers[loser] = key
-        self.owner_events[key].extend(self.owner_events.pop(other, []))
-        self.pending[key].extend(self.pending.pop(other, []))
-        self.seen[key].extend(self.seen.pop(other, []))
-        self.recent[key].extend(self.recent.pop(other, []))
-        self.webhooks[key].extend(self.webhooks.pop(other, []))
-        self.decisions[key].extend(self.decisions.pop(other, []))
 
 
 class RedisStore:
@@ -183,7 +136,7 @@ class RedisStore:
 
     # -- one attempt: resolve, load, run, commit ------------------------------------------
 
-    async def _attempt(self, events: list[Event], now: float) -> tuple[_Plan, set[int]]:
+    async def _attempt(self, events: list[Event], now: float) -> tuple[Plan, set[int]]:
         """Run events once; return the plan and the positions of events whose commit conflicted."""
         keys = await self.connection.names()
         ids = sorted({i for event in events for i in identity.ids_of(event)})
@@ -200,14 +153,14 @@ class RedisStore:
             }:
                 wanted[key].add(event.message_id)
         records, seen = await self._load(wanted)
-        plan = self._run(events, now, index, records, seen)
+        plan = run_events(self._engine(), events, now, index, records, seen)
         conflicts = await self._commit(plan, records, now)
         return plan, {i for key in conflicts for i in plan.owner_events.get(key, ())}
 
-    async def _load(self, wanted: dict[str, set[str]]) -> tuple[dict[str, _Record], set[str]]:
+    async def _load(self, wanted: dict[str, set[str]]) -> tuple[dict[str, Record], set[str]]:
         """Load profiles, following merge redirects; return them and the messageIds seen."""
         keys = await self.connection.names()
-        records: dict[str, _Record] = {}
+        records: dict[str, Record] = {}
         seen: set[str] = set()
         checked: dict[str, set[str]] = defaultdict(set)  # key -> messageIds checked against it
         todo = {key: (mids, set[str]()) for key, mids in wanted.items()}
@@ -230,7 +183,7 @@ class RedisStore:
             position = 0
             following: dict[str, tuple[set[str], set[str]]] = {}
             for key, fresh, markers in order:
-                record = _Record(key, results[position], markers)
+                record = Record(key, results[position], markers)
                 position += 1
                 if fresh:
                     seen.update(
@@ -258,83 +211,7 @@ class RedisStore:
                     todo[target] = (mids, sources)
         return records, seen
 
-    def _run(
-        self,
-        events: list[Event],
-        now: float,
-        index: dict[str, str],
-        records: dict[str, _Record],
-        seen: set[str],
-    ) -> _Plan:
-        """Resolve identities and run the engine on every event, in order, as memory mode does."""
-        engine = self._engine()
-        plan = _Plan()
-        states = plan.states
-        moved = {key: r.moved_to for key, r in records.items() if r.moved_to is not None}
-
-        def final(key: str) -> str:
-            for _ in range(MAX_CHAIN + len(moved)):
-                target = moved.get(key)
-                if target is None:
-                    return key
-                key = target
-            return key
-
-        for key, record in records.items():
-            if record.moved_to is None:
-                states[key] = record.state
-        # Frozen profiles that their target has not absorbed yet are merged in first.
-        for key, record in records.items():
-            if record.moved_to is None:
-                continue
-            target = final(key)
-            if record.state is None:
-                continue
-            if any(key in r.absorbed for r in records.values()):
-                plan.stale[key] = target  # absorbed already; only its cleanup is left
-                continue
-            own = states.get(target)
-            states[target] = (
-                engine.merge(own, record.state)
-                if own is not None
-                else msgspec.structs.replace(record.state, key=target)
-            )
-            plan.pending[target].append(key)
-        for position, event in enumerate(events):
-            ids = identity.ids_of(event)
-            if event.message_id in seen:
-                plan.duplicates.add(position)
-                continue
-            found: list[str] = []
-            for id_ in ids:
-                if id_ in index:
-                    key = final(index[id_])
-                    if key not in found and states.get(key) is not None:
-                        found.append(key)
-            key = found[0] if found else final(identity.new_key(event))
-            for other in found[1:]:
-                mine, theirs = states[key], states[other]
-                assert mine is not None and theirs is not None
-                if mine.user_id and theirs.user_id and mine.user_id != theirs.user_id:
-                    continue  # two different known users: only the ids move
-                states[key] = engine.merge(mine, theirs)
-                states[other] = None
-                moved[other] = key
-                plan.absorb(key, other)
-            for id_ in ids:
-                if index.get(id_) != key:
-                    index[id_] = key
-                    plan.links[id_] = key
-            outcome = engine.process(states.get(key) or new_state(key, now), event, now)
-            states[key] = outcome.state
-            plan.owner_events[key].append(position)
-            plan.seen[key].append(event.message_id)
-            plan.recent[key].append(event)
-            plan.webhooks[key].extend((position, w) for w in outcome.webhooks)
-            plan.decisions[key].extend((position, d) for d in outcome.decisions)
-        return plan
-
-    async def _commit(self, plan: _Plan, records: dict[str, _Record], now: float) -> set[str]:
+    async def _commit(self, plan: Plan, records: dict[str, Record], now: float) -> set[str]:
         """Write every changed profile; return the keys whose commit conflicted."""
         keys = await self.connection.names()
         conflicts: set[str] = set()
@@ -406,8 +283,8 @@ class RedisStore:
 
     def _commit_commands(
         self,
-        plan: _Plan,
-        records: dict[str, _Record],
+        plan: Plan,
+        records: dict[str, Record],
         key: str,
         losers: list[str],
         recent_of: dict[str, list[bytes]],
@@ -484,7 +361,7 @@ class RedisStore:
 
     # -- lookups and locks ---------------------------------------------------------------
 
-    async def _find(self, identity_: str) -> tuple[_Record, list[bytes]] | None:
+    async def _find(self, identity_: str) -> tuple[Record, list[bytes]] | None:
         """Load the profile an identity (or a key) names, with its recent events."""
         keys = await self.connection.names()
         names = identity.lookup_ids(identity_)
@@ -499,7 +376,7 @@ class RedisStore:
                 "looking up a user",
             )
             _raise_errors(found)
-            record = _Record(key, found[0])
+            record = Record(key, found[0])
             if record.moved_to is None:
                 return (record, list(found[1])) if record.state is not None else None
             key = record.moved_to
