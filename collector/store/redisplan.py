@@ -2,7 +2,7 @@
 
 Given the identities' index entries and the loaded profiles, `run_events` resolves each event
 to its profile exactly as the memory store does (merging the profiles an event shows to be one
-person, unless they belong to two different known users), runs the engine on every event in
+person, by `identity.resolve`, the rule both stores share), runs the engine on every event in
 order, and returns a `Plan`: per final profile, its new state, the events it owns, the
 messageIds to mark seen, recent events, webhooks, decisions, merges and identity links.
 """
@@ -112,28 +112,32 @@ def run_events(
             else msgspec.structs.replace(record.state, key=target)
         )
         plan.pending[target].append(key)
+    def owner(id_: str) -> str | None:
+        key = index.get(id_)
+        if key is None:
+            return None
+        key = final(key)
+        return key if states.get(key) is not None else None
+
+    def user_of(key: str) -> str | None:
+        state = states.get(key)
+        return state.user_id if state is not None else None
+
     for position, event in enumerate(events):
-        ids = identity.ids_of(event)
         if event.message_id in seen:
             plan.duplicates.add(position)
             continue
-        found: list[str] = []
-        for id_ in ids:
-            if id_ in index:
-                key = final(index[id_])
-                if key not in found and states.get(key) is not None:
-                    found.append(key)
-        key = found[0] if found else final(identity.new_key(event))
-        for other in found[1:]:
-            mine, theirs = states[key], states[other]
-            assert mine is not None and theirs is not None
-            if mine.user_id and theirs.user_id and mine.user_id != theirs.user_id:
-                continue  # two different known users: only the ids move
-            states[key] = engine.merge(mine, theirs)
+        resolution = identity.resolve(event, owner, user_of)
+        key = final(resolution.key)
+        for other in resolution.merge:
+            theirs = states.get(other)
+            if other == key or theirs is None:
+                continue
+            states[key] = engine.merge(states.get(key) or new_state(key, now), theirs)
             states[other] = None
             moved[other] = key
             plan.absorb(key, other)
-        for id_ in ids:
+        for id_ in resolution.link:
             if index.get(id_) != key:
                 index[id_] = key
                 plan.links[id_] = key
