@@ -101,6 +101,15 @@ def test_two_servers_and_a_worker_fire_once_per_user(redis_server: RedisServer) 
             wait_until(lambda: outbox_empty(redis_server), timeout=20, message="outbox drained")
             paths = sorted(r.path for r in sink.requests)
             assert paths == ["/nudge", "/nudge", "/welcome"]
+            # Every process reads the one delivery log, whoever delivered.
+            for server in (first, second):
+
+                def logged(server: Tripwire = server) -> list[str]:
+                    found = server.admin_get("/admin/api/deliveries?limit=100").json()
+                    return sorted(d["campaign_id"] for d in found["deliveries"])
+
+                wait_until(lambda: len(logged()) >= 3, timeout=5, message="delivery log")
+                assert logged() == ["nudge", "nudge", "welcome"]
             user = first.user("visitor-1")
             assert user is not None
             assert user["profile"]["event_counts"]["Signed Up"] == 500
