@@ -12,8 +12,12 @@ reason it is suppressed:
     control_group   the user's sticky bucket is outside the rate / every variant
     frequency   a cap is reached
 
-Exclusivity (`exclusive`) spans campaigns, so the engine settles it; rendering may still
-suppress with `missing_variable` or `invalid_header` (see `collector.templates`).
+The first four steps form the campaign's `Gate`. Campaigns configured alike (the same status,
+schedule, target users and segments; typically many campaigns on one audience) share one Gate,
+so the engine checks it once per event however many campaigns stand behind it; `qualify` runs
+the remaining steps. Exclusivity (`exclusive`) spans campaigns, so the engine settles it;
+rendering may still suppress with `missing_variable` or `invalid_header` (see
+`collector.templates`).
 
 Rate and variants: each user gets a sticky bucket 0..9999 per campaign, from a blake2b hash of
 the campaign id and the profile key. Variant `i` owns the buckets after the rates of the
@@ -53,12 +57,47 @@ class Arm:
         self.template = template
 
 
+class Gate:
+    """The steps before the trigger (status, schedule, target users, segments), as one check."""
+
+    __slots__ = ("published", "schedule", "segments", "users")
+
+    def __init__(
+        self,
+        published: bool,
+        schedule: CompiledSchedule | None,
+        users: str,
+        segments: tuple[Predicate, ...],
+    ) -> None:
+        self.published = published
+        self.schedule = schedule
+        self.users = users
+        self.segments = segments
+
+    def check(self, scope: Scope) -> str | None:
+        """None when the gate is open for this event, else the reason it is closed."""
+        if not self.published:
+            return "status"
+        if self.schedule is not None and not self.schedule.allows(
+            scope.t, scope.weekday, scope.second_of_day
+        ):
+            return "schedule"
+        users = self.users
+        if users != "all" and (users == "members") != (scope.state.user_id is not None):
+            return "target"
+        for in_segment in self.segments:
+            if not in_segment(scope):
+                return "not_in_segment"
+        return None
+
+
 class Campaign:
     """A campaign ready for per-event decisions."""
 
     __slots__ = (
         "arms",
         "exclusive",
+        "gate",
         "has_caps",
         "id",
         "max_per_day",
@@ -67,15 +106,11 @@ class Campaign:
         "order",
         "per",
         "priority",
-        "published",
-        "schedule",
         "segment_entered",
-        "segments",
         "spec",
         "test_users",
         "trigger_event",
         "updated_at",
-        "users",
         "where",
         "whole",
     )
@@ -85,8 +120,7 @@ class Campaign:
         spec: CampaignSpec,
         *,
         arms: tuple[Arm, ...],
-        schedule: CompiledSchedule | None,
-        segments: tuple[Predicate, ...],
+        gate: Gate,
         where: Predicate | None,
         test_users: Predicate | None,
         updated_at: float,
@@ -95,10 +129,7 @@ class Campaign:
         self.spec = spec
         self.id = spec.id
         self.name = spec.name
-        self.published = spec.status == "published"
-        self.schedule = schedule
-        self.users = spec.target.users
-        self.segments = segments
+        self.gate = gate
         trigger = spec.trigger
         self.segment_entered = trigger.segment_entered if trigger is not None else None
         self.trigger_event = (trigger.event if trigger is not None else None) or (
@@ -124,18 +155,11 @@ class Campaign:
 
     def check(self, scope: Scope) -> Arm | str:
         """The arm to fire for this event, or the reason the campaign is suppressed."""
-        if not self.published:
-            return "status"
-        if self.schedule is not None and not self.schedule.allows(
-            scope.t, scope.weekday, scope.second_of_day
-        ):
-            return "schedule"
-        users = self.users
-        if users != "all" and (users == "members") != (scope.state.user_id is not None):
-            return "target"
-        for in_segment in self.segments:
-            if not in_segment(scope):
-                return "not_in_segment"
+        closed = self.gate.check(scope)
+        return self.qualify(scope) if closed is None else closed
+
+    def qualify(self, scope: Scope) -> Arm | str:
+        """`check` once the gate is open: trigger, test users, rate or variant, caps."""
         if self.where is not None and not self.where(scope):
             return "trigger"
         if self.test_users is not None and not self.test_users(scope):

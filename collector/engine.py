@@ -37,7 +37,7 @@ from typing import Any
 
 import msgspec
 
-from collector.campaigns import Arm, Campaign
+from collector.campaigns import Arm, Campaign, Gate
 from collector.events import Event
 from collector.profile import (
     MAX_ANONYMOUS_IDS,
@@ -58,6 +58,7 @@ __all__ = ["Decision", "Engine", "Outcome", "Rules", "UserState", "compile_rules
 
 FIRED = "fired"
 SUPPRESSED = "suppressed"
+_UNCHECKED: Any = object()
 
 
 class Outcome(msgspec.Struct):
@@ -171,25 +172,32 @@ class Engine:
         latest = scope.state.decisions
         record = decisions.append
         exclusive_fired = False
+        gates: dict[Gate, str | None] = {}  # each distinct gate is checked once per event
         for campaign in candidates:
-            arm = campaign.check(scope)
-            variant_id: str | None = None
-            reason: str | None
-            if isinstance(arm, str):
-                reason = arm
+            gate = campaign.gate
+            reason = gates.get(gate, _UNCHECKED)
+            if reason is _UNCHECKED:
+                reason = gates[gate] = gate.check(scope)
+            if reason is not None:
+                decision = Decision(campaign.id, None, SUPPRESSED, reason, now)
             else:
-                variant_id = arm.variant_id
-                if campaign.has_caps and campaign.capped(scope):
-                    reason = "frequency"
-                elif campaign.exclusive and exclusive_fired:
-                    reason = "exclusive"
+                arm = campaign.qualify(scope)
+                if isinstance(arm, str):
+                    decision = Decision(campaign.id, None, SUPPRESSED, arm, now)
                 else:
-                    reason = self._fire(campaign, arm, scope, now, webhooks)
-                    if reason is None and campaign.exclusive:
-                        exclusive_fired = True
-            decision = Decision(
-                campaign.id, variant_id, FIRED if reason is None else SUPPRESSED, reason, now
-            )
+                    if campaign.exclusive and exclusive_fired:
+                        reason = "exclusive"
+                    else:
+                        reason = self._fire(campaign, arm, scope, now, webhooks)
+                        if reason is None and campaign.exclusive:
+                            exclusive_fired = True
+                    decision = Decision(
+                        campaign.id,
+                        arm.variant_id,
+                        FIRED if reason is None else SUPPRESSED,
+                        reason,
+                        now,
+                    )
             record(decision)
             latest[campaign.id] = decision
 

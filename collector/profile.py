@@ -27,7 +27,12 @@ MAX_ANONYMOUS_IDS = 8  # the most recent anonymous ids kept per profile
 MAX_EVENT_NAMES = 100  # distinct event names counted per profile
 
 
-class Session(msgspec.Struct, array_like=True):
+# gc=False on every struct here: they hold only plain values, never a struct of their own tree,
+# so no reference cycle can run through them. Untracked, each instance is 16 bytes smaller and
+# the cyclic collector never walks the millions of them a busy memory-mode process holds.
+
+
+class Session(msgspec.Struct, array_like=True, gc=False):
     """The user's current session; `number` counts sessions from 1."""
 
     id: str
@@ -36,7 +41,7 @@ class Session(msgspec.Struct, array_like=True):
     last: float  # last activity
 
 
-class Decision(msgspec.Struct, array_like=True, frozen=True):
+class Decision(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """What happened to one campaign on one event: fired, or suppressed with a reason."""
 
     campaign_id: str
@@ -46,7 +51,7 @@ class Decision(msgspec.Struct, array_like=True, frozen=True):
     at: float
 
 
-class Caps(msgspec.Struct, array_like=True):
+class Caps(msgspec.Struct, array_like=True, gc=False):
     """Fired deliveries of one campaign: in total, in session `session`, on local day `day`."""
 
     total: int = 0
@@ -56,7 +61,7 @@ class Caps(msgspec.Struct, array_like=True):
     in_day: int = 0
 
 
-class UserState(msgspec.Struct, kw_only=True, omit_defaults=True):
+class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """Everything the engine knows about one user."""
 
     key: str  # the store's key for this profile; also seeds sticky rate/variant assignment

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from collector.campaigns import Campaign, build_arms
+from collector.campaigns import Campaign, Gate, build_arms
 from collector.conditions import ConditionCompiler
 from collector.errors import ConfigError
 from collector.schedule import Calendar, CompiledSchedule
@@ -38,6 +38,7 @@ class _Registry:
         self._getters: dict[str, Getter] = {}
         self._segments: dict[str, Predicate] = {}
         self._pending: list[tuple[Variable, ConditionTree, str]] = []
+        self._gates: dict[tuple[Any, ...], Gate] = {}
         self.conditions = ConditionCompiler(
             variable=self.variable_getter,
             segment=self.segment,
@@ -121,6 +122,20 @@ class _Registry:
         compiled.append(self.conditions.compile(tree.root, f"segments.{name}", self.problems))
         return member
 
+    def gate(self, spec: CampaignSpec, calendar: Calendar) -> Gate:
+        """The campaign's gate, shared with every campaign configured alike."""
+        schedule = CompiledSchedule(spec.schedule, calendar) if spec.schedule else None
+        published = spec.status == "published"
+        users = spec.target.users
+        segments = tuple(spec.target.segments)
+        key = (published, schedule and schedule.key(), users, segments)
+        found = self._gates.get(key)
+        if found is None:
+            found = self._gates[key] = Gate(
+                published, schedule, users, tuple(self.segment(name) for name in segments)
+            )
+        return found
+
     def condition(self, tree: ConditionTree | None, path: str) -> Predicate | None:
         """Compile an optional condition."""
         return None if tree is None else self.conditions.compile(tree.root, path, self.problems)
@@ -151,8 +166,7 @@ class _Registry:
         campaign = Campaign(
             spec,
             arms=build_arms(spec, actions) if actions else (),
-            schedule=CompiledSchedule(spec.schedule, calendar) if spec.schedule else None,
-            segments=tuple(self.segment(name) for name in spec.target.segments),
+            gate=self.gate(spec, calendar),
             where=self.condition(trigger.where if trigger else None, f"{prefix}trigger.where"),
             test_users=test_users,
             updated_at=updated_at,

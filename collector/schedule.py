@@ -80,6 +80,10 @@ class CompiledSchedule:
             if low != high:  # "09:00-09:00" puts no limit on the hour
                 self.hours = (float(low), float(high))
 
+    def key(self) -> tuple[float | None, float | None, int | None, tuple[float, float] | None]:
+        """What the schedule decides by: equal keys allow exactly the same times."""
+        return (self.start, self.end, self.days, self.hours)
+
     def allows(self, t: float, weekday: int, second_of_day: float) -> bool:
         """Whether the schedule is open at `t` (start inclusive, end exclusive)."""
         if self.start is not None and t < self.start:
