@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
@@ -96,9 +97,11 @@ class RedisStore:
         accepted = 0
         names = {i for position in pending for i in identity.ids_of(events[position])}
         async with self._holding(names):
-            for _attempt in range(MAX_ATTEMPTS):
+            for attempt in range(MAX_ATTEMPTS):
                 if not pending:
                     break
+                if attempt:  # another process just wrote these users: let it finish
+                    await asyncio.sleep(random.uniform(0, 0.001 * min(attempt, 20)))
                 plan, conflicts = await self._attempt([events[i] for i in pending], now)
                 for local in range(len(pending)):
                     if local not in conflicts:
