@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from collector.store.keys import Keys
 from tests.support.redis import RedisServer, run_worker
 from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire, wait_until
 from tests.support.sink import Sink
@@ -72,7 +73,7 @@ async def post_concurrently(
 
 def outbox_empty(redis: RedisServer) -> bool:
     """True when no webhook is pending, scheduled or claimed."""
-    return redis.cli("HLEN", "tw:{0}:ol").strip() == "0"
+    return redis.cli("HLEN", Keys(1).outbox_live(0)).strip() == "0"
 
 
 def test_two_servers_and_a_worker_fire_once_per_user(redis_server: RedisServer) -> None:
