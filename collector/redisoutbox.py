@@ -52,6 +52,8 @@ _BLOCK_MS = 1000  # how long a reader blocks in XREADGROUP
 _READ_COUNT = 100
 _USAGE_TTL = 40 * 86400  # a month's counter outlives the month
 _PAUSE = 0.5  # seconds a background task waits after Redis failed it
+_TIDY_EVERY = 60.0  # seconds between sweeps of departed consumers
+_DEPARTED_MS = 3_600_000  # a consumer idle this long with nothing pending is gone
 
 
 def consumer_name() -> str:
@@ -393,7 +395,7 @@ class RedisOutbox:
 
     async def _sweeper(self) -> None:
         """Promote due retries, take over abandoned entries, keep ours fresh, count depth."""
-        last_reclaim = last_heartbeat = 0.0
+        last_reclaim = last_heartbeat = last_tidy = 0.0
         while not self._closed:
             delay = 0.5
             try:
@@ -415,6 +417,9 @@ class RedisOutbox:
                 if self._consuming and now - last_reclaim >= min(1.0, self._reclaim_after / 2):
                     last_reclaim = now
                     await self._reclaim()
+                if self._consuming and now - last_tidy >= _TIDY_EVERY:
+                    last_tidy = now
+                    await self._forget_departed()
             except Unavailable:
                 self._depth = 0
                 delay = _PAUSE
@@ -422,6 +427,25 @@ class RedisOutbox:
                 log.exception("outbox sweep failed")
                 delay = _PAUSE
             await asyncio.sleep(delay)
+
+    async def _forget_departed(self) -> None:
+        """Drop consumers (processes long gone) that hold nothing from the consumer groups."""
+        keys = await self._connection.names()
+        streams = [keys.outbox(s) for s in range(keys.shards)]
+        infos = _check(
+            await self._connection.pipeline(
+                [("XINFO", "CONSUMERS", stream, GROUP) for stream in streams], "listing consumers"
+            )
+        )
+        gone: list[Command] = []
+        for stream, consumers in zip(streams, infos, strict=True):
+            for raw in consumers:
+                info = {_text(k): v for k, v in raw.items()}
+                name = _text(info["name"])
+                idle = int(info.get("inactive", info.get("idle", 0)))  # "inactive" since 7.2
+                if name != self.consumer and not int(info["pending"]) and idle > _DEPARTED_MS:
+                    gone.append(("XGROUP", "DELCONSUMER", stream, GROUP, name))
+        _check(await self._connection.pipeline(gone, "forgetting departed consumers"))
 
     async def _heartbeat(self) -> None:
         """Reset the idle time of every entry this process holds, so nobody takes them over."""
@@ -477,6 +501,10 @@ class RedisOutbox:
 def _encode(envelope: Envelope) -> bytes:
     """An envelope as stored: without the receipt of the process that claimed it."""
     return _ENCODER.encode(msgspec.structs.replace(envelope, receipt=None))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _split(receipt: str | None) -> tuple[int, str]:

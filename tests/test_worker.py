@@ -231,3 +231,34 @@ def test_a_killed_worker_loses_no_webhook() -> None:
             bodies[event_id].add(received.body)
         assert all(len(found) == 1 for found in ids.values())  # duplicates share the webhook-id
         assert all(len(found) == 1 for found in bodies.values())
+
+
+async def test_departed_consumers_holding_nothing_are_forgotten(
+    connection: RedisConnection,
+) -> None:
+    outbox = RedisOutbox(connection)
+    await outbox.open()
+    try:
+        await outbox.claim(1, 0.05)  # joins the consumer groups
+        keys = await connection.names()
+        stream = keys.outbox(0)
+        await connection.call("XGROUP", "CREATECONSUMER", stream, "tripwire", "long-gone", what="t")
+        await outbox._forget_departed()  # idle for less than an hour: kept
+        names = [
+            c[b"name"]
+            for c in await connection.call("XINFO", "CONSUMERS", stream, "tripwire", what="t")
+        ]
+        assert b"long-gone" in names
+        monkey = pytest.MonkeyPatch()
+        monkey.setattr("collector.redisoutbox._DEPARTED_MS", -1)
+        try:
+            await outbox._forget_departed()
+        finally:
+            monkey.undo()
+        names = [
+            c[b"name"]
+            for c in await connection.call("XINFO", "CONSUMERS", stream, "tripwire", what="t")
+        ]
+        assert b"long-gone" not in names
+    finally:
+        await outbox.close()
