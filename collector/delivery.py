@@ -247,7 +247,10 @@ class Dispatcher:
     def _connect(self) -> Sender:
         if self._sender is None:
             self._sender = Sender(
-                signer=self._signer, guard=self.guard, timeout=self._settings.timeout
+                signer=self._signer,
+                guard=self.guard,
+                timeout=self._settings.timeout,
+                connections_per_endpoint=self._limit,
             )
         return self._sender
 

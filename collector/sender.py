@@ -1,9 +1,18 @@
 """One webhook attempt over HTTP: shape the request, sign it, send it through the SSRF guard.
 
-This module and `delivery` are the only ones that import httpx. The client connects through a
-network backend that resolves the host with `ssrf.Guard` and dials only the addresses it checked,
-so there is no second resolution to rebind, while the URL keeps its host name: the `Host` header,
-TLS SNI, certificate checks and the connection pool (keyed by host name) all stay right.
+This module and `delivery` are the only ones that import httpx. Attempts go straight to
+httpcore connection pools (httpx's transport layer), one pool per endpoint keeping at most
+`connections_per_endpoint` idle connections: the client layer's auth, redirect and cookie
+handling has no work here (redirects are not followed), and httpcore checks every connection
+of a pool on each request, so small pools keep that check cheap. The pools dial through a
+network backend that resolves the host with `ssrf.Guard` and connects only to the addresses it
+checked, so there is no second resolution to rebind, while the URL keeps its host name: the
+`Host` header, TLS SNI, certificate checks and the pools (keyed by host name) all stay right.
+
+The backend's streams sit directly on asyncio transports. A request's writes are held until
+its response is awaited and then leave in one send; whether an idle connection was closed by
+the server (asked about every pooled connection on every request) is a flag the transport sets,
+not a poll of the socket.
 
 Request shape: GET merges the body (an object) into the URL's query, body keys replacing
 same-named URL keys, and signs an empty payload; other methods send the body as JSON with
@@ -20,10 +29,12 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import re
+import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from contextlib import contextmanager
-from typing import Any, Final, Literal
+import zlib
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterable, Callable, Iterable
+from typing import Any, Final, Literal, cast
 from urllib.parse import urlsplit
 
 import httpcore
@@ -40,6 +51,11 @@ USER_AGENT: Final = f"Tripwire/{__version__}"
 RESPONSE_PREFIX: Final = 4096
 _DRAIN_LIMIT: Final = 65536  # read this much of a response at most, so its connection is reused
 _URL_CACHE_SIZE: Final = 1024
+_POOL_LIMIT: Final = 256  # endpoints whose connections are kept open between attempts
+_CORK_LIMIT: Final = 65536  # held request bytes that are sent at once, without waiting for a read
+_READ_HIGH_WATER: Final = 262144  # received bytes held before the socket stops being read
+_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})  # sent with Content-Length: 0 if empty
+_TRANSPORT_ERRORS: Final = (httpcore.NetworkError, httpcore.ProtocolError)
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\x00]")
 # Set by delivery itself: framing headers could smuggle requests, webhook-* must stay genuine.
@@ -121,8 +137,19 @@ def _query_value(value: Any) -> str | list[str]:
     return orjson.dumps(value).decode()
 
 
+class _Endpoint:
+    """One endpoint's connection pool and when it was last used."""
+
+    __slots__ = ("active", "pool", "used_at")
+
+    def __init__(self, pool: httpcore.AsyncConnectionPool) -> None:
+        self.pool = pool
+        self.active = 0  # attempts in flight
+        self.used_at = 0.0  # event-loop time the last attempt ended
+
+
 class Sender:
-    """Sends single attempts through one pooled httpx client."""
+    """Sends single attempts through a connection pool per endpoint."""
 
     def __init__(
         self,
@@ -131,28 +158,29 @@ class Sender:
         guard: Guard,
         timeout: float,
         clock: Callable[[], float] = time.time,
-        keepalive: int = 256,
-        transport: httpx.AsyncBaseTransport | None = None,
+        connections_per_endpoint: int = 8,
+        keepalive_expiry: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        network_backend: httpcore.AsyncNetworkBackend | None = None,
     ) -> None:
         self._signer = signer
         self._timeout = timeout
         self._clock = clock
         self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
         self._urls: dict[str, httpx.URL] = {}  # parsed URLs; campaigns reuse a few
-        limits = httpx.Limits(
-            max_connections=None, max_keepalive_connections=keepalive, keepalive_expiry=30.0
-        )
-        self._client = httpx.AsyncClient(
-            transport=transport or GuardedTransport(guard, limits),
-            timeout=httpx.Timeout(timeout),
-            follow_redirects=False,
-            trust_env=False,
-            headers={"user-agent": USER_AGENT},
-        )
+        self._keepalive = max(1, connections_per_endpoint)
+        self._keepalive_expiry = keepalive_expiry
+        self._ssl_context = ssl_context or httpx.create_ssl_context(trust_env=False)
+        self._backend = network_backend or _GuardedBackend(guard)
+        self._endpoints: OrderedDict[tuple[bytes, bytes, int | None], _Endpoint] = OrderedDict()
+        self._next_sweep = 0.0
 
     async def aclose(self) -> None:
         """Close pooled connections."""
-        await self._client.aclose()
+        endpoints = list(self._endpoints.values())
+        self._endpoints.clear()
+        for endpoint in endpoints:
+            await endpoint.pool.aclose()
 
     def prepare(self, request: WebhookRequest) -> tuple[httpx.URL, bytes, dict[str, str]]:
         """Return URL, body and headers (unsigned) for a webhook; raise InvalidRequest."""
@@ -206,36 +234,58 @@ class Sender:
         except InvalidRequest as exc:
             return AttemptResult(outcome="failed", error=str(exc))
         headers.update(self._signer.headers(request.webhook_id, int(self._clock()), content))
+        method = request.method.upper()
+        # The header block httpx would send: Host first, Content-Length last (or 0 after Host).
+        raw_headers = [(b"Host", url.netloc)]
+        if not content and method in _BODY_METHODS:
+            raw_headers.append((b"Content-Length", b"0"))
+        raw_headers += [
+            (name.encode("ascii"), value.encode("ascii")) for name, value in headers.items()
+        ]
+        if content:
+            raw_headers.append((b"Content-Length", b"%d" % len(content)))
+        target = httpcore.URL(
+            scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
+        )
+        core_request = httpcore.Request(
+            method, target, headers=raw_headers, content=content, extensions=self._extensions
+        )
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout
+        now = loop.time()
+        if now >= self._next_sweep:
+            await self._sweep(now)
+        endpoint = self._endpoint(target.origin)
+        endpoint.active += 1
+        try:
+            return await self._exchange(endpoint.pool, core_request, now + self._timeout)
+        finally:
+            endpoint.active -= 1
+            endpoint.used_at = loop.time()
+
+    async def _exchange(
+        self, pool: httpcore.AsyncConnectionPool, request: httpcore.Request, deadline: float
+    ) -> AttemptResult:
         started = time.perf_counter()
         try:
-            http_request = httpx.Request(
-                request.method.upper(),
-                url,
-                content=content or None,
-                headers=headers,
-                extensions=self._extensions,
-            )
             async with asyncio.timeout_at(deadline):
-                response = await self._client.send(http_request, stream=True)
+                response = await pool.handle_async_request(request)
         except TargetRefused as exc:
             return AttemptResult(outcome="refused", error=str(exc))
-        except (TimeoutError, httpx.TimeoutException):
+        except (TimeoutError, httpcore.TimeoutException):
             return self._failure("retry", f"timed out after {self._timeout:g}s", started)
-        except (httpx.LocalProtocolError, httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+        except (httpcore.LocalProtocolError, httpcore.UnsupportedProtocol) as exc:
             return self._failure("failed", f"{type(exc).__name__}: {exc}", started)
-        except httpx.TransportError as exc:
+        except _TRANSPORT_ERRORS as exc:
             return self._failure("retry", f"{type(exc).__name__}: {exc}", started)
         try:
             async with asyncio.timeout_at(deadline):
                 prefix = await _read_prefix(response)
-        except (TimeoutError, httpx.HTTPError):
+        except (TimeoutError, httpcore.TimeoutException, *_TRANSPORT_ERRORS, zlib.error):
             prefix = b""  # the status line already decides the outcome
         finally:
             await response.aclose()
         latency_ms = (time.perf_counter() - started) * 1000.0
-        code = response.status_code
+        code = response.status
         text = prefix.decode("utf-8", "replace") if prefix else None
         if 200 <= code < 300:
             return AttemptResult(
@@ -247,7 +297,8 @@ class Sender:
             outcome = "gone"
         elif code in (408, 429) or code >= 500:
             outcome = "retry"
-            retry_after = parse_retry_after(response.headers.get("retry-after"), self._clock())
+            value = _header(response.headers, b"retry-after")
+            retry_after = parse_retry_after(value, self._clock())
         else:
             outcome = "failed"
         return AttemptResult(
@@ -259,22 +310,101 @@ class Sender:
             retry_after=retry_after,
         )
 
+    def _endpoint(self, origin: httpcore.Origin) -> _Endpoint:
+        key = (origin.scheme, origin.host, origin.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is not None:
+            self._endpoints.move_to_end(key)
+            return endpoint
+        pool = httpcore.AsyncConnectionPool(
+            ssl_context=self._ssl_context,
+            max_connections=None,  # the dispatcher bounds concurrency; a test-fire may add one
+            max_keepalive_connections=self._keepalive,
+            keepalive_expiry=self._keepalive_expiry,
+            http1=True,
+            http2=False,
+            retries=0,
+            network_backend=self._backend,
+        )
+        endpoint = self._endpoints[key] = _Endpoint(pool)
+        return endpoint
+
+    async def _sweep(self, now: float) -> None:
+        """Close the pools of endpoints unused for longer than keep-alive, and past the limit."""
+        self._next_sweep = now + min(self._keepalive_expiry, 10.0)
+        stale = now - self._keepalive_expiry
+        for key, endpoint in list(self._endpoints.items()):  # least recently used first
+            if endpoint.used_at > stale and len(self._endpoints) < _POOL_LIMIT:
+                break
+            if endpoint.active:
+                continue
+            del self._endpoints[key]
+            await endpoint.pool.aclose()
+
     @staticmethod
     def _failure(outcome: Outcome, error: str, started: float) -> AttemptResult:
         latency_ms = (time.perf_counter() - started) * 1000.0
         return AttemptResult(outcome=outcome, error=error, latency_ms=latency_ms)
 
 
-async def _read_prefix(response: httpx.Response) -> bytes:
-    kept = bytearray()
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """A response header's values joined by ", " (as httpx reads them), or None."""
+    values = [value.decode("latin-1") for key, value in headers if key.lower() == name]
+    return ", ".join(values) if values else None
+
+
+async def _read_prefix(response: httpcore.Response) -> bytes:
+    """The first RESPONSE_PREFIX bytes of the decoded body, reading at most _DRAIN_LIMIT bytes."""
+    assert isinstance(response.stream, AsyncIterable)
+    codings = [
+        coding
+        for key, value in response.headers
+        if key.lower() == b"content-encoding"
+        for coding in value.lower().replace(b" ", b"").split(b",")
+        if coding in _INFLATE_WBITS
+    ]
+    inflaters = [_Inflater(coding) for coding in reversed(codings)]
+    kept = b""
     seen = 0
-    async for chunk in response.aiter_bytes():
-        if len(kept) < RESPONSE_PREFIX:
-            kept += chunk[: RESPONSE_PREFIX - len(kept)]
+    async for chunk in response.stream:
         seen += len(chunk)
+        if len(kept) < RESPONSE_PREFIX:
+            for inflate in inflaters[:-1]:
+                chunk = inflate(chunk, 0)
+            if inflaters:  # the last step inflates no more than the prefix needs
+                chunk = inflaters[-1](chunk, RESPONSE_PREFIX - len(kept))
+            kept += chunk[: RESPONSE_PREFIX - len(kept)]
         if seen > _DRAIN_LIMIT:
             break
-    return bytes(kept)
+    return kept
+
+
+# Content codings httpx undoes without optional packages, with zlib's window bits for each.
+_INFLATE_WBITS: Final = {b"gzip": zlib.MAX_WBITS | 16, b"deflate": zlib.MAX_WBITS}
+
+
+class _Inflater:
+    """Undoes one gzip or deflate coding (deflate zlib-wrapped or raw, as httpx accepts).
+
+    `limit` caps the output of one call (0: no cap), so a small compressed body cannot
+    inflate into a large one here.
+    """
+
+    __slots__ = ("_inflater", "_raw_fallback")
+
+    def __init__(self, coding: bytes) -> None:
+        self._inflater = zlib.decompressobj(_INFLATE_WBITS[coding])
+        self._raw_fallback = coding == b"deflate"
+
+    def __call__(self, data: bytes, limit: int) -> bytes:
+        fallback, self._raw_fallback = self._raw_fallback, False
+        try:
+            return self._inflater.decompress(data, limit)
+        except zlib.error:
+            if not fallback:
+                raise
+            self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            return self._inflater.decompress(data, limit)
 
 
 class _GuardedBackend(httpcore.AsyncNetworkBackend):
@@ -282,7 +412,6 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
 
     def __init__(self, guard: Guard) -> None:
         self._guard = guard
-        self._inner = httpcore.AnyIOBackend()
 
     async def connect_tcp(
         self,
@@ -299,12 +428,8 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         failure: Exception | None = None
         for address in addresses:
             try:
-                return await self._inner.connect_tcp(
-                    address,
-                    port,
-                    timeout=timeout,
-                    local_address=local_address,
-                    socket_options=socket_options,
+                return await _TransportStream.connect(
+                    address, port, timeout, local_address, socket_options
                 )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 failure = exc
@@ -320,99 +445,208 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         raise httpcore.ConnectError("unix sockets are not webhook targets")
 
     async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+        await asyncio.sleep(seconds)
 
 
-# httpcore's errors as httpx's, most specific first.
-_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.ProtocolError, httpx.ProtocolError),
-)
+class _TransportStream(asyncio.Protocol, httpcore.AsyncNetworkStream):
+    """An httpcore network stream on an asyncio transport: the protocol is the stream."""
 
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._received: deque[bytes] = deque()
+        self._buffered = 0  # bytes in _received
+        self._held: list[bytes] = []  # written, not yet sent (see write)
+        self._held_size = 0
+        self._eof = False
+        self._lost = False
+        self._error: Exception | None = None  # why the connection was lost, if not cleanly
+        self._reading_paused = False
+        self._writing_paused = False
+        self._reader: asyncio.Future[None] | None = None
+        self._drainer: asyncio.Future[None] | None = None
 
-@contextmanager
-def _translated(request: httpx.Request) -> Iterator[None]:
-    try:
-        yield
-    except httpcore.TimeoutException as exc:
-        raise _translate(exc, request) from exc
-    except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
-        raise _translate(exc, request) from exc
+    @classmethod
+    async def connect(
+        cls,
+        address: str,
+        port: int,
+        timeout: float | None,
+        local_address: str | None,
+        socket_options: Iterable[Any] | None,
+    ) -> _TransportStream:
+        """Open a TCP connection to an address (never a name: it is the one the guard checked)."""
+        loop = asyncio.get_running_loop()
+        local = None if local_address is None else (local_address, 0)
+        try:
+            async with asyncio.timeout(timeout):
+                transport, stream = await loop.create_connection(
+                    cls, address, port, local_addr=local
+                )
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(f"connecting to {address} timed out") from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        if socket_options:
+            sock = transport.get_extra_info("socket")
+            for option in socket_options:
+                sock.setsockopt(*option)
+        return stream
 
+    # asyncio.Protocol: the transport reports here.
 
-def _translate(exc: Exception, request: httpx.Request) -> httpx.TransportError:
-    for source, target in _ERRORS:
-        if isinstance(exc, source):
-            return target(str(exc), request=request)
-    return httpx.TransportError(str(exc), request=request)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
+    def data_received(self, data: bytes) -> None:
+        self._received.append(data)
+        self._buffered += len(data)
+        if self._buffered > _READ_HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            assert self._transport is not None
+            self._transport.pause_reading()
+        _wake(self._reader)
 
-class _ResponseStream(httpx.AsyncByteStream):
-    def __init__(self, stream: Any, request: httpx.Request) -> None:
-        self._stream = stream
-        self._request = request
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        _wake(self._reader)
+        return None  # let the transport close itself
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _translated(self._request):
-            async for chunk in self._stream:
-                yield chunk
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._error = exc
+        _wake(self._reader)
+        _wake(self._drainer)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        _wake(self._drainer)
+
+    # httpcore.AsyncNetworkStream: httpcore calls these.
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        """Return received bytes, b"" at the end of the stream; send held writes first."""
+        if self._held:
+            await self._flush(timeout)
+        while not self._received:
+            if self._error is not None:
+                raise httpcore.ReadError(str(self._error) or type(self._error).__name__)
+            if self._eof or self._lost:
+                return b""
+            self._reader = self._loop.create_future()
+            await self._wait(self._reader, timeout, httpcore.ReadTimeout)
+            self._reader = None
+        chunk = self._received.popleft()
+        if len(chunk) > max_bytes:
+            self._received.appendleft(chunk[max_bytes:])
+            chunk = chunk[:max_bytes]
+        self._buffered -= len(chunk)
+        if self._reading_paused and self._buffered <= _READ_HIGH_WATER // 4:
+            self._reading_paused = False
+            assert self._transport is not None
+            self._transport.resume_reading()
+        return chunk
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        """Queue bytes to send; they leave with the next read, or now past _CORK_LIMIT.
+
+        httpcore writes a request's head and body separately and then reads the response:
+        holding the writes until then sends each request in one segment and one syscall.
+        """
+        if not buffer:
+            return
+        if self._lost:
+            raise httpcore.WriteError("connection closed")
+        self._held.append(buffer)
+        self._held_size += len(buffer)
+        if self._held_size >= _CORK_LIMIT:
+            await self._flush(timeout)
 
     async def aclose(self) -> None:
-        if hasattr(self._stream, "aclose"):
-            with _translated(self._request):
-                await self._stream.aclose()
+        """Close the connection."""
+        self._held.clear()
+        if self._transport is not None:
+            self._transport.close()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        """Upgrade to TLS, checking the certificate for server_hostname (also sent as SNI)."""
+        assert self._transport is not None
+        try:
+            async with asyncio.timeout(timeout):
+                transport = await self._loop.start_tls(
+                    self._transport, self, ssl_context, server_hostname=server_hostname
+                )
+        except TimeoutError as exc:
+            self._transport.close()
+            raise httpcore.ConnectTimeout("TLS handshake timed out") from exc
+        except OSError as exc:  # ssl.SSLError included
+            self._transport.close()
+            raise httpcore.ConnectError(str(exc)) from exc
+        if transport is None:
+            raise httpcore.ConnectError("TLS handshake failed")
+        self._transport = transport
+        return self
+
+    def get_extra_info(self, info: str) -> Any:
+        """What httpcore asks of a stream; "is_readable" without a system call."""
+        if info == "is_readable":
+            # Only asked of idle connections: anything received, or the end, means it is done.
+            return bool(self._received) or self._eof or self._lost
+        if self._transport is None:
+            return None
+        name = _EXTRA_INFO.get(info)
+        return None if name is None else self._transport.get_extra_info(name)
+
+    async def _flush(self, timeout: float | None) -> None:
+        data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+        self._held.clear()
+        self._held_size = 0
+        if self._lost:
+            raise httpcore.WriteError("connection closed")
+        assert self._transport is not None
+        self._transport.write(data)
+        while self._writing_paused and not self._lost:
+            self._drainer = self._loop.create_future()
+            await self._wait(self._drainer, timeout, httpcore.WriteTimeout)
+            self._drainer = None
+
+    async def _wait(
+        self,
+        waiter: asyncio.Future[None],
+        timeout: float | None,
+        expired: type[httpcore.TimeoutException],
+    ) -> None:
+        if timeout is None:
+            await waiter
+            return
+        timer = self._loop.call_later(timeout, _expire, waiter, expired)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
 
 
-class GuardedTransport(httpx.AsyncBaseTransport):
-    """An httpx transport whose connections go only where the SSRF guard allows."""
+_EXTRA_INFO: Final = {
+    "ssl_object": "ssl_object",
+    "client_addr": "sockname",
+    "server_addr": "peername",
+    "socket": "socket",
+}
 
-    def __init__(self, guard: Guard, limits: httpx.Limits) -> None:
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=False,
-            retries=0,
-            network_backend=_GuardedBackend(guard),
-        )
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Send one request through the guarded pool."""
-        assert isinstance(request.stream, httpx.AsyncByteStream)
-        core_request = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        with _translated(request):
-            response = await self._pool.handle_async_request(core_request)
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.headers,
-            stream=_ResponseStream(response.stream, request),
-            extensions=response.extensions,
-        )
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
-    async def aclose(self) -> None:
-        """Close every pooled connection."""
-        await self._pool.aclose()
+
+def _expire(waiter: asyncio.Future[None], error: type[httpcore.TimeoutException]) -> None:
+    if not waiter.done():
+        waiter.set_exception(error("timed out"))
