@@ -40,11 +40,14 @@ import msgspec
 from collector.campaigns import Arm, Campaign, Gate
 from collector.events import Event
 from collector.profile import (
+    FIRED,
     MAX_ANONYMOUS_IDS,
     MAX_EVENT_NAMES,
+    SUPPRESSED,
     Decision,
     Session,
     UserState,
+    Verdict,
     merge,
     new_state,
 )
@@ -56,8 +59,6 @@ from collector.webhook import WebhookRequest, webhook_id_for
 
 __all__ = ["Decision", "Engine", "Outcome", "Rules", "UserState", "compile_rules", "new_state"]
 
-FIRED = "fired"
-SUPPRESSED = "suppressed"
 _UNCHECKED: Any = object()
 
 
@@ -172,34 +173,47 @@ class Engine:
         latest = scope.state.decisions
         record = decisions.append
         exclusive_fired = False
-        gates: dict[Gate, str | None] = {}  # each distinct gate is checked once per event
+        # Each distinct gate is checked once per event. Campaigns behind one gate are usually
+        # neighbours in rank order, so the last gate's answer is kept at hand.
+        gates: dict[Gate, str | None] = {}
+        last_gate: Gate | None = None
+        closed: str | None = None
+        # Campaigns suppressed for the same reason on this event share one Verdict in the state.
+        verdicts: dict[str, Verdict] = {}
         for campaign in candidates:
             gate = campaign.gate
-            reason = gates.get(gate, _UNCHECKED)
-            if reason is _UNCHECKED:
-                reason = gates[gate] = gate.check(scope)
-            if reason is not None:
-                decision = Decision(campaign.id, None, SUPPRESSED, reason, now)
-            else:
+            if gate is not last_gate:
+                closed = gates.get(gate, _UNCHECKED)
+                if closed is _UNCHECKED:
+                    closed = gates[gate] = gate.check(scope)
+                last_gate = gate
+            campaign_id = campaign.id
+            reason = closed
+            variant_id: str | None = None
+            if reason is None:
                 arm = campaign.qualify(scope)
                 if isinstance(arm, str):
-                    decision = Decision(campaign.id, None, SUPPRESSED, arm, now)
+                    reason = arm
                 else:
+                    variant_id = arm.variant_id
                     if campaign.exclusive and exclusive_fired:
                         reason = "exclusive"
                     else:
                         reason = self._fire(campaign, arm, scope, now, webhooks)
                         if reason is None and campaign.exclusive:
                             exclusive_fired = True
-                    decision = Decision(
-                        campaign.id,
-                        arm.variant_id,
-                        FIRED if reason is None else SUPPRESSED,
-                        reason,
-                        now,
-                    )
-            record(decision)
-            latest[campaign.id] = decision
+            if reason is None:
+                record(Decision(campaign_id, variant_id, FIRED, None, now))
+                latest[campaign_id] = Verdict(variant_id, None, now)
+                continue
+            record(Decision(campaign_id, variant_id, SUPPRESSED, reason, now))
+            if variant_id is None:
+                verdict = verdicts.get(reason)
+                if verdict is None:
+                    verdict = verdicts[reason] = Verdict(None, reason, now)
+                latest[campaign_id] = verdict
+            else:
+                latest[campaign_id] = Verdict(variant_id, reason, now)
 
     def _fire(
         self, campaign: Campaign, arm: Arm, scope: Scope, now: float, webhooks: list[WebhookRequest]

@@ -23,6 +23,8 @@ from typing import Any
 
 import msgspec
 
+FIRED = "fired"
+SUPPRESSED = "suppressed"
 MAX_ANONYMOUS_IDS = 8  # the most recent anonymous ids kept per profile
 MAX_EVENT_NAMES = 100  # distinct event names counted per profile
 
@@ -51,6 +53,21 @@ class Decision(msgspec.Struct, array_like=True, frozen=True, gc=False):
     at: float
 
 
+class Verdict(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """The latest decision about one campaign, as a profile keeps it (keyed by campaign id)."""
+
+    # Campaigns decided alike on one event share one Verdict (typically all those behind a
+    # closed gate), so a profile holds a few small objects however many campaigns it meets.
+    variant_id: str | None
+    reason: str | None  # None when fired
+    at: float
+
+    @property
+    def outcome(self) -> str:
+        """"fired" or "suppressed"."""
+        return FIRED if self.reason is None else SUPPRESSED
+
+
 class Caps(msgspec.Struct, array_like=True, gc=False):
     """Fired deliveries of one campaign: in total, in session `session`, on local day `day`."""
 
@@ -76,7 +93,7 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     # rarely needed, so None until first used (an empty container still costs 56-64 bytes)
     segments: list[str] | None = None  # tracked segments (named by segment_entered) the user is in
     caps: dict[str, Caps] | None = None  # per campaign with frequency caps
-    decisions: dict[str, Decision] = {}  # latest decision per campaign
+    decisions: dict[str, Verdict] = {}  # latest decision per campaign
     page: dict[str, Any] | None = None  # latest page (path, url, title, referrer, search), if used
 
 

@@ -2,6 +2,12 @@
 
 All work for a batch happens without awaiting, so within one event loop each user's update is
 atomic. Inactive profiles are evicted by TTL and by a size bound, least recently seen first.
+
+Per-visitor memory is what bounds this store, so what it keeps is compact: a profile's recent
+events are packed (msgpack arrays of their fields, unpacked only for a lookup), id lists are
+tuples, and an anonymous visitor's profile key doubles as its index entry. Few of these objects
+are containers the cyclic garbage collector must walk, which keeps its pauses short as the
+store grows.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -26,6 +33,27 @@ log = logging.getLogger("tripwire.store")
 DEDUPE_SECONDS = 24 * 3600.0
 MAX_REMEMBERED_MESSAGES = 5_000_000
 STATE_FILE = "state.msgpack"
+
+_EVENT_FIELDS = msgspec.structs.fields(Event)
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder(list[Any]).decode
+Packed = bytes | Event  # an event that cannot be packed (an integer past 64 bits) is kept as is
+
+
+def pack(event: Event) -> Packed:
+    """An event as compact bytes: a msgpack array of its fields, without their names."""
+    try:
+        return _pack(msgspec.structs.astuple(event))
+    except OverflowError:
+        return event
+
+
+def unpack(packed: Packed) -> Event:
+    """The event `pack` packed."""
+    if isinstance(packed, Event):
+        return packed
+    values = _unpack(packed)
+    return Event(**{field.name: value for field, value in zip(_EVENT_FIELDS, values, strict=True)})
 
 
 class _Snapshot(msgspec.Struct):
@@ -48,9 +76,12 @@ class MemoryStore:
         self._file = Path(data_dir) / STATE_FILE if data_dir else None
         self._users: OrderedDict[str, UserState] = OrderedDict()  # least recently seen first
         self._index: dict[str, str] = {}  # namespaced id -> profile key
-        self._ids: dict[str, list[str]] = {}  # profile key -> its namespaced ids
-        self._seen: OrderedDict[str, float] = OrderedDict()  # messageId -> time first seen
-        self._recent: dict[str, deque[Event]] = {}
+        self._ids: dict[str, tuple[str, ...]] = {}  # profile key -> its namespaced ids
+        # messageId -> time first seen, and the same ids oldest first (a plain dict cannot find
+        # its oldest entry cheaply once many are deleted; an OrderedDict costs ~50 bytes more each)
+        self._seen: dict[str, float] = {}
+        self._seen_order: deque[str] = deque()
+        self._recent: dict[str, tuple[Packed, ...]] = {}  # key -> recent events, oldest first
 
     async def open(self) -> None:
         """Load the state a previous run saved, if any."""
@@ -59,11 +90,16 @@ class MemoryStore:
         snapshot = msgspec.msgpack.decode(self._file.read_bytes(), type=_Snapshot)
         self._users = OrderedDict(snapshot.users)
         self._index = dict(snapshot.index)
+        ids: dict[str, list[str]] = {}
         for id_, key in self._index.items():
-            self._ids.setdefault(key, []).append(id_)
-        self._seen = OrderedDict(snapshot.seen)
+            ids.setdefault(key, []).append(id_)
+        self._ids = {key: tuple(found) for key, found in ids.items()}
+        self._seen = dict(snapshot.seen)
+        self._seen_order = deque(self._seen)
         size = self._limits.recent_events
-        self._recent = {k: deque(v, maxlen=size) for k, v in snapshot.recent.items()}
+        self._recent = {
+            k: tuple(pack(e) for e in v[-size:]) for k, v in snapshot.recent.items() if size and v
+        }
         log.info("loaded %d profiles from %s", len(self._users), self._file)
 
     async def close(self) -> None:
@@ -75,7 +111,7 @@ class MemoryStore:
             users=dict(self._users),
             index=self._index,
             seen=list(self._seen.items()),
-            recent={k: list(v) for k, v in self._recent.items()},
+            recent={k: [unpack(p) for p in v] for k, v in self._recent.items()},
         )
         temporary = self._file.with_suffix(".tmp")
         temporary.write_bytes(msgspec.msgpack.encode(snapshot))
@@ -92,19 +128,27 @@ class MemoryStore:
         decisions: list[Decision] = []
         accepted = duplicates = 0
         self._expire(now)
+        seen = self._seen
+        users = self._users
+        keep_recent = self._limits.recent_events > 0
         for event in events:
-            if event.message_id in self._seen:
+            message_id = event.message_id
+            if message_id in seen:
                 duplicates += 1
                 continue
-            self._seen[event.message_id] = now
+            seen[message_id] = now
+            self._seen_order.append(message_id)
             accepted += 1
             key = self._resolve(event, engine, now)
-            state = self._users.get(key) or new_state(key, now)
-            outcome = engine.process(state, event, now)
-            self._users[key] = outcome.state
-            self._users.move_to_end(key)
-            self._remember(key, event)
-            webhooks.extend(outcome.webhooks)
+            state = users.get(key)
+            outcome = engine.process(state or new_state(key, now), event, now)
+            users[key] = outcome.state  # a new key goes in last: the most recently seen
+            if state is not None:
+                users.move_to_end(key)
+            if keep_recent:
+                self._remember(key, event)
+            if outcome.webhooks:
+                webhooks.extend(outcome.webhooks)
             decisions.extend(outcome.decisions)
         return IngestResult(accepted, duplicates, webhooks, decisions)
 
@@ -119,7 +163,7 @@ class MemoryStore:
         if key is None:
             return None
         state = self._users[key]
-        recent = [event_as_message(e) for e in self._recent.get(key, ())]
+        recent = [event_as_message(unpack(p)) for p in self._recent.get(key, ())]
         return UserView(key, self._engine().describe(state, now), recent)
 
     def _find(self, identity_: str) -> str | None:
@@ -132,13 +176,24 @@ class MemoryStore:
 
     def _resolve(self, event: Event, engine: Engine, now: float) -> str:
         """The key of the event's profile, merging profiles the event shows to be one person."""
+        anonymous_id = event.anonymous_id
+        if anonymous_id and not event.user_id and not event.previous_id:
+            # Most events: an anonymous visitor. `identity.resolve` gives the profile owning the
+            # anonymous id, else a new one keyed by that id, and nothing to merge; doing it here
+            # lets the new profile's key and its index entry be one string.
+            id_ = identity.anonymous(anonymous_id)
+            key = self._index.get(id_)
+            if key is not None and key in self._users:
+                return key
+            self._link(id_, id_)
+            return id_
         resolution = identity.resolve(event, self._owner, self._user_of)
         key = resolution.key
         for other in resolution.merge:
             state = self._users.get(key) or new_state(key, now)
             self._users[key] = engine.merge(state, self._users.pop(other))
             self._recent_merge(key, other)
-            for id_ in self._ids.pop(other, []):
+            for id_ in self._ids.pop(other, ()):
                 self._link(id_, key)
         for id_ in resolution.link:
             self._link(id_, key)
@@ -156,31 +211,32 @@ class MemoryStore:
         if previous == key:
             return
         if previous is not None and previous in self._ids:
-            self._ids[previous] = [i for i in self._ids[previous] if i != id_]
+            self._ids[previous] = tuple(i for i in self._ids[previous] if i != id_)
         self._index[id_] = key
-        self._ids.setdefault(key, []).append(id_)
+        self._ids[key] = (*self._ids.get(key, ()), id_)
 
     def _remember(self, key: str, event: Event) -> None:
-        if self._limits.recent_events == 0:
-            return
-        recent = self._recent.get(key)
-        if recent is None:
-            recent = self._recent[key] = deque(maxlen=self._limits.recent_events)
-        recent.append(event)
+        size = self._limits.recent_events
+        kept = self._recent.get(key, ())
+        if len(kept) >= size:
+            kept = kept[len(kept) - size + 1 :]
+        self._recent[key] = (*kept, pack(event))
 
     def _recent_merge(self, key: str, other: str) -> None:
-        merged = sorted(
-            [*self._recent.pop(other, ()), *self._recent.get(key, ())], key=lambda e: e.timestamp
-        )
-        self._recent[key] = deque(merged, maxlen=self._limits.recent_events)
+        events = [unpack(p) for p in (*self._recent.pop(other, ()), *self._recent.get(key, ()))]
+        events.sort(key=lambda e: e.timestamp)
+        size = self._limits.recent_events
+        if size and events:
+            self._recent[key] = tuple(pack(e) for e in events[-size:])
 
     def _expire(self, now: float) -> None:
         """Forget old messageIds and evict profiles unseen for the TTL or beyond the size bound."""
         seen = self._seen
-        while seen and (
-            len(seen) > MAX_REMEMBERED_MESSAGES or next(iter(seen.values())) < now - DEDUPE_SECONDS
+        order = self._seen_order
+        while order and (
+            len(seen) > MAX_REMEMBERED_MESSAGES or seen[order[0]] < now - DEDUPE_SECONDS
         ):
-            seen.popitem(last=False)
+            del seen[order.popleft()]
         users = self._users
         ttl = self._limits.user_ttl
         while users:
@@ -189,6 +245,6 @@ class MemoryStore:
                 break
             users.popitem(last=False)
             self._recent.pop(key, None)
-            for id_ in self._ids.pop(key, []):
+            for id_ in self._ids.pop(key, ()):
                 if self._index.get(id_) == key:
                     del self._index[id_]
