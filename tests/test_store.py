@@ -232,6 +232,17 @@ async def test_alias_links_the_previous_id(make_store: _Factory) -> None:
     assert view.profile["event_counts"]["page"] == 2
 
 
+async def test_alias_merges_two_known_users(make_store: _Factory) -> None:
+    store = await make_store()
+    now = time.time()
+    await store.ingest([event(user_id="old-account")], now)
+    await store.ingest([event(user_id="new-account")], now)
+    await store.ingest([event("alias", user_id="new-account", previous_id="old-account")], now)
+    merged = await store.lookup("new-account", now)
+    assert merged is not None and merged == await store.lookup("old-account", now)
+    assert merged.profile["event_counts"]["page"] == 2
+
+
 async def test_a_duplicate_after_a_merge_is_still_a_duplicate(make_store: _Factory) -> None:
     store = await make_store()
     now = time.time()
@@ -247,8 +258,8 @@ async def test_a_duplicate_after_a_merge_is_still_a_duplicate(make_store: _Facto
 # -- Redis only ----------------------------------------------------------------------------
 
 
-async def test_user_state_finds_the_engine_state(make_redis_store: _Factory) -> None:
-    store = await make_redis_store()
+async def test_user_state_finds_the_engine_state(make_store: _Factory) -> None:
+    store = await make_store()
     await store.ingest(
         [event(anonymous_id="s1"), event("identify", anonymous_id="s1", user_id="sam")], time.time()
     )
