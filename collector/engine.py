@@ -249,7 +249,9 @@ class Engine:
         """One profile from two of the same person; keeps `a.key` (see `profile.merge`)."""
         return merge(a, b, self._merge_variable)
 
-    def _merge_variable(self, name: str, a: list[Any], b: list[Any], a_is_newer: bool) -> list[Any]:
+    def _merge_variable(
+        self, name: str, a: tuple[Any, ...], b: tuple[Any, ...], a_is_newer: bool
+    ) -> tuple[Any, ...]:
         variable = self.rules.variables.get(name)
         if not a or not b:
             return a or b

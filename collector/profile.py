@@ -5,7 +5,7 @@ and dicts of them), so both stores can keep it as is: the memory store holds the
 Redis store encodes them with msgspec msgpack. The engine mutates the state it is handed and
 returns it; the store owns it between events.
 
-Variable state is `variables[name]`: a list whose layout belongs to the variable's statistic
+Variable state is `variables[name]`: a tuple whose layout belongs to the variable's statistic
 (see `collector.variables`); only the engine's rules know how to read or merge it, so `merge`
 takes the rules' variable merger.
 
@@ -89,7 +89,7 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     last_seen: float = 0.0
     event_counts: dict[str, int] = {}  # lifetime count per event name, at most MAX_EVENT_NAMES
     session: Session | None = None
-    variables: dict[str, list[Any]] = {}  # per maintained variable, layout set by its stat
+    variables: dict[str, tuple[Any, ...]] = {}  # per maintained variable, layout set by its stat
     # rarely needed, so None until first used (an empty container still costs 56-64 bytes)
     segments: list[str] | None = None  # tracked segments (named by segment_entered) the user is in
     caps: dict[str, Caps] | None = None  # per campaign with frequency caps
@@ -97,7 +97,7 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     page: dict[str, Any] | None = None  # latest page (path, url, title, referrer, search), if used
 
 
-VariableMerger = Callable[[str, list[Any], list[Any], bool], list[Any]]
+VariableMerger = Callable[[str, tuple[Any, ...], tuple[Any, ...], bool], tuple[Any, ...]]
 """Merge two states of one variable: (name, a, b, a_is_newer) -> merged."""
 
 

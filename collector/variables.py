@@ -10,11 +10,18 @@ a range of indexes:
 - `Nd` / `Nh`: local days / hours, grouped so that at most 64 buckets exist; a read covers the
   current bucket and the ones before it up to N units (so `7d` is today and the 6 days before).
 
-A variable's state is a list of buckets `[index, ...payload]`, oldest first, trimmed to the
-window; when only one bucket is ever kept, the state is that bucket itself (one list less per
-user and variable). The payload depends on the statistic (see each `Stat`). `latest`, `previous` and
-`last_at` need only the newest bucket; `distinct_count` keeps a map of at most
-`DISTINCT_LIMIT` values to the last two bucket indexes each was seen in.
+A variable's state is a tuple of buckets `(index, ...payload)`, oldest first, trimmed to the
+window; when only one bucket is ever kept ("flat"), the state is that bucket itself. The payload
+depends on the statistic (see each `Stat`). `latest`, `previous` and `last_at` need only the
+newest bucket; `distinct_count` keeps `(newest index, map)`, the map holding at most
+`DISTINCT_LIMIT` values with the last two bucket indexes each was seen in.
+
+Why tuples: a profile's state lives for days and millions of profiles may be held at once. A
+flat state is a tuple of plain values, which the cyclic garbage collector stops tracking after
+its first pass over it, where a list would be walked by every full collection for the profile's
+whole life; folding a value in makes a new tuple (`Stat.folded`). The buckets of a multi-bucket
+state are lists, folded in place, because msgpack gives nested arrays back as lists and a
+decoded state must equal the one encoded.
 
 A variable's `where` sees other variables as they were before the event being recorded.
 
@@ -26,8 +33,8 @@ and then the variable's `default` (if any) stands in.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import msgspec
 
@@ -38,7 +45,9 @@ from collector.scope import MISSING, Predicate, Scope, as_number, path_getter
 MAX_BUCKETS = 64
 DISTINCT_LIMIT = 100
 
-Buckets = list[Any]
+Bucket = Sequence[Any]  # (index, *payload): a tuple in a flat state, a list in a multi-bucket one
+Buckets = tuple[list[Any], ...]  # a multi-bucket state
+State = tuple[Any, ...]  # a variable's state, as a profile keeps it
 
 
 class Window:
@@ -82,77 +91,80 @@ class Stat:
     numeric = False
     empty: Any = MISSING
 
-    def new(self, idx: int, value: Any, t: float, before: list[Any] | None) -> list[Any]:
-        """A bucket holding one value."""
+    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+        """A bucket holding one value (`before`: the newest bucket so far, if any)."""
         raise NotImplementedError
 
-    def add(self, bucket: list[Any], value: Any, t: float) -> None:
-        """Fold a value into an existing bucket."""
+    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+        """The bucket with a value folded in, as a new tuple."""
         raise NotImplementedError
 
-    def read(self, buckets: Buckets, low: int, high: int) -> Any:
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
         """The statistic over the buckets with low <= index <= high."""
         raise NotImplementedError
 
-    def combine(self, a: list[Any], b: list[Any]) -> list[Any]:
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
         """Two buckets with the same index, as one (for merging profiles)."""
         raise NotImplementedError
 
-    def record(self, buckets: Buckets, idx: int, keep: int, value: Any, t: float) -> None:
-        """Add a value at bucket `idx`, creating and trimming buckets as needed."""
+    def record(self, buckets: Buckets, idx: int, keep: int, value: Any, t: float) -> Buckets:
+        """A multi-bucket state with a value added at bucket `idx`, trimmed to `keep` buckets."""
         if not buckets:
-            buckets.append(self.new(idx, value, t, None))
-            return
+            return ([*self.new(idx, value, t, None)],)
         last = buckets[-1]
         newest = last[0]
         if newest == idx:
-            self.add(last, value, t)
+            last[:] = self.folded(last, value, t)
         elif newest < idx:
-            buckets.append(self.new(idx, value, t, last))
             if buckets[0][0] <= idx - keep:
-                buckets[:] = [b for b in buckets if b[0] > idx - keep]
+                buckets = tuple(b for b in buckets if b[0] > idx - keep)
+            return (*buckets, [*self.new(idx, value, t, last)])
         elif not self.single and idx > newest - keep:  # a late event, still inside the window
             for pos in range(len(buckets) - 1, -1, -1):
-                if buckets[pos][0] == idx:
-                    self.add(buckets[pos], value, t)
-                    return
-                if buckets[pos][0] < idx:
-                    buckets.insert(pos + 1, self.new(idx, value, t, None))
-                    return
-            buckets.insert(0, self.new(idx, value, t, None))
+                bucket = buckets[pos]
+                if bucket[0] == idx:
+                    bucket[:] = self.folded(bucket, value, t)
+                    return buckets
+                if bucket[0] < idx:
+                    return (*buckets[: pos + 1], [*self.new(idx, value, t, None)],
+                            *buckets[pos + 1 :])
+            return ([*self.new(idx, value, t, None)], *buckets)
+        return buckets
 
-    def record_one(self, bucket: list[Any], idx: int, value: Any, t: float) -> None:
-        """Add a value when only the newest bucket is kept, as the variable's whole state."""
+    def record_one(self, bucket: Bucket, idx: int, value: Any, t: float) -> Bucket:
+        """A flat state (only the newest bucket is kept) with a value added at bucket `idx`."""
         if not bucket:
-            bucket.extend(self.new(idx, value, t, None))
-        elif bucket[0] == idx:
-            self.add(bucket, value, t)
-        elif bucket[0] < idx:
-            bucket[:] = self.new(idx, value, t, bucket)  # built before the old one is replaced
+            return self.new(idx, value, t, None)
+        newest = bucket[0]
+        if newest == idx:
+            return self.folded(bucket, value, t)
+        if newest < idx:
+            return self.new(idx, value, t, bucket)
+        return bucket  # a late event for a bucket no longer kept
 
-    def merge(self, a: Buckets, b: Buckets, keep: int) -> Buckets:
-        """Two bucket lists of one variable, as one."""
+    def merge(self, a: Sequence[Bucket], b: Sequence[Bucket], keep: int) -> Buckets:
+        """Two multi-bucket states of one variable, as one."""
         by_index: dict[int, list[Any]] = {bucket[0]: list(bucket) for bucket in a}
         for bucket in b:
             mine = by_index.get(bucket[0])
-            by_index[bucket[0]] = list(bucket) if mine is None else self.combine(mine, bucket)
+            by_index[bucket[0]] = list(bucket if mine is None else self.combine(mine, bucket))
         merged = [by_index[idx] for idx in sorted(by_index)]
         newest = merged[-1][0] if merged else 0
-        return [bucket for bucket in merged if bucket[0] > newest - keep]
+        return tuple(bucket for bucket in merged if bucket[0] > newest - keep)
 
 
 class Count(Stat):
-    """[idx, n]"""
+    """(idx, n)"""
 
     empty = 0
 
-    def new(self, idx: int, value: Any, t: float, before: list[Any] | None) -> list[Any]:
-        return [idx, 1]
+    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+        return (idx, 1)
 
-    def add(self, bucket: list[Any], value: Any, t: float) -> None:
-        bucket[1] += 1
+    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+        return (bucket[0], bucket[1] + 1)
 
-    def read(self, buckets: Buckets, low: int, high: int) -> Any:
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
         total = 0
         for bucket in reversed(buckets):
             idx = bucket[0]
@@ -162,23 +174,23 @@ class Count(Stat):
                 total += bucket[1]
         return total
 
-    def combine(self, a: list[Any], b: list[Any]) -> list[Any]:
-        return [a[0], a[1] + b[1]]
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
+        return (a[0], a[1] + b[1])
 
 
 class Sum(Count):
-    """[idx, total]"""
+    """(idx, total)"""
 
     numeric = True
     empty = MISSING
 
-    def new(self, idx: int, value: Any, t: float, before: list[Any] | None) -> list[Any]:
-        return [idx, value]
+    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+        return (idx, value)
 
-    def add(self, bucket: list[Any], value: Any, t: float) -> None:
-        bucket[1] += value
+    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+        return (bucket[0], bucket[1] + value)
 
-    def read(self, buckets: Buckets, low: int, high: int) -> Any:
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
         total: Any = MISSING
         for bucket in reversed(buckets):
             idx = bucket[0]
@@ -190,18 +202,17 @@ class Sum(Count):
 
 
 class Average(Stat):
-    """[idx, total, n]"""
+    """(idx, total, n)"""
 
     numeric = True
 
-    def new(self, idx: int, value: Any, t: float, before: list[Any] | None) -> list[Any]:
-        return [idx, value, 1]
+    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+        return (idx, value, 1)
 
-    def add(self, bucket: list[Any], value: Any, t: float) -> None:
-        bucket[1] += value
-        bucket[2] += 1
+    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+        return (bucket[0], bucket[1] + value, bucket[2] + 1)
 
-    def read(self, buckets: Buckets, low: int, high: int) -> Any:
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
         total, n = 0.0, 0
         for bucket in reversed(buckets):
             idx = bucket[0]
@@ -212,135 +223,130 @@ class Average(Stat):
                 n += bucket[2]
         return total / n if n else MISSING
 
-    def combine(self, a: list[Any], b: list[Any]) -> list[Any]:
-        return [a[0], a[1] + b[1], a[2] + b[2]]
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
+        return (a[0], a[1] + b[1], a[2] + b[2])
 
 
 class Minimum(Stat):
-    """[idx, lowest]"""
+    """(idx, lowest)"""
 
     numeric = True
 
-    def new(self, idx: int, value: Any, t: float, before: list[Any] | None) -> list[Any]:
-        return [idx, value]
+    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+        return (idx, value)
 
-    def add(self, bucket: list[Any], value: Any, t: float) -> None:
-        if value < bucket[1]:
-            bucket[1] = value
+    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+        return (bucket[0], value) if value < bucket[1] else tuple(bucket)
 
-    def read(self, buckets: Buckets, low: int, high: int) -> Any:
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
         found = [bucket[1] for bucket in buckets if low <= bucket[0] <= high]
         return min(found) if found else MISSING
 
-    def combine(self, a: list[Any], b: list[Any]) -> list[Any]:
-        return [a[0], min(a[1], b[1])]
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
+        return (a[0], min(a[1], b[1]))
 
 
 class Maximum(Minimum):
-    """[idx, highest]"""
+    """(idx, highest)"""
 
-    def add(self, bucket: list[Any], value: Any, t: float) -> None:
-        if value > bucket[1]:
-            bucket[1] = value
+    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+        return (bucket[0], value) if value > bucket[1] else tuple(bucket)
 
-    def read(self, buckets: Buckets, low: int, high: int) -> Any:
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
         found = [bucket[1] for bucket in buckets if low <= bucket[0] <= high]
         return max(found) if found else MISSING
 
-    def combine(self, a: list[Any], b: list[Any]) -> list[Any]:
-        return [a[0], max(a[1], b[1])]
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
+        return (a[0], max(a[1], b[1]))
 
 
-def _newest_until(buckets: Buckets, high: int) -> list[Any] | None:
+def _newest_until(buckets: Sequence[Bucket], high: int) -> Bucket | None:
     for bucket in reversed(buckets):
         if bucket[0] <= high:
-            return bucket  # type: ignore[no-any-return]
+            return bucket
     return None
 
 
 class Latest(Stat):
-    """[idx, value, t] — only the newest bucket is kept (two for previous_session)."""
+    """(idx, value, t) — only the newest bucket is kept (two for previous_session)."""
 
     single = True
 
-    def new(self, idx: int, value: Any, t: float, before: list[Any] | None) -> list[Any]:
-        return [idx, value, t]
+    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+        return (idx, value, t)
 
-    def add(self, bucket: list[Any], value: Any, t: float) -> None:
-        if t >= bucket[2]:
-            bucket[1] = value
-            bucket[2] = t
+    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+        return (bucket[0], value, t) if t >= bucket[2] else tuple(bucket)
 
-    def read(self, buckets: Buckets, low: int, high: int) -> Any:
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
         bucket = _newest_until(buckets, high)
         return bucket[1] if bucket is not None and bucket[0] >= low else MISSING
 
-    def combine(self, a: list[Any], b: list[Any]) -> list[Any]:
-        return list(a) if a[2] >= b[2] else list(b)
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
+        return tuple(a) if a[2] >= b[2] else tuple(b)
 
 
 class Previous(Stat):
-    """[idx, value, t, previous value, its t, its bucket index or None] — newest bucket only."""
+    """(idx, value, t, previous value, its t, its bucket index or None) — newest bucket only."""
 
     single = True
 
-    def new(self, idx: int, value: Any, t: float, before: list[Any] | None) -> list[Any]:
+    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
         if before is None:
-            return [idx, value, t, None, 0.0, None]
-        return [idx, value, t, before[1], before[2], before[0]]
+            return (idx, value, t, None, 0.0, None)
+        return (idx, value, t, before[1], before[2], before[0])
 
-    def add(self, bucket: list[Any], value: Any, t: float) -> None:
+    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+        idx = bucket[0]
         if t >= bucket[2]:
-            bucket[3:6] = [bucket[1], bucket[2], bucket[0]]
-            bucket[1] = value
-            bucket[2] = t
-        elif bucket[5] is None or t >= bucket[4]:
-            bucket[3:6] = [value, t, bucket[0]]
+            return (idx, value, t, bucket[1], bucket[2], idx)
+        if bucket[5] is None or t >= bucket[4]:
+            return (idx, bucket[1], bucket[2], value, t, idx)
+        return tuple(bucket)
 
-    def read(self, buckets: Buckets, low: int, high: int) -> Any:
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
         bucket = _newest_until(buckets, high)
         if bucket is None or bucket[5] is None or bucket[0] < low or not low <= bucket[5] <= high:
             return MISSING
         return bucket[3]
 
-    def combine(self, a: list[Any], b: list[Any]) -> list[Any]:
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
         seen = [(a[0], a[2], a[1]), (b[0], b[2], b[1])]
         seen += [(x[5], x[4], x[3]) for x in (a, b) if x[5] is not None]
         seen.sort(key=lambda item: (item[0], item[1]), reverse=True)
         (idx, t, value), (before_idx, before_t, before) = seen[0], seen[1]
-        return [idx, value, t, before, before_t, before_idx]
+        return (idx, value, t, before, before_t, before_idx)
 
 
 class First(Stat):
-    """[idx, value, t] — the earliest value in each bucket."""
+    """(idx, value, t) — the earliest value in each bucket."""
 
-    def new(self, idx: int, value: Any, t: float, before: list[Any] | None) -> list[Any]:
-        return [idx, value, t]
+    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+        return (idx, value, t)
 
-    def add(self, bucket: list[Any], value: Any, t: float) -> None:
-        if t < bucket[2]:
-            bucket[1] = value
-            bucket[2] = t
+    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+        return (bucket[0], value, t) if t < bucket[2] else tuple(bucket)
 
-    def read(self, buckets: Buckets, low: int, high: int) -> Any:
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
         for bucket in buckets:
             if low <= bucket[0] <= high:
                 return bucket[1]
         return MISSING
 
-    def combine(self, a: list[Any], b: list[Any]) -> list[Any]:
-        return list(a) if a[2] <= b[2] else list(b)
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
+        return tuple(a) if a[2] <= b[2] else tuple(b)
 
 
 class Distinct(Stat):
-    """[newest idx, {value key: [last idx, idx before that]}], at most DISTINCT_LIMIT values."""
+    """(newest idx, {value key: [last idx, idx before that]}), at most DISTINCT_LIMIT values."""
 
     empty = 0
 
-    def record(self, buckets: Buckets, idx: int, keep: int, value: Any, t: float) -> None:
-        if not buckets:
-            buckets.extend((idx, {}))
-        seen: dict[str, list[int]] = buckets[1]
+    def record_distinct(self, state: Bucket, idx: int, keep: int, value: Any) -> Bucket:
+        """The state with a value seen at bucket `idx` (its map is updated in place)."""
+        if not state:
+            state = (idx, {})
+        seen: dict[str, list[int]] = state[1]
         key = value if value.__class__ is str else "\x00" + msgspec.json.encode(value).decode()
         entry = seen.get(key)
         if entry is None:
@@ -349,23 +355,26 @@ class Distinct(Stat):
             seen[key] = [idx, entry[0]]
         elif entry[0] > idx and (len(entry) == 1 or entry[1] < idx):
             seen[key] = [entry[0], idx]
-        if idx > buckets[0]:
-            buckets[0] = idx
+        if idx > state[0]:
+            state = (idx, seen)
             stale = [k for k, e in seen.items() if e[0] <= idx - keep]
             for k in stale:
                 del seen[k]
         if len(seen) > DISTINCT_LIMIT:
             del seen[min(seen, key=lambda k: seen[k][0])]
+        return state
 
-    def read(self, buckets: Buckets, low: int, high: int) -> Any:
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
         count = 0
-        for entry in buckets[1].values():
+        seen = cast("dict[str, list[int]]", buckets[1])  # the state is (newest index, map)
+        for entry in seen.values():
             last = entry[0]
             if low <= last <= high or (last > high and len(entry) == 2 and low <= entry[1] <= high):
                 count += 1
         return count
 
-    def merge(self, a: Buckets, b: Buckets, keep: int) -> Buckets:
+    def merge_distinct(self, a: Bucket, b: Bucket, keep: int) -> tuple[Any, ...]:
+        """Two states of one distinct count, as one."""
         newest = max(a[0], b[0])
         seen: dict[str, list[int]] = {k: list(v) for k, v in a[1].items()}
         for key, entry in b[1].items():
@@ -374,7 +383,7 @@ class Distinct(Stat):
         kept = sorted(
             ((k, e) for k, e in seen.items() if e[0] > newest - keep), key=lambda item: -item[1][0]
         )
-        return [newest, dict(kept[:DISTINCT_LIMIT])]
+        return (newest, dict(kept[:DISTINCT_LIMIT]))
 
 
 STATS: dict[str, Stat] = {
@@ -428,8 +437,8 @@ class Variable:
     """A compiled variable: which events feed it, how, and how to read its value."""
 
     __slots__ = (
-        "default", "events", "field", "flat", "keep", "name", "stat", "time_value", "where",
-        "window",
+        "default", "distinct", "events", "field", "flat", "keep", "name", "stat", "time_value",
+        "where", "window",
     )
 
     def __init__(
@@ -447,7 +456,8 @@ class Variable:
         self.time_value = stat in _TIME_STATS
         self.window = Window(window)
         self.keep = 1 + self.window.offset if self.stat.single else self.window.keep
-        self.flat = self.keep == 1 and not isinstance(self.stat, Distinct)  # state = one bucket
+        self.distinct = self.stat if isinstance(self.stat, Distinct) else None
+        self.flat = self.keep == 1 and self.distinct is None  # the state is the one bucket
         self.field = field
         self.where: Predicate | None = None  # set once conditions are compiled
         self.default = MISSING if default is None else default
@@ -466,29 +476,36 @@ class Variable:
                 if value is MISSING:
                     return
         variables = scope.state.variables
-        buckets = variables.get(self.name)
-        if buckets is None:
-            buckets = variables[self.name] = []
+        state = variables.get(self.name, ())
+        stat = self.stat
         if self.flat:
-            self.stat.record_one(buckets, self.window.index(scope), value, scope.t)
+            changed = stat.record_one(state, self.window.index(scope), value, scope.t)
+        elif self.distinct is not None:
+            changed = self.distinct.record_distinct(
+                state, self.window.index(scope), self.keep, value
+            )
         else:
-            self.stat.record(buckets, self.window.index(scope), self.keep, value, scope.t)
+            changed = stat.record(state, self.window.index(scope), self.keep, value, scope.t)
+        if changed is not state:
+            variables[self.name] = tuple(changed)
 
     def read(self, scope: Scope) -> Any:
         """The variable's current value: the statistic, else the default, else MISSING."""
-        buckets = scope.state.variables.get(self.name)
+        state = scope.state.variables.get(self.name)
         value = self.stat.empty
-        if buckets:
+        if state:
             window = self.window
             high = window.index(scope) - window.offset
             low = high - window.span + 1
-            value = self.stat.read([buckets] if self.flat else buckets, low, high)
+            value = self.stat.read((state,) if self.flat else state, low, high)
         return self.default if value is MISSING else value
 
-    def merge(self, a: Buckets, b: Buckets, a_is_newer: bool) -> Buckets:
+    def merge(self, a: State, b: State, a_is_newer: bool) -> State:
         """Merge two profiles' states; session windows keep the newer profile's sessions."""
         if self.window.kind in ("session", "previous_session"):
             return a if a_is_newer else b
+        if self.distinct is not None:
+            return self.distinct.merge_distinct(a, b, self.keep)
         if self.flat:
-            return self.stat.merge([a], [b], 1)[0]  # type: ignore[no-any-return]
+            return tuple(self.stat.merge((a,), (b,), 1)[0])
         return self.stat.merge(a, b, self.keep)
