@@ -538,7 +538,6 @@ class _TransportStream(asyncio.Protocol, httpcore.AsyncNetworkStream):
                 return b""
             self._reader = self._loop.create_future()
             await self._wait(self._reader, timeout, httpcore.ReadTimeout)
-            self._reader = None
         chunk = self._received.popleft()
         if len(chunk) > max_bytes:
             self._received.appendleft(chunk[max_bytes:])
@@ -606,17 +605,17 @@ class _TransportStream(asyncio.Protocol, httpcore.AsyncNetworkStream):
         return None if name is None else self._transport.get_extra_info(name)
 
     async def _flush(self, timeout: float | None) -> None:
+        """Send the held writes; on a lost connection they are dropped, as the read will tell."""
         data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
         self._held.clear()
         self._held_size = 0
         if self._lost:
-            raise httpcore.WriteError("connection closed")
+            return
         assert self._transport is not None
         self._transport.write(data)
         while self._writing_paused and not self._lost:
             self._drainer = self._loop.create_future()
             await self._wait(self._drainer, timeout, httpcore.WriteTimeout)
-            self._drainer = None
 
     async def _wait(
         self,
