@@ -3,9 +3,9 @@
     python benchmarks/bench_delivery.py [--requests 4000] [--concurrency 8] [--rounds 3]
 
 The sink runs in its own process (uvicorn, a bare ASGI app answering 200), so the figures
-measure the sending side. The bare loop uses an httpx client with the same settings as the
-dispatcher's (limits, timeout, no env, no redirects) and the same concurrency, posting the same
-JSON body without signing, logging or scheduling. Rounds alternate; the best of each is kept.
+measure the sending side. The bare loop is a plain httpx client (keep-alive pool, same timeout,
+no env, no redirects) at the same concurrency, posting the same JSON body without signing,
+logging or scheduling. Rounds alternate; the best of each is kept.
 Also printed: the cost of a host-name resolution with and without the SSRF guard's cache, and
 how many resolutions the dispatcher made (one per new connection, none per request).
 """
