@@ -2,11 +2,19 @@
 
 Targets (SPEC §10): single-message requests ≥ 0.6 × the bare app's requests/s; 20-message
 batches ≥ 2.5 × that figure in messages/s. The server gets core 0, wrk core 1.
+
+On a shared machine, throughput swings with whatever else runs on core 0, so each figure also
+comes with the CPU time the server process itself spent per request (or message), read from
+/proc/PID/stat around each wrk run, and the ratio those CPU times give: what the throughput
+ratio would be with the core to itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from benchmarks.common import bare_app, free_port, metric_sum, tripwire, wrk
@@ -85,33 +93,75 @@ def pipeline_config(sink_url: str) -> dict[str, Any]:
     }
 
 
+def server_cpu(port: int) -> Callable[[], float] | None:
+    """A reader of the CPU seconds used so far by the server on `port` (None without /proc)."""
+    marker = f"--port\0{port}\0".encode()
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker in (entry / "cmdline").read_bytes():
+                stat = entry / "stat"
+                break
+        except OSError:
+            continue
+    else:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def read() -> float:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+    return read
+
+
+def measure(url: str, port: int, seconds: int, batch: int = 1) -> tuple[float, float | None]:
+    """(messages/s, server CPU µs per message) for one wrk run."""
+    cpu = server_cpu(port)
+    before = cpu() if cpu else 0.0
+    messages = wrk(url + "/v1/batch", seconds=seconds, batch=batch) * batch
+    if cpu is None:
+        return messages, None
+    return messages, (cpu() - before) / (messages * seconds) * 1e6
+
+
+def _cpu_text(cpu: float | None, base: float | None, unit: str) -> str:
+    if cpu is None or base is None:
+        return ""
+    return f"   server CPU {cpu:6.1f} µs/{unit} (ratio by CPU {base / cpu:.2f})"
+
+
 def main() -> None:
     """Measure and print the figures and ratios."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=5)
     args = parser.parse_args()
-    with bare_app(free_port()) as bare:
+    port = free_port()
+    with bare_app(port) as bare:
         wrk(bare + "/v1/batch", seconds=1)  # warm up
-        baseline = wrk(bare + "/v1/batch", seconds=args.seconds)
+        baseline, base_cpu = measure(bare, port, args.seconds)
+    port = free_port()
     with (
         bare_app(free_port(), cores="1") as sink,
-        tripwire(pipeline_config(sink), free_port()) as url,
+        tripwire(pipeline_config(sink), port) as url,
     ):
         wrk(url + "/v1/batch", seconds=1)
-        single = wrk(url + "/v1/batch", seconds=args.seconds)
-        batched = wrk(url + "/v1/batch", seconds=args.seconds, batch=20) * 20
+        single, single_cpu = measure(url, port, args.seconds)
+        batched, batched_cpu = measure(url, port, args.seconds, batch=20)
         messages = metric_sum(url, "tripwire_ingest_messages_total", result="accepted")
         fired = metric_sum(url, "tripwire_campaign_decisions_total", outcome="fired")
         considered = metric_sum(url, "tripwire_campaign_decisions_total")
-    print(f"bare ASGI app (reads body, 204):        {baseline:10,.0f} requests/s")
+    base_text = f"   server CPU {base_cpu:6.1f} µs/request" if base_cpu is not None else ""
+    print(f"bare ASGI app (reads body, 204):        {baseline:10,.0f} requests/s{base_text}")
     print(f"({messages:,.0f} messages; {considered:,.0f} decisions; {fired:,.0f} webhooks fired)")
     print(
         f"tripwire, 1-message requests:           {single:10,.0f} requests/s   "
         f"ratio {single / baseline:.2f} (target ≥ 0.60)"
+        + _cpu_text(single_cpu, base_cpu, "request")
     )
     print(
         f"tripwire, 20-message batches:           {batched:10,.0f} messages/s   "
         f"ratio {batched / baseline:.2f} (target ≥ 2.50)"
+        + _cpu_text(batched_cpu, base_cpu, "message")
     )
 
 

@@ -123,12 +123,11 @@ class Engine:
             state.user_id = event.user_id
         anonymous_id = event.anonymous_id
         if anonymous_id is not None:
-            ids = state.anonymous_ids
+            ids = state.anonymous
             if not ids or ids[-1] != anonymous_id:
                 if anonymous_id in ids:
-                    ids.remove(anonymous_id)
-                ids.append(anonymous_id)
-                del ids[:-MAX_ANONYMOUS_IDS]
+                    ids = tuple(i for i in ids if i != anonymous_id)
+                state.anonymous = (*ids, anonymous_id)[-MAX_ANONYMOUS_IDS:]
         if event.traits:
             state.traits.update(event.traits)
         counts = state.event_counts
@@ -276,7 +275,7 @@ class Engine:
         return {
             "key": state.key,
             "user_id": state.user_id,
-            "anonymous_ids": list(state.anonymous_ids),
+            "anonymous_ids": list(state.anonymous),
             "traits": dict(state.traits),
             "first_seen": state.first_seen,
             "last_seen": state.last_seen,

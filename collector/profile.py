@@ -83,7 +83,11 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
 
     key: str  # the store's key for this profile; also seeds sticky rate/variant assignment
     user_id: str | None = None
-    anonymous_ids: list[str] = []  # oldest first, at most MAX_ANONYMOUS_IDS
+    # Oldest first, at most MAX_ANONYMOUS_IDS; encoded as "anonymous_ids", and read or set as a
+    # list through that property. Kept as a tuple because the cyclic GC stops tracking a tuple
+    # of strings, where a list per profile would be walked by every full collection: in a big
+    # memory-mode store, those lists were most of what the collector walked.
+    anonymous: tuple[str, ...] = msgspec.field(default=(), name="anonymous_ids")
     traits: dict[str, Any] = {}
     first_seen: float = 0.0
     last_seen: float = 0.0
@@ -95,6 +99,15 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     caps: dict[str, Caps] | None = None  # per campaign with frequency caps
     decisions: dict[str, Verdict] = {}  # latest decision per campaign
     page: dict[str, Any] | None = None  # latest page (path, url, title, referrer, search), if used
+
+    @property
+    def anonymous_ids(self) -> list[str]:
+        """The anonymous ids seen, oldest first (a copy: assign a new list to change them)."""
+        return list(self.anonymous)
+
+    @anonymous_ids.setter
+    def anonymous_ids(self, ids: list[str]) -> None:
+        self.anonymous = tuple(ids)
 
 
 VariableMerger = Callable[[str, tuple[Any, ...], tuple[Any, ...], bool], tuple[Any, ...]]
@@ -110,8 +123,8 @@ def merge(a: UserState, b: UserState, merge_variable: VariableMerger) -> UserSta
     """Combine two profiles of one person; the result keeps `a.key` and answers to both ids."""
     a_newer = a.last_seen >= b.last_seen
     newer, older = (a, b) if a_newer else (b, a)
-    anonymous = [i for i in older.anonymous_ids if i not in newer.anonymous_ids]
-    anonymous.extend(newer.anonymous_ids)
+    anonymous = [i for i in older.anonymous if i not in newer.anonymous]
+    anonymous.extend(newer.anonymous)
     counts = dict(a.event_counts)
     for name, count in b.event_counts.items():
         if name in counts or len(counts) < MAX_EVENT_NAMES:
@@ -132,7 +145,7 @@ def merge(a: UserState, b: UserState, merge_variable: VariableMerger) -> UserSta
     return UserState(
         key=a.key,
         user_id=newer.user_id or older.user_id,
-        anonymous_ids=anonymous[-MAX_ANONYMOUS_IDS:],
+        anonymous=tuple(anonymous[-MAX_ANONYMOUS_IDS:]),
         traits={**older.traits, **newer.traits},
         first_seen=min(a.first_seen, b.first_seen),
         last_seen=max(a.last_seen, b.last_seen),

@@ -70,7 +70,7 @@ def _timestamp(scope: Scope) -> str:
 def _visitor_id(scope: Scope) -> Any:
     if scope.event.anonymous_id is not None:
         return scope.event.anonymous_id
-    ids = scope.state.anonymous_ids
+    ids = scope.state.anonymous
     return ids[-1] if ids else MISSING
 
 

@@ -17,11 +17,11 @@ newest bucket; `distinct_count` keeps `(newest index, map)`, the map holding at 
 `DISTINCT_LIMIT` values with the last two bucket indexes each was seen in.
 
 Why tuples: a profile's state lives for days and millions of profiles may be held at once. A
-flat state is a tuple of plain values, which the cyclic garbage collector stops tracking after
-its first pass over it, where a list would be walked by every full collection for the profile's
-whole life; folding a value in makes a new tuple (`Stat.folded`). The buckets of a multi-bucket
-state are lists, folded in place, because msgpack gives nested arrays back as lists and a
-decoded state must equal the one encoded.
+state made of tuples of plain values is one the cyclic garbage collector stops tracking after
+its first pass over it, where lists would be walked by every full collection for the profile's
+whole life; folding a value in makes a new tuple (`Stat.folded`). A state decoded from msgpack
+holds lists where buckets nest (`Any` arrays decode as lists); every stat only indexes buckets,
+so both read the same.
 
 A variable's `where` sees other variables as they were before the event being recorded.
 
@@ -45,8 +45,8 @@ from collector.scope import MISSING, Predicate, Scope, as_number, path_getter
 MAX_BUCKETS = 64
 DISTINCT_LIMIT = 100
 
-Bucket = Sequence[Any]  # (index, *payload): a tuple in a flat state, a list in a multi-bucket one
-Buckets = tuple[list[Any], ...]  # a multi-bucket state
+Bucket = Sequence[Any]  # (index, *payload), a tuple (a list once decoded from msgpack)
+Buckets = tuple[Bucket, ...]  # a multi-bucket state
 State = tuple[Any, ...]  # a variable's state, as a profile keeps it
 
 
@@ -110,25 +110,23 @@ class Stat:
     def record(self, buckets: Buckets, idx: int, keep: int, value: Any, t: float) -> Buckets:
         """A multi-bucket state with a value added at bucket `idx`, trimmed to `keep` buckets."""
         if not buckets:
-            return ([*self.new(idx, value, t, None)],)
+            return (self.new(idx, value, t, None),)
         last = buckets[-1]
         newest = last[0]
         if newest == idx:
-            last[:] = self.folded(last, value, t)
-        elif newest < idx:
+            return (*buckets[:-1], self.folded(last, value, t))
+        if newest < idx:
             if buckets[0][0] <= idx - keep:
                 buckets = tuple(b for b in buckets if b[0] > idx - keep)
-            return (*buckets, [*self.new(idx, value, t, last)])
-        elif not self.single and idx > newest - keep:  # a late event, still inside the window
+            return (*buckets, self.new(idx, value, t, last))
+        if not self.single and idx > newest - keep:  # a late event, still inside the window
             for pos in range(len(buckets) - 1, -1, -1):
                 bucket = buckets[pos]
                 if bucket[0] == idx:
-                    bucket[:] = self.folded(bucket, value, t)
-                    return buckets
+                    return (*buckets[:pos], self.folded(bucket, value, t), *buckets[pos + 1 :])
                 if bucket[0] < idx:
-                    return (*buckets[: pos + 1], [*self.new(idx, value, t, None)],
-                            *buckets[pos + 1 :])
-            return ([*self.new(idx, value, t, None)], *buckets)
+                    return (*buckets[: pos + 1], self.new(idx, value, t, None), *buckets[pos + 1 :])
+            return (self.new(idx, value, t, None), *buckets)
         return buckets
 
     def record_one(self, bucket: Bucket, idx: int, value: Any, t: float) -> Bucket:
@@ -144,11 +142,11 @@ class Stat:
 
     def merge(self, a: Sequence[Bucket], b: Sequence[Bucket], keep: int) -> Buckets:
         """Two multi-bucket states of one variable, as one."""
-        by_index: dict[int, list[Any]] = {bucket[0]: list(bucket) for bucket in a}
+        by_index: dict[int, Bucket] = {bucket[0]: bucket for bucket in a}
         for bucket in b:
             mine = by_index.get(bucket[0])
-            by_index[bucket[0]] = list(bucket if mine is None else self.combine(mine, bucket))
-        merged = [by_index[idx] for idx in sorted(by_index)]
+            by_index[bucket[0]] = bucket if mine is None else self.combine(mine, bucket)
+        merged = [tuple(by_index[idx]) for idx in sorted(by_index)]
         newest = merged[-1][0] if merged else 0
         return tuple(bucket for bucket in merged if bucket[0] > newest - keep)
 
