@@ -29,6 +29,9 @@ user's lifetime (`user`), the current session (`session`) or one event (`event`,
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
+from itertools import groupby
+from operator import attrgetter
 from typing import Any
 
 from collector.profile import Caps
@@ -214,6 +217,22 @@ class Campaign:
             caps.in_day += 1
         else:
             caps.day, caps.in_day = scope.day, 1
+
+
+class Run:
+    """Neighbouring campaigns (in rank order) behind one gate, decided together when it is shut."""
+
+    __slots__ = ("campaigns", "gate", "ids")
+
+    def __init__(self, gate: Gate, campaigns: tuple[Campaign, ...]) -> None:
+        self.gate = gate
+        self.campaigns = campaigns
+        self.ids = tuple(campaign.id for campaign in campaigns)
+
+
+def runs(ranked: Iterable[Campaign]) -> tuple[Run, ...]:
+    """Campaigns in rank order, cut into runs of neighbours that share a gate."""
+    return tuple(Run(gate, tuple(group)) for gate, group in groupby(ranked, attrgetter("gate")))
 
 
 def _nobody(scope: Scope) -> bool:

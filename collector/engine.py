@@ -37,7 +37,7 @@ from typing import Any
 
 import msgspec
 
-from collector.campaigns import Arm, Campaign, Gate
+from collector.campaigns import Arm, Campaign, Gate, Run, runs
 from collector.events import Event
 from collector.profile import (
     FIRED,
@@ -81,6 +81,12 @@ class Engine:
 
     def __init__(self, rules: Rules) -> None:
         self.rules = rules
+        # Decisions are frozen and stamped with `now`, which is the same for every event of a
+        # request: those a shut gate gives a whole run of campaigns are made once per `now` and
+        # shared, as are the verdicts profiles keep. Only the current `now`'s are held.
+        self._made_at: float | None = None
+        self._shut: dict[tuple[Run, str], tuple[list[Decision], Verdict]] = {}
+        self._verdicts: dict[str, Verdict] = {}
 
     def replace_campaign(self, spec: CampaignSpec, updated_at: float) -> None:
         """Add or replace one campaign (raises ConfigError if its templates are invalid)."""
@@ -108,10 +114,11 @@ class Engine:
             scope.values.clear()  # values read by a `where` are stale now
             scope.segments.clear()
         entered = self._entered(rules, scope) if rules.tracked else []
-        candidates = rules.by_event.get(event.name, ())
+        candidates = rules.runs_by_event.get(event.name, ())
         if entered:
             extra = [c for name in entered for c in rules.by_segment[name]]
-            candidates = tuple(sorted((*candidates, *extra), key=Campaign.rank))
+            ranked = sorted((*rules.by_event.get(event.name, ()), *extra), key=Campaign.rank)
+            candidates = runs(ranked)
         decisions: list[Decision] = []
         webhooks: list[WebhookRequest] = []
         if candidates:
@@ -163,36 +170,47 @@ class Engine:
 
     def _decide(
         self,
-        candidates: tuple[Campaign, ...],
+        candidates: tuple[Run, ...],
         scope: Scope,
         now: float,
         decisions: list[Decision],
         webhooks: list[WebhookRequest],
     ) -> None:
+        if now != self._made_at:
+            self._made_at = now
+            self._shut.clear()
+            self._verdicts.clear()
+        shut = self._shut
+        verdicts = self._verdicts
         latest = scope.state.decisions
         record = decisions.append
         exclusive_fired = False
-        # Each distinct gate is checked once per event. Campaigns behind one gate are usually
-        # neighbours in rank order, so the last gate's answer is kept at hand.
-        gates: dict[Gate, str | None] = {}
-        last_gate: Gate | None = None
-        closed: str | None = None
-        # Campaigns suppressed for the same reason on this event share one Verdict in the state.
-        verdicts: dict[str, Verdict] = {}
-        for campaign in candidates:
-            gate = campaign.gate
-            if gate is not last_gate:
-                closed = gates.get(gate, _UNCHECKED)
-                if closed is _UNCHECKED:
-                    closed = gates[gate] = gate.check(scope)
-                last_gate = gate
-            campaign_id = campaign.id
-            reason = closed
-            variant_id: str | None = None
-            if reason is None:
+        gates: dict[Gate, str | None] = {}  # each distinct gate is checked once per event
+        for run in candidates:
+            gate = run.gate
+            closed = gates.get(gate, _UNCHECKED)
+            if closed is _UNCHECKED:
+                closed = gates[gate] = gate.check(scope)
+            if closed is not None:
+                # The common case (most visitors are outside most audiences): every campaign of
+                # the run gets the same decision, made once per `now` and shared.
+                made = shut.get((run, closed))
+                if made is None:
+                    made = shut[run, closed] = (
+                        [Decision(cid, None, SUPPRESSED, closed, now) for cid in run.ids],
+                        Verdict(None, closed, now),
+                    )
+                decisions.extend(made[0])
+                verdict = made[1]
+                for campaign_id in run.ids:
+                    latest[campaign_id] = verdict
+                continue
+            for campaign in run.campaigns:
+                campaign_id = campaign.id
+                variant_id: str | None = None
                 arm = campaign.qualify(scope)
                 if isinstance(arm, str):
-                    reason = arm
+                    reason: str | None = arm
                 else:
                     variant_id = arm.variant_id
                     if campaign.exclusive and exclusive_fired:
@@ -201,18 +219,18 @@ class Engine:
                         reason = self._fire(campaign, arm, scope, now, webhooks)
                         if reason is None and campaign.exclusive:
                             exclusive_fired = True
-            if reason is None:
-                record(Decision(campaign_id, variant_id, FIRED, None, now))
-                latest[campaign_id] = Verdict(variant_id, None, now)
-                continue
-            record(Decision(campaign_id, variant_id, SUPPRESSED, reason, now))
-            if variant_id is None:
-                verdict = verdicts.get(reason)
-                if verdict is None:
-                    verdict = verdicts[reason] = Verdict(None, reason, now)
-                latest[campaign_id] = verdict
-            else:
-                latest[campaign_id] = Verdict(variant_id, reason, now)
+                if reason is None:
+                    record(Decision(campaign_id, variant_id, FIRED, None, now))
+                    latest[campaign_id] = Verdict(variant_id, None, now)
+                    continue
+                record(Decision(campaign_id, variant_id, SUPPRESSED, reason, now))
+                if variant_id is None:
+                    shared = verdicts.get(reason)
+                    if shared is None:
+                        shared = verdicts[reason] = Verdict(None, reason, now)
+                    latest[campaign_id] = shared
+                else:
+                    latest[campaign_id] = Verdict(variant_id, reason, now)
 
     def _fire(
         self, campaign: Campaign, arm: Arm, scope: Scope, now: float, webhooks: list[WebhookRequest]

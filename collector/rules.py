@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from collector.campaigns import Campaign, Gate, build_arms
+from collector.campaigns import Campaign, Gate, build_arms, runs
 from collector.conditions import ConditionCompiler
 from collector.errors import ConfigError
 from collector.schedule import Calendar, CompiledSchedule
@@ -212,6 +212,7 @@ class Rules:
             elif campaign.trigger_event is not None:
                 triggered.setdefault(campaign.trigger_event, []).append(campaign)
         self.by_event = {name: tuple(found) for name, found in triggered.items()}
+        self.runs_by_event = {name: runs(found) for name, found in self.by_event.items()}
         self.by_segment = {name: tuple(found) for name, found in entered.items()}
         self.tracked = tuple((name, self.segments[name]) for name in sorted(entered))
 
