@@ -107,12 +107,20 @@ class Engine:
         number = self._observe(rules, state, event, t)
         scope = Scope(state, event, t, rules.calendar, number)
         recorders = rules.variables_by_event.get(event.name)
-        if recorders:
-            # every `where` first, so each sees the variables as they were before this event
-            for variable in [v for v in recorders if v.where is None or v.where(scope)]:
-                variable.record(scope)
-            scope.values.clear()  # values read by a `where` are stale now
-            scope.segments.clear()
+        if recorders is not None:
+            plain, filtered = recorders
+            if filtered:
+                # every `where` first, so each sees the variables as they were before this event
+                matched = [v for v in filtered if v.where is not None and v.where(scope)]
+                for variable in plain:
+                    variable.record(scope)
+                for variable in matched:
+                    variable.record(scope)
+                scope.values.clear()  # values read by a `where` are stale now
+                scope.segments.clear()
+            else:
+                for variable in plain:
+                    variable.record(scope)
         entered = self._entered(rules, scope) if rules.tracked else []
         candidates = rules.runs_by_event.get(event.name, ())
         if entered:

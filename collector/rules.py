@@ -199,7 +199,14 @@ class Rules:
         for variable in self.variables.values():
             for name in variable.events:
                 by_event.setdefault(name, []).append(variable)
-        self.variables_by_event = {name: tuple(found) for name, found in by_event.items()}
+        # per event name: the variables fed unconditionally, and those with a `where`
+        self.variables_by_event = {
+            name: (
+                tuple(v for v in found if v.where is None),
+                tuple(v for v in found if v.where is not None),
+            )
+            for name, found in by_event.items()
+        }
         self.segments: dict[str, Predicate] = {
             name: registry.segment(name) for name in config.segments
         }

@@ -34,6 +34,7 @@ and then the variable's `default` (if any) stands in.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Any, cast
 
 import msgspec
@@ -53,7 +54,7 @@ State = tuple[Any, ...]  # a variable's state, as a profile keeps it
 class Window:
     """Maps the event's time to a bucket index and says which buckets a read covers."""
 
-    __slots__ = ("keep", "kind", "offset", "span", "width")
+    __slots__ = ("index", "keep", "kind", "offset", "span", "width")
 
     def __init__(self, window: str) -> None:
         self.kind = window
@@ -69,19 +70,24 @@ class Window:
             self.width = -(-units // MAX_BUCKETS)
             self.span = -(-units // self.width)
         self.keep = self.span + self.offset  # buckets worth keeping
+        self.index = _index(self.kind, self.width)  # the bucket the current time falls in
 
-    def index(self, scope: Scope) -> int:
-        """The bucket the current time falls in."""
-        kind = self.kind
-        if kind == "all":
-            return 0
-        if kind == "days":
-            return scope.day // self.width
-        if kind == "hours":
-            return scope.hour // self.width
-        if kind == "today":
-            return scope.day
-        return scope.session_number
+
+def _index(kind: str, width: int) -> Callable[[Scope], int]:
+    """A window's bucket index for a scope, chosen once (attrgetter runs in C)."""
+    if kind == "all":
+        return _all_time
+    if kind in ("days", "hours"):
+        unit = "day" if kind == "days" else "hour"
+        if width == 1:
+            return attrgetter(unit)
+        read = attrgetter(unit)
+        return lambda scope: read(scope) // width
+    return attrgetter("day" if kind == "today" else "session_number")
+
+
+def _all_time(scope: Scope) -> int:
+    return 0
 
 
 class Stat:
@@ -129,7 +135,7 @@ class Stat:
             return (self.new(idx, value, t, None), *buckets)
         return buckets
 
-    def record_one(self, bucket: Bucket, idx: int, value: Any, t: float) -> Bucket:
+    def record_one(self, bucket: State, idx: int, value: Any, t: float) -> State:
         """A flat state (only the newest bucket is kept) with a value added at bucket `idx`."""
         if not bucket:
             return self.new(idx, value, t, None)
@@ -340,7 +346,7 @@ class Distinct(Stat):
 
     empty = 0
 
-    def record_distinct(self, state: Bucket, idx: int, keep: int, value: Any) -> Bucket:
+    def record_distinct(self, state: State, idx: int, keep: int, value: Any) -> State:
         """The state with a value seen at bucket `idx` (its map is updated in place)."""
         if not state:
             state = (idx, {})
@@ -435,8 +441,8 @@ class Variable:
     """A compiled variable: which events feed it, how, and how to read its value."""
 
     __slots__ = (
-        "default", "distinct", "events", "field", "flat", "keep", "name", "stat", "time_value",
-        "where", "window",
+        "default", "distinct", "events", "extract", "field", "flat", "fold", "index", "keep",
+        "name", "stat", "time_value", "where", "window",
     )
 
     def __init__(
@@ -453,39 +459,52 @@ class Variable:
         self.stat = STATS[stat]
         self.time_value = stat in _TIME_STATS
         self.window = Window(window)
+        self.index = self.window.index
         self.keep = 1 + self.window.offset if self.stat.single else self.window.keep
         self.distinct = self.stat if isinstance(self.stat, Distinct) else None
         self.flat = self.keep == 1 and self.distinct is None  # the state is the one bucket
         self.field = field
         self.where: Predicate | None = None  # set once conditions are compiled
         self.default = MISSING if default is None else default
+        # what `record` runs, chosen once for the statistic, window and field
+        self.extract = self._extractor()
+        self.fold = self._folder()
+
+    def _extractor(self) -> Callable[[Scope], Any]:
+        """The value an event brings, or MISSING when it brings none (the event is skipped)."""
+        if self.time_value:
+            return attrgetter("t")
+        field = self.field
+        if field is None:
+            return _no_value
+        if self.stat.numeric:
+            return lambda scope: (
+                MISSING if (value := field(scope.event)) is MISSING or value is None
+                else as_number(value)
+            )
+        return lambda scope: MISSING if (value := field(scope.event)) is None else value
+
+    def _folder(self) -> Callable[[State, int, Any, float], State]:
+        """The state with a value folded in at a bucket index and time."""
+        if self.flat:
+            return self.stat.record_one
+        keep = self.keep
+        if self.distinct is not None:
+            record_distinct = self.distinct.record_distinct
+            return lambda state, idx, value, t: record_distinct(state, idx, keep, value)
+        record = self.stat.record
+        return lambda state, idx, value, t: record(state, idx, keep, value, t)
 
     def record(self, scope: Scope) -> None:
         """Fold the current event into the user's state (the caller has checked `where`)."""
-        value: Any = None
-        if self.time_value:
-            value = scope.t
-        elif self.field is not None:
-            value = self.field(scope.event)
-            if value is MISSING or value is None:
-                return
-            if self.stat.numeric:
-                value = as_number(value)
-                if value is MISSING:
-                    return
+        value = self.extract(scope)
+        if value is MISSING:
+            return
         variables = scope.state.variables
         state = variables.get(self.name, ())
-        stat = self.stat
-        if self.flat:
-            changed = stat.record_one(state, self.window.index(scope), value, scope.t)
-        elif self.distinct is not None:
-            changed = self.distinct.record_distinct(
-                state, self.window.index(scope), self.keep, value
-            )
-        else:
-            changed = stat.record(state, self.window.index(scope), self.keep, value, scope.t)
+        changed = self.fold(state, self.index(scope), value, scope.t)
         if changed is not state:
-            variables[self.name] = tuple(changed)
+            variables[self.name] = changed
 
     def read(self, scope: Scope) -> Any:
         """The variable's current value: the statistic, else the default, else MISSING."""
@@ -493,7 +512,7 @@ class Variable:
         value = self.stat.empty
         if state:
             window = self.window
-            high = window.index(scope) - window.offset
+            high = self.index(scope) - window.offset
             low = high - window.span + 1
             value = self.stat.read((state,) if self.flat else state, low, high)
         return self.default if value is MISSING else value
@@ -507,3 +526,7 @@ class Variable:
         if self.flat:
             return tuple(self.stat.merge((a,), (b,), 1)[0])
         return self.stat.merge(a, b, self.keep)
+
+
+def _no_value(scope: Scope) -> Any:
+    return None  # `count` without a field counts the event itself
