@@ -100,15 +100,15 @@ def decode_batch(body: bytes, received_at: float) -> Decoded:
     events: list[Event] = []
     rejected: list[Rejection] = []
     sent_at = envelope.sentAt
+    context = envelope.context
     for index, raw in enumerate(envelope.batch):
         try:
-            events.append(
-                _decode_message(
-                    raw, None, sent_at, envelope.context, received_at, f"$.batch[{index}]"
-                )
-            )
+            # Each detail starts with the message's path: given here as "", it is prefixed
+            # only when a message is rejected rather than formatted for every message.
+            events.append(_decode_message(raw, None, sent_at, context, received_at, ""))
         except (BadRequest, PayloadTooLarge) as exc:
-            rejected.append(Rejection(index, exc.detail, isinstance(exc, PayloadTooLarge)))
+            too_large = isinstance(exc, PayloadTooLarge)
+            rejected.append(Rejection(index, f"$.batch[{index}]{exc.detail}", too_large))
     if not events:
         detail = "; ".join(r.detail for r in rejected[:5])
         raise PayloadTooLarge(detail) if all(r.too_large for r in rejected) else BadRequest(detail)
@@ -180,7 +180,9 @@ def _decode_message(
         raise BadRequest(f"{path}.type: unknown type {kind!r}")
     if type_ is not None and message.type is not None and message.type != type_:
         raise BadRequest(f"{path}.type: {message.type!r} sent to the /v1/{type_} endpoint")
-    anonymous_id = _text(message.anonymousId)
+    anonymous_id = message.anonymousId
+    if not isinstance(anonymous_id, str) or not anonymous_id:  # the common case needs no call
+        anonymous_id = _text(anonymous_id)
     user_id = _text(message.userId)
     if not anonymous_id and not user_id:
         raise BadRequest(f"{path}.anonymousId: anonymousId or userId is required")
@@ -190,7 +192,7 @@ def _decode_message(
         name = message.event
     else:
         name = kind
-    previous_id = _text(message.previousId)
+    previous_id = None if message.previousId is None else _text(message.previousId)
     if kind == "alias" and not previous_id:
         raise BadRequest(f"{path}.previousId: required for alias")
     properties = message.properties or {}

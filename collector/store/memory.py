@@ -62,7 +62,7 @@ class _Snapshot(msgspec.Struct):
     users: dict[str, UserState]
     index: dict[str, str]
     seen: list[tuple[str, float]]
-    recent: dict[str, list[Event]]
+    recent: dict[str, list[msgspec.Raw]]  # packed events (see `pack`), written as they are
 
 
 class MemoryStore:
@@ -87,7 +87,13 @@ class MemoryStore:
         """Load the state a previous run saved, if any."""
         if self._file is None or not self._file.exists():
             return
-        snapshot = msgspec.msgpack.decode(self._file.read_bytes(), type=_Snapshot)
+        try:
+            snapshot = msgspec.msgpack.decode(self._file.read_bytes(), type=_Snapshot)
+        except msgspec.DecodeError as exc:  # damaged, or written by another version's layout
+            kept = self._file.with_suffix(".corrupt")
+            self._file.replace(kept)
+            log.error("unreadable state snapshot moved to %s: %s", kept, exc)
+            return
         self._users = OrderedDict(snapshot.users)
         self._index = dict(snapshot.index)
         ids: dict[str, list[str]] = {}
@@ -98,7 +104,7 @@ class MemoryStore:
         self._seen_order = deque(self._seen)
         size = self._limits.recent_events
         self._recent = {
-            k: tuple(pack(e) for e in v[-size:]) for k, v in snapshot.recent.items() if size and v
+            k: tuple(bytes(p) for p in v[-size:]) for k, v in snapshot.recent.items() if size and v
         }
         log.info("loaded %d profiles from %s", len(self._users), self._file)
 
@@ -111,7 +117,11 @@ class MemoryStore:
             users=dict(self._users),
             index=self._index,
             seen=list(self._seen.items()),
-            recent={k: [unpack(p) for p in v] for k, v in self._recent.items()},
+            # an event kept unpacked holds an integer msgpack cannot carry: it cannot be saved
+            recent={
+                k: [msgspec.Raw(p) for p in v if isinstance(p, bytes)]
+                for k, v in self._recent.items()
+            },
         )
         temporary = self._file.with_suffix(".tmp")
         temporary.write_bytes(msgspec.msgpack.encode(snapshot))
