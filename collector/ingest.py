@@ -86,6 +86,9 @@ class IngestApp:
                     "rejected": [{"index": r.index, "detail": r.detail} for r in decoded.rejected],
                 }
             )
+        elif not cors:
+            await _send_ok(send)
+            return
         else:
             payload = _OK
         await _respond(send, 200, payload, [*cors, _CONTENT_JSON])
@@ -98,7 +101,11 @@ class IngestApp:
             raise Unauthorized("$.writeKey: unknown write key")
 
     def _cors_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
-        origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
+        origin = None
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                origin = value
+                break
         if origin is None:
             return []
         if self._any_origin:
@@ -121,7 +128,13 @@ _PREFLIGHT = [
 ]
 
 
+_ENDPOINTS = {f"/v1/{kind}": kind for kind in ("batch", *MESSAGE_TYPES)}
+
+
 def _endpoint(path: str) -> str:
+    found = _ENDPOINTS.get(path)
+    if found is not None:
+        return found
     kind = path.rstrip("/").rsplit("/", 1)[-1]
     if kind != "batch" and kind not in MESSAGE_TYPES:
         raise _NotFound(f"{path}: no such endpoint")
@@ -134,16 +147,21 @@ class _NotFound(HTTPError):
 
 
 async def _read_body(receive: Receive, headers: dict[bytes, bytes]) -> bytes:
-    content_type = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
-    if content_type not in _JSON_TYPES:
-        raise UnsupportedMediaType(
-            f"content-type {content_type.decode('latin-1')!r}: send application/json or text/plain"
-        )
-    encoding = headers.get(b"content-encoding", b"identity").strip().lower()
-    if encoding not in (b"gzip", b"identity"):
-        raise UnsupportedMediaType(
-            f"content-encoding {encoding.decode('latin-1')!r}: send gzip or none"
-        )
+    content_type = headers.get(b"content-type", b"")
+    if content_type not in _JSON_TYPES:  # exact common values need no parsing
+        content_type = content_type.split(b";", 1)[0].strip().lower()
+        if content_type not in _JSON_TYPES:
+            raise UnsupportedMediaType(
+                f"content-type {content_type.decode('latin-1')!r}: "
+                "send application/json or text/plain"
+            )
+    encoding = headers.get(b"content-encoding", b"identity")
+    if encoding != b"identity":
+        encoding = encoding.strip().lower()
+        if encoding not in (b"gzip", b"identity"):
+            raise UnsupportedMediaType(
+                f"content-encoding {encoding.decode('latin-1')!r}: send gzip or none"
+            )
     declared = headers.get(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > _MAX_WIRE_BYTES:
         raise PayloadTooLarge(f"$: body is {int(declared)} bytes; the limit is {MAX_BATCH_BYTES}")
@@ -187,6 +205,15 @@ def _basic_user(header: bytes | None) -> str | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     return user or None
+
+
+_OK_HEADERS = (_CONTENT_JSON, (b"content-length", b"%d" % len(_OK)))
+
+
+async def _send_ok(send: Send) -> None:
+    """The plain `{"success": true}` answer (no CORS headers), its headers made once."""
+    await send({"type": "http.response.start", "status": 200, "headers": [*_OK_HEADERS]})
+    await send({"type": "http.response.body", "body": _OK})
 
 
 async def _respond(
