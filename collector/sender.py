@@ -240,7 +240,10 @@ class Sender:
         if not content and method in _BODY_METHODS:
             raw_headers.append((b"Content-Length", b"0"))
         raw_headers += [
-            (name.encode("ascii"), value.encode("ascii")) for name, value in headers.items()
+            # Values may carry templated user data in any language: sent as UTF-8 octets, which
+            # HTTP passes through as opaque field content (names were checked to be tokens).
+            (name.encode("ascii"), value.encode("utf-8"))
+            for name, value in headers.items()
         ]
         if content:
             raw_headers.append((b"Content-Length", b"%d" % len(content)))

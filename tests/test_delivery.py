@@ -324,6 +324,15 @@ async def test_a_header_with_cr_or_lf_is_refused_without_harm(start: Start, sink
     assert received.path == "/next" and received.headers["x-note"] == "fine"
 
 
+async def test_a_header_with_user_data_in_any_language_is_sent_as_utf8(
+    start: Start, sink: Sink
+) -> None:
+    harness = await start()
+    await harness.send(webhook(f"{sink.url}/hook", headers={"X-Name": "山田 太郎"}))
+    (received,) = await sink.wait_for_async(1)
+    assert received.headers["x-name"].encode("latin-1").decode("utf-8") == "山田 太郎"
+
+
 async def test_410_pauses_the_campaigns_endpoint_and_says_so(start: Start, sink: Sink) -> None:
     sink.set_default(410)
     harness = await start()
