@@ -1,18 +1,13 @@
 """One webhook attempt over HTTP: shape the request, sign it, send it through the SSRF guard.
 
-This module and `delivery` are the only ones that import httpx. Attempts go straight to
+This module, `transport` and `delivery` are the only ones that import httpx. Attempts go to
 httpcore connection pools (httpx's transport layer), one pool per endpoint keeping at most
 `connections_per_endpoint` idle connections: the client layer's auth, redirect and cookie
 handling has no work here (redirects are not followed), and httpcore checks every connection
-of a pool on each request, so small pools keep that check cheap. The pools dial through a
-network backend that resolves the host with `ssrf.Guard` and connects only to the addresses it
-checked, so there is no second resolution to rebind, while the URL keeps its host name: the
-`Host` header, TLS SNI, certificate checks and the pools (keyed by host name) all stay right.
-
-The backend's streams sit directly on asyncio transports. A request's writes are held until
-its response is awaited and then leave in one send; whether an idle connection was closed by
-the server (asked about every pooled connection on every request) is a flag the transport sets,
-not a poll of the socket.
+of a pool on each request, so small pools keep that check cheap. The pools dial through
+`transport.GuardedBackend`, which connects only to addresses the SSRF guard checked, while the
+URL keeps its host name: the `Host` header, TLS SNI, certificate checks and the pools (keyed
+by host name) all stay right.
 
 Request shape: GET merges the body (an object) into the URL's query, body keys replacing
 same-named URL keys, and signs an empty payload; other methods send the body as JSON with
@@ -32,9 +27,9 @@ import re
 import ssl
 import time
 import zlib
-from collections import OrderedDict, deque
-from collections.abc import AsyncIterable, Callable, Iterable
-from typing import Any, Final, Literal, cast
+from collections import OrderedDict
+from collections.abc import AsyncIterable, Callable
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import httpcore
@@ -44,7 +39,8 @@ import orjson
 
 from collector import __version__
 from collector.signing import Signer
-from collector.ssrf import Guard, ResolutionFailed, TargetRefused
+from collector.ssrf import Guard, TargetRefused
+from collector.transport import GuardedBackend
 from collector.webhook import WebhookRequest
 
 USER_AGENT: Final = f"Tripwire/{__version__}"
@@ -52,8 +48,6 @@ RESPONSE_PREFIX: Final = 4096
 _DRAIN_LIMIT: Final = 65536  # read this much of a response at most, so its connection is reused
 _URL_CACHE_SIZE: Final = 1024
 _POOL_LIMIT: Final = 256  # endpoint pools kept past a sweep (the least recently used go first)
-_CORK_LIMIT: Final = 65536  # held request bytes that are sent at once, without waiting for a read
-_READ_HIGH_WATER: Final = 262144  # received bytes held before the socket stops being read
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})  # sent with Content-Length: 0 if empty
 _TRANSPORT_ERRORS: Final = (httpcore.NetworkError, httpcore.ProtocolError)
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -171,7 +165,7 @@ class Sender:
         self._keepalive = max(1, connections_per_endpoint)
         self._keepalive_expiry = keepalive_expiry
         self._ssl_context = ssl_context or httpx.create_ssl_context(trust_env=False)
-        self._backend = network_backend or _GuardedBackend(guard)
+        self._backend = network_backend or GuardedBackend(guard)
         self._endpoints: OrderedDict[tuple[bytes, bytes, int | None], _Endpoint] = OrderedDict()
         self._next_sweep = 0.0
 
@@ -408,247 +402,3 @@ class _Inflater:
                 raise
             self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
             return self._inflater.decompress(data, limit)
-
-
-class _GuardedBackend(httpcore.AsyncNetworkBackend):
-    """Dials only addresses the guard resolved and checked."""
-
-    def __init__(self, guard: Guard) -> None:
-        self._guard = guard
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        try:
-            addresses = await self._guard.resolve(host)
-        except ResolutionFailed as exc:
-            raise httpcore.ConnectError(str(exc)) from exc
-        failure: Exception | None = None
-        for address in addresses:
-            try:
-                return await _TransportStream.connect(
-                    address, port, timeout, local_address, socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failure = exc
-        assert failure is not None
-        raise failure
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("unix sockets are not webhook targets")
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
-class _TransportStream(asyncio.Protocol, httpcore.AsyncNetworkStream):
-    """An httpcore network stream on an asyncio transport: the protocol is the stream."""
-
-    def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.Transport | None = None
-        self._received: deque[bytes] = deque()
-        self._buffered = 0  # bytes in _received
-        self._held: list[bytes] = []  # written, not yet sent (see write)
-        self._held_size = 0
-        self._eof = False
-        self._lost = False
-        self._error: Exception | None = None  # why the connection was lost, if not cleanly
-        self._reading_paused = False
-        self._writing_paused = False
-        self._reader: asyncio.Future[None] | None = None
-        self._drainer: asyncio.Future[None] | None = None
-
-    @classmethod
-    async def connect(
-        cls,
-        address: str,
-        port: int,
-        timeout: float | None,
-        local_address: str | None,
-        socket_options: Iterable[Any] | None,
-    ) -> _TransportStream:
-        """Open a TCP connection to an address (never a name: it is the one the guard checked)."""
-        loop = asyncio.get_running_loop()
-        local = None if local_address is None else (local_address, 0)
-        try:
-            async with asyncio.timeout(timeout):
-                transport, stream = await loop.create_connection(
-                    cls, address, port, local_addr=local
-                )
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(f"connecting to {address} timed out") from exc
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc)) from exc
-        if socket_options:
-            sock = transport.get_extra_info("socket")
-            for option in socket_options:
-                sock.setsockopt(*option)
-        return stream
-
-    # asyncio.Protocol: the transport reports here.
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-
-    def data_received(self, data: bytes) -> None:
-        self._received.append(data)
-        self._buffered += len(data)
-        if self._buffered > _READ_HIGH_WATER and not self._reading_paused:
-            self._reading_paused = True
-            assert self._transport is not None
-            self._transport.pause_reading()
-        _wake(self._reader)
-
-    def eof_received(self) -> bool | None:
-        self._eof = True
-        _wake(self._reader)
-        return None  # let the transport close itself
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = True
-        self._error = exc
-        _wake(self._reader)
-        _wake(self._drainer)
-
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        _wake(self._drainer)
-
-    # httpcore.AsyncNetworkStream: httpcore calls these.
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        """Return received bytes, b"" at the end of the stream; send held writes first."""
-        if self._held:
-            await self._flush(timeout)
-        while not self._received:
-            if self._error is not None:
-                raise httpcore.ReadError(str(self._error) or type(self._error).__name__)
-            if self._eof or self._lost:
-                return b""
-            self._reader = self._loop.create_future()
-            await self._wait(self._reader, timeout, httpcore.ReadTimeout)
-        chunk = self._received.popleft()
-        if len(chunk) > max_bytes:
-            self._received.appendleft(chunk[max_bytes:])
-            chunk = chunk[:max_bytes]
-        self._buffered -= len(chunk)
-        if self._reading_paused and self._buffered <= _READ_HIGH_WATER // 4:
-            self._reading_paused = False
-            assert self._transport is not None
-            self._transport.resume_reading()
-        return chunk
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        """Queue bytes to send; they leave with the next read, or now past _CORK_LIMIT.
-
-        httpcore writes a request's head and body separately and then reads the response:
-        holding the writes until then sends each request in one segment and one syscall.
-        """
-        if not buffer:
-            return
-        if self._lost:
-            raise httpcore.WriteError("connection closed")
-        self._held.append(buffer)
-        self._held_size += len(buffer)
-        if self._held_size >= _CORK_LIMIT:
-            await self._flush(timeout)
-
-    async def aclose(self) -> None:
-        """Close the connection."""
-        self._held.clear()
-        if self._transport is not None:
-            self._transport.close()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """Upgrade to TLS, checking the certificate for server_hostname (also sent as SNI)."""
-        assert self._transport is not None
-        try:
-            async with asyncio.timeout(timeout):
-                transport = await self._loop.start_tls(
-                    self._transport, self, ssl_context, server_hostname=server_hostname
-                )
-        except TimeoutError as exc:
-            self._transport.close()
-            raise httpcore.ConnectTimeout("TLS handshake timed out") from exc
-        except OSError as exc:  # ssl.SSLError included
-            self._transport.close()
-            raise httpcore.ConnectError(str(exc)) from exc
-        if transport is None:
-            raise httpcore.ConnectError("TLS handshake failed")
-        self._transport = transport
-        return self
-
-    def get_extra_info(self, info: str) -> Any:
-        """What httpcore asks of a stream; "is_readable" without a system call."""
-        if info == "is_readable":
-            # Only asked of idle connections: anything received, or the end, means it is done.
-            return bool(self._received) or self._eof or self._lost
-        if self._transport is None:
-            return None
-        name = _EXTRA_INFO.get(info)
-        return None if name is None else self._transport.get_extra_info(name)
-
-    async def _flush(self, timeout: float | None) -> None:
-        """Send the held writes; on a lost connection they are dropped, as the read will tell."""
-        data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
-        self._held.clear()
-        self._held_size = 0
-        if self._lost:
-            return
-        assert self._transport is not None
-        self._transport.write(data)
-        while self._writing_paused and not self._lost:
-            self._drainer = self._loop.create_future()
-            await self._wait(self._drainer, timeout, httpcore.WriteTimeout)
-
-    async def _wait(
-        self,
-        waiter: asyncio.Future[None],
-        timeout: float | None,
-        expired: type[httpcore.TimeoutException],
-    ) -> None:
-        if timeout is None:
-            await waiter
-            return
-        timer = self._loop.call_later(timeout, _expire, waiter, expired)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-
-
-_EXTRA_INFO: Final = {
-    "ssl_object": "ssl_object",
-    "client_addr": "sockname",
-    "server_addr": "peername",
-    "socket": "socket",
-}
-
-
-def _wake(waiter: asyncio.Future[None] | None) -> None:
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
-
-
-def _expire(waiter: asyncio.Future[None], error: type[httpcore.TimeoutException]) -> None:
-    if not waiter.done():
-        waiter.set_exception(error("timed out"))
