@@ -32,8 +32,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # One line per webhook request would drown the log; delivery keeps its own log of attempts.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         result: int = args.run(args)
     except ConfigError as exc:
