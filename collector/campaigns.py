@@ -63,7 +63,7 @@ class Arm:
 class Gate:
     """The steps before the trigger (status, schedule, target users, segments), as one check."""
 
-    __slots__ = ("published", "schedule", "segments", "users")
+    __slots__ = ("always_open", "published", "schedule", "segments", "users")
 
     def __init__(
         self,
@@ -76,6 +76,7 @@ class Gate:
         self.schedule = schedule
         self.users = users
         self.segments = segments
+        self.always_open = published and schedule is None and users == "all" and not segments
 
     def check(self, scope: Scope) -> str | None:
         """None when the gate is open for this event, else the reason it is closed."""

@@ -196,9 +196,12 @@ class Engine:
         gates: dict[Gate, str | None] = {}  # each distinct gate is checked once per event
         for run in candidates:
             gate = run.gate
-            closed = gates.get(gate, _UNCHECKED)
-            if closed is _UNCHECKED:
-                closed = gates[gate] = gate.check(scope)
+            if gate.always_open:
+                closed = None
+            else:
+                closed = gates.get(gate, _UNCHECKED)
+                if closed is _UNCHECKED:
+                    closed = gates[gate] = gate.check(scope)
             if closed is not None:
                 # The common case (most visitors are outside most audiences): every campaign of
                 # the run gets the same decision, made once per `now` and shared.
@@ -215,30 +218,24 @@ class Engine:
                 continue
             for campaign in run.campaigns:
                 campaign_id = campaign.id
-                variant_id: str | None = None
                 arm = campaign.qualify(scope)
-                if isinstance(arm, str):
-                    reason: str | None = arm
-                else:
-                    variant_id = arm.variant_id
-                    if campaign.exclusive and exclusive_fired:
-                        reason = "exclusive"
-                    else:
-                        reason = self._fire(campaign, arm, scope, now, webhooks)
-                        if reason is None and campaign.exclusive:
-                            exclusive_fired = True
-                if reason is None:
-                    record(Decision(campaign_id, variant_id, FIRED, None, now))
-                    latest[campaign_id] = Verdict(variant_id, None, now)
-                    continue
-                record(Decision(campaign_id, variant_id, SUPPRESSED, reason, now))
-                if variant_id is None:
-                    shared = verdicts.get(reason)
+                if isinstance(arm, str):  # suppressed before a variant was picked: the usual case
+                    record(Decision(campaign_id, None, SUPPRESSED, arm, now))
+                    shared = verdicts.get(arm)
                     if shared is None:
-                        shared = verdicts[reason] = Verdict(None, reason, now)
+                        shared = verdicts[arm] = Verdict(None, arm, now)
                     latest[campaign_id] = shared
+                    continue
+                variant_id = arm.variant_id
+                if campaign.exclusive and exclusive_fired:
+                    reason: str | None = "exclusive"
                 else:
-                    latest[campaign_id] = Verdict(variant_id, reason, now)
+                    reason = self._fire(campaign, arm, scope, now, webhooks)
+                    if reason is None and campaign.exclusive:
+                        exclusive_fired = True
+                outcome = FIRED if reason is None else SUPPRESSED
+                record(Decision(campaign_id, variant_id, outcome, reason, now))
+                latest[campaign_id] = Verdict(variant_id, reason, now)
 
     def _fire(
         self, campaign: Campaign, arm: Arm, scope: Scope, now: float, webhooks: list[WebhookRequest]
