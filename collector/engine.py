@@ -23,10 +23,16 @@ Per event: identity, traits (every message's `traits` merge in), counts, session
 after `session_timeout` of inactivity) and latest page are updated; then the variables fed by
 the event; then tracked segments (those some `segment_entered` trigger names) are re-evaluated;
 then the campaigns indexed under the event's name (plus those whose segment was just entered)
-are checked in exclusivity-rank order: `Campaign.check`, frequency caps, exclusivity (one
-`exclusive` campaign at most fires per event: the best ranked that passes and renders), then
-rendering. Every campaign considered leaves a Decision, also kept as the latest per campaign in
-the state ("why didn't it fire?").
+are checked in exclusivity-rank order: their gate (status, schedule, target users, segments;
+checked once per event for all the campaigns sharing it), then `Campaign.qualify` (trigger,
+test users, rate or variant, frequency caps), exclusivity (one `exclusive` campaign at most
+fires per event: the best ranked that passes and renders), then rendering. Every campaign
+considered leaves a Decision; the state keeps the latest per campaign as a Verdict ("why
+didn't it fire?").
+
+Hot path: neighbouring campaigns behind one gate form a `Run`; when the gate is shut, the whole
+run is suppressed with decisions made once per `now` and shared by every event of a request
+(they are frozen), and the profile keeps one shared Verdict for the run.
 """
 
 from __future__ import annotations
