@@ -10,8 +10,12 @@ view of a product page with its `Product Viewed` event, and a page view of the c
 is the growth of the server's VmRSS (/proc/PID/status) over the visitors, after a warm-up, divided
 by their number: everything the process keeps for them (profiles, the id index, messageId
 dedupe and each profile's recent events, as configured), with the allocator's overhead.
-`--recent-events N` overrides the config's `state.recent_events` (50 by default) to show what
-the recent-events buffer costs.
+
+Then every visitor comes back for four more messages (home, the product again, home; no cart,
+so no campaign fires and no webhook is held): that growth is what each message costs (its
+messageId, kept 24 h for dedupe, and its recent-event copy), so the difference between the two
+figures is what a profile itself costs. `--recent-events N`
+overrides the config's `state.recent_events` (50 by default) to show what that buffer costs.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import yaml
@@ -124,22 +128,35 @@ def _message(kind: str, anonymous_id: str, path: str, title: str, **extra: Any) 
     }
 
 
-def visit(number: int) -> list[dict[str, Any]]:
-    """One visitor's messages: home, a product (page view and `Product Viewed`), the cart."""
-    anonymous_id = str(uuid.uuid4())
+VISITORS = uuid.UUID("5f0c2a7e-0000-4000-8000-000000000000")
+
+
+def visit(number: int, again: bool = False) -> list[dict[str, Any]]:
+    """Visitor `number`'s messages: home, a product (page view and `Product Viewed`), the cart;
+    coming back (`again`), the last page is the home page instead of the cart."""
+    anonymous_id = str(uuid.uuid5(VISITORS, str(number)))  # the same visitor on every visit
     sku, name, price = PRODUCTS[number % len(PRODUCTS)]
     product = f"/products/{sku}.html"
-    return [
+    home = _message("page", anonymous_id, "/", "Tripwire Coffee", name="Tripwire Coffee",
+                    properties={})
+    last = (
         _message("page", anonymous_id, "/", "Tripwire Coffee", name="Tripwire Coffee",
-                 properties={}),
+                 properties={})
+        if again
+        else _message("page", anonymous_id, "/cart.html", "Cart", name="Cart", properties={})
+    )
+    return [
+        home,
         _message("page", anonymous_id, product, name, name=name, properties={}),
         _message("track", anonymous_id, product, name, event="Product Viewed",
                  properties={"sku": sku, "name": name, "price": price}),
-        _message("page", anonymous_id, "/cart.html", "Cart", name="Cart", properties={}),
+        last,
     ]
 
 
-def send_visitors(client: httpx.Client, url: str, first: int, count: int) -> int:
+def send_visitors(
+    client: httpx.Client, url: str, first: int, count: int, again: bool = False
+) -> int:
     """Send `count` visits in batches; returns the number of messages sent."""
     pending: list[dict[str, Any]] = []
     sent = 0
@@ -158,7 +175,7 @@ def send_visitors(client: httpx.Client, url: str, first: int, count: int) -> int
         pending.clear()
 
     for number in range(first, first + count):
-        pending.extend(visit(number))
+        pending.extend(visit(number, again))
         if len(pending) >= MESSAGES_PER_REQUEST:
             sent += len(pending)
             flush()
@@ -168,19 +185,31 @@ def send_visitors(client: httpx.Client, url: str, first: int, count: int) -> int
     return sent
 
 
-def measure(visitors: int, recent_events: int | None) -> tuple[float, int, float]:
-    """(bytes per visitor, messages sent, profiles the server reports) for one run."""
+class Figures(NamedTuple):
+    """What one run measured."""
+
+    first_visit: float  # bytes per new visitor
+    second_visit: float  # bytes per returning visitor (four more messages)
+    messages: int
+    profiles: float
+
+
+def measure(visitors: int, recent_events: int | None) -> Figures:
+    """RSS growth per visitor over a first and a second visit of every visitor."""
     port = free_port()
     config = demo_config(f"http://127.0.0.1:{port}", recent_events)
     with server(config, port) as (url, pid), httpx.Client(trust_env=False, timeout=60) as client:
         send_visitors(client, url, 0, 2_000)  # warm-up: first-use allocations, caches
         time.sleep(0.5)
-        before = rss(pid)
+        start = rss(pid)
         sent = send_visitors(client, url, 2_000, visitors)
         time.sleep(1.0)  # let background tasks settle
-        after = rss(pid)
+        first = rss(pid)
+        sent += send_visitors(client, url, 2_000, visitors, again=True)
+        time.sleep(1.0)
+        second = rss(pid)
         profiles = metric_sum(url, "tripwire_profiles")
-    return (after - before) / visitors, sent, profiles
+    return Figures((first - start) / visitors, (second - first) / visitors, sent, profiles)
 
 
 def main() -> None:
@@ -194,13 +223,23 @@ def main() -> None:
     args = parser.parse_args()
     if not Path("/proc/self/status").exists():
         raise SystemExit("bench_memory reads /proc/PID/status (Linux only)")
-    per_visitor, sent, profiles = measure(args.visitors, args.recent_events)
-    kept = "default" if args.recent_events is None else str(args.recent_events)
+    figures = measure(args.visitors, args.recent_events)
+    kept = "50, the default" if args.recent_events is None else str(args.recent_events)
+    per_visitor = figures.first_visit
     print(
-        f"memory mode, demo config (recent_events: {kept}): {per_visitor:7,.0f} bytes/visitor "
-        f"({args.visitors:,} visitors, {sent:,} messages, {profiles:,.0f} profiles held)  "
+        f"memory mode, demo config (recent_events: {kept}), {args.visitors:,} visitors, "
+        f"{figures.messages:,} messages, {figures.profiles:,.0f} profiles held:"
+    )
+    print(
+        f"  per visitor (first visit, 4 messages): {per_visitor:7,.0f} bytes   "
         f"target ≤ {TARGET} {'OK' if per_visitor <= TARGET else 'OVER'}"
     )
+    print(
+        f"  per visitor coming back (4 messages):  {figures.second_visit:7,.0f} bytes   "
+        f"(messageId dedupe for 24 h and kept recent events)"
+    )
+    profile = per_visitor - figures.second_visit
+    print(f"  so a profile itself (state and index):  {profile:7,.0f} bytes")
 
 
 if __name__ == "__main__":
