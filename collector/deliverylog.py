@@ -66,6 +66,17 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
+def matches(
+    entry: DeliveryAttempt, campaign: str | None, status: str | None, delivery_id: str | None
+) -> bool:
+    """Whether an attempt passes a log query's filters (None = any)."""
+    return (
+        (campaign is None or entry.campaign_id == campaign)
+        and (status is None or entry.status == status)
+        and (delivery_id is None or entry.delivery_id == delivery_id)
+    )
+
+
 class DeliveryLog:
     """The last `capacity` attempts, in memory."""
 
@@ -89,11 +100,7 @@ class DeliveryLog:
         if limit <= 0:
             return found
         for entry in reversed(self._entries):
-            if campaign is not None and entry.campaign_id != campaign:
-                continue
-            if status is not None and entry.status != status:
-                continue
-            if delivery_id is not None and entry.delivery_id != delivery_id:
+            if not matches(entry, campaign, status, delivery_id):
                 continue
             found.append(entry)
             if len(found) >= limit:

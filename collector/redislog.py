@@ -12,7 +12,7 @@ import logging
 
 import msgspec
 
-from collector.deliverylog import DeliveryAttempt, DeliveryLog
+from collector.deliverylog import DeliveryAttempt, DeliveryLog, matches
 from collector.errors import Unavailable
 from collector.store.keys import Keys
 from collector.store.redisconn import Command, RedisConnection
@@ -91,11 +91,7 @@ class RedisDeliveryLog(DeliveryLog):
                 break
             for _entry_id, fields in page:
                 attempt = _DECODER.decode(fields[b"a"])
-                if (
-                    (campaign is None or attempt.campaign_id == campaign)
-                    and (status is None or attempt.status == status)
-                    and (delivery_id is None or attempt.delivery_id == delivery_id)
-                ):
+                if matches(attempt, campaign, status, delivery_id):
                     found.append(attempt)
                     if len(found) >= limit:
                         break
