@@ -50,8 +50,8 @@ class Runtime:
         self.config = settings.config  # the live config: the file plus admin campaign changes
         self.engine = Engine(compile_rules(settings.config, updated_at={}))
         self.redis: RedisMode | None = None  # store, outbox, log and campaigns in Redis mode
+        self.outbox: Outbox = MemoryOutbox(settings.data_dir)  # Redis mode swaps in its own
         self.store: Store = self._make_store()
-        self.outbox: Outbox = self.redis.outbox if self.redis else MemoryOutbox(settings.data_dir)
         self.delivery_log = self.redis.log if self.redis else DeliveryLog()
         self.dispatcher = Dispatcher(
             self.outbox,
@@ -71,7 +71,9 @@ class Runtime:
     def _make_store(self) -> Store:
         config = self.settings.config
         if self.settings.store == "memory":
-            store = MemoryStore(lambda: self.engine, config.state, self.settings.data_dir)
+            store = MemoryStore(
+                lambda: self.engine, config.state, self.settings.data_dir, self.outbox
+            )
             self.metrics.gauge(
                 "tripwire_profiles", "Profiles held in memory", lambda: float(len(store))
             )
@@ -84,6 +86,7 @@ class Runtime:
                 apply_put=self._apply_put,
                 apply_remove=self._apply_remove,
             )
+            self.outbox = self.redis.outbox
             return self.redis.store
         raise ValueError(f"unsupported store {self.settings.store!r}")
 
@@ -120,8 +123,6 @@ class Runtime:
         self.metrics.messages["accepted"] += result.accepted
         if result.duplicates:
             self.metrics.messages["duplicate"] += result.duplicates
-        if result.webhooks and self.redis is None:  # the Redis store queued them in its commit
-            await self.outbox.put(result.webhooks)
         # map + attrgetter + Counter.update keep this per-decision loop in C.
         self.metrics.decisions.update(map(_DECISION_LABELS, result.decisions))
 

@@ -43,7 +43,7 @@ class Store(Protocol):
         """Persist what must survive a restart and disconnect."""
 
     async def ingest(self, events: Sequence[Event], now: float) -> IngestResult:
-        """Dedupe, resolve identities and run each event through the engine, in order."""
+        """Dedupe, resolve identities, run each event through the engine, queue its webhooks."""
 
     async def lookup(self, identity: str, now: float) -> UserView | None:
         """Find a user by anonymous id, user id or key."""

@@ -22,6 +22,7 @@ import msgspec
 
 from collector.engine import Engine, new_state
 from collector.events import Event
+from collector.outbox import Outbox
 from collector.profile import Decision, UserState
 from collector.schema import StateSettings
 from collector.store import identity
@@ -69,9 +70,14 @@ class MemoryStore:
     """Per-user state held in this process (the default, zero set-up mode)."""
 
     def __init__(
-        self, engine: Callable[[], Engine], limits: StateSettings, data_dir: str | None
+        self,
+        engine: Callable[[], Engine],
+        limits: StateSettings,
+        data_dir: str | None,
+        outbox: Outbox | None = None,
     ) -> None:
         self._engine = engine
+        self._outbox = outbox  # where fired webhooks go; None = only report them (replay)
         self._limits = limits
         self._file = Path(data_dir) / STATE_FILE if data_dir else None
         self._users: OrderedDict[str, UserState] = OrderedDict()  # least recently seen first
@@ -160,6 +166,8 @@ class MemoryStore:
             if outcome.webhooks:
                 webhooks.extend(outcome.webhooks)
             decisions.extend(outcome.decisions)
+        if webhooks and self._outbox is not None:
+            await self._outbox.put(webhooks)
         return IngestResult(accepted, duplicates, webhooks, decisions)
 
     async def user_state(self, identity_: str) -> UserState | None:
