@@ -21,22 +21,16 @@ overrides the config's `state.recent_events` (50 by default) to show what that b
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx
 import yaml
 
-from benchmarks.common import ROOT, free_port, metric_sum, pinned, wait_http
+from benchmarks.common import ROOT, free_port, metric_sum, tripwire_process
 
 DEMO_CONFIG = ROOT / "demo_site" / "tripwire.yaml"
 DEMO_COLLECTOR = "http://127.0.0.1:8000"  # as written in the demo config
@@ -62,38 +56,6 @@ def demo_config(collector: str, recent_events: int | None) -> dict[str, Any]:
     if recent_events is not None:
         config.setdefault("state", {})["recent_events"] = recent_events
     return config
-
-
-@contextlib.contextmanager
-def server(config: dict[str, Any], port: int) -> Iterator[tuple[str, int]]:
-    """`tripwire serve` with this config on core 0: (base URL, process id)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "tripwire.json"
-        path.write_text(json.dumps(config))
-        command = [
-            *pinned("0"),
-            sys.executable,
-            "-m",
-            "collector.cli",
-            "serve",
-            "--config",
-            str(path),
-            "--port",
-            str(port),
-            "--data-dir",
-            str(Path(tmp) / "data"),
-        ]
-        proc = subprocess.Popen(command, cwd=ROOT)  # taskset execs: the pid is the server's
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(url + "/healthz")
-            yield url, proc.pid
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def rss(pid: int) -> int:
@@ -137,19 +99,27 @@ def visit(number: int, again: bool = False) -> list[dict[str, Any]]:
     anonymous_id = str(uuid.uuid5(VISITORS, str(number)))  # the same visitor on every visit
     sku, name, price = PRODUCTS[number % len(PRODUCTS)]
     product = f"/products/{sku}.html"
-    home = _message("page", anonymous_id, "/", "Tripwire Coffee", name="Tripwire Coffee",
-                    properties={})
+    home = _message(
+        "page", anonymous_id, "/", "Tripwire Coffee", name="Tripwire Coffee", properties={}
+    )
     last = (
-        _message("page", anonymous_id, "/", "Tripwire Coffee", name="Tripwire Coffee",
-                 properties={})
+        _message(
+            "page", anonymous_id, "/", "Tripwire Coffee", name="Tripwire Coffee", properties={}
+        )
         if again
         else _message("page", anonymous_id, "/cart.html", "Cart", name="Cart", properties={})
     )
     return [
         home,
         _message("page", anonymous_id, product, name, name=name, properties={}),
-        _message("track", anonymous_id, product, name, event="Product Viewed",
-                 properties={"sku": sku, "name": name, "price": price}),
+        _message(
+            "track",
+            anonymous_id,
+            product,
+            name,
+            event="Product Viewed",
+            properties={"sku": sku, "name": name, "price": price},
+        ),
         last,
     ]
 
@@ -198,7 +168,10 @@ def measure(visitors: int, recent_events: int | None) -> Figures:
     """RSS growth per visitor over a first and a second visit of every visitor."""
     port = free_port()
     config = demo_config(f"http://127.0.0.1:{port}", recent_events)
-    with server(config, port) as (url, pid), httpx.Client(trust_env=False, timeout=60) as client:
+    with (
+        tripwire_process(config, port) as (url, pid),
+        httpx.Client(trust_env=False, timeout=60) as client,
+    ):
         send_visitors(client, url, 0, 2_000)  # warm-up: first-use allocations, caches
         time.sleep(0.5)
         start = rss(pid)
@@ -217,7 +190,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--visitors", type=int, default=50_000)
     parser.add_argument(
-        "--recent-events", type=int, default=None,
+        "--recent-events",
+        type=int,
+        default=None,
         help="override state.recent_events (the demo config keeps the default, 50)",
     )
     args = parser.parse_args()

@@ -57,16 +57,16 @@ def pinned(cores: str) -> list[str]:
 @contextlib.contextmanager
 def process(
     command: Sequence[str], ready_url: str, env: dict[str, str] | None = None
-) -> Iterator[None]:
-    """Run a server process until the block ends."""
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server process until the block ends (taskset execs it: the pid is the server's)."""
     proc = subprocess.Popen(list(command), cwd=ROOT, env={**os.environ, **(env or {})})
     try:
         wait_http(ready_url)
-        yield
+        yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(15)
+            proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
 
@@ -92,7 +92,16 @@ def bare_app(port: int, cores: str = "0") -> Iterator[str]:
 def tripwire(
     config: dict[str, Any], port: int, cores: str = "0", args: Sequence[str] = ()
 ) -> Iterator[str]:
-    """`tripwire serve` with this config."""
+    """`tripwire serve` with this config: its base URL."""
+    with tripwire_process(config, port, cores, args) as (url, _pid):
+        yield url
+
+
+@contextlib.contextmanager
+def tripwire_process(
+    config: dict[str, Any], port: int, cores: str = "0", args: Sequence[str] = ()
+) -> Iterator[tuple[str, int]]:
+    """`tripwire serve` with this config: its base URL and process id."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "tripwire.json"
         path.write_text(json.dumps(config))
@@ -110,8 +119,8 @@ def tripwire(
             str(Path(tmp) / "data"),
             *args,
         ]
-        with process(command, f"http://127.0.0.1:{port}/healthz"):
-            yield f"http://127.0.0.1:{port}"
+        with process(command, f"http://127.0.0.1:{port}/healthz") as proc:
+            yield f"http://127.0.0.1:{port}", proc.pid
 
 
 WRK_SCRIPT = r"""
