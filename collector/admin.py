@@ -24,7 +24,14 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from collector.config import decode_campaign
 from collector.deliverylog import STATUSES, DeliveryAttempt
-from collector.errors import BadRequest, ConfigError, HTTPError, NotFound, Unauthorized
+from collector.errors import (
+    BadRequest,
+    ConfigError,
+    Forbidden,
+    InvalidCampaign,
+    NotFound,
+    Unauthorized,
+)
 from collector.events import Event
 from collector.profile import UserState, new_state
 from collector.rules import Rules
@@ -46,24 +53,6 @@ SAMPLE_USER_ID = "sample-user"
 SAMPLE_VISITOR_ID = "sample-visitor"
 SAMPLE_TRAITS = {"email": "sample@example.com", "name": "Sample User", "first_name": "Sample",
                  "last_name": "User", "plan": "free", "is_test": True}
-
-
-class Forbidden(HTTPError):
-    """A cookie-authenticated change coming from another site."""
-
-    status = 403
-    code = "forbidden"
-
-
-class InvalidCampaign(HTTPError):
-    """A campaign sent to the admin API failed validation; `problems` lists every one."""
-
-    status = 400
-    code = "invalid_campaign"
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
 
 
 # -- auth ------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from collector import admin
 from collector.deliverylog import STATUSES, DeliveryAttempt
-from collector.errors import HTTPError, NotFound
+from collector.errors import HTTPError, InvalidCampaign, NotFound
 from collector.events import Event
 from collector.schema import CampaignSpec
 
@@ -181,14 +181,14 @@ def dashboard_routes(runtime: Runtime) -> list[BaseRoute]:
             raw = admin.parse_campaign_text(source)
             campaign_id = raw.get("id") if isinstance(raw, dict) else None
             if not isinstance(campaign_id, str) or not campaign_id:
-                raise admin.InvalidCampaign(["id: required"])
+                raise InvalidCampaign(["id: required"])
             if original and campaign_id != original:
                 problem = f"id: cannot change ({original!r}); create a new campaign instead"
-                raise admin.InvalidCampaign([problem])
+                raise InvalidCampaign([problem])
             if not original and any(c.id == campaign_id for c in runtime.config.campaigns):
-                raise admin.InvalidCampaign([f"id: a campaign {campaign_id!r} exists already"])
+                raise InvalidCampaign([f"id: a campaign {campaign_id!r} exists already"])
             saved, _ = await admin.save_campaign(runtime, campaign_id, raw)
-        except admin.InvalidCampaign as exc:
+        except InvalidCampaign as exc:
             return editor_page(request, spec, source, exc.problems, 400)
         return _back("/admin/", notice=f"Saved {saved.id}.")
 
@@ -204,7 +204,7 @@ def dashboard_routes(runtime: Runtime) -> list[BaseRoute]:
         target = f"/admin/campaigns/{quote(campaign_id)}"
         try:
             attempt = await admin.test_fire(runtime, campaign_id, user)
-        except admin.InvalidCampaign as exc:
+        except InvalidCampaign as exc:
             return _back(target, error="Test not sent: " + "; ".join(exc.problems))
         except NotFound as exc:
             return _back(target, error=f"Test not sent: {exc.detail}")

@@ -2,10 +2,14 @@
 
 TripwireError
 ├── ConfigError              a config file or campaign is invalid (every problem, with paths)
+├── TagNotBuiltError         tag/dist/tripwire.min.js is missing (tagfile.py)
 └── HTTPError                answered to a client as {"error": code, "detail": ...}
     ├── BadRequest           400 malformed body, wrong types, missing ids
+    │   └── InvalidCampaign  400 a campaign sent to the admin API (every problem, with paths)
     ├── Unauthorized         401 unknown or missing write key / admin token
+    ├── Forbidden            403 a cookie-authenticated admin change from another site
     ├── NotFound             404
+    ├── MethodNotAllowed     405
     ├── PayloadTooLarge      413 over the size limits
     ├── UnsupportedMediaType 415
     └── Unavailable          503 a backing service is down; carries Retry-After
@@ -45,6 +49,16 @@ class BadRequest(HTTPError):
     code = "bad_request"
 
 
+class InvalidCampaign(BadRequest):
+    """A campaign sent to the admin API failed validation; `problems` lists every one."""
+
+    code = "invalid_campaign"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 class Unauthorized(HTTPError):
     """The write key or admin token is missing or unknown."""
 
@@ -57,6 +71,20 @@ class NotFound(HTTPError):
 
     status = 404
     code = "not_found"
+
+
+class Forbidden(HTTPError):
+    """A cookie-authenticated admin change coming from another site."""
+
+    status = 403
+    code = "forbidden"
+
+
+class MethodNotAllowed(HTTPError):
+    """The endpoint does not take this method."""
+
+    status = 405
+    code = "method_not_allowed"
 
 
 class PayloadTooLarge(HTTPError):

@@ -20,6 +20,8 @@ from starlette.types import Receive, Scope, Send
 from collector.errors import (
     BadRequest,
     HTTPError,
+    MethodNotAllowed,
+    NotFound,
     PayloadTooLarge,
     Unauthorized,
     UnsupportedMediaType,
@@ -62,7 +64,7 @@ class IngestApp:
             return
         try:
             if method != "POST":
-                raise _MethodNotAllowed(f"{method} is not allowed; use POST")
+                raise MethodNotAllowed(f"{method} is not allowed; use POST")
             kind = _endpoint(scope["path"])
             headers = dict(scope["headers"])
             body = await _read_body(receive, headers)
@@ -115,11 +117,6 @@ class IngestApp:
         return [(b"vary", b"Origin")]
 
 
-class _MethodNotAllowed(HTTPError):
-    status = 405
-    code = "method_not_allowed"
-
-
 _CONTENT_JSON = (b"content-type", b"application/json")
 _PREFLIGHT = [
     (b"access-control-allow-methods", b"POST, OPTIONS"),
@@ -137,13 +134,8 @@ def _endpoint(path: str) -> str:
         return found
     kind = path.rstrip("/").rsplit("/", 1)[-1]
     if kind != "batch" and kind not in MESSAGE_TYPES:
-        raise _NotFound(f"{path}: no such endpoint")
+        raise NotFound(f"{path}: no such endpoint")
     return kind
-
-
-class _NotFound(HTTPError):
-    status = 404
-    code = "not_found"
 
 
 async def _read_body(receive: Receive, headers: dict[bytes, bytes]) -> bytes:
