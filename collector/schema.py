@@ -44,19 +44,6 @@ Identifier = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")]
 Rate = Annotated[float, Meta(ge=0, le=100)]
 Count = Annotated[int, Meta(ge=0)]
 
-STATS = [
-    "count",
-    "sum",
-    "avg",
-    "min",
-    "max",
-    "latest",
-    "previous",
-    "first",
-    "distinct_count",
-    "first_at",
-    "last_at",
-]
 Stat = Literal[
     "count",
     "sum",
