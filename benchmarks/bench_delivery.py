@@ -28,12 +28,12 @@ import httpx
 import orjson
 from prometheus_client import CollectorRegistry
 
-from collector import ssrf
-from collector.delivery import Dispatcher
-from collector.deliverylog import DeliveryLog
-from collector.outbox import MemoryOutbox
-from collector.schema import WebhookSettings
-from collector.sender import USER_AGENT
+from collector.config.schema import WebhookSettings
+from collector.delivery import ssrf
+from collector.delivery.dispatcher import Dispatcher
+from collector.delivery.log import DeliveryLog
+from collector.delivery.outbox import MemoryOutbox
+from collector.delivery.sender import USER_AGENT
 from collector.webhook import WebhookRequest
 
 BODY = {"user_id": "u-1", "viewed_path": "/cart", "spent": 4200, "campaign": "cart-followup"}

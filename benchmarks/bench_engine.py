@@ -26,11 +26,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collector.config import decode_config
-from collector.engine import Engine, compile_rules
+from collector.config.settings import decode_config
+from collector.engine.engine import Engine, compile_rules
+from collector.engine.profile import UserState, new_state
 from collector.events import Event
-from collector.profile import UserState, new_state
-from collector.replay import run_replay
+from collector.tools.replay import run_replay
 
 START = 1_780_000_000.0
 PATHS = [

@@ -169,11 +169,11 @@ async def latency(url: str, seconds: int, separate_worker: bool) -> tuple[str, s
 
 async def round_trips(url: str) -> dict[int, int]:
     """Round trips one ingest request costs, by batch size (new visitors, one webhook each)."""
-    from collector.config import decode_config
-    from collector.engine import Engine, compile_rules
+    from collector.config.settings import decode_config
+    from collector.engine.engine import Engine, compile_rules
     from collector.events import Event
-    from collector.store.redis import RedisStore
-    from collector.store.redisconn import RedisConnection
+    from collector.redis.connection import RedisConnection
+    from collector.redis.store import RedisStore
 
     flush(url)
     config = decode_config(pipeline_config("http://127.0.0.1:9"))

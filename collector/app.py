@@ -20,13 +20,13 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from collector import __version__
-from collector.config import Settings
+from collector.config.settings import Settings
 from collector.errors import HTTPError
 from collector.events import Event
-from collector.ingest import IngestApp
+from collector.ingest.endpoints import IngestApp
+from collector.ingest.tagfile import tag_route
 from collector.metrics import IngestMetrics, render
 from collector.runtime import Runtime
-from collector.tagfile import tag_route
 
 log = logging.getLogger("tripwire")
 
@@ -105,7 +105,7 @@ SETTINGS_ENV = "TRIPWIRE_SETTINGS_JSON"
 
 def app_from_environment() -> CollectorApp:
     """App factory for uvicorn worker processes: settings arrive as JSON from the parent."""
-    from collector.schema import decode_hook
+    from collector.config.schema import decode_hook
 
     raw = os.environ[SETTINGS_ENV]
     settings = msgspec.json.decode(raw, type=Settings, dec_hook=decode_hook)

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from collector import __version__
-from collector.config import Settings, build_settings, load_config
+from collector.config.settings import Settings, build_settings, load_config
 from collector.errors import ConfigError
 
 UVICORN_OPTIONS: dict[str, Any] = {
@@ -140,8 +140,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from collector.redismode import is_redis_url
-    from collector.worker import run_worker
+    from collector.delivery.worker import run_worker
+    from collector.redis.mode import is_redis_url
 
     settings = build_settings(_cli_values(args, "config_path", "store"))
     if not is_redis_url(settings.store):
@@ -159,7 +159,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from collector.demo import DemoOptions, run_demo
+    from collector.tools.demo import DemoOptions, run_demo
 
     options = DemoOptions(
         port=args.port, site_port=args.site_port, open_browser=not args.no_browser,
@@ -169,13 +169,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bin(args: argparse.Namespace) -> int:
-    from collector.demo import run_bin
+    from collector.tools.demo import run_bin
 
     return run_bin(args.host, args.port, args.max_requests)
 
 
 def _enc(value: Any) -> Any:
-    from collector.schema import encode_hook
+    from collector.config.schema import encode_hook
 
     if isinstance(value, str):  # the config's str types: timezone names, windows, hours
         return str(value)
@@ -185,13 +185,13 @@ def _enc(value: Any) -> Any:
 
 
 def _validate_rules(settings: Settings) -> None:
-    from collector.engine import compile_rules
+    from collector.engine.engine import compile_rules
 
     compile_rules(settings.config)
 
 
 def _check(args: argparse.Namespace) -> int:
-    from collector.engine import compile_rules
+    from collector.engine.engine import compile_rules
 
     config = load_config(args.config)
     compile_rules(config)
@@ -204,7 +204,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from collector.replay import run_replay
+    from collector.tools.replay import run_replay
 
     config = load_config(args.config)
     return run_replay(args.events, config, as_json=args.json, out=sys.stdout)

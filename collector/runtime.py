@@ -15,21 +15,21 @@ import msgspec
 from prometheus_client import CollectorRegistry
 from starlette.routing import BaseRoute
 
-from collector.admin import EventFeed, admin_routes
-from collector.config import Settings
-from collector.dashboard import dashboard_routes
-from collector.delivery import Dispatcher
-from collector.deliverylog import DeliveryLog
-from collector.engine import Engine, compile_rules
+from collector.admin.api import EventFeed, admin_routes
+from collector.admin.dashboard import dashboard_routes
+from collector.config.schema import CampaignSpec
+from collector.config.settings import Settings
+from collector.delivery.dispatcher import Dispatcher
+from collector.delivery.log import DeliveryLog
+from collector.delivery.outbox import MemoryOutbox, Outbox
+from collector.engine.engine import Engine, compile_rules
 from collector.errors import Unavailable
 from collector.events import Event
 from collector.metrics import IngestMetrics
-from collector.outbox import MemoryOutbox, Outbox
-from collector.redismode import RedisMode, is_redis_url
-from collector.requestbin import RequestBin, bin_routes
-from collector.schema import CampaignSpec
+from collector.redis.mode import RedisMode, is_redis_url
 from collector.store.base import Store
 from collector.store.memory import MemoryStore
+from collector.tools.requestbin import RequestBin, bin_routes
 
 log = logging.getLogger("tripwire")
 _DECISION_LABELS = operator.attrgetter("campaign_id", "outcome", "reason")

@@ -10,11 +10,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from collector.campaigns import sticky_bucket
-from collector.config import decode_config
-from collector.engine import Engine, Outcome, compile_rules
+from collector.config.settings import decode_config
+from collector.engine.campaigns import sticky_bucket
+from collector.engine.engine import Engine, Outcome, compile_rules
+from collector.engine.profile import UserState
 from collector.events import Event
-from collector.profile import UserState
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 

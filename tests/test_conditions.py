@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector.config import decode_config
-from collector.engine import Engine, compile_rules
+from collector.config.settings import decode_config
+from collector.engine.engine import Engine, compile_rules
+from collector.engine.profile import new_state
+from collector.engine.rules import Rules
+from collector.engine.scope import Scope
 from collector.errors import ConfigError
 from collector.events import Event
-from collector.profile import new_state
-from collector.rules import Rules
-from collector.scope import Scope
 
 T = datetime(2026, 3, 10, 12, 0, tzinfo=UTC).timestamp()
 ABSENT = object()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.config import build_settings, decode_config, load_config
+from collector.config.settings import build_settings, decode_config, load_config
 from collector.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "tripwire.yaml"

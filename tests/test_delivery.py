@@ -17,12 +17,12 @@ from prometheus_client import CollectorRegistry
 from standardwebhooks.webhooks import Webhook
 
 from collector import __version__
-from collector.breaker import BreakerPolicy
-from collector.delivery import Backoff, Dispatcher
-from collector.deliverylog import DeliveryAttempt, DeliveryLog
-from collector.outbox import MemoryOutbox, OutboxClosed
-from collector.schema import WebhookSettings
-from collector.sender import parse_retry_after
+from collector.config.schema import WebhookSettings
+from collector.delivery.breaker import BreakerPolicy
+from collector.delivery.dispatcher import Backoff, Dispatcher
+from collector.delivery.log import DeliveryAttempt, DeliveryLog
+from collector.delivery.outbox import MemoryOutbox, OutboxClosed
+from collector.delivery.sender import parse_retry_after
 from collector.webhook import WebhookRequest
 from tests.support.sink import HANG, Reply, Sink
 

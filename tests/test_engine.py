@@ -9,11 +9,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from collector.config import decode_campaign, decode_config
-from collector.engine import Engine, Outcome, compile_rules
+from collector.config.settings import decode_campaign, decode_config
+from collector.engine.engine import Engine, Outcome, compile_rules
+from collector.engine.profile import MAX_ANONYMOUS_IDS, UserState, new_state
 from collector.errors import ConfigError
 from collector.events import Event
-from collector.profile import MAX_ANONYMOUS_IDS, UserState, new_state
 
 T = datetime(2026, 3, 10, 3, 0, tzinfo=UTC).timestamp()
 VARIABLES = {

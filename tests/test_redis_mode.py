@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from collector.store.keys import Keys
+from collector.redis.keys import Keys
 from tests.support.redis import RedisServer, run_worker
 from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire, wait_until
 from tests.support.sink import Sink

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from collector.campaigns import sticky_bucket
-from collector.config import decode_config
-from collector.replay import run_replay
-from collector.schema import ConfigFile
+from collector.config.schema import ConfigFile
+from collector.config.settings import decode_config
+from collector.engine.campaigns import sticky_bucket
+from collector.tools.replay import run_replay
 
 START = datetime(2026, 3, 2, 0, 0, tzinfo=UTC).timestamp()
 HOOK = {"webhook": {"url": "https://hooks.example/#{campaign_id}", "body": {"u": "#{visitor_id}"}}}

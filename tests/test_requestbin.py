@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 from starlette.applications import Starlette
 
-from collector.requestbin import MAX_BODY, RequestBin, create_bin_app
+from collector.tools.requestbin import MAX_BODY, RequestBin, create_bin_app
 from tests.support.ports import free_port
 from tests.support.server import run_tripwire, stop_process, wait_until
 

@@ -8,7 +8,7 @@ import time
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from collector.signing import InvalidSecret, Signer
+from collector.delivery.signing import InvalidSecret, Signer
 
 OLD_SECRET = "whsec_" + base64.b64encode(b"old secret key bytes 0123456789").decode()
 NEW_SECRET = "whsec_" + base64.b64encode(b"new secret key bytes 9876543210").decode()

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.ssrf import Guard, Policy, ResolutionFailed, TargetRefused, is_global
+from collector.delivery.ssrf import Guard, Policy, ResolutionFailed, TargetRefused, is_global
 
 STRICT = Policy.from_settings(allow_private_networks=False, allow_list=[])
 

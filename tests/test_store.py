@@ -15,16 +15,16 @@ from typing import Any
 import pytest
 from redis.asyncio.connection import Connection
 
-from collector.config import decode_config
-from collector.engine import Engine, compile_rules
+from collector.config.schema import ConfigFile
+from collector.config.settings import decode_config
+from collector.engine.engine import Engine, compile_rules
 from collector.errors import Unavailable
 from collector.events import Event
-from collector.redisoutbox import RedisOutbox
-from collector.schema import ConfigFile
+from collector.redis.connection import RedisConnection
+from collector.redis.outbox import RedisOutbox
+from collector.redis.store import RedisStore
 from collector.store.base import Store
 from collector.store.memory import MemoryStore
-from collector.store.redis import RedisStore
-from collector.store.redisconn import RedisConnection
 from tests.support.redis import RedisClusterServers, RedisServer
 
 HOOK = "http://127.0.0.1:9/hook"
@@ -368,8 +368,8 @@ async def test_an_unreachable_redis_is_unavailable_not_an_error() -> None:
 async def test_a_merge_interrupted_after_freezing_completes_later(
     make_redis_store: _Factory,
 ) -> None:
-    from collector.store.redisconn import evalsha
-    from collector.store.scripts import FREEZE
+    from collector.redis.connection import evalsha
+    from collector.redis.scripts import FREEZE
 
     store = await make_redis_store()
     assert isinstance(store, RedisStore)

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from collector.tagfile import TAG_PATH, TagNotBuiltError, accepts_gzip, tag_route
+from collector.ingest.tagfile import TAG_PATH, TagNotBuiltError, accepts_gzip, tag_route
 from tests.support.server import run_tripwire
 
 SCRIPT = b"(function(){var tripwire='tag';})();\n" * 20

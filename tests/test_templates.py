@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from collector.config import decode_config
-from collector.engine import Engine, Outcome, compile_rules
+from collector.config.settings import decode_config
+from collector.engine.engine import Engine, Outcome, compile_rules
+from collector.engine.profile import UserState
 from collector.errors import ConfigError
 from collector.events import Event
-from collector.profile import UserState
 from collector.webhook import WebhookRequest
 
 T = datetime(2026, 3, 10, 12, 0, 0, 250000, tzinfo=UTC).timestamp()

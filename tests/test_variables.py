@@ -9,11 +9,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from collector.config import decode_config
-from collector.engine import Engine, compile_rules
+from collector.config.settings import decode_config
+from collector.engine.engine import Engine, compile_rules
+from collector.engine.profile import UserState
+from collector.engine.variables import DISTINCT_LIMIT, MAX_BUCKETS
 from collector.events import Event
-from collector.profile import UserState
-from collector.variables import DISTINCT_LIMIT, MAX_BUCKETS
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 T = datetime(2026, 3, 10, 12, 0, tzinfo=UTC).timestamp()

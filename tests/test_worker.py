@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from collector.deliverylog import DeliveryAttempt
-from collector.outbox import Envelope
-from collector.redislog import RedisDeliveryLog
-from collector.redisoutbox import RedisOutbox
-from collector.store.redisconn import RedisConnection
+from collector.delivery.log import DeliveryAttempt
+from collector.delivery.outbox import Envelope
+from collector.redis.connection import RedisConnection
+from collector.redis.deliverylog import RedisDeliveryLog
+from collector.redis.outbox import RedisOutbox
 from collector.webhook import WebhookRequest
 from tests.support.redis import RedisServer, run_worker
 from tests.support.server import run_tripwire, wait_until
@@ -250,7 +250,7 @@ async def test_departed_consumers_holding_nothing_are_forgotten(
         ]
         assert b"long-gone" in names
         monkey = pytest.MonkeyPatch()
-        monkey.setattr("collector.redisoutbox._DEPARTED_MS", -1)
+        monkey.setattr("collector.redis.outbox._DEPARTED_MS", -1)
         try:
             await outbox._forget_departed()
         finally:

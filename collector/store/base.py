@@ -11,8 +11,8 @@ from typing import Any, Protocol
 
 import msgspec
 
+from collector.engine.profile import Decision, UserState
 from collector.events import Event
-from collector.profile import Decision, UserState
 from collector.webhook import WebhookRequest
 
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import msgspec
 
-from collector.engine import Engine, new_state
+from collector.config.schema import StateSettings
+from collector.delivery.outbox import Outbox
+from collector.engine.engine import Engine, new_state
+from collector.engine.profile import Decision, UserState
 from collector.events import Event
-from collector.outbox import Outbox
-from collector.profile import Decision, UserState
-from collector.schema import StateSettings
 from collector.store import identity
 from collector.store.base import IngestResult, UserView, event_as_message
 from collector.webhook import WebhookRequest

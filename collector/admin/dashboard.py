@@ -1,0 +1,557 @@
+"""The admin dashboard (`/admin/`): server-rendered pages over the admin operations.
+
+Login turns the admin token into an HttpOnly, SameSite=Strict cookie; every other page needs
+it and sends the browser to the login page without it. Changes are plain form posts answered
+with a redirect (a notice rides along in the query string); the live events page is the one
+place where script does real work. Page templates live in `collector/admin/templates/`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import string
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, quote, urlencode
+
+import msgspec
+import yaml
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from collector.admin import api as admin
+from collector.config.schema import CampaignSpec
+from collector.delivery.log import STATUSES, DeliveryAttempt
+from collector.errors import HTTPError, InvalidCampaign, NotFound
+from collector.events import Event
+
+if TYPE_CHECKING:
+    from collector.runtime import Runtime
+
+Page = Callable[[Request], Awaitable[Response]]
+COOKIE_SECONDS = 7 * 86400
+MAX_FORM_BYTES = 256 * 1024
+NAV = (
+    ("/admin/", "Campaigns"),
+    ("/admin/events", "Live events"),
+    ("/admin/deliveries", "Deliveries"),
+    ("/admin/users", "User lookup"),
+)
+REPLAYABLE = frozenset({"failed", "dead", "refused", "paused"})
+STATUS_CHOICES = ("published", "paused", "draft", "archived")
+TEMPLATES = (
+    "layout", "login", "campaigns", "editor", "editor_side",
+    "events", "deliveries", "users", "user",
+)
+
+WHY = {
+    "status": "the campaign is not published (draft, paused or archived)",
+    "schedule": "the event came outside the campaign's schedule",
+    "target": "the user is not in the campaign's target users (members or visitors)",
+    "not_in_segment": "the user is not in every one of the campaign's target segments",
+    "trigger": "the event did not match the campaign's trigger",
+    "test_mode": "the campaign is in test mode and the user is not a test user",
+    "control_group": "the user is in the control group: their sticky bucket is outside the "
+    "delivery rate (or every variant)",
+    "frequency": "a frequency cap was reached (per event, session or user, or per day)",
+    "exclusive": "another exclusive campaign with a higher priority fired on the same event",
+    "missing_variable": "a #{placeholder} had no value, no fallback and no default",
+    "invalid_header": "a rendered header value held a line break",
+    "quota_exceeded": "the monthly webhook quota is used up",
+}
+
+
+def dashboard_routes(runtime: Runtime) -> list[BaseRoute]:
+    """The dashboard's pages, its login and its static files."""
+    token = runtime.settings.admin_token or None  # empty = off
+    views = {name: string.Template(_resource("templates", f"{name}.html")) for name in TEMPLATES}
+    new_campaign = _resource("templates", "new_campaign.yaml")
+    assets = {
+        "tripwire.css": (_resource("static", "tripwire.css"), "text/css; charset=utf-8"),
+        "dashboard.js": (_resource("static", "dashboard.js"), "text/javascript; charset=utf-8"),
+    }
+
+    def page(request: Request, title: str, body: str, status: int = 200) -> Response:
+        path = request.url.path
+        nav = "".join(
+            f'<a href="{href}"{" class=active" if _current(path, href) else ""}>{label}</a>'
+            for href, label in NAV
+        )
+        flash = ""
+        if notice := request.query_params.get("notice"):
+            flash = f'<div class="notice ok">{_e(notice)}</div>'
+        if error := request.query_params.get("error"):
+            flash = f'<div class="notice error">{_e(error)}</div>'
+        text = views["layout"].substitute(title=_e(title), nav=nav, notice=flash, body=body)
+        return HTMLResponse(text, status_code=status, headers={"Cache-Control": "no-store"})
+
+    def guard(endpoint: Page) -> Page:
+        async def guarded(request: Request) -> Response:
+            if token is None:
+                return _plain("not found", 404)
+            if not admin.authorized(request, token):
+                return RedirectResponse("/admin/login", status_code=303)
+            if request.method != "GET" and not admin.same_origin(request):
+                return _plain("cross-origin request refused", 403)
+            try:
+                return await endpoint(request)
+            except HTTPError as exc:
+                body = f'<div class="notice error">{_e(exc.detail)}</div>'
+                return page(request, "Error", body, exc.status)
+
+        return guarded
+
+    # -- login ----------------------------------------------------------------------------
+
+    def login_form(message: str | None, status: int) -> Response:
+        notice = f'<div class="notice error">{_e(message)}</div>' if message else ""
+        return HTMLResponse(views["login"].substitute(notice=notice), status_code=status)
+
+    def valid(given: str) -> bool:
+        return token is not None and bool(given) and hmac.compare_digest(given, token)
+
+    async def login(request: Request) -> Response:
+        if token is None:
+            return _plain("not found", 404)
+        if request.method == "POST":
+            given = (await _form(request)).get("token", "")
+        else:
+            given = request.query_params.get("token", "")
+            if not given:
+                return login_form(None, 200)
+        if not valid(given.strip()):
+            return login_form("That is not the admin token.", 401)
+        response = RedirectResponse("/admin/", status_code=303)
+        response.set_cookie(
+            admin.COOKIE,
+            given.strip(),
+            max_age=COOKIE_SECONDS,
+            path="/admin",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    async def logout(_: Request) -> Response:
+        response = RedirectResponse("/admin/login", status_code=303)
+        response.delete_cookie(admin.COOKIE, path="/admin", httponly=True, samesite="strict")
+        return response
+
+    async def asset(request: Request) -> Response:
+        found = assets.get(request.path_params["file"])
+        if found is None:
+            return _plain("not found", 404)
+        text, media_type = found
+        return Response(text, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+    # -- campaigns ------------------------------------------------------------------------
+
+    async def campaigns(request: Request) -> Response:
+        stats = admin.campaign_stats(runtime)
+        rows = "".join(_campaign_row(c, stats.get(c.id)) for c in runtime.config.campaigns)
+        rows = rows or '<tr><td colspan="6" class="muted">No campaigns yet.</td></tr>'
+        return page(request, "Campaigns", views["campaigns"].substitute(rows=rows))
+
+    async def set_status(request: Request) -> Response:
+        campaign_id = request.path_params["id"]
+        status = (await _form(request)).get("status", "")
+        if status not in STATUS_CHOICES:
+            return _back("/admin/", error=f"unknown status {status!r}")
+        await admin.set_status(runtime, campaign_id, status)
+        verb = {"published": "Published", "paused": "Paused"}.get(status, f"Set to {status}:")
+        return _back("/admin/", notice=f"{verb} {campaign_id}.")
+
+    async def editor(request: Request) -> Response:
+        campaign_id = request.path_params.get("id")
+        if campaign_id is None:
+            return editor_page(request, None, new_campaign, [], 200)
+        spec = admin.find_campaign(runtime, campaign_id)
+        return editor_page(request, spec, _campaign_yaml(spec), [], 200)
+
+    async def save(request: Request) -> Response:
+        original = request.path_params.get("id")
+        source = (await _form(request)).get("source", "")
+        spec = admin.find_campaign(runtime, original) if original else None
+        try:
+            raw = admin.parse_campaign_text(source)
+            campaign_id = raw.get("id") if isinstance(raw, dict) else None
+            if not isinstance(campaign_id, str) or not campaign_id:
+                raise InvalidCampaign(["id: required"])
+            if original and campaign_id != original:
+                problem = f"id: cannot change ({original!r}); create a new campaign instead"
+                raise InvalidCampaign([problem])
+            if not original and any(c.id == campaign_id for c in runtime.config.campaigns):
+                raise InvalidCampaign([f"id: a campaign {campaign_id!r} exists already"])
+            saved, _ = await admin.save_campaign(runtime, campaign_id, raw)
+        except InvalidCampaign as exc:
+            return editor_page(request, spec, source, exc.problems, 400)
+        return _back("/admin/", notice=f"Saved {saved.id}.")
+
+    async def delete(request: Request) -> Response:
+        campaign_id = request.path_params["id"]
+        if not await runtime.remove_campaign(campaign_id):
+            raise NotFound(f"no campaign {campaign_id!r}")
+        return _back("/admin/", notice=f"Deleted {campaign_id}.")
+
+    async def fire_test(request: Request) -> Response:
+        campaign_id = request.path_params["id"]
+        user = (await _form(request)).get("user", "").strip() or None
+        target = f"/admin/campaigns/{quote(campaign_id)}"
+        try:
+            attempt = await admin.test_fire(runtime, campaign_id, user)
+        except InvalidCampaign as exc:
+            return _back(target, error="Test not sent: " + "; ".join(exc.problems))
+        except NotFound as exc:
+            return _back(target, error=f"Test not sent: {exc.detail}")
+        code = attempt.status_code
+        outcome = f"HTTP {code}" if code else (attempt.error or attempt.status)
+        message = f"Test webhook {attempt.status}: {attempt.method} {attempt.url} → {outcome}"
+        kind = "notice" if attempt.status == "delivered" else "error"
+        return _back(target, **{kind: message})
+
+    def editor_page(
+        request: Request, spec: CampaignSpec | None, source: str, problems: list[str], status: int
+    ) -> Response:
+        action = f"/admin/campaigns/{quote(spec.id)}" if spec else "/admin/campaigns"
+        title = f"Edit {spec.id}" if spec else "New campaign"
+        errors = ""
+        if problems:
+            items = "".join(f"<li>{_e(p)}</li>" for p in problems)
+            count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+            errors = (
+                f'<div class="notice error" id="problems"><strong>Not saved: {count}</strong>'
+                f'<ul class="problems">{items}</ul></div>'
+            )
+        side = ""
+        if spec is not None:
+            stats = _stats_html(admin.campaign_stats(runtime).get(spec.id))
+            side = views["editor_side"].substitute(action=action, stats=stats, id=_e(spec.id))
+        body = views["editor"].substitute(
+            title=_e(title), errors=errors, action=action, source=_e(source), side=side
+        )
+        return page(request, title, body, status)
+
+    # -- events, deliveries, users --------------------------------------------------------
+
+    async def events(request: Request) -> Response:
+        return page(request, "Live events", views["events"].substitute())
+
+    async def deliveries(request: Request) -> Response:
+        query = request.query_params
+        campaign = query.get("campaign") or None
+        status = query.get("status") or None
+        if status not in STATUSES:
+            status = None
+        found = await runtime.delivery_log.query(campaign=campaign, status=status, limit=200)
+        filters = {"campaign": campaign or "", "status": status or ""}
+        here = "/admin/deliveries?" + urlencode(filters)
+        rows = "".join(_delivery_row(d, here) for d in found)
+        rows = rows or '<tr><td colspan="7" class="muted">No deliveries match.</td></tr>'
+        body = views["deliveries"].substitute(
+            here=_e(here),
+            rows=rows,
+            campaign_options=_options(
+                [c.id for c in runtime.config.campaigns], campaign, "all campaigns"
+            ),
+            status_options=_options(list(STATUSES), status, "any status"),
+        )
+        return page(request, "Deliveries", body)
+
+    async def replay(request: Request) -> Response:
+        delivery_id = request.path_params["id"]
+        back = (await _form(request)).get("back") or "/admin/deliveries"
+        if not back.startswith("/admin/"):
+            back = "/admin/deliveries"
+        replayed = await runtime.dispatcher.replay(delivery_id)
+        if not replayed.count:
+            return _back(back, error=f"{delivery_id} is not a dead letter: nothing to replay.")
+        return _back(back, notice=f"Replaying {delivery_id}.")
+
+    async def users(request: Request) -> Response:
+        identity = (request.query_params.get("id") or "").strip()
+        result, status, title = "", 200, "User lookup"
+        if identity:
+            view = await runtime.store.lookup(identity, time.time())
+            if view is None:
+                result = f'<div class="notice error">No user {_e(identity)} is known.</div>'
+                status = 404
+            else:
+                title = f"User {identity}"
+                result = _user_html(views["user"], view.key, view.profile, view.recent_events)
+        if not identity:
+            result = _recent_users(runtime.events.recent)
+        body = views["users"].substitute(identity=_e(identity), result=result)
+        return page(request, title, body, status)
+
+    async def to_index(_: Request) -> Response:
+        return RedirectResponse("/admin/", status_code=307)
+
+    return [
+        Route("/admin", to_index),
+        Mount(
+            "/admin",
+            routes=[
+                Route("/login", login, methods=["GET", "POST"]),
+                Route("/logout", logout, methods=["POST"]),
+                Route("/static/{file}", asset, methods=["GET", "HEAD"]),
+                Route("/", guard(campaigns), methods=["GET"]),
+                Route("/new", guard(editor), methods=["GET"]),
+                Route("/campaigns", guard(save), methods=["POST"]),
+                Route("/campaigns/{id}", guard(editor), methods=["GET"]),
+                Route("/campaigns/{id}", guard(save), methods=["POST"]),
+                Route("/campaigns/{id}/status", guard(set_status), methods=["POST"]),
+                Route("/campaigns/{id}/delete", guard(delete), methods=["POST"]),
+                Route("/campaigns/{id}/test", guard(fire_test), methods=["POST"]),
+                Route("/events", guard(events), methods=["GET"]),
+                Route("/deliveries", guard(deliveries), methods=["GET"]),
+                Route("/deliveries/{id}/replay", guard(replay), methods=["POST"]),
+                Route("/users", guard(users), methods=["GET"]),
+            ],
+        ),
+    ]
+
+
+# -- fragments -------------------------------------------------------------------------------
+
+
+def _campaign_row(spec: CampaignSpec, stats: dict[str, Any] | None) -> str:
+    href = f"/admin/campaigns/{quote(spec.id)}"
+    published = spec.status == "published"
+    toggle_to, label = ("paused", "Pause") if published else ("published", "Publish")
+    toggle = (
+        f'<form class="inline" method="post" action="{href}/status">'
+        f'<input type="hidden" name="status" value="{toggle_to}">'
+        f'<button type="submit" class="toggle">{label}</button></form>'
+    )
+    flags = []
+    if spec.test_mode:
+        flags.append('<span class="badge">test mode</span>')
+    if spec.variants:
+        flags.append(f'<span class="badge">A/B · {len(spec.variants)} variants</span>')
+    if spec.exclusive:
+        flags.append('<span class="badge">exclusive</span>')
+    fired = stats["fired"] if stats else 0
+    return (
+        f'<tr data-campaign="{_e(spec.id)}">'
+        f'<td><a href="{href}"><strong>{_e(spec.name or spec.id)}</strong></a>'
+        f'<div class="muted small"><code>{_e(spec.id)}</code> {" ".join(flags)}</div></td>'
+        f'<td><span class="badge status {spec.status}">{spec.status}</span></td>'
+        f'<td class="small">{_e(_trigger_text(spec))}</td>'
+        f'<td class="num fired">{fired}</td>'
+        f'<td class="reasons">{_reasons_html(stats)}</td>'
+        f'<td class="actions">{toggle}<a href="{href}">Edit</a></td></tr>'
+    )
+
+
+def _trigger_text(spec: CampaignSpec) -> str:
+    trigger = spec.trigger
+    if trigger is None:
+        return "every page view"
+    if trigger.segment_entered:
+        return f"enters segment {trigger.segment_entered}"
+    return f"{trigger.event}{' (filtered)' if trigger.where is not None else ''}"
+
+
+def _reasons_html(stats: dict[str, Any] | None) -> str:
+    suppressed: dict[str, int] = stats["suppressed"] if stats else {}
+    if not suppressed:
+        return '<span class="muted">—</span>'
+    return "".join(
+        f'<span class="badge suppressed" title="{_e(WHY.get(reason, reason))}">'
+        f"{_e(reason)} {count}</span>"
+        for reason, count in sorted(suppressed.items(), key=lambda item: -item[1])
+    )
+
+
+def _stats_html(stats: dict[str, Any] | None) -> str:
+    fired = stats["fired"] if stats else 0
+    return (
+        f'<dl class="kv"><dt>Fired</dt><dd>{fired}</dd><dt>Suppressed</dt>'
+        f'<dd class="reasons">{_reasons_html(stats)}</dd></dl>'
+    )
+
+
+def _delivery_row(entry: DeliveryAttempt, here: str) -> str:
+    latency = f"{entry.latency_ms:.0f} ms" if entry.latency_ms is not None else "—"
+    code = f"HTTP {entry.status_code}" if entry.status_code is not None else ""
+    response = _e(code)
+    if entry.response:
+        summary = _e(code or "body")
+        response = f"<details><summary>{summary}</summary><pre>{_e(entry.response)}</pre></details>"
+    if entry.error:
+        response += f'<div class="small muted">{_e(entry.error)}</div>'
+    replay = ""
+    if entry.status in REPLAYABLE:
+        action = f"/admin/deliveries/{quote(entry.delivery_id)}/replay"
+        replay = (
+            f'<form class="inline" method="post" action="{action}">'
+            f'<input type="hidden" name="back" value="{_e(here)}">'
+            f'<button type="submit">Replay</button></form>'
+        )
+    variant = f' <span class="muted">/ {_e(entry.variant_id)}</span>' if entry.variant_id else ""
+    return (
+        f'<tr data-delivery="{_e(entry.delivery_id)}"><td class="small">{_clock(entry.at)}</td>'
+        f"<td>{_e(entry.campaign_id)}{variant}"
+        f'<div class="small muted">{_e(entry.user_key)}</div></td>'
+        f'<td class="small"><span class="method">{_e(entry.method)}</span> '
+        f"<code>{_e(entry.url)}</code><div class=muted>attempt {entry.attempt} · "
+        f"<code>{_e(entry.delivery_id)}</code></div></td>"
+        f'<td><span class="badge {entry.status}">{entry.status}</span></td>'
+        f'<td class="num">{latency}</td><td class="small">{response}</td><td>{replay}</td></tr>'
+    )
+
+
+def _user_html(
+    template: string.Template, key: str, profile: dict[str, Any], recent: list[dict[str, Any]]
+) -> str:
+    decisions: dict[str, dict[str, Any]] = profile.get("decisions") or {}
+    rows = []
+    for campaign_id, decision in sorted(decisions.items()):
+        outcome = str(decision.get("outcome", ""))
+        reason = decision.get("reason")
+        why = "it fired" if outcome == "fired" else WHY.get(str(reason), str(reason))
+        variant = decision.get("variant_id")
+        rows.append(
+            f'<tr data-campaign="{_e(campaign_id)}">'
+            f'<td><a href="/admin/campaigns/{quote(campaign_id)}">{_e(campaign_id)}</a>'
+            f"{f' / {_e(variant)}' if variant else ''}</td>"
+            f'<td><span class="badge {_e(outcome)}">{_e(outcome)}</span></td>'
+            f'<td><code>{_e(reason or "")}</code></td><td class="why">{_e(why)}</td>'
+            f'<td class="small">{_clock(decision.get("at"))}</td></tr>'
+        )
+    shown = {"decisions", "traits", "variables", "segments", "key", "session"}
+    segments = "".join(f'<span class="badge">{_e(s)}</span> ' for s in profile.get("segments", []))
+    events = "".join(_event_row(m) for m in reversed(recent))
+    return template.substitute(
+        decisions="".join(rows) or '<tr><td colspan="5" class="muted">No decisions yet.</td></tr>',
+        key=_e(key),
+        facts=_kv(_facts(profile, shown)),
+        segments=segments or '<span class="muted">none</span>',
+        traits=_kv(profile.get("traits") or {}),
+        variables=_kv(profile.get("variables") or {}),
+        events=events or '<tr><td colspan="4" class="muted">No recent events.</td></tr>',
+    )
+
+
+def _facts(profile: dict[str, Any], shown: set[str]) -> dict[str, Any]:
+    """The profile's other fields, with times and the session made readable."""
+    facts = {k: v for k, v in profile.items() if k not in shown}
+    for name in ("first_seen", "last_seen"):
+        if name in facts:
+            facts[name] = _clock(facts[name])
+    session = profile.get("session")
+    if isinstance(session, dict):
+        state = "active" if session.get("active") else "ended"
+        started = _clock(session.get("start"))
+        facts["session"] = f"#{session.get('number')} since {started} ({state})"
+    return facts
+
+
+def _recent_users(events: Iterable[Event]) -> str:
+    """Links to the users behind the latest events, newest first."""
+    seen: dict[str, str] = {}
+    for event in reversed(list(events)):
+        identity = event.user_id or event.anonymous_id
+        if identity and identity not in seen:
+            seen[identity] = event.user_id or f"visitor {identity[:8]}…"
+    if not seen:
+        return ""
+    links = "".join(
+        f'<a class="badge" href="/admin/users?id={quote(identity)}">{_e(label)}</a> '
+        for identity, label in list(seen.items())[:20]
+    )
+    return f'<div class="card"><h2>Recently seen</h2><p class="reasons">{links}</p></div>'
+
+
+def _event_row(message: dict[str, Any]) -> str:
+    page = (message.get("context") or {}).get("page") or {}
+    name = message.get("event") or message.get("name") or ""
+    return (
+        f'<tr><td class="small">{_clock(message.get("timestamp"))}</td>'
+        f'<td>{_e(message.get("type"))}</td><td>{_e(name)}</td>'
+        f"<td><code>{_e(page.get('path', ''))}</code></td></tr>"
+    )
+
+
+def _kv(values: dict[str, Any]) -> str:
+    if not values:
+        return '<p class="muted">none</p>'
+    items = "".join(
+        f"<dt>{_e(k)}</dt><dd>{_e(_show(v))}</dd>" for k, v in sorted(values.items())
+    )
+    return f'<dl class="kv">{items}</dl>'
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return msgspec.json.encode(value, enc_hook=str).decode()
+
+
+def _options(values: list[str], selected: str | None, blank: str) -> str:
+    options = [f'<option value="">{_e(blank)}</option>']
+    for value in values:
+        chosen = " selected" if value == selected else ""
+        options.append(f'<option value="{_e(value)}"{chosen}>{_e(value)}</option>')
+    return "".join(options)
+
+
+def _campaign_yaml(spec: CampaignSpec) -> str:
+    data = _without_nulls(admin.campaign_as_data(spec))
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=96)
+
+
+def _without_nulls(value: Any) -> Any:
+    """Drop keys whose value is null (every optional campaign field defaults to null)."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def _back(path: str, **message: str) -> Response:
+    query = urlencode(message)
+    if query:
+        path = f"{path}{'&' if '?' in path else '?'}{query}"
+    return RedirectResponse(path, status_code=303)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """A urlencoded form body, decoded without extra dependencies."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            break
+    text = body[:MAX_FORM_BYTES].decode("utf-8", "replace")
+    return dict(parse_qsl(text, keep_blank_values=True))
+
+
+def _plain(text: str, status: int) -> Response:
+    return Response(text, status_code=status, media_type="text/plain")
+
+
+def _current(path: str, href: str) -> bool:
+    if href == "/admin/":
+        return path in ("/admin/", "/admin/new") or path.startswith("/admin/campaigns")
+    return path.startswith(href)
+
+
+def _clock(at: Any) -> str:
+    if not isinstance(at, int | float) or not at:
+        return "—"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+def _e(text: Any) -> str:
+    return html.escape("" if text is None else str(text), quote=True)
+
+
+def _resource(folder: str, name: str) -> str:
+    return (resources.files("collector.admin") / folder / name).read_text(encoding="utf-8")

@@ -1,0 +1,1 @@
+"""The config file: its typed schema, durations, loading and checking into Settings."""

@@ -1,0 +1,411 @@
+"""The config file's typed structure (SPEC §6): campaigns, variables, segments, conditions.
+
+Everything here is a frozen msgspec Struct decoded with unknown keys rejected. Conditions are
+free-form mappings in the file (`{trait: plan, eq: pro}`, `{all: [...]}`), so they are parsed
+into the small tree at the bottom of this module by `parse_condition`, which reports every
+mistake with its path.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, time
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+from msgspec import Meta
+
+from collector.config.durations import Duration, parse_duration
+
+
+class TimezoneName(str):
+    """An IANA timezone name, checked when decoded."""
+
+
+class ConditionTree:
+    """A parsed condition, keeping the mapping it came from (for encoding it back)."""
+
+    __slots__ = ("raw", "root")
+
+    def __init__(self, raw: Any, root: Condition) -> None:
+        self.raw = raw
+        self.root = root
+
+    def __repr__(self) -> str:
+        return f"ConditionTree({self.raw!r})"
+
+
+class Base(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Shared options: unknown keys are errors, values are immutable."""
+
+
+Identifier = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")]
+Rate = Annotated[float, Meta(ge=0, le=100)]
+Count = Annotated[int, Meta(ge=0)]
+
+Stat = Literal[
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "latest",
+    "previous",
+    "first",
+    "distinct_count",
+    "first_at",
+    "last_at",
+]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+CampaignStatus = Literal["draft", "published", "paused", "archived"]
+
+_WINDOW = re.compile(r"^(all|session|previous_session|today|[1-9][0-9]{0,3}[dh])$")
+_HOURS = re.compile(r"^([01][0-9]|2[0-4]):([0-5][0-9])-([01][0-9]|2[0-4]):([0-5][0-9])$")
+
+
+class Window(str):
+    """A variable window: all, session, previous_session, today, Nd or Nh."""
+
+
+class Hours(str):
+    """A daily time range, `HH:MM-HH:MM`."""
+
+
+class WebhookSettings(Base, frozen=True):
+    """How webhooks are signed, sent, retried and guarded."""
+
+    signing_secrets: list[str] = []
+    timeout: Duration = Duration(10.0)
+    max_attempts: Annotated[int, Meta(ge=1, le=100)] = 10
+    max_age: Duration = Duration(86400.0)
+    allow_private_networks: bool = False
+    allow_list: list[str] = []
+    monthly_quota: Count | None = None
+    concurrency_per_endpoint: Annotated[int, Meta(ge=1, le=1000)] = 8
+
+
+class VariableSpec(Base, frozen=True):
+    """A per-user value computed from events (ユーザー情報変数)."""
+
+    event: str | list[str]
+    stat: Stat
+    field: str | None = None
+    where: ConditionTree | None = None
+    window: Window = Window("all")
+    default: Any = None
+
+
+class Schedule(Base, frozen=True):
+    """When a campaign may fire, in the config's timezone unless times carry an offset."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    days: list[Weekday] | None = None
+    hours: Hours | None = None
+
+
+class Target(Base, frozen=True):
+    """Who a campaign is for: everyone, identified members or anonymous visitors, in segments."""
+
+    users: Literal["all", "members", "visitors"] = "all"
+    segments: list[str] = []
+
+
+class Trigger(Base, frozen=True):
+    """What a user must just have done: an event (optionally filtered) or entering a segment."""
+
+    event: str | None = None
+    where: ConditionTree | None = None
+    segment_entered: str | None = None
+
+
+class Frequency(Base, frozen=True):
+    """Caps on how often a campaign fires, counted per event, session or user."""
+
+    per: Literal["event", "session", "user"] = "user"
+    max_total: Annotated[int, Meta(ge=1)] | None = None
+    max_per_day: Annotated[int, Meta(ge=1)] | None = None
+
+
+class WebhookAction(Base, frozen=True):
+    """The HTTP request a campaign sends; strings may hold `#{name}` placeholders."""
+
+    url: Annotated[str, Meta(min_length=1)]
+    method: Method = "POST"
+    headers: dict[str, str] = {}
+    body: Any = None
+
+
+class Action(Base, frozen=True):
+    """What happens when a campaign fires."""
+
+    webhook: WebhookAction
+
+
+class Variant(Base, frozen=True):
+    """One arm of an A/B test: its share of users and its own action."""
+
+    id: Identifier
+    rate: Rate
+    action: Action
+
+
+class CampaignSpec(Base, frozen=True):
+    """A campaign (接客サービス): delivery conditions plus a webhook action."""
+
+    id: Identifier
+    name: str = ""
+    status: CampaignStatus = "draft"
+    schedule: Schedule | None = None
+    target: Target = Target()
+    trigger: Trigger | None = None
+    frequency: Frequency = Frequency()
+    exclusive: bool = False
+    priority: int = 0
+    test_mode: bool = False
+    rate: Rate = 100.0
+    action: Action | None = None
+    variants: list[Variant] | None = None
+
+
+class RequestBinSettings(Base, frozen=True):
+    """The built-in request bin (on in the demo, off in serve unless enabled)."""
+
+    enabled: bool = False
+    max_requests: Annotated[int, Meta(ge=1)] = 200
+
+
+class StateSettings(Base, frozen=True):
+    """Bounds on per-user state held in memory."""
+
+    user_ttl: Duration = Duration(30 * 86400.0)
+    max_users: Annotated[int, Meta(ge=1)] = 1_000_000
+    recent_events: Annotated[int, Meta(ge=0, le=1000)] = 50
+
+
+class ConfigFile(Base, frozen=True):
+    """The whole `tripwire.yaml`."""
+
+    write_keys: list[str] = []
+    timezone: TimezoneName = TimezoneName("UTC")
+    session_timeout: Duration = Duration(1800.0)
+    allowed_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    webhooks: WebhookSettings = WebhookSettings()
+    test_users: ConditionTree | None = None
+    variables: dict[str, VariableSpec] = {}
+    segments: dict[str, ConditionTree] = {}
+    campaigns: list[CampaignSpec] = []
+    request_bin: RequestBinSettings = RequestBinSettings()
+    state: StateSettings = StateSettings()
+
+
+# --- conditions -------------------------------------------------------------------------------
+
+OPERAND_KINDS = ("trait", "var", "prop", "context", "event_count", "segment")
+VALUE_OPERATORS = [
+    "eq",
+    "ne",
+    "gt",
+    "gte",
+    "lt",
+    "lte",
+    "between",
+    "in",
+    "not_in",
+    "contains",
+    "not_contains",
+    "starts_with",
+    "ends_with",
+    "regex",
+    "exists",
+    "within",
+    "older_than",
+]
+
+
+class Leaf(msgspec.Struct, frozen=True):
+    """One comparison: an operand (`trait: plan`), an operator and the value to compare with."""
+
+    kind: str  # one of OPERAND_KINDS
+    name: str  # trait/var/segment name, property or context path, or event name
+    op: str  # one of VALUE_OPERATORS; "member" for a bare `segment: NAME`
+    value: Any
+    window: str = "all"  # for event_count
+
+
+class All(msgspec.Struct, frozen=True):
+    """True when every item is true."""
+
+    items: tuple[Condition, ...]
+
+
+class AnyOf(msgspec.Struct, frozen=True):
+    """True when at least one item is true."""
+
+    items: tuple[Condition, ...]
+
+
+class Not(msgspec.Struct, frozen=True):
+    """True when its item is false."""
+
+    item: Condition
+
+
+Condition = Leaf | All | AnyOf | Not
+
+
+def parse_condition(raw: Any, path: str, errors: list[str]) -> Condition | None:
+    """Parse a condition mapping into a tree, appending `path: message` for each mistake."""
+    if not isinstance(raw, dict) or not raw:
+        errors.append(f"{path}: expected a condition mapping, got {type(raw).__name__}")
+        return None
+    keys = set(raw)
+    for combinator in ("all", "any"):
+        if combinator in raw:
+            if keys != {combinator}:
+                errors.append(
+                    f"{path}: '{combinator}' cannot be combined with {sorted(keys - {combinator})}"
+                )
+            items = raw[combinator]
+            if not isinstance(items, list) or not items:
+                errors.append(f"{path}.{combinator}: expected a non-empty list of conditions")
+                return None
+            parsed = [
+                parse_condition(item, f"{path}.{combinator}[{i}]", errors)
+                for i, item in enumerate(items)
+            ]
+            kept = tuple(p for p in parsed if p is not None)
+            return All(kept) if combinator == "all" else AnyOf(kept)
+    if "not" in raw:
+        if keys != {"not"}:
+            errors.append(f"{path}: 'not' cannot be combined with {sorted(keys - {'not'})}")
+        inner = parse_condition(raw["not"], f"{path}.not", errors)
+        return Not(inner) if inner is not None else None
+    return _parse_leaf(raw, path, errors)
+
+
+def _parse_leaf(raw: dict[str, Any], path: str, errors: list[str]) -> Leaf | None:
+    kinds = [k for k in raw if k in OPERAND_KINDS]
+    ops = [k for k in raw if k in VALUE_OPERATORS]
+    unknown = [
+        k for k in raw if k not in OPERAND_KINDS and k not in VALUE_OPERATORS and k != "window"
+    ]
+    start = len(errors)
+    for key in unknown:
+        errors.append(f"{path}: unknown operator '{key}'")
+    if len(kinds) != 1:
+        errors.append(f"{path}: expected exactly one operand of {', '.join(OPERAND_KINDS)}")
+        return None
+    kind = kinds[0]
+    name = raw[kind]
+    if not isinstance(name, str) or not name:
+        errors.append(f"{path}.{kind}: expected a name")
+        return None
+    window = raw.get("window", "all")
+    if "window" in raw and kind != "event_count":
+        errors.append(f"{path}.window: only event_count takes a window")
+    elif not isinstance(window, str) or not _WINDOW.match(window):
+        errors.append(f"{path}.window: invalid window {window!r}")
+    if kind == "segment" and not ops:
+        return Leaf(kind, name, "member", True, window) if len(errors) == start else None
+    if len(ops) != 1:
+        if unknown and not ops:
+            return None
+        errors.append(f"{path}: expected exactly one operator, got {ops or 'none'}")
+        return None
+    op = ops[0]
+    value = _check_value(op, raw[op], f"{path}.{op}", errors)
+    if len(errors) != start:
+        return None
+    return Leaf(kind, name, op, value, window)
+
+
+def _check_value(op: str, value: Any, path: str, errors: list[str]) -> Any:
+    if op == "between":
+        if not (isinstance(value, list) and len(value) == 2):
+            errors.append(f"{path}: expected [low, high]")
+        return value
+    if op in ("in", "not_in"):
+        if not isinstance(value, list):
+            errors.append(f"{path}: expected a list")
+        return value
+    if op in ("gt", "gte", "lt", "lte") and not isinstance(value, int | float | str):
+        errors.append(f"{path}: expected a number or string")
+    if op in ("contains", "not_contains", "starts_with", "ends_with") and not isinstance(
+        value, str | int | float
+    ):
+        errors.append(f"{path}: expected a string")
+    if op == "regex":
+        if not isinstance(value, str):
+            errors.append(f"{path}: expected a regular expression string")
+            return value
+        try:
+            re.compile(value)
+        except re.error as exc:
+            errors.append(f"{path}: invalid regular expression: {exc}")
+    if op == "exists" and not isinstance(value, bool):
+        errors.append(f"{path}: expected true or false")
+    if op in ("within", "older_than"):
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            errors.append(f"{path}: {exc}")
+    return value
+
+
+def parse_hours(hours: str) -> tuple[time, time]:
+    """Split a validated `HH:MM-HH:MM` range into (start, end); 24:00 means end of day."""
+    match = _HOURS.match(hours)
+    assert match is not None
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    end = time(23, 59, 59, 999999) if h2 == 24 else time(h2, m2)
+    return time(min(h1, 23), m1), end
+
+
+def window_seconds(window: str) -> float | None:
+    """Length of an `Nd`/`Nh` window in seconds, or None for named windows."""
+    if window[-1] == "d" and window[:-1].isdigit():
+        return int(window[:-1]) * 86400.0
+    if window[-1] == "h" and window[:-1].isdigit():
+        return int(window[:-1]) * 3600.0
+    return None
+
+
+def decode_hook(type_: type, value: Any) -> Any:
+    """msgspec `dec_hook` for the config's own types: durations, timezones, conditions."""
+    if type_ is Duration:
+        return parse_duration(value)
+    if type_ is TimezoneName:
+        if not isinstance(value, str):
+            raise ValueError("expected a timezone name such as Asia/Tokyo")
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r}") from None
+        return TimezoneName(value)
+    if type_ is Window:
+        if not isinstance(value, str) or not _WINDOW.match(value):
+            raise ValueError(
+                f"invalid window {value!r} (use all, session, previous_session, today, Nd or Nh)"
+            )
+        return Window(value)
+    if type_ is Hours:
+        if not isinstance(value, str) or not _HOURS.match(value):
+            raise ValueError(f"invalid hours {value!r} (use HH:MM-HH:MM, e.g. 09:00-21:00)")
+        return Hours(value)
+    if type_ is ConditionTree:
+        problems: list[str] = []
+        root = parse_condition(value, "$", problems)
+        if root is None or problems:
+            raise ValueError("; ".join(problems))
+        return ConditionTree(value, root)
+    raise NotImplementedError(f"cannot decode {type_!r}")
+
+
+def encode_hook(value: Any) -> Any:
+    """msgspec `enc_hook` giving back the config's own types as plain data."""
+    if isinstance(value, ConditionTree):
+        return value.raw
+    raise NotImplementedError(f"cannot encode {type(value)!r}")

@@ -1,0 +1,323 @@
+"""Loading and checking configuration: the config file, `TRIPWIRE_*` overrides, and Settings.
+
+`load_config` decodes a YAML or JSON file into `schema.ConfigFile`, collecting every mistake with
+its path (`campaigns[2].trigger.where.all[0]: unknown operator 'equal'`) rather than stopping at
+the first, then checks what a type cannot: references between names, cycles, rates, timezones.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from collector.config import schema
+from collector.config.schema import (
+    CampaignSpec,
+    ConditionTree,
+    ConfigFile,
+    Leaf,
+    decode_hook,
+    parse_condition,
+)
+from collector.delivery.signing import InvalidSecret, decode_secret
+from collector.errors import ConfigError
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a process needs to run, built once by the CLI and passed down."""
+
+    config: ConfigFile = ConfigFile()
+    config_path: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    store: str = "memory"  # "memory" or a redis:// URL
+    workers: int = 1
+    data_dir: str = ".tripwire"
+    admin_token: str | None = None
+    request_bin: bool = False
+    deliver_in_process: bool = True
+
+
+# -- decoding with every error reported ------------------------------------------------------
+
+
+def decode_config(raw: Any) -> ConfigFile:
+    """Turn parsed YAML/JSON into a checked ConfigFile, or raise ConfigError with every problem."""
+    problems: list[str] = []
+    if raw is None:
+        raw = {}
+    config: ConfigFile | None = _convert(raw, ConfigFile, "", problems)
+    if config is not None:
+        check_config(config, problems)
+    if problems or config is None:
+        raise ConfigError(problems)
+    return config
+
+
+def decode_campaign(raw: Any, config: ConfigFile) -> CampaignSpec:
+    """Decode one campaign (admin API) against an existing config, with the same checks."""
+    problems: list[str] = []
+    campaign: CampaignSpec | None = _convert(raw, CampaignSpec, "", problems)
+    if campaign is not None:
+        _check_campaign(campaign, "", config, problems)
+    if problems or campaign is None:
+        raise ConfigError(problems)
+    return campaign
+
+
+def load_config(path: str | Path) -> ConfigFile:
+    """Read a config file (YAML, or JSON by extension or content) and decode it."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    try:
+        raw = msgspec.json.decode(text) if file.suffix == ".json" else yaml.safe_load(text)
+    except (msgspec.DecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(
+            [f"{path}: not valid {'JSON' if file.suffix == '.json' else 'YAML'}: {exc}"]
+        ) from exc
+    return decode_config(raw)
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def _convert(raw: Any, typ: Any, path: str, problems: list[str]) -> Any:
+    """Convert raw data to `typ`, descending into structs, lists and dicts to report every error."""
+    start = len(problems)
+    origin = typing.get_origin(typ)
+    if typ is ConditionTree or (
+        origin in (typing.Union, types.UnionType) and ConditionTree in typing.get_args(typ)
+    ):
+        if raw is None and typ is not ConditionTree:
+            return None
+        root = parse_condition(raw, path, problems)
+        return ConditionTree(raw, root) if root is not None and len(problems) == start else None
+    if isinstance(typ, type) and issubclass(typ, msgspec.Struct) and isinstance(raw, dict):
+        fields = {f.encode_name: f for f in msgspec.structs.fields(typ)}
+        for key in raw:
+            if key not in fields:
+                problems.append(f"{_join(path, str(key))}: unknown key")
+        for name, field in fields.items():
+            if name in raw:
+                _convert(raw[name], field.type, _join(path, name), problems)
+            elif field.required:
+                problems.append(f"{_join(path, name)}: required")
+    elif origin is list and isinstance(raw, list):
+        (item_type,) = typing.get_args(typ)
+        for index, item in enumerate(raw):
+            _convert(item, item_type, _join(path, index), problems)
+    elif origin is dict and isinstance(raw, dict):
+        _, value_type = typing.get_args(typ)
+        for key, value in raw.items():
+            _convert(value, value_type, _join(path, str(key)), problems)
+    elif origin in (typing.Union, types.UnionType):
+        structs = [
+            a for a in typing.get_args(typ) if isinstance(a, type) and issubclass(a, msgspec.Struct)
+        ]
+        if len(structs) == 1 and isinstance(raw, dict):
+            return _convert(raw, structs[0], path, problems)
+    if len(problems) > start:
+        return None
+    try:
+        return msgspec.convert(raw, typ, dec_hook=decode_hook)
+    except msgspec.ValidationError as exc:
+        problems.append(_validation_message(exc, path))
+        return None
+
+
+def _validation_message(exc: msgspec.ValidationError, path: str) -> str:
+    message, _, where = str(exc).rpartition(" - at `")
+    if not message:
+        return f"{path or '$'}: {exc}"
+    suffix = where.rstrip("`")[1:]  # drop the leading "$"
+    full = (path + suffix) if suffix.startswith("[") or not path else f"{path}{suffix}"
+    return f"{full.lstrip('.') or '$'}: {message}"
+
+
+# -- checks a type cannot express ------------------------------------------------------------
+
+
+def check_config(config: ConfigFile, problems: list[str]) -> None:
+    """Append every cross-reference, cycle, rate and secret problem of a decoded config."""
+    for index, secret in enumerate(config.webhooks.signing_secrets):
+        try:
+            decode_secret(secret)
+        except InvalidSecret as exc:
+            problems.append(f"webhooks.signing_secrets[{index}]: {exc}")
+    for name, variable in config.variables.items():
+        path = f"variables.{name}"
+        if variable.field is None and variable.stat not in ("count", "first_at", "last_at"):
+            problems.append(f"{path}.field: stat '{variable.stat}' needs a field")
+        if variable.where is not None:
+            _check_condition(variable.where, f"{path}.where", config, problems)
+    for name, condition in config.segments.items():
+        _check_condition(condition, f"segments.{name}", config, problems)
+    _check_segment_cycles(config, problems)
+    if config.test_users is not None:
+        _check_condition(config.test_users, "test_users", config, problems)
+    seen: set[str] = set()
+    for index, campaign in enumerate(config.campaigns):
+        path = f"campaigns[{index}]"
+        if campaign.id in seen:
+            problems.append(f"{path}.id: duplicate campaign id {campaign.id!r}")
+        seen.add(campaign.id)
+        _check_campaign(campaign, path, config, problems)
+
+
+def _check_campaign(
+    campaign: CampaignSpec, path: str, config: ConfigFile, problems: list[str]
+) -> None:
+    if (campaign.action is None) == (campaign.variants is None):
+        problems.append(f"{_join(path, 'action')}: give exactly one of 'action' or 'variants'")
+    if campaign.variants is not None:
+        if not campaign.variants:
+            problems.append(f"{_join(path, 'variants')}: expected at least one variant")
+        if sum(v.rate for v in campaign.variants) > 100:
+            problems.append(f"{_join(path, 'variants')}: rates add up to more than 100")
+        ids = [v.id for v in campaign.variants]
+        if len(set(ids)) != len(ids):
+            problems.append(f"{_join(path, 'variants')}: variant ids must be unique")
+    for i, segment in enumerate(campaign.target.segments):
+        if segment not in config.segments:
+            problems.append(f"{_join(path, 'target.segments')}[{i}]: unknown segment {segment!r}")
+    trigger = campaign.trigger
+    if trigger is not None:
+        tpath = _join(path, "trigger")
+        if (trigger.event is None) == (trigger.segment_entered is None):
+            problems.append(f"{tpath}: give exactly one of 'event' or 'segment_entered'")
+        if trigger.segment_entered is not None and trigger.segment_entered not in config.segments:
+            problems.append(f"{tpath}.segment_entered: unknown segment {trigger.segment_entered!r}")
+        if trigger.where is not None:
+            if trigger.event is None:
+                problems.append(f"{tpath}.where: only an event trigger takes 'where'")
+            _check_condition(trigger.where, f"{tpath}.where", config, problems)
+    schedule = campaign.schedule
+    if (
+        schedule
+        and schedule.start
+        and schedule.end
+        and _aware(schedule.end) <= _aware(schedule.start)
+    ):
+        problems.append(f"{_join(path, 'schedule.end')}: must be after start")
+
+
+def _aware(moment: Any) -> Any:
+    from datetime import UTC
+
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _check_condition(
+    tree: ConditionTree, path: str, config: ConfigFile, problems: list[str]
+) -> None:
+    for leaf_path, leaf in _leaves(tree.root, path):
+        if leaf.kind == "var" and leaf.name not in config.variables:
+            problems.append(f"{leaf_path}.var: unknown variable {leaf.name!r}")
+        if leaf.kind == "segment" and leaf.name not in config.segments:
+            problems.append(f"{leaf_path}.segment: unknown segment {leaf.name!r}")
+
+
+def _leaves(tree: schema.Condition, path: str) -> typing.Iterator[tuple[str, Leaf]]:
+    if isinstance(tree, Leaf):
+        yield path, tree
+    elif isinstance(tree, schema.Not):
+        yield from _leaves(tree.item, f"{path}.not")
+    else:
+        key = "all" if isinstance(tree, schema.All) else "any"
+        for i, item in enumerate(tree.items):
+            yield from _leaves(item, f"{path}.{key}[{i}]")
+
+
+def segment_references(raw: Any) -> set[str]:
+    """Names of the segments a raw condition mentions (for ordering and cycle checks)."""
+    found: set[str] = set()
+    if isinstance(raw, dict):
+        if isinstance(raw.get("segment"), str):
+            found.add(raw["segment"])
+        for value in raw.values():
+            found |= segment_references(value)
+    elif isinstance(raw, list):
+        for item in raw:
+            found |= segment_references(item)
+    return found
+
+
+def _check_segment_cycles(config: ConfigFile, problems: list[str]) -> None:
+    state: dict[str, int] = {}  # 1 = visiting, 2 = done
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 2 or name not in config.segments:
+            return
+        if state.get(name) == 1:
+            cycle = [*trail[trail.index(name) :], name]
+            problems.append(f"segments.{name}: cycle {' -> '.join(cycle)}")
+            return
+        state[name] = 1
+        for ref in sorted(segment_references(config.segments[name].raw)):
+            visit(ref, [*trail, name])
+        state[name] = 2
+
+    for name in config.segments:
+        visit(name, [])
+
+
+# -- settings --------------------------------------------------------------------------------
+
+ENV_PREFIX = "TRIPWIRE_"
+
+
+def build_settings(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+    """Combine defaults, the config file, `TRIPWIRE_*` variables and CLI flags (highest wins)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for field in msgspec.structs.fields(Settings):
+        if field.name == "config":
+            continue
+        env_value = env.get(ENV_PREFIX + field.name.upper())
+        if env_value is not None:
+            values[field.name] = env_value
+    values.update({k: v for k, v in cli.items() if v is not None})
+    config_path = values.get("config_path")
+    config = load_config(config_path) if config_path else ConfigFile()
+    config = _config_overrides(config, env)
+    try:
+        return msgspec.convert(
+            {**values, "config": config}, Settings, strict=False, from_attributes=True
+        )
+    except msgspec.ValidationError as exc:
+        raise ConfigError([_validation_message(exc, "")]) from exc
+
+
+def _config_overrides(config: ConfigFile, env: Mapping[str, str]) -> ConfigFile:
+    """Apply the few config-file keys that make sense from the environment."""
+    changes: dict[str, Any] = {}
+    if keys := env.get(ENV_PREFIX + "WRITE_KEYS"):
+        changes["write_keys"] = [k.strip() for k in keys.split(",") if k.strip()]
+    if timezone := env.get(ENV_PREFIX + "TIMEZONE"):
+        changes["timezone"] = timezone
+    if secrets := env.get(ENV_PREFIX + "SIGNING_SECRETS"):
+        hooks = msgspec.structs.replace(
+            config.webhooks, signing_secrets=[s.strip() for s in secrets.split(",") if s.strip()]
+        )
+        changes["webhooks"] = hooks
+    if not changes:
+        return config
+    updated = msgspec.structs.replace(config, **changes)
+    problems: list[str] = []
+    check_config(updated, problems)
+    if problems:
+        raise ConfigError(problems)
+    return updated

@@ -1,0 +1,1 @@
+"""Webhook delivery: outbox, dispatcher, sender, transport, breaker, signatures, SSRF guard."""

@@ -1,0 +1,404 @@
+"""One webhook attempt over HTTP: shape the request, sign it, send it through the SSRF guard.
+
+This module, `transport` and `delivery` are the only ones that import httpx. Attempts go to
+httpcore connection pools (httpx's transport layer), one pool per endpoint keeping at most
+`connections_per_endpoint` idle connections: the client layer's auth, redirect and cookie
+handling has no work here (redirects are not followed), and httpcore checks every connection
+of a pool on each request, so small pools keep that check cheap. The pools dial through
+`transport.GuardedBackend`, which connects only to addresses the SSRF guard checked, while the
+URL keeps its host name: the `Host` header, TLS SNI, certificate checks and the pools (keyed
+by host name) all stay right.
+
+Request shape: GET merges the body (an object) into the URL's query, body keys replacing
+same-named URL keys, and signs an empty payload; other methods send the body as JSON with
+`Content-Type: application/json` unless the campaign's headers set one. Campaign headers cannot
+override framing headers (Host, Content-Length, ...) or the `webhook-*` signature headers.
+
+    sender = Sender(signer=Signer(secrets), guard=Guard(policy), timeout=10.0)
+    result = await sender.send(request)      # AttemptResult; never raises for the target's faults
+    await sender.aclose()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import re
+import ssl
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import AsyncIterable, Callable
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
+
+import httpcore
+import httpx
+import msgspec
+import orjson
+
+from collector import __version__
+from collector.delivery.signing import Signer
+from collector.delivery.ssrf import Guard, TargetRefused
+from collector.delivery.transport import GuardedBackend
+from collector.webhook import WebhookRequest
+
+USER_AGENT: Final = f"Tripwire/{__version__}"
+RESPONSE_PREFIX: Final = 4096
+_DRAIN_LIMIT: Final = 65536  # read this much of a response at most, so its connection is reused
+_URL_CACHE_SIZE: Final = 1024
+_POOL_LIMIT: Final = 256  # endpoint pools kept past a sweep (the least recently used go first)
+_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})  # sent with Content-Length: 0 if empty
+_TRANSPORT_ERRORS: Final = (httpcore.NetworkError, httpcore.ProtocolError)
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\x00]")
+# Set by delivery itself: framing headers could smuggle requests, webhook-* must stay genuine.
+_RESERVED = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    }
+)
+
+Outcome = Literal["delivered", "retry", "failed", "refused", "gone"]
+
+
+class InvalidRequest(ValueError):
+    """The rendered webhook cannot be sent as it is (bad URL, header or body)."""
+
+
+class AttemptResult(msgspec.Struct, frozen=True, kw_only=True):
+    """How one attempt ended, as delivery needs to know it."""
+
+    outcome: Outcome
+    status_code: int | None = None
+    error: str | None = None
+    response: str | None = None  # first 4 KB of the body
+    latency_ms: float | None = None
+    retry_after: float | None = None  # seconds the receiver asked us to wait
+
+
+def endpoint_of(url: str) -> str:
+    """Return the endpoint a URL belongs to (scheme://host:port), for isolation and pauses."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidRequest(f"invalid URL: {exc}") from exc
+    scheme, host = parts.scheme.lower(), parts.hostname
+    if scheme not in ("http", "https") or not host:
+        raise InvalidRequest("URL must be http(s) with a host")
+    port = port or (443 if scheme == "https" else 80)
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After value (delta-seconds or HTTP date); None if unusable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _query_value(value: Any) -> str | list[str]:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list) and all(not isinstance(v, dict | list) for v in value):
+        return [v if isinstance(v, str) else orjson.dumps(v).decode() for v in value]
+    return orjson.dumps(value).decode()
+
+
+class _Endpoint:
+    """One endpoint's connection pool and when it was last used."""
+
+    __slots__ = ("active", "pool", "used_at")
+
+    def __init__(self, pool: httpcore.AsyncConnectionPool) -> None:
+        self.pool = pool
+        self.active = 0  # attempts in flight
+        self.used_at = 0.0  # event-loop time the last attempt ended
+
+
+class Sender:
+    """Sends single attempts through a connection pool per endpoint."""
+
+    def __init__(
+        self,
+        *,
+        signer: Signer,
+        guard: Guard,
+        timeout: float,
+        clock: Callable[[], float] = time.time,
+        connections_per_endpoint: int = 8,
+        keepalive_expiry: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        network_backend: httpcore.AsyncNetworkBackend | None = None,
+    ) -> None:
+        self._signer = signer
+        self._timeout = timeout
+        self._clock = clock
+        self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
+        self._urls: dict[str, httpx.URL] = {}  # parsed URLs; campaigns reuse a few
+        self._keepalive = max(1, connections_per_endpoint)
+        self._keepalive_expiry = keepalive_expiry
+        self._ssl_context = ssl_context or httpx.create_ssl_context(trust_env=False)
+        self._backend = network_backend or GuardedBackend(guard)
+        self._endpoints: OrderedDict[tuple[bytes, bytes, int | None], _Endpoint] = OrderedDict()
+        self._next_sweep = 0.0
+
+    async def aclose(self) -> None:
+        """Close pooled connections."""
+        endpoints = list(self._endpoints.values())
+        self._endpoints.clear()
+        for endpoint in endpoints:
+            await endpoint.pool.aclose()
+
+    def prepare(self, request: WebhookRequest) -> tuple[httpx.URL, bytes, dict[str, str]]:
+        """Return URL, body and headers (unsigned) for a webhook; raise InvalidRequest."""
+        url = self._parse_url(request.url)
+        body = request.body
+        content = b""
+        if request.method.upper() == "GET":
+            if isinstance(body, dict):
+                if body:
+                    params = {str(k): _query_value(v) for k, v in body.items()}
+                    url = url.copy_merge_params(params)
+            elif body is not None:
+                raise InvalidRequest("a GET webhook's body must be a JSON object")
+        elif body is not None:
+            try:
+                content = orjson.dumps(body)
+            except TypeError as exc:
+                raise InvalidRequest(f"body is not JSON-serialisable: {exc}") from exc
+        headers = {"user-agent": USER_AGENT, "accept": "*/*"}
+        for name, value in request.headers.items():
+            if not _TOKEN.fullmatch(name):
+                raise InvalidRequest(f"invalid header name {name!r}")
+            if _FORBIDDEN_IN_VALUE.search(value):
+                raise InvalidRequest(f"header {name!r} contains CR, LF or NUL")
+            lower = name.lower()
+            if lower not in _RESERVED:
+                headers[lower] = value
+        if content and "content-type" not in headers:
+            headers["content-type"] = "application/json"
+        return url, content, headers
+
+    def _parse_url(self, text: str) -> httpx.URL:
+        url = self._urls.get(text)
+        if url is not None:
+            return url
+        try:
+            url = httpx.URL(text)
+        except httpx.InvalidURL as exc:
+            raise InvalidRequest(f"invalid URL: {exc}") from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            raise InvalidRequest("URL must be http(s) with a host")
+        if len(self._urls) >= _URL_CACHE_SIZE:
+            self._urls.clear()
+        self._urls[text] = url
+        return url
+
+    async def send(self, request: WebhookRequest) -> AttemptResult:
+        """Make one signed attempt and classify how it ended."""
+        try:
+            url, content, headers = self.prepare(request)
+        except InvalidRequest as exc:
+            return AttemptResult(outcome="failed", error=str(exc))
+        headers.update(self._signer.headers(request.webhook_id, int(self._clock()), content))
+        method = request.method.upper()
+        # The header block httpx would send: Host first, Content-Length last (or 0 after Host).
+        raw_headers = [(b"Host", url.netloc)]
+        if not content and method in _BODY_METHODS:
+            raw_headers.append((b"Content-Length", b"0"))
+        raw_headers += [
+            # Values may carry templated user data in any language: sent as UTF-8 octets, which
+            # HTTP passes through as opaque field content (names were checked to be tokens).
+            (name.encode("ascii"), value.encode("utf-8"))
+            for name, value in headers.items()
+        ]
+        if content:
+            raw_headers.append((b"Content-Length", b"%d" % len(content)))
+        target = httpcore.URL(
+            scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
+        )
+        core_request = httpcore.Request(
+            method, target, headers=raw_headers, content=content, extensions=self._extensions
+        )
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now >= self._next_sweep:
+            await self._sweep(now)
+        endpoint = self._endpoint(target.origin)
+        endpoint.active += 1
+        try:
+            return await self._exchange(endpoint.pool, core_request, now + self._timeout)
+        finally:
+            endpoint.active -= 1
+            endpoint.used_at = loop.time()
+
+    async def _exchange(
+        self, pool: httpcore.AsyncConnectionPool, request: httpcore.Request, deadline: float
+    ) -> AttemptResult:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await pool.handle_async_request(request)
+        except TargetRefused as exc:
+            return AttemptResult(outcome="refused", error=str(exc))
+        except (TimeoutError, httpcore.TimeoutException):
+            return self._failure("retry", f"timed out after {self._timeout:g}s", started)
+        except (httpcore.LocalProtocolError, httpcore.UnsupportedProtocol) as exc:
+            return self._failure("failed", f"{type(exc).__name__}: {exc}", started)
+        except _TRANSPORT_ERRORS as exc:
+            return self._failure("retry", f"{type(exc).__name__}: {exc}", started)
+        try:
+            async with asyncio.timeout_at(deadline):
+                prefix = await _read_prefix(response)
+        except (TimeoutError, httpcore.TimeoutException, *_TRANSPORT_ERRORS, zlib.error):
+            prefix = b""  # the status line already decides the outcome
+        finally:
+            await response.aclose()
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        code = response.status
+        text = prefix.decode("utf-8", "replace") if prefix else None
+        if 200 <= code < 300:
+            return AttemptResult(
+                outcome="delivered", status_code=code, response=text, latency_ms=latency_ms
+            )
+        outcome: Outcome
+        retry_after = None
+        if code == 410:
+            outcome = "gone"
+        elif code in (408, 429) or code >= 500:
+            outcome = "retry"
+            value = _header(response.headers, b"retry-after")
+            retry_after = parse_retry_after(value, self._clock())
+        else:
+            outcome = "failed"
+        return AttemptResult(
+            outcome=outcome,
+            status_code=code,
+            error=f"HTTP {code}",
+            response=text,
+            latency_ms=latency_ms,
+            retry_after=retry_after,
+        )
+
+    def _endpoint(self, origin: httpcore.Origin) -> _Endpoint:
+        key = (origin.scheme, origin.host, origin.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is not None:
+            self._endpoints.move_to_end(key)
+            return endpoint
+        pool = httpcore.AsyncConnectionPool(
+            ssl_context=self._ssl_context,
+            max_connections=None,  # the dispatcher bounds concurrency; a test-fire may add one
+            max_keepalive_connections=self._keepalive,
+            keepalive_expiry=self._keepalive_expiry,
+            http1=True,
+            http2=False,
+            retries=0,
+            network_backend=self._backend,
+        )
+        endpoint = self._endpoints[key] = _Endpoint(pool)
+        return endpoint
+
+    async def _sweep(self, now: float) -> None:
+        """Close the pools of endpoints unused for longer than keep-alive, and past the limit."""
+        self._next_sweep = now + min(self._keepalive_expiry, 10.0)
+        stale = now - self._keepalive_expiry
+        for key, endpoint in list(self._endpoints.items()):  # least recently used first
+            if endpoint.used_at > stale and len(self._endpoints) < _POOL_LIMIT:
+                break
+            if endpoint.active:
+                continue
+            del self._endpoints[key]
+            await endpoint.pool.aclose()
+
+    @staticmethod
+    def _failure(outcome: Outcome, error: str, started: float) -> AttemptResult:
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        return AttemptResult(outcome=outcome, error=error, latency_ms=latency_ms)
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """A response header's values joined by ", " (as httpx reads them), or None."""
+    values = [value.decode("latin-1") for key, value in headers if key.lower() == name]
+    return ", ".join(values) if values else None
+
+
+async def _read_prefix(response: httpcore.Response) -> bytes:
+    """The first RESPONSE_PREFIX bytes of the decoded body, reading at most _DRAIN_LIMIT bytes."""
+    assert isinstance(response.stream, AsyncIterable)
+    codings = [
+        coding
+        for key, value in response.headers
+        if key.lower() == b"content-encoding"
+        for coding in value.lower().replace(b" ", b"").split(b",")
+        if coding in _INFLATE_WBITS
+    ]
+    inflaters = [_Inflater(coding) for coding in reversed(codings)]
+    kept = b""
+    seen = 0
+    async for chunk in response.stream:
+        seen += len(chunk)
+        if len(kept) < RESPONSE_PREFIX:
+            for inflate in inflaters[:-1]:
+                chunk = inflate(chunk, 0)
+            if inflaters:  # the last step inflates no more than the prefix needs
+                chunk = inflaters[-1](chunk, RESPONSE_PREFIX - len(kept))
+            kept += chunk[: RESPONSE_PREFIX - len(kept)]
+        if seen > _DRAIN_LIMIT:
+            break
+    return kept
+
+
+# Content codings httpx undoes without optional packages, with zlib's window bits for each.
+_INFLATE_WBITS: Final = {b"gzip": zlib.MAX_WBITS | 16, b"deflate": zlib.MAX_WBITS}
+
+
+class _Inflater:
+    """Undoes one gzip or deflate coding (deflate zlib-wrapped or raw, as httpx accepts).
+
+    `limit` caps the output of one call (0: no cap), so a small compressed body cannot
+    inflate into a large one here.
+    """
+
+    __slots__ = ("_inflater", "_raw_fallback")
+
+    def __init__(self, coding: bytes) -> None:
+        self._inflater = zlib.decompressobj(_INFLATE_WBITS[coding])
+        self._raw_fallback = coding == b"deflate"
+
+    def __call__(self, data: bytes, limit: int) -> bytes:
+        fallback, self._raw_fallback = self._raw_fallback, False
+        try:
+            return self._inflater.decompress(data, limit)
+        except zlib.error:
+            if not fallback:
+                raise
+            self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            return self._inflater.decompress(data, limit)

@@ -1,0 +1,252 @@
+"""Campaigns compiled for the delivery decision, checked in the seed's order.
+
+`Campaign.check` runs the per-campaign steps for one event and returns the `Arm` to fire or the
+reason it is suppressed:
+
+    status      the campaign is not `published`
+    schedule    outside start/end, days or hours (configured timezone)
+    target      users: `members` need a user id, `visitors` must have none
+    not_in_segment  not in every one of `target.segments`
+    trigger     the trigger's `where` is false for this event
+    test_mode   a test-mode campaign and the user does not match `test_users`
+    control_group   the user's sticky bucket is outside the rate / every variant
+    frequency   a cap is reached
+
+The first four steps form the campaign's `Gate`. Campaigns configured alike (the same status,
+schedule, target users and segments; typically many campaigns on one audience) share one Gate,
+so the engine checks it once per event however many campaigns stand behind it; `qualify` runs
+the remaining steps. Exclusivity (`exclusive`) spans campaigns, so the engine settles it;
+rendering may still suppress with `missing_variable` or `invalid_header` (see
+`collector.engine.templates`).
+
+Rate and variants: each user gets a sticky bucket 0..9999 per campaign, from a blake2b hash of
+the campaign id and the profile key. Variant `i` owns the buckets after the rates of the
+variants before it; `rate: 30` owns buckets 0..2999. Caps: `per` scopes `max_total` to the
+user's lifetime (`user`), the current session (`session`) or one event (`event`, so only
+`max_per_day` limits it); `max_per_day` counts per local day. Only fired deliveries count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from itertools import groupby
+from operator import attrgetter
+from typing import Any
+
+from collector.config.schema import CampaignSpec
+from collector.engine.profile import Caps
+from collector.engine.schedule import CompiledSchedule
+from collector.engine.scope import Predicate, Scope
+from collector.engine.templates import ActionTemplate
+
+BUCKETS = 10_000
+
+
+def sticky_bucket(campaign_id: str, user_key: str) -> int:
+    """The user's bucket 0..9999 for a campaign: the same inputs always give the same bucket."""
+    digest = hashlib.blake2b(f"{campaign_id}\x1f{user_key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
+class Arm:
+    """One way a campaign can fire: a variant (or the plain action) and its bucket range end."""
+
+    __slots__ = ("end", "template", "variant_id")
+
+    def __init__(self, variant_id: str | None, end: int, template: ActionTemplate) -> None:
+        self.variant_id = variant_id
+        self.end = end
+        self.template = template
+
+
+class Gate:
+    """The steps before the trigger (status, schedule, target users, segments), as one check."""
+
+    __slots__ = ("always_open", "published", "schedule", "segments", "users")
+
+    def __init__(
+        self,
+        published: bool,
+        schedule: CompiledSchedule | None,
+        users: str,
+        segments: tuple[Predicate, ...],
+    ) -> None:
+        self.published = published
+        self.schedule = schedule
+        self.users = users
+        self.segments = segments
+        self.always_open = published and schedule is None and users == "all" and not segments
+
+    def check(self, scope: Scope) -> str | None:
+        """None when the gate is open for this event, else the reason it is closed."""
+        if not self.published:
+            return "status"
+        if self.schedule is not None and not self.schedule.allows(
+            scope.t, scope.weekday, scope.second_of_day
+        ):
+            return "schedule"
+        users = self.users
+        if users != "all" and (users == "members") != (scope.state.user_id is not None):
+            return "target"
+        for in_segment in self.segments:
+            if not in_segment(scope):
+                return "not_in_segment"
+        return None
+
+
+class Campaign:
+    """A campaign ready for per-event decisions."""
+
+    __slots__ = (
+        "arms",
+        "exclusive",
+        "gate",
+        "has_caps",
+        "id",
+        "max_per_day",
+        "max_total",
+        "name",
+        "order",
+        "per",
+        "priority",
+        "segment_entered",
+        "spec",
+        "test_users",
+        "trigger_event",
+        "updated_at",
+        "where",
+        "whole",
+    )
+
+    def __init__(
+        self,
+        spec: CampaignSpec,
+        *,
+        arms: tuple[Arm, ...],
+        gate: Gate,
+        where: Predicate | None,
+        test_users: Predicate | None,
+        updated_at: float,
+        order: int,
+    ) -> None:
+        self.spec = spec
+        self.id = spec.id
+        self.name = spec.name
+        self.gate = gate
+        trigger = spec.trigger
+        self.segment_entered = trigger.segment_entered if trigger is not None else None
+        self.trigger_event = (trigger.event if trigger is not None else None) or (
+            None if self.segment_entered else "page"
+        )
+        self.where = where
+        self.test_users = (test_users or _nobody) if spec.test_mode else None
+        self.arms = arms
+        self.whole = len(arms) == 1 and arms[0].end >= BUCKETS  # no hashing needed
+        frequency = spec.frequency
+        self.per = frequency.per
+        self.max_total = frequency.max_total
+        self.max_per_day = frequency.max_per_day
+        self.has_caps = self.max_total is not None or self.max_per_day is not None
+        self.exclusive = spec.exclusive
+        self.priority = spec.priority
+        self.updated_at = updated_at
+        self.order = order
+
+    def rank(self) -> tuple[Any, ...]:
+        """Sort key for exclusivity: highest priority, then latest update, then config order."""
+        return (-self.priority, -self.updated_at, self.order)
+
+    def check(self, scope: Scope) -> Arm | str:
+        """The arm to fire for this event, or the reason the campaign is suppressed."""
+        closed = self.gate.check(scope)
+        return self.qualify(scope) if closed is None else closed
+
+    def qualify(self, scope: Scope) -> Arm | str:
+        """`check` once the gate is open: trigger, test users, rate or variant, caps."""
+        if self.where is not None and not self.where(scope):
+            return "trigger"
+        if self.test_users is not None and not self.test_users(scope):
+            return "test_mode"
+        arm = self.arms[0] if self.whole else self.pick(scope.state.key)
+        if arm is None:
+            return "control_group"
+        if self.has_caps and self.capped(scope):
+            return "frequency"
+        return arm
+
+    def pick(self, user_key: str) -> Arm | None:
+        """The arm owning the user's sticky bucket, or None for the control group."""
+        bucket = sticky_bucket(self.id, user_key)
+        for arm in self.arms:
+            if bucket < arm.end:
+                return arm
+        return None
+
+    def capped(self, scope: Scope) -> bool:
+        """Whether a frequency cap forbids firing now."""
+        every = scope.state.caps
+        caps = every.get(self.id) if every is not None else None
+        if caps is None:
+            return False
+        limit = self.max_total
+        if limit is not None:
+            if self.per == "user" and caps.total >= limit:
+                return True
+            in_session = caps.in_session if caps.session == scope.session_number else 0
+            if self.per == "session" and in_session >= limit:
+                return True
+        daily = self.max_per_day
+        return daily is not None and caps.day == scope.day and caps.in_day >= daily
+
+    def count_fired(self, scope: Scope) -> None:
+        """Count a fired delivery against the caps."""
+        if not self.has_caps:
+            return
+        every = scope.state.caps
+        if every is None:
+            every = scope.state.caps = {}
+        caps = every.get(self.id)
+        if caps is None:
+            caps = every[self.id] = Caps()
+        caps.total += 1
+        if caps.session == scope.session_number:
+            caps.in_session += 1
+        else:
+            caps.session, caps.in_session = scope.session_number, 1
+        if caps.day == scope.day:
+            caps.in_day += 1
+        else:
+            caps.day, caps.in_day = scope.day, 1
+
+
+class Run:
+    """Neighbouring campaigns (in rank order) behind one gate, decided together when it is shut."""
+
+    __slots__ = ("campaigns", "gate", "ids")
+
+    def __init__(self, gate: Gate, campaigns: tuple[Campaign, ...]) -> None:
+        self.gate = gate
+        self.campaigns = campaigns
+        self.ids = tuple(campaign.id for campaign in campaigns)
+
+
+def runs(ranked: Iterable[Campaign]) -> tuple[Run, ...]:
+    """Campaigns in rank order, cut into runs of neighbours that share a gate."""
+    return tuple(Run(gate, tuple(group)) for gate, group in groupby(ranked, attrgetter("gate")))
+
+
+def _nobody(scope: Scope) -> bool:
+    return False
+
+
+def build_arms(spec: CampaignSpec, templates: list[ActionTemplate]) -> tuple[Arm, ...]:
+    """Arms with cumulative bucket ranges: one per variant, or one for `rate` + `action`."""
+    if spec.variants is None:
+        return (Arm(None, round(spec.rate * 100), templates[0]),)
+    arms = []
+    end = 0
+    for variant, template in zip(spec.variants, templates, strict=True):
+        end += round(variant.rate * 100)
+        arms.append(Arm(variant.id, end, template))
+    return tuple(arms)

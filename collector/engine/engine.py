@@ -1,0 +1,329 @@
+"""The campaign engine: one event in; state changes, decisions and webhooks out. Pure.
+
+What the store and app call::
+
+    rules = compile_rules(config, updated_at={"cart-followup": 1767225600.0})  # or ConfigError
+    engine = Engine(rules)
+    outcome = engine.process(state, event, now, key=profile_key)  # state None: a new profile
+    outcome.state       # the same object, mutated (or a new one); store it under its `key`
+    outcome.decisions   # one Decision per campaign considered: fired, or suppressed + reason
+    outcome.webhooks    # one WebhookRequest per fired campaign, for the outbox
+    outcome.entered     # segments the user newly entered on this event
+    engine.merge(a, b)              # one profile from two (identity merge); keeps a.key
+    engine.describe(state, now)     # plain dict for the user-lookup view
+    engine.replace_campaign(spec, updated_at); engine.remove_campaign(campaign_id)
+    new_state(key, now)             # an empty profile, if the store wants to make one itself
+
+Time: the engine reads no clock. The event's time is `min(event.timestamp, now)`: windows,
+sessions, schedules, caps and `within`/`older_than` all use it, so replaying recorded events
+(with `now` = their timestamp) gives the same answers as live traffic. `now` stamps decisions
+and webhooks.
+
+Per event: identity, traits (every message's `traits` merge in), counts, session (a new one
+after `session_timeout` of inactivity) and latest page are updated; then the variables fed by
+the event; then tracked segments (those some `segment_entered` trigger names) are re-evaluated;
+then the campaigns indexed under the event's name (plus those whose segment was just entered)
+are checked in exclusivity-rank order: their gate (status, schedule, target users, segments;
+checked once per event for all the campaigns sharing it), then `Campaign.qualify` (trigger,
+test users, rate or variant, frequency caps), exclusivity (one `exclusive` campaign at most
+fires per event: the best ranked that passes and renders), then rendering. Every campaign
+considered leaves a Decision; the state keeps the latest per campaign as a Verdict ("why
+didn't it fire?").
+
+Hot path: neighbouring campaigns behind one gate form a `Run`; when the gate is shut, the whole
+run is suppressed with decisions made once per `now` and shared by every event of a request
+(they are frozen), and the profile keeps one shared Verdict for the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from typing import Any
+
+import msgspec
+
+from collector.config.schema import CampaignSpec
+from collector.engine.campaigns import Arm, Campaign, Gate, Run, runs
+from collector.engine.profile import (
+    FIRED,
+    MAX_ANONYMOUS_IDS,
+    MAX_EVENT_NAMES,
+    SUPPRESSED,
+    Decision,
+    Session,
+    UserState,
+    Verdict,
+    merge,
+    new_state,
+)
+from collector.engine.rules import Rules, compile_rules
+from collector.engine.scope import MISSING, Scope
+from collector.engine.templates import PAGE_FIELDS, Suppressed
+from collector.events import Event
+from collector.webhook import WebhookRequest, webhook_id_for
+
+__all__ = ["Decision", "Engine", "Outcome", "Rules", "UserState", "compile_rules", "new_state"]
+
+_UNCHECKED: Any = object()
+
+
+class Outcome(msgspec.Struct):
+    """What one event did: the user's state, a decision per campaign considered, webhooks."""
+
+    state: UserState
+    decisions: list[Decision]
+    webhooks: list[WebhookRequest]
+    entered: list[str]
+
+
+def key_for(event: Event) -> str:
+    """The key `process` gives a new profile when the caller names none."""
+    return event.user_id or event.anonymous_id or event.message_id
+
+
+class Engine:
+    """Runs events through compiled rules; holds no per-user data itself."""
+
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+        # Decisions are frozen and stamped with `now`, which is the same for every event of a
+        # request: those a shut gate gives a whole run of campaigns are made once per `now` and
+        # shared, as are the verdicts profiles keep. Only the current `now`'s are held.
+        self._made_at: float | None = None
+        self._shut: dict[tuple[Run, str], tuple[list[Decision], Verdict]] = {}
+        self._verdicts: dict[str, Verdict] = {}
+
+    def replace_campaign(self, spec: CampaignSpec, updated_at: float) -> None:
+        """Add or replace one campaign (raises ConfigError if its templates are invalid)."""
+        self.rules = self.rules.with_campaign(spec, updated_at)
+
+    def remove_campaign(self, campaign_id: str) -> None:
+        """Drop one campaign."""
+        self.rules = self.rules.without_campaign(campaign_id)
+
+    def process(
+        self, state: UserState | None, event: Event, now: float, *, key: str | None = None
+    ) -> Outcome:
+        """Run one event for one user; mutates and returns the state (new under `key` if None)."""
+        rules = self.rules
+        t = event.timestamp if event.timestamp < now else now
+        if state is None:
+            state = new_state(key or key_for(event), t)
+        number = self._observe(rules, state, event, t)
+        scope = Scope(state, event, t, rules.calendar, number)
+        recorders = rules.variables_by_event.get(event.name)
+        if recorders is not None:
+            plain, filtered = recorders
+            if filtered:
+                # every `where` first, so each sees the variables as they were before this event
+                matched = [v for v in filtered if v.where is not None and v.where(scope)]
+                for variable in plain:
+                    variable.record(scope)
+                for variable in matched:
+                    variable.record(scope)
+                scope.values.clear()  # values read by a `where` are stale now
+                scope.segments.clear()
+            else:
+                for variable in plain:
+                    variable.record(scope)
+        entered = self._entered(rules, scope) if rules.tracked else []
+        candidates = rules.runs_by_event.get(event.name, ())
+        if entered:
+            extra = [c for name in entered for c in rules.by_segment[name]]
+            ranked = sorted((*rules.by_event.get(event.name, ()), *extra), key=Campaign.rank)
+            candidates = runs(ranked)
+        decisions: list[Decision] = []
+        webhooks: list[WebhookRequest] = []
+        if candidates:
+            self._decide(candidates, scope, now, decisions, webhooks)
+        return Outcome(state, decisions, webhooks, entered)
+
+    def _observe(self, rules: Rules, state: UserState, event: Event, t: float) -> int:
+        if event.user_id is not None and state.user_id != event.user_id:
+            state.user_id = event.user_id
+        anonymous_id = event.anonymous_id
+        if anonymous_id is not None:
+            ids = state.anonymous
+            if not ids or ids[-1] != anonymous_id:
+                if anonymous_id in ids:
+                    ids = tuple(i for i in ids if i != anonymous_id)
+                state.anonymous = (*ids, anonymous_id)[-MAX_ANONYMOUS_IDS:]
+        if event.traits:
+            state.traits.update(event.traits)
+        counts = state.event_counts
+        count = counts.get(event.name)
+        if count is not None:
+            counts[event.name] = count + 1
+        elif len(counts) < MAX_EVENT_NAMES:
+            counts[sys.intern(event.name)] = 1
+        if t > state.last_seen:
+            state.last_seen = t
+        if t < state.first_seen or not state.first_seen:
+            state.first_seen = t
+        if rules.keep_page and event.type == "page":
+            page = event.context.get("page")
+            if page.__class__ is dict:
+                state.page = {k: page[k] for k in PAGE_FIELDS if k in page}
+        session = state.session
+        if session is None or t - session.last > rules.session_timeout:
+            number = 1 if session is None else session.number + 1
+            state.session = Session(_session_id(state.key, number, t), number, t, t)
+            return number
+        if t > session.last:
+            session.last = t
+        return session.number
+
+    def _entered(self, rules: Rules, scope: Scope) -> list[str]:
+        before = scope.state.segments or []
+        now_in = [name for name, member in rules.tracked if member(scope)]
+        if now_in == before:
+            return []
+        scope.state.segments = now_in or None
+        return [name for name in now_in if name not in before]
+
+    def _decide(
+        self,
+        candidates: tuple[Run, ...],
+        scope: Scope,
+        now: float,
+        decisions: list[Decision],
+        webhooks: list[WebhookRequest],
+    ) -> None:
+        if now != self._made_at:
+            self._made_at = now
+            self._shut.clear()
+            self._verdicts.clear()
+        shut = self._shut
+        verdicts = self._verdicts
+        latest = scope.state.decisions
+        record = decisions.append
+        exclusive_fired = False
+        gates: dict[Gate, str | None] = {}  # each distinct gate is checked once per event
+        for run in candidates:
+            gate = run.gate
+            if gate.always_open:
+                closed = None
+            else:
+                closed = gates.get(gate, _UNCHECKED)
+                if closed is _UNCHECKED:
+                    closed = gates[gate] = gate.check(scope)
+            if closed is not None:
+                # The common case (most visitors are outside most audiences): every campaign of
+                # the run gets the same decision, made once per `now` and shared.
+                made = shut.get((run, closed))
+                if made is None:
+                    made = shut[run, closed] = (
+                        [Decision(cid, None, SUPPRESSED, closed, now) for cid in run.ids],
+                        Verdict(None, closed, now),
+                    )
+                decisions.extend(made[0])
+                verdict = made[1]
+                for campaign_id in run.ids:
+                    latest[campaign_id] = verdict
+                continue
+            for campaign in run.campaigns:
+                campaign_id = campaign.id
+                arm = campaign.qualify(scope)
+                if isinstance(arm, str):  # suppressed before a variant was picked: the usual case
+                    record(Decision(campaign_id, None, SUPPRESSED, arm, now))
+                    shared = verdicts.get(arm)
+                    if shared is None:
+                        shared = verdicts[arm] = Verdict(None, arm, now)
+                    latest[campaign_id] = shared
+                    continue
+                variant_id = arm.variant_id
+                if campaign.exclusive and exclusive_fired:
+                    reason: str | None = "exclusive"
+                else:
+                    reason = self._fire(campaign, arm, scope, now, webhooks)
+                    if reason is None and campaign.exclusive:
+                        exclusive_fired = True
+                outcome = FIRED if reason is None else SUPPRESSED
+                record(Decision(campaign_id, variant_id, outcome, reason, now))
+                latest[campaign_id] = Verdict(variant_id, reason, now)
+
+    def _fire(
+        self, campaign: Campaign, arm: Arm, scope: Scope, now: float, webhooks: list[WebhookRequest]
+    ) -> str | None:
+        event = scope.event
+        webhook_id = webhook_id_for(campaign.id, arm.variant_id, event.message_id)
+        scope.campaign_id = campaign.id
+        scope.campaign_name = campaign.name
+        scope.variant_id = arm.variant_id
+        scope.delivery_id = webhook_id
+        try:
+            url, headers, body = arm.template.render(scope)
+        except Suppressed as suppressed:
+            return suppressed.reason
+        webhooks.append(
+            WebhookRequest(
+                webhook_id=webhook_id,
+                campaign_id=campaign.id,
+                variant_id=arm.variant_id,
+                user_key=scope.state.key,
+                event_id=event.message_id,
+                method=arm.template.method,
+                url=url,
+                headers=headers,
+                body=body,
+                created_at=now,
+            )
+        )
+        campaign.count_fired(scope)
+        return None
+
+    def merge(self, a: UserState, b: UserState) -> UserState:
+        """One profile from two of the same person; keeps `a.key` (see `profile.merge`)."""
+        return merge(a, b, self._merge_variable)
+
+    def _merge_variable(
+        self, name: str, a: tuple[Any, ...], b: tuple[Any, ...], a_is_newer: bool
+    ) -> tuple[Any, ...]:
+        variable = self.rules.variables.get(name)
+        if not a or not b:
+            return a or b
+        if variable is None:
+            return a if a_is_newer else b
+        return variable.merge(a, b, a_is_newer)
+
+    def describe(self, state: UserState, now: float) -> dict[str, Any]:
+        """The user-lookup view: identity, traits, variables, segments, latest decisions."""
+        rules = self.rules
+        session = state.session
+        number = session.number if session is not None else 0
+        if session is None or now - session.last > rules.session_timeout:
+            number += 1  # the session is over: "session" windows start afresh
+        event = Event(type="describe", name="", message_id="", timestamp=now, received_at=now)
+        scope = Scope(state, event, now, rules.calendar, number)
+        variables = {}
+        for name, variable in rules.variables.items():
+            if not name.startswith("~"):
+                value = variable.read(scope)
+                variables[name] = None if value is MISSING else value
+        return {
+            "key": state.key,
+            "user_id": state.user_id,
+            "anonymous_ids": list(state.anonymous),
+            "traits": dict(state.traits),
+            "first_seen": state.first_seen,
+            "last_seen": state.last_seen,
+            "event_counts": dict(state.event_counts),
+            "session": None
+            if session is None
+            else {"id": session.id, "number": session.number, "start": session.start,
+                  "last_activity": session.last, "active": number == session.number},
+            "variables": variables,
+            "segments": [name for name, member in rules.segments.items() if member(scope)],
+            "decisions": {
+                cid: {"variant_id": d.variant_id, "outcome": d.outcome, "reason": d.reason,
+                      "at": d.at}
+                for cid, d in state.decisions.items()
+            },
+            "caps": {cid: msgspec.structs.asdict(c) for cid, c in (state.caps or {}).items()},
+        }
+
+
+def _session_id(key: str, number: int, start: float) -> str:
+    digest = hashlib.blake2b(f"{key}\x1f{number}\x1f{start!r}".encode(), digest_size=8)
+    return f"s_{digest.hexdigest()}"

@@ -1,0 +1,173 @@
+"""Per-user state: identity, traits, session, variable buckets, segments, caps and decisions.
+
+`UserState` is a tree of msgspec Structs holding only plain types (str, int, float, None, lists
+and dicts of them), so both stores can keep it as is: the memory store holds the objects, the
+Redis store encodes them with msgspec msgpack. The engine mutates the state it is handed and
+returns it; the store owns it between events.
+
+Variable state is `variables[name]`: a tuple whose layout belongs to the variable's statistic
+(see `collector.engine.variables`); only the engine's rules know how to read or merge it, so `merge`
+takes the rules' variable merger.
+
+Merging two profiles of one person (identity merge): counts and caps add up (per-session cap
+counts are the newer profile's, whose session is the one kept), traits merge with the newer
+profile winning, variables merge as their statistic allows, decisions keep the latest per
+campaign, and segment memberships are the union (so nobody "enters" a segment only because two
+halves of their profile were joined). "Newer" is the profile seen last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+FIRED = "fired"
+SUPPRESSED = "suppressed"
+MAX_ANONYMOUS_IDS = 8  # the most recent anonymous ids kept per profile
+MAX_EVENT_NAMES = 100  # distinct event names counted per profile
+
+
+# gc=False on every struct here: they hold only plain values, never a struct of their own tree,
+# so no reference cycle can run through them. Untracked, each instance is 16 bytes smaller and
+# the cyclic collector never walks the millions of them a busy memory-mode process holds.
+
+
+class Session(msgspec.Struct, array_like=True, gc=False):
+    """The user's current session; `number` counts sessions from 1."""
+
+    id: str
+    number: int
+    start: float
+    last: float  # last activity
+
+
+class Decision(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """What happened to one campaign on one event: fired, or suppressed with a reason."""
+
+    campaign_id: str
+    variant_id: str | None
+    outcome: str  # "fired" | "suppressed"
+    reason: str | None  # None when fired
+    at: float
+
+
+class Verdict(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """The latest decision about one campaign, as a profile keeps it (keyed by campaign id)."""
+
+    # Campaigns decided alike on one event share one Verdict (typically all those behind a
+    # closed gate), so a profile holds a few small objects however many campaigns it meets.
+    variant_id: str | None
+    reason: str | None  # None when fired
+    at: float
+
+    @property
+    def outcome(self) -> str:
+        """"fired" or "suppressed"."""
+        return FIRED if self.reason is None else SUPPRESSED
+
+
+class Caps(msgspec.Struct, array_like=True, gc=False):
+    """Fired deliveries of one campaign: in total, in session `session`, on local day `day`."""
+
+    total: int = 0
+    session: int = 0
+    in_session: int = 0
+    day: int = 0
+    in_day: int = 0
+
+
+class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+    """Everything the engine knows about one user."""
+
+    key: str  # the store's key for this profile; also seeds sticky rate/variant assignment
+    user_id: str | None = None
+    # Oldest first, at most MAX_ANONYMOUS_IDS; encoded as "anonymous_ids", and read or set as a
+    # list through that property. Kept as a tuple because the cyclic GC stops tracking a tuple
+    # of strings, where a list per profile would be walked by every full collection: in a big
+    # memory-mode store, those lists were most of what the collector walked.
+    anonymous: tuple[str, ...] = msgspec.field(default=(), name="anonymous_ids")
+    traits: dict[str, Any] = {}
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    event_counts: dict[str, int] = {}  # lifetime count per event name, at most MAX_EVENT_NAMES
+    session: Session | None = None
+    variables: dict[str, tuple[Any, ...]] = {}  # per maintained variable, layout set by its stat
+    # rarely needed, so None until first used (an empty container still costs 56-64 bytes)
+    segments: list[str] | None = None  # tracked segments (named by segment_entered) the user is in
+    caps: dict[str, Caps] | None = None  # per campaign with frequency caps
+    decisions: dict[str, Verdict] = {}  # latest decision per campaign
+    page: dict[str, Any] | None = None  # latest page (path, url, title, referrer, search), if used
+
+    @property
+    def anonymous_ids(self) -> list[str]:
+        """The anonymous ids seen, oldest first (a copy: assign a new list to change them)."""
+        return list(self.anonymous)
+
+    @anonymous_ids.setter
+    def anonymous_ids(self, ids: list[str]) -> None:
+        self.anonymous = tuple(ids)
+
+
+VariableMerger = Callable[[str, tuple[Any, ...], tuple[Any, ...], bool], tuple[Any, ...]]
+"""Merge two states of one variable: (name, a, b, a_is_newer) -> merged."""
+
+
+def new_state(key: str, now: float = 0.0) -> UserState:
+    """A fresh profile for `key`, first seen at `now`."""
+    return UserState(key=key, first_seen=now, last_seen=now)
+
+
+def merge(a: UserState, b: UserState, merge_variable: VariableMerger) -> UserState:
+    """Combine two profiles of one person; the result keeps `a.key` and answers to both ids."""
+    a_newer = a.last_seen >= b.last_seen
+    newer, older = (a, b) if a_newer else (b, a)
+    anonymous = [i for i in older.anonymous if i not in newer.anonymous]
+    anonymous.extend(newer.anonymous)
+    counts = dict(a.event_counts)
+    for name, count in b.event_counts.items():
+        if name in counts or len(counts) < MAX_EVENT_NAMES:
+            counts[name] = counts.get(name, 0) + count
+    variables = dict(b.variables)
+    for name, value in a.variables.items():
+        other = variables.get(name)
+        variables[name] = value if other is None else merge_variable(name, value, other, a_newer)
+    caps = {cid: _outside_session(c) for cid, c in (older.caps or {}).items()}
+    for campaign_id, current in (newer.caps or {}).items():
+        previous = caps.get(campaign_id)
+        caps[campaign_id] = current if previous is None else _merge_caps(current, previous)
+    decisions = dict(older.decisions)
+    for campaign_id, decision in newer.decisions.items():
+        kept = decisions.get(campaign_id)
+        if kept is None or decision.at >= kept.at:
+            decisions[campaign_id] = decision
+    return UserState(
+        key=a.key,
+        user_id=newer.user_id or older.user_id,
+        anonymous=tuple(anonymous[-MAX_ANONYMOUS_IDS:]),
+        traits={**older.traits, **newer.traits},
+        first_seen=min(a.first_seen, b.first_seen),
+        last_seen=max(a.last_seen, b.last_seen),
+        event_counts=counts,
+        session=newer.session or older.session,
+        variables=variables,
+        segments=sorted(set(a.segments or ()) | set(b.segments or ())) or None,
+        caps=caps or None,
+        decisions=decisions,
+        page=newer.page or older.page,
+    )
+
+
+def _outside_session(caps: Caps) -> Caps:
+    # the older profile's session numbers mean nothing in the newer one's session count
+    return Caps(caps.total, -1, 0, caps.day, caps.in_day)
+
+
+def _merge_caps(newer: Caps, older: Caps) -> Caps:
+    """Totals and same-day counts add up; the session count is the newer profile's."""
+    if newer.day == older.day:
+        day, in_day = newer.day, newer.in_day + older.in_day
+    else:
+        day, in_day = max((newer.day, newer.in_day), (older.day, older.in_day))
+    return Caps(newer.total + older.total, newer.session, newer.in_session, day, in_day)

@@ -1,0 +1,264 @@
+"""Compiling a config into `Rules`: variables, segments, test users and indexed campaigns.
+
+Only variables that some condition or template uses are maintained: resolving a name while
+compiling marks the variable used, and the `where` of a used variable may in turn use more.
+`event_count: NAME, window: W` becomes an implicit count variable. Campaigns are indexed by
+trigger event name (no trigger = `page`) and by `segment_entered` segment, each list sorted by
+exclusivity rank, so an event only pays for the campaigns that could fire on it.
+
+Changing one campaign (`Rules.with_campaign`, `Rules.without_campaign`) compiles only that
+campaign and rebuilds the indexes; everything else is shared with the previous Rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from collector.config.schema import CampaignSpec, ConditionTree, ConfigFile
+from collector.engine.campaigns import Campaign, Gate, build_arms, runs
+from collector.engine.conditions import ConditionCompiler
+from collector.engine.schedule import Calendar, CompiledSchedule
+from collector.engine.scope import MISSING, Getter, Predicate, Scope
+from collector.engine.templates import TemplateCompiler
+from collector.engine.variables import Variable, event_field
+from collector.errors import ConfigError
+
+_UNSET: Any = object()
+
+
+class _Registry:
+    """Resolves names while compiling, and remembers which variables are used."""
+
+    def __init__(self, config: ConfigFile, calendar: Calendar) -> None:
+        self.config = config
+        self.problems: list[str] = []
+        self.url_cache: dict[str, str] = {}  # recent URL-encoded texts, shared by all templates
+        self.variables: dict[str, Variable] = {}  # used: declared and implicit
+        self._getters: dict[str, Getter] = {}
+        self._segments: dict[str, Predicate] = {}
+        self._pending: list[tuple[Variable, ConditionTree, str]] = []
+        self._gates: dict[tuple[Any, ...], Gate] = {}
+        self.conditions = ConditionCompiler(
+            variable=self.variable_getter,
+            segment=self.segment,
+            event_count=self.event_count,
+            calendar=calendar,
+        )
+
+    def _use(self, name: str) -> Variable | None:
+        variable = self.variables.get(name)
+        if variable is not None:
+            return variable
+        spec = self.config.variables.get(name)
+        if spec is None:
+            return None
+        field = None
+        if spec.field is not None:
+            field = event_field(spec.field)
+            if field is None:
+                self.problems.append(
+                    f"variables.{name}.field: unknown field {spec.field!r} "
+                    "(use properties.X, context.X, traits.X, event, type, user_id, ...)"
+                )
+        events = (spec.event,) if isinstance(spec.event, str) else tuple(spec.event)
+        variable = Variable(name, events, spec.stat, spec.window, field, spec.default)
+        self.variables[name] = variable
+        if spec.where is not None:
+            self._pending.append((variable, spec.where, f"variables.{name}.where"))
+        return variable
+
+    def _memo(self, variable: Variable) -> Getter:
+        getter = self._getters.get(variable.name)
+        if getter is None:
+            name, read = variable.name, variable.read
+
+            def getter(scope: Scope) -> Any:
+                values = scope.values
+                value = values.get(name, _UNSET)
+                if value is _UNSET:
+                    value = values[name] = read(scope)
+                return value
+
+            self._getters[name] = getter
+        return getter
+
+    def variable_getter(self, name: str) -> Getter:
+        """A memoised reader of a declared variable (unknown names read as missing)."""
+        variable = self._use(name)
+        return self._memo(variable) if variable is not None else (lambda scope: MISSING)
+
+    def template_variable(self, name: str) -> Getter | None:
+        """A reader of a declared variable, or None when `name` is not one."""
+        variable = self._use(name)
+        return self._memo(variable) if variable is not None else None
+
+    def event_count(self, event: str, window: str) -> Getter:
+        """A reader of how many times `event` happened in `window` (an implicit variable)."""
+        name = f"~count:{event}:{window}"
+        variable = self.variables.get(name)
+        if variable is None:
+            variable = self.variables[name] = Variable(name, (event,), "count", window)
+        return self._memo(variable)
+
+    def segment(self, name: str) -> Predicate:
+        """A memoised membership test of a segment, compiled on first use."""
+        found = self._segments.get(name)
+        if found is not None:
+            return found
+        tree = self.config.segments.get(name)
+        if tree is None:
+            return lambda scope: False
+        compiled: list[Predicate] = []
+
+        def member(scope: Scope) -> bool:
+            memo = scope.segments
+            value = memo.get(name)
+            if value is None:
+                value = memo[name] = compiled[0](scope)
+            return value
+
+        self._segments[name] = member
+        compiled.append(self.conditions.compile(tree.root, f"segments.{name}", self.problems))
+        return member
+
+    def gate(self, spec: CampaignSpec, calendar: Calendar) -> Gate:
+        """The campaign's gate, shared with every campaign configured alike."""
+        schedule = CompiledSchedule(spec.schedule, calendar) if spec.schedule else None
+        published = spec.status == "published"
+        users = spec.target.users
+        segments = tuple(spec.target.segments)
+        key = (published, schedule and schedule.key(), users, segments)
+        found = self._gates.get(key)
+        if found is None:
+            found = self._gates[key] = Gate(
+                published, schedule, users, tuple(self.segment(name) for name in segments)
+            )
+        return found
+
+    def condition(self, tree: ConditionTree | None, path: str) -> Predicate | None:
+        """Compile an optional condition."""
+        return None if tree is None else self.conditions.compile(tree.root, path, self.problems)
+
+    def settle(self) -> None:
+        """Compile the `where` of every newly used variable (which may use more)."""
+        while self._pending:
+            variable, where, path = self._pending.pop()
+            variable.where = self.conditions.compile(where.root, path, self.problems)
+
+    def campaign(
+        self, spec: CampaignSpec, path: str, calendar: Calendar, test_users: Predicate | None,
+        updated_at: float, order: int,
+    ) -> tuple[Campaign, bool]:
+        """Compile one campaign; also says whether its templates read `page.*`."""
+        prefix = f"{path}." if path else ""
+        templates = TemplateCompiler(self.template_variable, self.problems, self.url_cache)
+        if spec.variants is not None:
+            actions = [
+                templates.action(v.action.webhook, f"{prefix}variants[{i}].action.webhook")
+                for i, v in enumerate(spec.variants)
+            ]
+        elif spec.action is not None:
+            actions = [templates.action(spec.action.webhook, f"{prefix}action.webhook")]
+        else:
+            actions = []
+        trigger = spec.trigger
+        campaign = Campaign(
+            spec,
+            arms=build_arms(spec, actions) if actions else (),
+            gate=self.gate(spec, calendar),
+            where=self.condition(trigger.where if trigger else None, f"{prefix}trigger.where"),
+            test_users=test_users,
+            updated_at=updated_at,
+            order=order,
+        )
+        return campaign, templates.uses_page
+
+
+class Rules:
+    """A compiled config: what the engine evaluates for every event."""
+
+    def __init__(
+        self,
+        config: ConfigFile,
+        calendar: Calendar,
+        registry: _Registry,
+        test_users: Predicate | None,
+        campaigns: dict[str, tuple[Campaign, bool]],
+    ) -> None:
+        self.config = config
+        self.calendar = calendar
+        self.session_timeout = float(config.session_timeout)
+        self.test_users = test_users
+        self._registry = registry
+        self._campaigns = campaigns
+        self.campaigns: dict[str, Campaign] = {cid: c for cid, (c, _) in campaigns.items()}
+        self.keep_page = any(page for _, page in campaigns.values())
+        self.variables: dict[str, Variable] = dict(registry.variables)
+        by_event: dict[str, list[Variable]] = {}
+        for variable in self.variables.values():
+            for name in variable.events:
+                by_event.setdefault(name, []).append(variable)
+        # per event name: the variables fed unconditionally, and those with a `where`
+        self.variables_by_event = {
+            name: (
+                tuple(v for v in found if v.where is None),
+                tuple(v for v in found if v.where is not None),
+            )
+            for name, found in by_event.items()
+        }
+        self.segments: dict[str, Predicate] = {
+            name: registry.segment(name) for name in config.segments
+        }
+        ranked = sorted(self.campaigns.values(), key=Campaign.rank)
+        triggered: dict[str, list[Campaign]] = {}
+        entered: dict[str, list[Campaign]] = {}
+        for campaign in ranked:
+            if campaign.segment_entered is not None:
+                entered.setdefault(campaign.segment_entered, []).append(campaign)
+            elif campaign.trigger_event is not None:
+                triggered.setdefault(campaign.trigger_event, []).append(campaign)
+        self.by_event = {name: tuple(found) for name, found in triggered.items()}
+        self.runs_by_event = {name: runs(found) for name, found in self.by_event.items()}
+        self.by_segment = {name: tuple(found) for name, found in entered.items()}
+        self.tracked = tuple((name, self.segments[name]) for name in sorted(entered))
+
+    def with_campaign(self, spec: CampaignSpec, updated_at: float) -> Rules:
+        """These rules with one campaign added or replaced; raises ConfigError if it is invalid."""
+        registry = self._registry
+        registry.problems = []
+        known = self._campaigns.get(spec.id)
+        orders = [c.order for c in self.campaigns.values()]
+        order = known[0].order if known else 1 + max(orders, default=-1)
+        compiled = registry.campaign(spec, "", self.calendar, self.test_users, updated_at, order)
+        registry.settle()
+        if registry.problems:
+            raise ConfigError(registry.problems)
+        campaigns = {**self._campaigns, spec.id: compiled}
+        return Rules(self.config, self.calendar, registry, self.test_users, campaigns)
+
+    def without_campaign(self, campaign_id: str) -> Rules:
+        """These rules without a campaign (no change if it is unknown)."""
+        campaigns = {cid: c for cid, c in self._campaigns.items() if cid != campaign_id}
+        return Rules(self.config, self.calendar, self._registry, self.test_users, campaigns)
+
+
+def compile_rules(config: ConfigFile, *, updated_at: Mapping[str, float] | None = None) -> Rules:
+    """Compile a loaded config (raises ConfigError listing every problem with its path)."""
+    # `updated_at`: campaigns' last-update times, for exclusivity ties; missing ones count as 0
+    calendar = Calendar(config.timezone)
+    registry = _Registry(config, calendar)
+    for name in config.segments:
+        registry.segment(name)
+    test_users = registry.condition(config.test_users, "test_users")
+    times = updated_at or {}
+    campaigns = {
+        spec.id: registry.campaign(
+            spec, f"campaigns[{index}]", calendar, test_users, times.get(spec.id, 0.0), index
+        )
+        for index, spec in enumerate(config.campaigns)
+    }
+    registry.settle()
+    if registry.problems:
+        raise ConfigError(registry.problems)
+    return Rules(config, calendar, registry, test_users, campaigns)

@@ -1,0 +1,532 @@
+"""User variables (ユーザー情報変数): a statistic of an event field over a window, per user.
+
+Windows are bucketed. Every window maps the event's time to a bucket index, and a read covers
+a range of indexes:
+
+- `all`: one bucket (index 0);
+- `session` / `previous_session`: the bucket is the session number; a read covers the current
+  session, or the one before it;
+- `today`: the bucket is the local day (configured timezone) and a read covers today only;
+- `Nd` / `Nh`: local days / hours, grouped so that at most 64 buckets exist; a read covers the
+  current bucket and the ones before it up to N units (so `7d` is today and the 6 days before).
+
+A variable's state is a tuple of buckets `(index, ...payload)`, oldest first, trimmed to the
+window; when only one bucket is ever kept ("flat"), the state is that bucket itself. The payload
+depends on the statistic (see each `Stat`). `latest`, `previous` and `last_at` need only the
+newest bucket; `distinct_count` keeps `(newest index, map)`, the map holding at most
+`DISTINCT_LIMIT` values with the last two bucket indexes each was seen in.
+
+Why tuples: a profile's state lives for days and millions of profiles may be held at once. A
+state made of tuples of plain values is one the cyclic garbage collector stops tracking after
+its first pass over it, where lists would be walked by every full collection for the profile's
+whole life; folding a value in makes a new tuple (`Stat.folded`). A state decoded from msgpack
+holds lists where buckets nest (`Any` arrays decode as lists); every stat only indexes buckets,
+so both read the same.
+
+A variable's `where` sees other variables as they were before the event being recorded.
+
+Values: a missing or null field skips the event (`count` without a field counts every matching
+event). `sum avg min max` take numbers, or strings holding a finite number; other values skip
+the event. `count` and `distinct_count` read as 0 without data; the other stats read as missing,
+and then the variable's `default` (if any) stands in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from operator import attrgetter
+from typing import Any, cast
+
+import msgspec
+
+from collector.config.schema import window_seconds
+from collector.engine.scope import MISSING, Predicate, Scope, as_number, path_getter
+from collector.events import Event
+
+MAX_BUCKETS = 64
+DISTINCT_LIMIT = 100
+
+Bucket = Sequence[Any]  # (index, *payload), a tuple (a list once decoded from msgpack)
+Buckets = tuple[Bucket, ...]  # a multi-bucket state
+State = tuple[Any, ...]  # a variable's state, as a profile keeps it
+
+
+class Window:
+    """Maps the event's time to a bucket index and says which buckets a read covers."""
+
+    __slots__ = ("index", "keep", "kind", "offset", "span", "width")
+
+    def __init__(self, window: str) -> None:
+        self.kind = window
+        self.width = 1
+        self.span = 1  # buckets a read covers
+        self.offset = 0  # how far the covered range ends before the current bucket
+        seconds = window_seconds(window)
+        if window == "previous_session":
+            self.offset = 1
+        elif seconds is not None:
+            units = int(window[:-1])
+            self.kind = "hours" if window.endswith("h") else "days"
+            self.width = -(-units // MAX_BUCKETS)
+            self.span = -(-units // self.width)
+        self.keep = self.span + self.offset  # buckets worth keeping
+        self.index = _index(self.kind, self.width)  # the bucket the current time falls in
+
+
+def _index(kind: str, width: int) -> Callable[[Scope], int]:
+    """A window's bucket index for a scope, chosen once (attrgetter runs in C)."""
+    if kind == "all":
+        return _all_time
+    if kind in ("days", "hours"):
+        unit = "day" if kind == "days" else "hour"
+        if width == 1:
+            return attrgetter(unit)
+        read = attrgetter(unit)
+        return lambda scope: read(scope) // width
+    return attrgetter("day" if kind == "today" else "session_number")
+
+
+def _all_time(scope: Scope) -> int:
+    return 0
+
+
+class Stat:
+    """How a statistic folds values into bucket payloads and reads a value back."""
+
+    single = False  # only the newest bucket in the covered range is read
+    numeric = False
+    empty: Any = MISSING
+
+    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+        """A bucket holding one value (`before`: the newest bucket so far, if any)."""
+        raise NotImplementedError
+
+    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+        """The bucket with a value folded in, as a new tuple."""
+        raise NotImplementedError
+
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
+        """The statistic over the buckets with low <= index <= high."""
+        raise NotImplementedError
+
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
+        """Two buckets with the same index, as one (for merging profiles)."""
+        raise NotImplementedError
+
+    def record(self, buckets: Buckets, idx: int, keep: int, value: Any, t: float) -> Buckets:
+        """A multi-bucket state with a value added at bucket `idx`, trimmed to `keep` buckets."""
+        if not buckets:
+            return (self.new(idx, value, t, None),)
+        last = buckets[-1]
+        newest = last[0]
+        if newest == idx:
+            return (*buckets[:-1], self.folded(last, value, t))
+        if newest < idx:
+            if buckets[0][0] <= idx - keep:
+                buckets = tuple(b for b in buckets if b[0] > idx - keep)
+            return (*buckets, self.new(idx, value, t, last))
+        if not self.single and idx > newest - keep:  # a late event, still inside the window
+            for pos in range(len(buckets) - 1, -1, -1):
+                bucket = buckets[pos]
+                if bucket[0] == idx:
+                    return (*buckets[:pos], self.folded(bucket, value, t), *buckets[pos + 1 :])
+                if bucket[0] < idx:
+                    return (*buckets[: pos + 1], self.new(idx, value, t, None), *buckets[pos + 1 :])
+            return (self.new(idx, value, t, None), *buckets)
+        return buckets
+
+    def record_one(self, bucket: State, idx: int, value: Any, t: float) -> State:
+        """A flat state (only the newest bucket is kept) with a value added at bucket `idx`."""
+        if not bucket:
+            return self.new(idx, value, t, None)
+        newest = bucket[0]
+        if newest == idx:
+            return self.folded(bucket, value, t)
+        if newest < idx:
+            return self.new(idx, value, t, bucket)
+        return bucket  # a late event for a bucket no longer kept
+
+    def merge(self, a: Sequence[Bucket], b: Sequence[Bucket], keep: int) -> Buckets:
+        """Two multi-bucket states of one variable, as one."""
+        by_index: dict[int, Bucket] = {bucket[0]: bucket for bucket in a}
+        for bucket in b:
+            mine = by_index.get(bucket[0])
+            by_index[bucket[0]] = bucket if mine is None else self.combine(mine, bucket)
+        merged = [tuple(by_index[idx]) for idx in sorted(by_index)]
+        newest = merged[-1][0] if merged else 0
+        return tuple(bucket for bucket in merged if bucket[0] > newest - keep)
+
+
+class Count(Stat):
+    """(idx, n)"""
+
+    empty = 0
+
+    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+        return (idx, 1)
+
+    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+        return (bucket[0], bucket[1] + 1)
+
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
+        total = 0
+        for bucket in reversed(buckets):
+            idx = bucket[0]
+            if idx < low:
+                break
+            if idx <= high:
+                total += bucket[1]
+        return total
+
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
+        return (a[0], a[1] + b[1])
+
+
+class Sum(Count):
+    """(idx, total)"""
+
+    numeric = True
+    empty = MISSING
+
+    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+        return (idx, value)
+
+    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+        return (bucket[0], bucket[1] + value)
+
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
+        total: Any = MISSING
+        for bucket in reversed(buckets):
+            idx = bucket[0]
+            if idx < low:
+                break
+            if idx <= high:
+                total = bucket[1] if total is MISSING else total + bucket[1]
+        return total
+
+
+class Average(Stat):
+    """(idx, total, n)"""
+
+    numeric = True
+
+    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+        return (idx, value, 1)
+
+    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+        return (bucket[0], bucket[1] + value, bucket[2] + 1)
+
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
+        total, n = 0.0, 0
+        for bucket in reversed(buckets):
+            idx = bucket[0]
+            if idx < low:
+                break
+            if idx <= high:
+                total += bucket[1]
+                n += bucket[2]
+        return total / n if n else MISSING
+
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
+        return (a[0], a[1] + b[1], a[2] + b[2])
+
+
+class Minimum(Stat):
+    """(idx, lowest)"""
+
+    numeric = True
+
+    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+        return (idx, value)
+
+    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+        return (bucket[0], value) if value < bucket[1] else tuple(bucket)
+
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
+        found = [bucket[1] for bucket in buckets if low <= bucket[0] <= high]
+        return min(found) if found else MISSING
+
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
+        return (a[0], min(a[1], b[1]))
+
+
+class Maximum(Minimum):
+    """(idx, highest)"""
+
+    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+        return (bucket[0], value) if value > bucket[1] else tuple(bucket)
+
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
+        found = [bucket[1] for bucket in buckets if low <= bucket[0] <= high]
+        return max(found) if found else MISSING
+
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
+        return (a[0], max(a[1], b[1]))
+
+
+def _newest_until(buckets: Sequence[Bucket], high: int) -> Bucket | None:
+    for bucket in reversed(buckets):
+        if bucket[0] <= high:
+            return bucket
+    return None
+
+
+class Latest(Stat):
+    """(idx, value, t) — only the newest bucket is kept (two for previous_session)."""
+
+    single = True
+
+    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+        return (idx, value, t)
+
+    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+        return (bucket[0], value, t) if t >= bucket[2] else tuple(bucket)
+
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
+        bucket = _newest_until(buckets, high)
+        return bucket[1] if bucket is not None and bucket[0] >= low else MISSING
+
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
+        return tuple(a) if a[2] >= b[2] else tuple(b)
+
+
+class Previous(Stat):
+    """(idx, value, t, previous value, its t, its bucket index or None) — newest bucket only."""
+
+    single = True
+
+    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+        if before is None:
+            return (idx, value, t, None, 0.0, None)
+        return (idx, value, t, before[1], before[2], before[0])
+
+    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+        idx = bucket[0]
+        if t >= bucket[2]:
+            return (idx, value, t, bucket[1], bucket[2], idx)
+        if bucket[5] is None or t >= bucket[4]:
+            return (idx, bucket[1], bucket[2], value, t, idx)
+        return tuple(bucket)
+
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
+        bucket = _newest_until(buckets, high)
+        if bucket is None or bucket[5] is None or bucket[0] < low or not low <= bucket[5] <= high:
+            return MISSING
+        return bucket[3]
+
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
+        seen = [(a[0], a[2], a[1]), (b[0], b[2], b[1])]
+        seen += [(x[5], x[4], x[3]) for x in (a, b) if x[5] is not None]
+        seen.sort(key=lambda item: (item[0], item[1]), reverse=True)
+        (idx, t, value), (before_idx, before_t, before) = seen[0], seen[1]
+        return (idx, value, t, before, before_t, before_idx)
+
+
+class First(Stat):
+    """(idx, value, t) — the earliest value in each bucket."""
+
+    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+        return (idx, value, t)
+
+    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+        return (bucket[0], value, t) if t < bucket[2] else tuple(bucket)
+
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
+        for bucket in buckets:
+            if low <= bucket[0] <= high:
+                return bucket[1]
+        return MISSING
+
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
+        return tuple(a) if a[2] <= b[2] else tuple(b)
+
+
+class Distinct(Stat):
+    """(newest idx, {value key: [last idx, idx before that]}), at most DISTINCT_LIMIT values."""
+
+    empty = 0
+
+    def record_distinct(self, state: State, idx: int, keep: int, value: Any) -> State:
+        """The state with a value seen at bucket `idx` (its map is updated in place)."""
+        if not state:
+            state = (idx, {})
+        seen: dict[str, list[int]] = state[1]
+        key = value if value.__class__ is str else "\x00" + msgspec.json.encode(value).decode()
+        entry = seen.get(key)
+        if entry is None:
+            seen[key] = [idx]
+        elif entry[0] < idx:
+            seen[key] = [idx, entry[0]]
+        elif entry[0] > idx and (len(entry) == 1 or entry[1] < idx):
+            seen[key] = [entry[0], idx]
+        if idx > state[0]:
+            state = (idx, seen)
+            stale = [k for k, e in seen.items() if e[0] <= idx - keep]
+            for k in stale:
+                del seen[k]
+        if len(seen) > DISTINCT_LIMIT:
+            del seen[min(seen, key=lambda k: seen[k][0])]
+        return state
+
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
+        count = 0
+        seen = cast("dict[str, list[int]]", buckets[1])  # the state is (newest index, map)
+        for entry in seen.values():
+            last = entry[0]
+            if low <= last <= high or (last > high and len(entry) == 2 and low <= entry[1] <= high):
+                count += 1
+        return count
+
+    def merge_distinct(self, a: Bucket, b: Bucket, keep: int) -> tuple[Any, ...]:
+        """Two states of one distinct count, as one."""
+        newest = max(a[0], b[0])
+        seen: dict[str, list[int]] = {k: list(v) for k, v in a[1].items()}
+        for key, entry in b[1].items():
+            indexes = sorted(set(seen.get(key, [])) | set(entry), reverse=True)[:2]
+            seen[key] = indexes
+        kept = sorted(
+            ((k, e) for k, e in seen.items() if e[0] > newest - keep), key=lambda item: -item[1][0]
+        )
+        return (newest, dict(kept[:DISTINCT_LIMIT]))
+
+
+STATS: dict[str, Stat] = {
+    "count": Count(),
+    "sum": Sum(),
+    "avg": Average(),
+    "min": Minimum(),
+    "max": Maximum(),
+    "latest": Latest(),
+    "previous": Previous(),
+    "first": First(),
+    "distinct_count": Distinct(),
+    "first_at": First(),
+    "last_at": Latest(),
+}
+_TIME_STATS = frozenset({"first_at", "last_at"})
+
+
+_EVENT_ATTRIBUTES = {
+    "event": "name",
+    "name": "name",
+    "type": "type",
+    "message_id": "message_id",
+    "messageId": "message_id",
+    "user_id": "user_id",
+    "userId": "user_id",
+    "anonymous_id": "anonymous_id",
+    "anonymousId": "anonymous_id",
+    "timestamp": "timestamp",
+}
+_EVENT_DICTS = ("properties", "context", "traits")
+
+
+def event_field(path: str) -> Callable[[Event], Any] | None:
+    """A reader of a dotted path into an event (`properties.revenue`), or None if not one."""
+    root, _, rest = path.partition(".")
+    if root in _EVENT_DICTS and rest:
+        inner = path_getter(rest)
+        if root == "properties":
+            return lambda event: inner(event.properties)
+        if root == "context":
+            return lambda event: inner(event.context)
+        return lambda event: inner(event.traits)
+    attribute = _EVENT_ATTRIBUTES.get(path)
+    if attribute is not None:
+        return lambda event: getattr(event, attribute)
+    return None
+
+
+class Variable:
+    """A compiled variable: which events feed it, how, and how to read its value."""
+
+    __slots__ = (
+        "default", "distinct", "events", "extract", "field", "flat", "fold", "index", "keep",
+        "name", "stat", "time_value", "where", "window",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        events: tuple[str, ...],
+        stat: str,
+        window: str,
+        field: Callable[[Event], Any] | None = None,
+        default: Any = None,
+    ) -> None:
+        self.name = name
+        self.events = events
+        self.stat = STATS[stat]
+        self.time_value = stat in _TIME_STATS
+        self.window = Window(window)
+        self.index = self.window.index
+        self.keep = 1 + self.window.offset if self.stat.single else self.window.keep
+        self.distinct = self.stat if isinstance(self.stat, Distinct) else None
+        self.flat = self.keep == 1 and self.distinct is None  # the state is the one bucket
+        self.field = field
+        self.where: Predicate | None = None  # set once conditions are compiled
+        self.default = MISSING if default is None else default
+        # what `record` runs, chosen once for the statistic, window and field
+        self.extract = self._extractor()
+        self.fold = self._folder()
+
+    def _extractor(self) -> Callable[[Scope], Any]:
+        """The value an event brings, or MISSING when it brings none (the event is skipped)."""
+        if self.time_value:
+            return attrgetter("t")
+        field = self.field
+        if field is None:
+            return _no_value
+        if self.stat.numeric:
+            return lambda scope: (
+                MISSING if (value := field(scope.event)) is MISSING or value is None
+                else as_number(value)
+            )
+        return lambda scope: MISSING if (value := field(scope.event)) is None else value
+
+    def _folder(self) -> Callable[[State, int, Any, float], State]:
+        """The state with a value folded in at a bucket index and time."""
+        if self.flat:
+            return self.stat.record_one
+        keep = self.keep
+        if self.distinct is not None:
+            record_distinct = self.distinct.record_distinct
+            return lambda state, idx, value, t: record_distinct(state, idx, keep, value)
+        record = self.stat.record
+        return lambda state, idx, value, t: record(state, idx, keep, value, t)
+
+    def record(self, scope: Scope) -> None:
+        """Fold the current event into the user's state (the caller has checked `where`)."""
+        value = self.extract(scope)
+        if value is MISSING:
+            return
+        variables = scope.state.variables
+        state = variables.get(self.name, ())
+        changed = self.fold(state, self.index(scope), value, scope.t)
+        if changed is not state:
+            variables[self.name] = changed
+
+    def read(self, scope: Scope) -> Any:
+        """The variable's current value: the statistic, else the default, else MISSING."""
+        state = scope.state.variables.get(self.name)
+        value = self.stat.empty
+        if state:
+            window = self.window
+            high = self.index(scope) - window.offset
+            low = high - window.span + 1
+            value = self.stat.read((state,) if self.flat else state, low, high)
+        return self.default if value is MISSING else value
+
+    def merge(self, a: State, b: State, a_is_newer: bool) -> State:
+        """Merge two profiles' states; session windows keep the newer profile's sessions."""
+        if self.window.kind in ("session", "previous_session"):
+            return a if a_is_newer else b
+        if self.distinct is not None:
+            return self.distinct.merge_distinct(a, b, self.keep)
+        if self.flat:
+            return tuple(self.stat.merge((a,), (b,), 1)[0])
+        return self.stat.merge(a, b, self.keep)
+
+
+def _no_value(scope: Scope) -> Any:
+    return None  # `count` without a field counts the event itself

@@ -1,0 +1,1 @@
+"""Where events come in: the ASGI ingest app, Segment message decoding, the served tag."""

@@ -1,0 +1,227 @@
+"""The ingest endpoints (`/v1/batch`, `/v1/track`, ...) as a plain ASGI app: the hot path.
+
+It reads the body under the size limits, inflates gzip, checks the write key (body or HTTP
+Basic), decodes with the prebuilt decoders, hands the events to the pipeline and answers with
+orjson. It answers CORS preflights itself so browsers can send from any allowed origin.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from collector.errors import (
+    BadRequest,
+    HTTPError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from collector.events import Event
+from collector.ingest.messages import (
+    MAX_BATCH_BYTES,
+    MESSAGE_TYPES,
+    Decoded,
+    decode_batch,
+    decode_single,
+)
+from collector.metrics import IngestMetrics
+
+log = logging.getLogger("tripwire.ingest")
+
+Accept = Callable[[Sequence[Event], float], Awaitable[None]]
+
+_OK = orjson.dumps({"success": True})
+_JSON_TYPES = (b"application/json", b"text/plain", b"")
+_MAX_WIRE_BYTES = MAX_BATCH_BYTES * 2  # a body this big is refused before it is read in full
+
+
+class IngestApp:
+    """ASGI app for `/v1/*`: validates, authenticates and accepts Segment messages."""
+
+    def __init__(
+        self,
+        write_keys: Sequence[str],
+        allowed_origins: Sequence[str],
+        accept: Accept,
+        metrics: IngestMetrics,
+    ) -> None:
+        self._write_keys = frozenset(write_keys)
+        self._any_origin = "*" in allowed_origins
+        self._origins = frozenset(allowed_origins)
+        self._accept = accept
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one request to an ingest endpoint."""
+        cors = self._cors_headers(scope)
+        method = scope["method"]
+        if method == "OPTIONS":
+            await _respond(send, 204, b"", [*cors, *_PREFLIGHT])
+            return
+        try:
+            if method != "POST":
+                raise MethodNotAllowed(f"{method} is not allowed; use POST")
+            kind = _endpoint(scope["path"])
+            headers = dict(scope["headers"])
+            body = await _read_body(receive, headers)
+            now = time.time()
+            decoded = decode_batch(body, now) if kind == "batch" else decode_single(body, kind, now)
+            self._authenticate(decoded, headers)
+            await self._accept(decoded.events, now)
+        except HTTPError as exc:
+            self._metrics.requests[exc.status] += 1
+            self._metrics.messages["rejected"] += 1
+            payload = orjson.dumps({"error": exc.code, "detail": exc.detail})
+            extra = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+            await _respond(send, exc.status, payload, [*cors, *extra, _CONTENT_JSON])
+            return
+        self._metrics.requests[200] += 1
+        if decoded.rejected:
+            self._metrics.messages["rejected"] += len(decoded.rejected)
+            payload = orjson.dumps(
+                {
+                    "success": True,
+                    "rejected": [{"index": r.index, "detail": r.detail} for r in decoded.rejected],
+                }
+            )
+        elif not cors:
+            await _send_ok(send)
+            return
+        else:
+            payload = _OK
+        await _respond(send, 200, payload, [*cors, _CONTENT_JSON])
+
+    def _authenticate(self, decoded: Decoded, headers: dict[bytes, bytes]) -> None:
+        key = decoded.write_key or _basic_user(headers.get(b"authorization"))
+        if key is None:
+            raise Unauthorized("$.writeKey: missing write key (body writeKey or HTTP Basic user)")
+        if key not in self._write_keys:
+            raise Unauthorized("$.writeKey: unknown write key")
+
+    def _cors_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        origin = None
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                origin = value
+                break
+        if origin is None:
+            return []
+        if self._any_origin:
+            return [(b"access-control-allow-origin", b"*")]
+        if origin.decode("latin-1") in self._origins:
+            return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
+        return [(b"vary", b"Origin")]
+
+
+_CONTENT_JSON = (b"content-type", b"application/json")
+_PREFLIGHT = [
+    (b"access-control-allow-methods", b"POST, OPTIONS"),
+    (b"access-control-allow-headers", b"Content-Type, Content-Encoding, Authorization"),
+    (b"access-control-max-age", b"86400"),
+]
+
+
+_ENDPOINTS = {f"/v1/{kind}": kind for kind in ("batch", *MESSAGE_TYPES)}
+
+
+def _endpoint(path: str) -> str:
+    found = _ENDPOINTS.get(path)
+    if found is not None:
+        return found
+    kind = path.rstrip("/").rsplit("/", 1)[-1]
+    if kind != "batch" and kind not in MESSAGE_TYPES:
+        raise NotFound(f"{path}: no such endpoint")
+    return kind
+
+
+async def _read_body(receive: Receive, headers: dict[bytes, bytes]) -> bytes:
+    content_type = headers.get(b"content-type", b"")
+    if content_type not in _JSON_TYPES:  # exact common values need no parsing
+        content_type = content_type.split(b";", 1)[0].strip().lower()
+        if content_type not in _JSON_TYPES:
+            raise UnsupportedMediaType(
+                f"content-type {content_type.decode('latin-1')!r}: "
+                "send application/json or text/plain"
+            )
+    encoding = headers.get(b"content-encoding", b"identity")
+    if encoding != b"identity":
+        encoding = encoding.strip().lower()
+        if encoding not in (b"gzip", b"identity"):
+            raise UnsupportedMediaType(
+                f"content-encoding {encoding.decode('latin-1')!r}: send gzip or none"
+            )
+    declared = headers.get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > _MAX_WIRE_BYTES:
+        raise PayloadTooLarge(f"$: body is {int(declared)} bytes; the limit is {MAX_BATCH_BYTES}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > _MAX_WIRE_BYTES:
+            raise PayloadTooLarge(f"$: body is over {MAX_BATCH_BYTES} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if encoding == b"gzip":
+        body = _gunzip(body)
+    if not body:
+        raise BadRequest("$: empty body")
+    return body
+
+
+def _gunzip(body: bytes) -> bytes:
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        data = inflater.decompress(body, MAX_BATCH_BYTES + 1)
+    except zlib.error as exc:
+        raise BadRequest(f"$: body is not valid gzip ({exc})") from exc
+    if len(data) > MAX_BATCH_BYTES:
+        raise PayloadTooLarge(f"$: inflated body is over {MAX_BATCH_BYTES} bytes")
+    if not inflater.eof:
+        raise BadRequest("$: gzip body is truncated")
+    return data
+
+
+def _basic_user(header: bytes | None) -> str | None:
+    if not header or header[:6].lower() != b"basic ":
+        return None
+    try:
+        user, _, _ = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return user or None
+
+
+_OK_HEADERS = (_CONTENT_JSON, (b"content-length", b"%d" % len(_OK)))
+
+
+async def _send_ok(send: Send) -> None:
+    """The plain `{"success": true}` answer (no CORS headers), its headers made once."""
+    await send({"type": "http.response.start", "status": 200, "headers": [*_OK_HEADERS]})
+    await send({"type": "http.response.body", "body": _OK})
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

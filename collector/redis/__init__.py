@@ -1,0 +1,1 @@
+"""Redis mode, the one package that imports `redis`: store, outbox, delivery log, campaign sync."""

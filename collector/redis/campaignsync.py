@@ -1,0 +1,134 @@
+"""Campaign changes made through the admin API, applied in every process that shares a store.
+
+Memory mode has one process, so the runtime applies a change directly. In Redis mode a change
+is written to the hash `tw:{campaigns}` (campaign id -> its spec and update time, or a deletion
+marker) and bumps the counter `tw:{campaigns}:v` in the same step; every process polls the
+counter every `interval` seconds (250 ms by default) and, when it moved, re-reads the hash and
+applies what changed since it last looked. The writer applies its change before answering.
+
+The config file is applied at start; changes stored in Redis are applied over it, so a
+campaign edited or deleted through the admin API stays so in processes started later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from collector.config.schema import CampaignSpec, decode_hook, encode_hook
+from collector.errors import Unavailable
+from collector.redis.connection import RedisConnection
+from collector.redis.keys import Keys
+
+log = logging.getLogger("tripwire.campaigns")
+
+ApplyPut = Callable[[CampaignSpec, float], object]
+ApplyRemove = Callable[[str], object]
+
+
+class StoredChange(msgspec.Struct, kw_only=True):
+    """One campaign's latest change: its spec, or None when it was deleted."""
+
+    spec: CampaignSpec | None
+    updated_at: float
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=encode_hook)
+_DECODER = msgspec.json.Decoder(StoredChange, dec_hook=decode_hook)
+
+
+class RedisCampaignSync:
+    """Writes campaign changes to Redis and applies everyone's changes in this process."""
+
+    def __init__(
+        self,
+        connection: RedisConnection,
+        apply_put: ApplyPut,
+        apply_remove: ApplyRemove,
+        *,
+        interval: float = 0.25,
+    ) -> None:
+        self._connection = connection
+        self._apply_put = apply_put
+        self._apply_remove = apply_remove
+        self._interval = interval
+        self._version: bytes | None = None
+        self._applied: dict[str, float] = {}  # campaign id -> updated_at applied here
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Apply the stored changes now (if Redis answers) and keep polling for more."""
+        with contextlib.suppress(Unavailable):
+            await self.refresh()
+        self._task = asyncio.create_task(self._poll(), name="tripwire-campaign-sync")
+
+    async def stop(self) -> None:
+        """Stop polling."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def put(self, spec: CampaignSpec) -> None:
+        """Store a new or changed campaign for every process, and apply it here."""
+        await self._write(spec.id, StoredChange(spec=spec, updated_at=time.time()))
+
+    async def remove(self, campaign_id: str) -> None:
+        """Store a campaign's deletion for every process, and apply it here."""
+        await self._write(campaign_id, StoredChange(spec=None, updated_at=time.time()))
+
+    async def _write(self, campaign_id: str, change: StoredChange) -> None:
+        await self._connection.pipeline(
+            [
+                ("HSET", Keys.campaigns(), campaign_id, _ENCODER.encode(change)),
+                ("INCR", Keys.campaigns_version()),
+            ],
+            "storing a campaign",
+        )
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """Apply every stored change this process has not applied yet."""
+        async with self._lock:
+            version = await self._connection.call(
+                "GET", Keys.campaigns_version(), what="reading campaigns"
+            )
+            if version is None or version == self._version:
+                return
+            stored = await self._connection.call(
+                "HGETALL", Keys.campaigns(), what="reading campaigns"
+            )
+            for raw_id, blob in sorted(stored.items()):
+                self._apply(raw_id.decode(), blob)
+            self._version = version
+
+    def _apply(self, campaign_id: str, blob: bytes) -> None:
+        try:
+            change = _DECODER.decode(blob)
+        except msgspec.DecodeError as exc:
+            log.error("stored campaign %s is unreadable: %s", campaign_id, exc)
+            return
+        if self._applied.get(campaign_id) == change.updated_at:
+            return
+        self._applied[campaign_id] = change.updated_at
+        try:
+            if change.spec is None:
+                self._apply_remove(campaign_id)
+            else:
+                self._apply_put(change.spec, change.updated_at)
+        except Exception:  # a change another version wrote; this process keeps running
+            log.exception("cannot apply stored campaign %s", campaign_id)
+
+    async def _poll(self) -> None:
+        while self._task is not None:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.refresh()
+            except Unavailable:
+                await asyncio.sleep(1.0)

@@ -1,0 +1,180 @@
+"""The connection to Redis or Redis Cluster shared by the store, outbox, log and campaign sync.
+
+The mode is found from the server the URL names: `INFO cluster` says `cluster_enabled:1` on a
+cluster node, and then redis-py's cluster client is used. Connecting is lazy and repeated, so a
+process whose Redis is down starts anyway, reports not ready, answers 503, and carries on when
+Redis is back. Every Redis error is translated here into `collector.errors.Unavailable`.
+
+This module and the Redis store are the only ones that import `redis`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from collector.errors import Unavailable
+from collector.redis import scripts
+from collector.redis.keys import CLUSTER_SHARDS, Keys
+
+log = logging.getLogger("tripwire.redis")
+
+Client = aioredis.Redis | RedisCluster
+Command = tuple[Any, ...]  # ("METHOD", *args) as sent by `execute_command`
+
+RETRY_AFTER = 2  # seconds a client is asked to wait while Redis is unavailable
+_TIMEOUT = 5.0  # socket timeout; blocking reads block for less
+
+
+class RedisConnection:
+    """One lazily opened client for a redis:// URL, in single or cluster mode."""
+
+    def __init__(self, url: str, **client_options: Any) -> None:
+        self.url = url
+        self._options = client_options
+        self._client: Client | None = None
+        self._lock = asyncio.Lock()
+        self.keys = Keys(1)
+        self.cluster = False
+        self.round_trips = 0  # pipelines and single commands sent (for tests and metrics)
+
+    async def client(self) -> Client:
+        """The connected client; connects (and detects the mode) on first use or after a failure."""
+        if self._client is not None:
+            return self._client
+        async with self._lock:
+            if self._client is None:
+                with translate("connecting to Redis"):
+                    self._client = await self._connect()
+        return self._client
+
+    async def _connect(self) -> Client:
+        options: dict[str, Any] = {
+            "socket_timeout": _TIMEOUT,
+            "socket_connect_timeout": 2.0,
+            **self._options,
+        }
+        probe = aioredis.Redis.from_url(self.url, retry=Retry(NoBackoff(), 0), **options)
+        try:
+            info = await probe.info("cluster")
+        finally:
+            await probe.aclose()
+        client: Client
+        if info.get("cluster_enabled") in (1, "1"):
+            client = RedisCluster.from_url(self.url, retry=Retry(NoBackoff(), 2), **options)
+            await client.initialize()
+            self.cluster = True
+            self.keys = Keys(CLUSTER_SHARDS)
+        else:
+            client = aioredis.Redis.from_url(self.url, retry=Retry(NoBackoff(), 1), **options)
+        self.round_trips += 1
+        for script in scripts.ALL:
+            await client.script_load(script.source)
+        log.info("connected to %s (%s)", self.url, "cluster" if self.cluster else "single server")
+        return client
+
+    async def names(self) -> Keys:
+        """The key names for the mode of the server (connecting first if need be)."""
+        await self.client()
+        return self.keys
+
+    async def close(self) -> None:
+        """Close every connection."""
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
+
+    async def ping(self) -> bool:
+        """True when Redis answers."""
+        try:
+            client = await self.client()
+            self.round_trips += 1
+            return bool(await client.ping())
+        except (Unavailable, RedisError, OSError):
+            return False
+
+    async def pipeline(self, commands: Sequence[Command], what: str) -> list[Any]:
+        """Send commands in one round trip (per cluster node, in parallel); return their results.
+
+        Results that are errors are returned, not raised, except connection errors, which raise
+        `Unavailable`. Scripts the server forgot are loaded and their commands sent again.
+        """
+        if not commands:
+            return []
+        client = await self.client()
+        with translate(what):
+            results = await self._send(client, commands)
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:
+                for script in scripts.ALL:
+                    await client.script_load(script.source)
+                again = await self._send(client, [commands[i] for i in missing])
+                for index, result in zip(missing, again, strict=True):
+                    results[index] = result
+        return results
+
+    async def _send(self, client: Client, commands: Sequence[Command]) -> list[Any]:
+        self.round_trips += 1
+        pipe = (
+            client.pipeline(transaction=False)
+            if isinstance(client, aioredis.Redis)
+            else client.pipeline()
+        )
+        for command in commands:
+            pipe.execute_command(*command)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, RedisError) and not isinstance(result, ResponseError):
+                raise result
+        return results
+
+    async def call(self, *command: Any, what: str) -> Any:
+        """Send one command and return its result."""
+        client = await self.client()
+        with translate(what):
+            self.round_trips += 1
+            try:
+                return await client.execute_command(*command)
+            except NoScriptError:
+                for script in scripts.ALL:
+                    await client.script_load(script.source)
+                return await client.execute_command(*command)
+
+
+def evalsha(script: scripts.Script, keys: Sequence[str], args: Sequence[Any]) -> Command:
+    """The command running a script by SHA."""
+    return ("EVALSHA", script.sha, len(keys), *keys, *args)
+
+
+@contextlib.contextmanager
+def translate(what: str) -> Iterator[None]:
+    """Turn any Redis error raised inside into `Unavailable` (503 with Retry-After)."""
+    try:
+        yield
+    except Unavailable:
+        raise
+    except (RedisError, OSError) as exc:
+        log.warning("Redis unavailable while %s: %s", what, exc)
+        raise Unavailable(
+            f"the state store is unavailable ({what}); retry shortly", retry_after=RETRY_AFTER
+        ) from exc
+
+
+def is_error(result: Any) -> bool:
+    """True when a pipelined result is an error reply."""
+    return isinstance(result, RedisError)
+
+
+def error_text(result: Any) -> str:
+    """The message of a pipelined error reply."""
+    return str(result)

@@ -1,0 +1,151 @@
+"""Planning one attempt of the Redis store: identity resolution and the engine, without I/O.
+
+Given the identities' index entries and the loaded profiles, `run_events` resolves each event
+to its profile exactly as the memory store does (merging the profiles an event shows to be one
+person, by `identity.resolve`, the rule both stores share), runs the engine on every event in
+order, and returns a `Plan`: per final profile, its new state, the events it owns, the
+messageIds to mark seen, recent events, webhooks, decisions, merges and identity links.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import msgspec
+
+from collector.engine.engine import Engine, new_state
+from collector.engine.profile import Decision, UserState
+from collector.events import Event
+from collector.store import identity
+from collector.webhook import WebhookRequest
+
+MAX_CHAIN = 8  # merge redirects followed
+
+_DECODER = msgspec.msgpack.Decoder(UserState)
+
+
+class Record:
+    """A profile as loaded: version, state, where it redirects if merged away, absorb markers."""
+
+    __slots__ = ("absorbed", "key", "moved_to", "state", "version")
+
+    def __init__(
+        self, key: str, fields: Sequence[bytes | None], checks: Sequence[str] = ()
+    ) -> None:
+        version, state, moved_to = fields[0], fields[1], fields[2]
+        self.key = key
+        self.version = int(version) if version else 0
+        self.state = _DECODER.decode(state) if state else None
+        self.moved_to = moved_to.decode() if moved_to else None
+        self.absorbed = {q for q, flag in zip(checks, fields[3:], strict=True) if flag}
+
+
+class Plan:
+    """The outcome of running a group of events: what to write per profile."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, UserState | None] = {}
+        self.owner_events: dict[str, list[int]] = defaultdict(list)  # final key -> event positions
+        self.losers: dict[str, str] = {}  # merged-away key -> key it went into
+        self.pending: dict[str, list[str]] = defaultdict(list)  # key -> frozen keys to absorb
+        self.stale: dict[str, str] = {}  # frozen key already absorbed -> its target
+        self.links: dict[str, str] = {}  # identity -> key
+        self.seen: dict[str, list[str]] = defaultdict(list)  # key -> new messageIds
+        self.recent: dict[str, list[Event]] = defaultdict(list)
+        self.webhooks: dict[str, list[tuple[int, WebhookRequest]]] = defaultdict(list)
+        self.decisions: dict[str, list[tuple[int, Decision]]] = defaultdict(list)
+        self.duplicates: set[int] = set()
+
+    def absorb(self, key: str, other: str) -> None:
+        """Record that profile `other` was merged into `key`."""
+        self.losers[other] = key
+        for loser, target in self.losers.items():
+            if target == other:
+                self.losers[loser] = key
+        self.owner_events[key].extend(self.owner_events.pop(other, []))
+        self.pending[key].extend(self.pending.pop(other, []))
+        self.seen[key].extend(self.seen.pop(other, []))
+        self.recent[key].extend(self.recent.pop(other, []))
+        self.webhooks[key].extend(self.webhooks.pop(other, []))
+        self.decisions[key].extend(self.decisions.pop(other, []))
+
+
+def run_events(
+    engine: Engine,
+    events: list[Event],
+    now: float,
+    index: dict[str, str],
+    records: dict[str, Record],
+    seen: set[str],
+) -> Plan:
+    """Resolve identities and run the engine on every event, in order, as memory mode does."""
+    plan = Plan()
+    states = plan.states
+    moved = {key: r.moved_to for key, r in records.items() if r.moved_to is not None}
+
+    def final(key: str) -> str:
+        for _ in range(MAX_CHAIN + len(moved)):
+            target = moved.get(key)
+            if target is None:
+                return key
+            key = target
+        return key
+
+    for key, record in records.items():
+        if record.moved_to is None:
+            states[key] = record.state
+    # Frozen profiles that their target has not absorbed yet are merged in first.
+    for key, record in records.items():
+        if record.moved_to is None:
+            continue
+        target = final(key)
+        if record.state is None:
+            continue
+        if any(key in r.absorbed for r in records.values()):
+            plan.stale[key] = target  # absorbed already; only its cleanup is left
+            continue
+        own = states.get(target)
+        states[target] = (
+            engine.merge(own, record.state)
+            if own is not None
+            else msgspec.structs.replace(record.state, key=target)
+        )
+        plan.pending[target].append(key)
+    def owner(id_: str) -> str | None:
+        key = index.get(id_)
+        if key is None:
+            return None
+        key = final(key)
+        return key if states.get(key) is not None else None
+
+    def user_of(key: str) -> str | None:
+        state = states.get(key)
+        return state.user_id if state is not None else None
+
+    for position, event in enumerate(events):
+        if event.message_id in seen:
+            plan.duplicates.add(position)
+            continue
+        resolution = identity.resolve(event, owner, user_of)
+        key = final(resolution.key)
+        for other in resolution.merge:
+            theirs = states.get(other)
+            if other == key or theirs is None:
+                continue
+            states[key] = engine.merge(states.get(key) or new_state(key, now), theirs)
+            states[other] = None
+            moved[other] = key
+            plan.absorb(key, other)
+        for id_ in resolution.link:
+            if index.get(id_) != key:
+                index[id_] = key
+                plan.links[id_] = key
+        outcome = engine.process(states.get(key) or new_state(key, now), event, now)
+        states[key] = outcome.state
+        plan.owner_events[key].append(position)
+        plan.seen[key].append(event.message_id)
+        plan.recent[key].append(event)
+        plan.webhooks[key].extend((position, w) for w in outcome.webhooks)
+        plan.decisions[key].extend((position, d) for d in outcome.decisions)
+    return plan

@@ -1,0 +1,420 @@
+"""The shared store: per-user state in Redis or Redis Cluster, for any number of processes.
+
+A request's events are handled in a fixed number of round trips, whatever the batch size:
+
+1. resolve: GETEX of every identity the events name (refreshing their TTL);
+2. load: each profile's version and state, and which of the events' messageIds it has seen;
+3. the engine runs every event in order, in this process, on the loaded states;
+4. commit: one COMMIT script per profile writes its new state, the messageIds, recent events,
+   identity links and the webhooks (XADD to its shard's outbox stream) only if the profile's
+   version is unchanged. So a webhook is queued exactly when the state change that fired it is
+   stored, and an event answered 200 cannot lose its webhooks.
+
+A profile whose version moved meanwhile (another process committed first) is a conflict: its
+events are resolved, loaded and run again. Within one process, requests naming the same
+identity wait for each other, so conflicts only arise between processes.
+
+Identity merges (an event naming two existing profiles of one person) cost extra round trips,
+as conflicts do: the merged-away profile is read in full and, when it lives in another cluster
+shard, first frozen (FREEZE: it redirects to the survivor, and stale writers conflict), then
+absorbed by the survivor's COMMIT, then cleaned (CLEAN). A process dying between those steps
+leaves a frozen profile that the next event reaching it absorbs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from collector.config.schema import StateSettings
+from collector.delivery.outbox import Envelope
+from collector.engine.engine import Engine, new_state
+from collector.engine.profile import Decision, UserState
+from collector.errors import Unavailable
+from collector.events import Event
+from collector.redis.connection import RETRY_AFTER, Command, RedisConnection, evalsha, is_error
+from collector.redis.plan import MAX_CHAIN, Plan, Record, run_events
+from collector.redis.scripts import CLEAN, COMMIT, FREEZE
+from collector.store import identity
+from collector.store.base import IngestResult, UserView, event_as_message
+from collector.webhook import WebhookRequest
+
+log = logging.getLogger("tripwire.store")
+
+DEDUPE_SECONDS = 24 * 3600.0
+MAX_SEEN_PER_USER = 10_000  # messageIds remembered per profile (within the 24 h)
+MAX_ATTEMPTS = 50  # conflicts tolerated before a request is answered 503
+
+_ENCODER = msgspec.msgpack.Encoder()
+_EVENT_DECODER = msgspec.msgpack.Decoder(Event)
+
+
+class RedisStore:
+    """Per-user state in Redis, atomic per user across every process sharing it."""
+
+    def __init__(
+        self, connection: RedisConnection, engine: Callable[[], Engine], limits: StateSettings
+    ) -> None:
+        self.connection = connection
+        self._engine = engine
+        self._limits = limits
+        self._ttl = max(1, int(limits.user_ttl))
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users_of_lock: dict[str, int] = {}
+
+    async def open(self) -> None:
+        """Connect now if Redis answers; otherwise on first use."""
+        with contextlib.suppress(Unavailable):
+            await self.connection.client()
+
+    async def close(self) -> None:
+        """Nothing to save: Redis holds everything."""
+
+    async def ping(self) -> bool:
+        """True when Redis answers."""
+        return await self.connection.ping()
+
+    async def ingest(self, events: Sequence[Event], now: float) -> IngestResult:
+        """Dedupe and process each event against its user's state, in order, atomically per user."""
+        firsts: set[str] = set()
+        pending: list[int] = []
+        duplicates = 0
+        for position, event in enumerate(events):
+            if event.message_id in firsts:
+                duplicates += 1
+            else:
+                firsts.add(event.message_id)
+                pending.append(position)
+        webhooks: list[tuple[int, WebhookRequest]] = []
+        decisions: list[tuple[int, Decision]] = []
+        accepted = 0
+        names = {i for position in pending for i in identity.ids_of(events[position])}
+        async with self._holding(names):
+            for attempt in range(MAX_ATTEMPTS):
+                if not pending:
+                    break
+                if attempt:  # another process just wrote these users: let it finish
+                    await asyncio.sleep(random.uniform(0, 0.001 * min(attempt, 20)))
+                plan, conflicts = await self._attempt([events[i] for i in pending], now)
+                for local in range(len(pending)):
+                    if local not in conflicts:
+                        if local in plan.duplicates:
+                            duplicates += 1
+                        else:
+                            accepted += 1
+                for key, locals_ in plan.owner_events.items():
+                    if locals_ and locals_[0] not in conflicts:
+                        webhooks.extend((pending[i], w) for i, w in plan.webhooks.get(key, []))
+                        decisions.extend((pending[i], d) for i, d in plan.decisions.get(key, []))
+                pending = [pending[i] for i in sorted(conflicts)]
+            if pending:
+                raise Unavailable("too many concurrent updates of one user; retry", retry_after=1)
+        webhooks.sort(key=lambda pair: pair[0])
+        decisions.sort(key=lambda pair: pair[0])
+        return IngestResult(
+            accepted, duplicates, [w for _, w in webhooks], [d for _, d in decisions]
+        )
+
+    async def lookup(self, identity_: str, now: float) -> UserView | None:
+        """Find a profile by any of its ids or its key."""
+        found = await self._find(identity_)
+        if found is None or found[0].state is None:
+            return None
+        record, recent = found
+        assert record.state is not None
+        messages = [event_as_message(_EVENT_DECODER.decode(blob)) for blob in recent]
+        return UserView(record.key, self._engine().describe(record.state, now), messages)
+
+    async def user_state(self, identity_: str) -> UserState | None:
+        """The engine state of a user found by anonymous id, user id or key."""
+        found = await self._find(identity_)
+        return None if found is None else found[0].state
+
+    # -- one attempt: resolve, load, run, commit ------------------------------------------
+
+    async def _attempt(self, events: list[Event], now: float) -> tuple[Plan, set[int]]:
+        """Run events once; return the plan and the positions of events whose commit conflicted."""
+        keys = await self.connection.names()
+        ids = sorted({i for event in events for i in identity.ids_of(event)})
+        results = await self.connection.pipeline(
+            [("GETEX", keys.identity(i), "EX", self._ttl) for i in ids], "resolving identities"
+        )
+        _raise_errors(results)
+        index = {i: r.decode() for i, r in zip(ids, results, strict=True) if r}
+        wanted: dict[str, set[str]] = defaultdict(set)  # key -> messageIds to check it for
+        for event in events:
+            for key in {
+                identity.new_key(event),
+                *(index[i] for i in identity.ids_of(event) if i in index),
+            }:
+                wanted[key].add(event.message_id)
+        records, seen = await self._load(wanted)
+        plan = run_events(self._engine(), events, now, index, records, seen)
+        conflicts = await self._commit(plan, records, now)
+        return plan, {i for key in conflicts for i in plan.owner_events.get(key, ())}
+
+    async def _load(self, wanted: dict[str, set[str]]) -> tuple[dict[str, Record], set[str]]:
+        """Load profiles, following merge redirects; return them and the messageIds seen."""
+        keys = await self.connection.names()
+        records: dict[str, Record] = {}
+        seen: set[str] = set()
+        checked: dict[str, set[str]] = defaultdict(set)  # key -> messageIds checked against it
+        todo = {key: (mids, set[str]()) for key, mids in wanted.items()}
+        for _depth in range(MAX_CHAIN):
+            if not todo:
+                break
+            commands: list[Command] = []
+            order: list[tuple[str, list[str], list[str]]] = []
+            for key, (mids, sources) in todo.items():
+                fresh = sorted(mids - checked[key])
+                markers = sorted(sources)
+                commands.append(
+                    ("HMGET", keys.profile(key), "v", "s", "to", *(f"a:{q}" for q in markers))
+                )
+                if fresh:
+                    commands.append(("ZMSCORE", keys.seen(key), *fresh))
+                order.append((key, fresh, markers))
+            results = await self.connection.pipeline(commands, "loading profiles")
+            _raise_errors(results)
+            position = 0
+            following: dict[str, tuple[set[str], set[str]]] = {}
+            for key, fresh, markers in order:
+                record = Record(key, results[position], markers)
+                position += 1
+                if fresh:
+                    seen.update(
+                        m
+                        for m, score in zip(fresh, results[position], strict=True)
+                        if score is not None
+                    )
+                    checked[key].update(fresh)
+                    position += 1
+                records[key] = record
+                if record.moved_to is None:
+                    continue
+                # Messages reaching a merged profile are checked against where it went, and a
+                # frozen profile still holding data is absorbed unless a hop on its way has it.
+                mids, sources = following.setdefault(record.moved_to, (set(), set()))
+                mids |= wanted.get(key, set()) | checked[key]
+                sources |= {q for q in markers if q not in record.absorbed}
+                if record.state is not None:
+                    sources.add(key)
+            todo = {}
+            for target, (mids, sources) in following.items():
+                known = records.get(target)
+                sources = {q for q in sources if known is None or q not in known.absorbed}
+                if known is None or mids - checked[target] or sources:
+                    todo[target] = (mids, sources)
+        return records, seen
+
+    async def _commit(self, plan: Plan, records: dict[str, Record], now: float) -> set[str]:
+        """Write every changed profile; return the keys whose commit conflicted."""
+        keys = await self.connection.names()
+        conflicts: set[str] = set()
+        changed = [k for k in plan.owner_events if plan.seen.get(k) or plan.pending.get(k)]
+        merged: dict[str, list[str]] = defaultdict(list)  # key -> profiles merged into it now
+        for loser, target in plan.losers.items():
+            merged[target].append(loser)
+        # A merge needs the merged-away profiles' recent events and messageIds; one in another
+        # shard is frozen first, so that writers still holding its old version conflict.
+        reads: list[tuple[str, str]] = []
+        commands: list[Command] = []
+        for target in changed:
+            absorbed = [*merged.get(target, []), *plan.pending.get(target, [])]
+            if not absorbed:
+                continue
+            reads.append((target, "recent"))
+            commands.append(("LRANGE", keys.recent(target), 0, -1))
+            for other in absorbed:
+                if other in plan.losers and keys.shard(other) != keys.shard(target):
+                    args = [records[other].version, target, self._ttl]
+                    commands.append(
+                        evalsha(FREEZE, [keys.profile(other), keys.identity(other)], args)
+                    )
+                    reads.append((other, "freeze"))
+                commands.append(("LRANGE", keys.recent(other), 0, -1))
+                reads.append((other, "recent"))
+                commands.append(("ZRANGE", keys.seen(other), 0, -1, "WITHSCORES"))
+                reads.append((other, "seen"))
+        recent_of: dict[str, list[bytes]] = {}
+        seen_of: dict[str, list[Any]] = {}
+        results = await self.connection.pipeline(commands, "merging profiles")
+        _raise_errors(results)
+        for (key, kind), result in zip(reads, results, strict=True):
+            if kind == "freeze":
+                if result != 1:
+                    conflicts.add(plan.losers[key])
+            elif kind == "recent":
+                recent_of[key] = list(result)
+            else:
+                seen_of[key] = list(result)
+        commands = []
+        starts: list[tuple[str, int]] = []
+        for target in changed:
+            if target not in conflicts:
+                starts.append((target, len(commands)))
+                commands.extend(
+                    self._commit_commands(
+                        plan, records, target, merged.get(target, []), recent_of, seen_of, now
+                    )
+                )
+        for key, target in plan.stale.items():
+            commands.append(
+                evalsha(CLEAN, [keys.profile(key), keys.recent(key), keys.seen(key)], [target])
+            )
+        results = await self.connection.pipeline(commands, "storing profiles")
+        _raise_errors(results)
+        cleanups: list[Command] = []
+        for target, start in starts:
+            if results[start] == 0:
+                conflicts.add(target)
+                continue
+            for other in [*merged.get(target, []), *plan.pending.get(target, [])]:
+                if keys.shard(other) != keys.shard(target):
+                    cleanup_keys = [keys.profile(other), keys.recent(other), keys.seen(other)]
+                    cleanups.append(evalsha(CLEAN, cleanup_keys, [target]))
+        if cleanups:
+            _raise_errors(await self.connection.pipeline(cleanups, "cleaning merged profiles"))
+        return conflicts
+
+    def _commit_commands(
+        self,
+        plan: Plan,
+        records: dict[str, Record],
+        key: str,
+        losers: list[str],
+        recent_of: dict[str, list[bytes]],
+        seen_of: dict[str, list[Any]],
+        now: float,
+    ) -> list[Command]:
+        """The COMMIT script call for one profile, plus SETs linking identities of other shards."""
+        keys = self.connection.keys  # connected: called after loading
+        shard = keys.shard(key)
+        record = records.get(key)
+        same = [o for o in losers if keys.shard(o) == shard]
+        folded = [*losers, *plan.pending.get(key, [])]  # every profile merged into this one
+        absorbed = [o for o in folded if o not in same]
+        links = [i for i, k in plan.links.items() if k == key]
+        local_links = [i for i in links if keys.shard(i) == shard]
+        pairs: list[Any] = []
+        for mid in plan.seen.get(key, []):
+            pairs.extend((now, mid))
+        events = list(plan.recent.get(key, []))
+        if folded:
+            old = [blob for k in (key, *folded) for blob in recent_of.get(k, [])]
+            events = sorted([*map(_EVENT_DECODER.decode, old), *events], key=lambda e: e.timestamp)
+            for other in folded:
+                for member, score in seen_of.get(other, []):
+                    pairs.extend((score, member))
+        cap = self._limits.recent_events
+        recent = [_ENCODER.encode(e) for e in events[-cap:]] if cap else []
+        hooks: list[Any] = []
+        for _, webhook in plan.webhooks.get(key, []):
+            envelope = Envelope(request=webhook, enqueued_at=now, due_at=now)
+            hooks.extend((webhook.webhook_id, _ENCODER.encode(envelope)))
+        script_keys = [
+            keys.profile(key),
+            keys.recent(key),
+            keys.seen(key),
+            keys.outbox(shard),
+            keys.outbox_live(shard),
+            *(keys.identity(i) for i in local_links),
+        ]
+        for other in same:
+            script_keys += [
+                keys.profile(other),
+                keys.recent(other),
+                keys.seen(other),
+                keys.identity(other),
+            ]
+        state = plan.states.get(key) or new_state(key, now)
+        args: list[Any] = [
+            record.version if record is not None else 0,
+            _ENCODER.encode(state),
+            self._ttl,
+            now - DEDUPE_SECONDS,
+            cap,
+            MAX_SEEN_PER_USER,
+            key,
+            1 if folded else 0,
+            len(local_links),
+            len(same),
+            *(records[o].version for o in same),
+            len(pairs) // 2,
+            *pairs,
+            len(recent),
+            *recent,
+            len(hooks) // 2,
+            *hooks,
+            len(absorbed),
+            *absorbed,
+        ]
+        commands: list[Command] = [evalsha(COMMIT, script_keys, args)]
+        commands += [
+            ("SET", keys.identity(i), key, "EX", self._ttl) for i in links if i not in local_links
+        ]
+        return commands
+
+    # -- lookups and locks ---------------------------------------------------------------
+
+    async def _find(self, identity_: str) -> tuple[Record, list[bytes]] | None:
+        """Load the profile an identity (or a key) names, with its recent events."""
+        keys = await self.connection.names()
+        names = identity.lookup_ids(identity_)
+        results = await self.connection.pipeline(
+            [("GET", keys.identity(i)) for i in names], "looking up a user"
+        )
+        _raise_errors(results)
+        key = next((r.decode() for r in results if r), identity_)
+        for _ in range(MAX_CHAIN):
+            found = await self.connection.pipeline(
+                [("HMGET", keys.profile(key), "v", "s", "to"), ("LRANGE", keys.recent(key), 0, -1)],
+                "looking up a user",
+            )
+            _raise_errors(found)
+            record = Record(key, found[0])
+            if record.moved_to is None:
+                return (record, list(found[1])) if record.state is not None else None
+            key = record.moved_to
+        return None
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, names: Iterable[str]) -> AsyncIterator[None]:
+        """Serialise, within this process, requests that name the same identities."""
+        held: list[asyncio.Lock] = []
+        counted = sorted(names)
+        for name in counted:
+            self._users_of_lock[name] = self._users_of_lock.get(name, 0) + 1
+        try:
+            for name in counted:
+                lock = self._locks.get(name)
+                if lock is None:
+                    lock = self._locks[name] = asyncio.Lock()
+                await lock.acquire()
+                held.append(lock)
+            yield
+        finally:
+            for lock in reversed(held):
+                lock.release()
+            for name in counted:
+                left = self._users_of_lock[name] - 1
+                if left:
+                    self._users_of_lock[name] = left
+                else:
+                    del self._users_of_lock[name]
+                    self._locks.pop(name, None)
+
+
+def _raise_errors(results: Sequence[Any]) -> None:
+    """Fail the request on an error reply (a script bug or a key of the wrong type)."""
+    for result in results:
+        if is_error(result):
+            log.error("Redis refused a store command: %s", result)
+            raise Unavailable("the state store refused a command", retry_after=RETRY_AFTER)

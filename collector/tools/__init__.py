@@ -1,0 +1,1 @@
+"""What a newcomer runs around the collector: the demo, the request bin, offline replay."""

@@ -1,0 +1,335 @@
+"""The request bin: records any request sent to `/bin/{name}` and shows it live.
+
+    bin = RequestBin(max_requests=200)
+    routes = bin_routes(bin)           # mount on the collector, or:
+    app = create_bin_app(bin)          # the standalone `tripwire bin`
+
+Memory is bounded: `max_requests` per bin, `MAX_BINS` bins (the least recently used goes), and
+the first `MAX_BODY` bytes of each body. Everything here is readable cross-origin, so a page on
+another origin (the demo shop) can show webhooks arriving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import html
+import itertools
+import re
+import string
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Iterable
+from importlib import resources
+from typing import Any
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import BaseRoute, Mount, Route
+
+from collector.errors import BadRequest, HTTPError, PayloadTooLarge
+
+MAX_BINS = 100
+MAX_BODY = 64 * 1024
+MAX_WIRE_BODY = 10 * 1024 * 1024
+HEARTBEAT_SECONDS = 10.0
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": ", ".join(ALL_METHODS),
+    "Access-Control-Allow-Headers": "*",
+    "Access-Control-Max-Age": "600",
+}
+SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no", **CORS}
+
+
+class BinRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One recorded request."""
+
+    id: int
+    bin: str
+    at: float  # epoch seconds
+    method: str
+    path: str
+    query: str
+    headers: list[tuple[str, str]]
+    body: str  # UTF-8 text, or base64 when `body_base64`
+    body_base64: bool = False
+    body_size: int  # bytes received, even when `body` was cut at MAX_BODY
+    truncated: bool = False
+
+
+class BinSummary(msgspec.Struct, frozen=True):
+    """A bin as the list shows it."""
+
+    name: str
+    count: int
+    last_at: float | None
+
+
+class RequestBin:
+    """Bins of recorded requests, in memory, with waiters woken on each new one."""
+
+    def __init__(self, max_requests: int = 200, max_bins: int = MAX_BINS) -> None:
+        self.max_requests = max_requests
+        self.max_bins = max_bins
+        self._bins: OrderedDict[str, deque[BinRequest]] = OrderedDict()
+        self._ids = itertools.count(1)
+        self._changed = asyncio.Event()
+        self.closed = False
+
+    def record(
+        self,
+        name: str,
+        *,
+        method: str,
+        path: str,
+        query: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes,
+        body_size: int | None = None,
+        now: float | None = None,
+    ) -> BinRequest:
+        """Keep one request in bin `name` (created on first use) and wake the live views."""
+        size = len(body) if body_size is None else body_size
+        kept = body[:MAX_BODY]
+        try:
+            text, is_base64 = kept.decode("utf-8"), False
+        except UnicodeDecodeError:
+            text, is_base64 = base64.b64encode(kept).decode("ascii"), True
+        entry = BinRequest(
+            id=next(self._ids),
+            bin=name,
+            at=time.time() if now is None else now,
+            method=method,
+            path=path,
+            query=query,
+            headers=list(headers),
+            body=text,
+            body_base64=is_base64,
+            body_size=size,
+            truncated=size > len(kept),
+        )
+        requests = self._bins.get(name)
+        if requests is None:
+            requests = self._bins[name] = deque(maxlen=self.max_requests)
+            while len(self._bins) > self.max_bins:
+                self._bins.popitem(last=False)
+        self._bins.move_to_end(name)
+        requests.append(entry)
+        self._wake()
+        return entry
+
+    def bins(self) -> list[BinSummary]:
+        """Every bin, most recently used first."""
+        return [
+            BinSummary(name, len(requests), requests[-1].at if requests else None)
+            for name, requests in reversed(self._bins.items())
+        ]
+
+    def requests(self, name: str, after: int = 0) -> list[BinRequest]:
+        """The requests kept in a bin with an id above `after`, oldest first."""
+        return [r for r in self._bins.get(name, ()) if r.id > after]
+
+    def clear(self, name: str) -> None:
+        """Forget a bin and what it holds."""
+        self._bins.pop(name, None)
+        self._wake()
+
+    async def wait(self, timeout: float) -> None:
+        """Return when something was recorded (or the bin closed), or after `timeout` seconds."""
+        if self.closed:
+            return
+        changed = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout)
+
+    def close(self) -> None:
+        """End every live stream (the server is shutting down)."""
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+
+# -- HTTP ------------------------------------------------------------------------------------
+
+
+def bin_routes(bin_: RequestBin, prefix: str = "/bin") -> list[BaseRoute]:
+    """The request bin's routes: list, record, view, JSON feed and live stream."""
+    view_page = string.Template(_resource("templates", "bin.html"))
+    index_page = string.Template(_resource("templates", "bins.html"))
+    assets = {
+        "bin.js": (_resource("static", "bin.js"), "application/javascript; charset=utf-8"),
+        # one stylesheet for the bin and the dashboard
+        "tripwire.css": (
+            _resource("static", "tripwire.css", package="collector.admin"),
+            "text/css; charset=utf-8",
+        ),
+    }
+
+    async def index(request: Request) -> Response:
+        summaries = bin_.bins()
+        if _wants_json(request):
+            return JSONResponse({"bins": msgspec.to_builtins(summaries)}, headers=CORS)
+        rows = "".join(
+            f'<tr><td><a href="{prefix}/{_e(s.name)}/view">{_e(s.name)}</a></td>'
+            f"<td>{s.count}</td><td>{_clock(s.last_at)}</td></tr>"
+            for s in summaries
+        ) or '<tr><td colspan="3" class="muted">No bins yet: send a request to a bin URL.</td></tr>'
+        example = _e(_origin(request) + prefix + "/demo")
+        return HTMLResponse(index_page.substitute(prefix=prefix, rows=rows, example=example))
+
+    async def view(request: Request) -> Response:
+        name = _name(request)
+        url = _origin(request) + f"{prefix}/{name}"
+        return HTMLResponse(view_page.substitute(prefix=prefix, name=_e(name), url=_e(url)))
+
+    async def feed(request: Request) -> Response:
+        name = _name(request)
+        after = _int(request.query_params.get("after"), 0)
+        found = bin_.requests(name, after)
+        limit = _int(request.query_params.get("limit"), bin_.max_requests)
+        kept = found[-limit:] if limit > 0 else []
+        newest_first = [msgspec.to_builtins(r) for r in reversed(kept)]
+        return JSONResponse({"bin": name, "requests": newest_first}, headers=CORS)
+
+    async def stream(request: Request) -> Response:
+        name = _name(request)
+        after = _int(request.headers.get("last-event-id") or request.query_params.get("after"), 0)
+        return StreamingResponse(
+            _stream(bin_, name, after), media_type="text/event-stream", headers=SSE_HEADERS
+        )
+
+    async def record(request: Request) -> Response:
+        name = _name(request)
+        body, size = await _read_body(request)
+        entry = bin_.record(
+            name,
+            method=request.method,
+            path=request.url.path,
+            query=request.url.query,
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw],
+            body=body,
+            body_size=size,
+        )
+        return JSONResponse({"ok": True, "bin": name, "id": entry.id}, headers=CORS)
+
+    async def asset(request: Request) -> Response:
+        found = assets.get(request.path_params["file"])
+        if found is None:
+            return Response("not found", status_code=404)
+        text, media_type = found
+        return Response(text, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+    return [
+        Mount(
+            prefix,
+            routes=[
+                Route("/", index, methods=["GET", "HEAD"]),
+                Route("/_static/{file}", asset, methods=["GET", "HEAD"]),
+                Route("/{name}/view", view, methods=["GET", "HEAD"]),
+                Route("/{name}/requests", feed, methods=["GET", "HEAD"]),
+                Route("/{name}/stream", stream, methods=["GET"]),
+                Route("/{name}", record, methods=ALL_METHODS),
+                Route("/{name}/{rest:path}", record, methods=ALL_METHODS),
+            ],
+        )
+    ]
+
+
+def create_bin_app(bin_: RequestBin) -> Starlette:
+    """The standalone request bin (`tripwire bin`)."""
+
+    async def home(_: Request) -> Response:
+        return RedirectResponse("/bin/", status_code=303)
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        bin_.close()
+
+    async def error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPError)
+        payload = {"error": exc.code, "detail": exc.detail}
+        return JSONResponse(payload, status_code=exc.status, headers=exc.headers)
+
+    routes: list[BaseRoute] = [Route("/", home), Route("/healthz", healthz), *bin_routes(bin_)]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPError: error})
+
+
+async def _stream(bin_: RequestBin, name: str, after: int) -> AsyncIterator[bytes]:
+    """Server-Sent Events: what the bin holds after `after`, then each new request."""
+    yield b"retry: 1000\n\n"
+    last = after
+    while not bin_.closed:
+        for entry in bin_.requests(name, last):
+            last = entry.id
+            yield b"id: %d\nevent: request\ndata: %s\n\n" % (entry.id, msgspec.json.encode(entry))
+        await bin_.wait(HEARTBEAT_SECONDS)
+        yield b": keep-alive\n\n"
+
+
+async def _read_body(request: Request) -> tuple[bytes, int]:
+    """The first MAX_BODY bytes of the body and its full size (refused past MAX_WIRE_BODY)."""
+    kept = bytearray()
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_WIRE_BODY:
+            raise PayloadTooLarge(f"the bin takes bodies up to {MAX_WIRE_BODY} bytes", headers=CORS)
+        if len(kept) < MAX_BODY:
+            kept += chunk[: MAX_BODY - len(kept)]
+    return bytes(kept), size
+
+
+def _name(request: Request) -> str:
+    name: str = request.path_params["name"]
+    if not NAME.match(name):
+        raise BadRequest(f"bin names match {NAME.pattern}", headers=CORS)
+    return name
+
+
+def _wants_json(request: Request) -> bool:
+    if request.query_params.get("format") == "json":
+        return True
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+def _origin(request: Request) -> str:
+    return f"{request.url.scheme}://{request.url.netloc}"
+
+
+def _int(value: str | None, default: int) -> int:
+    try:
+        return int(value) if value is not None else default
+    except ValueError:
+        return default
+
+
+def _clock(at: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "—"
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _resource(folder: str, name: str, package: str = "collector.tools") -> str:
+    return (resources.files(package) / folder / name).read_text(encoding="utf-8")
