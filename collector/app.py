@@ -65,8 +65,10 @@ def create_app(settings: Settings) -> CollectorApp:
         return JSONResponse({"status": "ok", "version": __version__})
 
     async def readyz(_: Request) -> Response:
-        ready = await runtime.ready()
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        reason = await runtime.unready_reason()
+        if reason is None:
+            return JSONResponse({"ready": True})
+        return JSONResponse({"ready": False, "reason": reason}, status_code=503)
 
     async def metrics_endpoint(_: Request) -> Response:
         return Response(render(registry), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -135,7 +135,12 @@ def _serve(args: argparse.Namespace) -> int:
             **UVICORN_OPTIONS,
         )
     else:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **UVICORN_OPTIONS)
+        app = create_app(settings)
+        uvicorn.run(app, host=settings.host, port=settings.port, **UVICORN_OPTIONS)
+        stop_error: str | None = app.state.runtime.stop_error
+        if stop_error is not None:
+            print(f"tripwire: {stop_error}", file=sys.stderr)
+            return 1
     return 0
 
 

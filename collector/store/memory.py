@@ -1,4 +1,8 @@
-"""The embedded store: every user's state in this process, saved to the data directory on close.
+"""The embedded store: every user's state in this process, kept in the data directory.
+
+Every profile an ingest request changed (its state, caps and ids, and its recent events) and the
+request's dedupe marks are written to the data directory's database (`collector.disk`) before
+the request is answered; a start reads them back.
 
 All work for a batch happens without awaiting, so within one event loop each user's update is
 atomic. Inactive profiles are evicted by TTL and by a size bound, least recently seen first.
@@ -13,15 +17,16 @@ store grows.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from collector.config.schema import StateSettings
 from collector.delivery.outbox import Outbox
+from collector.disk import Disk
 from collector.engine.engine import Engine, new_state
 from collector.engine.profile import Decision, UserState
 from collector.events import Event
@@ -33,7 +38,7 @@ log = logging.getLogger("tripwire.store")
 
 DEDUPE_SECONDS = 24 * 3600.0
 MAX_REMEMBERED_MESSAGES = 5_000_000
-STATE_FILE = "state.msgpack"
+PRUNE_SECONDS = 60.0  # how often expired dedupe marks are dropped from the data directory
 
 _EVENT_FIELDS = msgspec.structs.fields(Event)
 _pack = msgspec.msgpack.Encoder().encode
@@ -57,13 +62,27 @@ def unpack(packed: Packed) -> Event:
     return Event(**{field.name: value for field, value in zip(_EVENT_FIELDS, values, strict=True)})
 
 
-class _Snapshot(msgspec.Struct):
-    """What survives a restart of a memory-mode process."""
+class _Profile(msgspec.Struct, array_like=True):
+    """One profile as the data directory keeps it."""
 
-    users: dict[str, UserState]
-    index: dict[str, str]
-    seen: list[tuple[str, float]]
-    recent: dict[str, list[msgspec.Raw]]  # packed events (see `pack`), written as they are
+    state: UserState
+    ids: tuple[str, ...]
+    recent: list[msgspec.Raw]  # packed events (see `pack`), written as they are
+
+
+class _WideProfile(msgspec.Struct, array_like=True):
+    """A profile holding an integer msgpack cannot carry (past 64 bits): kept as JSON."""
+
+    state: UserState
+    ids: tuple[str, ...]
+    recent: list[Event]
+
+
+_encode_profile = msgspec.msgpack.Encoder().encode
+_decode_profile = msgspec.msgpack.Decoder(_Profile).decode
+_encode_wide = msgspec.json.Encoder().encode
+_decode_wide = msgspec.json.Decoder(_WideProfile).decode
+_decode_ids = msgspec.msgpack.Decoder(list[str]).decode
 
 
 class MemoryStore:
@@ -73,13 +92,13 @@ class MemoryStore:
         self,
         engine: Callable[[], Engine],
         limits: StateSettings,
-        data_dir: str | None,
+        disk: Disk | None,
         outbox: Outbox | None = None,
     ) -> None:
         self._engine = engine
         self._outbox = outbox  # where fired webhooks go; None = only report them (replay)
         self._limits = limits
-        self._file = Path(data_dir) / STATE_FILE if data_dir else None
+        self._disk = disk  # None: nothing kept (replay, tests)
         self._users: OrderedDict[str, UserState] = OrderedDict()  # least recently seen first
         self._index: dict[str, str] = {}  # namespaced id -> profile key
         self._ids: dict[str, tuple[str, ...]] = {}  # profile key -> its namespaced ids
@@ -88,50 +107,66 @@ class MemoryStore:
         self._seen: dict[str, float] = {}
         self._seen_order: deque[str] = deque()
         self._recent: dict[str, tuple[Packed, ...]] = {}  # key -> recent events, oldest first
+        self._pruned_at = 0.0
+        if disk is not None:
+            self._profiles = disk.table("profiles", self._profile_record)
+            self._seen_journal = disk.journal("seen")
+        self._mark: Callable[[str], None] = (
+            self._profiles.mark if disk is not None else _ignore
+        )
 
     async def open(self) -> None:
-        """Load the state a previous run saved, if any."""
-        if self._file is None or not self._file.exists():
+        """Load the profiles and dedupe marks the data directory holds."""
+        if self._disk is None:
             return
-        try:
-            snapshot = msgspec.msgpack.decode(self._file.read_bytes(), type=_Snapshot)
-        except msgspec.DecodeError as exc:  # damaged, or written by another version's layout
-            kept = self._file.with_suffix(".corrupt")
-            self._file.replace(kept)
-            log.error("unreadable state snapshot moved to %s: %s", kept, exc)
-            return
-        self._users = OrderedDict(snapshot.users)
-        self._index = dict(snapshot.index)
-        ids: dict[str, list[str]] = {}
-        for id_, key in self._index.items():
-            ids.setdefault(key, []).append(id_)
-        self._ids = {key: tuple(found) for key, found in ids.items()}
-        self._seen = dict(snapshot.seen)
-        self._seen_order = deque(self._seen)
+        began = time.perf_counter()
         size = self._limits.recent_events
-        self._recent = {
-            k: tuple(bytes(p) for p in v[-size:]) for k, v in snapshot.recent.items() if size and v
-        }
-        log.info("loaded %d profiles from %s", len(self._users), self._file)
+        loaded: list[tuple[str, UserState]] = []
+        for key, value in self._profiles.rows():
+            if value[:1] == b"[":
+                wide = _decode_wide(value)
+                state, ids, recent = wide.state, wide.ids, tuple(pack(e) for e in wide.recent)
+            else:
+                profile = _decode_profile(value)
+                state, ids = profile.state, profile.ids
+                recent = tuple(bytes(p) for p in profile.recent)
+            loaded.append((key, state))
+            self._ids[key] = ids
+            for id_ in ids:
+                self._index[key if id_ == key else id_] = key
+            if size and recent:
+                self._recent[key] = recent[-size:]
+        loaded.sort(key=lambda item: item[1].last_seen)  # least recently seen first
+        self._users = OrderedDict(loaded)
+        seen = self._seen
+        for at, value in self._seen_journal.entries():
+            for message_id in _decode_ids(value):
+                seen[message_id] = at
+        self._seen_order = deque(seen)
+        log.info(
+            "loaded %d profiles and %d dedupe marks from %s in %.2f s",
+            len(self._users),
+            len(seen),
+            self._disk.path,
+            time.perf_counter() - began,
+        )
 
     async def close(self) -> None:
-        """Save every profile to the data directory."""
-        if self._file is None:
-            return
-        self._file.parent.mkdir(parents=True, exist_ok=True)
-        snapshot = _Snapshot(
-            users=dict(self._users),
-            index=self._index,
-            seen=list(self._seen.items()),
-            # an event kept unpacked holds an integer msgpack cannot carry: it cannot be saved
-            recent={
-                k: [msgspec.Raw(p) for p in v if isinstance(p, bytes)]
-                for k, v in self._recent.items()
-            },
-        )
-        temporary = self._file.with_suffix(".tmp")
-        temporary.write_bytes(msgspec.msgpack.encode(snapshot))
-        temporary.replace(self._file)
+        """Nothing to do: every change was written as it was made."""
+
+    def _profile_record(self, key: str) -> bytes | None:
+        """A profile as the data directory keeps it; None when there is none (deleted)."""
+        state = self._users.get(key)
+        if state is None:
+            return None
+        ids = self._ids.get(key, ())
+        recent = self._recent.get(key, ())
+        try:
+            return _encode_profile(
+                _Profile(state, ids, [msgspec.Raw(p) for p in recent if isinstance(p, bytes)])
+            )
+        except (OverflowError, TypeError):  # an integer past 64 bits somewhere
+            return _encode_wide(_WideProfile(state, ids, [unpack(p) for p in recent]))
 
     async def ping(self) -> bool:
         """Always reachable: it lives in this process."""
@@ -147,6 +182,8 @@ class MemoryStore:
         seen = self._seen
         users = self._users
         keep_recent = self._limits.recent_events > 0
+        mark = self._mark
+        new_ids: list[str] = []
         for event in events:
             message_id = event.message_id
             if message_id in seen:
@@ -154,6 +191,7 @@ class MemoryStore:
                 continue
             seen[message_id] = now
             self._seen_order.append(message_id)
+            new_ids.append(message_id)
             accepted += 1
             key = self._resolve(event, engine, now)
             state = users.get(key)
@@ -163,11 +201,16 @@ class MemoryStore:
                 users.move_to_end(key)
             if keep_recent:
                 self._remember(key, event)
+            mark(key)
             if outcome.webhooks:
                 webhooks.extend(outcome.webhooks)
             decisions.extend(outcome.decisions)
         if webhooks and self._outbox is not None:
             await self._outbox.put(webhooks)
+        if self._disk is not None:
+            if new_ids:
+                self._seen_journal.append(now, _pack(new_ids))
+            await self._disk.commit()  # the answer waits until all of it is written
         return IngestResult(accepted, duplicates, webhooks, decisions)
 
     async def user_state(self, identity_: str) -> UserState | None:
@@ -210,6 +253,7 @@ class MemoryStore:
         for other in resolution.merge:
             state = self._users.get(key) or new_state(key, now)
             self._users[key] = engine.merge(state, self._users.pop(other))
+            self._mark(other)
             self._recent_merge(key, other)
             for id_ in self._ids.pop(other, ()):
                 self._link(id_, key)
@@ -230,6 +274,7 @@ class MemoryStore:
             return
         if previous is not None and previous in self._ids:
             self._ids[previous] = tuple(i for i in self._ids[previous] if i != id_)
+            self._mark(previous)
         self._index[id_] = key
         self._ids[key] = (*self._ids.get(key, ()), id_)
 
@@ -255,6 +300,9 @@ class MemoryStore:
             len(seen) > MAX_REMEMBERED_MESSAGES or seen[order[0]] < now - DEDUPE_SECONDS
         ):
             del seen[order.popleft()]
+        if self._disk is not None and now - self._pruned_at > PRUNE_SECONDS:
+            self._pruned_at = now
+            self._seen_journal.forget_before(now - DEDUPE_SECONDS)
         users = self._users
         ttl = self._limits.user_ttl
         while users:
@@ -262,7 +310,12 @@ class MemoryStore:
             if len(users) <= self._limits.max_users and state.last_seen >= now - ttl:
                 break
             users.popitem(last=False)
+            self._mark(key)
             self._recent.pop(key, None)
             for id_ in self._ids.pop(key, ()):
                 if self._index.get(id_) == key:
                     del self._index[id_]
+
+
+def _ignore(_: str) -> None:
+    """Where changes go when nothing is kept."""
