@@ -331,7 +331,9 @@ class Engine:
 _encode = msgspec.json.Encoder().encode
 
 
-def _fit_traits(kept: dict[str, Value], incoming: dict[str, Value], budget: int) -> dict[str, Value]:
+def _fit_traits(
+    kept: dict[str, Value], incoming: dict[str, Value], budget: int
+) -> dict[str, Value]:
     """Traits merged in one by one while they fit the budget (JSON bytes); the rest are dropped."""
     traits = dict(kept)
     size = len(_encode(traits))
