@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator, Sequence
 
 import msgspec
@@ -88,6 +89,12 @@ def create_app(settings: Settings) -> CollectorApp:
             yield
         finally:
             await runtime.stop()
+            if runtime.stop_error is not None:
+                # uvicorn ends the process with the stop signal's own status after a clean
+                # stop; a stop that lost changes must say so with its exit status
+                sys.stderr.write(f"tripwire: {runtime.stop_error}\n")
+                sys.stderr.flush()
+                os._exit(1)
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPError: _render_error})
     app.state.runtime = runtime

@@ -1,4 +1,4 @@
-"""The `tripwire` command: serve, worker, demo, check, replay, bin."""
+"""The `tripwire` command: serve, worker, demo, check, replay, export, bin."""
 
 from __future__ import annotations
 
@@ -80,6 +80,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(run=_demo)
 
+    export = commands.add_parser(
+        "export", help="print the config file with the campaign changes made while running"
+    )
+    export.add_argument(
+        "--config", dest="config_path", help="tripwire.yaml (or TRIPWIRE_CONFIG_PATH)"
+    )
+    export.add_argument("--store", help="memory (default) or redis://host:port/db")
+    export.add_argument(
+        "--data-dir", dest="data_dir", help="memory mode's data directory (default ./.tripwire)"
+    )
+    export.add_argument("-o", "--output", help="write to this file instead of printing")
+    export.set_defaults(run=_export)
+
     bin_ = commands.add_parser("bin", help="run a standalone request bin")
     bin_.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
     bin_.add_argument("--port", type=int, default=9000, help="port to listen on (default 9000)")
@@ -135,12 +148,7 @@ def _serve(args: argparse.Namespace) -> int:
             **UVICORN_OPTIONS,
         )
     else:
-        app = create_app(settings)
-        uvicorn.run(app, host=settings.host, port=settings.port, **UVICORN_OPTIONS)
-        stop_error: str | None = app.state.runtime.stop_error
-        if stop_error is not None:
-            print(f"tripwire: {stop_error}", file=sys.stderr)
-            return 1
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **UVICORN_OPTIONS)
     return 0
 
 
@@ -171,6 +179,16 @@ def _demo(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
     )
     return run_demo(options)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from collector.tools.export import run_export
+
+    settings = build_settings(_cli_values(args, "config_path", "store", "data_dir"))
+    if args.output is None:
+        return run_export(settings, sys.stdout)
+    with open(args.output, "w", encoding="utf-8") as out:
+        return run_export(settings, out)
 
 
 def _bin(args: argparse.Namespace) -> int:

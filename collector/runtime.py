@@ -5,6 +5,7 @@ The app's lifespan calls `start` and `stop`; ingest calls `accept` for every req
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import operator
 import time
@@ -39,6 +40,8 @@ _DECISION_LABELS = operator.attrgetter("campaign_id", "outcome", "reason")
 _encode_counts = msgspec.msgpack.Encoder().encode
 _decode_counts = msgspec.msgpack.Decoder(list[tuple[str, str, str | None, int]]).decode
 
+COUNTS_SECONDS = 1.0  # how often the campaigns' decision counts are written (memory mode)
+
 # Beyond this many undelivered webhooks, ingest sheds load (503) rather than grow without bound.
 MAX_PENDING_WEBHOOKS = 200_000
 
@@ -68,6 +71,7 @@ class Runtime:
             self.disk.table("campaigns", self._campaign_record) if self.disk else None
         )
         self._count_rows = self.disk.table("counters", self._counts_record) if self.disk else None
+        self._counts_task: asyncio.Task[None] | None = None
         self.stop_error: str | None = None  # set when stopping could not save everything
         self.dispatcher = Dispatcher(
             self.outbox,
@@ -109,6 +113,7 @@ class Runtime:
         if self.disk is not None:
             self._load_disk()
             self.disk.start()
+            self._counts_task = asyncio.create_task(self._save_counts(), name="save-counts")
         await self.store.open()
         if self.redis is not None:
             await self.redis.campaigns.start()
@@ -127,6 +132,11 @@ class Runtime:
         if self.redis is not None:
             await self.redis.close()
         if self.disk is not None:
+            if self._counts_task is not None:
+                self._counts_task.cancel()
+                await asyncio.gather(self._counts_task, return_exceptions=True)
+            if self._count_rows is not None:
+                self._count_rows.mark("decisions")
             try:
                 await self.disk.close()
             except OSError as exc:  # the command exits non-zero with this
@@ -148,6 +158,18 @@ class Runtime:
         for _, value in self._count_rows.rows():
             for campaign, outcome, reason, count in _decode_counts(value):
                 self.metrics.decisions[(campaign, outcome, reason)] += count
+
+    async def _save_counts(self) -> None:
+        """Write the campaigns' decision counts once a second when they moved (a kill loses at
+        most the last second of counts; the caps that decide firing are kept per request)."""
+        assert self._count_rows is not None
+        saved = -1
+        while True:
+            await asyncio.sleep(COUNTS_SECONDS)
+            total = self.metrics.messages["accepted"]
+            if total != saved:
+                saved = total
+                self._count_rows.mark("decisions")
 
     def _campaign_record(self, campaign_id: str) -> bytes | None:
         change = self.campaign_changes.get(campaign_id)
@@ -189,8 +211,6 @@ class Runtime:
         # map + attrgetter + Counter.update keep this per-decision loop in C.
         self.metrics.decisions.update(map(_DECISION_LABELS, result.decisions))
         if disk is not None:
-            if self._count_rows is not None and result.decisions:
-                self._count_rows.mark("decisions")
             await disk.commit()  # the answer waits until all of it is written
         return result.rejected
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import tempfile
@@ -11,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from tests.support.mounts import fill, tmpfs
 from tests.support.ports import free_port
+from tests.support.redis import RedisServer
 from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire, wait_until
 from tests.support.sink import Sink
 
@@ -138,6 +141,12 @@ def test_kill_9_right_after_an_admin_edit_keeps_the_edit(tmp_path: Path) -> None
             listed = {c["id"]: c for c in _campaign_list(campaigns)}
             assert set(listed) == {"welcome", "added"}
             assert listed["welcome"]["trigger"]["event"] == "Subscribed"
+            # the dashboard shows which campaigns differ from the file
+            page = server.client.get("/admin/", headers=ADMIN)
+            rows = {
+                row.split('"', 1)[0]: row for row in page.text.split('<tr data-campaign="')[1:]
+            }
+            assert "edited here" in rows["welcome"] and "edited here" in rows["added"]
             # the edit is what runs, not the file's version
             assert server.post("/v1/track", track("Signed Up", "a")).status_code == 200
             assert server.post("/v1/track", track("Subscribed", "a")).status_code == 200
@@ -156,29 +165,38 @@ def _campaign_list(payload: Any) -> list[dict[str, Any]]:
     return list(payload["campaigns"] if isinstance(payload, dict) else payload)
 
 
-def test_delivery_log_and_campaign_counts_survive_a_kill(tmp_path: Path) -> None:
+def test_the_delivery_log_survives_a_kill_and_campaign_counts_a_restart(tmp_path: Path) -> None:
     with Sink() as sink:
         cfg = config(sink, once_per_user(sink, "welcome", "Signed Up"))
         with run_tripwire(cfg, data_dir=tmp_path) as server:
             for visitor in ("a", "b", "c"):
                 assert server.post("/v1/track", track("Signed Up", visitor)).status_code == 200
-            assert server.post("/v1/track", track("Signed Up", "a")).status_code == 200
             sink.wait_for(3)
 
             def logged() -> list[Any]:
-                body = server.admin_get("/admin/api/deliveries?limit=100").json()
-                entries: list[Any] = body["deliveries"] if isinstance(body, dict) else body
+                entries = deliveries(server)
                 return entries if len(entries) >= 3 else []
 
             wait_until(logged, message="three delivery log entries")
-            stats_before = _welcome_stats(server)
             kill(server)
         with run_tripwire(cfg, data_dir=tmp_path) as server:
-            body = server.admin_get("/admin/api/deliveries?limit=100").json()
-            entries = body["deliveries"] if isinstance(body, dict) else body
-            assert sorted(e["status"] for e in entries) == ["delivered"] * 3
-            assert _welcome_stats(server) == stats_before
-            assert stats_before["fired"] == 3
+            assert sorted(e["status"] for e in deliveries(server)) == ["delivered"] * 3
+            assert server.post("/v1/track", track("Signed Up", "d")).status_code == 200
+            assert server.post("/v1/track", track("Signed Up", "d")).status_code == 200
+            stats = _welcome_stats(server)
+            assert stats["fired"] >= 1 and stats["suppressed"] == {"frequency": 1}
+            server.process.terminate()  # a clean stop: the counts are saved as they are
+            assert server.process.wait(30) in (0, -signal.SIGTERM)
+        with run_tripwire(cfg, data_dir=tmp_path) as server:
+            assert _welcome_stats(server) == stats
+            assert len(deliveries(server)) == 4
+
+
+def deliveries(server: Tripwire) -> list[Any]:
+    """The delivery log, newest first."""
+    body = server.admin_get("/admin/api/deliveries?limit=100").json()
+    entries: list[Any] = body["deliveries"] if isinstance(body, dict) else body
+    return entries
 
 
 def _welcome_stats(server: Tripwire) -> dict[str, Any]:
@@ -283,8 +301,8 @@ def test_a_save_failing_at_stop_exits_non_zero_with_a_message() -> None:
                     break
             assert refused is not None, "the full disk was never noticed"
             server.process.terminate()
-            assert server.process.wait(30) != 0
-            assert "the last changes could not be saved" in server.output()
+            assert server.process.wait(30) == 1
+            assert "tripwire: the last changes could not be saved" in server.output()
         filler.unlink()
         with run_tripwire(cfg, data_dir=disk / "data") as server:
             assert server.post("/v1/track", refused).status_code == 200
@@ -312,3 +330,83 @@ def serve_once(data_dir: Path) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "collector.cli", "serve", "--config", str(config_file)]
         command += ["--port", str(free_port()), "--data-dir", str(data_dir)]
         return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+
+
+def export(*args: str) -> str:
+    """`tripwire export` with these options: the YAML it prints."""
+    result = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "export", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout
+
+
+def edit_campaigns(server: Tripwire, sink: Sink) -> None:
+    """Edit one campaign of the file, delete the other, add a third."""
+    edited = {**once_per_user(sink, "welcome", "Subscribed"), "name": "Edited live"}
+    put = server.client.put("/admin/api/campaigns/welcome", json=edited, headers=ADMIN)
+    assert put.status_code == 200, put.text
+    gone = server.client.delete("/admin/api/campaigns/nudge", headers=ADMIN)
+    assert gone.status_code in (200, 204)
+    added = once_per_user(sink, "added", "Paid")
+    created = server.client.put("/admin/api/campaigns/added", json=added, headers=ADMIN)
+    assert created.status_code in (200, 201), created.text
+
+
+def check_export(text: str, tmp_path: Path) -> None:
+    """The exported file is a valid config holding the live campaigns."""
+    exported = yaml.safe_load(text)
+    assert [c["id"] for c in exported["campaigns"]] == ["welcome", "added"]
+    assert exported["campaigns"][0]["name"] == "Edited live"
+    assert exported["campaigns"][0]["trigger"] == {"event": "Subscribed"}
+    assert exported["write_keys"] == [WRITE_KEY]
+    path = tmp_path / "exported.yaml"
+    path.write_text(text)
+    checked = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert "2 campaigns" in checked.stdout
+
+
+def test_export_writes_the_live_campaigns_back_to_yaml(tmp_path: Path) -> None:
+    with Sink() as sink:
+        cfg = config(
+            sink, once_per_user(sink, "welcome", "Signed Up"), once_per_user(sink, "nudge", "Left")
+        )
+        config_file = tmp_path / "tripwire.yaml"
+        config_file.write_text(yaml.safe_dump(cfg))
+        data_dir = tmp_path / "data"
+        with run_tripwire(cfg, data_dir=data_dir) as server:
+            edit_campaigns(server, sink)
+            # while it runs
+            text = export("--config", str(config_file), "--data-dir", str(data_dir))
+        check_export(text, tmp_path)
+
+
+def test_redis_mode_keeps_campaign_edits_across_a_restart_and_exports_them(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    with Sink() as sink:
+        cfg = config(
+            sink, once_per_user(sink, "welcome", "Signed Up"), once_per_user(sink, "nudge", "Left")
+        )
+        store = ["--store", redis_server.url]
+        with run_tripwire(cfg, args=store) as server:
+            edit_campaigns(server, sink)
+            kill(server)
+        with run_tripwire(cfg, args=store) as server:
+            campaigns = server.admin_get("/admin/api/campaigns").raise_for_status().json()
+            listed = {c["id"]: c for c in _campaign_list(campaigns)}
+            assert set(listed) == {"welcome", "added"}
+            assert listed["welcome"]["trigger"]["event"] == "Subscribed"
+        config_file = tmp_path / "tripwire.yaml"
+        config_file.write_text(yaml.safe_dump(cfg))
+        check_export(export("--config", str(config_file), "--store", redis_server.url), tmp_path)

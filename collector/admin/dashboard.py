@@ -153,7 +153,10 @@ def dashboard_routes(runtime: Runtime) -> list[BaseRoute]:
 
     async def campaigns(request: Request) -> Response:
         stats = admin.campaign_stats(runtime)
-        rows = "".join(_campaign_row(c, stats.get(c.id)) for c in runtime.config.campaigns)
+        edited = runtime.campaign_changes
+        rows = "".join(
+            _campaign_row(c, stats.get(c.id), c.id in edited) for c in runtime.config.campaigns
+        )
         rows = rows or '<tr><td colspan="6" class="muted">No campaigns yet.</td></tr>'
         return page(request, "Campaigns", views["campaigns"].substitute(rows=rows))
 
@@ -319,7 +322,7 @@ def dashboard_routes(runtime: Runtime) -> list[BaseRoute]:
 # -- fragments -------------------------------------------------------------------------------
 
 
-def _campaign_row(spec: CampaignSpec, stats: dict[str, Any] | None) -> str:
+def _campaign_row(spec: CampaignSpec, stats: dict[str, Any] | None, edited: bool) -> str:
     href = f"/admin/campaigns/{quote(spec.id)}"
     published = spec.status == "published"
     toggle_to, label = ("paused", "Pause") if published else ("published", "Publish")
@@ -335,6 +338,11 @@ def _campaign_row(spec: CampaignSpec, stats: dict[str, Any] | None) -> str:
         flags.append(f'<span class="badge">A/B · {len(spec.variants)} variants</span>')
     if spec.exclusive:
         flags.append('<span class="badge">exclusive</span>')
+    if edited:
+        flags.append(
+            '<span class="badge edited" title="changed here or through the admin API: this '
+            'version wins over the config file at every start">edited here</span>'
+        )
     fired = stats["fired"] if stats else 0
     return (
         f'<tr data-campaign="{_e(spec.id)}">'

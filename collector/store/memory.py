@@ -44,7 +44,6 @@ log = logging.getLogger("tripwire.store")
 
 DEDUPE_SECONDS = 24 * 3600.0
 MAX_REMEMBERED_MESSAGES = 5_000_000
-PRUNE_SECONDS = 60.0  # how often expired dedupe marks are dropped from the data directory
 
 _EVENT_FIELDS = msgspec.structs.fields(Event)
 _pack = msgspec.msgpack.Encoder().encode
@@ -75,25 +74,18 @@ def unpack(packed: Packed) -> Event:
 
 
 class _Profile(msgspec.Struct, array_like=True):
-    """One profile as the data directory keeps it."""
+    """One profile as the data directory keeps it (its recent events are kept apart)."""
 
     state: UserState
     ids: tuple[str, ...]
-    recent: list[msgspec.Raw]  # packed events (see `pack`), written as they are
-
-
-class _WideProfile(msgspec.Struct, array_like=True):
-    """A profile holding an integer msgpack cannot carry (past 64 bits): kept as JSON."""
-
-    state: UserState
-    ids: tuple[str, ...]
-    recent: list[Event]
 
 
 _encode_profile = msgspec.msgpack.Encoder().encode
 _decode_profile = msgspec.msgpack.Decoder(_Profile).decode
-_encode_wide = msgspec.json.Encoder().encode
-_decode_wide = msgspec.json.Decoder(_WideProfile).decode
+# A profile or event holding an integer msgpack cannot carry (past 64 bits) is kept as JSON.
+_encode_json = msgspec.json.Encoder().encode
+_decode_json_profile = msgspec.json.Decoder(_Profile).decode
+_decode_json_event = msgspec.json.Decoder(Event).decode
 _decode_dedupe_keys = msgspec.msgpack.Decoder(list[bytes]).decode
 
 
@@ -120,10 +112,10 @@ class MemoryStore:
         self._seen: dict[bytes | str, float] = {}
         self._seen_order: deque[bytes | str] = deque()
         self._recent: dict[str, tuple[Packed, ...]] = {}  # key -> recent events, oldest first
-        self._pruned_at = 0.0
         if disk is not None:
             self._profiles = disk.table("profiles", self._profile_record)
-            self._seen_journal = disk.journal("seen")
+            self._seen_journal = disk.journal("seen", max_age=DEDUPE_SECONDS)
+            self._recent_rows = disk.lists("recent", keep=max(limits.recent_events, 1))
         self._mark: Callable[[str], None] = (
             self._profiles.mark if disk is not None else _ignore
         )
@@ -136,19 +128,14 @@ class MemoryStore:
         size = self._limits.recent_events
         loaded: list[tuple[str, UserState]] = []
         for key, value in self._profiles.rows():
-            if value[:1] == b"[":
-                wide = _decode_wide(value)
-                state, ids, recent = wide.state, wide.ids, tuple(pack(e) for e in wide.recent)
-            else:
-                profile = _decode_profile(value)
-                state, ids = profile.state, profile.ids
-                recent = tuple(bytes(p) for p in profile.recent)
-            loaded.append((key, state))
-            self._ids[key] = ids
-            for id_ in ids:
+            profile = _decode_json_profile(value) if value[:1] == b"[" else _decode_profile(value)
+            loaded.append((key, profile.state))
+            self._ids[key] = profile.ids
+            for id_ in profile.ids:
                 self._index[key if id_ == key else id_] = key
-            if size and recent:
-                self._recent[key] = recent[-size:]
+        for key, items in self._recent_rows.stored().items():
+            if size and key in self._ids:
+                self._recent[key] = tuple(_stored_event(item) for item in items[-size:])
         loaded.sort(key=lambda item: item[1].last_seen)  # least recently seen first
         self._users = OrderedDict(loaded)
         seen = self._seen
@@ -172,14 +159,11 @@ class MemoryStore:
         state = self._users.get(key)
         if state is None:
             return None
-        ids = self._ids.get(key, ())
-        recent = self._recent.get(key, ())
+        profile = _Profile(state, self._ids.get(key, ()))
         try:
-            return _encode_profile(
-                _Profile(state, ids, [msgspec.Raw(p) for p in recent if isinstance(p, bytes)])
-            )
-        except (OverflowError, TypeError):  # an integer past 64 bits somewhere
-            return _encode_wide(_WideProfile(state, ids, [unpack(p) for p in recent]))
+            return _encode_profile(profile)
+        except OverflowError:  # an integer past 64 bits somewhere
+            return _encode_json(profile)
 
     async def ping(self) -> bool:
         """Always reachable: it lives in this process."""
@@ -308,7 +292,10 @@ class MemoryStore:
         kept = self._recent.get(key, ())
         if len(kept) >= size:
             kept = kept[len(kept) - size + 1 :]
-        self._recent[key] = (*kept, self._pack_recent(event))
+        packed = self._pack_recent(event)
+        self._recent[key] = (*kept, packed)
+        if self._disk is not None:
+            self._recent_rows.append(key, _storable(packed))
 
     def _pack_recent(self, event: Event) -> Packed:
         try:
@@ -322,6 +309,10 @@ class MemoryStore:
         size = self._limits.recent_events
         if size and events:
             self._recent[key] = tuple(self._pack_recent(e) for e in events[-size:])
+        if self._disk is not None:
+            self._recent_rows.reset(other, None)
+            kept = self._recent.get(key)
+            self._recent_rows.reset(key, [_storable(p) for p in kept] if kept else None)
 
     def _expire(self, now: float) -> None:
         """Forget old messageIds and evict profiles unseen for the TTL or beyond the size bound."""
@@ -331,9 +322,6 @@ class MemoryStore:
             len(seen) > MAX_REMEMBERED_MESSAGES or seen[order[0]] < now - DEDUPE_SECONDS
         ):
             del seen[order.popleft()]
-        if self._disk is not None and now - self._pruned_at > PRUNE_SECONDS:
-            self._pruned_at = now
-            self._seen_journal.forget_before(now - DEDUPE_SECONDS)
         users = self._users
         ttl = self._limits.user_ttl
         while users:
@@ -342,7 +330,8 @@ class MemoryStore:
                 break
             users.popitem(last=False)
             self._mark(key)
-            self._recent.pop(key, None)
+            if self._recent.pop(key, None) is not None and self._disk is not None:
+                self._recent_rows.reset(key, None)
             for id_ in self._ids.pop(key, ()):
                 if self._index.get(id_) == key:
                     del self._index[id_]
@@ -350,3 +339,13 @@ class MemoryStore:
 
 def _ignore(_: str) -> None:
     """Where changes go when nothing is kept."""
+
+
+def _storable(packed: Packed) -> bytes:
+    """A recent event as the data directory keeps it: packed, or JSON past 64-bit integers."""
+    return packed if isinstance(packed, bytes) else _encode_json(packed)
+
+
+def _stored_event(item: bytes) -> Packed:
+    """A recent event as `_storable` kept it."""
+    return pack(_decode_json_event(item)) if item[:1] == b"{" else item
