@@ -15,7 +15,8 @@ import pytest
 from playwright.sync_api import sync_playwright
 from starlette.applications import Starlette
 
-from collector.tools.requestbin import MAX_BODY, RequestBin, create_bin_app
+from collector.app import create_bin_app
+from collector.tools.requestbin import MAX_BODY, RequestBin
 from tests.support.ports import free_port
 from tests.support.server import run_tripwire, stop_process, wait_until
 
