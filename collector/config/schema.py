@@ -190,6 +190,16 @@ class StateSettings(Base, frozen=True):
     trait_bytes: Annotated[int, Meta(ge=256, le=16_777_216)] = 16_384
 
 
+class ServerSettings(Base, frozen=True):
+    """Deadlines and caps for client connections, so slow or idle clients cannot hold them."""
+
+    header_timeout: Duration = Duration(10.0)  # request line and headers, from the first byte
+    body_timeout: Duration = Duration(30.0)  # the body, from the end of the headers
+    keep_alive_timeout: Duration = Duration(5.0)  # an idle connection between requests
+    max_connections_per_client: Annotated[int, Meta(ge=0)] = 256  # per address; 0: no cap
+    max_streams: Annotated[int, Meta(ge=1)] = 100  # live streams (admin events, request bin)
+
+
 class ConfigFile(Base, frozen=True):
     """The whole `tripwire.yaml`."""
 
@@ -203,6 +213,7 @@ class ConfigFile(Base, frozen=True):
     segments: dict[str, ConditionTree] = {}
     campaigns: list[CampaignSpec] = []
     request_bin: RequestBinSettings = RequestBinSettings()
+    server: ServerSettings = ServerSettings()
     state: StateSettings = StateSettings()
 
 
