@@ -17,6 +17,7 @@ import msgspec
 from msgspec import Meta
 
 from collector.config.durations import Duration, parse_duration
+from collector.config.patterns import compile_pattern
 
 
 class TimezoneName(str):
@@ -358,9 +359,9 @@ def _check_value(op: str, value: Any, path: str, errors: list[str]) -> Any:
             errors.append(f"{path}: expected a regular expression string")
             return value
         try:
-            re.compile(value)
-        except re.error as exc:
-            errors.append(f"{path}: invalid regular expression: {exc}")
+            compile_pattern(value)
+        except ValueError as exc:
+            errors.append(f"{path}: {exc}")
     if op == "exists" and not isinstance(value, bool):
         errors.append(f"{path}: expected true or false")
     if op in ("within", "older_than"):

@@ -7,8 +7,9 @@
 Memory is bounded in bytes, not only in counts: `max_requests` per bin and at most
 `MAX_BIN_BYTES` of them (the oldest go first), `MAX_BINS` bins (the least recently used goes),
 the first `MAX_BODY` bytes of each body, `MAX_HEADER_VALUE` characters of each header value and
-`MAX_HEADERS_BYTES` of headers per request; at most `max_streams` live views at once. Everything here is readable cross-origin, so a page on
-another origin (the demo shop) can show webhooks arriving.
+`MAX_HEADERS_BYTES` of headers per request; at most `max_streams` live views at once.
+Everything here is readable cross-origin, so a page on another origin (the demo shop) can show
+webhooks arriving.
 """
 
 from __future__ import annotations
