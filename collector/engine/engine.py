@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from typing import Any
 
 import msgspec
 
@@ -60,7 +59,9 @@ from collector.engine.profile import (
     MAX_EVENT_NAMES,
     SUPPRESSED,
     Decision,
+    DecisionOutcome,
     Session,
+    State,
     Tally,
     Timer,
     UserState,
@@ -69,17 +70,15 @@ from collector.engine.profile import (
     new_state,
 )
 from collector.engine.rules import Rules, compile_rules
-from collector.engine.scope import MISSING, Scope
+from collector.engine.scope import Scope
 from collector.engine.templates import PAGE_FIELDS, Suppressed
+from collector.engine.values import MISSING, Value
 from collector.events import Event
 from collector.webhook import WebhookRequest, webhook_id_for
 
 __all__ = [
     "Decision", "Engine", "Outcome", "Rules", "Tally", "UserState", "compile_rules", "new_state",
 ]
-
-_UNCHECKED: Any = object()
-
 
 class Outcome(msgspec.Struct):
     """What one event did: the user's state, a decision per campaign considered, webhooks."""
@@ -298,12 +297,12 @@ class Engine:
         gates: dict[Gate, str | None] = {}  # each distinct gate is checked once per event
         for run in candidates:
             gate = run.gate
-            if gate.always_open:
-                closed = None
-            else:
-                closed = gates.get(gate, _UNCHECKED)
-                if closed is _UNCHECKED:
-                    closed = gates[gate] = gate.check(scope)
+            closed: str | None = None
+            if not gate.always_open:
+                checked = gates.get(gate, MISSING)
+                if checked is MISSING:
+                    checked = gates[gate] = gate.check(scope)
+                closed = checked
             if closed is not None:
                 # The common case (most visitors are outside most audiences): every campaign of
                 # the run gets the same decision, made once per `now` and shared.
@@ -345,7 +344,7 @@ class Engine:
                         exclusive_fired = True
                     if reason is None and campaign.stops and deliveries is not None:
                         count_delivery(deliveries, campaign_id, self._day(now))
-                outcome = FIRED if reason is None else SUPPRESSED
+                outcome: DecisionOutcome = FIRED if reason is None else SUPPRESSED
                 record(Decision(campaign_id, variant_id, outcome, reason, now))
                 latest[campaign_id] = Verdict(variant_id, reason, now)
 
@@ -398,8 +397,8 @@ class Engine:
         return merge(a, b, self._merge_variable)
 
     def _merge_variable(
-        self, name: str, a: tuple[Any, ...], b: tuple[Any, ...], a_is_newer: bool
-    ) -> tuple[Any, ...]:
+        self, name: str, a: State, b: State, a_is_newer: bool
+    ) -> State:
         variable = self.rules.variables.get(name)
         if not a or not b:
             return a or b
@@ -409,7 +408,7 @@ class Engine:
 
     def describe(
         self, state: UserState, now: float, stopped: dict[str, str] | None = None
-    ) -> dict[str, Any]:
+    ) -> dict[str, Value]:
         """The user-lookup view: identity, traits, variables, segments, decisions, timers."""
         rules = self.rules
         session = state.session

@@ -21,12 +21,17 @@ the one of the latest spaced delivery, and segment memberships are the union (so
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Final, Literal
 
 import msgspec
 
-FIRED = "fired"
-SUPPRESSED = "suppressed"
+from collector.engine.values import Value
+
+State = tuple[Value, ...]  # one variable's state; its layout is set by the variable's statistic
+
+DecisionOutcome = Literal["fired", "suppressed"]
+FIRED: Final = "fired"
+SUPPRESSED: Final = "suppressed"
 MAX_ANONYMOUS_IDS = 8  # the most recent anonymous ids kept per profile
 MAX_EVENT_NAMES = 100  # distinct event names counted per profile
 
@@ -50,7 +55,7 @@ class Decision(msgspec.Struct, array_like=True, frozen=True, gc=False):
 
     campaign_id: str
     variant_id: str | None
-    outcome: str  # "fired" | "suppressed"
+    outcome: DecisionOutcome
     reason: str | None  # None when fired
     at: float
 
@@ -65,7 +70,7 @@ class Verdict(msgspec.Struct, array_like=True, frozen=True, gc=False):
     at: float
 
     @property
-    def outcome(self) -> str:
+    def outcome(self) -> DecisionOutcome:
         """"fired" or "suppressed"."""
         return FIRED if self.reason is None else SUPPRESSED
 
@@ -94,7 +99,7 @@ class Timer(msgspec.Struct, array_like=True, gc=False):
     due: float
     armed_at: float
     event_id: str  # messageId of the `after` event: the webhook's event, and its id's seed
-    properties: dict[str, Any] = {}  # the `after` event's properties, for the webhook's templates
+    properties: dict[str, Value] = {}  # the `after` event's properties, for its templates
 
 
 class Tally(msgspec.Struct, array_like=True, gc=False):
@@ -115,17 +120,17 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     # of strings, where a list per profile would be walked by every full collection: in a big
     # memory-mode store, those lists were most of what the collector walked.
     anonymous: tuple[str, ...] = msgspec.field(default=(), name="anonymous_ids")
-    traits: dict[str, Any] = {}
+    traits: dict[str, Value] = {}
     first_seen: float = 0.0
     last_seen: float = 0.0
     event_counts: dict[str, int] = {}  # lifetime count per event name, at most MAX_EVENT_NAMES
     session: Session | None = None
-    variables: dict[str, tuple[Any, ...]] = {}  # per maintained variable, layout set by its stat
+    variables: dict[str, State] = {}  # per maintained variable, layout set by its stat
     # rarely needed, so None until first used (an empty container still costs 56-64 bytes)
     segments: list[str] | None = None  # tracked segments (named by segment_entered) the user is in
     caps: dict[str, Caps] | None = None  # per campaign with frequency caps
     decisions: dict[str, Verdict] = {}  # latest decision per campaign
-    page: dict[str, Any] | None = None  # latest page (path, url, title, referrer, search), if used
+    page: dict[str, Value] | None = None  # latest page (path, url, title, referrer, search)
     spacing: Spaced | None = None  # only with project-wide spacing, once a spaced campaign fired
     timers: list[Timer] | None = None  # pending absence triggers, at most one per campaign
 
@@ -139,7 +144,7 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
         self.anonymous = tuple(ids)
 
 
-VariableMerger = Callable[[str, tuple[Any, ...], tuple[Any, ...], bool], tuple[Any, ...]]
+VariableMerger = Callable[[str, State, State, bool], State]
 """Merge two states of one variable: (name, a, b, a_is_newer) -> merged."""
 
 
