@@ -51,6 +51,8 @@ def as_epoch(value: Value, calendar: Calendar) -> float | None:
     """Epoch seconds from a number (seconds, or milliseconds above 1e11) or an ISO-8601 string."""
     cls = value.__class__
     if cls is int or cls is float:
+        if not -1e18 < value < 1e18:  # no time; also keeps huge integers out of float()
+            return None
         return value / 1000.0 if value > 1e11 else float(value)
     if cls is str:
         try:

@@ -240,7 +240,10 @@ class Engine:
                     ids = tuple(i for i in ids if i != anonymous_id)
                 state.anonymous = (*ids, anonymous_id)[-MAX_ANONYMOUS_IDS:]
         if event.traits:
-            state.traits.update(event.traits)
+            traits = {**state.traits, **event.traits}
+            if len(_encode(traits)) > rules.trait_bytes:
+                traits = _fit_traits(state.traits, event.traits, rules.trait_bytes)
+            state.traits = traits
         counts = state.event_counts
         count = counts.get(event.name)
         if count is not None:
@@ -352,7 +355,9 @@ class Engine:
         self, campaign: Campaign, arm: Arm, scope: Scope, now: float, webhooks: list[WebhookRequest]
     ) -> str | None:
         event = scope.event
-        webhook_id = webhook_id_for(campaign.id, arm.variant_id, event.message_id)
+        webhook_id = webhook_id_for(
+            campaign.id, arm.variant_id, event.message_id, event.user_id or event.anonymous_id
+        )
         scope.campaign_id = campaign.id
         scope.campaign_name = campaign.name
         scope.variant_id = arm.variant_id
@@ -450,6 +455,24 @@ class Engine:
             ],
             "stopped": dict(stopped or {}),
         }
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _fit_traits(
+    kept: dict[str, Value], incoming: dict[str, Value], budget: int
+) -> dict[str, Value]:
+    """Traits merged in one by one while they fit the budget (JSON bytes); the rest are dropped."""
+    traits = dict(kept)
+    size = len(_encode(traits))
+    for name, value in incoming.items():
+        added = len(_encode({name: value})) - 1  # `"name":value` plus a comma
+        removed = len(_encode({name: traits[name]})) - 1 if name in traits else 0
+        if size + added - removed <= budget:
+            traits[name] = value
+            size += added - removed
+    return traits
 
 
 def _session_id(key: str, number: int, start: float) -> str:

@@ -198,6 +198,7 @@ class Rules:
         self.config = config
         self.calendar = calendar
         self.session_timeout = float(config.session_timeout)
+        self.trait_bytes = config.state.trait_bytes
         self.test_users = test_users
         self._registry = registry
         self._campaigns = campaigns

@@ -9,10 +9,11 @@ Names resolve at load time, so a typo is a config error with its path:
 - `traits.X`, `properties.X`, `context.X` (dotted paths), and `page.path|url|title|referrer|search`
   (from the event's `context.page`, else the user's latest page).
 
-Rendering: in the URL a value is URL-encoded; in header values it is inserted as text, and a
-rendered value holding CR or LF suppresses the delivery (`invalid_header`); in the body, strings
-are rendered through dicts and lists, and a string that is exactly one placeholder keeps the
-value's JSON type. Text forms: strings as they are, `true`/`false`, numbers as Python prints
+Rendering: in the URL a value is URL-encoded (a value `.` or `..` has its dots encoded too, so
+it cannot move the path); in header values it is inserted as text, and a rendered value
+holding CR or LF suppresses the delivery (`invalid_header`); in the body, strings are rendered
+through dicts and lists, and a string that is exactly one placeholder keeps the value's JSON
+type. Text forms: strings as they are, `true`/`false`, numbers as Python prints
 them, lists and dicts as JSON. `#{name|fallback}` gives a fallback for a missing (absent or
 null) value; as a whole body string, a fallback that reads as a JSON number, `true`, `false` or
 `null` keeps that type. A missing value with neither fallback nor default suppresses the
@@ -148,6 +149,8 @@ def url_encoder(cache: dict[str, str]) -> Callable[[Value], str]:
         found = cache.get(rendered)
         if found is None:
             found = rendered if _URL_SAFE(rendered) else quote(rendered, safe="")
+            if found == "." or found == "..":  # as a whole path segment, it would move the path
+                found = found.replace(".", "%2E")
             if len(cache) >= _URL_CACHE_SIZE:
                 cache.clear()
             cache[rendered] = found

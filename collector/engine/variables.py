@@ -33,6 +33,7 @@ and then the variable's `default` (if any) stands in.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Literal, cast
@@ -47,6 +48,7 @@ from collector.events import Event
 
 MAX_BUCKETS = 64
 DISTINCT_LIMIT = 100
+_DISTINCT_KEY_LENGTH = 64
 
 Bucket = Sequence[Value]  # (index, *payload), a tuple (a list once decoded from msgpack)
 Buckets = tuple[Bucket, ...]  # a multi-bucket state
@@ -189,6 +191,17 @@ class Count(Stat):
         return (a[0], a[1] + b[1])
 
 
+def add(a: Value, b: Value) -> Value:
+    """a + b, as a float once an integer sum leaves signed 64 bits (which state stores keep)."""
+    total = a + b
+    if total.__class__ is int and not -_INT64 <= total < _INT64:
+        return float(total)
+    return total
+
+
+_INT64 = 2**63
+
+
 class Sum(Count):
     """(idx, total)"""
 
@@ -199,7 +212,7 @@ class Sum(Count):
         return (idx, value)
 
     def folded(self, bucket: Bucket, value: Value, t: float) -> tuple[Value, ...]:
-        return (bucket[0], bucket[1] + value)
+        return (bucket[0], add(bucket[1], value))
 
     def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Value | Missing:
         total: Value | Missing = MISSING
@@ -208,8 +221,11 @@ class Sum(Count):
             if idx < low:
                 break
             if idx <= high:
-                total = bucket[1] if total is MISSING else total + bucket[1]
+                total = bucket[1] if total is MISSING else add(total, bucket[1])
         return total
+
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Value, ...]:
+        return (a[0], add(a[1], b[1]))
 
 
 class Average(Stat):
@@ -221,7 +237,7 @@ class Average(Stat):
         return (idx, value, 1)
 
     def folded(self, bucket: Bucket, value: Value, t: float) -> tuple[Value, ...]:
-        return (bucket[0], bucket[1] + value, bucket[2] + 1)
+        return (bucket[0], add(bucket[1], value), bucket[2] + 1)
 
     def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Value | Missing:
         total, n = 0.0, 0
@@ -235,7 +251,7 @@ class Average(Stat):
         return total / n if n else MISSING
 
     def combine(self, a: Bucket, b: Bucket) -> tuple[Value, ...]:
-        return (a[0], a[1] + b[1], a[2] + b[2])
+        return (a[0], add(a[1], b[1]), a[2] + b[2])
 
 
 class Minimum(Stat):
@@ -359,6 +375,8 @@ class Distinct(Stat):
             state = (idx, {})
         seen: dict[str, list[int]] = state[1]
         key = value if value.__class__ is str else "\x00" + msgspec.json.encode(value).decode()
+        if len(key) > _DISTINCT_KEY_LENGTH:  # a long value is remembered by its digest
+            key = "\x01" + hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
         entry = seen.get(key)
         if entry is None:
             seen[key] = [idx]

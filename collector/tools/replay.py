@@ -84,7 +84,9 @@ async def replay(lines: Any, config: ConfigFile, engine: Engine) -> tuple[Tally,
         for event in events:
             now = max(now, event.timestamp)
             tally.count(await store.fire_due(now, event_time=True))
-            tally.count(await store.ingest([event], now))
+            result = await store.ingest([event], now)
+            tally.count(result)
+            tally.invalid.extend(f"line {number}: {detail}" for _, detail in result.rejected)
     tally.timers_pending = store.pending_timers()
     return tally, len(store)
 
