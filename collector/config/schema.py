@@ -114,12 +114,26 @@ class Target(Base, frozen=True):
     segments: list[str] = []
 
 
+class Unless(Base, frozen=True):
+    """The event that cancels an absence trigger's pending wait (optionally filtered)."""
+
+    event: Annotated[str, Meta(min_length=1)]
+    where: ConditionTree | None = None
+
+
 class Trigger(Base, frozen=True):
-    """What a user must just have done: an event (optionally filtered) or entering a segment."""
+    """What a user must just have done (an event, entering a segment) or failed to do.
+
+    An absence trigger (`after`, `wait`, optional `unless`) fires `wait` after the `after` event
+    (the `where` filters it) unless the `unless` event came meanwhile.
+    """
 
     event: str | None = None
     where: ConditionTree | None = None
     segment_entered: str | None = None
+    after: str | None = None
+    wait: Duration | None = None
+    unless: Unless | None = None
 
 
 class Frequency(Base, frozen=True):
@@ -128,6 +142,20 @@ class Frequency(Base, frozen=True):
     per: Literal["event", "session", "user"] = "user"
     max_total: Annotated[int, Meta(ge=1)] | None = None
     max_per_day: Annotated[int, Meta(ge=1)] | None = None
+
+
+class Stop(Base, frozen=True):
+    """When a campaign stops firing for everybody: after N deliveries in total or in one day."""
+
+    max_deliveries: Annotated[int, Meta(ge=1)] | None = None
+    max_deliveries_per_day: Annotated[int, Meta(ge=1)] | None = None
+
+
+class Spacing(Base, frozen=True):
+    """Project-wide: at most one campaign per user every `seconds` and every `page_views`."""
+
+    seconds: Duration | None = None
+    page_views: Annotated[int, Meta(ge=1)] | None = None
 
 
 class WebhookAction(Base, frozen=True):
@@ -163,6 +191,8 @@ class CampaignSpec(Base, frozen=True):
     target: Target = Target()
     trigger: Trigger | None = None
     frequency: Frequency = Frequency()
+    stop: Stop = Stop()
+    spacing: bool = True  # false: this campaign neither waits for nor restarts the spacing
     exclusive: bool = False
     priority: int = 0
     test_mode: bool = False
@@ -189,6 +219,7 @@ class StateSettings(Base, frozen=True):
     recent_event_bytes: Annotated[int, Meta(ge=256, le=1_048_576)] = 4096
     # A profile's traits, JSON-encoded: a trait that would take them past this is not kept.
     trait_bytes: Annotated[int, Meta(ge=256, le=16_777_216)] = 16_384
+    max_timers: Annotated[int, Meta(ge=1, le=1000)] = 20  # pending absence-trigger waits per user
 
 
 class ServerSettings(Base, frozen=True):
@@ -212,6 +243,7 @@ class ConfigFile(Base, frozen=True):
     test_users: ConditionTree | None = None
     variables: dict[str, VariableSpec] = {}
     segments: dict[str, ConditionTree] = {}
+    spacing: Spacing = Spacing()
     campaigns: list[CampaignSpec] = []
     request_bin: RequestBinSettings = RequestBinSettings()
     server: ServerSettings = ServerSettings()
