@@ -73,7 +73,7 @@ def create_app(settings: Settings) -> CollectorApp:
     tag = TagFile()
     bin_settings = settings.config.request_bin
     request_bin = (
-        RequestBin(bin_settings.max_requests)
+        RequestBin(bin_settings.max_requests, max_streams=settings.config.server.max_streams)
         if settings.request_bin or bin_settings.enabled
         else None
     )
@@ -226,4 +226,7 @@ def app_from_environment() -> CollectorApp:
 
     raw = os.environ[SETTINGS_ENV]
     settings = msgspec.json.decode(raw, type=Settings, dec_hook=decode_hook)
+    from collector.server import configure
+
+    configure(settings.config.server)  # this worker process's connection deadlines
     return create_app(settings)

@@ -206,10 +206,15 @@ async def list_campaigns(request: Request) -> Response:
     """GET /admin/api/campaigns: every campaign with its statistics."""
     runtime = auth.runtime_of(request)
     stats = campaign_stats(runtime)
+    stopped = await runtime.stopped()
     return JSONResponse(
         {
             "campaigns": [
-                {**campaign_as_data(spec), "stats": stats.get(spec.id, _NO_STATS)}
+                {
+                    **campaign_as_data(spec),
+                    "stats": stats.get(spec.id, _NO_STATS),
+                    "stopped": stopped.get(spec.id),
+                }
                 for spec in runtime.config.campaigns
             ]
         }
@@ -222,7 +227,8 @@ async def get_campaign(request: Request) -> Response:
     runtime = auth.runtime_of(request)
     spec = find_campaign(runtime, request.path_params["id"])
     stats = campaign_stats(runtime).get(spec.id, _NO_STATS)
-    return JSONResponse({**campaign_as_data(spec), "stats": stats})
+    stopped = (await runtime.stopped()).get(spec.id)
+    return JSONResponse({**campaign_as_data(spec), "stats": stats, "stopped": stopped})
 
 
 @guarded
