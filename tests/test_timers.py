@@ -132,6 +132,16 @@ def test_timers_are_bounded_per_user_and_shown_in_the_lookup() -> None:
         int(t["campaign_id"][-1]) + 1 for t in timers)]
 
 
+def test_a_wait_keeps_the_after_events_properties_only_within_the_byte_budget() -> None:
+    body = {"p": "#{properties.name|?}"}
+    fallback = {"webhook": {"url": "https://hooks.example/a", "body": body}}
+    engine = engine_for(abandoned(action=fallback), state={"recent_event_bytes": 256})
+    user = User(engine)
+    user.send("Added to Cart", properties={"name": "Grinder", "notes": "x" * 300})
+    (webhook,) = due(user, T + WAIT).webhooks
+    assert webhook.body == {"p": "?"}
+
+
 def test_a_paused_campaign_arms_no_timer() -> None:
     user = User(engine_for(abandoned(status="paused")))
     user.send("Added to Cart")
