@@ -114,17 +114,24 @@ class Runtime:
         """True when the store answers."""
         return await self.store.ping()
 
-    async def accept(self, events: Sequence[Event], now: float) -> None:
-        """Run accepted events through the store and engine and queue their webhooks."""
+    async def accept(self, events: Sequence[Event], now: float) -> list[tuple[int, str]]:
+        """Run accepted events through the store and engine and queue their webhooks.
+
+        Returns the events the store could not apply (by position, with why): they left no trace.
+        """
         if self.outbox.depth() > MAX_PENDING_WEBHOOKS:
             raise Unavailable("too many webhooks waiting to be sent; retry shortly", retry_after=5)
         result = await self.store.ingest(events, now)
+        if result.rejected:
+            failed = {position for position, _ in result.rejected}
+            events = [e for position, e in enumerate(events) if position not in failed]
         self.events.publish(events)
         self.metrics.messages["accepted"] += result.accepted
         if result.duplicates:
             self.metrics.messages["duplicate"] += result.duplicates
         # map + attrgetter + Counter.update keep this per-decision loop in C.
         self.metrics.decisions.update(map(_DECISION_LABELS, result.decisions))
+        return result.rejected
 
     async def put_campaign(self, spec: CampaignSpec) -> bool:
         """Add or replace a campaign everywhere it runs; True when it is new."""

@@ -99,7 +99,6 @@ class EventFeed:
 
     def __init__(self, keep: int = 50, queue_size: int = 1000) -> None:
         self.recent: deque[Event] = deque(maxlen=keep)
-        self.dropped = 0
         self.closed = False
         self._queue_size = queue_size
         self._subscribers: set[asyncio.Queue[Event | None]] = set()
@@ -109,9 +108,7 @@ class EventFeed:
         self.recent.extend(events)
         for queue in self._subscribers:
             for event in events:
-                if queue.full():
-                    self.dropped += 1
-                else:
+                if not queue.full():
                     queue.put_nowait(event)
 
     @contextlib.contextmanager

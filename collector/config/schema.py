@@ -178,11 +178,16 @@ class RequestBinSettings(Base, frozen=True):
 
 
 class StateSettings(Base, frozen=True):
-    """Bounds on per-user state held in memory."""
+    """Bounds on per-user state: how long, how many, and how many bytes a profile may take."""
 
     user_ttl: Duration = Duration(30 * 86400.0)
     max_users: Annotated[int, Meta(ge=1)] = 1_000_000
     recent_events: Annotated[int, Meta(ge=0, le=1000)] = 50
+    # A recent event bigger than this (encoded) is kept without its context, then without its
+    # properties and traits; a profile's recent events take at most recent_events times this.
+    recent_event_bytes: Annotated[int, Meta(ge=256, le=1_048_576)] = 4096
+    # A profile's traits, JSON-encoded: a trait that would take them past this is not kept.
+    trait_bytes: Annotated[int, Meta(ge=256, le=16_777_216)] = 16_384
 
 
 class ConfigFile(Base, frozen=True):

@@ -1,7 +1,7 @@
 """Campaigns compiled for the delivery decision, checked in the seed's order.
 
-`Campaign.check` runs the per-campaign steps for one event and returns the `Arm` to fire or the
-reason it is suppressed:
+The campaign's `Gate` (shared by campaigns configured alike), then `Campaign.qualify`, run the
+per-campaign steps for one event and give the `Arm` to fire or the reason it is suppressed:
 
     status      the campaign is not `published`
     schedule    outside start/end, days or hours (configured timezone)
@@ -32,7 +32,6 @@ import hashlib
 from collections.abc import Iterable
 from itertools import groupby
 from operator import attrgetter
-from typing import Any
 
 from collector.config.schema import CampaignSpec
 from collector.engine.profile import Caps
@@ -153,17 +152,12 @@ class Campaign:
         self.updated_at = updated_at
         self.order = order
 
-    def rank(self) -> tuple[Any, ...]:
+    def rank(self) -> tuple[float, float, int]:
         """Sort key for exclusivity: highest priority, then latest update, then config order."""
         return (-self.priority, -self.updated_at, self.order)
 
-    def check(self, scope: Scope) -> Arm | str:
-        """The arm to fire for this event, or the reason the campaign is suppressed."""
-        closed = self.gate.check(scope)
-        return self.qualify(scope) if closed is None else closed
-
     def qualify(self, scope: Scope) -> Arm | str:
-        """`check` once the gate is open: trigger, test users, rate or variant, caps."""
+        """Once the gate is open, the arm to fire or why not: trigger, test users, rate, caps."""
         if self.where is not None and not self.where(scope):
             return "trigger"
         if self.test_users is not None and not self.test_users(scope):

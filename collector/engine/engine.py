@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from typing import Any
 
 import msgspec
 
@@ -51,22 +50,22 @@ from collector.engine.profile import (
     MAX_EVENT_NAMES,
     SUPPRESSED,
     Decision,
+    DecisionOutcome,
     Session,
+    State,
     UserState,
     Verdict,
     merge,
     new_state,
 )
 from collector.engine.rules import Rules, compile_rules
-from collector.engine.scope import MISSING, Scope
+from collector.engine.scope import Scope
 from collector.engine.templates import PAGE_FIELDS, Suppressed
+from collector.engine.values import MISSING, Value
 from collector.events import Event
 from collector.webhook import WebhookRequest, webhook_id_for
 
 __all__ = ["Decision", "Engine", "Outcome", "Rules", "UserState", "compile_rules", "new_state"]
-
-_UNCHECKED: Any = object()
-
 
 class Outcome(msgspec.Struct):
     """What one event did: the user's state, a decision per campaign considered, webhooks."""
@@ -150,7 +149,10 @@ class Engine:
                     ids = tuple(i for i in ids if i != anonymous_id)
                 state.anonymous = (*ids, anonymous_id)[-MAX_ANONYMOUS_IDS:]
         if event.traits:
-            state.traits.update(event.traits)
+            traits = {**state.traits, **event.traits}
+            if len(_encode(traits)) > rules.trait_bytes:
+                traits = _fit_traits(state.traits, event.traits, rules.trait_bytes)
+            state.traits = traits
         counts = state.event_counts
         count = counts.get(event.name)
         if count is not None:
@@ -202,12 +204,12 @@ class Engine:
         gates: dict[Gate, str | None] = {}  # each distinct gate is checked once per event
         for run in candidates:
             gate = run.gate
-            if gate.always_open:
-                closed = None
-            else:
-                closed = gates.get(gate, _UNCHECKED)
-                if closed is _UNCHECKED:
-                    closed = gates[gate] = gate.check(scope)
+            closed: str | None = None
+            if not gate.always_open:
+                checked = gates.get(gate, MISSING)
+                if checked is MISSING:
+                    checked = gates[gate] = gate.check(scope)
+                closed = checked
             if closed is not None:
                 # The common case (most visitors are outside most audiences): every campaign of
                 # the run gets the same decision, made once per `now` and shared.
@@ -239,7 +241,7 @@ class Engine:
                     reason = self._fire(campaign, arm, scope, now, webhooks)
                     if reason is None and campaign.exclusive:
                         exclusive_fired = True
-                outcome = FIRED if reason is None else SUPPRESSED
+                outcome: DecisionOutcome = FIRED if reason is None else SUPPRESSED
                 record(Decision(campaign_id, variant_id, outcome, reason, now))
                 latest[campaign_id] = Verdict(variant_id, reason, now)
 
@@ -247,7 +249,9 @@ class Engine:
         self, campaign: Campaign, arm: Arm, scope: Scope, now: float, webhooks: list[WebhookRequest]
     ) -> str | None:
         event = scope.event
-        webhook_id = webhook_id_for(campaign.id, arm.variant_id, event.message_id)
+        webhook_id = webhook_id_for(
+            campaign.id, arm.variant_id, event.message_id, event.user_id or event.anonymous_id
+        )
         scope.campaign_id = campaign.id
         scope.campaign_name = campaign.name
         scope.variant_id = arm.variant_id
@@ -278,8 +282,8 @@ class Engine:
         return merge(a, b, self._merge_variable)
 
     def _merge_variable(
-        self, name: str, a: tuple[Any, ...], b: tuple[Any, ...], a_is_newer: bool
-    ) -> tuple[Any, ...]:
+        self, name: str, a: State, b: State, a_is_newer: bool
+    ) -> State:
         variable = self.rules.variables.get(name)
         if not a or not b:
             return a or b
@@ -287,7 +291,7 @@ class Engine:
             return a if a_is_newer else b
         return variable.merge(a, b, a_is_newer)
 
-    def describe(self, state: UserState, now: float) -> dict[str, Any]:
+    def describe(self, state: UserState, now: float) -> dict[str, Value]:
         """The user-lookup view: identity, traits, variables, segments, latest decisions."""
         rules = self.rules
         session = state.session
@@ -322,6 +326,24 @@ class Engine:
             },
             "caps": {cid: msgspec.structs.asdict(c) for cid, c in (state.caps or {}).items()},
         }
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _fit_traits(
+    kept: dict[str, Value], incoming: dict[str, Value], budget: int
+) -> dict[str, Value]:
+    """Traits merged in one by one while they fit the budget (JSON bytes); the rest are dropped."""
+    traits = dict(kept)
+    size = len(_encode(traits))
+    for name, value in incoming.items():
+        added = len(_encode({name: value})) - 1  # `"name":value` plus a comma
+        removed = len(_encode({name: traits[name]})) - 1 if name in traits else 0
+        if size + added - removed <= budget:
+            traits[name] = value
+            size += added - removed
+    return traits
 
 
 def _session_id(key: str, number: int, start: float) -> str:

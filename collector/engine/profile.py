@@ -19,12 +19,17 @@ halves of their profile were joined). "Newer" is the profile seen last.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Final, Literal
 
 import msgspec
 
-FIRED = "fired"
-SUPPRESSED = "suppressed"
+from collector.engine.values import Value
+
+State = tuple[Value, ...]  # one variable's state; its layout is set by the variable's statistic
+
+DecisionOutcome = Literal["fired", "suppressed"]
+FIRED: Final = "fired"
+SUPPRESSED: Final = "suppressed"
 MAX_ANONYMOUS_IDS = 8  # the most recent anonymous ids kept per profile
 MAX_EVENT_NAMES = 100  # distinct event names counted per profile
 
@@ -48,7 +53,7 @@ class Decision(msgspec.Struct, array_like=True, frozen=True, gc=False):
 
     campaign_id: str
     variant_id: str | None
-    outcome: str  # "fired" | "suppressed"
+    outcome: DecisionOutcome
     reason: str | None  # None when fired
     at: float
 
@@ -63,7 +68,7 @@ class Verdict(msgspec.Struct, array_like=True, frozen=True, gc=False):
     at: float
 
     @property
-    def outcome(self) -> str:
+    def outcome(self) -> DecisionOutcome:
         """"fired" or "suppressed"."""
         return FIRED if self.reason is None else SUPPRESSED
 
@@ -88,17 +93,17 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     # of strings, where a list per profile would be walked by every full collection: in a big
     # memory-mode store, those lists were most of what the collector walked.
     anonymous: tuple[str, ...] = msgspec.field(default=(), name="anonymous_ids")
-    traits: dict[str, Any] = {}
+    traits: dict[str, Value] = {}
     first_seen: float = 0.0
     last_seen: float = 0.0
     event_counts: dict[str, int] = {}  # lifetime count per event name, at most MAX_EVENT_NAMES
     session: Session | None = None
-    variables: dict[str, tuple[Any, ...]] = {}  # per maintained variable, layout set by its stat
+    variables: dict[str, State] = {}  # per maintained variable, layout set by its stat
     # rarely needed, so None until first used (an empty container still costs 56-64 bytes)
     segments: list[str] | None = None  # tracked segments (named by segment_entered) the user is in
     caps: dict[str, Caps] | None = None  # per campaign with frequency caps
     decisions: dict[str, Verdict] = {}  # latest decision per campaign
-    page: dict[str, Any] | None = None  # latest page (path, url, title, referrer, search), if used
+    page: dict[str, Value] | None = None  # latest page (path, url, title, referrer, search)
 
     @property
     def anonymous_ids(self) -> list[str]:
@@ -110,7 +115,7 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
         self.anonymous = tuple(ids)
 
 
-VariableMerger = Callable[[str, tuple[Any, ...], tuple[Any, ...], bool], tuple[Any, ...]]
+VariableMerger = Callable[[str, State, State, bool], State]
 """Merge two states of one variable: (name, a, b, a_is_newer) -> merged."""
 
 

@@ -13,18 +13,16 @@ campaign and rebuilds the indexes; everything else is shared with the previous R
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from collector.config.schema import CampaignSpec, ConditionTree, ConfigFile
 from collector.engine.campaigns import Campaign, Gate, build_arms, runs
 from collector.engine.conditions import ConditionCompiler
 from collector.engine.schedule import Calendar, CompiledSchedule
-from collector.engine.scope import MISSING, Getter, Predicate, Scope
+from collector.engine.scope import Getter, Predicate, Scope
 from collector.engine.templates import TemplateCompiler
+from collector.engine.values import MISSING, UNSET, Missing, Value
 from collector.engine.variables import Variable, event_field
 from collector.errors import ConfigError
-
-_UNSET: Any = object()
 
 
 class _Registry:
@@ -38,7 +36,7 @@ class _Registry:
         self._getters: dict[str, Getter] = {}
         self._segments: dict[str, Predicate] = {}
         self._pending: list[tuple[Variable, ConditionTree, str]] = []
-        self._gates: dict[tuple[Any, ...], Gate] = {}
+        self._gates: dict[tuple[object, ...], Gate] = {}
         self.conditions = ConditionCompiler(
             variable=self.variable_getter,
             segment=self.segment,
@@ -73,10 +71,10 @@ class _Registry:
         if getter is None:
             name, read = variable.name, variable.read
 
-            def getter(scope: Scope) -> Any:
+            def getter(scope: Scope) -> Value | Missing:
                 values = scope.values
-                value = values.get(name, _UNSET)
-                if value is _UNSET:
+                value = values.get(name, UNSET)
+                if value is UNSET:
                     value = values[name] = read(scope)
                 return value
 
@@ -189,6 +187,7 @@ class Rules:
         self.config = config
         self.calendar = calendar
         self.session_timeout = float(config.session_timeout)
+        self.trait_bytes = config.state.trait_bytes
         self.test_users = test_users
         self._registry = registry
         self._campaigns = campaigns

@@ -43,7 +43,13 @@ from collector.redis.connection import RETRY_AFTER, Command, RedisConnection, ev
 from collector.redis.plan import MAX_CHAIN, Plan, Record, run_events
 from collector.redis.scripts import CLEAN, COMMIT, FREEZE
 from collector.store import identity
-from collector.store.base import IngestResult, UserView, event_as_message
+from collector.store.base import (
+    NOT_PROCESSED,
+    IngestResult,
+    UserView,
+    bounded_recent,
+    event_as_message,
+)
 from collector.webhook import WebhookRequest
 
 log = logging.getLogger("tripwire.store")
@@ -82,27 +88,41 @@ class RedisStore:
         return await self.connection.ping()
 
     async def ingest(self, events: Sequence[Event], now: float) -> IngestResult:
-        """Dedupe and process each event against its user's state, in order, atomically per user."""
-        firsts: set[str] = set()
+        """Dedupe and process each event against its user's state, in order, atomically per user.
+
+        An event the engine fails on is logged and left out, and the others are run again from
+        the stored profiles: it leaves no trace and costs the others nothing.
+        """
+        digests = [identity.dedupe_key(event) for event in events]
+        firsts: set[bytes] = set()
         pending: list[int] = []
         duplicates = 0
-        for position, event in enumerate(events):
-            if event.message_id in firsts:
+        for position, digest in enumerate(digests):
+            if digest in firsts:
                 duplicates += 1
             else:
-                firsts.add(event.message_id)
+                firsts.add(digest)
                 pending.append(position)
         webhooks: list[tuple[int, WebhookRequest]] = []
         decisions: list[tuple[int, Decision]] = []
+        rejected: list[tuple[int, str]] = []
         accepted = 0
         names = {i for position in pending for i in identity.ids_of(events[position])}
         async with self._holding(names):
-            for attempt in range(MAX_ATTEMPTS):
-                if not pending:
-                    break
+            attempt = 0
+            while pending and attempt < MAX_ATTEMPTS:
                 if attempt:  # another process just wrote these users: let it finish
                     await asyncio.sleep(random.uniform(0, 0.001 * min(attempt, 20)))
-                plan, conflicts = await self._attempt([events[i] for i in pending], now)
+                plan, conflicts = await self._attempt(
+                    [events[i] for i in pending], [digests[i] for i in pending], now
+                )
+                if plan.failed:  # nothing was written: run the others again without them
+                    for local in plan.failed:
+                        rejected.append((pending[local], NOT_PROCESSED))
+                    failed = set(plan.failed)
+                    pending = [p for local, p in enumerate(pending) if local not in failed]
+                    continue
+                attempt += 1
                 for local in range(len(pending)):
                     if local not in conflicts:
                         if local in plan.duplicates:
@@ -119,7 +139,11 @@ class RedisStore:
         webhooks.sort(key=lambda pair: pair[0])
         decisions.sort(key=lambda pair: pair[0])
         return IngestResult(
-            accepted, duplicates, [w for _, w in webhooks], [d for _, d in decisions]
+            accepted,
+            duplicates,
+            [w for _, w in webhooks],
+            [d for _, d in decisions],
+            sorted(rejected),
         )
 
     async def lookup(self, identity_: str, now: float) -> UserView | None:
@@ -139,8 +163,13 @@ class RedisStore:
 
     # -- one attempt: resolve, load, run, commit ------------------------------------------
 
-    async def _attempt(self, events: list[Event], now: float) -> tuple[Plan, set[int]]:
-        """Run events once; return the plan and the positions of events whose commit conflicted."""
+    async def _attempt(
+        self, events: list[Event], digests: list[bytes], now: float
+    ) -> tuple[Plan, set[int]]:
+        """Run events once; return the plan and the positions of events whose commit conflicted.
+
+        When the engine failed on some events (`plan.failed`), nothing is written.
+        """
         keys = await self.connection.names()
         ids = sorted({i for event in events for i in identity.ids_of(event)})
         results = await self.connection.pipeline(
@@ -148,30 +177,32 @@ class RedisStore:
         )
         _raise_errors(results)
         index = {i: r.decode() for i, r in zip(ids, results, strict=True) if r}
-        wanted: dict[str, set[str]] = defaultdict(set)  # key -> messageIds to check it for
-        for event in events:
+        wanted: dict[str, set[bytes]] = defaultdict(set)  # key -> dedupe keys to check it for
+        for event, digest in zip(events, digests, strict=True):
             for key in {
                 identity.new_key(event),
                 *(index[i] for i in identity.ids_of(event) if i in index),
             }:
-                wanted[key].add(event.message_id)
+                wanted[key].add(digest)
         records, seen = await self._load(wanted)
-        plan = run_events(self._engine(), events, now, index, records, seen)
+        plan = run_events(self._engine(), events, digests, now, index, records, seen)
+        if plan.failed:
+            return plan, set()
         conflicts = await self._commit(plan, records, now)
         return plan, {i for key in conflicts for i in plan.owner_events.get(key, ())}
 
-    async def _load(self, wanted: dict[str, set[str]]) -> tuple[dict[str, Record], set[str]]:
-        """Load profiles, following merge redirects; return them and the messageIds seen."""
+    async def _load(self, wanted: dict[str, set[bytes]]) -> tuple[dict[str, Record], set[bytes]]:
+        """Load profiles, following merge redirects; return them and the dedupe keys seen."""
         keys = await self.connection.names()
         records: dict[str, Record] = {}
-        seen: set[str] = set()
-        checked: dict[str, set[str]] = defaultdict(set)  # key -> messageIds checked against it
+        seen: set[bytes] = set()
+        checked: dict[str, set[bytes]] = defaultdict(set)  # key -> dedupe keys checked against it
         todo = {key: (mids, set[str]()) for key, mids in wanted.items()}
         for _depth in range(MAX_CHAIN):
             if not todo:
                 break
             commands: list[Command] = []
-            order: list[tuple[str, list[str], list[str]]] = []
+            order: list[tuple[str, list[bytes], list[str]]] = []
             for key, (mids, sources) in todo.items():
                 fresh = sorted(mids - checked[key])
                 markers = sorted(sources)
@@ -184,7 +215,7 @@ class RedisStore:
             results = await self.connection.pipeline(commands, "loading profiles")
             _raise_errors(results)
             position = 0
-            following: dict[str, tuple[set[str], set[str]]] = {}
+            following: dict[str, tuple[set[bytes], set[str]]] = {}
             for key, fresh, markers in order:
                 record = Record(key, results[position], markers)
                 position += 1
@@ -314,7 +345,8 @@ class RedisStore:
                 for member, score in seen_of.get(other, []):
                     pairs.extend((score, member))
         cap = self._limits.recent_events
-        recent = [_ENCODER.encode(e) for e in events[-cap:]] if cap else []
+        size = self._limits.recent_event_bytes
+        recent = [bounded_recent(e, size, _ENCODER.encode) for e in events[-cap:]] if cap else []
         hooks: list[Any] = []
         for _, webhook in plan.webhooks.get(key, []):
             envelope = Envelope(request=webhook, enqueued_at=now, due_at=now)

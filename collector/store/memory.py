@@ -26,7 +26,13 @@ from collector.engine.engine import Engine, new_state
 from collector.engine.profile import Decision, UserState
 from collector.events import Event
 from collector.store import identity
-from collector.store.base import IngestResult, UserView, event_as_message
+from collector.store.base import (
+    NOT_PROCESSED,
+    IngestResult,
+    UserView,
+    bounded_recent,
+    event_as_message,
+)
 from collector.webhook import WebhookRequest
 
 log = logging.getLogger("tripwire.store")
@@ -38,15 +44,21 @@ STATE_FILE = "state.msgpack"
 _EVENT_FIELDS = msgspec.structs.fields(Event)
 _pack = msgspec.msgpack.Encoder().encode
 _unpack = msgspec.msgpack.Decoder(list[Any]).decode
+_save_state = msgspec.msgpack.Encoder().encode
+_load_state = msgspec.msgpack.Decoder(UserState).decode
 Packed = bytes | Event  # an event that cannot be packed (an integer past 64 bits) is kept as is
 
 
 def pack(event: Event) -> Packed:
     """An event as compact bytes: a msgpack array of its fields, without their names."""
     try:
-        return _pack(msgspec.structs.astuple(event))
+        return _pack_bytes(event)
     except OverflowError:
         return event
+
+
+def _pack_bytes(event: Event) -> bytes:
+    return _pack(msgspec.structs.astuple(event))
 
 
 def unpack(packed: Packed) -> Event:
@@ -62,7 +74,7 @@ class _Snapshot(msgspec.Struct):
 
     users: dict[str, UserState]
     index: dict[str, str]
-    seen: list[tuple[str, float]]
+    seen: list[tuple[Any, float]]  # dedupe keys: bytes (str: messageIds of older versions)
     recent: dict[str, list[msgspec.Raw]]  # packed events (see `pack`), written as they are
 
 
@@ -83,10 +95,11 @@ class MemoryStore:
         self._users: OrderedDict[str, UserState] = OrderedDict()  # least recently seen first
         self._index: dict[str, str] = {}  # namespaced id -> profile key
         self._ids: dict[str, tuple[str, ...]] = {}  # profile key -> its namespaced ids
-        # messageId -> time first seen, and the same ids oldest first (a plain dict cannot find
-        # its oldest entry cheaply once many are deleted; an OrderedDict costs ~50 bytes more each)
-        self._seen: dict[str, float] = {}
-        self._seen_order: deque[str] = deque()
+        # dedupe key (`identity.dedupe_key`) -> time first seen, and the same keys oldest first
+        # (a plain dict cannot find its oldest entry cheaply once many are deleted; an
+        # OrderedDict costs ~50 bytes more each)
+        self._seen: dict[bytes | str, float] = {}
+        self._seen_order: deque[bytes | str] = deque()
         self._recent: dict[str, tuple[Packed, ...]] = {}  # key -> recent events, oldest first
 
     async def open(self) -> None:
@@ -138,26 +151,39 @@ class MemoryStore:
         return True
 
     async def ingest(self, events: Sequence[Event], now: float) -> IngestResult:
-        """Dedupe and process each event against its user's state, in order."""
+        """Dedupe and process each event against its user's state, in order.
+
+        Each event is applied whole or not at all: one the engine fails on is logged, its
+        profile put back as it was and its messageId not marked seen, and the rest go on.
+        """
         engine = self._engine()
         webhooks: list[WebhookRequest] = []
         decisions: list[Decision] = []
+        rejected: list[tuple[int, str]] = []
         accepted = duplicates = 0
         self._expire(now)
         seen = self._seen
         users = self._users
         keep_recent = self._limits.recent_events > 0
-        for event in events:
-            message_id = event.message_id
-            if message_id in seen:
+        for position, event in enumerate(events):
+            dedupe = identity.dedupe_key(event)
+            if dedupe in seen:
                 duplicates += 1
                 continue
-            seen[message_id] = now
-            self._seen_order.append(message_id)
-            accepted += 1
             key = self._resolve(event, engine, now)
             state = users.get(key)
-            outcome = engine.process(state or new_state(key, now), event, now)
+            before = _save_state(state) if state is not None else None
+            try:
+                outcome = engine.process(state or new_state(key, now), event, now)
+            except Exception:
+                log.exception("event %d of a request could not be processed", position)
+                if before is not None:
+                    users[key] = _load_state(before)
+                rejected.append((position, NOT_PROCESSED))
+                continue
+            seen[dedupe] = now
+            self._seen_order.append(dedupe)
+            accepted += 1
             users[key] = outcome.state  # a new key goes in last: the most recently seen
             if state is not None:
                 users.move_to_end(key)
@@ -168,7 +194,7 @@ class MemoryStore:
             decisions.extend(outcome.decisions)
         if webhooks and self._outbox is not None:
             await self._outbox.put(webhooks)
-        return IngestResult(accepted, duplicates, webhooks, decisions)
+        return IngestResult(accepted, duplicates, webhooks, decisions, rejected)
 
     async def user_state(self, identity_: str) -> UserState | None:
         """The engine state of a user found by any of its ids or its key."""
@@ -238,14 +264,20 @@ class MemoryStore:
         kept = self._recent.get(key, ())
         if len(kept) >= size:
             kept = kept[len(kept) - size + 1 :]
-        self._recent[key] = (*kept, pack(event))
+        self._recent[key] = (*kept, self._pack_recent(event))
+
+    def _pack_recent(self, event: Event) -> Packed:
+        try:
+            return bounded_recent(event, self._limits.recent_event_bytes, _pack_bytes)
+        except OverflowError:
+            return event
 
     def _recent_merge(self, key: str, other: str) -> None:
         events = [unpack(p) for p in (*self._recent.pop(other, ()), *self._recent.get(key, ()))]
         events.sort(key=lambda e: e.timestamp)
         size = self._limits.recent_events
         if size and events:
-            self._recent[key] = tuple(pack(e) for e in events[-size:])
+            self._recent[key] = tuple(self._pack_recent(e) for e in events[-size:])
 
     def _expire(self, now: float) -> None:
         """Forget old messageIds and evict profiles unseen for the TTL or beyond the size bound."""

@@ -74,6 +74,7 @@ async def replay(lines: Any, config: ConfigFile, engine: Engine) -> tuple[Tally,
             result = await store.ingest([event], now)
             tally.events += result.accepted
             tally.duplicates += result.duplicates
+            tally.invalid.extend(f"line {number}: {detail}" for _, detail in result.rejected)
             tally.webhooks += len(result.webhooks)
             tally.decisions.update((d.campaign_id, d.reason) for d in result.decisions)
     return tally, len(store)
