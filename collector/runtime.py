@@ -5,6 +5,8 @@ The app's lifespan calls `start` and `stop`; ingest calls `accept` for every req
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import operator
 import time
@@ -36,6 +38,7 @@ _DECISION_LABELS = operator.attrgetter("campaign_id", "outcome", "reason")
 
 # Beyond this many undelivered webhooks, ingest sheds load (503) rather than grow without bound.
 MAX_PENDING_WEBHOOKS = 200_000
+TIMER_TICK = 0.2  # seconds between looks for due absence timers: they fire within this of due
 
 
 class Runtime:
@@ -61,9 +64,10 @@ class Runtime:
             timezone=ZoneInfo(settings.config.timezone),
         )
         self.events = EventFeed()  # accepted events, for the admin live stream
+        self._timers: asyncio.Task[None] | None = None
         bin_settings = settings.config.request_bin
         self.request_bin = (
-            RequestBin(bin_settings.max_requests)
+            RequestBin(bin_settings.max_requests, max_streams=settings.config.server.max_streams)
             if settings.request_bin or bin_settings.enabled
             else None
         )
@@ -99,9 +103,38 @@ class Runtime:
             await self.dispatcher.start()
         else:
             await self.outbox.open()
+        self._timers = asyncio.create_task(self._fire_timers(), name="tripwire-timers")
+
+    async def _fire_timers(self) -> None:
+        """The clock of absence triggers: fire the timers that are due, every TIMER_TICK."""
+        while True:
+            await asyncio.sleep(TIMER_TICK)
+            try:
+                result = await self.store.fire_due(time.time())
+            except Unavailable:
+                await asyncio.sleep(1.0)
+                continue
+            except Exception:  # a bug must not stop every later timer
+                log.exception("firing due timers failed")
+                await asyncio.sleep(1.0)
+                continue
+            if result.decisions:
+                self.metrics.decisions.update(map(_DECISION_LABELS, result.decisions))
+
+    async def stopped(self) -> dict[str, str]:
+        """Campaigns stopped by their stop conditions, with the condition reached."""
+        try:
+            return await self.store.stopped(time.time())
+        except Unavailable:
+            return {}
 
     async def stop(self) -> None:
         """Stop delivery and save what must survive a restart."""
+        task, self._timers = self._timers, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self.settings.deliver_in_process:
             await self.dispatcher.stop(grace=5.0)
         else:

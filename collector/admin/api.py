@@ -266,11 +266,16 @@ def admin_routes(runtime: Runtime) -> list[BaseRoute]:
 
     async def list_campaigns(_: Request) -> Response:
         stats = campaign_stats(runtime)
+        stopped = await runtime.stopped()
         empty: dict[str, Any] = {"fired": 0, "suppressed": {}}
         return JSONResponse(
             {
                 "campaigns": [
-                    {**campaign_as_data(spec), "stats": stats.get(spec.id, empty)}
+                    {
+                        **campaign_as_data(spec),
+                        "stats": stats.get(spec.id, empty),
+                        "stopped": stopped.get(spec.id),
+                    }
                     for spec in runtime.config.campaigns
                 ]
             }
@@ -279,7 +284,8 @@ def admin_routes(runtime: Runtime) -> list[BaseRoute]:
     async def get_campaign(request: Request) -> Response:
         spec = find_campaign(runtime, request.path_params["id"])
         stats = campaign_stats(runtime).get(spec.id, {"fired": 0, "suppressed": {}})
-        return JSONResponse({**campaign_as_data(spec), "stats": stats})
+        stopped = (await runtime.stopped()).get(spec.id)
+        return JSONResponse({**campaign_as_data(spec), "stats": stats, "stopped": stopped})
 
     async def put_campaign(request: Request) -> Response:
         raw = parse_campaign_text((await request.body()).decode("utf-8", "replace"))
