@@ -6,6 +6,7 @@ The app's lifespan calls `start` and `stop`; ingest calls `accept` for every req
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import operator
 import time
@@ -14,10 +15,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 from prometheus_client import CollectorRegistry
-from starlette.routing import BaseRoute
 
-from collector.admin.api import EventFeed, admin_routes
-from collector.admin.dashboard import dashboard_routes
 from collector.config.changes import CampaignChange, decode_change, encode_change
 from collector.config.schema import CampaignSpec
 from collector.config.settings import Settings
@@ -28,11 +26,11 @@ from collector.disk import Disk
 from collector.engine.engine import Engine, compile_rules
 from collector.errors import Unavailable
 from collector.events import Event
+from collector.feed import EventFeed
 from collector.metrics import IngestMetrics
 from collector.redis.mode import RedisMode, is_redis_url
 from collector.store.base import Store
 from collector.store.memory import MemoryStore
-from collector.tools.requestbin import RequestBin, bin_routes
 
 log = logging.getLogger("tripwire")
 _DECISION_LABELS = operator.attrgetter("campaign_id", "outcome", "reason")
@@ -44,6 +42,7 @@ COUNTS_SECONDS = 1.0  # how often the campaigns' decision counts are written (me
 
 # Beyond this many undelivered webhooks, ingest sheds load (503) rather than grow without bound.
 MAX_PENDING_WEBHOOKS = 200_000
+TIMER_TICK = 0.2  # seconds between looks for due absence timers: they fire within this of due
 
 
 class Runtime:
@@ -81,12 +80,7 @@ class Runtime:
             timezone=ZoneInfo(settings.config.timezone),
         )
         self.events = EventFeed()  # accepted events, for the admin live stream
-        bin_settings = settings.config.request_bin
-        self.request_bin = (
-            RequestBin(bin_settings.max_requests)
-            if settings.request_bin or bin_settings.enabled
-            else None
-        )
+        self._timers: asyncio.Task[None] | None = None
 
     def _make_store(self) -> Store:
         config = self.settings.config
@@ -121,9 +115,38 @@ class Runtime:
             await self.dispatcher.start()
         else:
             await self.outbox.open()
+        self._timers = asyncio.create_task(self._fire_timers(), name="tripwire-timers")
+
+    async def _fire_timers(self) -> None:
+        """The clock of absence triggers: fire the timers that are due, every TIMER_TICK."""
+        while True:
+            await asyncio.sleep(TIMER_TICK)
+            try:
+                result = await self.store.fire_due(time.time())
+            except Unavailable:
+                await asyncio.sleep(1.0)
+                continue
+            except Exception:  # a bug must not stop every later timer
+                log.exception("firing due timers failed")
+                await asyncio.sleep(1.0)
+                continue
+            if result.decisions:
+                self.metrics.decisions.update(map(_DECISION_LABELS, result.decisions))
+
+    async def stopped(self) -> dict[str, str]:
+        """Campaigns stopped by their stop conditions, with the condition reached."""
+        try:
+            return await self.store.stopped(time.time())
+        except Unavailable:
+            return {}
 
     async def stop(self) -> None:
         """Stop delivery and save what must survive a restart."""
+        task, self._timers = self._timers, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self.settings.deliver_in_process:
             await self.dispatcher.stop(grace=5.0)
         else:
@@ -266,14 +289,5 @@ class Runtime:
             await self.disk.commit()
 
     def begin_shutdown(self) -> None:
-        """End live streams (admin events, request bin) so the server can stop without waiting."""
+        """End the live event streams so the server can stop without waiting for them."""
         self.events.close()
-        if self.request_bin is not None:
-            self.request_bin.close()
-
-    def extra_routes(self) -> list[BaseRoute]:
-        """Routes of the optional parts (admin API, dashboard, request bin)."""
-        routes = [*admin_routes(self), *dashboard_routes(self)]
-        if self.request_bin is not None:
-            routes += bin_routes(self.request_bin)
-        return routes

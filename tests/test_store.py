@@ -273,8 +273,10 @@ async def test_a_message_id_is_a_duplicate_only_for_the_same_user(make_store: _F
 class _FailingEngine(Engine):
     """An engine that fails on events carrying `boom`, after it has changed the state."""
 
-    def process(self, state: Any, event: Event, now: float, *, key: str | None = None) -> Any:
-        outcome = super().process(state, event, now, key=key)
+    def process(
+        self, state: Any, event: Event, now: float, *, key: str | None = None, **options: Any
+    ) -> Any:
+        outcome = super().process(state, event, now, key=key, **options)
         if event.properties.get("boom"):
             raise RuntimeError("engine failure")
         return outcome

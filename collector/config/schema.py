@@ -17,6 +17,7 @@ import msgspec
 from msgspec import Meta
 
 from collector.config.durations import Duration, parse_duration
+from collector.config.patterns import compile_pattern
 
 
 class TimezoneName(str):
@@ -113,12 +114,26 @@ class Target(Base, frozen=True):
     segments: list[str] = []
 
 
+class Unless(Base, frozen=True):
+    """The event that cancels an absence trigger's pending wait (optionally filtered)."""
+
+    event: Annotated[str, Meta(min_length=1)]
+    where: ConditionTree | None = None
+
+
 class Trigger(Base, frozen=True):
-    """What a user must just have done: an event (optionally filtered) or entering a segment."""
+    """What a user must just have done (an event, entering a segment) or failed to do.
+
+    An absence trigger (`after`, `wait`, optional `unless`) fires `wait` after the `after` event
+    (the `where` filters it) unless the `unless` event came meanwhile.
+    """
 
     event: str | None = None
     where: ConditionTree | None = None
     segment_entered: str | None = None
+    after: str | None = None
+    wait: Duration | None = None
+    unless: Unless | None = None
 
 
 class Frequency(Base, frozen=True):
@@ -127,6 +142,20 @@ class Frequency(Base, frozen=True):
     per: Literal["event", "session", "user"] = "user"
     max_total: Annotated[int, Meta(ge=1)] | None = None
     max_per_day: Annotated[int, Meta(ge=1)] | None = None
+
+
+class Stop(Base, frozen=True):
+    """When a campaign stops firing for everybody: after N deliveries in total or in one day."""
+
+    max_deliveries: Annotated[int, Meta(ge=1)] | None = None
+    max_deliveries_per_day: Annotated[int, Meta(ge=1)] | None = None
+
+
+class Spacing(Base, frozen=True):
+    """Project-wide: at most one campaign per user every `seconds` and every `page_views`."""
+
+    seconds: Duration | None = None
+    page_views: Annotated[int, Meta(ge=1)] | None = None
 
 
 class WebhookAction(Base, frozen=True):
@@ -162,6 +191,8 @@ class CampaignSpec(Base, frozen=True):
     target: Target = Target()
     trigger: Trigger | None = None
     frequency: Frequency = Frequency()
+    stop: Stop = Stop()
+    spacing: bool = True  # false: this campaign neither waits for nor restarts the spacing
     exclusive: bool = False
     priority: int = 0
     test_mode: bool = False
@@ -188,6 +219,17 @@ class StateSettings(Base, frozen=True):
     recent_event_bytes: Annotated[int, Meta(ge=256, le=1_048_576)] = 4096
     # A profile's traits, JSON-encoded: a trait that would take them past this is not kept.
     trait_bytes: Annotated[int, Meta(ge=256, le=16_777_216)] = 16_384
+    max_timers: Annotated[int, Meta(ge=1, le=1000)] = 20  # pending absence-trigger waits per user
+
+
+class ServerSettings(Base, frozen=True):
+    """Deadlines and caps for client connections, so slow or idle clients cannot hold them."""
+
+    header_timeout: Duration = Duration(10.0)  # request line and headers, from the first byte
+    body_timeout: Duration = Duration(30.0)  # the body, from the end of the headers
+    keep_alive_timeout: Duration = Duration(5.0)  # an idle connection between requests
+    max_connections_per_client: Annotated[int, Meta(ge=0)] = 256  # per address; 0: no cap
+    max_streams: Annotated[int, Meta(ge=1)] = 100  # live streams (admin events, request bin)
 
 
 class ConfigFile(Base, frozen=True):
@@ -201,8 +243,10 @@ class ConfigFile(Base, frozen=True):
     test_users: ConditionTree | None = None
     variables: dict[str, VariableSpec] = {}
     segments: dict[str, ConditionTree] = {}
+    spacing: Spacing = Spacing()
     campaigns: list[CampaignSpec] = []
     request_bin: RequestBinSettings = RequestBinSettings()
+    server: ServerSettings = ServerSettings()
     state: StateSettings = StateSettings()
 
 
@@ -347,9 +391,9 @@ def _check_value(op: str, value: Any, path: str, errors: list[str]) -> Any:
             errors.append(f"{path}: expected a regular expression string")
             return value
         try:
-            re.compile(value)
-        except re.error as exc:
-            errors.append(f"{path}: invalid regular expression: {exc}")
+            compile_pattern(value)
+        except ValueError as exc:
+            errors.append(f"{path}: {exc}")
     if op == "exists" and not isinstance(value, bool):
         errors.append(f"{path}: expected true or false")
     if op in ("within", "older_than"):

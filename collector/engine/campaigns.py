@@ -11,6 +11,7 @@ per-campaign steps for one event and give the `Arm` to fire or the reason it is 
     test_mode   a test-mode campaign and the user does not match `test_users`
     control_group   the user's sticky bucket is outside the rate / every variant
     frequency   a cap is reached
+    spacing     project-wide spacing: another campaign fired for this user too recently
 
 The first four steps form the campaign's `Gate`. Campaigns configured alike (the same status,
 schedule, target users and segments; typically many campaigns on one audience) share one Gate,
@@ -24,6 +25,14 @@ the campaign id and the profile key. Variant `i` owns the buckets after the rate
 variants before it; `rate: 30` owns buckets 0..2999. Caps: `per` scopes `max_total` to the
 user's lifetime (`user`), the current session (`session`) or one event (`event`, so only
 `max_per_day` limits it); `max_per_day` counts per local day. Only fired deliveries count.
+
+Stop conditions (`stop`) count every user's deliveries, so the store holds their tallies and
+the engine checks them before `qualify` (`stopped`): `max_deliveries` or
+`max_deliveries_per_day` (the local day of the decision's `now`) is the reason.
+
+Absence triggers (`trigger.after`) are not indexed by event: the `after` event arms a timer in
+the user's state (if the trigger's `where` holds) and the `unless` event cancels it; when the
+timer is due the campaign is decided like any other, on the state as it is then.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from itertools import groupby
 from operator import attrgetter
 
 from collector.config.schema import CampaignSpec
-from collector.engine.profile import Caps
+from collector.engine.profile import Caps, Spaced, Tally
 from collector.engine.schedule import CompiledSchedule
 from collector.engine.scope import Predicate, Scope
 from collector.engine.templates import ActionTemplate
@@ -98,6 +107,8 @@ class Campaign:
     """A campaign ready for per-event decisions."""
 
     __slots__ = (
+        "after",
+        "arm_where",
         "arms",
         "exclusive",
         "gate",
@@ -110,10 +121,17 @@ class Campaign:
         "per",
         "priority",
         "segment_entered",
+        "spacing",
         "spec",
+        "stop_day",
+        "stop_total",
+        "stops",
         "test_users",
         "trigger_event",
+        "unless",
+        "unless_where",
         "updated_at",
+        "wait",
         "where",
         "whole",
     )
@@ -128,6 +146,8 @@ class Campaign:
         test_users: Predicate | None,
         updated_at: float,
         order: int,
+        spacing: tuple[float | None, int | None] | None = None,
+        unless_where: Predicate | None = None,
     ) -> None:
         self.spec = spec
         self.id = spec.id
@@ -135,10 +155,21 @@ class Campaign:
         self.gate = gate
         trigger = spec.trigger
         self.segment_entered = trigger.segment_entered if trigger is not None else None
+        self.after = trigger.after if trigger is not None else None
+        self.wait = float(trigger.wait or 0.0) if trigger is not None else 0.0
+        unless = trigger.unless if trigger is not None else None
+        self.unless = unless.event if unless is not None else None
+        self.unless_where = unless_where
         self.trigger_event = (trigger.event if trigger is not None else None) or (
-            None if self.segment_entered else "page"
+            None if self.segment_entered or self.after else "page"
         )
-        self.where = where
+        # an absence trigger's `where` is about its `after` event: checked when arming the timer
+        self.arm_where = where if self.after is not None else None
+        self.where = None if self.after is not None else where
+        self.spacing = spacing if spec.spacing else None
+        self.stop_total = spec.stop.max_deliveries
+        self.stop_day = spec.stop.max_deliveries_per_day
+        self.stops = self.stop_total is not None or self.stop_day is not None
         self.test_users = (test_users or _nobody) if spec.test_mode else None
         self.arms = arms
         self.whole = len(arms) == 1 and arms[0].end >= BUCKETS  # no hashing needed
@@ -167,7 +198,29 @@ class Campaign:
             return "control_group"
         if self.has_caps and self.capped(scope):
             return "frequency"
+        if self.spacing is not None and self.spaced_out(scope):
+            return "spacing"
         return arm
+
+    def stopped(self, tally: Tally | None, day: int) -> str | None:
+        """The stop condition reached by every user's deliveries so far, or None."""
+        if tally is None:
+            return None
+        if self.stop_total is not None and tally.total >= self.stop_total:
+            return "max_deliveries"
+        if self.stop_day is not None and tally.day == day and tally.in_day >= self.stop_day:
+            return "max_deliveries_per_day"
+        return None
+
+    def spaced_out(self, scope: Scope) -> bool:
+        """Whether project-wide spacing forbids firing now (another campaign fired too recently)."""
+        spaced = scope.state.spacing
+        if spaced is None:
+            return False
+        seconds, page_views = self.spacing or (None, None)
+        if seconds is not None and scope.t - spaced.at < seconds:
+            return True
+        return page_views is not None and spaced.page_views < page_views
 
     def pick(self, user_key: str) -> Arm | None:
         """The arm owning the user's sticky bucket, or None for the control group."""
@@ -194,7 +247,9 @@ class Campaign:
         return daily is not None and caps.day == scope.day and caps.in_day >= daily
 
     def count_fired(self, scope: Scope) -> None:
-        """Count a fired delivery against the caps."""
+        """Count a fired delivery against the caps and restart the user's spacing."""
+        if self.spacing is not None:
+            scope.state.spacing = Spaced(scope.t)
         if not self.has_caps:
             return
         every = scope.state.caps
@@ -212,6 +267,18 @@ class Campaign:
             caps.in_day += 1
         else:
             caps.day, caps.in_day = scope.day, 1
+
+
+def count_delivery(deliveries: dict[str, Tally], campaign_id: str, day: int) -> None:
+    """Count one delivery of a campaign with stop conditions, on local day `day`."""
+    tally = deliveries.get(campaign_id)
+    if tally is None:
+        tally = deliveries[campaign_id] = Tally()
+    tally.total += 1
+    if tally.day == day:
+        tally.in_day += 1
+    else:
+        tally.day, tally.in_day = day, 1
 
 
 class Run:

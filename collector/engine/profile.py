@@ -1,4 +1,4 @@
-"""Per-user state: identity, traits, session, variable buckets, segments, caps and decisions.
+"""Per-user state: identity, traits, session, variables, segments, caps, timers and decisions.
 
 `UserState` is a tree of msgspec Structs holding only plain types (str, int, float, None, lists
 and dicts of them), so both stores can keep it as is: the memory store holds the objects, the
@@ -12,8 +12,10 @@ takes the rules' variable merger.
 Merging two profiles of one person (identity merge): counts and caps add up (per-session cap
 counts are the newer profile's, whose session is the one kept), traits merge with the newer
 profile winning, variables merge as their statistic allows, decisions keep the latest per
-campaign, and segment memberships are the union (so nobody "enters" a segment only because two
-halves of their profile were joined). "Newer" is the profile seen last.
+campaign, pending timers are the union (the later-armed one per campaign), the spacing clock is
+the one of the latest spaced delivery, and segment memberships are the union (so nobody
+"enters" a segment only because two halves of their profile were joined).
+"Newer" is the profile seen last.
 """
 
 from __future__ import annotations
@@ -83,6 +85,31 @@ class Caps(msgspec.Struct, array_like=True, gc=False):
     in_day: int = 0
 
 
+class Spaced(msgspec.Struct, array_like=True, gc=False):
+    """Project-wide spacing: when the user's latest spaced campaign fired, page views since."""
+
+    at: float
+    page_views: int = 0
+
+
+class Timer(msgspec.Struct, array_like=True, gc=False):
+    """A pending absence trigger: `campaign_id` fires at `due` unless cancelled first."""
+
+    campaign_id: str
+    due: float
+    armed_at: float
+    event_id: str  # messageId of the `after` event: the webhook's event, and its id's seed
+    properties: dict[str, Value] = {}  # the `after` event's properties, for its templates
+
+
+class Tally(msgspec.Struct, array_like=True, gc=False):
+    """Deliveries of one campaign across every user: in total, and on local day `day`."""
+
+    total: int = 0
+    day: int = 0
+    in_day: int = 0
+
+
 class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """Everything the engine knows about one user."""
 
@@ -104,6 +131,8 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     caps: dict[str, Caps] | None = None  # per campaign with frequency caps
     decisions: dict[str, Verdict] = {}  # latest decision per campaign
     page: dict[str, Value] | None = None  # latest page (path, url, title, referrer, search)
+    spacing: Spaced | None = None  # only with project-wide spacing, once a spaced campaign fired
+    timers: list[Timer] | None = None  # pending absence triggers, at most one per campaign
 
     @property
     def anonymous_ids(self) -> list[str]:
@@ -147,6 +176,12 @@ def merge(a: UserState, b: UserState, merge_variable: VariableMerger) -> UserSta
         kept = decisions.get(campaign_id)
         if kept is None or decision.at >= kept.at:
             decisions[campaign_id] = decision
+    timers: dict[str, Timer] = {}
+    for timer in (*(older.timers or ()), *(newer.timers or ())):
+        kept_timer = timers.get(timer.campaign_id)
+        if kept_timer is None or timer.armed_at >= kept_timer.armed_at:
+            timers[timer.campaign_id] = timer
+    spacings = [s for s in (a.spacing, b.spacing) if s is not None]
     return UserState(
         key=a.key,
         user_id=newer.user_id or older.user_id,
@@ -161,7 +196,15 @@ def merge(a: UserState, b: UserState, merge_variable: VariableMerger) -> UserSta
         caps=caps or None,
         decisions=decisions,
         page=newer.page or older.page,
+        spacing=max(spacings, key=lambda s: s.at) if spacings else None,
+        timers=sorted(timers.values(), key=lambda t: t.due) or None,
     )
+
+
+def next_due(state: UserState) -> float | None:
+    """When the user's earliest pending timer is due, or None without timers."""
+    timers = state.timers
+    return min(t.due for t in timers) if timers else None
 
 
 def _outside_session(caps: Caps) -> Caps:

@@ -4,7 +4,8 @@ Only variables that some condition or template uses are maintained: resolving a 
 compiling marks the variable used, and the `where` of a used variable may in turn use more.
 `event_count: NAME, window: W` becomes an implicit count variable. Campaigns are indexed by
 trigger event name (no trigger = `page`) and by `segment_entered` segment, each list sorted by
-exclusivity rank, so an event only pays for the campaigns that could fire on it.
+exclusivity rank, so an event only pays for the campaigns that could fire on it. Absence
+triggers are indexed by their `after` event (arming) and `unless` event (cancelling) instead.
 
 Changing one campaign (`Rules.with_campaign`, `Rules.without_campaign`) compiles only that
 campaign and rebuilds the indexes; everything else is shared with the previous Rules.
@@ -161,6 +162,8 @@ class _Registry:
         else:
             actions = []
         trigger = spec.trigger
+        unless = trigger.unless if trigger is not None else None
+        spacing = self.config.spacing
         campaign = Campaign(
             spec,
             arms=build_arms(spec, actions) if actions else (),
@@ -169,6 +172,14 @@ class _Registry:
             test_users=test_users,
             updated_at=updated_at,
             order=order,
+            spacing=(
+                None
+                if spacing.seconds is None and spacing.page_views is None
+                else (spacing.seconds, spacing.page_views)
+            ),
+            unless_where=self.condition(
+                unless.where if unless else None, f"{prefix}trigger.unless.where"
+            ),
         )
         return campaign, templates.uses_page
 
@@ -221,6 +232,24 @@ class Rules:
         self.runs_by_event = {name: runs(found) for name, found in self.by_event.items()}
         self.by_segment = {name: tuple(found) for name, found in entered.items()}
         self.tracked = tuple((name, self.segments[name]) for name in sorted(entered))
+        arming: dict[str, list[Campaign]] = {}
+        cancelling: dict[str, list[Campaign]] = {}
+        for campaign in ranked:
+            if campaign.after is not None:
+                arming.setdefault(campaign.after, []).append(campaign)
+                if campaign.unless is not None:
+                    cancelling.setdefault(campaign.unless, []).append(campaign)
+        self.arming = {name: tuple(found) for name, found in arming.items()}
+        self.cancelling = {name: tuple(found) for name, found in cancelling.items()}
+        # a due timer is decided alone, as a run of one campaign
+        self.absence_runs = {
+            c.id: runs((c,)) for found in self.arming.values() for c in found
+        }
+        self.max_timers = config.state.max_timers
+        self.timer_property_bytes = config.state.recent_event_bytes  # kept per pending wait
+        self.stopping = tuple(c for c in ranked if c.stops)  # campaigns with stop conditions
+        spacing = config.spacing
+        self.count_page_views = spacing.page_views is not None
 
     def with_campaign(self, spec: CampaignSpec, updated_at: float) -> Rules:
         """These rules with one campaign added or replaced; raises ConfigError if it is invalid."""

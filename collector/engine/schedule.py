@@ -47,6 +47,10 @@ class Calendar:
         """Epoch time shifted to local wall-clock seconds (so `// 86400` is the local day)."""
         return t + self.offset(t)
 
+    def day_index(self, t: float) -> int:
+        """Days since 1970-01-01 in local time."""
+        return int(self.local(t) // DAY)
+
     def epoch(self, moment: datetime) -> float:
         """Epoch seconds of a datetime; a naive one is taken as local time."""
         if moment.tzinfo is None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import msgspec
 
 from collector.engine.engine import Engine, new_state
-from collector.engine.profile import Decision, UserState
+from collector.engine.profile import Decision, Tally, UserState
 from collector.events import Event
 from collector.store import identity
 from collector.webhook import WebhookRequest
@@ -31,7 +31,7 @@ _DECODER = msgspec.msgpack.Decoder(UserState)
 class Record:
     """A profile as loaded: version, state, where it redirects if merged away, absorb markers."""
 
-    __slots__ = ("absorbed", "key", "moved_to", "state", "version")
+    __slots__ = ("absorbed", "had_timers", "key", "moved_to", "state", "version")
 
     def __init__(
         self, key: str, fields: Sequence[bytes | None], checks: Sequence[str] = ()
@@ -40,6 +40,8 @@ class Record:
         self.key = key
         self.version = int(version) if version else 0
         self.state = _DECODER.decode(state) if state else None
+        # as loaded: the engine may change the state in place, and COMMIT clears the timer entry
+        self.had_timers = self.state is not None and bool(self.state.timers)
         self.moved_to = moved_to.decode() if moved_to else None
         self.absorbed = {q for q, flag in zip(checks, fields[3:], strict=True) if flag}
 
@@ -83,6 +85,7 @@ def run_events(
     index: dict[str, str],
     records: dict[str, Record],
     seen: set[bytes],
+    deliveries: dict[str, Tally] | None = None,
 ) -> Plan:
     """Resolve identities and run the engine on every event, in order, as memory mode does.
 
@@ -154,7 +157,9 @@ def run_events(
         if key in spoilt:
             continue
         try:
-            outcome = engine.process(states.get(key) or new_state(key, now), event, now)
+            outcome = engine.process(
+                states.get(key) or new_state(key, now), event, now, deliveries=deliveries
+            )
         except Exception:
             log.exception("event %d of a request could not be processed", position)
             plan.failed.append(position)

@@ -74,6 +74,12 @@ class Store(Protocol):
     async def ping(self) -> bool:
         """True when the backend answers."""
 
+    async def fire_due(self, now: float) -> IngestResult:
+        """Fire the absence timers due by `now` (once across processes), queue their webhooks."""
+
+    async def stopped(self, now: float) -> dict[str, str]:
+        """Campaigns that their stop conditions have stopped, with the condition reached."""
+
     async def user_state(self, identity: str) -> UserState | None:
         """The engine state of a user found by anonymous id, user id or key."""
 

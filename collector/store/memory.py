@@ -7,6 +7,11 @@ runtime commits before the request is answered; a start reads them back.
 All work for a batch happens without awaiting, so within one event loop each user's update is
 atomic. Inactive profiles are evicted by TTL and by a size bound, least recently seen first.
 
+Stop conditions' tallies (deliveries per campaign across every user) live here, beside the
+profiles, and are kept with them. Absence timers live in the profiles; a heap of (due, key)
+finds the users whose earliest timer is due (stale entries are skipped when popped), so 10,000
+pending timers cost ingest only a heap push per armed timer.
+
 Per-visitor memory is what bounds this store, so what it keeps is compact: a profile's recent
 events are packed (msgpack arrays of their fields, unpacked only for a lookup), id lists are
 tuples, and an anonymous visitor's profile key doubles as its index entry. Few of these objects
@@ -16,6 +21,7 @@ store grows.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections import OrderedDict, deque
@@ -28,7 +34,7 @@ from collector.config.schema import StateSettings
 from collector.delivery.outbox import Outbox
 from collector.disk import Disk
 from collector.engine.engine import Engine, new_state
-from collector.engine.profile import Decision, UserState
+from collector.engine.profile import Decision, Tally, Timer, UserState
 from collector.events import Event
 from collector.store import identity
 from collector.store.base import (
@@ -87,6 +93,8 @@ _encode_json = msgspec.json.Encoder().encode
 _decode_json_profile = msgspec.json.Decoder(_Profile).decode
 _decode_json_event = msgspec.json.Decoder(Event).decode
 _decode_dedupe_keys = msgspec.msgpack.Decoder(list[bytes]).decode
+_encode_tally = msgspec.msgpack.Encoder().encode
+_decode_tally = msgspec.msgpack.Decoder(Tally).decode
 
 
 class MemoryStore:
@@ -112,7 +120,11 @@ class MemoryStore:
         self._seen: dict[bytes | str, float] = {}
         self._seen_order: deque[bytes | str] = deque()
         self._recent: dict[str, tuple[Packed, ...]] = {}  # key -> recent events, oldest first
+        self._deliveries: dict[str, Tally] = {}  # campaign id -> deliveries, for stop conditions
+        self._due: list[tuple[float, str]] = []  # heap of (due, key), possibly stale
+        self._scheduled: dict[str, float] = {}  # key -> the due time its live heap entry has
         if disk is not None:
+            self._tallies = disk.table("tallies", self._tally_record)
             self._profiles = disk.table("profiles", self._profile_record)
             self._seen_journal = disk.journal("seen", max_age=DEDUPE_SECONDS)
             self._recent_rows = disk.lists("recent", keep=max(limits.recent_events, 1))
@@ -143,6 +155,12 @@ class MemoryStore:
             for dedupe in _decode_dedupe_keys(value):
                 seen[dedupe] = at
         self._seen_order = deque(seen)
+        self._deliveries = {
+            campaign_id: _decode_tally(value) for campaign_id, value in self._tallies.rows()
+        }
+        for key, state in self._users.items():
+            if state.timers:
+                self._schedule(key, state.timers)
         log.info(
             "loaded %d profiles and %d dedupe marks from %s in %.2f s",
             len(self._users),
@@ -153,6 +171,10 @@ class MemoryStore:
 
     async def close(self) -> None:
         """Nothing to do: every change was written as it was made."""
+
+    def _tally_record(self, campaign_id: str) -> bytes | None:
+        tally = self._deliveries.get(campaign_id)
+        return None if tally is None else _encode_tally(tally)
 
     def _profile_record(self, key: str) -> bytes | None:
         """A profile as the data directory keeps it; None when there is none (deleted)."""
@@ -195,7 +217,9 @@ class MemoryStore:
             state = users.get(key)
             before = _save_state(state) if state is not None else None
             try:
-                outcome = engine.process(state or new_state(key, now), event, now)
+                outcome = engine.process(
+                    state or new_state(key, now), event, now, deliveries=self._deliveries
+                )
             except Exception:
                 log.exception("event %d of a request could not be processed", position)
                 if before is not None:
@@ -209,6 +233,8 @@ class MemoryStore:
             users[key] = outcome.state  # a new key goes in last: the most recently seen
             if state is not None:
                 users.move_to_end(key)
+            if outcome.state.timers is not None:
+                self._schedule(key, outcome.state.timers)
             if keep_recent:
                 self._remember(key, event)
             mark(key)
@@ -217,9 +243,67 @@ class MemoryStore:
             decisions.extend(outcome.decisions)
         if webhooks and self._outbox is not None:
             await self._outbox.put(webhooks)
-        if new_keys and self._disk is not None:
-            self._seen_journal.append(now, _pack(new_keys))  # the caller commits
+        if self._disk is not None:
+            if new_keys:
+                self._seen_journal.append(now, _pack(new_keys))  # the caller commits
+            if webhooks:
+                self._mark_tallies(webhooks)
         return IngestResult(accepted, duplicates, webhooks, decisions, rejected)
+
+    async def fire_due(self, now: float, *, event_time: bool = False) -> IngestResult:
+        """Fire the absence timers due by `now` and queue their webhooks.
+
+        With `event_time` (replay), each user's timers are decided at their due time rather than
+        at `now`, in due order across users. What it changed is written with the next commit.
+        """
+        heap = self._due
+        if not heap or heap[0][0] > now:
+            return IngestResult(0, 0, [], [])
+        engine = self._engine()
+        webhooks: list[WebhookRequest] = []
+        decisions: list[Decision] = []
+        while heap and heap[0][0] <= now:
+            due, key = heapq.heappop(heap)
+            if self._scheduled.get(key) != due:
+                continue  # superseded by an earlier due time, or the user is gone
+            del self._scheduled[key]
+            state = self._users.get(key)
+            if state is None or not state.timers:
+                continue
+            outcome = engine.fire_due(
+                state, due if event_time else now, deliveries=self._deliveries
+            )
+            self._mark(key)
+            webhooks.extend(outcome.webhooks)
+            decisions.extend(outcome.decisions)
+            if state.timers:
+                self._schedule(key, state.timers)
+        if webhooks and self._outbox is not None:
+            await self._outbox.put(webhooks)
+        if webhooks and self._disk is not None:
+            self._mark_tallies(webhooks)
+        return IngestResult(0, 0, webhooks, decisions)
+
+    def _mark_tallies(self, webhooks: list[WebhookRequest]) -> None:
+        """Fired webhooks count towards their campaigns' stop conditions: keep the tallies."""
+        mark = self._tallies.mark
+        for campaign_id in {webhook.campaign_id for webhook in webhooks}:
+            if campaign_id in self._deliveries:
+                mark(campaign_id)
+
+    def pending_timers(self) -> int:
+        """How many users have an absence timer pending."""
+        return len(self._scheduled)
+
+    async def stopped(self, now: float) -> dict[str, str]:
+        """Campaigns stopped by their stop conditions, with the condition reached."""
+        return self._engine().stopped(self._deliveries, now)
+
+    def _schedule(self, key: str, timers: list[Timer]) -> None:
+        due = timers[0].due  # the engine keeps them in due order
+        if self._scheduled.get(key, float("inf")) > due:
+            self._scheduled[key] = due
+            heapq.heappush(self._due, (due, key))
 
     async def user_state(self, identity_: str) -> UserState | None:
         """The engine state of a user found by any of its ids or its key."""
@@ -233,7 +317,9 @@ class MemoryStore:
             return None
         state = self._users[key]
         recent = [event_as_message(unpack(p)) for p in self._recent.get(key, ())]
-        return UserView(key, self._engine().describe(state, now), recent)
+        engine = self._engine()
+        stopped = engine.stopped(self._deliveries, now)
+        return UserView(key, engine.describe(state, now, stopped), recent)
 
     def _find(self, identity_: str) -> str | None:
         ids = identity.lookup_ids(identity_)
@@ -332,6 +418,7 @@ class MemoryStore:
             self._mark(key)
             if self._recent.pop(key, None) is not None and self._disk is not None:
                 self._recent_rows.reset(key, None)
+            self._scheduled.pop(key, None)
             for id_ in self._ids.pop(key, ()):
                 if self._index.get(id_) == key:
                     del self._index[id_]
