@@ -43,6 +43,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -190,6 +191,9 @@ class Disk:
         self._loop: asyncio.AbstractEventLoop | None = None  # set by start: writes are async
         self._scheduled = False  # a write is due at the end of this turn of the event loop
         self._retry: asyncio.TimerHandle | None = None
+        self._writing: asyncio.Future[None] | None = None  # the write in flight
+        # one thread writes, so that a slow disk never holds up the event loop
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tripwire-disk")
         self._compaction: asyncio.Task[None] | None = None
         self.failure: str | None = None  # why the last write failed, until one succeeds
         self.commits = 0
@@ -221,9 +225,7 @@ class Disk:
         self._tables.append(table)
         return table
 
-    def journal(
-        self, name: str, keep: int | None = None, max_age: float | None = None
-    ) -> Journal:
+    def journal(self, name: str, keep: int | None = None, max_age: float | None = None) -> Journal:
         """An append-only journal keeping its newest `keep` entries, those within `max_age`."""
         journal = Journal(self, name, keep, max_age)
         self._journals.append(journal)
@@ -243,15 +245,19 @@ class Disk:
 
     async def close(self) -> None:
         """Write what is staged and close; raises OSError when it cannot be written."""
+        if self._writing is not None:
+            with contextlib.suppress(Exception):
+                await self._writing
         self._loop = None
         if self._retry is not None:
             self._retry.cancel()
         if self._compaction is not None:
             with contextlib.suppress(Exception):
                 await self._compaction
+        self._thread.shutdown(wait=True)
         if self._fd is None:
             return
-        self._flush()
+        self._flush_now()
         fd, self._fd = self._fd, None
         with contextlib.suppress(OSError):
             os.fsync(fd)
@@ -272,7 +278,7 @@ class Disk:
         if self.failure is not None:
             raise Unavailable(f"cannot save to the data directory: {self.failure}", retry_after=5)
         if self._loop is None:  # not started (tools, tests): write now
-            self._flush()
+            self._flush_now()
             if self.failure is not None:
                 raise Unavailable(
                     f"cannot save to the data directory: {self.failure}", retry_after=5
@@ -284,23 +290,52 @@ class Disk:
         await waiter
 
     def _scheduled_flush(self) -> None:
+        """Hand what is staged to the writer thread, unless a write is in flight (then the
+        next one takes it, with whatever else arrives meanwhile: group commit)."""
         self._scheduled = False
-        self._flush()
+        if self._writing is not None:
+            return  # `_written` schedules the next write
+        records, waiters = self._take()
+        if not records:
+            self._settle(waiters, None)
+            return
+        assert self._loop is not None
+        frame = _frame(_encode(records))
+        self._writing = self._loop.run_in_executor(self._thread, self._write, frame)
+        self._writing.add_done_callback(
+            lambda done: self._written(records, waiters, done.exception())
+        )
+
+    def _written(
+        self,
+        records: list[Record],
+        waiters: list[asyncio.Future[None]],
+        error: BaseException | None,
+    ) -> None:
+        self._writing = None
+        self._finish(records, waiters, error)
         if self.failure is not None:
             if self._retry is None and self._loop is not None:
                 self._retry = self._loop.call_later(RETRY_SECONDS, self._retry_flush)
-        elif self._size > SEGMENT_BYTES:
+            return
+        if self._size > SEGMENT_BYTES:
             try:
                 self._rotate()
             except OSError as exc:
                 log.error("cannot start a new log segment in %s: %s", self.directory, exc)
+        if self._waiters or self._staged():
+            self.wake()
 
     def _retry_flush(self) -> None:
         self._retry = None
         self._scheduled_flush()
 
-    def _flush(self) -> None:
-        """Write everything staged as one frame; on failure, keep it staged for the retry."""
+    def _staged(self) -> bool:
+        parts: list[Journal | Lists] = [*self._journals, *self._lists]
+        return any(t.dirty for t in self._tables) or any(part.pending for part in parts)
+
+    def _take(self) -> tuple[list[Record], list[asyncio.Future[None]]]:
+        """What is staged, as records, and the commits waiting for it."""
         waiters, self._waiters = self._waiters, []
         records: list[Record] = []
         for table in self._tables:
@@ -309,34 +344,62 @@ class Disk:
         for part in parts:
             records.extend(part.pending)
             part.pending = []
+        return records, waiters
+
+    def _flush_now(self) -> None:
+        """Write what is staged in this thread (before start, at close)."""
+        records, waiters = self._take()
+        error: BaseException | None = None
         if records:
             try:
                 self._write(_frame(_encode(records)))
             except OSError as exc:
-                self._keep_staged(records)
-                if self.failure is None:
-                    log.error("cannot write to %s: %s; ingest answers 503", self.directory, exc)
-                self.failure = _describe(exc)
-                detail = f"cannot save to the data directory: {self.failure}"
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_exception(Unavailable(detail, retry_after=5))
-                        waiter.exception()  # retrieved: its request may have gone meanwhile
-                return
+                error = exc
+        self._finish(records, waiters, error)
+
+    def _finish(
+        self,
+        records: list[Record],
+        waiters: list[asyncio.Future[None]],
+        error: BaseException | None,
+    ) -> None:
+        """After a write: answer its commits; on failure keep its records staged for a retry."""
+        if error is not None:
+            self._keep_staged(records)
+            if self._cut_failed:
+                with contextlib.suppress(OSError):
+                    self._rotate()  # go on in a fresh segment, after the torn bytes
+                    self._cut_failed = False
+            if self.failure is None:
+                log.error("cannot write to %s: %s; ingest answers 503", self.directory, error)
+            self.failure = _describe(error)
+            self._settle(
+                waiters,
+                Unavailable(f"cannot save to the data directory: {self.failure}", retry_after=5),
+            )
+            return
+        if records:
             self.commits += 1
         if self.failure is not None:
             log.warning("writing to %s works again", self.directory)
             self.failure = None
+        self._settle(waiters, None)
+
+    @staticmethod
+    def _settle(waiters: list[asyncio.Future[None]], error: Exception | None) -> None:
         for waiter in waiters:
-            if not waiter.done():
+            if waiter.done():
+                continue
+            if error is None:
                 waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+                waiter.exception()  # retrieved: its request may have gone meanwhile
 
     def _write(self, frame: bytes) -> None:
+        """Append one frame (in the writer thread); a failure cuts off what it wrote."""
         if self._fd is None:
             raise OSError(errno.EBADF, "the data directory is closed")
-        if self._cut_failed:
-            self._rotate()  # bytes of a failed frame may remain: go on in a fresh segment
-            self._cut_failed = False
         view = memoryview(frame)
         written = 0
         try:
@@ -545,9 +608,11 @@ def _frame(payload: bytes) -> bytes:
     return len(payload).to_bytes(4, "little") + zlib.crc32(payload).to_bytes(4, "little") + payload
 
 
-def _describe(exc: OSError) -> str:
-    if exc.errno == errno.ENOSPC:
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return "disk full"
+    if not isinstance(exc, OSError):
+        return str(exc) or type(exc).__name__
     return exc.strerror or str(exc) or type(exc).__name__
 
 
