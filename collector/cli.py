@@ -14,7 +14,7 @@ import msgspec
 
 from collector import __version__
 from collector.config.schema import ServerSettings
-from collector.config.settings import Settings, build_settings, load_config
+from collector.config.settings import Settings, build_settings, check_serving, load_config
 from collector.errors import ConfigError
 
 UVICORN_OPTIONS: dict[str, Any] = {
@@ -114,6 +114,10 @@ def _serve(args: argparse.Namespace) -> int:
     settings = build_settings(
         _cli_values(args, "config_path", "host", "port", "store", "data_dir", "workers")
     )
+    problems: list[str] = []
+    check_serving(settings, problems)
+    if problems:
+        raise ConfigError(problems)
     _validate_rules(settings)
     if settings.workers > 1 and settings.store == "memory":
         raise ConfigError(
