@@ -78,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--data-dir", dest="data_dir", help="where the demo keeps state (default ./.tripwire)"
     )
+    demo.add_argument(
+        "--site-dir", dest="site_dir",
+        help="the demo shop's directory (default: the checkout's demo_site/, else ./demo_site)",
+    )
     demo.set_defaults(run=_demo)
 
     bin_ = commands.add_parser("bin", help="run a standalone request bin")
@@ -181,7 +185,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     options = DemoOptions(
         port=args.port, site_port=args.site_port, open_browser=not args.no_browser,
-        data_dir=args.data_dir,
+        data_dir=args.data_dir, site_dir=args.site_dir,
     )
     return run_demo(options)
 
