@@ -302,7 +302,8 @@ def test_fuzzed_ingest_never_fails_hangs_or_grows_without_bound(
     send_canary(server, sink, 2)
     print(
         f"fuzz ({mode}): {sum(statuses.values())} requests, "
-        f"answers {dict(sorted(statuses.items()))}, slowest {slowest * 1000:.0f} ms, server RSS {before / 2**20:.1f} MB before, "
+        f"answers {dict(sorted(statuses.items()))}, slowest {slowest * 1000:.0f} ms, "
+        f"server RSS {before / 2**20:.1f} MB before, "
         f"{after / 2**20:.1f} MB after"
     )
     assert after - before <= RSS_GROWTH_BOUND
