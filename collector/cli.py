@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from collector import __version__
-from collector.config.settings import Settings, build_settings, load_config
+from collector.config.settings import Settings, build_settings, config_warnings, load_config
 from collector.errors import ConfigError
 
 UVICORN_OPTIONS: dict[str, Any] = {
@@ -188,6 +188,8 @@ def _validate_rules(settings: Settings) -> None:
     from collector.engine.engine import compile_rules
 
     compile_rules(settings.config)
+    for warning in config_warnings(settings.config):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -195,6 +197,8 @@ def _check(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     compile_rules(config)
+    for warning in config_warnings(config):
+        print(f"{args.config}: warning: {warning}", file=sys.stderr)
     print(
         f"{args.config}: OK — {len(config.campaigns)} campaigns, "
         f"{len(config.variables)} variables, "

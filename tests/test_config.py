@@ -137,3 +137,30 @@ def test_environment_overrides_the_file_and_flags_override_both(tmp_path: Path) 
     assert settings.admin_token == "t"
     assert settings.config.write_keys == ["a", "b"]
     assert settings.config.campaigns[0].id == "cart-followup"
+
+
+def test_check_warns_about_frequencies_that_relied_on_the_old_meaning(tmp_path: Path) -> None:
+    config = tmp_path / "tripwire.yaml"
+    config.write_text(
+        """
+campaigns:
+  - {id: unset, action: {webhook: {url: "https://example.com"}}}
+  - {id: user, frequency: {per: user}, action: {webhook: {url: "https://example.com"}}}
+  - {id: capped, frequency: {max_per_day: 2}, action: {webhook: {url: "https://example.com"}}}
+  - id: fine
+    frequency: {per: session, max_total: 3, max_per_day: 1}
+    action: {webhook: {url: "https://example.com"}}
+  - {id: every, frequency: {per: event}, action: {webhook: {url: "https://example.com"}}}
+"""
+    )
+    result = tripwire("check", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "OK — 5 campaigns" in result.stdout
+    warnings = result.stderr.strip().splitlines()
+    assert [w.split(": ")[1:3] for w in warnings] == [
+        ["warning", "campaigns[0].frequency"],
+        ["warning", "campaigns[1].frequency.per"],
+        ["warning", "campaigns[2].frequency.per"],
+    ]
+    assert "once per session" in warnings[0] and "per: event" in warnings[0]
+    assert "once per user" in warnings[1]

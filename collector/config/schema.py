@@ -121,10 +121,20 @@ class Trigger(Base, frozen=True):
     segment_entered: str | None = None
 
 
-class Frequency(Base, frozen=True):
-    """Caps on how often a campaign fires, counted per event, session or user."""
+FrequencyPer = Literal["event", "session", "user"]
+DEFAULT_PER: FrequencyPer = "session"  # the seed's recommended base frequency
 
-    per: Literal["event", "session", "user"] = "user"
+
+class Frequency(Base, frozen=True):
+    """How often a campaign may fire for one user.
+
+    `per` is the base frequency: `event` fires on every matching event, `session` at most once
+    per session, `user` at most once per user (DEFAULT_PER when not given). `max_total` and
+    `max_per_day` cap the user's deliveries on top of it, across all time and per calendar day
+    of the configured timezone.
+    """
+
+    per: FrequencyPer | None = None
     max_total: Annotated[int, Meta(ge=1)] | None = None
     max_per_day: Annotated[int, Meta(ge=1)] | None = None
 
@@ -161,7 +171,7 @@ class CampaignSpec(Base, frozen=True):
     schedule: Schedule | None = None
     target: Target = Target()
     trigger: Trigger | None = None
-    frequency: Frequency = Frequency()
+    frequency: Frequency | None = None  # None: once per session (DEFAULT_PER)
     exclusive: bool = False
     priority: int = 0
     test_mode: bool = False

@@ -147,6 +147,51 @@ def _validation_message(exc: msgspec.ValidationError, path: str) -> str:
     return f"{full.lstrip('.') or '$'}: {message}"
 
 
+# -- warnings: valid, but probably not what was meant ---------------------------------------
+
+
+def config_warnings(config: ConfigFile) -> list[str]:
+    """`path: message` for each valid setting whose meaning changed or that does nothing."""
+    warnings: list[str] = []
+    for index, campaign in enumerate(config.campaigns):
+        warnings.extend(campaign_warnings(campaign, f"campaigns[{index}]"))
+    return warnings
+
+
+def campaign_warnings(campaign: CampaignSpec, path: str = "") -> list[str]:
+    """Warnings about one campaign: frequencies that relied on the old "every event" meaning."""
+    found: list[str] = []
+    frequency = campaign.frequency
+    where = _join(path, "frequency")
+    if frequency is None:
+        found.append(
+            f"{where}: not set, so the campaign fires at most once per session (the default); "
+            "older versions fired on every matching event: add `frequency: {per: event}` for that"
+        )
+        return found
+    if frequency.per is None:
+        found.append(
+            f"{where}.per: not set, so the campaign fires at most once per session (the "
+            "default); older versions applied only the caps: add `per: event` for that"
+        )
+    elif frequency.per == "user" and frequency.max_total is None:
+        found.append(
+            f"{where}.per: 'user' now means at most once per user; older versions fired on "
+            "every matching event unless max_total was set (add `max_total: 1` to say you mean it)"
+        )
+    elif frequency.per == "user" and frequency.max_total is not None and frequency.max_total > 1:
+        found.append(
+            f"{where}.max_total: {frequency.max_total} has no effect with `per: user` (at most "
+            f"once per user); for up to {frequency.max_total} deliveries per user use `per: event`"
+        )
+    elif frequency.per == "session" and frequency.max_total == 1:
+        found.append(
+            f"{where}.max_total: 1 with `per: session` now means once per user (max_total counts "
+            "across all time); older versions meant once per session: drop max_total for that"
+        )
+    return found
+
+
 # -- checks a type cannot express ------------------------------------------------------------
 
 
