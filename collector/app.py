@@ -56,8 +56,8 @@ def create_app(settings: Settings) -> CollectorApp:
     metrics = IngestMetrics(registry)
     runtime = Runtime(settings, registry, metrics)
 
-    async def accept(events: Sequence[Event], now: float) -> None:
-        await runtime.accept(events, now)
+    async def accept(events: Sequence[Event], now: float) -> Sequence[tuple[int, str]]:
+        return await runtime.accept(events, now)
 
     ingest = IngestApp(settings.config.write_keys, settings.config.allowed_origins, accept, metrics)
 

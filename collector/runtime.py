@@ -5,6 +5,8 @@ The app's lifespan calls `start` and `stop`; ingest calls `accept` for every req
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import operator
 import time
@@ -36,6 +38,7 @@ _DECISION_LABELS = operator.attrgetter("campaign_id", "outcome", "reason")
 
 # Beyond this many undelivered webhooks, ingest sheds load (503) rather than grow without bound.
 MAX_PENDING_WEBHOOKS = 200_000
+TIMER_TICK = 0.2  # seconds between looks for due absence timers: they fire within this of due
 
 
 class Runtime:
@@ -61,6 +64,7 @@ class Runtime:
             timezone=ZoneInfo(settings.config.timezone),
         )
         self.events = EventFeed()  # accepted events, for the admin live stream
+        self._timers: asyncio.Task[None] | None = None
         bin_settings = settings.config.request_bin
         self.request_bin = (
             RequestBin(bin_settings.max_requests)
@@ -99,9 +103,38 @@ class Runtime:
             await self.dispatcher.start()
         else:
             await self.outbox.open()
+        self._timers = asyncio.create_task(self._fire_timers(), name="tripwire-timers")
+
+    async def _fire_timers(self) -> None:
+        """The clock of absence triggers: fire the timers that are due, every TIMER_TICK."""
+        while True:
+            await asyncio.sleep(TIMER_TICK)
+            try:
+                result = await self.store.fire_due(time.time())
+            except Unavailable:
+                await asyncio.sleep(1.0)
+                continue
+            except Exception:  # a bug must not stop every later timer
+                log.exception("firing due timers failed")
+                await asyncio.sleep(1.0)
+                continue
+            if result.decisions:
+                self.metrics.decisions.update(map(_DECISION_LABELS, result.decisions))
+
+    async def stopped(self) -> dict[str, str]:
+        """Campaigns stopped by their stop conditions, with the condition reached."""
+        try:
+            return await self.store.stopped(time.time())
+        except Unavailable:
+            return {}
 
     async def stop(self) -> None:
         """Stop delivery and save what must survive a restart."""
+        task, self._timers = self._timers, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self.settings.deliver_in_process:
             await self.dispatcher.stop(grace=5.0)
         else:
@@ -114,17 +147,24 @@ class Runtime:
         """True when the store answers."""
         return await self.store.ping()
 
-    async def accept(self, events: Sequence[Event], now: float) -> None:
-        """Run accepted events through the store and engine and queue their webhooks."""
+    async def accept(self, events: Sequence[Event], now: float) -> list[tuple[int, str]]:
+        """Run accepted events through the store and engine and queue their webhooks.
+
+        Returns the events the store could not apply (by position, with why): they left no trace.
+        """
         if self.outbox.depth() > MAX_PENDING_WEBHOOKS:
             raise Unavailable("too many webhooks waiting to be sent; retry shortly", retry_after=5)
         result = await self.store.ingest(events, now)
+        if result.rejected:
+            failed = {position for position, _ in result.rejected}
+            events = [e for position, e in enumerate(events) if position not in failed]
         self.events.publish(events)
         self.metrics.messages["accepted"] += result.accepted
         if result.duplicates:
             self.metrics.messages["duplicate"] += result.duplicates
         # map + attrgetter + Counter.update keep this per-decision loop in C.
         self.metrics.decisions.update(map(_DECISION_LABELS, result.decisions))
+        return result.rejected
 
     async def put_campaign(self, spec: CampaignSpec) -> bool:
         """Add or replace a campaign everywhere it runs; True when it is new."""

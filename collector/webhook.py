@@ -23,9 +23,15 @@ class WebhookRequest(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float  # epoch seconds when the engine decided to fire
 
 
-def webhook_id_for(campaign_id: str, variant_id: str | None, message_id: str) -> str:
-    """Derive the `webhook-id`: the same campaign, variant and event always give the same id."""
-    digest = hashlib.blake2b(
-        f"{campaign_id}\x1f{variant_id or ''}\x1f{message_id}".encode(), digest_size=16
-    ).hexdigest()
+def webhook_id_for(
+    campaign_id: str, variant_id: str | None, message_id: str, sender: str | None = None
+) -> str:
+    """Derive the `webhook-id`: the same campaign, variant and event always give the same id.
+
+    The event is its messageId from its sender (user id, else anonymous id), as for dedupe.
+    """
+    text = f"{campaign_id}\x1f{variant_id or ''}\x1f{message_id}"
+    if sender:
+        text += f"\x1f{sender}"
+    digest = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
     return f"msg_{digest}"

@@ -144,9 +144,18 @@ def test_demo_prints_its_urls_and_the_shop_fires_webhooks_into_the_panel(
     admin.goto(login)
     assert admin.url.endswith("/admin/")
     rows = admin.locator("table#campaigns tr[data-campaign]")
-    assert rows.count() == 4
+    assert rows.count() == 5
     assert admin.locator("tr[data-campaign=cart-twice] .fired").inner_text() == "1"
     admin.screenshot(path=str(ARTIFACTS / "demo-dashboard.png"), full_page=True)
+
+    # The grinder was left in the cart, never checked out: 20 s after it was added, the
+    # absence trigger fires.
+    wait_until(
+        lambda: panel_hooks(page, "cart-abandoned") == 1, timeout=40,
+        message="the abandoned-cart webhook",
+    )
+    abandoned = page.locator("#webhook-panel li.hook:has(code:text-is('cart-abandoned')) pre")
+    assert '"product": "Burr Grinder"' in abandoned.inner_text()
 
     # Ctrl+C stops it promptly, even with the shop's live panel still connected.
     stopping = time.monotonic()

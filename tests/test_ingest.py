@@ -114,6 +114,17 @@ def _deep(levels: int) -> dict[str, Any]:
     return value
 
 
+_JSON = {"Content-Type": "application/json"}
+
+
+def _raw_batch(properties: bytes) -> bytes:
+    """A batch whose one message's properties are written as raw JSON bytes."""
+    return (
+        b'{"writeKey":"test-key","batch":[{"type":"track","event":"E","anonymousId":"x",'
+        b'"properties":{"p":' + properties + b"}}]}"
+    )
+
+
 BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
     ("not json", {"content": b"{nope", "headers": {"Content-Type": "application/json"}}, 400, "$"),
     ("wrong type", {"json": batch(track("x", properties="flat"))}, 400, "$.batch[0].properties"),
@@ -160,6 +171,81 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
         "$.batch[0]",
     ),
     (
+        "nesting 1,000 levels deep in a message",
+        {"content": _raw_batch(b'[' * 1000 + b']' * 1000), "headers": _JSON},
+        400,
+        "$",
+    ),
+    (
+        "nesting 1,000 levels deep in the batch's context",
+        {
+            "content": b'{"writeKey":"test-key","context":{"a":' + b"[" * 1000 + b"]" * 1000
+            + b'},"batch":[{"type":"page","anonymousId":"x"}]}',
+            "headers": _JSON,
+        },
+        400,
+        "$",
+    ),
+    (
+        "nesting 5,000 levels deep in a single message",
+        {
+            "content": b'{"writeKey":"test-key","anonymousId":"x","z":'
+            + b"[" * 5000 + b"]" * 5000 + b"}",
+            "headers": _JSON,
+            "url": "/v1/page",
+        },
+        400,
+        "$",
+    ),
+    (
+        "timestamp near the largest float",
+        {"json": batch(track("x", timestamp=1.7e308))},
+        400,
+        "$.batch[0].timestamp",
+    ),
+    (
+        "sentAt near the smallest float",
+        {"json": batch(track("x", timestamp="2026-01-01T00:00:00Z", sentAt=-1.7e308))},
+        400,
+        "$.batch[0].sentAt",
+    ),
+    (
+        "skew correction out of range",
+        {"json": batch(track("x", timestamp=1, sentAt=30_000_000_000))},
+        400,
+        "$.batch[0].sentAt",
+    ),
+    (
+        "batch sentAt out of range",
+        {"json": {**batch(track("x")), "sentAt": "0001-01-01T00:00:00Z"}},
+        400,
+        "$.sentAt",
+    ),
+    (
+        "integer of 310 digits",
+        {"json": batch(track("x", properties={"price": 10**309}))},
+        400,
+        "$.batch[0].properties.price",
+    ),
+    (
+        "integer past 64 bits in traits",
+        {"json": batch({"type": "identify", "anonymousId": "x", "traits": {"n": [1, 2**64]}})},
+        400,
+        "$.batch[0].traits.n[1]",
+    ),
+    (
+        "float past the largest",
+        {"content": _raw_batch(b"1e400"), "headers": _JSON},
+        400,
+        "$.batch[0].properties",
+    ),
+    (
+        "anonymousId of 30 KB",
+        {"json": batch(track("x" * 30_000))},
+        400,
+        "$.batch[0].anonymousId",
+    ),
+    (
         "broken gzip",
         {
             "content": b"\x1f\x8b\x08\x00garbage",
@@ -193,7 +279,8 @@ def test_bad_input_gets_a_4xx_with_a_path_and_good_requests_still_count(
     anonymous_id = f"a-{uuid.uuid4()}"
     assert tripwire.post("/v1/batch", batch(track(anonymous_id, "Before"))).status_code == 200
 
-    response = tripwire.client.post("/v1/batch", **request_kwargs)
+    kwargs = dict(request_kwargs)
+    response = tripwire.client.post(kwargs.pop("url", "/v1/batch"), **kwargs)
 
     assert response.status_code == status, response.text
     body = response.json()

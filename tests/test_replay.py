@@ -141,6 +141,7 @@ def generate(path: Path, users: int, events_per_user: int, seed: int) -> dict[st
         "events": total,
         "duplicates": duplicates,
         "invalid": 2,
+        "timers_pending": 0,
         "users": users,
         "webhooks": sum(fired.values()),
         "campaigns": {

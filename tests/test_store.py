@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import msgspec
 import pytest
 from redis.asyncio.connection import Connection
 
@@ -253,6 +254,79 @@ async def test_a_duplicate_after_a_merge_is_still_a_duplicate(make_store: _Facto
     )
     again = await store.ingest([early], now)
     assert (again.accepted, again.duplicates) == (0, 1)
+
+
+async def test_a_message_id_is_a_duplicate_only_for_the_same_user(make_store: _Factory) -> None:
+    store = await make_store()
+    now = time.time()
+    alices = event("Signed Up", anonymous_id="pc-a", user_id="alice", message_id="m-shared")
+    bobs = event("Signed Up", anonymous_id="pc-b", user_id="bob", message_id="m-shared")
+    first = await store.ingest([alices], now)
+    second = await store.ingest([bobs], now)
+    assert (second.accepted, second.duplicates) == (1, 0)
+    assert [w.user_key for w in second.webhooks] == ["u:bob"]
+    assert second.webhooks[0].webhook_id != first.webhooks[0].webhook_id
+    retry = await store.ingest([bobs], now)
+    assert (retry.accepted, retry.duplicates) == (0, 1)
+
+
+class _FailingEngine(Engine):
+    """An engine that fails on events carrying `boom`, after it has changed the state."""
+
+    def process(
+        self, state: Any, event: Event, now: float, *, key: str | None = None, **options: Any
+    ) -> Any:
+        outcome = super().process(state, event, now, key=key, **options)
+        if event.properties.get("boom"):
+            raise RuntimeError("engine failure")
+        return outcome
+
+
+async def test_an_event_the_engine_fails_on_leaves_no_trace(make_store: _Factory) -> None:
+    make_store.engine = _FailingEngine(make_store.engine.rules)
+    store = await make_store()
+    now = time.time()
+    await store.ingest([event("Step", anonymous_id="v", properties={"n": 1})], now)
+    poison = event("Step", anonymous_id="v", message_id="m-poison", properties={"boom": True})
+    result = await store.ingest(
+        [poison, event("Signed Up", anonymous_id="v"), event("Signed Up", anonymous_id="w")], now
+    )
+    assert [position for position, _ in result.rejected] == [0]
+    assert (result.accepted, result.duplicates) == (2, 0)
+    assert sorted(w.user_key for w in result.webhooks) == ["a:v", "a:w"]
+    view = await store.lookup("v", now)
+    assert view is not None
+    assert view.profile["event_counts"] == {"Step": 1, "Signed Up": 1}
+    assert view.profile["variables"]["steps"] == 1
+    # Not marked seen: the same message, fixed, is accepted.
+    fixed = event("Step", anonymous_id="v", message_id="m-poison", properties={"n": 2})
+    again = await store.ingest([fixed], now)
+    assert (again.accepted, again.duplicates, again.rejected) == (1, 0, [])
+
+
+async def test_recent_events_and_traits_are_held_to_byte_budgets(make_store: _Factory) -> None:
+    store = await make_store()
+    now = time.time()
+    big = "x" * 6000  # recent_event_bytes is 4096 and trait_bytes 16384 by default
+    for n in range(5):
+        traits_event = msgspec.structs.replace(
+            event("identify", anonymous_id="v"), traits={f"t{n}": big}
+        )
+        await store.ingest([traits_event], now)
+    await store.ingest(
+        [
+            event("Step", anonymous_id="v", properties={"n": 1, "note": big}),
+            event("Step", anonymous_id="v", properties={"n": 2}),
+        ],
+        now,
+    )
+    view = await store.lookup("v", now)
+    assert view is not None
+    first, second = view.recent_events[-2:]
+    assert first["properties"] == {} and first["context"] == {"truncated": True}
+    assert second["properties"] == {"n": 2}
+    # Two 6 kB traits fit in 16 kB; the later ones are dropped.
+    assert sorted(view.profile["traits"]) == ["t0", "t1"]
 
 
 # -- Redis only ----------------------------------------------------------------------------

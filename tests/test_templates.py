@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
 
 from collector.config.settings import decode_config
@@ -62,6 +63,18 @@ def test_url_values_are_url_encoded() -> None:
     )
     webhook = fired(click(engine, properties={"q": "a b&c/d"}, user_id="ü@x"))
     assert webhook.url == "https://hooks.example/p/a%20b%26c%2Fd?u=%C3%BC%40x&c=c1"
+
+
+@pytest.mark.parametrize(
+    ("value", "path"),
+    [("..", "/users/%2E%2E/notify"), (".", "/users/%2E/notify"), ("...", "/users/.../notify")],
+)
+def test_a_value_of_dots_cannot_move_the_url_path(value: str, path: str) -> None:
+    engine = engine_with({"url": "https://hooks.example/users/#{properties.who}/notify"})
+    webhook = fired(click(engine, properties={"who": value}))
+    assert webhook.url == "https://hooks.example" + path
+    # what delivery sends as the request target
+    assert httpx.URL(webhook.url).raw_path.decode() == path
 
 
 def test_headers_render_and_crlf_suppresses() -> None:

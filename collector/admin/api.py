@@ -99,7 +99,6 @@ class EventFeed:
 
     def __init__(self, keep: int = 50, queue_size: int = 1000) -> None:
         self.recent: deque[Event] = deque(maxlen=keep)
-        self.dropped = 0
         self.closed = False
         self._queue_size = queue_size
         self._subscribers: set[asyncio.Queue[Event | None]] = set()
@@ -109,9 +108,7 @@ class EventFeed:
         self.recent.extend(events)
         for queue in self._subscribers:
             for event in events:
-                if queue.full():
-                    self.dropped += 1
-                else:
+                if not queue.full():
                     queue.put_nowait(event)
 
     @contextlib.contextmanager
@@ -269,11 +266,16 @@ def admin_routes(runtime: Runtime) -> list[BaseRoute]:
 
     async def list_campaigns(_: Request) -> Response:
         stats = campaign_stats(runtime)
+        stopped = await runtime.stopped()
         empty: dict[str, Any] = {"fired": 0, "suppressed": {}}
         return JSONResponse(
             {
                 "campaigns": [
-                    {**campaign_as_data(spec), "stats": stats.get(spec.id, empty)}
+                    {
+                        **campaign_as_data(spec),
+                        "stats": stats.get(spec.id, empty),
+                        "stopped": stopped.get(spec.id),
+                    }
                     for spec in runtime.config.campaigns
                 ]
             }
@@ -282,7 +284,8 @@ def admin_routes(runtime: Runtime) -> list[BaseRoute]:
     async def get_campaign(request: Request) -> Response:
         spec = find_campaign(runtime, request.path_params["id"])
         stats = campaign_stats(runtime).get(spec.id, {"fired": 0, "suppressed": {}})
-        return JSONResponse({**campaign_as_data(spec), "stats": stats})
+        stopped = (await runtime.stopped()).get(spec.id)
+        return JSONResponse({**campaign_as_data(spec), "stats": stats, "stopped": stopped})
 
     async def put_campaign(request: Request) -> Response:
         raw = parse_campaign_text((await request.body()).decode("utf-8", "replace"))

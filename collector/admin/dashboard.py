@@ -58,6 +58,10 @@ WHY = {
     "control_group": "the user is in the control group: their sticky bucket is outside the "
     "delivery rate (or every variant)",
     "frequency": "a frequency cap was reached (per event, session or user, or per day)",
+    "spacing": "another campaign fired for this user too recently (project-wide spacing)",
+    "max_deliveries": "the campaign reached its stop condition: max_deliveries in total",
+    "max_deliveries_per_day": "the campaign reached its stop condition: max_deliveries_per_day "
+    "for today",
     "exclusive": "another exclusive campaign with a higher priority fired on the same event",
     "missing_variable": "a #{placeholder} had no value, no fallback and no default",
     "invalid_header": "a rendered header value held a line break",
@@ -153,7 +157,10 @@ def dashboard_routes(runtime: Runtime) -> list[BaseRoute]:
 
     async def campaigns(request: Request) -> Response:
         stats = admin.campaign_stats(runtime)
-        rows = "".join(_campaign_row(c, stats.get(c.id)) for c in runtime.config.campaigns)
+        stopped = await runtime.stopped()
+        rows = "".join(
+            _campaign_row(c, stats.get(c.id), stopped.get(c.id)) for c in runtime.config.campaigns
+        )
         rows = rows or '<tr><td colspan="6" class="muted">No campaigns yet.</td></tr>'
         return page(request, "Campaigns", views["campaigns"].substitute(rows=rows))
 
@@ -319,7 +326,9 @@ def dashboard_routes(runtime: Runtime) -> list[BaseRoute]:
 # -- fragments -------------------------------------------------------------------------------
 
 
-def _campaign_row(spec: CampaignSpec, stats: dict[str, Any] | None) -> str:
+def _campaign_row(
+    spec: CampaignSpec, stats: dict[str, Any] | None, stopped: str | None = None
+) -> str:
     href = f"/admin/campaigns/{quote(spec.id)}"
     published = spec.status == "published"
     toggle_to, label = ("paused", "Pause") if published else ("published", "Publish")
@@ -336,11 +345,15 @@ def _campaign_row(spec: CampaignSpec, stats: dict[str, Any] | None) -> str:
     if spec.exclusive:
         flags.append('<span class="badge">exclusive</span>')
     fired = stats["fired"] if stats else 0
+    status = f'<span class="badge status {spec.status}">{spec.status}</span>'
+    if stopped is not None:
+        status += f' <span class="badge stopped" title="{_e(WHY.get(stopped, ""))}">'
+        status += f"stopped: {_e(stopped)}</span>"
     return (
         f'<tr data-campaign="{_e(spec.id)}">'
         f'<td><a href="{href}"><strong>{_e(spec.name or spec.id)}</strong></a>'
         f'<div class="muted small"><code>{_e(spec.id)}</code> {" ".join(flags)}</div></td>'
-        f'<td><span class="badge status {spec.status}">{spec.status}</span></td>'
+        f"<td>{status}</td>"
         f'<td class="small">{_e(_trigger_text(spec))}</td>'
         f'<td class="num fired">{fired}</td>'
         f'<td class="reasons">{_reasons_html(stats)}</td>'
@@ -354,6 +367,9 @@ def _trigger_text(spec: CampaignSpec) -> str:
         return "every page view"
     if trigger.segment_entered:
         return f"enters segment {trigger.segment_entered}"
+    if trigger.after is not None:
+        unless = f" without {trigger.unless.event}" if trigger.unless is not None else ""
+        return f"{trigger.wait or 0:g} s after {trigger.after}{unless}"
     return f"{trigger.event}{' (filtered)' if trigger.where is not None else ''}"
 
 
@@ -411,6 +427,7 @@ def _user_html(
 ) -> str:
     decisions: dict[str, dict[str, Any]] = profile.get("decisions") or {}
     histories: dict[str, list[dict[str, Any]]] = profile.get("decision_history") or {}
+    stopped: dict[str, str] = profile.get("stopped") or {}
     rows = []
     for campaign_id, latest in sorted(decisions.items()):
         earlier = (histories.get(campaign_id) or [latest])[1:]
@@ -424,6 +441,7 @@ def _user_html(
                 name = (
                     f'<a href="/admin/campaigns/{quote(campaign_id)}">{_e(campaign_id)}</a>'
                     f"{f' / {_e(variant)}' if variant else ''}"
+                    f"{_stopped_badge(stopped.get(campaign_id))}"
                 )
             else:
                 opening = f'<tr class="earlier" data-earlier="{_e(campaign_id)}">'
@@ -460,7 +478,28 @@ def _facts(profile: dict[str, Any], shown: set[str]) -> dict[str, Any]:
         state = "active" if session.get("active") else "ended"
         started = _clock(session.get("start"))
         facts["session"] = f"#{session.get('number')} since {started} ({state})"
+    timers = profile.get("timers")
+    if isinstance(timers, list):
+        facts["pending timers"] = "; ".join(
+            f"{t['campaign_id']} due {_clock(t['due'])}" for t in timers
+        ) or "none"
+        facts.pop("timers", None)
+    spacing = profile.get("spacing")
+    if isinstance(spacing, dict):
+        facts["spacing"] = (
+            f"last spaced campaign {_clock(spacing['last_fired_at'])}, "
+            f"{spacing['page_views_since']} page views since"
+        )
+    stopped = profile.get("stopped")
+    if isinstance(stopped, dict):
+        facts["stopped"] = ", ".join(f"{c} (stopped: {r})" for c, r in stopped.items()) or "none"
     return facts
+
+
+def _stopped_badge(reason: str | None) -> str:
+    if reason is None:
+        return ""
+    return f' <span class="badge stopped">stopped: {_e(reason)}</span>'
 
 
 def _recent_users(events: Iterable[Event]) -> str:

@@ -113,12 +113,26 @@ class Target(Base, frozen=True):
     segments: list[str] = []
 
 
+class Unless(Base, frozen=True):
+    """The event that cancels an absence trigger's pending wait (optionally filtered)."""
+
+    event: Annotated[str, Meta(min_length=1)]
+    where: ConditionTree | None = None
+
+
 class Trigger(Base, frozen=True):
-    """What a user must just have done: an event (optionally filtered) or entering a segment."""
+    """What a user must just have done (an event, entering a segment) or failed to do.
+
+    An absence trigger (`after`, `wait`, optional `unless`) fires `wait` after the `after` event
+    (the `where` filters it) unless the `unless` event came meanwhile.
+    """
 
     event: str | None = None
     where: ConditionTree | None = None
     segment_entered: str | None = None
+    after: str | None = None
+    wait: Duration | None = None
+    unless: Unless | None = None
 
 
 FrequencyPer = Literal["event", "session", "user"]
@@ -137,6 +151,20 @@ class Frequency(Base, frozen=True):
     per: FrequencyPer | None = None
     max_total: Annotated[int, Meta(ge=1)] | None = None
     max_per_day: Annotated[int, Meta(ge=1)] | None = None
+
+
+class Stop(Base, frozen=True):
+    """When a campaign stops firing for everybody: after N deliveries in total or in one day."""
+
+    max_deliveries: Annotated[int, Meta(ge=1)] | None = None
+    max_deliveries_per_day: Annotated[int, Meta(ge=1)] | None = None
+
+
+class Spacing(Base, frozen=True):
+    """Project-wide: at most one campaign per user every `seconds` and every `page_views`."""
+
+    seconds: Duration | None = None
+    page_views: Annotated[int, Meta(ge=1)] | None = None
 
 
 class WebhookAction(Base, frozen=True):
@@ -172,6 +200,8 @@ class CampaignSpec(Base, frozen=True):
     target: Target = Target()
     trigger: Trigger | None = None
     frequency: Frequency | None = None  # None: once per session (DEFAULT_PER)
+    stop: Stop = Stop()
+    spacing: bool = True  # false: this campaign neither waits for nor restarts the spacing
     exclusive: bool = False
     priority: int = 0
     test_mode: bool = False
@@ -188,11 +218,17 @@ class RequestBinSettings(Base, frozen=True):
 
 
 class StateSettings(Base, frozen=True):
-    """Bounds on per-user state held in memory."""
+    """Bounds on per-user state: how long, how many, and how many bytes a profile may take."""
 
     user_ttl: Duration = Duration(30 * 86400.0)
     max_users: Annotated[int, Meta(ge=1)] = 1_000_000
     recent_events: Annotated[int, Meta(ge=0, le=1000)] = 50
+    # A recent event bigger than this (encoded) is kept without its context, then without its
+    # properties and traits; a profile's recent events take at most recent_events times this.
+    recent_event_bytes: Annotated[int, Meta(ge=256, le=1_048_576)] = 4096
+    # A profile's traits, JSON-encoded: a trait that would take them past this is not kept.
+    trait_bytes: Annotated[int, Meta(ge=256, le=16_777_216)] = 16_384
+    max_timers: Annotated[int, Meta(ge=1, le=1000)] = 20  # pending absence-trigger waits per user
 
 
 class ConfigFile(Base, frozen=True):
@@ -206,6 +242,7 @@ class ConfigFile(Base, frozen=True):
     test_users: ConditionTree | None = None
     variables: dict[str, VariableSpec] = {}
     segments: dict[str, ConditionTree] = {}
+    spacing: Spacing = Spacing()
     campaigns: list[CampaignSpec] = []
     request_bin: RequestBinSettings = RequestBinSettings()
     state: StateSettings = StateSettings()

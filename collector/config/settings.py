@@ -241,14 +241,25 @@ def _check_campaign(
     trigger = campaign.trigger
     if trigger is not None:
         tpath = _join(path, "trigger")
-        if (trigger.event is None) == (trigger.segment_entered is None):
-            problems.append(f"{tpath}: give exactly one of 'event' or 'segment_entered'")
+        kinds = [trigger.event, trigger.segment_entered, trigger.after]
+        if sum(kind is not None for kind in kinds) != 1:
+            problems.append(f"{tpath}: give exactly one of 'event', 'segment_entered' or 'after'")
         if trigger.segment_entered is not None and trigger.segment_entered not in config.segments:
             problems.append(f"{tpath}.segment_entered: unknown segment {trigger.segment_entered!r}")
         if trigger.where is not None:
-            if trigger.event is None:
-                problems.append(f"{tpath}.where: only an event trigger takes 'where'")
+            if trigger.event is None and trigger.after is None:
+                problems.append(f"{tpath}.where: only an event or 'after' trigger takes 'where'")
             _check_condition(trigger.where, f"{tpath}.where", config, problems)
+        if trigger.after is not None and trigger.wait is None:
+            problems.append(f"{tpath}.wait: required with 'after' (e.g. wait: 30m)")
+        if trigger.after is None:
+            for key in ("wait", "unless"):
+                if getattr(trigger, key) is not None:
+                    problems.append(f"{tpath}.{key}: only an 'after' trigger takes '{key}'")
+        if trigger.wait is not None and trigger.wait <= 0:
+            problems.append(f"{tpath}.wait: must be longer than 0 s")
+        if trigger.unless is not None and trigger.unless.where is not None:
+            _check_condition(trigger.unless.where, f"{tpath}.unless.where", config, problems)
     schedule = campaign.schedule
     if (
         schedule

@@ -25,7 +25,6 @@ STATUSES: Final[tuple[Status, ...]] = (
     "quota_exceeded",  # the monthly quota was used up; suppressed, never sent
     "paused",  # 410 Gone, or the endpoint was already paused for this campaign; dead-lettered
 )
-RESPONSE_PREFIX: Final = 4096
 _MASK: Final = "***"
 
 

@@ -219,10 +219,6 @@ class Guard:
             task.add_done_callback(lambda done: self._settle(key, done))
         return await asyncio.shield(task)
 
-    def forget(self) -> None:
-        """Drop every cached resolution."""
-        self._cache.clear()
-
     async def _resolve_uncached(self, host: str) -> tuple[Address, ...]:
         try:
             literal = ip_address(host.split("%", 1)[0])

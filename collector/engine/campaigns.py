@@ -1,7 +1,7 @@
 """Campaigns compiled for the delivery decision, checked in the seed's order.
 
-`Campaign.check` runs the per-campaign steps for one event and returns the `Arm` to fire or the
-reason it is suppressed:
+The campaign's `Gate` (shared by campaigns configured alike), then `Campaign.qualify`, run the
+per-campaign steps for one event and give the `Arm` to fire or the reason it is suppressed:
 
     status      the campaign is not `published`
     schedule    outside start/end, days or hours (configured timezone)
@@ -11,6 +11,7 @@ reason it is suppressed:
     test_mode   a test-mode campaign and the user does not match `test_users`
     control_group   the user's sticky bucket is outside the rate / every variant
     frequency   a cap is reached
+    spacing     project-wide spacing: another campaign fired for this user too recently
 
 The first four steps form the campaign's `Gate`. Campaigns configured alike (the same status,
 schedule, target users and segments; typically many campaigns on one audience) share one Gate,
@@ -27,6 +28,14 @@ frequency): `per: user` fires at most once per user, `per: session` at most once
 `max_total` caps the user's deliveries across all time and `max_per_day` per local day, on top
 of the base frequency. Only fired deliveries count. The counts live in the user's state, which
 both stores update atomically per user, so two processes cannot both fire a once-only campaign.
+
+Stop conditions (`stop`) count every user's deliveries, so the store holds their tallies and
+the engine checks them before `qualify` (`stopped`): `max_deliveries` or
+`max_deliveries_per_day` (the local day of the decision's `now`) is the reason.
+
+Absence triggers (`trigger.after`) are not indexed by event: the `after` event arms a timer in
+the user's state (if the trigger's `where` holds) and the `unless` event cancels it; when the
+timer is due the campaign is decided like any other, on the state as it is then.
 """
 
 from __future__ import annotations
@@ -35,10 +44,9 @@ import hashlib
 from collections.abc import Iterable
 from itertools import groupby
 from operator import attrgetter
-from typing import Any
 
 from collector.config.schema import DEFAULT_PER, CampaignSpec
-from collector.engine.profile import Caps
+from collector.engine.profile import Caps, Spaced, Tally
 from collector.engine.schedule import CompiledSchedule
 from collector.engine.scope import Predicate, Scope
 from collector.engine.templates import ActionTemplate
@@ -102,6 +110,8 @@ class Campaign:
     """A campaign ready for per-event decisions."""
 
     __slots__ = (
+        "after",
+        "arm_where",
         "arms",
         "exclusive",
         "gate",
@@ -114,10 +124,17 @@ class Campaign:
         "per",
         "priority",
         "segment_entered",
+        "spacing",
         "spec",
+        "stop_day",
+        "stop_total",
+        "stops",
         "test_users",
         "trigger_event",
+        "unless",
+        "unless_where",
         "updated_at",
+        "wait",
         "where",
         "whole",
     )
@@ -132,6 +149,8 @@ class Campaign:
         test_users: Predicate | None,
         updated_at: float,
         order: int,
+        spacing: tuple[float | None, int | None] | None = None,
+        unless_where: Predicate | None = None,
     ) -> None:
         self.spec = spec
         self.id = spec.id
@@ -139,10 +158,21 @@ class Campaign:
         self.gate = gate
         trigger = spec.trigger
         self.segment_entered = trigger.segment_entered if trigger is not None else None
+        self.after = trigger.after if trigger is not None else None
+        self.wait = float(trigger.wait or 0.0) if trigger is not None else 0.0
+        unless = trigger.unless if trigger is not None else None
+        self.unless = unless.event if unless is not None else None
+        self.unless_where = unless_where
         self.trigger_event = (trigger.event if trigger is not None else None) or (
-            None if self.segment_entered else "page"
+            None if self.segment_entered or self.after else "page"
         )
-        self.where = where
+        # an absence trigger's `where` is about its `after` event: checked when arming the timer
+        self.arm_where = where if self.after is not None else None
+        self.where = None if self.after is not None else where
+        self.spacing = spacing if spec.spacing else None
+        self.stop_total = spec.stop.max_deliveries
+        self.stop_day = spec.stop.max_deliveries_per_day
+        self.stops = self.stop_total is not None or self.stop_day is not None
         self.test_users = (test_users or _nobody) if spec.test_mode else None
         self.arms = arms
         self.whole = len(arms) == 1 and arms[0].end >= BUCKETS  # no hashing needed
@@ -158,17 +188,12 @@ class Campaign:
         self.updated_at = updated_at
         self.order = order
 
-    def rank(self) -> tuple[Any, ...]:
+    def rank(self) -> tuple[float, float, int]:
         """Sort key for exclusivity: highest priority, then latest update, then config order."""
         return (-self.priority, -self.updated_at, self.order)
 
-    def check(self, scope: Scope) -> Arm | str:
-        """The arm to fire for this event, or the reason the campaign is suppressed."""
-        closed = self.gate.check(scope)
-        return self.qualify(scope) if closed is None else closed
-
     def qualify(self, scope: Scope) -> Arm | str:
-        """`check` once the gate is open: trigger, test users, rate or variant, caps."""
+        """Once the gate is open, the arm to fire or why not: trigger, test users, rate, caps."""
         if self.where is not None and not self.where(scope):
             return "trigger"
         if self.test_users is not None and not self.test_users(scope):
@@ -178,7 +203,29 @@ class Campaign:
             return "control_group"
         if self.has_caps and self.capped(scope):
             return "frequency"
+        if self.spacing is not None and self.spaced_out(scope):
+            return "spacing"
         return arm
+
+    def stopped(self, tally: Tally | None, day: int) -> str | None:
+        """The stop condition reached by every user's deliveries so far, or None."""
+        if tally is None:
+            return None
+        if self.stop_total is not None and tally.total >= self.stop_total:
+            return "max_deliveries"
+        if self.stop_day is not None and tally.day == day and tally.in_day >= self.stop_day:
+            return "max_deliveries_per_day"
+        return None
+
+    def spaced_out(self, scope: Scope) -> bool:
+        """Whether project-wide spacing forbids firing now (another campaign fired too recently)."""
+        spaced = scope.state.spacing
+        if spaced is None:
+            return False
+        seconds, page_views = self.spacing or (None, None)
+        if seconds is not None and scope.t - spaced.at < seconds:
+            return True
+        return page_views is not None and spaced.page_views < page_views
 
     def pick(self, user_key: str) -> Arm | None:
         """The arm owning the user's sticky bucket, or None for the control group."""
@@ -206,7 +253,9 @@ class Campaign:
         return daily is not None and caps.day == scope.day and caps.in_day >= daily
 
     def count_fired(self, scope: Scope) -> None:
-        """Count a fired delivery against the caps."""
+        """Count a fired delivery against the caps and restart the user's spacing."""
+        if self.spacing is not None:
+            scope.state.spacing = Spaced(scope.t)
         if not self.has_caps:
             return
         every = scope.state.caps
@@ -224,6 +273,18 @@ class Campaign:
             caps.in_day += 1
         else:
             caps.day, caps.in_day = scope.day, 1
+
+
+def count_delivery(deliveries: dict[str, Tally], campaign_id: str, day: int) -> None:
+    """Count one delivery of a campaign with stop conditions, on local day `day`."""
+    tally = deliveries.get(campaign_id)
+    if tally is None:
+        tally = deliveries[campaign_id] = Tally()
+    tally.total += 1
+    if tally.day == day:
+        tally.in_day += 1
+    else:
+        tally.day, tally.in_day = day, 1
 
 
 class Run:

@@ -30,27 +30,29 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from collector.config.schema import All, Condition, Leaf, Not
 from collector.engine.schedule import Calendar
-from collector.engine.scope import MISSING, Getter, Predicate, Scope, as_number, path_getter
+from collector.engine.scope import Getter, Predicate, Scope, as_number, path_getter
+from collector.engine.values import MISSING, Missing, Value
 
-Test = Callable[[Any, Scope], bool]
+Test = Callable[[Value, Scope], bool]
 _MISSING_IS_TRUE = frozenset({"ne", "not_in", "not_contains"})
 
 
-def same(a: Any, b: Any) -> bool:
+def same(a: Value, b: Value) -> bool:
     """Equality where booleans only equal booleans."""
     if a.__class__ is bool or b.__class__ is bool:
         return a is b
     return bool(a == b)
 
 
-def as_epoch(value: Any, calendar: Calendar) -> float | None:
+def as_epoch(value: Value, calendar: Calendar) -> float | None:
     """Epoch seconds from a number (seconds, or milliseconds above 1e11) or an ISO-8601 string."""
     cls = value.__class__
     if cls is int or cls is float:
+        if not -1e18 < value < 1e18:  # no time; also keeps huge integers out of float()
+            return None
         return value / 1000.0 if value > 1e11 else float(value)
     if cls is str:
         try:
@@ -60,7 +62,7 @@ def as_epoch(value: Any, calendar: Calendar) -> float | None:
     return None
 
 
-def _text(value: Any) -> str:
+def _text(value: Value) -> str:
     return value if value.__class__ is str else str(value)
 
 
@@ -119,9 +121,9 @@ class ConditionCompiler:
         return lambda scope: get(scope.event.context)
 
     def _leaf(self, leaf: Leaf, path: str, problems: list[str]) -> Predicate:
+        if leaf.op == "member":  # a bare `segment: NAME`
+            return self._segment(leaf.name)
         get = self.operand(leaf)
-        if leaf.op == "member":
-            return get
         if leaf.op == "exists":
             if leaf.value:
                 return lambda scope: (value := get(scope)) is not MISSING and value is not None
@@ -140,7 +142,7 @@ class ConditionCompiler:
 
         return predicate
 
-    def _test(self, op: str, expected: Any, path: str, problems: list[str]) -> Test:
+    def _test(self, op: str, expected: Value, path: str, problems: list[str]) -> Test:
         if op in ("eq", "ne"):
             equal = _equals(expected)
             if op == "eq":
@@ -194,27 +196,27 @@ def _two_part_operand(kind: str, first: str, second: str) -> Getter:
     """`page.path`-style operands in one call (the most common shape)."""
     if kind == "trait":
 
-        def trait(scope: Scope) -> Any:
+        def trait(scope: Scope) -> Value | Missing:
             inner = scope.state.traits.get(first)
             return inner.get(second, MISSING) if inner.__class__ is dict else MISSING
 
         return trait
     if kind == "prop":
 
-        def prop(scope: Scope) -> Any:
+        def prop(scope: Scope) -> Value | Missing:
             inner = scope.event.properties.get(first)
             return inner.get(second, MISSING) if inner.__class__ is dict else MISSING
 
         return prop
 
-    def context(scope: Scope) -> Any:
+    def context(scope: Scope) -> Value | Missing:
         inner = scope.event.context.get(first)
         return inner.get(second, MISSING) if inner.__class__ is dict else MISSING
 
     return context
 
 
-def _fused(op: str, expected: Any, get: Getter) -> Predicate | None:
+def _fused(op: str, expected: Value, get: Getter) -> Predicate | None:
     """One closure for the commonest leaves, whose tests are false on missing values anyway."""
     cls = expected.__class__
     if op == "eq":
@@ -241,7 +243,7 @@ def _fused(op: str, expected: Any, get: Getter) -> Predicate | None:
     return None
 
 
-def _equals(expected: Any) -> Test:
+def _equals(expected: Value) -> Test:
     if expected.__class__ is bool:
         return lambda value, scope: value is expected
     if expected.__class__ is str:
@@ -251,7 +253,7 @@ def _equals(expected: Any) -> Test:
     return lambda value, scope: same(value, expected)
 
 
-def _order(op: str, expected: Any) -> Test:
+def _order(op: str, expected: Value) -> Test:
     if expected.__class__ is str:
         if op == "gt":
             return lambda value, scope: value.__class__ is str and value > expected
@@ -269,12 +271,12 @@ def _order(op: str, expected: Any) -> Test:
     return lambda value, scope: (n := as_number(value)) is not MISSING and n <= expected
 
 
-def _membership(options: list[Any]) -> Test:
+def _membership(options: list[Value]) -> Test:
     texts = frozenset(o for o in options if o.__class__ is str)
     numbers = frozenset(o for o in options if o.__class__ in (int, float))
     others = tuple(o for o in options if o.__class__ not in (str, int, float))
 
-    def one(value: Any) -> bool:
+    def one(value: Value) -> bool:
         cls = value.__class__
         if cls is str:
             return value in texts
@@ -282,7 +284,7 @@ def _membership(options: list[Any]) -> Test:
             return value in numbers
         return any(same(value, other) for other in others)
 
-    def member(value: Any, scope: Scope) -> bool:
+    def member(value: Value, scope: Scope) -> bool:
         if value.__class__ is list:
             return any(one(item) for item in value)
         return one(value)
@@ -290,10 +292,10 @@ def _membership(options: list[Any]) -> Test:
     return member
 
 
-def _contains(expected: Any) -> Test:
+def _contains(expected: Value) -> Test:
     text = _text(expected)
 
-    def contains(value: Any, scope: Scope) -> bool:
+    def contains(value: Value, scope: Scope) -> bool:
         cls = value.__class__
         if cls is str:
             return text in value

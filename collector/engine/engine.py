@@ -4,13 +4,15 @@ What the store and app call::
 
     rules = compile_rules(config, updated_at={"cart-followup": 1767225600.0})  # or ConfigError
     engine = Engine(rules)
-    outcome = engine.process(state, event, now, key=profile_key)  # state None: a new profile
+    outcome = engine.process(state, event, now, key=profile_key, deliveries=tallies)
+    outcome = engine.fire_due(state, now, deliveries=tallies)  # absence timers due by `now`
     outcome.state       # the same object, mutated (or a new one); store it under its `key`
     outcome.decisions   # one Decision per campaign considered: fired, or suppressed + reason
     outcome.webhooks    # one WebhookRequest per fired campaign, for the outbox
     outcome.entered     # segments the user newly entered on this event
     engine.merge(a, b)              # one profile from two (identity merge); keeps a.key
-    engine.describe(state, now)     # plain dict for the user-lookup view
+    engine.describe(state, now, stopped)  # plain dict for the user-lookup view
+    engine.stopped(tallies, now)    # campaigns stopped by their stop conditions, with the reason
     engine.replace_campaign(spec, updated_at); engine.remove_campaign(campaign_id)
     new_state(key, now)             # an empty profile, if the store wants to make one itself
 
@@ -30,6 +32,13 @@ fires per event: the best ranked that passes and renders), then rendering. Every
 considered leaves a Decision; the state keeps the latest per campaign as a Verdict, and the
 few before it once the outcome changes ("why didn't it fire?", see `profile.remember`).
 
+Stop conditions count every user's deliveries: the store owns those tallies (`deliveries`,
+campaign id -> Tally, for the campaigns with a `stop`), hands them to each call, and the engine
+checks and counts them; the day is the local day of `now`. Absence triggers: the `after` event
+arms a Timer in the state, the `unless` event cancels it; the store's scheduler calls
+`fire_due` once it is due, and the campaign is then decided at the timer's due time, on the
+state as it is then, like a campaign triggered by an event.
+
 Hot path: neighbouring campaigns behind one gate form a `Run`; when the gate is shut, the whole
 run is suppressed with decisions made once per `now` and shared by every event of a request
 (they are frozen), and the profile keeps one shared Verdict for the run.
@@ -39,19 +48,22 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from typing import Any
 
 import msgspec
 
 from collector.config.schema import CampaignSpec
-from collector.engine.campaigns import Arm, Campaign, Gate, Run, runs
+from collector.engine.campaigns import Arm, Campaign, Gate, Run, count_delivery, runs
 from collector.engine.profile import (
     FIRED,
     MAX_ANONYMOUS_IDS,
     MAX_EVENT_NAMES,
     SUPPRESSED,
     Decision,
+    DecisionOutcome,
     Session,
+    State,
+    Tally,
+    Timer,
     UserState,
     Verdict,
     decision_history,
@@ -60,15 +72,15 @@ from collector.engine.profile import (
     remember,
 )
 from collector.engine.rules import Rules, compile_rules
-from collector.engine.scope import MISSING, Scope
+from collector.engine.scope import Scope
 from collector.engine.templates import PAGE_FIELDS, Suppressed
+from collector.engine.values import MISSING, Value
 from collector.events import Event
 from collector.webhook import WebhookRequest, webhook_id_for
 
-__all__ = ["Decision", "Engine", "Outcome", "Rules", "UserState", "compile_rules", "new_state"]
-
-_UNCHECKED: Any = object()
-
+__all__ = [
+    "Decision", "Engine", "Outcome", "Rules", "Tally", "UserState", "compile_rules", "new_state",
+]
 
 class Outcome(msgspec.Struct):
     """What one event did: the user's state, a decision per campaign considered, webhooks."""
@@ -105,7 +117,13 @@ class Engine:
         self.rules = self.rules.without_campaign(campaign_id)
 
     def process(
-        self, state: UserState | None, event: Event, now: float, *, key: str | None = None
+        self,
+        state: UserState | None,
+        event: Event,
+        now: float,
+        *,
+        key: str | None = None,
+        deliveries: dict[str, Tally] | None = None,
     ) -> Outcome:
         """Run one event for one user; mutates and returns the state (new under `key` if None)."""
         rules = self.rules
@@ -130,6 +148,8 @@ class Engine:
                 for variable in plain:
                     variable.record(scope)
         entered = self._entered(rules, scope) if rules.tracked else []
+        if rules.arming or rules.cancelling:
+            self._arm(rules, scope)
         candidates = rules.runs_by_event.get(event.name, ())
         if entered:
             extra = [c for name in entered for c in rules.by_segment[name]]
@@ -138,8 +158,78 @@ class Engine:
         decisions: list[Decision] = []
         webhooks: list[WebhookRequest] = []
         if candidates:
-            self._decide(candidates, scope, now, decisions, webhooks)
+            self._decide(candidates, scope, now, decisions, webhooks, deliveries)
         return Outcome(state, decisions, webhooks, entered)
+
+    def fire_due(
+        self, state: UserState, now: float, *, deliveries: dict[str, Tally] | None = None
+    ) -> Outcome:
+        """Decide the absence timers due by `now`, each at its due time; the rest stay pending."""
+        rules = self.rules
+        decisions: list[Decision] = []
+        webhooks: list[WebhookRequest] = []
+        timers = state.timers or []
+        due = sorted((x for x in timers if x.due <= now), key=lambda x: x.due)
+        if not due:
+            return Outcome(state, decisions, webhooks, [])
+        state.timers = [x for x in timers if x.due > now] or None
+        for timer in due:
+            candidates = rules.absence_runs.get(timer.campaign_id)
+            campaign = rules.campaigns.get(timer.campaign_id)
+            if candidates is None or campaign is None or campaign.after is None:
+                continue  # the campaign was removed or changed meanwhile
+            t = timer.due
+            event = Event(
+                type="track",
+                name=campaign.after,
+                message_id=timer.event_id,
+                anonymous_id=state.anonymous[-1] if state.anonymous else None,
+                user_id=state.user_id,
+                properties=timer.properties,
+                timestamp=t,
+                received_at=now,
+            )
+            scope = Scope(state, event, t, rules.calendar, self._session_at(state, t))
+            self._decide(candidates, scope, now, decisions, webhooks, deliveries)
+        return Outcome(state, decisions, webhooks, [])
+
+    def _session_at(self, state: UserState, t: float) -> int:
+        """The session number at `t` without activity: the current one, or the next if it ended."""
+        session = state.session
+        number = session.number if session is not None else 0
+        if session is None or t - session.last > self.rules.session_timeout:
+            number += 1  # the session is over: "session" windows start afresh
+        return number
+
+    def _arm(self, rules: Rules, scope: Scope) -> None:
+        """Cancel the timers the event's `unless` names and arm those its `after` starts."""
+        name = scope.event.name
+        cancelling = rules.cancelling.get(name)
+        arming = rules.arming.get(name)
+        if cancelling is None and arming is None:
+            return
+        state = scope.state
+        timers = list(state.timers or ())
+        for campaign in cancelling or ():
+            if campaign.unless_where is None or campaign.unless_where(scope):
+                timers = [x for x in timers if x.campaign_id != campaign.id]
+        for campaign in arming or ():
+            if not campaign.gate.published:
+                continue
+            if campaign.arm_where is not None and not campaign.arm_where(scope):
+                continue
+            # a new `after` event restarts the wait: one pending timer per campaign
+            timers = [x for x in timers if x.campaign_id != campaign.id]
+            event = scope.event
+            timers.append(
+                Timer(campaign.id, scope.t + campaign.wait, scope.t, event.message_id,
+                      event.properties)
+            )
+        if len(timers) > rules.max_timers:  # bounded per user: the earliest armed go first
+            timers.sort(key=lambda x: x.armed_at)
+            timers = timers[-rules.max_timers :]
+        timers.sort(key=lambda x: x.due)
+        state.timers = timers or None
 
     def _observe(self, rules: Rules, state: UserState, event: Event, t: float) -> int:
         if event.user_id is not None and state.user_id != event.user_id:
@@ -152,7 +242,10 @@ class Engine:
                     ids = tuple(i for i in ids if i != anonymous_id)
                 state.anonymous = (*ids, anonymous_id)[-MAX_ANONYMOUS_IDS:]
         if event.traits:
-            state.traits.update(event.traits)
+            traits = {**state.traits, **event.traits}
+            if len(_encode(traits)) > rules.trait_bytes:
+                traits = _fit_traits(state.traits, event.traits, rules.trait_bytes)
+            state.traits = traits
         counts = state.event_counts
         count = counts.get(event.name)
         if count is not None:
@@ -167,6 +260,10 @@ class Engine:
             page = event.context.get("page")
             if page.__class__ is dict:
                 state.page = {k: page[k] for k in PAGE_FIELDS if k in page}
+        if rules.count_page_views and event.type == "page":
+            spaced = state.spacing
+            if spaced is not None:
+                spaced.page_views += 1
         session = state.session
         if session is None or t - session.last > rules.session_timeout:
             number = 1 if session is None else session.number + 1
@@ -191,6 +288,7 @@ class Engine:
         now: float,
         decisions: list[Decision],
         webhooks: list[WebhookRequest],
+        deliveries: dict[str, Tally] | None,
     ) -> None:
         if now != self._made_at:
             self._made_at = now
@@ -206,12 +304,12 @@ class Engine:
         gates: dict[Gate, str | None] = {}  # each distinct gate is checked once per event
         for run in candidates:
             gate = run.gate
-            if gate.always_open:
-                closed = None
-            else:
-                closed = gates.get(gate, _UNCHECKED)
-                if closed is _UNCHECKED:
-                    closed = gates[gate] = gate.check(scope)
+            closed: str | None = None
+            if not gate.always_open:
+                checked = gates.get(gate, MISSING)
+                if checked is MISSING:
+                    checked = gates[gate] = gate.check(scope)
+                closed = checked
             if closed is not None:
                 # The common case (most visitors are outside most audiences): every campaign of
                 # the run gets the same decision, made once per `now` and shared.
@@ -234,6 +332,14 @@ class Engine:
                 continue
             for campaign in run.campaigns:
                 campaign_id = campaign.id
+                if campaign.stops:
+                    if deliveries is None:
+                        deliveries = {}  # a caller keeping no tallies: counted for this call only
+                    stop = campaign.stopped(deliveries.get(campaign_id), self._day(now))
+                    if stop is not None:
+                        record(Decision(campaign_id, None, SUPPRESSED, stop, now))
+                        remember(state, campaign_id, Verdict(None, stop, now))
+                        continue
                 arm = campaign.qualify(scope)
                 if isinstance(arm, str):  # suppressed before a variant was picked: the usual case
                     record(Decision(campaign_id, None, SUPPRESSED, arm, now))
@@ -253,7 +359,9 @@ class Engine:
                     reason = self._fire(campaign, arm, scope, now, webhooks)
                     if reason is None and campaign.exclusive:
                         exclusive_fired = True
-                outcome = FIRED if reason is None else SUPPRESSED
+                    if reason is None and campaign.stops and deliveries is not None:
+                        count_delivery(deliveries, campaign_id, self._day(now))
+                outcome: DecisionOutcome = FIRED if reason is None else SUPPRESSED
                 record(Decision(campaign_id, variant_id, outcome, reason, now))
                 remember(state, campaign_id, Verdict(variant_id, reason, now))
 
@@ -261,7 +369,9 @@ class Engine:
         self, campaign: Campaign, arm: Arm, scope: Scope, now: float, webhooks: list[WebhookRequest]
     ) -> str | None:
         event = scope.event
-        webhook_id = webhook_id_for(campaign.id, arm.variant_id, event.message_id)
+        webhook_id = webhook_id_for(
+            campaign.id, arm.variant_id, event.message_id, event.user_id or event.anonymous_id
+        )
         scope.campaign_id = campaign.id
         scope.campaign_name = campaign.name
         scope.variant_id = arm.variant_id
@@ -287,13 +397,27 @@ class Engine:
         campaign.count_fired(scope)
         return None
 
+    def _day(self, now: float) -> int:
+        """The local day stop conditions count in: that of the decision time."""
+        return self.rules.calendar.day_index(now)
+
+    def stopped(self, deliveries: dict[str, Tally], now: float) -> dict[str, str]:
+        """Campaigns that their stop conditions have stopped, with the condition reached."""
+        day = self._day(now)
+        found = {}
+        for campaign in self.rules.stopping:
+            reason = campaign.stopped(deliveries.get(campaign.id), day)
+            if reason is not None:
+                found[campaign.id] = reason
+        return found
+
     def merge(self, a: UserState, b: UserState) -> UserState:
         """One profile from two of the same person; keeps `a.key` (see `profile.merge`)."""
         return merge(a, b, self._merge_variable)
 
     def _merge_variable(
-        self, name: str, a: tuple[Any, ...], b: tuple[Any, ...], a_is_newer: bool
-    ) -> tuple[Any, ...]:
+        self, name: str, a: State, b: State, a_is_newer: bool
+    ) -> State:
         variable = self.rules.variables.get(name)
         if not a or not b:
             return a or b
@@ -301,13 +425,13 @@ class Engine:
             return a if a_is_newer else b
         return variable.merge(a, b, a_is_newer)
 
-    def describe(self, state: UserState, now: float) -> dict[str, Any]:
-        """The user-lookup view: identity, traits, variables, segments, latest decisions."""
+    def describe(
+        self, state: UserState, now: float, stopped: dict[str, str] | None = None
+    ) -> dict[str, Value]:
+        """The user-lookup view: identity, traits, variables, segments, decisions, timers."""
         rules = self.rules
         session = state.session
-        number = session.number if session is not None else 0
-        if session is None or now - session.last > rules.session_timeout:
-            number += 1  # the session is over: "session" windows start afresh
+        number = self._session_at(state, now)
         event = Event(type="describe", name="", message_id="", timestamp=now, received_at=now)
         scope = Scope(state, event, now, rules.calendar, number)
         variables = {}
@@ -335,12 +459,39 @@ class Engine:
                 cid: [_decision(d) for d in decision_history(state, cid)] for cid in state.decisions
             },
             "caps": {cid: msgspec.structs.asdict(c) for cid, c in (state.caps or {}).items()},
+            "spacing": None
+            if state.spacing is None
+            else {"last_fired_at": state.spacing.at, "page_views_since": state.spacing.page_views},
+            "timers": [
+                {"campaign_id": x.campaign_id, "due": x.due, "armed_at": x.armed_at,
+                 "event_id": x.event_id}
+                for x in state.timers or ()
+            ],
+            "stopped": dict(stopped or {}),
         }
 
 
-def _decision(verdict: Verdict) -> dict[str, Any]:
+def _decision(verdict: Verdict) -> dict[str, Value]:
     return {"variant_id": verdict.variant_id, "outcome": verdict.outcome,
             "reason": verdict.reason, "at": verdict.at}
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _fit_traits(
+    kept: dict[str, Value], incoming: dict[str, Value], budget: int
+) -> dict[str, Value]:
+    """Traits merged in one by one while they fit the budget (JSON bytes); the rest are dropped."""
+    traits = dict(kept)
+    size = len(_encode(traits))
+    for name, value in incoming.items():
+        added = len(_encode({name: value})) - 1  # `"name":value` plus a comma
+        removed = len(_encode({name: traits[name]})) - 1 if name in traits else 0
+        if size + added - removed <= budget:
+            traits[name] = value
+            size += added - removed
+    return traits
 
 
 def _session_id(key: str, number: int, start: float) -> str:

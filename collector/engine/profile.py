@@ -1,4 +1,4 @@
-"""Per-user state: identity, traits, session, variable buckets, segments, caps and decisions.
+"""Per-user state: identity, traits, session, variables, segments, caps, timers and decisions.
 
 `UserState` is a tree of msgspec Structs holding only plain types (str, int, float, None, lists
 and dicts of them), so both stores can keep it as is: the memory store holds the objects, the
@@ -12,20 +12,26 @@ takes the rules' variable merger.
 Merging two profiles of one person (identity merge): counts and caps add up (per-session cap
 counts are the newer profile's, whose session is the one kept), traits merge with the newer
 profile winning, variables merge as their statistic allows, decision histories interleave by
-time (the newest MAX_DECISIONS kept per campaign), and segment memberships are the union (so
-nobody "enters" a segment only because two halves of their profile were joined). "Newer" is
-the profile seen last.
+time (the newest MAX_DECISIONS kept per campaign), pending timers are the union (the
+later-armed one per campaign), the spacing clock is the one of the latest spaced delivery, and
+segment memberships are the union (so nobody "enters" a segment only because two halves of
+their profile were joined). "Newer" is the profile seen last.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Final, Literal
 
 import msgspec
 
-FIRED = "fired"
-SUPPRESSED = "suppressed"
+from collector.engine.values import Value
+
+State = tuple[Value, ...]  # one variable's state; its layout is set by the variable's statistic
+
+DecisionOutcome = Literal["fired", "suppressed"]
+FIRED: Final = "fired"
+SUPPRESSED: Final = "suppressed"
 MAX_ANONYMOUS_IDS = 8  # the most recent anonymous ids kept per profile
 MAX_EVENT_NAMES = 100  # distinct event names counted per profile
 MAX_DECISIONS = 5  # decisions kept per campaign for "why did it not fire?", newest first
@@ -50,7 +56,7 @@ class Decision(msgspec.Struct, array_like=True, frozen=True, gc=False):
 
     campaign_id: str
     variant_id: str | None
-    outcome: str  # "fired" | "suppressed"
+    outcome: DecisionOutcome
     reason: str | None  # None when fired
     at: float
 
@@ -65,7 +71,7 @@ class Verdict(msgspec.Struct, array_like=True, frozen=True, gc=False):
     at: float
 
     @property
-    def outcome(self) -> str:
+    def outcome(self) -> DecisionOutcome:
         """"fired" or "suppressed"."""
         return FIRED if self.reason is None else SUPPRESSED
 
@@ -80,6 +86,31 @@ class Caps(msgspec.Struct, array_like=True, gc=False):
     in_day: int = 0
 
 
+class Spaced(msgspec.Struct, array_like=True, gc=False):
+    """Project-wide spacing: when the user's latest spaced campaign fired, page views since."""
+
+    at: float
+    page_views: int = 0
+
+
+class Timer(msgspec.Struct, array_like=True, gc=False):
+    """A pending absence trigger: `campaign_id` fires at `due` unless cancelled first."""
+
+    campaign_id: str
+    due: float
+    armed_at: float
+    event_id: str  # messageId of the `after` event: the webhook's event, and its id's seed
+    properties: dict[str, Value] = {}  # the `after` event's properties, for its templates
+
+
+class Tally(msgspec.Struct, array_like=True, gc=False):
+    """Deliveries of one campaign across every user: in total, and on local day `day`."""
+
+    total: int = 0
+    day: int = 0
+    in_day: int = 0
+
+
 class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """Everything the engine knows about one user."""
 
@@ -90,12 +121,12 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     # of strings, where a list per profile would be walked by every full collection: in a big
     # memory-mode store, those lists were most of what the collector walked.
     anonymous: tuple[str, ...] = msgspec.field(default=(), name="anonymous_ids")
-    traits: dict[str, Any] = {}
+    traits: dict[str, Value] = {}
     first_seen: float = 0.0
     last_seen: float = 0.0
     event_counts: dict[str, int] = {}  # lifetime count per event name, at most MAX_EVENT_NAMES
     session: Session | None = None
-    variables: dict[str, tuple[Any, ...]] = {}  # per maintained variable, layout set by its stat
+    variables: dict[str, State] = {}  # per maintained variable, layout set by its stat
     # rarely needed, so None until first used (an empty container still costs 56-64 bytes)
     segments: list[str] | None = None  # tracked segments (named by segment_entered) the user is in
     caps: dict[str, Caps] | None = None  # per campaign with frequency caps
@@ -104,7 +135,9 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     # campaign's outcome changed: consecutive decisions alike (same outcome, reason and variant)
     # are one entry, stamped with the latest time, so most profiles never need this.
     history: dict[str, tuple[Verdict, ...]] | None = None
-    page: dict[str, Any] | None = None  # latest page (path, url, title, referrer, search), if used
+    page: dict[str, Value] | None = None  # latest page (path, url, title, referrer, search)
+    spacing: Spaced | None = None  # only with project-wide spacing, once a spaced campaign fired
+    timers: list[Timer] | None = None  # pending absence triggers, at most one per campaign
 
     @property
     def anonymous_ids(self) -> list[str]:
@@ -116,7 +149,7 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
         self.anonymous = tuple(ids)
 
 
-VariableMerger = Callable[[str, tuple[Any, ...], tuple[Any, ...], bool], tuple[Any, ...]]
+VariableMerger = Callable[[str, State, State, bool], State]
 """Merge two states of one variable: (name, a, b, a_is_newer) -> merged."""
 
 
@@ -154,6 +187,12 @@ def merge(a: UserState, b: UserState, merge_variable: VariableMerger) -> UserSta
         decisions[campaign_id] = both[0]
         if len(both) > 1:
             history[campaign_id] = tuple(both[1:MAX_DECISIONS])
+    timers: dict[str, Timer] = {}
+    for timer in (*(older.timers or ()), *(newer.timers or ())):
+        kept_timer = timers.get(timer.campaign_id)
+        if kept_timer is None or timer.armed_at >= kept_timer.armed_at:
+            timers[timer.campaign_id] = timer
+    spacings = [s for s in (a.spacing, b.spacing) if s is not None]
     return UserState(
         key=a.key,
         user_id=newer.user_id or older.user_id,
@@ -169,6 +208,8 @@ def merge(a: UserState, b: UserState, merge_variable: VariableMerger) -> UserSta
         decisions=decisions,
         history=history or None,
         page=newer.page or older.page,
+        spacing=max(spacings, key=lambda s: s.at) if spacings else None,
+        timers=sorted(timers.values(), key=lambda t: t.due) or None,
     )
 
 
@@ -195,6 +236,12 @@ def remember(state: UserState, campaign_id: str, verdict: Verdict) -> None:
         history = state.history = {}
     earlier = history.get(campaign_id, ())
     history[campaign_id] = (previous, *earlier[: MAX_DECISIONS - 2])
+
+
+def next_due(state: UserState) -> float | None:
+    """When the user's earliest pending timer is due, or None without timers."""
+    timers = state.timers
+    return min(t.due for t in timers) if timers else None
 
 
 def _outside_session(caps: Caps) -> Caps:

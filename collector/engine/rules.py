@@ -4,7 +4,8 @@ Only variables that some condition or template uses are maintained: resolving a 
 compiling marks the variable used, and the `where` of a used variable may in turn use more.
 `event_count: NAME, window: W` becomes an implicit count variable. Campaigns are indexed by
 trigger event name (no trigger = `page`) and by `segment_entered` segment, each list sorted by
-exclusivity rank, so an event only pays for the campaigns that could fire on it.
+exclusivity rank, so an event only pays for the campaigns that could fire on it. Absence
+triggers are indexed by their `after` event (arming) and `unless` event (cancelling) instead.
 
 Changing one campaign (`Rules.with_campaign`, `Rules.without_campaign`) compiles the config
 again with the changed campaign list, into a new registry: a Rules never shares its registry, so
@@ -15,18 +16,16 @@ with it. (Compiling is cheap: a thousand campaigns take well under a second.)
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from collector.config.schema import CampaignSpec, ConditionTree, ConfigFile
 from collector.engine.campaigns import Campaign, Gate, build_arms, runs
 from collector.engine.conditions import ConditionCompiler
 from collector.engine.schedule import Calendar, CompiledSchedule
-from collector.engine.scope import MISSING, Getter, Predicate, Scope
+from collector.engine.scope import Getter, Predicate, Scope
 from collector.engine.templates import TemplateCompiler
+from collector.engine.values import MISSING, UNSET, Missing, Value
 from collector.engine.variables import Variable, event_field
 from collector.errors import ConfigError
-
-_UNSET: Any = object()
 
 
 class _Registry:
@@ -40,7 +39,7 @@ class _Registry:
         self._getters: dict[str, Getter] = {}
         self._segments: dict[str, Predicate] = {}
         self._pending: list[tuple[Variable, ConditionTree, str]] = []
-        self._gates: dict[tuple[Any, ...], Gate] = {}
+        self._gates: dict[tuple[object, ...], Gate] = {}
         self.conditions = ConditionCompiler(
             variable=self.variable_getter,
             segment=self.segment,
@@ -75,10 +74,10 @@ class _Registry:
         if getter is None:
             name, read = variable.name, variable.read
 
-            def getter(scope: Scope) -> Any:
+            def getter(scope: Scope) -> Value | Missing:
                 values = scope.values
-                value = values.get(name, _UNSET)
-                if value is _UNSET:
+                value = values.get(name, UNSET)
+                if value is UNSET:
                     value = values[name] = read(scope)
                 return value
 
@@ -165,6 +164,8 @@ class _Registry:
         else:
             actions = []
         trigger = spec.trigger
+        unless = trigger.unless if trigger is not None else None
+        spacing = self.config.spacing
         campaign = Campaign(
             spec,
             arms=build_arms(spec, actions) if actions else (),
@@ -173,6 +174,14 @@ class _Registry:
             test_users=test_users,
             updated_at=updated_at,
             order=order,
+            spacing=(
+                None
+                if spacing.seconds is None and spacing.page_views is None
+                else (spacing.seconds, spacing.page_views)
+            ),
+            unless_where=self.condition(
+                unless.where if unless else None, f"{prefix}trigger.unless.where"
+            ),
         )
         return campaign, templates.uses_page
 
@@ -191,6 +200,7 @@ class Rules:
         self.config = config
         self.calendar = calendar
         self.session_timeout = float(config.session_timeout)
+        self.trait_bytes = config.state.trait_bytes
         self.test_users = test_users
         self.campaigns: dict[str, Campaign] = {cid: c for cid, (c, _) in campaigns.items()}
         self.keep_page = any(page for _, page in campaigns.values())
@@ -222,6 +232,23 @@ class Rules:
         self.runs_by_event = {name: runs(found) for name, found in self.by_event.items()}
         self.by_segment = {name: tuple(found) for name, found in entered.items()}
         self.tracked = tuple((name, self.segments[name]) for name in sorted(entered))
+        arming: dict[str, list[Campaign]] = {}
+        cancelling: dict[str, list[Campaign]] = {}
+        for campaign in ranked:
+            if campaign.after is not None:
+                arming.setdefault(campaign.after, []).append(campaign)
+                if campaign.unless is not None:
+                    cancelling.setdefault(campaign.unless, []).append(campaign)
+        self.arming = {name: tuple(found) for name, found in arming.items()}
+        self.cancelling = {name: tuple(found) for name, found in cancelling.items()}
+        # a due timer is decided alone, as a run of one campaign
+        self.absence_runs = {
+            c.id: runs((c,)) for found in self.arming.values() for c in found
+        }
+        self.max_timers = config.state.max_timers
+        self.stopping = tuple(c for c in ranked if c.stops)  # campaigns with stop conditions
+        spacing = config.spacing
+        self.count_page_views = spacing.page_views is not None
 
     def with_campaign(self, spec: CampaignSpec, updated_at: float) -> Rules:
         """These rules with one campaign added or replaced; raises ConfigError if it is invalid."""

@@ -9,26 +9,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Final
 
 from collector.engine.profile import UserState
 from collector.engine.schedule import DAY, Calendar
+from collector.engine.values import MISSING, Missing, Value
 from collector.events import Event
-
-
-class _Missing:
-    """The value of something that is not there (a trait never set, a variable with no data)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "MISSING"
-
-    def __bool__(self) -> bool:
-        return False
-
-
-MISSING: Final[Any] = _Missing()
 
 
 class Scope:
@@ -64,7 +49,7 @@ class Scope:
         self.second_of_day = local - day * DAY
         self.weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
         self.session_number = session_number
-        self.values: dict[str, Any] = {}
+        self.values: dict[str, Value | Missing] = {}
         self.segments: dict[str, bool] = {}
         # set by the engine just before rendering a campaign's webhook
         self.campaign_id = ""
@@ -73,22 +58,23 @@ class Scope:
         self.delivery_id = ""
 
 
-Getter = Callable[[Scope], Any]
+Getter = Callable[[Scope], Value | Missing]
+TextGetter = Callable[[Scope], str]  # a placeholder rendered inside a string
 Predicate = Callable[[Scope], bool]
 
 
-def path_getter(path: str) -> Callable[[Any], Any]:
+def path_getter(path: str) -> Callable[[Value], Value | Missing]:
     """A reader of a dotted path (`page.path`, `items.0.sku`) in nested dicts and lists."""
     parts = tuple(path.split("."))
     if len(parts) == 1:
         key = parts[0]
 
-        def get_one(data: Any) -> Any:
+        def get_one(data: Value) -> Value | Missing:
             return data.get(key, MISSING) if data.__class__ is dict else MISSING
 
         return get_one
 
-    def get_path(data: Any) -> Any:
+    def get_path(data: Value) -> Value | Missing:
         for part in parts:  # nested dicts, or lists indexed by number
             if data.__class__ is dict:
                 data = data.get(part, MISSING)
@@ -103,7 +89,7 @@ def path_getter(path: str) -> Callable[[Any], Any]:
     if len(parts) == 2:
         first, second = parts
 
-        def get_two(data: Any) -> Any:
+        def get_two(data: Value) -> Value | Missing:
             inner = data.get(first) if data.__class__ is dict else None
             if inner.__class__ is dict:
                 return inner.get(second, MISSING)
@@ -113,11 +99,11 @@ def path_getter(path: str) -> Callable[[Any], Any]:
     return get_path
 
 
-def as_number(value: Any) -> Any:
+def as_number(value: Value) -> int | float | Missing:
     """A finite int or float, from a number or a numeric string; MISSING otherwise (bools too)."""
     cls = value.__class__
     if cls is int:
-        return value
+        return value  # type: ignore[no-any-return]  # checked by class just above
     if cls is float:
         return value if math.isfinite(value) else MISSING
     if cls is str:

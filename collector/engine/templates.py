@@ -9,10 +9,11 @@ Names resolve at load time, so a typo is a config error with its path:
 - `traits.X`, `properties.X`, `context.X` (dotted paths), and `page.path|url|title|referrer|search`
   (from the event's `context.page`, else the user's latest page).
 
-Rendering: in the URL a value is URL-encoded; in header values it is inserted as text, and a
-rendered value holding CR or LF suppresses the delivery (`invalid_header`); in the body, strings
-are rendered through dicts and lists, and a string that is exactly one placeholder keeps the
-value's JSON type. Text forms: strings as they are, `true`/`false`, numbers as Python prints
+Rendering: in the URL a value is URL-encoded (a value `.` or `..` has its dots encoded too, so
+it cannot move the path); in header values it is inserted as text, and a rendered value
+holding CR or LF suppresses the delivery (`invalid_header`); in the body, strings are rendered
+through dicts and lists, and a string that is exactly one placeholder keeps the value's JSON
+type. Text forms: strings as they are, `true`/`false`, numbers as Python prints
 them, lists and dicts as JSON. `#{name|fallback}` gives a fallback for a missing (absent or
 null) value; as a whole body string, a fallback that reads as a JSON number, `true`, `false` or
 `null` keeps that type. A missing value with neither fallback nor default suppresses the
@@ -24,13 +25,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import quote
 
 import msgspec
 
 from collector.config.schema import WebhookAction
-from collector.engine.scope import MISSING, Getter, Scope, path_getter
+from collector.engine.scope import Getter, Scope, TextGetter, path_getter
+from collector.engine.values import MISSING, Missing, Value
 
 PLACEHOLDER = re.compile(r"#\{([^{}]*)\}")
 PAGE_FIELDS = ("path", "url", "title", "referrer", "search")
@@ -46,11 +47,11 @@ class Suppressed(Exception):
         self.detail = detail
 
 
-def text(value: Any) -> str:
+def text(value: Value) -> str:
     """A value as text inside a string: strings as is, JSON for the rest."""
     cls = value.__class__
     if cls is str:
-        return value  # type: ignore[no-any-return]
+        return value  # type: ignore[no-any-return]  # checked by class just above
     if cls is bool:
         return "true" if value else "false"
     if cls is int or cls is float:
@@ -64,17 +65,17 @@ def _timestamp(scope: Scope) -> str:
     if found is None:  # rendered once per event, however many webhooks use it
         moment = datetime.fromtimestamp(scope.event.timestamp, UTC)
         found = values[_TIMESTAMP_MEMO] = moment.isoformat(timespec="milliseconds")[:-6] + "Z"
-    return found
+    return found  # type: ignore[return-value]  # only this function writes this memo: a str
 
 
-def _visitor_id(scope: Scope) -> Any:
+def _visitor_id(scope: Scope) -> str | Missing:
     if scope.event.anonymous_id is not None:
         return scope.event.anonymous_id
     ids = scope.state.anonymous
     return ids[-1] if ids else MISSING
 
 
-def _session_id(scope: Scope) -> Any:
+def _session_id(scope: Scope) -> str | Missing:
     session = scope.state.session
     return session.id if session is not None else MISSING
 
@@ -94,7 +95,7 @@ BUILTINS: dict[str, Getter] = {
 
 
 def _page_getter(field: str) -> Getter:
-    def get(scope: Scope) -> Any:
+    def get(scope: Scope) -> Value | Missing:
         page = scope.event.context.get("page")
         if page.__class__ is dict:
             value = page.get(field)
@@ -128,7 +129,7 @@ def builtin_getter(name: str) -> Getter | None:
 _JSON_NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
 
 
-def _fallback_value(fallback: str) -> Any:
+def _fallback_value(fallback: str) -> Value:
     if fallback in ("true", "false", "null") or _JSON_NUMBER.fullmatch(fallback):
         return msgspec.json.decode(fallback)
     return fallback
@@ -140,14 +141,16 @@ _URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch
 _URL_CACHE_SIZE = 4096
 
 
-def url_encoder(cache: dict[str, str]) -> Callable[[Any], str]:
+def url_encoder(cache: dict[str, str]) -> Callable[[Value], str]:
     """A value-to-URL-encoded-text function remembering recent texts in `cache` (bounded)."""
 
-    def encode(value: Any) -> str:
+    def encode(value: Value) -> str:
         rendered = value if value.__class__ is str else text(value)
         found = cache.get(rendered)
         if found is None:
             found = rendered if _URL_SAFE(rendered) else quote(rendered, safe="")
+            if found == "." or found == "..":  # as a whole path segment, it would move the path
+                found = found.replace(".", "%2E")
             if len(cache) >= _URL_CACHE_SIZE:
                 cache.clear()
             cache[rendered] = found
@@ -177,7 +180,7 @@ class TemplateCompiler:
     def action(self, action: WebhookAction, path: str) -> ActionTemplate:
         """Compile an action's URL, headers and body."""
         url = self._string(action.url, f"{path}.url", encode=True)
-        headers: list[tuple[str, str | Getter]] = []
+        headers: list[tuple[str, str | TextGetter]] = []
         for name, value in action.headers.items():
             hpath = f"{path}.headers.{name}"
             if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
@@ -186,12 +189,8 @@ class TemplateCompiler:
         body = self._body(action.body, f"{path}.body")
         return ActionTemplate(action.method, url, tuple(headers), body)
 
-    def _slot(
-        self, name: str, has_fallback: bool, fallback: Any, path: str,
-        convert: Callable[[Any], Any] | None = None,
-    ) -> Getter:
-        """A reader of one placeholder's value, converted (to text, URL text) when asked."""
-        name = name.strip()
+    def _lookup(self, name: str, path: str) -> Getter | None:
+        """The reader of a placeholder's name, or None (a problem is noted) if it is unknown."""
         getter = self._variable(name) if name else None
         if getter is None and name:
             getter = builtin_getter(name)
@@ -199,21 +198,36 @@ class TemplateCompiler:
         if getter is None:
             shown = f"unknown variable '{name}'" if name else "empty placeholder '#{}'"
             self._problems.append(f"{path}: {shown}")
+        return getter
+
+    def _slot(self, name: str, has_fallback: bool, fallback: Value, path: str) -> Getter:
+        """A reader of one placeholder's value (a whole-value body placeholder)."""
+        name = name.strip()
+        found = self._lookup(name, path)
+        if found is None:
             return lambda scope: ""
-        found = getter
-        if convert is None:
-            if has_fallback:
-                return lambda scope: (
-                    fallback if (value := found(scope)) is MISSING or value is None else value
-                )
+        if has_fallback:
+            return lambda scope: (
+                fallback if (value := found(scope)) is MISSING or value is None else value
+            )
 
-            def required(scope: Scope) -> Any:
-                value = found(scope)
-                if value is MISSING or value is None:
-                    raise Suppressed("missing_variable", name)
-                return value
+        def required(scope: Scope) -> Value:
+            value = found(scope)
+            if value is MISSING or value is None:
+                raise Suppressed("missing_variable", name)
+            return value
 
-            return required
+        return required
+
+    def _text_slot(
+        self, name: str, has_fallback: bool, fallback: str, path: str,
+        convert: Callable[[Value], str],
+    ) -> TextGetter:
+        """A reader of one placeholder inside a string, converted to (URL-encoded) text."""
+        name = name.strip()
+        found = self._lookup(name, path)
+        if found is None:
+            return lambda scope: ""
         if has_fallback:
             converted = convert(fallback)
             return lambda scope: (
@@ -221,7 +235,7 @@ class TemplateCompiler:
             )
         if convert is text:
 
-            def required_text(scope: Scope) -> Any:
+            def required_text(scope: Scope) -> str:
                 value = found(scope)
                 if value.__class__ is str:
                     return value
@@ -231,7 +245,7 @@ class TemplateCompiler:
 
             return required_text
 
-        def required_converted(scope: Scope) -> Any:
+        def required_converted(scope: Scope) -> str:
             value = found(scope)
             if value is MISSING or value is None:
                 raise Suppressed("missing_variable", name)
@@ -239,16 +253,16 @@ class TemplateCompiler:
 
         return required_converted
 
-    def _string(self, template: str, path: str, *, encode: bool) -> str | Getter:
+    def _string(self, template: str, path: str, *, encode: bool) -> str | TextGetter:
         literal: list[str] = []  # the template as a str.format pattern, one {} per placeholder
-        slots: list[Getter] = []
+        slots: list[TextGetter] = []
         position = 0
         for match in PLACEHOLDER.finditer(template):
             literal.append(_escape_braces(template[position : match.start()]))
             literal.append("{}")
             name, bar, fallback = match.group(1).partition("|")
             convert = self._encode if encode else text
-            slots.append(self._slot(name, bool(bar), fallback, path, convert))
+            slots.append(self._text_slot(name, bool(bar), fallback, path, convert))
             position = match.end()
         if not slots:
             return template
@@ -260,7 +274,7 @@ class TemplateCompiler:
         frozen = tuple(slots)
         return lambda scope: pattern(*[slot(scope) for slot in frozen])
 
-    def _body(self, value: Any, path: str) -> Getter:
+    def _body(self, value: Value, path: str) -> Getter:
         if isinstance(value, str):
             match = PLACEHOLDER.fullmatch(value)
             if match is not None:
@@ -287,8 +301,8 @@ class ActionTemplate:
     def __init__(
         self,
         method: str,
-        url: str | Getter,
-        headers: tuple[tuple[str, str | Getter], ...],
+        url: str | TextGetter,
+        headers: tuple[tuple[str, str | TextGetter], ...],
         body: Getter,
     ) -> None:
         self.method = method
@@ -296,7 +310,7 @@ class ActionTemplate:
         self.headers = headers
         self.body = body
 
-    def render(self, scope: Scope) -> tuple[str, dict[str, str], Any]:
+    def render(self, scope: Scope) -> tuple[str, dict[str, str], Value]:
         """The request's URL, headers and body; raises Suppressed when it must not be sent."""
         url = self.url if isinstance(self.url, str) else self.url(scope)
         headers: dict[str, str] = {}
@@ -304,7 +318,7 @@ class ActionTemplate:
             if isinstance(value, str):
                 headers[name] = value
                 continue
-            rendered: str = value(scope)
+            rendered = value(scope)
             if "\r" in rendered or "\n" in rendered:
                 raise Suppressed("invalid_header", name)
             headers[name] = rendered

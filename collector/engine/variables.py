@@ -33,22 +33,26 @@ and then the variable's `default` (if any) stands in.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from operator import attrgetter
-from typing import Any, cast
+from typing import Literal, cast
 
 import msgspec
 
 from collector.config.schema import window_seconds
-from collector.engine.scope import MISSING, Predicate, Scope, as_number, path_getter
+from collector.engine.profile import State
+from collector.engine.scope import Predicate, Scope, as_number, path_getter
+from collector.engine.values import MISSING, Missing, Value
 from collector.events import Event
 
 MAX_BUCKETS = 64
 DISTINCT_LIMIT = 100
+_DISTINCT_KEY_LENGTH = 64
 
-Bucket = Sequence[Any]  # (index, *payload), a tuple (a list once decoded from msgpack)
+Bucket = Sequence[Value]  # (index, *payload), a tuple (a list once decoded from msgpack)
 Buckets = tuple[Bucket, ...]  # a multi-bucket state
-State = tuple[Any, ...]  # a variable's state, as a profile keeps it
+WindowKind = Literal["all", "session", "previous_session", "today", "days", "hours"]
 
 
 class Window:
@@ -57,7 +61,7 @@ class Window:
     __slots__ = ("index", "keep", "kind", "offset", "span", "width")
 
     def __init__(self, window: str) -> None:
-        self.kind = window
+        self.kind: WindowKind = _KINDS.get(window, "days")
         self.width = 1
         self.span = 1  # buckets a read covers
         self.offset = 0  # how far the covered range ends before the current bucket
@@ -73,7 +77,12 @@ class Window:
         self.index = _index(self.kind, self.width)  # the bucket the current time falls in
 
 
-def _index(kind: str, width: int) -> Callable[[Scope], int]:
+_KINDS: dict[str, WindowKind] = {
+    "all": "all", "session": "session", "previous_session": "previous_session", "today": "today",
+}
+
+
+def _index(kind: WindowKind, width: int) -> Callable[[Scope], int]:
     """A window's bucket index for a scope, chosen once (attrgetter runs in C)."""
     if kind == "all":
         return _all_time
@@ -95,25 +104,25 @@ class Stat:
 
     single = False  # only the newest bucket in the covered range is read
     numeric = False
-    empty: Any = MISSING
+    empty: int | Missing = MISSING
 
-    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+    def new(self, idx: int, value: Value, t: float, before: Bucket | None) -> tuple[Value, ...]:
         """A bucket holding one value (`before`: the newest bucket so far, if any)."""
         raise NotImplementedError
 
-    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+    def folded(self, bucket: Bucket, value: Value, t: float) -> tuple[Value, ...]:
         """The bucket with a value folded in, as a new tuple."""
         raise NotImplementedError
 
-    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Value | Missing:
         """The statistic over the buckets with low <= index <= high."""
         raise NotImplementedError
 
-    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Value, ...]:
         """Two buckets with the same index, as one (for merging profiles)."""
         raise NotImplementedError
 
-    def record(self, buckets: Buckets, idx: int, keep: int, value: Any, t: float) -> Buckets:
+    def record(self, buckets: Buckets, idx: int, keep: int, value: Value, t: float) -> Buckets:
         """A multi-bucket state with a value added at bucket `idx`, trimmed to `keep` buckets."""
         if not buckets:
             return (self.new(idx, value, t, None),)
@@ -135,7 +144,7 @@ class Stat:
             return (self.new(idx, value, t, None), *buckets)
         return buckets
 
-    def record_one(self, bucket: State, idx: int, value: Any, t: float) -> State:
+    def record_one(self, bucket: State, idx: int, value: Value, t: float) -> State:
         """A flat state (only the newest bucket is kept) with a value added at bucket `idx`."""
         if not bucket:
             return self.new(idx, value, t, None)
@@ -160,15 +169,15 @@ class Stat:
 class Count(Stat):
     """(idx, n)"""
 
-    empty = 0
+    empty: int | Missing = 0
 
-    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+    def new(self, idx: int, value: Value, t: float, before: Bucket | None) -> tuple[Value, ...]:
         return (idx, 1)
 
-    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+    def folded(self, bucket: Bucket, value: Value, t: float) -> tuple[Value, ...]:
         return (bucket[0], bucket[1] + 1)
 
-    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Value | Missing:
         total = 0
         for bucket in reversed(buckets):
             idx = bucket[0]
@@ -178,8 +187,19 @@ class Count(Stat):
                 total += bucket[1]
         return total
 
-    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Value, ...]:
         return (a[0], a[1] + b[1])
+
+
+def add(a: Value, b: Value) -> Value:
+    """a + b, as a float once an integer sum leaves signed 64 bits (which state stores keep)."""
+    total = a + b
+    if total.__class__ is int and not -_INT64 <= total < _INT64:
+        return float(total)
+    return total
+
+
+_INT64 = 2**63
 
 
 class Sum(Count):
@@ -188,21 +208,24 @@ class Sum(Count):
     numeric = True
     empty = MISSING
 
-    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+    def new(self, idx: int, value: Value, t: float, before: Bucket | None) -> tuple[Value, ...]:
         return (idx, value)
 
-    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
-        return (bucket[0], bucket[1] + value)
+    def folded(self, bucket: Bucket, value: Value, t: float) -> tuple[Value, ...]:
+        return (bucket[0], add(bucket[1], value))
 
-    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
-        total: Any = MISSING
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Value | Missing:
+        total: Value | Missing = MISSING
         for bucket in reversed(buckets):
             idx = bucket[0]
             if idx < low:
                 break
             if idx <= high:
-                total = bucket[1] if total is MISSING else total + bucket[1]
+                total = bucket[1] if total is MISSING else add(total, bucket[1])
         return total
+
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Value, ...]:
+        return (a[0], add(a[1], b[1]))
 
 
 class Average(Stat):
@@ -210,13 +233,13 @@ class Average(Stat):
 
     numeric = True
 
-    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+    def new(self, idx: int, value: Value, t: float, before: Bucket | None) -> tuple[Value, ...]:
         return (idx, value, 1)
 
-    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
-        return (bucket[0], bucket[1] + value, bucket[2] + 1)
+    def folded(self, bucket: Bucket, value: Value, t: float) -> tuple[Value, ...]:
+        return (bucket[0], add(bucket[1], value), bucket[2] + 1)
 
-    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Value | Missing:
         total, n = 0.0, 0
         for bucket in reversed(buckets):
             idx = bucket[0]
@@ -227,8 +250,8 @@ class Average(Stat):
                 n += bucket[2]
         return total / n if n else MISSING
 
-    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
-        return (a[0], a[1] + b[1], a[2] + b[2])
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Value, ...]:
+        return (a[0], add(a[1], b[1]), a[2] + b[2])
 
 
 class Minimum(Stat):
@@ -236,31 +259,31 @@ class Minimum(Stat):
 
     numeric = True
 
-    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+    def new(self, idx: int, value: Value, t: float, before: Bucket | None) -> tuple[Value, ...]:
         return (idx, value)
 
-    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+    def folded(self, bucket: Bucket, value: Value, t: float) -> tuple[Value, ...]:
         return (bucket[0], value) if value < bucket[1] else tuple(bucket)
 
-    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Value | Missing:
         found = [bucket[1] for bucket in buckets if low <= bucket[0] <= high]
         return min(found) if found else MISSING
 
-    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Value, ...]:
         return (a[0], min(a[1], b[1]))
 
 
 class Maximum(Minimum):
     """(idx, highest)"""
 
-    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+    def folded(self, bucket: Bucket, value: Value, t: float) -> tuple[Value, ...]:
         return (bucket[0], value) if value > bucket[1] else tuple(bucket)
 
-    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Value | Missing:
         found = [bucket[1] for bucket in buckets if low <= bucket[0] <= high]
         return max(found) if found else MISSING
 
-    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Value, ...]:
         return (a[0], max(a[1], b[1]))
 
 
@@ -276,17 +299,17 @@ class Latest(Stat):
 
     single = True
 
-    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+    def new(self, idx: int, value: Value, t: float, before: Bucket | None) -> tuple[Value, ...]:
         return (idx, value, t)
 
-    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+    def folded(self, bucket: Bucket, value: Value, t: float) -> tuple[Value, ...]:
         return (bucket[0], value, t) if t >= bucket[2] else tuple(bucket)
 
-    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Value | Missing:
         bucket = _newest_until(buckets, high)
         return bucket[1] if bucket is not None and bucket[0] >= low else MISSING
 
-    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Value, ...]:
         return tuple(a) if a[2] >= b[2] else tuple(b)
 
 
@@ -295,12 +318,12 @@ class Previous(Stat):
 
     single = True
 
-    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+    def new(self, idx: int, value: Value, t: float, before: Bucket | None) -> tuple[Value, ...]:
         if before is None:
             return (idx, value, t, None, 0.0, None)
         return (idx, value, t, before[1], before[2], before[0])
 
-    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+    def folded(self, bucket: Bucket, value: Value, t: float) -> tuple[Value, ...]:
         idx = bucket[0]
         if t >= bucket[2]:
             return (idx, value, t, bucket[1], bucket[2], idx)
@@ -308,13 +331,13 @@ class Previous(Stat):
             return (idx, bucket[1], bucket[2], value, t, idx)
         return tuple(bucket)
 
-    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Value | Missing:
         bucket = _newest_until(buckets, high)
         if bucket is None or bucket[5] is None or bucket[0] < low or not low <= bucket[5] <= high:
             return MISSING
         return bucket[3]
 
-    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Value, ...]:
         seen = [(a[0], a[2], a[1]), (b[0], b[2], b[1])]
         seen += [(x[5], x[4], x[3]) for x in (a, b) if x[5] is not None]
         seen.sort(key=lambda item: (item[0], item[1]), reverse=True)
@@ -325,19 +348,19 @@ class Previous(Stat):
 class First(Stat):
     """(idx, value, t) — the earliest value in each bucket."""
 
-    def new(self, idx: int, value: Any, t: float, before: Bucket | None) -> tuple[Any, ...]:
+    def new(self, idx: int, value: Value, t: float, before: Bucket | None) -> tuple[Value, ...]:
         return (idx, value, t)
 
-    def folded(self, bucket: Bucket, value: Any, t: float) -> tuple[Any, ...]:
+    def folded(self, bucket: Bucket, value: Value, t: float) -> tuple[Value, ...]:
         return (bucket[0], value, t) if t < bucket[2] else tuple(bucket)
 
-    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Value | Missing:
         for bucket in buckets:
             if low <= bucket[0] <= high:
                 return bucket[1]
         return MISSING
 
-    def combine(self, a: Bucket, b: Bucket) -> tuple[Any, ...]:
+    def combine(self, a: Bucket, b: Bucket) -> tuple[Value, ...]:
         return tuple(a) if a[2] <= b[2] else tuple(b)
 
 
@@ -346,12 +369,14 @@ class Distinct(Stat):
 
     empty = 0
 
-    def record_distinct(self, state: State, idx: int, keep: int, value: Any) -> State:
+    def record_distinct(self, state: State, idx: int, keep: int, value: Value) -> State:
         """The state with a value seen at bucket `idx` (its map is updated in place)."""
         if not state:
             state = (idx, {})
         seen: dict[str, list[int]] = state[1]
         key = value if value.__class__ is str else "\x00" + msgspec.json.encode(value).decode()
+        if len(key) > _DISTINCT_KEY_LENGTH:  # a long value is remembered by its digest
+            key = "\x01" + hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
         entry = seen.get(key)
         if entry is None:
             seen[key] = [idx]
@@ -368,7 +393,7 @@ class Distinct(Stat):
             del seen[min(seen, key=lambda k: seen[k][0])]
         return state
 
-    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Any:
+    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Value | Missing:
         count = 0
         seen = cast("dict[str, list[int]]", buckets[1])  # the state is (newest index, map)
         for entry in seen.values():
@@ -377,7 +402,7 @@ class Distinct(Stat):
                 count += 1
         return count
 
-    def merge_distinct(self, a: Bucket, b: Bucket, keep: int) -> tuple[Any, ...]:
+    def merge_distinct(self, a: Bucket, b: Bucket, keep: int) -> tuple[Value, ...]:
         """Two states of one distinct count, as one."""
         newest = max(a[0], b[0])
         seen: dict[str, list[int]] = {k: list(v) for k, v in a[1].items()}
@@ -421,7 +446,7 @@ _EVENT_ATTRIBUTES = {
 _EVENT_DICTS = ("properties", "context", "traits")
 
 
-def event_field(path: str) -> Callable[[Event], Any] | None:
+def event_field(path: str) -> Callable[[Event], Value | Missing] | None:
     """A reader of a dotted path into an event (`properties.revenue`), or None if not one."""
     root, _, rest = path.partition(".")
     if root in _EVENT_DICTS and rest:
@@ -451,8 +476,8 @@ class Variable:
         events: tuple[str, ...],
         stat: str,
         window: str,
-        field: Callable[[Event], Any] | None = None,
-        default: Any = None,
+        field: Callable[[Event], Value | Missing] | None = None,
+        default: Value = None,
     ) -> None:
         self.name = name
         self.events = events
@@ -470,7 +495,7 @@ class Variable:
         self.extract = self._extractor()
         self.fold = self._folder()
 
-    def _extractor(self) -> Callable[[Scope], Any]:
+    def _extractor(self) -> Callable[[Scope], Value | Missing]:
         """The value an event brings, or MISSING when it brings none (the event is skipped)."""
         if self.time_value:
             return attrgetter("t")
@@ -484,7 +509,7 @@ class Variable:
             )
         return lambda scope: MISSING if (value := field(scope.event)) is None else value
 
-    def _folder(self) -> Callable[[State, int, Any, float], State]:
+    def _folder(self) -> Callable[[State, int, Value, float], State]:
         """The state with a value folded in at a bucket index and time."""
         if self.flat:
             return self.stat.record_one
@@ -506,7 +531,7 @@ class Variable:
         if changed is not state:
             variables[self.name] = changed
 
-    def read(self, scope: Scope) -> Any:
+    def read(self, scope: Scope) -> Value | Missing:
         """The variable's current value: the statistic, else the default, else MISSING."""
         state = scope.state.variables.get(self.name)
         value = self.stat.empty
@@ -528,5 +553,5 @@ class Variable:
         return self.stat.merge(a, b, self.keep)
 
 
-def _no_value(scope: Scope) -> Any:
+def _no_value(scope: Scope) -> None:
     return None  # `count` without a field counts the event itself

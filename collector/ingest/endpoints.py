@@ -31,14 +31,17 @@ from collector.ingest.messages import (
     MAX_BATCH_BYTES,
     MESSAGE_TYPES,
     Decoded,
+    Rejection,
     decode_batch,
     decode_single,
+    raise_all_rejected,
 )
 from collector.metrics import IngestMetrics
 
 log = logging.getLogger("tripwire.ingest")
 
-Accept = Callable[[Sequence[Event], float], Awaitable[None]]
+# Takes a request's events; returns those it could not apply, by position, with why.
+Accept = Callable[[Sequence[Event], float], Awaitable[Sequence[tuple[int, str]]]]
 
 _OK = orjson.dumps({"success": True})
 _JSON_TYPES = (b"application/json", b"text/plain", b"")
@@ -77,7 +80,9 @@ class IngestApp:
             now = time.time()
             decoded = decode_batch(body, now) if kind == "batch" else decode_single(body, kind, now)
             self._authenticate(decoded, headers)
-            await self._accept(decoded.events, now)
+            failed = await self._accept(decoded.events, now)
+            if failed:
+                _add_failures(decoded, failed, kind == "batch")
         except HTTPError as exc:
             self._metrics.requests[exc.status] += 1
             self._metrics.messages["rejected"] += 1
@@ -132,6 +137,17 @@ _PREFLIGHT = [
 
 
 _ENDPOINTS = {f"/v1/{kind}": kind for kind in ("batch", *MESSAGE_TYPES)}
+
+
+def _add_failures(decoded: Decoded, failed: Sequence[tuple[int, str]], batch: bool) -> None:
+    """List events the store could not apply among the rejected messages (all: a 400)."""
+    for position, detail in failed:
+        index = decoded.indexes[position]
+        path = f"$.batch[{index}]" if batch else "$"
+        decoded.rejected.append(Rejection(index, f"{path}: {detail}"))
+    decoded.rejected.sort(key=lambda r: r.index)
+    if len(failed) == len(decoded.events):
+        raise_all_rejected(decoded.rejected)
 
 
 def _endpoint(path: str) -> str:

@@ -14,6 +14,7 @@ reserved page properties). A page call's `context.page` is completed from its pr
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +29,10 @@ MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
 MAX_BATCH_MESSAGES = 2500
 MAX_DEPTH = 16
+MAX_ID_LENGTH = 512  # characters in a messageId, anonymousId, userId, previousId or event name
+# Accepted times (timestamp, sentAt, and the skew-corrected time): from 1970 up to the year 3000.
+MAX_EPOCH = 32_503_680_000.0
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # integers outside signed 64 bits are refused
 
 PAGE_FIELDS = ("path", "url", "title", "referrer", "search")
 MESSAGE_TYPES = frozenset(("track", "page", "identify", "alias", "screen", "group"))
@@ -60,7 +65,7 @@ class Envelope(msgspec.Struct, kw_only=True):
     batch: list[msgspec.Raw]
     writeKey: str | None = None
     sentAt: Moment | None = None
-    context: dict[str, Any] | None = None
+    context: msgspec.Raw = msgspec.Raw(b"")  # checked like a message before it is decoded
 
 
 class Single(msgspec.Struct, kw_only=True):
@@ -80,6 +85,14 @@ class Rejection(msgspec.Struct):
 _ENVELOPE = msgspec.json.Decoder(Envelope)
 _MESSAGE = msgspec.json.Decoder(Message)
 _SINGLE = msgspec.json.Decoder(Single)
+_CONTEXT = msgspec.json.Decoder(dict[str, Any] | None)
+_TOO_DEEP = f"nesting is deeper than {MAX_DEPTH} levels"
+# A run of 19 digits is the only way JSON can spell an integer outside signed 64 bits; where
+# the body has none (nearly always), no value needs checking.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}").search
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_SQUARE = bytes.maketrans(b"{}", b"[]")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 class Decoded(msgspec.Struct):
@@ -88,6 +101,7 @@ class Decoded(msgspec.Struct):
     write_key: str | None
     events: list[Event]
     rejected: list[Rejection]
+    indexes: list[int]  # each event's index in the batch
 
 
 def decode_batch(body: bytes, received_at: float) -> Decoded:
@@ -100,6 +114,8 @@ def decode_batch(body: bytes, received_at: float) -> Decoded:
         raise BadRequest(_path_message(exc, "$")) from exc
     except msgspec.DecodeError as exc:
         raise BadRequest(f"$: body is not valid JSON ({exc})") from exc
+    except RecursionError as exc:  # skipping an unknown field nested hundreds of levels deep
+        raise BadRequest(f"$: {_TOO_DEEP}") from exc
     if len(envelope.batch) > MAX_BATCH_MESSAGES:
         raise PayloadTooLarge(
             f"$.batch: {len(envelope.batch)} messages; the limit is {MAX_BATCH_MESSAGES}"
@@ -107,34 +123,48 @@ def decode_batch(body: bytes, received_at: float) -> Decoded:
     if not envelope.batch:
         raise BadRequest("$.batch: empty batch")
     events: list[Event] = []
+    indexes: list[int] = []
     rejected: list[Rejection] = []
+    check_numbers = _LONG_DIGITS(body) is not None
     sent_at = envelope.sentAt
-    context = envelope.context
+    if sent_at is not None:
+        _seconds(sent_at, "$.sentAt")
+    context = _decode_context(envelope.context, check_numbers)
     for index, raw in enumerate(envelope.batch):
         try:
             # Each detail starts with the message's path: given here as "", it is prefixed
             # only when a message is rejected rather than formatted for every message.
-            events.append(_decode_message(raw, None, sent_at, context, received_at, ""))
+            events.append(
+                _decode_message(raw, None, sent_at, context, received_at, "", check_numbers)
+            )
+            indexes.append(index)
         except (BadRequest, PayloadTooLarge) as exc:
             too_large = isinstance(exc, PayloadTooLarge)
             rejected.append(Rejection(index, f"$.batch[{index}]{exc.detail}", too_large))
     if not events:
-        detail = "; ".join(r.detail for r in rejected[:5])
-        raise PayloadTooLarge(detail) if all(r.too_large for r in rejected) else BadRequest(detail)
-    return Decoded(envelope.writeKey, events, rejected)
+        raise_all_rejected(rejected)
+    return Decoded(envelope.writeKey, events, rejected, indexes)
+
+
+def raise_all_rejected(rejected: list[Rejection]) -> None:
+    """Refuse a request none of whose messages was accepted, naming the first few problems."""
+    detail = "; ".join(r.detail for r in rejected[:5])
+    raise PayloadTooLarge(detail) if all(r.too_large for r in rejected) else BadRequest(detail)
 
 
 def decode_single(body: bytes, type_: str, received_at: float) -> Decoded:
     """Decode a single-message body (`/v1/track` and friends), whose type comes from the path."""
     raw = msgspec.Raw(body)
+    _check_shape(body, "$")
     try:
         write_key = _SINGLE.decode(body).writeKey
     except msgspec.ValidationError as exc:
         raise BadRequest(_path_message(exc, "$")) from exc
     except msgspec.DecodeError as exc:
         raise BadRequest(f"$: body is not valid JSON ({exc})") from exc
-    event = _decode_message(raw, type_, None, None, received_at, "$")
-    return Decoded(write_key, [event], [])
+    check_numbers = _LONG_DIGITS(body) is not None
+    event = _decode_message(raw, type_, None, None, received_at, "$", check_numbers)
+    return Decoded(write_key, [event], [], [0])
 
 
 def decode_recorded(line: bytes, path: str) -> list[Event]:
@@ -150,14 +180,59 @@ def decode_recorded(line: bytes, path: str) -> list[Event]:
             pass  # a message that mentions "batch" somewhere inside it
         except msgspec.DecodeError as exc:
             raise BadRequest(f"{path}: not valid JSON ({exc})") from exc
+        except RecursionError as exc:
+            raise BadRequest(f"{path}: {_TOO_DEEP}") from exc
         else:
+            context = _decode_context(envelope.context, True, f"{path}.context")
             return [
                 _decode_message(
-                    raw, None, envelope.sentAt, envelope.context, None, f"{path}.batch[{i}]"
+                    raw, None, envelope.sentAt, context, None, f"{path}.batch[{i}]", True
                 )
                 for i, raw in enumerate(envelope.batch)
             ]
-    return [_decode_message(msgspec.Raw(line), None, None, None, None, path)]
+    return [_decode_message(msgspec.Raw(line), None, None, None, None, path, True)]
+
+
+def _decode_context(
+    raw: msgspec.Raw, check_numbers: bool, path: str = "$.context"
+) -> dict[str, Any] | None:
+    """A batch's shared context, held to the same limits as a message."""
+    data = bytes(raw)
+    if not data:
+        return None
+    _check_shape(data, path)
+    try:
+        context = _CONTEXT.decode(data)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(_path_message(exc, path)) from exc
+    if check_numbers and context:
+        _check_numbers(context, path)
+    return context
+
+
+def _check_shape(data: bytes, path: str) -> None:
+    """Refuse a message over the size limit or nested deeper than MAX_DEPTH, before parsing."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise PayloadTooLarge(
+            f"{path}: message is {len(data)} bytes; the limit is {MAX_MESSAGE_BYTES}"
+        )
+    # Cheap bound first: fewer opening brackets than the limit cannot nest deeper than it.
+    if data.count(b"{") + data.count(b"[") > MAX_DEPTH and _too_deep(data, MAX_DEPTH):
+        raise BadRequest(f"{path}: {_TOO_DEEP}")
+
+
+def _check_numbers(value: Any, path: str) -> None:
+    """Refuse integers outside signed 64 bits, naming where the first one is."""
+    cls = value.__class__
+    if cls is int:
+        if not INT_MIN <= value <= INT_MAX:
+            raise BadRequest(f"{path}: integer out of range (signed 64 bits)")
+    elif cls is dict:
+        for key, item in value.items():
+            _check_numbers(item, f"{path}.{key}")
+    elif cls is list:
+        for i, item in enumerate(value):
+            _check_numbers(item, f"{path}[{i}]")
 
 
 def _decode_message(
@@ -167,21 +242,22 @@ def _decode_message(
     batch_context: dict[str, Any] | None,
     received_at: float | None,
     path: str,
+    check_numbers: bool,
 ) -> Event:
     data = bytes(raw)
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise PayloadTooLarge(
-            f"{path}: message is {len(data)} bytes; the limit is {MAX_MESSAGE_BYTES}"
-        )
-    # Cheap bound first: fewer opening brackets than the limit cannot nest deeper than it.
-    if data.count(b"{") + data.count(b"[") > MAX_DEPTH and _depth(data) > MAX_DEPTH:
-        raise BadRequest(f"{path}: nesting is deeper than {MAX_DEPTH}")
+    _check_shape(data, path)
     try:
         message = _MESSAGE.decode(data)
     except msgspec.ValidationError as exc:
         raise BadRequest(_path_message(exc, path)) from exc
     except msgspec.DecodeError as exc:
         raise BadRequest(f"{path}: not valid JSON ({exc})") from exc
+    if check_numbers and _LONG_DIGITS(data) is not None:
+        for field in ("messageId", "anonymousId", "userId", "previousId"):
+            _check_numbers(getattr(message, field), f"{path}.{field}")
+        for field in ("properties", "traits", "context"):
+            if getattr(message, field):
+                _check_numbers(getattr(message, field), f"{path}.{field}")
     kind = type_ or message.type
     if kind is None:
         raise BadRequest(f"{path}.type: required")
@@ -199,11 +275,22 @@ def _decode_message(
         if not message.event:
             raise BadRequest(f"{path}.event: required for track")
         name = message.event
+        if len(name) > MAX_ID_LENGTH:
+            raise BadRequest(f"{path}.event: longer than {MAX_ID_LENGTH} characters")
     else:
         name = kind
     previous_id = None if message.previousId is None else _text(message.previousId)
     if kind == "alias" and not previous_id:
         raise BadRequest(f"{path}.previousId: required for alias")
+    message_id = _text(message.messageId)
+    for field, value in (
+        ("anonymousId", anonymous_id),
+        ("userId", user_id),
+        ("previousId", previous_id),
+        ("messageId", message_id),
+    ):
+        if value is not None and len(value) > MAX_ID_LENGTH:
+            raise BadRequest(f"{path}.{field}: longer than {MAX_ID_LENGTH} characters")
     properties = message.properties or {}
     if kind in ("page", "screen") and message.name is not None and "name" not in properties:
         properties = {**properties, "name": message.name}
@@ -213,16 +300,16 @@ def _decode_message(
         if page.__class__ is not dict or "path" not in page or "url" not in page:
             context = _with_page(context, properties)
     if received_at is None:
-        recorded = _recorded_time(message)
+        recorded = _recorded_time(message, path)
         if recorded is None:
             raise BadRequest(f"{path}.timestamp: required in recorded events")
         timestamp = received_at = recorded
     else:
-        timestamp = _corrected_time(message, batch_sent_at, received_at)
+        timestamp = _corrected_time(message, batch_sent_at, received_at, path)
     return Event(
         type=kind,
         name=name,
-        message_id=_text(message.messageId) or f"srv-{uuid.uuid4()}",
+        message_id=message_id or f"srv-{uuid.uuid4()}",
         anonymous_id=anonymous_id,
         user_id=user_id,
         previous_id=previous_id,
@@ -255,31 +342,48 @@ def _with_page(context: dict[str, Any], properties: dict[str, Any]) -> dict[str,
     return {**context, "page": page} if page else context
 
 
-def _corrected_time(message: Message, batch_sent_at: Moment | None, received_at: float) -> float:
+def _corrected_time(
+    message: Message, batch_sent_at: Moment | None, received_at: float, path: str
+) -> float:
     """Segment's skew correction: timestamp = receivedAt - (sentAt - originalTimestamp)."""
-    original = _seconds(message.timestamp or message.originalTimestamp)
-    if original is None:
+    if message.timestamp is not None:
+        original = _seconds(message.timestamp, f"{path}.timestamp")
+    elif message.originalTimestamp is not None:
+        original = _seconds(message.originalTimestamp, f"{path}.originalTimestamp")
+    else:
         return received_at
-    sent_at = _seconds(message.sentAt or batch_sent_at)
-    if sent_at is None:
+    if message.sentAt is not None:
+        sent_at = _seconds(message.sentAt, f"{path}.sentAt")
+    elif batch_sent_at is not None:
+        sent_at = _seconds(batch_sent_at, "$.sentAt")
+    else:
         return original
-    return received_at - (sent_at - original)
+    corrected = received_at - (sent_at - original)
+    if not 0.0 <= corrected <= MAX_EPOCH:
+        raise BadRequest(
+            f"{path}.sentAt: correcting the timestamp by sentAt puts it before 1970 or after 3000"
+        )
+    return corrected
 
 
-def _recorded_time(message: Message) -> float | None:
+def _recorded_time(message: Message, path: str) -> float | None:
     """When a recorded message happened, by the first time field it has."""
-    for value in (message.timestamp, message.originalTimestamp, message.sentAt, message.receivedAt):
+    for field in ("timestamp", "originalTimestamp", "sentAt", "receivedAt"):
+        value = getattr(message, field)
         if value is not None:
-            return _seconds(value)
+            return _seconds(value, f"{path}.{field}")
     return None
 
 
-def _seconds(value: Moment | None) -> float | None:
-    if value is None:
-        return None
+def _seconds(value: Moment, path: str) -> float:
+    """Epoch seconds of a time field; a time before 1970 or after the year 3000 is refused."""
     if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
-    return value / 1000.0 if value > 1e11 else float(value)
+        seconds = (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    else:
+        seconds = value / 1000.0 if value > 1e11 else float(value)
+    if not 0.0 <= seconds <= MAX_EPOCH:
+        raise BadRequest(f"{path}: time out of range (1970 to 3000)")
+    return seconds
 
 
 def _text(value: Id | None) -> str | None:
@@ -288,26 +392,19 @@ def _text(value: Id | None) -> str | None:
     return value if isinstance(value, str) else str(value)
 
 
-def _depth(data: bytes) -> int:
-    """Deepest nesting of JSON containers in `data`, ignoring brackets inside strings."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for byte in data:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x7B, 0x5B):
-            depth += 1
-            deepest = max(deepest, depth)
-        elif byte in (0x7D, 0x5D):
-            depth -= 1
-    return deepest
+def _too_deep(data: bytes, limit: int) -> bool:
+    """True when JSON containers in `data` nest deeper than `limit` (brackets in strings aside).
+
+    Without recursion and in C loops: strings are removed, then only brackets kept, then each
+    pass removes the innermost pairs; what is left after `limit` passes nests deeper (or is
+    unbalanced, which the decoder refuses anyway).
+    """
+    brackets = _STRING.sub(b"", data).translate(_SQUARE, _NOT_BRACKETS)
+    for _ in range(limit):
+        brackets = brackets.replace(b"[]", b"")
+        if not brackets:
+            return False
+    return True
 
 
 def _path_message(exc: msgspec.ValidationError, prefix: str) -> str:

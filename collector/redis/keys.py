@@ -14,6 +14,9 @@ delivery workers read every shard's stream.
     tw:{N}:r:<profile>   list   recent events (msgpack), newest last, capped
     tw:{N}:d:<profile>   zset   messageIds seen in the last 24 h, scored by time
     tw:{N}:i:<id>        string the profile key an identity (`a:…`, `u:…`) belongs to
+    tw:{N}:t             zset   profile keys scored by their earliest absence timer's due time
+    tw:{N}:k:<campaign>  string deliveries of a campaign with stop conditions, by this shard
+    tw:{N}:k:<campaign>:<day>  string the same on one local day (expires after a few days)
     tw:{N}:o             stream pending webhooks (consumer group `tripwire`)
     tw:{N}:ol            hash   delivery id -> stream entry id, or "r" while scheduled for retry
     tw:{N}:or            zset   envelopes (msgpack) scheduled for retry, scored by due time
@@ -65,6 +68,15 @@ class Keys:
     def identity(self, id_: str) -> str:
         """The entry pointing a namespaced id at its profile key."""
         return f"{self._tags[self.shard(id_)]}:i:{id_}"
+
+    def timers(self, shard: int) -> str:
+        """Sorted set of a shard's profiles with absence timers, by earliest due time."""
+        return f"{self._tags[shard]}:t"
+
+    def tally(self, shard: int, campaign_id: str, day: int | None = None) -> str:
+        """Counter of a campaign's deliveries by a shard's users: in total, or on a local day."""
+        suffix = "" if day is None else f":{day}"
+        return f"{self._tags[shard]}:k:{campaign_id}{suffix}"
 
     def outbox(self, shard: int) -> str:
         """Stream of a shard's pending webhooks."""

@@ -9,16 +9,19 @@ messageIds to mark seen, recent events, webhooks, decisions, merges and identity
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 
 import msgspec
 
 from collector.engine.engine import Engine, new_state
-from collector.engine.profile import Decision, UserState
+from collector.engine.profile import Decision, Tally, UserState
 from collector.events import Event
 from collector.store import identity
 from collector.webhook import WebhookRequest
+
+log = logging.getLogger("tripwire.store")
 
 MAX_CHAIN = 8  # merge redirects followed
 
@@ -28,7 +31,7 @@ _DECODER = msgspec.msgpack.Decoder(UserState)
 class Record:
     """A profile as loaded: version, state, where it redirects if merged away, absorb markers."""
 
-    __slots__ = ("absorbed", "key", "moved_to", "state", "version")
+    __slots__ = ("absorbed", "had_timers", "key", "moved_to", "state", "version")
 
     def __init__(
         self, key: str, fields: Sequence[bytes | None], checks: Sequence[str] = ()
@@ -37,6 +40,8 @@ class Record:
         self.key = key
         self.version = int(version) if version else 0
         self.state = _DECODER.decode(state) if state else None
+        # as loaded: the engine may change the state in place, and COMMIT clears the timer entry
+        self.had_timers = self.state is not None and bool(self.state.timers)
         self.moved_to = moved_to.decode() if moved_to else None
         self.absorbed = {q for q, flag in zip(checks, fields[3:], strict=True) if flag}
 
@@ -51,11 +56,12 @@ class Plan:
         self.pending: dict[str, list[str]] = defaultdict(list)  # key -> frozen keys to absorb
         self.stale: dict[str, str] = {}  # frozen key already absorbed -> its target
         self.links: dict[str, str] = {}  # identity -> key
-        self.seen: dict[str, list[str]] = defaultdict(list)  # key -> new messageIds
+        self.seen: dict[str, list[bytes]] = defaultdict(list)  # key -> new dedupe keys
         self.recent: dict[str, list[Event]] = defaultdict(list)
         self.webhooks: dict[str, list[tuple[int, WebhookRequest]]] = defaultdict(list)
         self.decisions: dict[str, list[tuple[int, Decision]]] = defaultdict(list)
         self.duplicates: set[int] = set()
+        self.failed: list[int] = []  # events the engine failed on: the plan must not be written
 
     def absorb(self, key: str, other: str) -> None:
         """Record that profile `other` was merged into `key`."""
@@ -74,12 +80,18 @@ class Plan:
 def run_events(
     engine: Engine,
     events: list[Event],
+    digests: list[bytes],
     now: float,
     index: dict[str, str],
     records: dict[str, Record],
-    seen: set[str],
+    seen: set[bytes],
+    deliveries: dict[str, Tally] | None = None,
 ) -> Plan:
-    """Resolve identities and run the engine on every event, in order, as memory mode does."""
+    """Resolve identities and run the engine on every event, in order, as memory mode does.
+
+    An event the engine fails on is listed in `plan.failed`; later events of the same profile
+    are not run (its state is spoilt), those of other profiles are, to find their failures too.
+    """
     plan = Plan()
     states = plan.states
     moved = {key: r.moved_to for key, r in records.items() if r.moved_to is not None}
@@ -123,8 +135,9 @@ def run_events(
         state = states.get(key)
         return state.user_id if state is not None else None
 
+    spoilt: set[str] = set()
     for position, event in enumerate(events):
-        if event.message_id in seen:
+        if digests[position] in seen:
             plan.duplicates.add(position)
             continue
         resolution = identity.resolve(event, owner, user_of)
@@ -141,10 +154,20 @@ def run_events(
             if index.get(id_) != key:
                 index[id_] = key
                 plan.links[id_] = key
-        outcome = engine.process(states.get(key) or new_state(key, now), event, now)
+        if key in spoilt:
+            continue
+        try:
+            outcome = engine.process(
+                states.get(key) or new_state(key, now), event, now, deliveries=deliveries
+            )
+        except Exception:
+            log.exception("event %d of a request could not be processed", position)
+            plan.failed.append(position)
+            spoilt.add(key)
+            continue
         states[key] = outcome.state
         plan.owner_events[key].append(position)
-        plan.seen[key].append(event.message_id)
+        plan.seen[key].append(digests[position])
         plan.recent[key].append(event)
         plan.webhooks[key].extend((position, w) for w in outcome.webhooks)
         plan.decisions[key].extend((position, d) for d in outcome.decisions)

@@ -29,10 +29,15 @@ COMMIT: Final = Script(
     "commit",
     """
 -- KEYS: profile, recent, seen, outbox stream, outbox live hash,
---       then NLINKS identity keys, then 4 keys (profile, recent, seen, identity) per merged profile
+--       then NLINKS identity keys, then 4 keys (profile, recent, seen, identity) per merged
+--       profile, and LAST: the shard's timer set, then 2 keys (total, day) per stop tally
 -- ARGV: version, state, ttl, seen cutoff, recent cap, seen cap, profile key, replace recent (0|1),
 --       NLINKS, NMERGED, NMERGED versions, then counted lists:
---       seen (score member pairs), recent blobs, webhooks (id blob pairs), absorbed keys
+--       seen (score member pairs), recent blobs, webhooks (id blob pairs), absorbed keys,
+--       and LAST (read from the end): per stop tally 6 values (delivered now, total limit,
+--       day limit (-1 = none), other shards' total, other shards' day, day ttl), then the
+--       earliest timer due ('' = unchanged, '-' = none left), then the number of stop tallies
+-- Returns the new version, 0 on a version conflict, -1 when a stop condition would be exceeded.
 local function chunked(cmd, key, from, to)
   local i = from
   while i <= to do
@@ -49,6 +54,34 @@ for i = 1, nmerged do
   local other = KEYS[5 + nlinks + (i - 1) * 4 + 1]
   if tonumber(redis.call('HGET', other, 'v') or '0') ~= tonumber(ARGV[a]) then return 0 end
   a = a + 1
+end
+local nstops = tonumber(ARGV[#ARGV])
+local timer_due = ARGV[#ARGV - 1]
+local timer_key = KEYS[#KEYS - 2 * nstops]
+local s0 = #ARGV - 1 - 6 * nstops
+for i = 0, nstops - 1 do
+  local delta = tonumber(ARGV[s0 + 6 * i])
+  local total_limit, day_limit = tonumber(ARGV[s0 + 6 * i + 1]), tonumber(ARGV[s0 + 6 * i + 2])
+  local total = tonumber(redis.call('GET', KEYS[#KEYS - 2 * nstops + 1 + 2 * i]) or '0')
+  local day = tonumber(redis.call('GET', KEYS[#KEYS - 2 * nstops + 2 + 2 * i]) or '0')
+  if total_limit >= 0 and total + tonumber(ARGV[s0 + 6 * i + 3]) + delta > total_limit then
+    return -1
+  end
+  if day_limit >= 0 and day + tonumber(ARGV[s0 + 6 * i + 4]) + delta > day_limit then
+    return -1
+  end
+end
+for i = 0, nstops - 1 do
+  local delta = tonumber(ARGV[s0 + 6 * i])
+  local day_key = KEYS[#KEYS - 2 * nstops + 2 + 2 * i]
+  redis.call('INCRBY', KEYS[#KEYS - 2 * nstops + 1 + 2 * i], delta)
+  redis.call('INCRBY', day_key, delta)
+  redis.call('EXPIRE', day_key, tonumber(ARGV[s0 + 6 * i + 5]))
+end
+if timer_due == '-' then
+  redis.call('ZREM', timer_key, ARGV[7])
+elseif timer_due ~= '' then
+  redis.call('ZADD', timer_key, timer_due, ARGV[7])
 end
 local ttl = tonumber(ARGV[3])
 local version = redis.call('HINCRBY', KEYS[1], 'v', 1)
@@ -124,6 +157,32 @@ CLEAN: Final = Script(
 if redis.call('HGET', KEYS[1], 'to') ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[1], 's')
 redis.call('DEL', KEYS[2], KEYS[3])
+return 1
+""",
+)
+
+# Claim the due absence timers of one shard: their scores move a lease ahead, so that no other
+# process takes them meanwhile; a process dying holding one leaves it to be claimed again
+# after the lease. KEYS: timer set   ARGV: now, lease, limit. Returns the profile keys.
+CLAIM_TIMERS: Final = Script(
+    "claim_timers",
+    """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local until_ = tonumber(ARGV[1]) + tonumber(ARGV[2])
+for _, key in ipairs(due) do redis.call('ZADD', KEYS[1], until_, key) end
+return due
+""",
+)
+
+# Drop a timer entry whose profile is gone (expired or merged away), unless it was re-armed.
+# KEYS: timer set, profile   ARGV: profile key
+DROP_TIMER: Final = Script(
+    "drop_timer",
+    """
+if redis.call('HEXISTS', KEYS[2], 's') == 1 and redis.call('HEXISTS', KEYS[2], 'to') == 0 then
+  return 0
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
 return 1
 """,
 )
@@ -262,4 +321,6 @@ return 1
 """,
 )
 
-ALL: Final = (COMMIT, FREEZE, CLEAN, PUT, PROMOTE, SETTLE, REVIVE, RELEASE, HOLD)
+ALL: Final = (
+    COMMIT, FREEZE, CLEAN, CLAIM_TIMERS, DROP_TIMER, PUT, PROMOTE, SETTLE, REVIVE, RELEASE, HOLD,
+)

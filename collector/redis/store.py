@@ -19,6 +19,13 @@ as conflicts do: the merged-away profile is read in full and, when it lives in a
 shard, first frozen (FREEZE: it redirects to the survivor, and stale writers conflict), then
 absorbed by the survivor's COMMIT, then cleaned (CLEAN). A process dying between those steps
 leaves a frozen profile that the next event reaching it absorbs.
+
+Absence timers: COMMIT keeps each profile's earliest due time in its shard's timer set. Every
+process polls `fire_due`: CLAIM_TIMERS moves the due entries a lease ahead (so one process
+takes them), the profiles are loaded, the engine fires their timers, and the same COMMIT (with
+its version check) stores the state and queues the webhooks: a timer fires once however many
+processes poll. A process killed between claim and commit leaves the entries to be claimed again
+when the lease ends.
 """
 
 from __future__ import annotations
@@ -36,14 +43,21 @@ import msgspec
 from collector.config.schema import StateSettings
 from collector.delivery.outbox import Envelope
 from collector.engine.engine import Engine, new_state
-from collector.engine.profile import Decision, UserState
+from collector.engine.profile import Decision, UserState, next_due
 from collector.errors import Unavailable
 from collector.events import Event
 from collector.redis.connection import RETRY_AFTER, Command, RedisConnection, evalsha, is_error
 from collector.redis.plan import MAX_CHAIN, Plan, Record, run_events
-from collector.redis.scripts import CLEAN, COMMIT, FREEZE
+from collector.redis.scripts import CLAIM_TIMERS, CLEAN, COMMIT, DROP_TIMER, FREEZE
+from collector.redis.tallies import Tallies
 from collector.store import identity
-from collector.store.base import IngestResult, UserView, event_as_message
+from collector.store.base import (
+    NOT_PROCESSED,
+    IngestResult,
+    UserView,
+    bounded_recent,
+    event_as_message,
+)
 from collector.webhook import WebhookRequest
 
 log = logging.getLogger("tripwire.store")
@@ -51,6 +65,8 @@ log = logging.getLogger("tripwire.store")
 DEDUPE_SECONDS = 24 * 3600.0
 MAX_SEEN_PER_USER = 10_000  # messageIds remembered per profile (within the 24 h)
 MAX_ATTEMPTS = 50  # conflicts tolerated before a request is answered 503
+TIMER_LEASE = 5.0  # seconds a claimed timer is left to its process before others may take it
+TIMER_BATCH = 500  # due profiles claimed per shard and poll
 
 _ENCODER = msgspec.msgpack.Encoder()
 _EVENT_DECODER = msgspec.msgpack.Decoder(Event)
@@ -82,27 +98,41 @@ class RedisStore:
         return await self.connection.ping()
 
     async def ingest(self, events: Sequence[Event], now: float) -> IngestResult:
-        """Dedupe and process each event against its user's state, in order, atomically per user."""
-        firsts: set[str] = set()
+        """Dedupe and process each event against its user's state, in order, atomically per user.
+
+        An event the engine fails on is logged and left out, and the others are run again from
+        the stored profiles: it leaves no trace and costs the others nothing.
+        """
+        digests = [identity.dedupe_key(event) for event in events]
+        firsts: set[bytes] = set()
         pending: list[int] = []
         duplicates = 0
-        for position, event in enumerate(events):
-            if event.message_id in firsts:
+        for position, digest in enumerate(digests):
+            if digest in firsts:
                 duplicates += 1
             else:
-                firsts.add(event.message_id)
+                firsts.add(digest)
                 pending.append(position)
         webhooks: list[tuple[int, WebhookRequest]] = []
         decisions: list[tuple[int, Decision]] = []
+        rejected: list[tuple[int, str]] = []
         accepted = 0
         names = {i for position in pending for i in identity.ids_of(events[position])}
         async with self._holding(names):
-            for attempt in range(MAX_ATTEMPTS):
-                if not pending:
-                    break
+            attempt = 0
+            while pending and attempt < MAX_ATTEMPTS:
                 if attempt:  # another process just wrote these users: let it finish
                     await asyncio.sleep(random.uniform(0, 0.001 * min(attempt, 20)))
-                plan, conflicts = await self._attempt([events[i] for i in pending], now)
+                plan, conflicts = await self._attempt(
+                    [events[i] for i in pending], [digests[i] for i in pending], now
+                )
+                if plan.failed:  # nothing was written: run the others again without them
+                    for local in plan.failed:
+                        rejected.append((pending[local], NOT_PROCESSED))
+                    failed = set(plan.failed)
+                    pending = [p for local, p in enumerate(pending) if local not in failed]
+                    continue
+                attempt += 1
                 for local in range(len(pending)):
                     if local not in conflicts:
                         if local in plan.duplicates:
@@ -119,7 +149,11 @@ class RedisStore:
         webhooks.sort(key=lambda pair: pair[0])
         decisions.sort(key=lambda pair: pair[0])
         return IngestResult(
-            accepted, duplicates, [w for _, w in webhooks], [d for _, d in decisions]
+            accepted,
+            duplicates,
+            [w for _, w in webhooks],
+            [d for _, d in decisions],
+            sorted(rejected),
         )
 
     async def lookup(self, identity_: str, now: float) -> UserView | None:
@@ -130,7 +164,80 @@ class RedisStore:
         record, recent = found
         assert record.state is not None
         messages = [event_as_message(_EVENT_DECODER.decode(blob)) for blob in recent]
-        return UserView(record.key, self._engine().describe(record.state, now), messages)
+        stopped = await self.stopped(now)
+        profile = self._engine().describe(record.state, now, stopped)
+        return UserView(record.key, profile, messages)
+
+    async def stopped(self, now: float) -> dict[str, str]:
+        """Campaigns stopped by their stop conditions (every process's deliveries counted)."""
+        engine = self._engine()
+        if not engine.rules.stopping:
+            return {}
+        tallies = Tallies(await self.connection.names(), engine, now)
+        results = await self.connection.pipeline(tallies.commands(), "reading stop tallies")
+        _raise_errors(results)
+        tallies.read(results)
+        return engine.stopped(tallies.deliveries, now)
+
+    async def fire_due(self, now: float) -> IngestResult:
+        """Claim the absence timers due by `now` and fire them; each fires in one process only."""
+        keys = await self.connection.names()
+        claims = [
+            evalsha(CLAIM_TIMERS, [keys.timers(shard)], [now, TIMER_LEASE, TIMER_BATCH])
+            for shard in range(keys.shards)
+        ]
+        results = await self.connection.pipeline(claims, "claiming timers")
+        _raise_errors(results)
+        claimed = sorted({key.decode() for found in results for key in found})
+        webhooks: list[WebhookRequest] = []
+        decisions: list[Decision] = []
+        for _attempt in range(5):  # conflicts left after these wait for the lease to end
+            if not claimed:
+                break
+            claimed = await self._fire_claimed(claimed, now, webhooks, decisions)
+        return IngestResult(0, 0, webhooks, decisions)
+
+    async def _fire_claimed(
+        self,
+        claimed: list[str],
+        now: float,
+        webhooks: list[WebhookRequest],
+        decisions: list[Decision],
+    ) -> list[str]:
+        """Fire the claimed profiles' due timers; return the keys whose commit conflicted."""
+        keys = await self.connection.names()
+        engine = self._engine()
+        tallies = Tallies(keys, engine, now)
+        loads: list[Command] = [("HMGET", keys.profile(key), "v", "s", "to") for key in claimed]
+        loaded = await self.connection.pipeline([*loads, *tallies.commands()], "loading timers")
+        _raise_errors(loaded)
+        tallies.read(loaded[len(claimed) :])
+        plan = Plan()
+        records: dict[str, Record] = {}
+        commands: list[Command] = []
+        starts: list[tuple[str, int]] = []
+        for key, fields in zip(claimed, loaded, strict=False):
+            record = records[key] = Record(key, fields)
+            if record.state is None or record.moved_to is not None:
+                shard = keys.shard(key)
+                commands.append(evalsha(DROP_TIMER, [keys.timers(shard), keys.profile(key)], [key]))
+                continue
+            outcome = engine.fire_due(record.state, now, deliveries=tallies.deliveries)
+            plan.states[key] = outcome.state
+            plan.webhooks[key] = [(0, w) for w in outcome.webhooks]
+            plan.decisions[key] = [(0, d) for d in outcome.decisions]
+            starts.append((key, len(commands)))
+            commands += self._commit_commands(plan, records, key, [], {}, {}, now, tallies)
+        results = await self.connection.pipeline(commands, "firing timers")
+        _raise_errors(results)
+        conflicts: list[str] = []
+        for key, start in starts:
+            if results[start] in (0, -1):
+                conflicts.append(key)
+                continue
+            webhooks.extend(w for _, w in plan.webhooks[key])
+            decisions.extend(d for _, d in plan.decisions[key])
+        return conflicts
 
     async def user_state(self, identity_: str) -> UserState | None:
         """The engine state of a user found by anonymous id, user id or key."""
@@ -139,39 +246,50 @@ class RedisStore:
 
     # -- one attempt: resolve, load, run, commit ------------------------------------------
 
-    async def _attempt(self, events: list[Event], now: float) -> tuple[Plan, set[int]]:
-        """Run events once; return the plan and the positions of events whose commit conflicted."""
+    async def _attempt(
+        self, events: list[Event], digests: list[bytes], now: float
+    ) -> tuple[Plan, set[int]]:
+        """Run events once; return the plan and the positions of events whose commit conflicted.
+
+        When the engine failed on some events (`plan.failed`), nothing is written.
+        """
         keys = await self.connection.names()
+        engine = self._engine()
         ids = sorted({i for event in events for i in identity.ids_of(event)})
+        tallies = Tallies(keys, engine, now)
         results = await self.connection.pipeline(
-            [("GETEX", keys.identity(i), "EX", self._ttl) for i in ids], "resolving identities"
+            [*(("GETEX", keys.identity(i), "EX", self._ttl) for i in ids), *tallies.commands()],
+            "resolving identities",
         )
         _raise_errors(results)
-        index = {i: r.decode() for i, r in zip(ids, results, strict=True) if r}
-        wanted: dict[str, set[str]] = defaultdict(set)  # key -> messageIds to check it for
-        for event in events:
+        tallies.read(results[len(ids) :])
+        index = {i: r.decode() for i, r in zip(ids, results, strict=False) if r}
+        wanted: dict[str, set[bytes]] = defaultdict(set)  # key -> dedupe keys to check it for
+        for event, digest in zip(events, digests, strict=True):
             for key in {
                 identity.new_key(event),
                 *(index[i] for i in identity.ids_of(event) if i in index),
             }:
-                wanted[key].add(event.message_id)
+                wanted[key].add(digest)
         records, seen = await self._load(wanted)
-        plan = run_events(self._engine(), events, now, index, records, seen)
-        conflicts = await self._commit(plan, records, now)
+        plan = run_events(engine, events, digests, now, index, records, seen, tallies.deliveries)
+        if plan.failed:
+            return plan, set()
+        conflicts = await self._commit(plan, records, now, tallies)
         return plan, {i for key in conflicts for i in plan.owner_events.get(key, ())}
 
-    async def _load(self, wanted: dict[str, set[str]]) -> tuple[dict[str, Record], set[str]]:
-        """Load profiles, following merge redirects; return them and the messageIds seen."""
+    async def _load(self, wanted: dict[str, set[bytes]]) -> tuple[dict[str, Record], set[bytes]]:
+        """Load profiles, following merge redirects; return them and the dedupe keys seen."""
         keys = await self.connection.names()
         records: dict[str, Record] = {}
-        seen: set[str] = set()
-        checked: dict[str, set[str]] = defaultdict(set)  # key -> messageIds checked against it
+        seen: set[bytes] = set()
+        checked: dict[str, set[bytes]] = defaultdict(set)  # key -> dedupe keys checked against it
         todo = {key: (mids, set[str]()) for key, mids in wanted.items()}
         for _depth in range(MAX_CHAIN):
             if not todo:
                 break
             commands: list[Command] = []
-            order: list[tuple[str, list[str], list[str]]] = []
+            order: list[tuple[str, list[bytes], list[str]]] = []
             for key, (mids, sources) in todo.items():
                 fresh = sorted(mids - checked[key])
                 markers = sorted(sources)
@@ -184,7 +302,7 @@ class RedisStore:
             results = await self.connection.pipeline(commands, "loading profiles")
             _raise_errors(results)
             position = 0
-            following: dict[str, tuple[set[str], set[str]]] = {}
+            following: dict[str, tuple[set[bytes], set[str]]] = {}
             for key, fresh, markers in order:
                 record = Record(key, results[position], markers)
                 position += 1
@@ -214,7 +332,9 @@ class RedisStore:
                     todo[target] = (mids, sources)
         return records, seen
 
-    async def _commit(self, plan: Plan, records: dict[str, Record], now: float) -> set[str]:
+    async def _commit(
+        self, plan: Plan, records: dict[str, Record], now: float, tallies: Tallies
+    ) -> set[str]:
         """Write every changed profile; return the keys whose commit conflicted."""
         keys = await self.connection.names()
         conflicts: set[str] = set()
@@ -262,7 +382,8 @@ class RedisStore:
                 starts.append((target, len(commands)))
                 commands.extend(
                     self._commit_commands(
-                        plan, records, target, merged.get(target, []), recent_of, seen_of, now
+                        plan, records, target, merged.get(target, []), recent_of, seen_of, now,
+                        tallies,
                     )
                 )
         for key, target in plan.stale.items():
@@ -273,7 +394,7 @@ class RedisStore:
         _raise_errors(results)
         cleanups: list[Command] = []
         for target, start in starts:
-            if results[start] == 0:
+            if results[start] in (0, -1):  # -1: a stop condition would be passed; run again
                 conflicts.add(target)
                 continue
             for other in [*merged.get(target, []), *plan.pending.get(target, [])]:
@@ -293,6 +414,7 @@ class RedisStore:
         recent_of: dict[str, list[bytes]],
         seen_of: dict[str, list[Any]],
         now: float,
+        tallies: Tallies,
     ) -> list[Command]:
         """The COMMIT script call for one profile, plus SETs linking identities of other shards."""
         keys = self.connection.keys  # connected: called after loading
@@ -314,7 +436,8 @@ class RedisStore:
                 for member, score in seen_of.get(other, []):
                     pairs.extend((score, member))
         cap = self._limits.recent_events
-        recent = [_ENCODER.encode(e) for e in events[-cap:]] if cap else []
+        size = self._limits.recent_event_bytes
+        recent = [bounded_recent(e, size, _ENCODER.encode) for e in events[-cap:]] if cap else []
         hooks: list[Any] = []
         for _, webhook in plan.webhooks.get(key, []):
             envelope = Envelope(request=webhook, enqueued_at=now, due_at=now)
@@ -335,6 +458,14 @@ class RedisStore:
                 keys.identity(other),
             ]
         state = plan.states.get(key) or new_state(key, now)
+        webhooks = [webhook for _, webhook in plan.webhooks.get(key, [])]
+        stop_keys, stop_args = tallies.commit_part(shard, webhooks) if webhooks else ([], [])
+        script_keys += [keys.timers(shard), *stop_keys]
+        due = next_due(state)
+        if due is not None:
+            timer = repr(due)
+        else:
+            timer = "-" if (record is not None and record.had_timers) or folded else ""
         args: list[Any] = [
             record.version if record is not None else 0,
             _ENCODER.encode(state),
@@ -355,6 +486,9 @@ class RedisStore:
             *hooks,
             len(absorbed),
             *absorbed,
+            *stop_args,
+            timer,
+            len(stop_args) // 6,
         ]
         commands: list[Command] = [evalsha(COMMIT, script_keys, args)]
         commands += [

@@ -6,7 +6,7 @@ user, and returns the webhooks to send. Both implementations pass `tests/test_st
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -17,12 +17,35 @@ from collector.webhook import WebhookRequest
 
 
 class IngestResult(msgspec.Struct):
-    """What a batch of events did: how many were new, how many were duplicates, what fires."""
+    """What a batch of events did: how many were new, how many were duplicates, what fires.
+
+    `rejected` lists events that could not be processed, by position, with why: each left no
+    trace (its profile is as it was, its messageId is not marked seen) and the others stand.
+    """
 
     accepted: int
     duplicates: int
     webhooks: list[WebhookRequest]
     decisions: list[Decision]
+    rejected: list[tuple[int, str]] = []
+
+
+NOT_PROCESSED = "the collector could not process this message; it was not applied"
+
+
+def bounded_recent(event: Event, limit: int, encode: Callable[[Event], bytes]) -> bytes:
+    """An event encoded for the recent-events list, slimmed when it is bigger than `limit`.
+
+    First its context goes, then its properties and traits; `context.truncated` says so.
+    """
+    blob = encode(event)
+    if len(blob) <= limit:
+        return blob
+    slim = msgspec.structs.replace(event, context={"truncated": True})
+    blob = encode(slim)
+    if len(blob) <= limit:
+        return blob
+    return encode(msgspec.structs.replace(slim, properties={}, traits={}))
 
 
 class UserView(msgspec.Struct):
@@ -50,6 +73,12 @@ class Store(Protocol):
 
     async def ping(self) -> bool:
         """True when the backend answers."""
+
+    async def fire_due(self, now: float) -> IngestResult:
+        """Fire the absence timers due by `now` (once across processes), queue their webhooks."""
+
+    async def stopped(self, now: float) -> dict[str, str]:
+        """Campaigns that their stop conditions have stopped, with the condition reached."""
 
     async def user_state(self, identity: str) -> UserState | None:
         """The engine state of a user found by anonymous id, user id or key."""

@@ -6,6 +6,7 @@ user id. A profile's key is fixed when it is created; later ids are pointed at i
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -20,6 +21,16 @@ def anonymous(anonymous_id: str) -> str:
 def user(user_id: str) -> str:
     """The index entry for a user id."""
     return f"u:{user_id}"
+
+
+def dedupe_key(event: Event) -> bytes:
+    """What a message is deduplicated by: its messageId from its sender, as a 16-byte digest.
+
+    The sender is the user id, else the anonymous id, so one user's messageId never hides
+    another user's message, and a long messageId costs no more to remember than a short one.
+    """
+    sender = event.user_id or event.anonymous_id or ""
+    return hashlib.blake2b(f"{sender}\x1f{event.message_id}".encode(), digest_size=16).digest()
 
 
 def ids_of(event: Event) -> list[str]:

@@ -3,6 +3,11 @@
 All work for a batch happens without awaiting, so within one event loop each user's update is
 atomic. Inactive profiles are evicted by TTL and by a size bound, least recently seen first.
 
+Stop conditions' tallies (deliveries per campaign across every user) live here, beside the
+profiles, and are saved with them. Absence timers live in the profiles; a heap of (due, key)
+finds the users whose earliest timer is due (stale entries are skipped when popped), so 10,000
+pending timers cost ingest only a heap push per armed timer.
+
 Per-visitor memory is what bounds this store, so what it keeps is compact: a profile's recent
 events are packed (msgpack arrays of their fields, unpacked only for a lookup), id lists are
 tuples, and an anonymous visitor's profile key doubles as its index entry. Few of these objects
@@ -12,6 +17,7 @@ store grows.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -23,10 +29,16 @@ import msgspec
 from collector.config.schema import StateSettings
 from collector.delivery.outbox import Outbox
 from collector.engine.engine import Engine, new_state
-from collector.engine.profile import Decision, UserState
+from collector.engine.profile import Decision, Tally, Timer, UserState
 from collector.events import Event
 from collector.store import identity
-from collector.store.base import IngestResult, UserView, event_as_message
+from collector.store.base import (
+    NOT_PROCESSED,
+    IngestResult,
+    UserView,
+    bounded_recent,
+    event_as_message,
+)
 from collector.webhook import WebhookRequest
 
 log = logging.getLogger("tripwire.store")
@@ -38,15 +50,21 @@ STATE_FILE = "state.msgpack"
 _EVENT_FIELDS = msgspec.structs.fields(Event)
 _pack = msgspec.msgpack.Encoder().encode
 _unpack = msgspec.msgpack.Decoder(list[Any]).decode
+_save_state = msgspec.msgpack.Encoder().encode
+_load_state = msgspec.msgpack.Decoder(UserState).decode
 Packed = bytes | Event  # an event that cannot be packed (an integer past 64 bits) is kept as is
 
 
 def pack(event: Event) -> Packed:
     """An event as compact bytes: a msgpack array of its fields, without their names."""
     try:
-        return _pack(msgspec.structs.astuple(event))
+        return _pack_bytes(event)
     except OverflowError:
         return event
+
+
+def _pack_bytes(event: Event) -> bytes:
+    return _pack(msgspec.structs.astuple(event))
 
 
 def unpack(packed: Packed) -> Event:
@@ -62,8 +80,9 @@ class _Snapshot(msgspec.Struct):
 
     users: dict[str, UserState]
     index: dict[str, str]
-    seen: list[tuple[str, float]]
+    seen: list[tuple[Any, float]]  # dedupe keys: bytes (str: messageIds of older versions)
     recent: dict[str, list[msgspec.Raw]]  # packed events (see `pack`), written as they are
+    deliveries: dict[str, Tally] = {}  # stop conditions' tallies
 
 
 class MemoryStore:
@@ -83,11 +102,15 @@ class MemoryStore:
         self._users: OrderedDict[str, UserState] = OrderedDict()  # least recently seen first
         self._index: dict[str, str] = {}  # namespaced id -> profile key
         self._ids: dict[str, tuple[str, ...]] = {}  # profile key -> its namespaced ids
-        # messageId -> time first seen, and the same ids oldest first (a plain dict cannot find
-        # its oldest entry cheaply once many are deleted; an OrderedDict costs ~50 bytes more each)
-        self._seen: dict[str, float] = {}
-        self._seen_order: deque[str] = deque()
+        # dedupe key (`identity.dedupe_key`) -> time first seen, and the same keys oldest first
+        # (a plain dict cannot find its oldest entry cheaply once many are deleted; an
+        # OrderedDict costs ~50 bytes more each)
+        self._seen: dict[bytes | str, float] = {}
+        self._seen_order: deque[bytes | str] = deque()
         self._recent: dict[str, tuple[Packed, ...]] = {}  # key -> recent events, oldest first
+        self._deliveries: dict[str, Tally] = {}  # campaign id -> deliveries, for stop conditions
+        self._due: list[tuple[float, str]] = []  # heap of (due, key), possibly stale
+        self._scheduled: dict[str, float] = {}  # key -> the due time its live heap entry has
 
     async def open(self) -> None:
         """Load the state a previous run saved, if any."""
@@ -112,6 +135,10 @@ class MemoryStore:
         self._recent = {
             k: tuple(bytes(p) for p in v[-size:]) for k, v in snapshot.recent.items() if size and v
         }
+        self._deliveries = dict(snapshot.deliveries)
+        for key, state in self._users.items():
+            if state.timers:
+                self._schedule(key, state.timers)
         log.info("loaded %d profiles from %s", len(self._users), self._file)
 
     async def close(self) -> None:
@@ -128,6 +155,7 @@ class MemoryStore:
                 k: [msgspec.Raw(p) for p in v if isinstance(p, bytes)]
                 for k, v in self._recent.items()
             },
+            deliveries=self._deliveries,
         )
         temporary = self._file.with_suffix(".tmp")
         temporary.write_bytes(msgspec.msgpack.encode(snapshot))
@@ -138,29 +166,46 @@ class MemoryStore:
         return True
 
     async def ingest(self, events: Sequence[Event], now: float) -> IngestResult:
-        """Dedupe and process each event against its user's state, in order."""
+        """Dedupe and process each event against its user's state, in order.
+
+        Each event is applied whole or not at all: one the engine fails on is logged, its
+        profile put back as it was and its messageId not marked seen, and the rest go on.
+        """
         engine = self._engine()
         webhooks: list[WebhookRequest] = []
         decisions: list[Decision] = []
+        rejected: list[tuple[int, str]] = []
         accepted = duplicates = 0
         self._expire(now)
         seen = self._seen
         users = self._users
         keep_recent = self._limits.recent_events > 0
-        for event in events:
-            message_id = event.message_id
-            if message_id in seen:
+        for position, event in enumerate(events):
+            dedupe = identity.dedupe_key(event)
+            if dedupe in seen:
                 duplicates += 1
                 continue
-            seen[message_id] = now
-            self._seen_order.append(message_id)
-            accepted += 1
             key = self._resolve(event, engine, now)
             state = users.get(key)
-            outcome = engine.process(state or new_state(key, now), event, now)
+            before = _save_state(state) if state is not None else None
+            try:
+                outcome = engine.process(
+                    state or new_state(key, now), event, now, deliveries=self._deliveries
+                )
+            except Exception:
+                log.exception("event %d of a request could not be processed", position)
+                if before is not None:
+                    users[key] = _load_state(before)
+                rejected.append((position, NOT_PROCESSED))
+                continue
+            seen[dedupe] = now
+            self._seen_order.append(dedupe)
+            accepted += 1
             users[key] = outcome.state  # a new key goes in last: the most recently seen
             if state is not None:
                 users.move_to_end(key)
+            if outcome.state.timers is not None:
+                self._schedule(key, outcome.state.timers)
             if keep_recent:
                 self._remember(key, event)
             if outcome.webhooks:
@@ -168,7 +213,52 @@ class MemoryStore:
             decisions.extend(outcome.decisions)
         if webhooks and self._outbox is not None:
             await self._outbox.put(webhooks)
-        return IngestResult(accepted, duplicates, webhooks, decisions)
+        return IngestResult(accepted, duplicates, webhooks, decisions, rejected)
+
+    async def fire_due(self, now: float, *, event_time: bool = False) -> IngestResult:
+        """Fire the absence timers due by `now` and queue their webhooks.
+
+        With `event_time` (replay), each user's timers are decided at their due time rather than
+        at `now`, in due order across users.
+        """
+        heap = self._due
+        if not heap or heap[0][0] > now:
+            return IngestResult(0, 0, [], [])
+        engine = self._engine()
+        webhooks: list[WebhookRequest] = []
+        decisions: list[Decision] = []
+        while heap and heap[0][0] <= now:
+            due, key = heapq.heappop(heap)
+            if self._scheduled.get(key) != due:
+                continue  # superseded by an earlier due time, or the user is gone
+            del self._scheduled[key]
+            state = self._users.get(key)
+            if state is None or not state.timers:
+                continue
+            outcome = engine.fire_due(
+                state, due if event_time else now, deliveries=self._deliveries
+            )
+            webhooks.extend(outcome.webhooks)
+            decisions.extend(outcome.decisions)
+            if state.timers:
+                self._schedule(key, state.timers)
+        if webhooks and self._outbox is not None:
+            await self._outbox.put(webhooks)
+        return IngestResult(0, 0, webhooks, decisions)
+
+    def pending_timers(self) -> int:
+        """How many users have an absence timer pending."""
+        return len(self._scheduled)
+
+    async def stopped(self, now: float) -> dict[str, str]:
+        """Campaigns stopped by their stop conditions, with the condition reached."""
+        return self._engine().stopped(self._deliveries, now)
+
+    def _schedule(self, key: str, timers: list[Timer]) -> None:
+        due = timers[0].due  # the engine keeps them in due order
+        if self._scheduled.get(key, float("inf")) > due:
+            self._scheduled[key] = due
+            heapq.heappush(self._due, (due, key))
 
     async def user_state(self, identity_: str) -> UserState | None:
         """The engine state of a user found by any of its ids or its key."""
@@ -182,7 +272,9 @@ class MemoryStore:
             return None
         state = self._users[key]
         recent = [event_as_message(unpack(p)) for p in self._recent.get(key, ())]
-        return UserView(key, self._engine().describe(state, now), recent)
+        engine = self._engine()
+        stopped = engine.stopped(self._deliveries, now)
+        return UserView(key, engine.describe(state, now, stopped), recent)
 
     def _find(self, identity_: str) -> str | None:
         ids = identity.lookup_ids(identity_)
@@ -238,14 +330,20 @@ class MemoryStore:
         kept = self._recent.get(key, ())
         if len(kept) >= size:
             kept = kept[len(kept) - size + 1 :]
-        self._recent[key] = (*kept, pack(event))
+        self._recent[key] = (*kept, self._pack_recent(event))
+
+    def _pack_recent(self, event: Event) -> Packed:
+        try:
+            return bounded_recent(event, self._limits.recent_event_bytes, _pack_bytes)
+        except OverflowError:
+            return event
 
     def _recent_merge(self, key: str, other: str) -> None:
         events = [unpack(p) for p in (*self._recent.pop(other, ()), *self._recent.get(key, ()))]
         events.sort(key=lambda e: e.timestamp)
         size = self._limits.recent_events
         if size and events:
-            self._recent[key] = tuple(pack(e) for e in events[-size:])
+            self._recent[key] = tuple(self._pack_recent(e) for e in events[-size:])
 
     def _expire(self, now: float) -> None:
         """Forget old messageIds and evict profiles unseen for the TTL or beyond the size bound."""
@@ -263,6 +361,7 @@ class MemoryStore:
                 break
             users.popitem(last=False)
             self._recent.pop(key, None)
+            self._scheduled.pop(key, None)
             for id_ in self._ids.pop(key, ()):
                 if self._index.get(id_) == key:
                     del self._index[id_]

@@ -7,6 +7,8 @@ predicts what the server decides. Each message's own time (`timestamp`, else
 `originalTimestamp`, `sentAt`, `receivedAt`; ISO-8601 or epoch seconds/milliseconds) is the
 clock for it, so a replay always gives the same answer; a messageId repeated within 24 hours of
 the latest event time so far counts as a duplicate, as a resent message would on the server.
+Absence triggers run in event time too: before each event, the timers due by its time fire, each
+at its own due time; those still pending at the end of the file are counted, not fired.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collector.config.schema import ConfigFile
 from collector.engine.engine import Engine, compile_rules
 from collector.errors import ConfigError, HTTPError
 from collector.ingest.messages import decode_recorded
+from collector.store.base import IngestResult
 from collector.store.memory import MemoryStore
 
 
@@ -34,6 +37,14 @@ class Tally:
         self.webhooks = 0
         self.decisions: Counter[tuple[str, str | None]] = Counter()  # reason None = fired
         self.invalid: list[str] = []
+        self.timers_pending = 0
+
+    def count(self, result: IngestResult) -> None:
+        """Add what one event (or one round of due timers) did."""
+        self.events += result.accepted
+        self.duplicates += result.duplicates
+        self.webhooks += len(result.webhooks)
+        self.decisions.update((d.campaign_id, d.reason) for d in result.decisions)
 
     def report(self, campaign_ids: list[str], users: int) -> dict[str, Any]:
         """Counts per campaign (config order first), as plain data."""
@@ -52,6 +63,7 @@ class Tally:
             "users": users,
             "webhooks": self.webhooks,
             "invalid": len(self.invalid),
+            "timers_pending": self.timers_pending,
             "campaigns": campaigns,
         }
 
@@ -71,11 +83,11 @@ async def replay(lines: Any, config: ConfigFile, engine: Engine) -> tuple[Tally,
             continue
         for event in events:
             now = max(now, event.timestamp)
+            tally.count(await store.fire_due(now, event_time=True))
             result = await store.ingest([event], now)
-            tally.events += result.accepted
-            tally.duplicates += result.duplicates
-            tally.webhooks += len(result.webhooks)
-            tally.decisions.update((d.campaign_id, d.reason) for d in result.decisions)
+            tally.count(result)
+            tally.invalid.extend(f"line {number}: {detail}" for _, detail in result.rejected)
+    tally.timers_pending = store.pending_timers()
     return tally, len(store)
 
 
@@ -103,10 +115,12 @@ def run_replay(events_path: str, config: ConfigFile, *, as_json: bool, out: Text
 
 
 def _print_table(report: dict[str, Any], invalid: list[str], out: TextIO) -> None:
+    waiting = report["timers_pending"]
+    pending = f", {waiting} absence timers still pending at the end" if waiting else ""
     out.write(
         f"{report['events']} events ({report['duplicates']} duplicates skipped, "
         f"{report['invalid']} invalid lines), {report['users']} users, "
-        f"{report['webhooks']} webhooks would have been sent\n"
+        f"{report['webhooks']} webhooks would have been sent{pending}\n"
     )
     for problem in invalid[:5]:
         out.write(f"  skipped {problem}\n")
