@@ -110,9 +110,11 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from collector.app import SETTINGS_ENV, create_app
+    from collector.engine.engine import compile_rules
 
     settings = build_settings(
-        _cli_values(args, "config_path", "host", "port", "store", "data_dir", "workers")
+        _cli_values(args, "config_path", "host", "port", "store", "data_dir", "workers"),
+        verify=compile_rules,  # every problem of the file in one round
     )
     _validate_rules(settings)
     if settings.workers > 1 and settings.store == "memory":
@@ -195,8 +197,7 @@ def _validate_rules(settings: Settings) -> None:
 def _check(args: argparse.Namespace) -> int:
     from collector.engine.engine import compile_rules
 
-    config = load_config(args.config)
-    compile_rules(config)
+    config = load_config(args.config, verify=compile_rules)  # every problem in one round
     for warning in config_warnings(config):
         print(f"{args.config}: warning: {warning}", file=sys.stderr)
     print(

@@ -61,6 +61,7 @@ Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 CampaignStatus = Literal["draft", "published", "paused", "archived"]
 
+PLACEHOLDER = re.compile(r"#\{([^{}]*)\}")  # `#{name}` or `#{name|fallback}` in a template
 _WINDOW = re.compile(r"^(all|session|previous_session|today|[1-9][0-9]{0,3}[dh])$")
 _HOURS = re.compile(r"^([01][0-9]|2[0-4]):([0-5][0-9])-([01][0-9]|2[0-4]):([0-5][0-9])$")
 
