@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from collector import __version__
+from collector.config.schema import ServerSettings
 from collector.config.settings import Settings, build_settings, config_warnings, load_config
 from collector.errors import ConfigError
 
@@ -20,7 +21,6 @@ UVICORN_OPTIONS: dict[str, Any] = {
     "log_level": "warning",
     "access_log": False,
     "loop": "uvloop",
-    "http": "httptools",
     "timeout_graceful_shutdown": 10,
 }
 
@@ -77,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-browser", action="store_true", help="do not open the shop in a browser")
     demo.add_argument(
         "--data-dir", dest="data_dir", help="where the demo keeps state (default ./.tripwire)"
+    )
+    demo.add_argument(
+        "--site-dir", dest="site_dir",
+        help="the demo shop's directory (default: the checkout's demo_site/, else ./demo_site)",
     )
     demo.set_defaults(run=_demo)
 
@@ -135,10 +139,24 @@ def _serve(args: argparse.Namespace) -> int:
             port=settings.port,
             workers=settings.workers,
             **UVICORN_OPTIONS,
+            **server_options(settings.config.server),
         )
     else:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **UVICORN_OPTIONS)
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            **UVICORN_OPTIONS,
+            **server_options(settings.config.server),
+        )
     return 0
+
+
+def server_options(server: ServerSettings) -> dict[str, Any]:
+    """uvicorn options carrying the config's connection deadlines (see `collector.server`)."""
+    from collector.server import configure
+
+    return {"http": configure(server), "timeout_keep_alive": server.keep_alive_timeout}
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -165,7 +183,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     options = DemoOptions(
         port=args.port, site_port=args.site_port, open_browser=not args.no_browser,
-        data_dir=args.data_dir,
+        data_dir=args.data_dir, site_dir=args.site_dir,
     )
     return run_demo(options)
 

@@ -2,7 +2,7 @@
 
 TripwireError
 ├── ConfigError              a config file or campaign is invalid (every problem, with paths)
-├── TagNotBuiltError         tag/dist/tripwire.min.js is missing (tagfile.py)
+├── TagNotBuiltError         the built tag is missing from the package (tagfile.py)
 └── HTTPError                answered to a client as {"error": code, "detail": ...}
     ├── BadRequest           400 malformed body, wrong types, missing ids
     │   └── InvalidCampaign  400 a campaign sent to the admin API (every problem, with paths)
@@ -99,6 +99,13 @@ class UnsupportedMediaType(HTTPError):
 
     status = 415
     code = "unsupported_media_type"
+
+
+class TooManyRequests(HTTPError):
+    """A per-client or per-process cap (live streams, connections) is reached."""
+
+    status = 429
+    code = "too_many_requests"
 
 
 class Unavailable(HTTPError):

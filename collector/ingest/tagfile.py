@@ -13,7 +13,8 @@ from starlette.routing import Route
 
 from collector.errors import TripwireError
 
-TAG_PATH = Path(__file__).resolve().parents[2] / "tag" / "dist" / "tripwire.min.js"
+# The tag build (`npm run build` in tag/) writes this copy next to tag/dist/, so wheels carry it.
+TAG_PATH = Path(__file__).resolve().parent / "static" / "tripwire.min.js"
 
 _COMMON_HEADERS = {
     "Content-Type": "application/javascript; charset=utf-8",

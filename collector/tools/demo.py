@@ -33,6 +33,8 @@ from collector.config.settings import Settings, build_settings, decode_config
 from collector.errors import ConfigError
 from collector.tools.requestbin import RequestBin, create_bin_app
 
+# The shop ships with the source, not the package: an installed wheel finds it in the current
+# directory or through --site-dir.
 SITE_DIR = Path(__file__).resolve().parents[2] / "demo_site"  # a checkout (editable install)
 DEFAULT_COLLECTOR = "http://127.0.0.1:8000"  # as written in demo_site's pages and config
 DEMO_BIN = "demo"
@@ -54,7 +56,12 @@ def find_site_dir(given: str | None) -> Path:
     for candidate in ([Path(given)] if given else [SITE_DIR, Path.cwd() / "demo_site"]):
         if (candidate / "tripwire.yaml").is_file():
             return candidate
-    raise ConfigError(["demo_site/ not found: run `tripwire demo` from a Tripwire checkout"])
+    if given:
+        raise ConfigError([f"--site-dir: {given}/tripwire.yaml not found"])
+    raise ConfigError(
+        ["tripwire demo: the demo shop (demo_site/) comes with the source, not the package: "
+         "run it in a Tripwire checkout, or pass --site-dir DIR"]
+    )
 
 
 def demo_settings(options: DemoOptions) -> Settings:
@@ -127,7 +134,9 @@ class _Server(uvicorn.Server):
 
 def server(app: Any, host: str, port: int) -> uvicorn.Server:
     """A uvicorn server for `app` that `serve_together` can run next to others."""
-    return _Server(uvicorn.Config(app, host=host, port=port, **SERVER_OPTIONS))
+    from collector.server import GuardedHttp
+
+    return _Server(uvicorn.Config(app, host=host, port=port, http=GuardedHttp, **SERVER_OPTIONS))
 
 
 async def serve_together(
