@@ -219,9 +219,11 @@ class Engine:
             # a new `after` event restarts the wait: one pending timer per campaign
             timers = [x for x in timers if x.campaign_id != campaign.id]
             event = scope.event
+            properties = event.properties
+            if properties and len(_encode(properties)) > rules.timer_property_bytes:
+                properties = {}  # too big to keep for each wait: templates fall back
             timers.append(
-                Timer(campaign.id, scope.t + campaign.wait, scope.t, event.message_id,
-                      event.properties)
+                Timer(campaign.id, scope.t + campaign.wait, scope.t, event.message_id, properties)
             )
         if len(timers) > rules.max_timers:  # bounded per user: the earliest armed go first
             timers.sort(key=lambda x: x.armed_at)

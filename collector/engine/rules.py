@@ -246,6 +246,7 @@ class Rules:
             c.id: runs((c,)) for found in self.arming.values() for c in found
         }
         self.max_timers = config.state.max_timers
+        self.timer_property_bytes = config.state.recent_event_bytes  # kept per pending wait
         self.stopping = tuple(c for c in ranked if c.stops)  # campaigns with stop conditions
         spacing = config.spacing
         self.count_page_views = spacing.page_views is not None
