@@ -41,6 +41,10 @@ class HTTPError(TripwireError):
         self.detail = detail
         self.headers = headers or {}
 
+    def payload(self) -> dict[str, object]:
+        """The JSON body every HTTP answer for this error carries."""
+        return {"error": self.code, "detail": self.detail}
+
 
 class BadRequest(HTTPError):
     """The request or a message in it is malformed."""
@@ -57,6 +61,10 @@ class InvalidCampaign(BadRequest):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+    def payload(self) -> dict[str, object]:
+        """The JSON body, with every problem listed."""
+        return {**super().payload(), "problems": self.problems}
 
 
 class Unauthorized(HTTPError):

@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 from collector.config.settings import Settings, build_settings, decode_config
 from collector.errors import ConfigError
-from collector.tools.requestbin import RequestBin, create_bin_app
+from collector.tools.requestbin import RequestBin
 
 # The shop ships with the source, not the package: an installed wheel finds it in the current
 # directory or through --site-dir.
@@ -203,7 +203,6 @@ def run_demo(options: DemoOptions) -> int:
     collector = f"http://127.0.0.1:{options.port}"
     site = f"http://localhost:{options.site_port}/"
     app = create_app(settings)
-    runtime = app.state.runtime
     shop = site_app(find_site_dir(options.site_dir), collector)
     servers = [
         server(app, "127.0.0.1", options.port),
@@ -225,7 +224,7 @@ def run_demo(options: DemoOptions) -> int:
         if options.open_browser:
             threading.Thread(target=webbrowser.open, args=(site,), daemon=True).start()
 
-    asyncio.run(serve_together(servers, runtime.begin_shutdown, ready))
+    asyncio.run(serve_together(servers, app.begin_shutdown, ready))
     return 0
 
 
@@ -234,6 +233,8 @@ def run_bin(host: str, port: int, max_requests: int) -> int:
     if not port_free(host, port):
         print(f"tripwire bin: port {port} is in use; choose another with --port", file=sys.stderr)
         return 1
+    from collector.app import create_bin_app
+
     bin_ = RequestBin(max_requests)
     base = f"http://{host}:{port}/bin"
 
