@@ -125,6 +125,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise ConfigError(
             ["--workers: several processes need a shared store; add --store redis://host:port/0"]
         )
+    _check_port(settings)
     print(
         f"tripwire {__version__}: collecting on http://{settings.host}:{settings.port} "
         f"(store: {settings.store})",
@@ -150,6 +151,17 @@ def _serve(args: argparse.Namespace) -> int:
             **server_options(settings.config.server),
         )
     return 0
+
+
+def _check_port(settings: Settings) -> None:
+    from collector.tools.demo import port_free
+
+    if not port_free(settings.host, settings.port):
+        raise ConfigError(
+            [f"tripwire serve: port {settings.port} on {settings.host} is in use (by the demo or "
+             f"another collector?); choose another with --port {settings.port + 1} "
+             "or TRIPWIRE_PORT"]
+        )
 
 
 def server_options(server: ServerSettings) -> dict[str, Any]:
