@@ -26,7 +26,7 @@ from collector.redis.store import TIMER_LEASE, RedisStore
 from collector.store.base import Store
 from collector.store.memory import MemoryStore
 from tests.support.redis import RedisClusterServers, RedisServer
-from tests.support.server import Tripwire, run_tripwire
+from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire
 from tests.support.sink import Sink
 from tests.test_campaigns import T, User, engine_for
 
@@ -294,6 +294,10 @@ def arm_and_kill(server: Tripwire) -> float:
     assert server.post("/v1/track", cart("bought", "Order Completed")).status_code == 200
     lookup = server.user("left-alone")
     assert lookup is not None and len(lookup["profile"]["timers"]) == 1
+    page = server.client.get(
+        "/admin/users?id=left-alone", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    assert "pending timers" in page.text and "abandoned due" in page.text
     server.process.kill()  # SIGKILL, before the wait is over
     server.process.wait()
     return armed_at

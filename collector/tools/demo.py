@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import mimetypes
 import secrets
 import signal
@@ -172,13 +173,20 @@ async def serve_together(
 
 
 def port_free(host: str, port: int) -> bool:
-    """True when nothing listens on host:port (checked before starting, for a clear message)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """False when something listens on host:port (checked before starting, for a clear message);
+    other trouble (an unknown host) is left for the server to report."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except OSError:
+        return True
+    with socket.socket(family, kind, proto) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((host, port))
-        except OSError:
-            return False
+            sock.bind(address)
+        except OSError as exc:
+            return exc.errno != errno.EADDRINUSE
     return True
 
 
