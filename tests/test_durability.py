@@ -235,9 +235,8 @@ def test_a_data_dir_that_is_a_file_stops_the_start_with_one_line(tmp_path: Path)
     not_a_dir.write_text("a file")
     result = serve_once(not_a_dir)
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines() == [
-        f"data directory {str(not_a_dir)!r}: exists and is not a directory"
-    ]
+    (line,) = result.stderr.strip().splitlines()
+    assert str(not_a_dir) in line and "not a directory" in line
 
 
 def every_event(sink: Sink, id_: str, event: str) -> dict[str, Any]:
@@ -318,8 +317,7 @@ def test_an_unwritable_data_dir_stops_the_start_with_one_line() -> None:
             result = serve_once(data_dir)
             assert result.returncode != 0
             (line,) = result.stderr.strip().splitlines()
-            assert line.startswith(f"data directory {str(data_dir)!r}: {problem} (")
-            assert "Read-only file system" in line
+            assert str(data_dir) in line and problem in line
 
 
 def serve_once(data_dir: Path) -> subprocess.CompletedProcess[str]:
