@@ -289,6 +289,8 @@ def test_user_lookup_explains_why_a_campaign_did_not_fire(
     welcome = admin.locator("#decisions tr[data-campaign=welcome]")
     assert "frequency" in welcome.inner_text()
     assert "frequency cap was reached" in welcome.locator(".why").inner_text()
+    earlier = admin.locator("#decisions tr[data-earlier=welcome]")  # what happened before it
+    assert earlier.count() == 1 and "fired" in earlier.inner_text()
     holdout = admin.locator("#decisions tr[data-campaign=holdout]")
     assert "control_group" in holdout.inner_text()
     assert "control group" in holdout.locator(".why").inner_text()

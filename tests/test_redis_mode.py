@@ -81,7 +81,7 @@ def test_two_servers_and_a_worker_fire_once_per_user(redis_server: RedisServer) 
         cfg = config(
             sink,
             campaign(sink, "welcome", "Signed Up", {"per": "user", "max_total": 1}),
-            campaign(sink, "nudge", "Viewed", {"per": "session", "max_total": 2}),
+            campaign(sink, "nudge", "Viewed", {"per": "event", "max_total": 2}),
         )
         store = ["--store", redis_server.url]
         with (

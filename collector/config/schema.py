@@ -62,6 +62,7 @@ Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 CampaignStatus = Literal["draft", "published", "paused", "archived"]
 
+PLACEHOLDER = re.compile(r"#\{([^{}]*)\}")  # `#{name}` or `#{name|fallback}` in a template
 _WINDOW = re.compile(r"^(all|session|previous_session|today|[1-9][0-9]{0,3}[dh])$")
 _HOURS = re.compile(r"^([01][0-9]|2[0-4]):([0-5][0-9])-([01][0-9]|2[0-4]):([0-5][0-9])$")
 
@@ -136,10 +137,20 @@ class Trigger(Base, frozen=True):
     unless: Unless | None = None
 
 
-class Frequency(Base, frozen=True):
-    """Caps on how often a campaign fires, counted per event, session or user."""
+FrequencyPer = Literal["event", "session", "user"]
+DEFAULT_PER: FrequencyPer = "session"  # the seed's recommended base frequency
 
-    per: Literal["event", "session", "user"] = "user"
+
+class Frequency(Base, frozen=True):
+    """How often a campaign may fire for one user.
+
+    `per` is the base frequency: `event` fires on every matching event, `session` at most once
+    per session, `user` at most once per user (DEFAULT_PER when not given). `max_total` and
+    `max_per_day` cap the user's deliveries on top of it, across all time and per calendar day
+    of the configured timezone.
+    """
+
+    per: FrequencyPer | None = None
     max_total: Annotated[int, Meta(ge=1)] | None = None
     max_per_day: Annotated[int, Meta(ge=1)] | None = None
 
@@ -190,7 +201,7 @@ class CampaignSpec(Base, frozen=True):
     schedule: Schedule | None = None
     target: Target = Target()
     trigger: Trigger | None = None
-    frequency: Frequency = Frequency()
+    frequency: Frequency | None = None  # None: once per session (DEFAULT_PER)
     stop: Stop = Stop()
     spacing: bool = True  # false: this campaign neither waits for nor restarts the spacing
     exclusive: bool = False
