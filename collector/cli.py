@@ -14,7 +14,13 @@ import msgspec
 
 from collector import __version__
 from collector.config.schema import ServerSettings
-from collector.config.settings import Settings, build_settings, config_warnings, load_config
+from collector.config.settings import (
+    Settings,
+    build_settings,
+    check_serving,
+    config_warnings,
+    load_config,
+)
 from collector.errors import ConfigError
 
 UVICORN_OPTIONS: dict[str, Any] = {
@@ -124,6 +130,10 @@ def _serve(args: argparse.Namespace) -> int:
         _cli_values(args, "config_path", "host", "port", "store", "data_dir", "workers"),
         verify=compile_rules,  # every problem of the file in one round
     )
+    problems: list[str] = []
+    check_serving(settings, problems)
+    if problems:
+        raise ConfigError(problems)
     _validate_rules(settings)
     if settings.workers > 1 and settings.store == "memory":
         raise ConfigError(

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from tests.support.poll import wait_until
 from tests.support.redis import RedisServer
-from tests.support.server import run_tripwire, wait_until
+from tests.support.server import run_tripwire
 from tests.support.sink import Sink
 from tests.test_redis_mode import config, post_concurrently
 

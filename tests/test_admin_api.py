@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire, wait_until
+from tests.support.poll import wait_until
+from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire
 from tests.support.sink import Received, Sink
 
 WRITE_KEY = "admin-test-key"
