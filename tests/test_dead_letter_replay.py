@@ -13,7 +13,8 @@ from playwright.sync_api import sync_playwright
 from collector.admin.replay import choose
 from collector.delivery.outbox import DeadLetter
 from collector.webhook import WebhookRequest
-from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire, wait_until
+from tests.support.poll import wait_until
+from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire
 from tests.support.sink import Received, Sink
 from tests.test_demo import CHROMIUM, CHROMIUM_ARGS
 
