@@ -129,7 +129,7 @@ def find_campaign(runtime: Runtime, campaign_id: str) -> CampaignSpec:
 def campaign_stats(runtime: Runtime) -> dict[str, dict[str, Any]]:
     """Per campaign: how many times it fired, and its suppressions counted by reason."""
     stats: dict[str, dict[str, Any]] = {}
-    for (campaign, outcome, reason), count in runtime.metrics.decisions.items():
+    for (campaign, outcome, reason), count in runtime.campaign_counts().items():
         entry = stats.setdefault(campaign, {"fired": 0, "suppressed": {}})
         if outcome == "fired":
             entry["fired"] += count
