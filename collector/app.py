@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -31,6 +32,7 @@ from collector.ingest.endpoints import IngestApp
 from collector.ingest.tagfile import TagFile, tag_js
 from collector.metrics import IngestMetrics, render
 from collector.runtime import Runtime
+from collector.security import SecurityHeaders
 from collector.tools import requestbin
 from collector.tools.requestbin import RequestBin
 
@@ -96,7 +98,12 @@ def create_app(settings: Settings) -> CollectorApp:
         finally:
             await runtime.stop()
 
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[Middleware(SecurityHeaders)],
+    )
     app.state.runtime = runtime
     app.state.registry = registry
     app.state.tag = tag
@@ -113,7 +120,12 @@ def create_bin_app(request_bin: RequestBin) -> Starlette:
         request_bin.close()
 
     routes: list[BaseRoute] = [Route("/", to_bins), Route("/healthz", bin_healthz), BIN_ROUTES]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[Middleware(SecurityHeaders)],
+    )
     app.state.request_bin = request_bin
     return app
 
