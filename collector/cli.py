@@ -75,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("events", help="Segment-spec JSON lines")
     replay.add_argument("--config", required=True)
     replay.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    replay.add_argument(
+        "--show-webhooks", action="store_true",
+        help="also print each request that would have been sent (method, URL, body)",
+    )
     replay.set_defaults(run=_replay)
 
     demo = commands.add_parser("demo", help="run the demo: collector, request bin, dashboard, shop")
@@ -252,7 +256,9 @@ def _replay(args: argparse.Namespace) -> int:
     from collector.tools.replay import run_replay
 
     config = load_config(args.config)
-    return run_replay(args.events, config, as_json=args.json, out=sys.stdout)
+    return run_replay(
+        args.events, config, as_json=args.json, out=sys.stdout, show_webhooks=args.show_webhooks
+    )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from collector.admin import api as admin
 from collector.admin import auth
+from collector.admin.replay import replay_dead_letter
 from collector.config.schema import CampaignSpec
 from collector.delivery.dispatcher import PausedEndpoint
 from collector.delivery.log import STATUSES, DeliveryAttempt
@@ -355,10 +356,11 @@ async def replay(request: Request) -> Response:
     back = (await _form(request)).get("back") or "/admin/deliveries"
     if not back.startswith("/admin/"):
         back = "/admin/deliveries"
-    replayed = await auth.runtime_of(request).dispatcher.replay(delivery_id)
-    if not replayed.count:
+    try:
+        answer = await replay_dead_letter(auth.runtime_of(request), delivery_id)
+    except NotFound:
         return _back(back, error=f"{delivery_id} is not a dead letter: nothing to replay.")
-    return _back(back, notice=f"Replaying {delivery_id}.")
+    return _back(back, notice=f"Replaying {delivery_id}, {answer.reason}.")
 
 
 @guarded

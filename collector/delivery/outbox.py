@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -105,8 +105,11 @@ class Outbox(Protocol):
     ) -> list[DeadLetter]:
         """List dead letters, oldest first, by campaign and time of death."""
 
-    async def revive(self, delivery_ids: Sequence[str]) -> list[str]:
-        """Move dead letters back to pending as fresh deliveries; return the ids moved."""
+    async def revive(
+        self, delivery_ids: Sequence[str], replacements: Mapping[str, WebhookRequest] | None = None
+    ) -> list[str]:
+        """Move dead letters back to pending as fresh deliveries; return the ids moved.
+        A replacement (same webhook_id) is sent instead of the stored request."""
 
     async def add_usage(self, period: str, amount: int) -> int:
         """Add to a period's delivery count and return the new total."""
@@ -266,7 +269,9 @@ class MemoryOutbox:
                 break
         return found
 
-    async def revive(self, delivery_ids: Sequence[str]) -> list[str]:
+    async def revive(
+        self, delivery_ids: Sequence[str], replacements: Mapping[str, WebhookRequest] | None = None
+    ) -> list[str]:
         """Move dead letters back to pending, as new deliveries due now."""
         now = self._clock()
         revived: list[str] = []
@@ -276,7 +281,8 @@ class MemoryOutbox:
             letter = self._dead.pop(delivery_id, None)
             if letter is None:
                 continue
-            self._push(Envelope(request=letter.request, enqueued_at=now, due_at=now, counted=True))
+            request = (replacements or {}).get(delivery_id, letter.request)
+            self._push(Envelope(request=request, enqueued_at=now, due_at=now, counted=True))
             revived.append(delivery_id)
         return revived
 
