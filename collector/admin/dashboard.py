@@ -195,7 +195,8 @@ async def campaigns(request: Request) -> Response:
     stats = admin.campaign_stats(runtime)
     stopped = await runtime.stopped()
     rows = "".join(
-        _campaign_row(c, stats.get(c.id), stopped.get(c.id)) for c in runtime.config.campaigns
+        _campaign_row(c, stats.get(c.id), stopped.get(c.id), c.id in runtime.campaign_changes)
+        for c in runtime.config.campaigns
     )
     rows = rows or '<tr><td colspan="6" class="muted">No campaigns yet.</td></tr>'
     return _page(request, "Campaigns", _views()["campaigns"].substitute(rows=rows))
@@ -387,7 +388,10 @@ async def users(request: Request) -> Response:
 
 
 def _campaign_row(
-    spec: CampaignSpec, stats: dict[str, Any] | None, stopped: str | None = None
+    spec: CampaignSpec,
+    stats: dict[str, Any] | None,
+    stopped: str | None = None,
+    edited: bool = False,
 ) -> str:
     href = f"/admin/campaigns/{quote(spec.id)}"
     published = spec.status == "published"
@@ -404,6 +408,11 @@ def _campaign_row(
         flags.append(f'<span class="badge">A/B · {len(spec.variants)} variants</span>')
     if spec.exclusive:
         flags.append('<span class="badge">exclusive</span>')
+    if edited:
+        flags.append(
+            '<span class="badge edited" title="changed here or through the admin API: this '
+            'version wins over the config file at every start">edited here</span>'
+        )
     fired = stats["fired"] if stats else 0
     status = f'<span class="badge status {spec.status}">{spec.status}</span>'
     if stopped is not None:
