@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -31,6 +33,7 @@ from collector.ingest.endpoints import IngestApp
 from collector.ingest.tagfile import TagFile, tag_js
 from collector.metrics import IngestMetrics, render
 from collector.runtime import Runtime
+from collector.security import SecurityHeaders
 from collector.tools import requestbin
 from collector.tools.requestbin import RequestBin
 
@@ -95,8 +98,19 @@ def create_app(settings: Settings) -> CollectorApp:
             yield
         finally:
             await runtime.stop()
+            if runtime.stop_error is not None:
+                # uvicorn ends the process with the stop signal's own status after a clean
+                # stop; a stop that lost changes must say so with its exit status
+                sys.stderr.write(f"tripwire: {runtime.stop_error}\n")
+                sys.stderr.flush()
+                os._exit(1)
 
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[Middleware(SecurityHeaders)],
+    )
     app.state.runtime = runtime
     app.state.registry = registry
     app.state.tag = tag
@@ -113,7 +127,12 @@ def create_bin_app(request_bin: RequestBin) -> Starlette:
         request_bin.close()
 
     routes: list[BaseRoute] = [Route("/", to_bins), Route("/healthz", bin_healthz), BIN_ROUTES]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[Middleware(SecurityHeaders)],
+    )
     app.state.request_bin = request_bin
     return app
 
@@ -189,9 +208,11 @@ async def healthz(_: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """GET /readyz: the store answers (503 when it does not)."""
-    ready = await request.app.state.runtime.ready()
-    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+    """GET /readyz: the store answers and the data directory takes writes (503, with why)."""
+    reason = await request.app.state.runtime.unready_reason()
+    if reason is None:
+        return JSONResponse({"ready": True})
+    return JSONResponse({"ready": False, "reason": reason}, status_code=503)
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -1,4 +1,4 @@
-"""The `tripwire` command: serve, worker, demo, check, replay, bin."""
+"""The `tripwire` command: serve, worker, demo, check, replay, export, bin."""
 
 from __future__ import annotations
 
@@ -93,6 +93,19 @@ def _parser() -> argparse.ArgumentParser:
         help="the demo shop's directory (default: the checkout's demo_site/, else ./demo_site)",
     )
     demo.set_defaults(run=_demo)
+
+    export = commands.add_parser(
+        "export", help="print the config file with the campaign changes made while running"
+    )
+    export.add_argument(
+        "--config", dest="config_path", help="tripwire.yaml (or TRIPWIRE_CONFIG_PATH)"
+    )
+    export.add_argument("--store", help="memory (default) or redis://host:port/db")
+    export.add_argument(
+        "--data-dir", dest="data_dir", help="memory mode's data directory (default ./.tripwire)"
+    )
+    export.add_argument("-o", "--output", help="write to this file instead of printing")
+    export.set_defaults(run=_export)
 
     bin_ = commands.add_parser("bin", help="run a standalone request bin")
     bin_.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
@@ -212,6 +225,16 @@ def _demo(args: argparse.Namespace) -> int:
         data_dir=args.data_dir, site_dir=args.site_dir,
     )
     return run_demo(options)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from collector.tools.export import run_export
+
+    settings = build_settings(_cli_values(args, "config_path", "store", "data_dir"))
+    if args.output is None:
+        return run_export(settings, sys.stdout)
+    with open(args.output, "w", encoding="utf-8") as out:
+        return run_export(settings, out)
 
 
 def _bin(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 In the app's lifespan:
 
-    outbox = MemoryOutbox(data_dir)
+    outbox = MemoryOutbox(disk)
     log = DeliveryLog(capacity=10_000)
     dispatcher = Dispatcher(outbox, settings.webhooks, log, registry, timezone=tz)
     await dispatcher.start()                       # opens the outbox, starts delivering

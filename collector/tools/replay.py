@@ -79,7 +79,7 @@ async def replay(
     lines: Any, config: ConfigFile, engine: Engine, keep_webhooks: bool = False
 ) -> tuple[Tally, int]:
     """Run every line's events through a memory store, in order; return the tally and users."""
-    store = MemoryStore(lambda: engine, config.state, data_dir=None)
+    store = MemoryStore(lambda: engine, config.state, disk=None)
     tally = Tally(keep_webhooks)
     now = 0.0  # the file's clock: the latest event time so far (for dedupe and eviction)
     for number, line in enumerate(lines, 1):
