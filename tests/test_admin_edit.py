@@ -125,6 +125,9 @@ def test_patch_is_validated_and_named_by_path(server: Tripwire) -> None:
     wrong_type = server.client.patch("/admin/api/campaigns/welcome", content=b"status: paused",
                                      headers={**BEARER, "Content-Type": "text/yaml"})
     assert wrong_type.status_code == 415
+    deep = server.client.patch("/admin/api/campaigns/welcome",
+                               content=b'{"a": ' * 900 + b"1" + b"}" * 900, headers=MERGE_PATCH)
+    assert deep.status_code == 400 and "not valid" in deep.json()["detail"]
     other_id = server.client.patch("/admin/api/campaigns/welcome", content=b'{"id": "other"}',
                                    headers=MERGE_PATCH)
     assert other_id.status_code == 400
