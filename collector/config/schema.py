@@ -56,6 +56,9 @@ Stat = Literal[
     "distinct_count",
     "first_at",
     "last_at",
+    "top",
+    "mode",
+    "last_unique",
 ]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -95,6 +98,7 @@ class VariableSpec(Base, frozen=True):
     where: ConditionTree | None = None
     window: Window = Window("all")
     default: Any = None
+    size: Annotated[int, Meta(ge=1, le=50)] = 5  # how many values `top` / `last_unique` keep
 
 
 class Schedule(Base, frozen=True):

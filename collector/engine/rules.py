@@ -61,7 +61,9 @@ class _Registry:
                     "(use properties.X, context.X, traits.X, event, type, user_id, ...)"
                 )
         events = (spec.event,) if isinstance(spec.event, str) else tuple(spec.event)
-        variable = Variable(name, events, spec.stat, spec.window, field, spec.default)
+        variable = Variable(
+            name, events, spec.stat, spec.window, field, spec.default, spec.size
+        )
         self.variables[name] = variable
         if spec.where is not None:
             self._pending.append((variable, spec.where, f"variables.{name}.where"))
