@@ -7,9 +7,9 @@ none. wrk drives them in turn, alternating, and the ratio of their throughputs (
 server CPU time per message, steadier on a shared machine) is the cost of the timers. Target:
 with timers ≥ 0.95 × without.
 
-Then 1,000 timers with a 3 s wait are armed at once on a fresh server, and the time from each
-one's due time to its webhook's arrival at a local receiver is measured (target: within 1 s;
-the due time is taken as the moment arming began, so the figures include the arming itself).
+Then 1,000 timers with a 3 s wait are armed at once on a fresh server, and for each the time
+from its due time to its firing (the decision's time, target: within 1 s) and to its webhook's
+arrival at a local receiver are measured.
 """
 
 from __future__ import annotations
@@ -134,21 +134,48 @@ def main() -> None:
 
     with receiver() as (hooks, arrivals), tripwire(timer_config(hooks, f"{LATE_WAIT}s"),
                                                    free_port()) as url:
-        armed_at = time.time()
-        arm(url, range(1, LATE_TIMERS + 1))  # due a little after armed_at + LATE_WAIT
+        arm(url, range(1, LATE_TIMERS + 1))
         deadline = time.monotonic() + LATE_WAIT + 30
         while len(arrivals) < LATE_TIMERS and time.monotonic() < deadline:
             time.sleep(0.1)
-    due = armed_at + LATE_WAIT
-    late = sorted(arrivals[f"visitor-{n}"] - due for n in range(1, LATE_TIMERS + 1)
-                  if f"visitor-{n}" in arrivals)
-    if not late:
-        print("no absence webhook arrived")
+        fired, arrived = lateness(url, arrivals)
+    if not fired:
+        print("no absence timer fired")
         return
-    p50, p99 = late[len(late) // 2], late[min(len(late) - 1, int(len(late) * 0.99))]
-    print(f"{len(late):,} of {LATE_TIMERS:,} timers due at once: webhook arrived after due time "
-          f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {late[-1] * 1000:.0f} ms, "
-          f"earliest {late[0] * 1000:.0f} ms (target: within 1 s)")
+    print(f"{LATE_TIMERS:,} timers due at once, {len(fired):,} fired: " + _spread(fired)
+          + " after their due time (target: within 1 s)")
+    print(f"  their webhooks arrived at a local receiver: {_spread(arrived)} after due time")
+
+
+def lateness(url: str, arrivals: dict[str, float]) -> tuple[list[float], list[float]]:
+    """Per fired timer: its decision time and its webhook's arrival, less its due time.
+
+    A visitor's only event armed the timer, so its due time is the profile's `first_seen`
+    (the server's clock when the event came) plus the wait.
+    """
+    fired: list[float] = []
+    arrived: list[float] = []
+    with httpx.Client(base_url=url, trust_env=False, timeout=10,
+                      headers={"Authorization": "Bearer bench-token"}) as client:
+        for n in range(1, LATE_TIMERS + 1):
+            visitor = f"visitor-{n}"
+            response = client.get(f"/admin/api/users/{visitor}")
+            if response.status_code != 200:
+                continue
+            profile = response.json()["profile"]
+            decision = profile["decisions"].get("abandoned")
+            if decision is None or decision["outcome"] != "fired":
+                continue
+            due = profile["first_seen"] + LATE_WAIT
+            fired.append(decision["at"] - due)
+            if visitor in arrivals:
+                arrived.append(arrivals[visitor] - due)
+    return sorted(fired), sorted(arrived)
+
+
+def _spread(values: list[float]) -> str:
+    p50, p99 = values[len(values) // 2], values[min(len(values) - 1, int(len(values) * 0.99))]
+    return f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {values[-1] * 1000:.0f} ms"
 
 
 if __name__ == "__main__":

@@ -109,4 +109,7 @@ def app_from_environment() -> CollectorApp:
 
     raw = os.environ[SETTINGS_ENV]
     settings = msgspec.json.decode(raw, type=Settings, dec_hook=decode_hook)
+    from collector.server import configure
+
+    configure(settings.config.server)  # this worker process's connection deadlines
     return create_app(settings)

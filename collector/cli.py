@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from collector import __version__
+from collector.config.schema import ServerSettings
 from collector.config.settings import Settings, build_settings, load_config
 from collector.errors import ConfigError
 
@@ -20,7 +21,6 @@ UVICORN_OPTIONS: dict[str, Any] = {
     "log_level": "warning",
     "access_log": False,
     "loop": "uvloop",
-    "http": "httptools",
     "timeout_graceful_shutdown": 10,
 }
 
@@ -133,10 +133,24 @@ def _serve(args: argparse.Namespace) -> int:
             port=settings.port,
             workers=settings.workers,
             **UVICORN_OPTIONS,
+            **server_options(settings.config.server),
         )
     else:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **UVICORN_OPTIONS)
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            **UVICORN_OPTIONS,
+            **server_options(settings.config.server),
+        )
     return 0
+
+
+def server_options(server: ServerSettings) -> dict[str, Any]:
+    """uvicorn options carrying the config's connection deadlines (see `collector.server`)."""
+    from collector.server import configure
+
+    return {"http": configure(server), "timeout_keep_alive": server.keep_alive_timeout}
 
 
 def _worker(args: argparse.Namespace) -> int:

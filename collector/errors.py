@@ -101,6 +101,13 @@ class UnsupportedMediaType(HTTPError):
     code = "unsupported_media_type"
 
 
+class TooManyRequests(HTTPError):
+    """A per-client or per-process cap (live streams, connections) is reached."""
+
+    status = 429
+    code = "too_many_requests"
+
+
 class Unavailable(HTTPError):
     """A backing service is down; the client should retry later."""
 

@@ -67,7 +67,7 @@ class Runtime:
         self._timers: asyncio.Task[None] | None = None
         bin_settings = settings.config.request_bin
         self.request_bin = (
-            RequestBin(bin_settings.max_requests)
+            RequestBin(bin_settings.max_requests, max_streams=settings.config.server.max_streams)
             if settings.request_bin or bin_settings.enabled
             else None
         )

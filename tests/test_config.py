@@ -86,6 +86,14 @@ campaigns:
             "segments.s.regex: invalid regular expression",
         ),
         (
+            {"segments": {"s": {"trait": "x", "regex": r"^(a)\1$"}}},
+            "segments.s.regex: invalid regular expression",
+        ),
+        (
+            {"segments": {"s": {"trait": "x", "regex": "(?<=a)b"}}},
+            "segments.s.regex: invalid regular expression",
+        ),
+        (
             {
                 "campaigns": [
                     {

@@ -15,7 +15,14 @@ import pytest
 from playwright.sync_api import sync_playwright
 from starlette.applications import Starlette
 
-from collector.tools.requestbin import MAX_BODY, RequestBin, create_bin_app
+from collector.tools.requestbin import (
+    MAX_BIN_BYTES,
+    MAX_BODY,
+    MAX_HEADER_VALUE,
+    RequestBin,
+    _stream,
+    create_bin_app,
+)
 from tests.support.ports import free_port
 from tests.support.server import run_tripwire, stop_process, wait_until
 
@@ -68,6 +75,36 @@ async def test_each_bin_keeps_only_its_newest_requests_and_body_prefix() -> None
     assert b[0]["truncated"] is True
     assert b[0]["body_size"] == MAX_BODY + 10 and len(b[0]["body"]) == MAX_BODY
     assert c[0]["body_base64"] is True
+
+
+async def test_huge_headers_and_bodies_are_kept_within_a_byte_budget() -> None:
+    bin_ = RequestBin(max_requests=200)
+    app = create_bin_app(bin_)
+    async with client_for(app) as client:
+        await client.post("/bin/h", content="x", headers={"X-Big": "y" * 4_000_000})
+        for _ in range(100):
+            await client.post("/bin/h", content=b"z" * 60_000)
+        kept = (await client.get("/bin/h/requests")).json()["requests"]
+    held = sum(len(r["body"]) + sum(len(k) + len(v) for k, v in r["headers"]) for r in kept)
+    assert held <= MAX_BIN_BYTES
+    assert 1 < len(kept) < 100  # the oldest went to make room
+    big = bin_.record("g", method="GET", path="/", query="", headers=[("x", "y" * 10**6)], body=b"")
+    assert big.headers_truncated and len(big.headers[0][1]) == MAX_HEADER_VALUE
+
+
+async def test_live_views_are_capped() -> None:
+    bin_ = RequestBin(max_streams=2)
+    open_streams = [_stream(bin_, "s", 0) for _ in range(2)]
+    for stream in open_streams:
+        await anext(stream)
+    async with client_for(create_bin_app(bin_)) as client:
+        refused = await client.get("/bin/s/stream")
+        assert refused.status_code == 429 and "/bin/s/requests" in refused.json()["detail"]
+        await open_streams[0].aclose()
+        bin_.close()  # the next stream ends at once instead of waiting for requests
+        allowed = await client.get("/bin/s/stream")
+    assert allowed.status_code == 200
+    await open_streams[1].aclose()
 
 
 async def test_the_index_lists_bins_and_a_bad_name_is_refused() -> None:

@@ -17,6 +17,7 @@ import msgspec
 from msgspec import Meta
 
 from collector.config.durations import Duration, parse_duration
+from collector.config.patterns import compile_pattern
 
 
 class TimezoneName(str):
@@ -225,6 +226,16 @@ class StateSettings(Base, frozen=True):
     max_timers: Annotated[int, Meta(ge=1, le=1000)] = 20  # pending absence-trigger waits per user
 
 
+class ServerSettings(Base, frozen=True):
+    """Deadlines and caps for client connections, so slow or idle clients cannot hold them."""
+
+    header_timeout: Duration = Duration(10.0)  # request line and headers, from the first byte
+    body_timeout: Duration = Duration(30.0)  # the body, from the end of the headers
+    keep_alive_timeout: Duration = Duration(5.0)  # an idle connection between requests
+    max_connections_per_client: Annotated[int, Meta(ge=0)] = 256  # per address; 0: no cap
+    max_streams: Annotated[int, Meta(ge=1)] = 100  # live streams (admin events, request bin)
+
+
 class ConfigFile(Base, frozen=True):
     """The whole `tripwire.yaml`."""
 
@@ -239,6 +250,7 @@ class ConfigFile(Base, frozen=True):
     spacing: Spacing = Spacing()
     campaigns: list[CampaignSpec] = []
     request_bin: RequestBinSettings = RequestBinSettings()
+    server: ServerSettings = ServerSettings()
     state: StateSettings = StateSettings()
 
 
@@ -383,9 +395,9 @@ def _check_value(op: str, value: Any, path: str, errors: list[str]) -> Any:
             errors.append(f"{path}: expected a regular expression string")
             return value
         try:
-            re.compile(value)
-        except re.error as exc:
-            errors.append(f"{path}: invalid regular expression: {exc}")
+            compile_pattern(value)
+        except ValueError as exc:
+            errors.append(f"{path}: {exc}")
     if op == "exists" and not isinstance(value, bool):
         errors.append(f"{path}: expected true or false")
     if op in ("within", "older_than"):

@@ -27,10 +27,10 @@ The rules, which the reference interpreter in the tests restates:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from datetime import datetime
 
+from collector.config.patterns import compile_pattern
 from collector.config.schema import All, Condition, Leaf, Not
 from collector.engine.schedule import Calendar
 from collector.engine.scope import Getter, Predicate, Scope, as_number, path_getter
@@ -176,7 +176,7 @@ class ConditionCompiler:
                 return lambda value, scope: value.__class__ is str and value.startswith(text)
             return lambda value, scope: value.__class__ is str and value.endswith(text)
         if op == "regex":
-            search = re.compile(expected).search
+            search = compile_pattern(expected)  # RE2: linear time; checked when loaded
             return lambda value, scope: value.__class__ is str and search(value) is not None
         if op in ("within", "older_than"):
             seconds = float(expected)

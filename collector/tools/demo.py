@@ -127,7 +127,9 @@ class _Server(uvicorn.Server):
 
 def server(app: Any, host: str, port: int) -> uvicorn.Server:
     """A uvicorn server for `app` that `serve_together` can run next to others."""
-    return _Server(uvicorn.Config(app, host=host, port=port, **SERVER_OPTIONS))
+    from collector.server import GuardedHttp
+
+    return _Server(uvicorn.Config(app, host=host, port=port, http=GuardedHttp, **SERVER_OPTIONS))
 
 
 async def serve_together(

@@ -4,9 +4,12 @@
     routes = bin_routes(bin)           # mount on the collector, or:
     app = create_bin_app(bin)          # the standalone `tripwire bin`
 
-Memory is bounded: `max_requests` per bin, `MAX_BINS` bins (the least recently used goes), and
-the first `MAX_BODY` bytes of each body. Everything here is readable cross-origin, so a page on
-another origin (the demo shop) can show webhooks arriving.
+Memory is bounded in bytes, not only in counts: `max_requests` per bin and at most
+`MAX_BIN_BYTES` of them (the oldest go first), `MAX_BINS` bins (the least recently used goes),
+the first `MAX_BODY` bytes of each body, `MAX_HEADER_VALUE` characters of each header value and
+`MAX_HEADERS_BYTES` of headers per request; at most `max_streams` live views at once.
+Everything here is readable cross-origin, so a page on another origin (the demo shop) can show
+webhooks arriving.
 """
 
 from __future__ import annotations
@@ -36,11 +39,16 @@ from starlette.responses import (
 )
 from starlette.routing import BaseRoute, Mount, Route
 
-from collector.errors import BadRequest, HTTPError, PayloadTooLarge
+from collector.errors import BadRequest, HTTPError, PayloadTooLarge, TooManyRequests
 
 MAX_BINS = 100
 MAX_BODY = 64 * 1024
 MAX_WIRE_BODY = 10 * 1024 * 1024
+MAX_BIN_BYTES = 1024 * 1024  # per bin: kept bodies and headers together
+MAX_HEADER_VALUE = 1024  # characters kept of one header value
+MAX_HEADERS_BYTES = 8 * 1024  # header names and values kept per request
+MAX_TARGET = 2048  # characters kept of the path and of the query
+MAX_STREAMS = 100
 HEARTBEAT_SECONDS = 10.0
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -67,6 +75,14 @@ class BinRequest(msgspec.Struct, frozen=True, kw_only=True):
     body_base64: bool = False
     body_size: int  # bytes received, even when `body` was cut at MAX_BODY
     truncated: bool = False
+    headers_truncated: bool = False  # values cut at MAX_HEADER_VALUE or headers left out
+
+    def cost(self) -> int:
+        """About how many bytes this entry holds."""
+        return (
+            len(self.body) + len(self.path) + len(self.query)
+            + sum(len(k) + len(v) for k, v in self.headers) + 200
+        )
 
 
 class BinSummary(msgspec.Struct, frozen=True):
@@ -80,10 +96,15 @@ class BinSummary(msgspec.Struct, frozen=True):
 class RequestBin:
     """Bins of recorded requests, in memory, with waiters woken on each new one."""
 
-    def __init__(self, max_requests: int = 200, max_bins: int = MAX_BINS) -> None:
+    def __init__(
+        self, max_requests: int = 200, max_bins: int = MAX_BINS, max_streams: int = MAX_STREAMS
+    ) -> None:
         self.max_requests = max_requests
         self.max_bins = max_bins
+        self.max_streams = max_streams
+        self.streams = 0  # live views open now
         self._bins: OrderedDict[str, deque[BinRequest]] = OrderedDict()
+        self._bytes: dict[str, int] = {}  # bin -> what its entries cost (BinRequest.cost)
         self._ids = itertools.count(1)
         self._changed = asyncio.Event()
         self.closed = False
@@ -107,26 +128,34 @@ class RequestBin:
             text, is_base64 = kept.decode("utf-8"), False
         except UnicodeDecodeError:
             text, is_base64 = base64.b64encode(kept).decode("ascii"), True
+        kept_headers, headers_cut = _bounded_headers(headers)
         entry = BinRequest(
             id=next(self._ids),
             bin=name,
             at=time.time() if now is None else now,
             method=method,
-            path=path,
-            query=query,
-            headers=list(headers),
+            path=path[:MAX_TARGET],
+            query=query[:MAX_TARGET],
+            headers=kept_headers,
             body=text,
             body_base64=is_base64,
             body_size=size,
             truncated=size > len(kept),
+            headers_truncated=headers_cut,
         )
         requests = self._bins.get(name)
         if requests is None:
-            requests = self._bins[name] = deque(maxlen=self.max_requests)
+            requests = self._bins[name] = deque()
+            self._bytes[name] = 0
             while len(self._bins) > self.max_bins:
-                self._bins.popitem(last=False)
+                gone, _ = self._bins.popitem(last=False)
+                self._bytes.pop(gone, None)
         self._bins.move_to_end(name)
         requests.append(entry)
+        used = self._bytes[name] + entry.cost()
+        while len(requests) > self.max_requests or (used > MAX_BIN_BYTES and len(requests) > 1):
+            used -= requests.popleft().cost()
+        self._bytes[name] = used
         self._wake()
         return entry
 
@@ -144,6 +173,7 @@ class RequestBin:
     def clear(self, name: str) -> None:
         """Forget a bin and what it holds."""
         self._bins.pop(name, None)
+        self._bytes.pop(name, None)
         self._wake()
 
     async def wait(self, timeout: float) -> None:
@@ -209,6 +239,12 @@ def bin_routes(bin_: RequestBin, prefix: str = "/bin") -> list[BaseRoute]:
     async def stream(request: Request) -> Response:
         name = _name(request)
         after = _int(request.headers.get("last-event-id") or request.query_params.get("after"), 0)
+        if bin_.streams >= bin_.max_streams:
+            raise TooManyRequests(
+                f"{bin_.max_streams} live views are open already; close one or use "
+                f"{prefix}/{name}/requests",
+                headers={**CORS, "Retry-After": "5"},
+            )
         return StreamingResponse(
             _stream(bin_, name, after), media_type="text/event-stream", headers=SSE_HEADERS
         )
@@ -275,14 +311,36 @@ def create_bin_app(bin_: RequestBin) -> Starlette:
 
 async def _stream(bin_: RequestBin, name: str, after: int) -> AsyncIterator[bytes]:
     """Server-Sent Events: what the bin holds after `after`, then each new request."""
-    yield b"retry: 1000\n\n"
-    last = after
-    while not bin_.closed:
-        for entry in bin_.requests(name, last):
-            last = entry.id
-            yield b"id: %d\nevent: request\ndata: %s\n\n" % (entry.id, msgspec.json.encode(entry))
-        await bin_.wait(HEARTBEAT_SECONDS)
-        yield b": keep-alive\n\n"
+    bin_.streams += 1
+    try:
+        yield b"retry: 1000\n\n"
+        last = after
+        while not bin_.closed:
+            for entry in bin_.requests(name, last):
+                last = entry.id
+                data = msgspec.json.encode(entry)
+                yield b"id: %d\nevent: request\ndata: %s\n\n" % (entry.id, data)
+            await bin_.wait(HEARTBEAT_SECONDS)
+            yield b": keep-alive\n\n"
+    finally:
+        bin_.streams -= 1
+
+
+def _bounded_headers(headers: Iterable[tuple[str, str]]) -> tuple[list[tuple[str, str]], bool]:
+    """Headers as kept: each value cut at MAX_HEADER_VALUE, MAX_HEADERS_BYTES in all."""
+    kept: list[tuple[str, str]] = []
+    total = 0
+    cut = False
+    for name, value in headers:
+        if len(value) > MAX_HEADER_VALUE:
+            value = value[:MAX_HEADER_VALUE]
+            cut = True
+        name = name[:MAX_HEADER_VALUE]
+        total += len(name) + len(value)
+        if total > MAX_HEADERS_BYTES:
+            return kept, True
+        kept.append((name, value))
+    return kept, cut
 
 
 async def _read_body(request: Request) -> tuple[bytes, int]:
