@@ -69,6 +69,7 @@ def create_app(settings: Settings) -> CollectorApp:
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     async def metrics_endpoint(_: Request) -> Response:
+        await runtime.refresh_results()
         return Response(render(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     routes: list[BaseRoute] = [

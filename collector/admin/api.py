@@ -287,6 +287,10 @@ def admin_routes(runtime: Runtime) -> list[BaseRoute]:
         stopped = (await runtime.stopped()).get(spec.id)
         return JSONResponse({**campaign_as_data(spec), "stats": stats, "stopped": stopped})
 
+    async def results(request: Request) -> Response:
+        spec = find_campaign(runtime, request.path_params["id"])
+        return JSONResponse(await runtime.results(spec))
+
     async def put_campaign(request: Request) -> Response:
         raw = parse_campaign_text((await request.body()).decode("utf-8", "replace"))
         spec, created = await save_campaign(runtime, request.path_params["id"], raw)
@@ -363,6 +367,7 @@ def admin_routes(runtime: Runtime) -> list[BaseRoute]:
                 route("/campaigns/{id}", put_campaign, ["PUT"]),
                 route("/campaigns/{id}", delete_campaign, ["DELETE"]),
                 route("/campaigns/{id}/test", fire_test, ["POST"]),
+                route("/campaigns/{id}/results", results, ["GET"]),
                 route("/users/{identity:path}", user, ["GET"]),
                 route("/deliveries", deliveries, ["GET"]),
                 route("/deliveries/{id}/replay", replay, ["POST"]),

@@ -162,6 +162,15 @@ class Spacing(Base, frozen=True):
     page_views: Annotated[int, Meta(ge=1)] | None = None
 
 
+class Goal(Base, frozen=True):
+    """What a campaign's A/B results count as success: an event within a window of assignment."""
+
+    event: Annotated[str, Meta(min_length=1)]
+    within: Duration = Duration(7 * 86400.0)
+    where: ConditionTree | None = None
+    value: str | None = None  # a field of the goal event summed per user (properties.revenue)
+
+
 class WebhookAction(Base, frozen=True):
     """The HTTP request a campaign sends; strings may hold `#{name}` placeholders."""
 
@@ -203,6 +212,7 @@ class CampaignSpec(Base, frozen=True):
     rate: Rate = 100.0
     action: Action | None = None
     variants: list[Variant] | None = None
+    goal: Goal | None = None
 
 
 class RequestBinSettings(Base, frozen=True):

@@ -10,6 +10,7 @@ What the store and app call::
     outcome.decisions   # one Decision per campaign considered: fired, or suppressed + reason
     outcome.webhooks    # one WebhookRequest per fired campaign, for the outbox
     outcome.entered     # segments the user newly entered on this event
+    outcome.ticks       # A/B results counted: enrolments in an arm, conversions, goal values
     engine.merge(a, b)              # one profile from two (identity merge); keeps a.key
     engine.describe(state, now, stopped)  # plain dict for the user-lookup view
     engine.stopped(tallies, now)    # campaigns stopped by their stop conditions, with the reason
@@ -53,6 +54,7 @@ import msgspec
 
 from collector.config.schema import CampaignSpec
 from collector.engine.campaigns import Arm, Campaign, Gate, Run, count_delivery, runs
+from collector.engine.goals import ASSIGNED_REASONS, Tick, arm_key, enrol
 from collector.engine.profile import (
     FIRED,
     MAX_ANONYMOUS_IDS,
@@ -69,6 +71,7 @@ from collector.engine.profile import (
     merge,
     new_state,
 )
+from collector.engine.results import arm_name
 from collector.engine.rules import Rules, compile_rules
 from collector.engine.scope import Scope
 from collector.engine.templates import PAGE_FIELDS, Suppressed
@@ -87,6 +90,7 @@ class Outcome(msgspec.Struct):
     decisions: list[Decision]
     webhooks: list[WebhookRequest]
     entered: list[str]
+    ticks: list[Tick] = []  # changes to campaigns' A/B results, for the store to count
 
 
 def key_for(event: Event) -> str:
@@ -148,6 +152,11 @@ class Engine:
         entered = self._entered(rules, scope) if rules.tracked else []
         if rules.arming or rules.cancelling:
             self._arm(rules, scope)
+        ticks: list[Tick] = []
+        goals = rules.goals_by_event.get(event.name)
+        if goals is not None and state.goals is not None:
+            for goal in goals:  # before any decision: an enrolment on this event is not reached
+                goal.reach(scope, ticks)
         candidates = rules.runs_by_event.get(event.name, ())
         if entered:
             extra = [c for name in entered for c in rules.by_segment[name]]
@@ -156,8 +165,8 @@ class Engine:
         decisions: list[Decision] = []
         webhooks: list[WebhookRequest] = []
         if candidates:
-            self._decide(candidates, scope, now, decisions, webhooks, deliveries)
-        return Outcome(state, decisions, webhooks, entered)
+            self._decide(candidates, scope, now, decisions, webhooks, deliveries, ticks)
+        return Outcome(state, decisions, webhooks, entered, ticks)
 
     def fire_due(
         self, state: UserState, now: float, *, deliveries: dict[str, Tally] | None = None
@@ -166,6 +175,7 @@ class Engine:
         rules = self.rules
         decisions: list[Decision] = []
         webhooks: list[WebhookRequest] = []
+        ticks: list[Tick] = []
         timers = state.timers or []
         due = sorted((x for x in timers if x.due <= now), key=lambda x: x.due)
         if not due:
@@ -188,8 +198,8 @@ class Engine:
                 received_at=now,
             )
             scope = Scope(state, event, t, rules.calendar, self._session_at(state, t))
-            self._decide(candidates, scope, now, decisions, webhooks, deliveries)
-        return Outcome(state, decisions, webhooks, [])
+            self._decide(candidates, scope, now, decisions, webhooks, deliveries, ticks)
+        return Outcome(state, decisions, webhooks, [], ticks)
 
     def _session_at(self, state: UserState, t: float) -> int:
         """The session number at `t` without activity: the current one, or the next if it ended."""
@@ -287,6 +297,7 @@ class Engine:
         decisions: list[Decision],
         webhooks: list[WebhookRequest],
         deliveries: dict[str, Tally] | None,
+        ticks: list[Tick],
     ) -> None:
         if now != self._made_at:
             self._made_at = now
@@ -331,6 +342,8 @@ class Engine:
                         latest[campaign_id] = Verdict(None, stop, now)
                         continue
                 arm = campaign.qualify(scope)
+                if campaign.goal is not None:
+                    self._enrol(campaign, arm, scope, ticks)
                 if isinstance(arm, str):  # suppressed before a variant was picked: the usual case
                     record(Decision(campaign_id, None, SUPPRESSED, arm, now))
                     shared = verdicts.get(arm)
@@ -350,6 +363,18 @@ class Engine:
                 outcome: DecisionOutcome = FIRED if reason is None else SUPPRESSED
                 record(Decision(campaign_id, variant_id, outcome, reason, now))
                 latest[campaign_id] = Verdict(variant_id, reason, now)
+
+    def _enrol(self, campaign: Campaign, arm: Arm | str, scope: Scope, ticks: list[Tick]) -> None:
+        """Enrol the user in the campaign's results once they have their arm."""
+        if isinstance(arm, str):
+            if arm not in ASSIGNED_REASONS:
+                return  # not assigned yet: the trigger or test users turned them away
+            goals = scope.state.goals
+            if goals is not None and campaign.id in goals:
+                return
+            enrol(scope, campaign.id, campaign.assigned_arm(scope.state.key), ticks)
+        else:
+            enrol(scope, campaign.id, arm_key(arm.variant_id), ticks)
 
     def _fire(
         self, campaign: Campaign, arm: Arm, scope: Scope, now: float, webhooks: list[WebhookRequest]
@@ -454,6 +479,10 @@ class Engine:
                 for x in state.timers or ()
             ],
             "stopped": dict(stopped or {}),
+            "goals": {
+                cid: {"arm": arm_name(e.arm), "assigned_at": e.at, "converted": e.converted}
+                for cid, e in (state.goals or {}).items()
+            },
         }
 
 

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import msgspec
+
+from collector.config.schema import CampaignSpec
 
 MIN_USERS: Final = 100  # per arm and in the control group, before any verdict
 ALPHA: Final = 0.05  # two-sided significance level of the z-test
@@ -183,3 +185,30 @@ def _describe(key: str, counts: Counts) -> ArmResult:
         value=counts.value,
         value_per_user=counts.value / n if n else None,
     )
+
+
+def arm_keys(spec: CampaignSpec) -> list[str]:
+    """A campaign's arm keys in config order: its variants (or SOLE), then CONTROL."""
+    keys = [v.id for v in spec.variants] if spec.variants is not None else [SOLE]
+    return [*keys, CONTROL]
+
+
+def report(spec: CampaignSpec, counts: dict[str, Counts]) -> dict[str, Any]:
+    """A campaign's results as the admin API, dashboard and replay show them."""
+    keys = arm_keys(spec)
+    keys[-1:-1] = [k for k in counts if k not in keys]  # arms removed since, before control
+    arms = evaluate((k, counts.get(k) or Counts()) for k in keys)
+    goal = spec.goal
+    return {
+        "campaign_id": spec.id,
+        "goal": None
+        if goal is None
+        else {
+            "event": goal.event,
+            "within": float(goal.within),
+            "value": goal.value,
+            "where": None if goal.where is None else goal.where.raw,
+        },
+        "minimum_sample": MIN_USERS,
+        "arms": [msgspec.structs.asdict(arm) for arm in arms],
+    }

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from collector.config.schema import CampaignSpec, ConditionTree, ConfigFile
 from collector.engine.campaigns import Campaign, Gate, build_arms, runs
 from collector.engine.conditions import ConditionCompiler
+from collector.engine.goals import Goal
 from collector.engine.schedule import Calendar, CompiledSchedule
 from collector.engine.scope import Getter, Predicate, Scope
 from collector.engine.templates import TemplateCompiler
@@ -166,6 +167,18 @@ class _Registry:
         trigger = spec.trigger
         unless = trigger.unless if trigger is not None else None
         spacing = self.config.spacing
+        goal = None
+        if spec.goal is not None:
+            value = None
+            if spec.goal.value is not None:
+                value = event_field(spec.goal.value)
+                if value is None:
+                    self.problems.append(
+                        f"{prefix}goal.value: unknown field {spec.goal.value!r} "
+                        "(use properties.X, context.X, traits.X, ...)"
+                    )
+            where = self.condition(spec.goal.where, f"{prefix}goal.where")
+            goal = Goal(spec.id, spec.goal.event, float(spec.goal.within), where, value)
         campaign = Campaign(
             spec,
             arms=build_arms(spec, actions) if actions else (),
@@ -182,6 +195,7 @@ class _Registry:
             unless_where=self.condition(
                 unless.where if unless else None, f"{prefix}trigger.unless.where"
             ),
+            goal=goal,
         )
         return campaign, templates.uses_page
 
@@ -248,6 +262,12 @@ class Rules:
             c.id: runs((c,)) for found in self.arming.values() for c in found
         }
         self.max_timers = config.state.max_timers
+        goals: dict[str, list[Goal]] = {}
+        for campaign in ranked:
+            if campaign.goal is not None:
+                goals.setdefault(campaign.goal.event, []).append(campaign.goal)
+        self.goals_by_event = {name: tuple(found) for name, found in goals.items()}
+        self.with_goals = tuple(c for c in ranked if c.goal is not None)
         self.stopping = tuple(c for c in ranked if c.stops)  # campaigns with stop conditions
         spacing = config.spacing
         self.count_page_views = spacing.page_views is not None

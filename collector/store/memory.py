@@ -3,10 +3,12 @@
 All work for a batch happens without awaiting, so within one event loop each user's update is
 atomic. Inactive profiles are evicted by TTL and by a size bound, least recently seen first.
 
-Stop conditions' tallies (deliveries per campaign across every user) live here, beside the
-profiles, and are saved with them. Absence timers live in the profiles; a heap of (due, key)
-finds the users whose earliest timer is due (stale entries are skipped when popped), so 10,000
-pending timers cost ingest only a heap push per armed timer.
+Stop conditions' tallies (deliveries per campaign across every user) and A/B results (users
+assigned, converted and goal value per campaign arm) live here, beside the profiles, and are
+saved with them; both change in the same step as the profile whose event changed them. Absence
+timers live in the profiles; a heap of (due, key) finds the users whose earliest timer is due
+(stale entries are skipped when popped), so 10,000 pending timers cost ingest only a heap push
+per armed timer.
 
 Per-visitor memory is what bounds this store, so what it keeps is compact: a profile's recent
 events are packed (msgpack arrays of their fields, unpacked only for a lookup), id lists are
@@ -28,8 +30,10 @@ import msgspec
 
 from collector.config.schema import StateSettings
 from collector.delivery.outbox import Outbox
+from collector.engine import goals
 from collector.engine.engine import Engine, new_state
 from collector.engine.profile import Decision, Tally, Timer, UserState
+from collector.engine.results import Counts
 from collector.events import Event
 from collector.store import identity
 from collector.store.base import (
@@ -46,6 +50,7 @@ log = logging.getLogger("tripwire.store")
 DEDUPE_SECONDS = 24 * 3600.0
 MAX_REMEMBERED_MESSAGES = 5_000_000
 STATE_FILE = "state.msgpack"
+KEEP_HOURS = 72  # hours of fired/suppressed counts kept per campaign
 
 _EVENT_FIELDS = msgspec.structs.fields(Event)
 _pack = msgspec.msgpack.Encoder().encode
@@ -83,6 +88,8 @@ class _Snapshot(msgspec.Struct):
     seen: list[tuple[Any, float]]  # dedupe keys: bytes (str: messageIds of older versions)
     recent: dict[str, list[msgspec.Raw]]  # packed events (see `pack`), written as they are
     deliveries: dict[str, Tally] = {}  # stop conditions' tallies
+    results: dict[str, dict[str, Counts]] = {}  # A/B results: campaign -> arm -> counts
+    hourly: dict[str, dict[int, tuple[int, int]]] = {}  # campaign -> hour -> fired, suppressed
 
 
 class MemoryStore:
@@ -109,6 +116,10 @@ class MemoryStore:
         self._seen_order: deque[bytes | str] = deque()
         self._recent: dict[str, tuple[Packed, ...]] = {}  # key -> recent events, oldest first
         self._deliveries: dict[str, Tally] = {}  # campaign id -> deliveries, for stop conditions
+        # campaign id -> arm -> users assigned, converted, value: counted in the same step as
+        # the state change that made them (the engine's ticks), saved beside the profiles
+        self._results: dict[str, dict[str, Counts]] = {}
+        self._hourly: dict[str, dict[int, tuple[int, int]]] = {}  # for the dashboard's charts
         self._due: list[tuple[float, str]] = []  # heap of (due, key), possibly stale
         self._scheduled: dict[str, float] = {}  # key -> the due time its live heap entry has
 
@@ -136,6 +147,8 @@ class MemoryStore:
             k: tuple(bytes(p) for p in v[-size:]) for k, v in snapshot.recent.items() if size and v
         }
         self._deliveries = dict(snapshot.deliveries)
+        self._results = dict(snapshot.results)
+        self._hourly = {cid: dict(hours) for cid, hours in snapshot.hourly.items()}
         for key, state in self._users.items():
             if state.timers:
                 self._schedule(key, state.timers)
@@ -156,6 +169,8 @@ class MemoryStore:
                 for k, v in self._recent.items()
             },
             deliveries=self._deliveries,
+            results=self._results,
+            hourly=self._hourly,
         )
         temporary = self._file.with_suffix(".tmp")
         temporary.write_bytes(msgspec.msgpack.encode(snapshot))
@@ -202,6 +217,8 @@ class MemoryStore:
             self._seen_order.append(dedupe)
             accepted += 1
             users[key] = outcome.state  # a new key goes in last: the most recently seen
+            if outcome.ticks:
+                goals.add(self._results, outcome.ticks)
             if state is not None:
                 users.move_to_end(key)
             if outcome.state.timers is not None:
@@ -240,11 +257,38 @@ class MemoryStore:
             )
             webhooks.extend(outcome.webhooks)
             decisions.extend(outcome.decisions)
+            if outcome.ticks:
+                goals.add(self._results, outcome.ticks)
             if state.timers:
                 self._schedule(key, state.timers)
         if webhooks and self._outbox is not None:
             await self._outbox.put(webhooks)
         return IngestResult(0, 0, webhooks, decisions)
+
+    async def results(self, campaign_ids: Sequence[str]) -> dict[str, dict[str, Counts]]:
+        """A/B counts per arm of each campaign named (copies)."""
+        return {
+            cid: {arm: msgspec.structs.replace(c) for arm, c in self._results.get(cid, {}).items()}
+            for cid in campaign_ids
+        }
+
+    async def add_hourly(self, counts: dict[tuple[str, int], tuple[int, int]]) -> None:
+        """Add (fired, suppressed) decisions per (campaign, hour); keeps KEEP_HOURS hours."""
+        for (campaign_id, hour), (fired, suppressed) in counts.items():
+            hours = self._hourly.setdefault(campaign_id, {})
+            before = hours.get(hour, (0, 0))
+            hours[hour] = (before[0] + fired, before[1] + suppressed)
+            for old in [h for h in hours if h <= hour - KEEP_HOURS]:
+                del hours[old]
+
+    async def hourly(
+        self, campaign_ids: Sequence[str], since: int
+    ) -> dict[str, dict[int, tuple[int, int]]]:
+        """(fired, suppressed) per hour from hour `since` on, per campaign."""
+        return {
+            cid: {h: n for h, n in self._hourly.get(cid, {}).items() if h >= since}
+            for cid in campaign_ids
+        }
 
     def pending_timers(self) -> int:
         """How many users have an absence timer pending."""

@@ -9,6 +9,7 @@ clock for it, so a replay always gives the same answer; a messageId repeated wit
 the latest event time so far counts as a duplicate, as a resent message would on the server.
 Absence triggers run in event time too: before each event, the timers due by its time fire, each
 at its own due time; those still pending at the end of the file are counted, not fired.
+Campaigns with a goal get their A/B results: each arm against control, as the server reports them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import orjson
 
 from collector.config.schema import ConfigFile
 from collector.engine.engine import Engine, compile_rules
+from collector.engine.results import Counts
+from collector.engine.results import report as results_report
 from collector.errors import ConfigError, HTTPError
 from collector.ingest.messages import decode_recorded
 from collector.store.base import IngestResult
@@ -68,8 +71,13 @@ class Tally:
         }
 
 
-async def replay(lines: Any, config: ConfigFile, engine: Engine) -> tuple[Tally, int]:
-    """Run every line's events through a memory store, in order; return the tally and users."""
+async def replay(
+    lines: Any, config: ConfigFile, engine: Engine
+) -> tuple[Tally, int, dict[str, dict[str, Counts]]]:
+    """Run every line's events through a memory store, in order.
+
+    Returns the tally, the number of users, and the A/B counts of the campaigns with a goal.
+    """
     store = MemoryStore(lambda: engine, config.state, data_dir=None)
     tally = Tally()
     now = 0.0  # the file's clock: the latest event time so far (for dedupe and eviction)
@@ -88,7 +96,8 @@ async def replay(lines: Any, config: ConfigFile, engine: Engine) -> tuple[Tally,
             tally.count(result)
             tally.invalid.extend(f"line {number}: {detail}" for _, detail in result.rejected)
     tally.timers_pending = store.pending_timers()
-    return tally, len(store)
+    with_goals = [c.id for c in config.campaigns if c.goal is not None]
+    return tally, len(store), await store.results(with_goals)
 
 
 def run_replay(events_path: str, config: ConfigFile, *, as_json: bool, out: TextIO) -> int:
@@ -101,17 +110,48 @@ def run_replay(events_path: str, config: ConfigFile, *, as_json: bool, out: Text
         return 2
     try:
         with open(events_path, "rb") as lines:
-            tally, users = asyncio.run(replay(lines, config, engine))
+            tally, users, counts = asyncio.run(replay(lines, config, engine))
     except OSError as exc:
         print(f"{events_path}: cannot read: {exc.strerror}", file=sys.stderr)
         return 2
     report = tally.report([c.id for c in config.campaigns], users)
+    if counts:  # campaigns with a goal: their A/B results
+        report["results"] = {
+            spec.id: results_report(spec, counts[spec.id])
+            for spec in config.campaigns
+            if spec.id in counts
+        }
     if as_json:
         report["invalid_lines"] = tally.invalid[:20]
         out.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         _print_table(report, tally.invalid, out)
     return 0
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _arm_line(arm: dict[str, Any], width: int) -> str:
+    def percent(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    interval = arm["interval"]
+    shown = "-" if interval is None else f"{percent(interval[0])}-{percent(interval[1])}"
+    per_user = arm["value_per_user"]
+    p_value = arm["p_value"]
+    beat = arm["probability_to_beat_control"]
+    return (
+        f"{arm['arm']:<{width}}  {arm['assigned']:>8}  {arm['converted']:>9}"
+        f"  {percent(arm['conversion_rate']):>7}  {shown:>15}"
+        f"  {'-' if per_user is None else f'{per_user:.2f}':>10}"
+        f"  {'-' if p_value is None else f'{p_value:.3f}':>6}"
+        f"  {percent(beat):>7}  {arm['label'] or ''}\n"
+    )
 
 
 def _print_table(report: dict[str, Any], invalid: list[str], out: TextIO) -> None:
@@ -132,3 +172,13 @@ def _print_table(report: dict[str, Any], invalid: list[str], out: TextIO) -> Non
         ordered = sorted(reasons.items(), key=lambda item: -item[1])
         detail = ", ".join(f"{reason} {n}" for reason, n in ordered)
         out.write(f"{cid:<{width}}  {counts['fired']:>8}  {sum(reasons.values()):>10}  {detail}\n")
+    for cid, result in report.get("results", {}).items():
+        goal = result["goal"]
+        within = _duration(goal["within"]) if goal else "-"
+        out.write(f"\nresults of {cid} (goal: {goal['event'] if goal else '-'} within {within})\n")
+        out.write(
+            f"{'arm':<{width}}  {'users':>8}  {'converted':>9}  {'rate':>7}  {'95% interval':>15}"
+            f"  {'value/user':>10}  {'p':>6}  {'P(beat)':>7}  verdict\n"
+        )
+        for arm in result["arms"]:
+            out.write(_arm_line(arm, width))
