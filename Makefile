@@ -19,13 +19,13 @@ $(VENV)/.test: pyproject.toml $(VENV)/.runtime
 tag/node_modules/.package-lock.json: tag/package.json tag/package-lock.json
 	cd tag && npm ci --no-audit --no-fund --loglevel=error
 
-## Run the demo: collector, request bin, dashboard and the demo shop.
+## Run the demo: collector, request bin, dashboard and the demo shop (flags: ARGS=--no-browser).
 demo: $(VENV)/.runtime
-	$(VENV)/bin/tripwire demo
+	$(VENV)/bin/tripwire demo $(ARGS)
 
-## Run the collector with the example config.
+## Run the collector with the example config (flags: ARGS="--port 8001").
 serve: $(VENV)/.runtime
-	$(VENV)/bin/tripwire serve --config examples/tripwire.yaml
+	$(VENV)/bin/tripwire serve --config examples/tripwire.yaml $(ARGS)
 
 ## Build the JavaScript tag (fails above its size budget).
 tag: tag/node_modules/.package-lock.json

@@ -1,7 +1,10 @@
-"""The collector's ASGI application: routes, and a lifespan that owns every client and task.
+"""The collector's ASGI application: every route, and a lifespan that owns clients and tasks.
 
 `create_app(settings)` wires the parts together: ingest → store (engine inside) → outbox →
-delivery. Nothing is created at import time.
+delivery, with the admin API, the dashboard and the request bin beside them; `create_bin_app`
+is the standalone request bin. This is the one place routes are assembled: the endpoints are
+plain functions in their modules, reading what they need from `request.app.state` (`runtime`,
+`registry`, `request_bin`). Nothing is created at import time.
 """
 
 from __future__ import annotations
@@ -9,24 +12,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ExceptionHandler, Receive, Scope, Send
 
 from collector import __version__
+from collector.admin import api, dashboard
 from collector.config.settings import Settings
 from collector.errors import HTTPError
-from collector.events import Event
 from collector.ingest.endpoints import IngestApp
-from collector.ingest.tagfile import tag_route
+from collector.ingest.tagfile import TagFile, tag_js
 from collector.metrics import IngestMetrics, render
 from collector.runtime import Runtime
+from collector.tools import requestbin
+from collector.tools.requestbin import RequestBin
 
 log = logging.getLogger("tripwire")
 
@@ -42,6 +48,12 @@ class CollectorApp:
         self.app = app
         self.state = app.state
 
+    def begin_shutdown(self) -> None:
+        """End live streams (admin events, request bin) so the server can stop without waiting."""
+        self.state.runtime.begin_shutdown()
+        if self.state.request_bin is not None:
+            self.state.request_bin.close()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Route one ASGI connection."""
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
@@ -55,30 +67,26 @@ def create_app(settings: Settings) -> CollectorApp:
     registry = CollectorRegistry(auto_describe=True)
     metrics = IngestMetrics(registry)
     runtime = Runtime(settings, registry, metrics)
-
-    async def accept(events: Sequence[Event], now: float) -> Sequence[tuple[int, str]]:
-        return await runtime.accept(events, now)
-
-    ingest = IngestApp(settings.config.write_keys, settings.config.allowed_origins, accept, metrics)
-
-    async def healthz(_: Request) -> Response:
-        return JSONResponse({"status": "ok", "version": __version__})
-
-    async def readyz(_: Request) -> Response:
-        ready = await runtime.ready()
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
-
-    async def metrics_endpoint(_: Request) -> Response:
-        await runtime.refresh_results()
-        return Response(render(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
-
+    ingest = IngestApp(
+        settings.config.write_keys, settings.config.allowed_origins, runtime.accept, metrics
+    )
+    tag = TagFile()
+    bin_settings = settings.config.request_bin
+    request_bin = (
+        RequestBin(bin_settings.max_requests, max_streams=settings.config.server.max_streams)
+        if settings.request_bin or bin_settings.enabled
+        else None
+    )
     routes: list[BaseRoute] = [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
-        tag_route(),
-        *runtime.extra_routes(),
+        Route("/tag.js", tag_js, methods=["GET", "HEAD"], name="tag_js"),
+        *ADMIN_API_ROUTES,
+        *DASHBOARD_ROUTES,
     ]
+    if request_bin is not None:
+        routes.append(BIN_ROUTES)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -88,17 +96,127 @@ def create_app(settings: Settings) -> CollectorApp:
         finally:
             await runtime.stop()
 
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPError: _render_error})
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
     app.state.runtime = runtime
+    app.state.registry = registry
+    app.state.tag = tag
+    app.state.request_bin = request_bin
     return CollectorApp(ingest, app)
 
 
-async def _render_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPError)
-    headers = dict(exc.headers)
-    return JSONResponse(
-        {"error": exc.code, "detail": exc.detail}, status_code=exc.status, headers=headers
+def create_bin_app(request_bin: RequestBin) -> Starlette:
+    """The standalone request bin (`tripwire bin`)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        request_bin.close()
+
+    routes: list[BaseRoute] = [Route("/", to_bins), Route("/healthz", bin_healthz), BIN_ROUTES]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    app.state.request_bin = request_bin
+    return app
+
+
+# -- the routes ------------------------------------------------------------------------------
+
+ADMIN_API_ROUTES: list[BaseRoute] = [
+    Mount(
+        "/admin/api",
+        routes=[
+            Route("/campaigns", api.list_campaigns, methods=["GET"]),
+            Route("/campaigns/{id}", api.get_campaign, methods=["GET"]),
+            Route("/campaigns/{id}", api.put_campaign, methods=["PUT"]),
+            Route("/campaigns/{id}", api.delete_campaign, methods=["DELETE"]),
+            Route("/campaigns/{id}/test", api.fire_test, methods=["POST"]),
+            Route("/campaigns/{id}/results", api.results, methods=["GET"]),
+            Route("/campaigns/{id}/resume", api.resume_campaign, methods=["POST"]),
+            Route("/paused", api.paused_endpoints, methods=["GET"]),
+            Route("/users/{identity:path}", api.user, methods=["GET"]),
+            Route("/deliveries", api.deliveries, methods=["GET"]),
+            Route("/deliveries/{id}/replay", api.replay, methods=["POST"]),
+            Route("/events/stream", api.events, methods=["GET"]),
+        ],
     )
+]
+
+DASHBOARD_ROUTES: list[BaseRoute] = [
+    Route("/admin", dashboard.to_index),
+    Mount(
+        "/admin",
+        routes=[
+            Route("/login", dashboard.login, methods=["GET", "POST"]),
+            Route("/logout", dashboard.logout, methods=["POST"]),
+            Route("/static/{file}", dashboard.asset, methods=["GET", "HEAD"]),
+            Route("/", dashboard.campaigns, methods=["GET"]),
+            Route("/new", dashboard.editor, methods=["GET"]),
+            Route("/campaigns", dashboard.save, methods=["POST"]),
+            Route("/campaigns/{id}", dashboard.editor, methods=["GET"]),
+            Route("/campaigns/{id}", dashboard.save, methods=["POST"]),
+            Route("/campaigns/{id}/status", dashboard.set_status, methods=["POST"]),
+            Route("/campaigns/{id}/delete", dashboard.delete, methods=["POST"]),
+            Route("/campaigns/{id}/test", dashboard.fire_test, methods=["POST"]),
+            Route("/campaigns/{id}/resume", dashboard.resume, methods=["POST"]),
+            Route("/events", dashboard.events, methods=["GET"]),
+            Route("/deliveries", dashboard.deliveries, methods=["GET"]),
+            Route("/deliveries/{id}/replay", dashboard.replay, methods=["POST"]),
+            Route("/users", dashboard.users, methods=["GET"]),
+        ],
+    ),
+]
+
+BIN_ROUTES = Mount(
+    requestbin.PREFIX,
+    routes=[
+        Route("/", requestbin.index, methods=["GET", "HEAD"]),
+        Route("/_static/{file}", requestbin.asset, methods=["GET", "HEAD"]),
+        Route("/{name}/view", requestbin.view, methods=["GET", "HEAD"]),
+        Route("/{name}/requests", requestbin.feed, methods=["GET", "HEAD"]),
+        Route("/{name}/stream", requestbin.stream, methods=["GET"]),
+        Route("/{name}", requestbin.record, methods=requestbin.ALL_METHODS),
+        Route("/{name}/{rest:path}", requestbin.record, methods=requestbin.ALL_METHODS),
+    ],
+)
+
+
+# -- the collector's own endpoints -----------------------------------------------------------
+
+
+async def healthz(_: Request) -> Response:
+    """GET /healthz: the process is up."""
+    return JSONResponse({"status": "ok", "version": __version__})
+
+
+async def readyz(request: Request) -> Response:
+    """GET /readyz: the store answers (503 when it does not)."""
+    ready = await request.app.state.runtime.ready()
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """GET /metrics: Prometheus metrics."""
+    await request.app.state.runtime.refresh_results()  # A/B results live in the store
+    body = render(request.app.state.registry)
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def to_bins(_: Request) -> Response:
+    """GET / on the standalone bin: on to the list of bins."""
+    return RedirectResponse("/bin/", status_code=303)
+
+
+async def bin_healthz(_: Request) -> Response:
+    """GET /healthz on the standalone bin."""
+    return JSONResponse({"status": "ok"})
+
+
+async def render_error(_: Request, exc: Exception) -> Response:
+    """Every HTTPError answered alike: its status, headers and `{"error", "detail"}` body."""
+    assert isinstance(exc, HTTPError)
+    return JSONResponse(exc.payload(), status_code=exc.status, headers=dict(exc.headers))
+
+
+EXCEPTION_HANDLERS: dict[Any, ExceptionHandler] = {HTTPError: render_error}
 
 
 SETTINGS_ENV = "TRIPWIRE_SETTINGS_JSON"

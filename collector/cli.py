@@ -78,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--data-dir", dest="data_dir", help="where the demo keeps state (default ./.tripwire)"
     )
+    demo.add_argument(
+        "--site-dir", dest="site_dir",
+        help="the demo shop's directory (default: the checkout's demo_site/, else ./demo_site)",
+    )
     demo.set_defaults(run=_demo)
 
     bin_ = commands.add_parser("bin", help="run a standalone request bin")
@@ -119,6 +123,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise ConfigError(
             ["--workers: several processes need a shared store; add --store redis://host:port/0"]
         )
+    _check_port(settings)
     print(
         f"tripwire {__version__}: collecting on http://{settings.host}:{settings.port} "
         f"(store: {settings.store})",
@@ -144,6 +149,17 @@ def _serve(args: argparse.Namespace) -> int:
             **server_options(settings.config.server),
         )
     return 0
+
+
+def _check_port(settings: Settings) -> None:
+    from collector.tools.demo import port_free
+
+    if not port_free(settings.host, settings.port):
+        raise ConfigError(
+            [f"tripwire serve: port {settings.port} on {settings.host} is in use (by the demo or "
+             f"another collector?); choose another with --port {settings.port + 1} "
+             "or TRIPWIRE_PORT"]
+        )
 
 
 def server_options(server: ServerSettings) -> dict[str, Any]:
@@ -177,7 +193,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     options = DemoOptions(
         port=args.port, site_port=args.site_port, open_browser=not args.no_browser,
-        data_dir=args.data_dir,
+        data_dir=args.data_dir, site_dir=args.site_dir,
     )
     return run_demo(options)
 

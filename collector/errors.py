@@ -2,7 +2,7 @@
 
 TripwireError
 ├── ConfigError              a config file or campaign is invalid (every problem, with paths)
-├── TagNotBuiltError         tag/dist/tripwire.min.js is missing (tagfile.py)
+├── TagNotBuiltError         the built tag is missing from the package (tagfile.py)
 └── HTTPError                answered to a client as {"error": code, "detail": ...}
     ├── BadRequest           400 malformed body, wrong types, missing ids
     │   └── InvalidCampaign  400 a campaign sent to the admin API (every problem, with paths)
@@ -41,6 +41,10 @@ class HTTPError(TripwireError):
         self.detail = detail
         self.headers = headers or {}
 
+    def payload(self) -> dict[str, object]:
+        """The JSON body every HTTP answer for this error carries."""
+        return {"error": self.code, "detail": self.detail}
+
 
 class BadRequest(HTTPError):
     """The request or a message in it is malformed."""
@@ -57,6 +61,10 @@ class InvalidCampaign(BadRequest):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+    def payload(self) -> dict[str, object]:
+        """The JSON body, with every problem listed."""
+        return {**super().payload(), "problems": self.problems}
 
 
 class Unauthorized(HTTPError):

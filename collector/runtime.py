@@ -16,10 +16,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 from prometheus_client import CollectorRegistry
-from starlette.routing import BaseRoute
 
-from collector.admin.api import EventFeed, admin_routes
-from collector.admin.dashboard import dashboard_routes
 from collector.config.schema import CampaignSpec
 from collector.config.settings import Settings
 from collector.delivery.dispatcher import Dispatcher
@@ -29,11 +26,11 @@ from collector.engine.engine import Engine, compile_rules
 from collector.engine.results import evaluate, report
 from collector.errors import Unavailable
 from collector.events import Event
+from collector.feed import EventFeed
 from collector.metrics import IngestMetrics
 from collector.redis.mode import RedisMode, is_redis_url
 from collector.store.base import Store
 from collector.store.memory import MemoryStore
-from collector.tools.requestbin import RequestBin, bin_routes
 
 log = logging.getLogger("tripwire")
 _DECISION_LABELS = operator.attrgetter("campaign_id", "outcome", "reason")
@@ -71,12 +68,6 @@ class Runtime:
         self._sampler: asyncio.Task[None] | None = None
         self._sampled: dict[str, tuple[int, int]] = {}  # decisions counted into hours so far
         self._sampling = asyncio.Lock()
-        bin_settings = settings.config.request_bin
-        self.request_bin = (
-            RequestBin(bin_settings.max_requests, max_streams=settings.config.server.max_streams)
-            if settings.request_bin or bin_settings.enabled
-            else None
-        )
 
     def _make_store(self) -> Store:
         config = self.settings.config
@@ -280,14 +271,5 @@ class Runtime:
         self.engine.remove_campaign(campaign_id)
 
     def begin_shutdown(self) -> None:
-        """End live streams (admin events, request bin) so the server can stop without waiting."""
+        """End the live event streams so the server can stop without waiting for them."""
         self.events.close()
-        if self.request_bin is not None:
-            self.request_bin.close()
-
-    def extra_routes(self) -> list[BaseRoute]:
-        """Routes of the optional parts (admin API, dashboard, request bin)."""
-        routes = [*admin_routes(self), *dashboard_routes(self)]
-        if self.request_bin is not None:
-            routes += bin_routes(self.request_bin)
-        return routes

@@ -1,10 +1,10 @@
 // Builds dist/tripwire.min.js from src/tripwire.js and enforces the size budget.
-//   node build.mjs                write dist/tripwire.min.js
+//   node build.mjs                write dist/tripwire.min.js and its copy in the Python package
 //   node build.mjs --out FILE     write FILE instead
-//   node build.mjs --check        fail when dist/tripwire.min.js differs from a fresh build
+//   node build.mjs --check        fail when either committed copy differs from a fresh build
 //   node build.mjs --budget N     use another budget (to see the build fail)
 import { spawnSync } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { gzipSync } from "node:zlib";
@@ -13,6 +13,12 @@ import { transform } from "esbuild";
 const here = dirname(fileURLToPath(import.meta.url));
 const { version } = JSON.parse(readFileSync(join(here, "package.json"), "utf8"));
 const dist = join(here, "dist", "tripwire.min.js");
+// The collector serves its own copy, so an installed wheel (no checkout beside it) has the tag.
+const packaged = join(here, "..", "collector", "ingest", "static", "tripwire.min.js");
+const committed = [
+  [dist, "dist/tripwire.min.js"],
+  [packaged, "collector/ingest/static/tripwire.min.js"],
+];
 const args = process.argv.slice(2);
 const option = (name, fallback) => (args.includes(name) ? args[args.indexOf(name) + 1] : fallback);
 const out = option("--out", dist);
@@ -36,14 +42,21 @@ if (gzipped > BUDGET) {
   process.exit(1);
 }
 if (args.includes("--check")) {
-  let current = Buffer.alloc(0);
-  try {
-    current = readFileSync(dist);
-  } catch {}
-  if (!current.equals(built)) {
-    console.error("dist/tripwire.min.js is stale: run `npm run build` in tag/");
-    process.exit(1);
+  for (const [file, name] of committed) {
+    let current = Buffer.alloc(0);
+    try {
+      current = readFileSync(file);
+    } catch {}
+    if (!current.equals(built)) {
+      console.error(`${name} is stale: run \`npm run build\` in tag/`);
+      process.exit(1);
+    }
   }
-} else {
+} else if (args.includes("--out")) {
   writeFileSync(out, built);
+} else {
+  for (const [file] of committed) {
+    mkdirSync(dirname(file), { recursive: true });
+    writeFileSync(file, built);
+  }
 }

@@ -34,8 +34,10 @@ def campaign(campaign_id: str, event: str, url: str, **extra: Any) -> dict[str, 
 
 @pytest.fixture(scope="module")
 def sink() -> Iterator[Sink]:
-    # /fail answers 404: a permanent failure, dead-lettered at once and replayable.
-    with Sink(handler=lambda request: 404 if request.path == "/fail" else 200) as sink:
+    # /fail answers 404: a permanent failure, dead-lettered at once and replayable; /gone
+    # answers 410 Gone, which pauses the campaign's endpoint.
+    codes = {"/fail": 404, "/gone": 410}
+    with Sink(handler=lambda request: codes.get(request.path, 200)) as sink:
         yield sink
 
 
@@ -52,6 +54,7 @@ def server(sink: Sink) -> Iterator[Tripwire]:
                      frequency={"per": "user", "max_total": 1}),
             campaign("nobody", "Ping", sink.url + "/nobody", rate=0),
             campaign("broken", "Break", sink.url + "/fail"),
+            campaign("gone", "Gone", sink.url + "/gone"),
         ],
     }
     with run_tripwire(config) as server:
@@ -91,6 +94,8 @@ def test_nothing_admin_opens_without_the_admin_token(server: Tripwire) -> None:
     assert client.put("/admin/api/campaigns/ping", json={}).status_code == 401
     assert client.post("/admin/api/campaigns/ping/test").status_code == 401
     assert client.post("/admin/api/deliveries/x/replay").status_code == 401
+    assert client.post("/admin/api/campaigns/ping/resume").status_code == 401
+    assert client.get("/admin/api/paused").status_code == 401
     assert client.get("/admin/api/campaigns", headers=BEARER).status_code == 200
     as_cookie = httpx.Client(base_url=server.url, cookies={"tripwire_admin": ADMIN_TOKEN},
                              trust_env=False)
@@ -204,6 +209,29 @@ def test_deliveries_filter_and_a_failed_one_replays(server: Tripwire, sink: Sink
     assert server.admin_get("/admin/api/deliveries?status=bogus").status_code == 400
     assert server.client.post("/admin/api/deliveries/msg_unknown/replay",
                               headers=BEARER).status_code == 404
+
+
+def test_an_endpoint_paused_after_410_is_listed_and_resumed(server: Tripwire, sink: Sink) -> None:
+    track(server, "leaver", "Gone")
+
+    def paused() -> list[dict[str, Any]]:
+        return [p for p in server.admin_get("/admin/api/paused").json()["paused"]
+                if p["campaign_id"] == "gone"]
+
+    (entry,) = wait_until(paused, message="the endpoint paused after 410")
+    assert entry["endpoint"] == f"http://127.0.0.1:{sink.port}" and "410" in entry["reason"]
+    track(server, "leaver", "Gone")  # paused: dead-lettered, not sent
+    wait_until(lambda: len(server.admin_get("/admin/api/deliveries?campaign=gone&status=paused")
+                           .json()["deliveries"]) == 2, message="the second delivery paused")
+    assert len(hooks_for(sink, "leaver", "/gone")) == 1
+
+    resumed = server.client.post("/admin/api/campaigns/gone/resume", headers=BEARER)
+    assert resumed.status_code == 200 and resumed.json() == {"resumed": 1}
+    assert paused() == []
+    again = server.client.post("/admin/api/campaigns/gone/resume", headers=BEARER)
+    assert again.status_code == 404 and again.json()["error"] == "not_found"
+    track(server, "leaver", "Gone")  # sent again
+    sink.wait_until(lambda _: len(hooks_for(sink, "leaver", "/gone")) == 2)
 
 
 def test_live_events_arrive_over_server_sent_events(server: Tripwire) -> None:

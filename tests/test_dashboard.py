@@ -39,7 +39,8 @@ def campaign(campaign_id: str, event: str, url: str, **extra: Any) -> dict[str, 
 
 @pytest.fixture(scope="module")
 def sink() -> Iterator[Sink]:
-    with Sink(handler=lambda request: 404 if request.path == "/fail" else 200) as sink:
+    codes = {"/fail": 404, "/gone": 410}  # 410 Gone pauses the campaign's endpoint
+    with Sink(handler=lambda request: codes.get(request.path, 200)) as sink:
         yield sink
 
 
@@ -57,6 +58,7 @@ def server(sink: Sink) -> Iterator[Tripwire]:
                      frequency={"per": "user", "max_total": 1}),
             campaign("holdout", "Signed Up", sink.url + "/holdout", rate=0),
             campaign("broken", "Break", sink.url + "/fail"),
+            campaign("gone", "Gone", sink.url + "/gone"),
         ],
     }
     with run_tripwire(config) as server:
@@ -252,6 +254,24 @@ def test_deliveries_show_status_latency_and_response_and_replay(
     delivered = admin.locator("#deliveries tbody tr[data-delivery]").first
     assert "delivered" in delivered.inner_text() and "HTTP 200" in delivered.inner_text()
     shot(admin, "deliveries")
+
+
+def test_an_endpoint_paused_after_410_is_resumed_from_the_campaign_page(
+    admin: Page, server: Tripwire, sink: Sink
+) -> None:
+    track(server, "leaver", "Gone")
+
+    def paused_items() -> int:
+        admin.goto(server.url + "/admin/campaigns/gone")
+        return admin.locator("#paused li[data-endpoint]").count()
+
+    wait_until(paused_items, message="the paused endpoint on the campaign page")
+    assert "410 Gone" in admin.locator("#paused").inner_text()
+    admin.locator("#paused button:has-text('Resume')").click()
+    admin.wait_for_selector(".notice.ok:has-text('Resumed 1 endpoint of gone')")
+    assert admin.locator("#paused").count() == 0
+    track(server, "leaver", "Gone")  # delivered to again, and paused again by its 410
+    sink.wait_until(lambda _: len(hooks(sink, "leaver", "/gone")) == 2)
 
 
 def test_user_lookup_explains_why_a_campaign_did_not_fire(

@@ -15,13 +15,13 @@ import pytest
 from playwright.sync_api import sync_playwright
 from starlette.applications import Starlette
 
+from collector.app import create_bin_app
 from collector.tools.requestbin import (
     MAX_BIN_BYTES,
     MAX_BODY,
     MAX_HEADER_VALUE,
     RequestBin,
     _stream,
-    create_bin_app,
 )
 from tests.support.ports import free_port
 from tests.support.server import run_tripwire, stop_process, wait_until

@@ -36,6 +36,7 @@ from tests.support.sink import Sink
 PAGES = Path(__file__).resolve().parent / "tag_pages"
 TAG_DIR = Path(__file__).resolve().parent.parent / "tag"
 DIST = TAG_DIR / "dist" / "tripwire.min.js"
+PACKAGED = TAG_DIR.parent / "collector" / "ingest" / "static" / "tripwire.min.js"
 BUDGET = 2048  # bytes, gzip -9
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -620,6 +621,26 @@ def test_committed_build_is_fresh(tmp_path: Path) -> None:
     assert fresh.read_bytes() == DIST.read_bytes(), (
         "tag/dist/tripwire.min.js is stale against tag/src: run `npm run build` in tag/"
     )
+    assert fresh.read_bytes() == PACKAGED.read_bytes(), (
+        "the collector's copy of the tag is stale: run `npm run build` in tag/"
+    )
+
+
+def test_check_names_a_stale_packaged_copy(tmp_path: Path) -> None:
+    node = shutil.which("node")
+    assert node
+    build_into(tmp_path / "warm.js")  # installs esbuild when missing
+    tag = tmp_path / "tag"  # a copy of the checkout's layout, so the real files stay untouched
+    shutil.copytree(TAG_DIR, tag, ignore=shutil.ignore_patterns("node_modules"))
+    (tag / "node_modules").symlink_to(TAG_DIR / "node_modules")
+    stale = tmp_path / "collector" / "ingest" / "static" / "tripwire.min.js"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(PACKAGED.read_bytes() + b"\n")
+    result = subprocess.run(
+        [node, "build.mjs", "--check"], cwd=tag, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "collector/ingest/static/tripwire.min.js is stale" in result.stderr
 
 
 def test_committed_build_is_within_the_size_budget() -> None:

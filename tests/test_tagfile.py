@@ -7,8 +7,9 @@ from pathlib import Path
 import httpx
 import pytest
 from starlette.applications import Starlette
+from starlette.routing import Route
 
-from collector.ingest.tagfile import TAG_PATH, TagNotBuiltError, accepts_gzip, tag_route
+from collector.ingest.tagfile import TAG_PATH, TagFile, TagNotBuiltError, accepts_gzip, tag_js
 from tests.support.server import run_tripwire
 
 SCRIPT = b"(function(){var tripwire='tag';})();\n" * 20
@@ -22,7 +23,8 @@ def tag_file(tmp_path: Path) -> Path:
 
 
 def client_for(path: Path | None) -> httpx.AsyncClient:
-    app = Starlette(routes=[tag_route() if path is None else tag_route(path)])
+    app = Starlette(routes=[Route("/tag.js", tag_js, methods=["GET", "HEAD"])])
+    app.state.tag = TagFile() if path is None else TagFile(path)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://collector")
 
 
@@ -85,7 +87,7 @@ async def test_file_is_read_when_the_route_is_built_not_per_request(tag_file: Pa
 
 async def test_missing_file_fails_when_the_route_is_built(tmp_path: Path) -> None:
     with pytest.raises(TagNotBuiltError, match="npm run build"):
-        tag_route(tmp_path / "missing.js")
+        TagFile(tmp_path / "missing.js")
 
 
 async def test_default_path_serves_the_committed_build() -> None:

@@ -26,7 +26,7 @@ from collector.redis.store import TIMER_LEASE, RedisStore
 from collector.store.base import Store
 from collector.store.memory import MemoryStore
 from tests.support.redis import RedisClusterServers, RedisServer
-from tests.support.server import run_tripwire
+from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire
 from tests.support.sink import Sink
 from tests.test_campaigns import T, User, engine_for
 
@@ -130,6 +130,16 @@ def test_timers_are_bounded_per_user_and_shown_in_the_lookup() -> None:
     assert all(t["event_id"] == "anon-1-1" and t["armed_at"] == T for t in timers)
     assert sorted(t["due"] for t in timers) == [T + 60 * n for n in sorted(
         int(t["campaign_id"][-1]) + 1 for t in timers)]
+
+
+def test_a_wait_keeps_the_after_events_properties_only_within_the_byte_budget() -> None:
+    body = {"p": "#{properties.name|?}"}
+    fallback = {"webhook": {"url": "https://hooks.example/a", "body": body}}
+    engine = engine_for(abandoned(action=fallback), state={"recent_event_bytes": 256})
+    user = User(engine)
+    user.send("Added to Cart", properties={"name": "Grinder", "notes": "x" * 300})
+    (webhook,) = due(user, T + WAIT).webhooks
+    assert webhook.body == {"p": "?"}
 
 
 def test_a_paused_campaign_arms_no_timer() -> None:
@@ -276,27 +286,60 @@ def cart(user: str, name: str = "Added to Cart") -> dict[str, Any]:
             "messageId": uuid.uuid4().hex}
 
 
+def arm_and_kill(server: Tripwire) -> float:
+    """Arm a wait for `left-alone` (and one `bought` cancels), then SIGKILL the server."""
+    armed_at = time.time()
+    for user in ("left-alone", "bought"):
+        assert server.post("/v1/track", cart(user)).status_code == 200
+    assert server.post("/v1/track", cart("bought", "Order Completed")).status_code == 200
+    lookup = server.user("left-alone")
+    assert lookup is not None and len(lookup["profile"]["timers"]) == 1
+    page = server.client.get(
+        "/admin/users?id=left-alone", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    assert "pending timers" in page.text and "abandoned due" in page.text
+    server.process.kill()  # SIGKILL, before the wait is over
+    server.process.wait()
+    return armed_at
+
+
+def fired_once_more(server: Tripwire, sink: Sink, fired_at: float) -> None:
+    """A later wait fires; the killed one did not fire again (its decision is the stored one).
+
+    (A delivery cut by the kill may be sent again, with the same webhook-id: that is the
+    outbox's at-least-once, not a second firing.)
+    """
+    assert server.post("/v1/track", cart("later")).status_code == 200
+    sink.wait_until(lambda requests: any(r.json()["v"] == "later" for r in requests))
+    assert {r.json()["v"] for r in sink.requests} == {"later", "left-alone"}
+    lookup = server.user("left-alone")
+    assert lookup is not None and lookup["profile"]["timers"] == []
+    assert lookup["profile"]["decisions"]["abandoned"]["at"] == fired_at
+
+
+def fired_at(server: Tripwire) -> float:
+    """When the `left-alone` wait fired, as its profile says; it has no wait left."""
+    lookup = server.user("left-alone")
+    assert lookup is not None and lookup["profile"]["timers"] == []
+    decision = lookup["profile"]["decisions"]["abandoned"]
+    assert decision["outcome"] == "fired"
+    return float(decision["at"])
+
+
 def test_timers_survive_a_kill_9_in_redis_mode() -> None:
     with RedisServer(aof=True) as redis, Sink() as sink:
         cfg = serve_config(sink, "3s")
         args = ["--store", redis.url]
         with run_tripwire(cfg, args=args) as first:
-            armed_at = time.time()
-            for user in ("left-alone", "bought"):
-                assert first.post("/v1/track", cart(user)).status_code == 200
-            assert first.post("/v1/track", cart("bought", "Order Completed")).status_code == 200
-            lookup = first.user("left-alone")
-            assert lookup is not None and len(lookup["profile"]["timers"]) == 1
-            first.process.kill()  # SIGKILL, before the timer is due
-            first.process.wait()
-        with run_tripwire(cfg, args=args) as second, run_tripwire(cfg, args=args):
+            armed_at = arm_and_kill(first)
+        with run_tripwire(cfg, args=args) as second, run_tripwire(cfg, args=args) as third:
             (received,) = sink.wait_for(1, timeout=20)
             assert received.json() == {"v": "left-alone"}
             assert received.received_at >= armed_at + 3
-            lookup = second.user("left-alone")
-            assert lookup is not None and lookup["profile"]["timers"] == []
-            time.sleep(1.0)  # two processes poll: still only one delivery
-            assert len(sink.requests) == 1
+            at = fired_at(second)
+            second.process.kill()
+            second.process.wait()
+            fired_once_more(third, sink, at)
 
 
 def test_replay_fires_timers_in_event_time(tmp_path: Path, capsys: Any) -> None:

@@ -1,33 +1,31 @@
-"""The admin API (`/admin/api/...`): campaigns, users, deliveries and live events.
+"""The admin API (`/admin/api/...`): campaigns, users, deliveries, paused endpoints, live events.
 
 Without `TRIPWIRE_ADMIN_TOKEN` the admin API is off (404). Requests carry the token as a bearer
-header, or as the dashboard's HttpOnly cookie; write keys never open anything here. Campaign
-changes are validated exactly like the config file and take effect on the next event.
+header, or as the dashboard's HttpOnly cookie (see `auth`); write keys never open anything here.
+Campaign changes are validated exactly like the config file and take effect on the next event.
+The operations here are shared with the dashboard; the endpoints read the running collector
+from `request.app.state` (their routes are listed in `collector.app`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hmac
 import time
 import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import msgspec
 import yaml
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import BaseRoute, Mount, Route
 
+from collector.admin import auth
 from collector.config.schema import CampaignSpec, encode_hook
 from collector.config.settings import decode_campaign
 from collector.delivery.log import STATUSES, DeliveryAttempt
+from collector.engine.engine import Engine
 from collector.engine.profile import UserState, new_state
-from collector.engine.rules import Rules
-from collector.engine.scope import Scope
 from collector.engine.templates import Suppressed
 from collector.errors import (
     BadRequest,
@@ -38,16 +36,13 @@ from collector.errors import (
     Unauthorized,
 )
 from collector.events import Event
+from collector.feed import EventFeed
+from collector.runtime import Runtime
 from collector.store.base import event_as_message
-from collector.webhook import WebhookRequest, webhook_id_for
+from collector.webhook import WebhookRequest
 
-if TYPE_CHECKING:
-    from collector.runtime import Runtime
-
-COOKIE = "tripwire_admin"
 HEARTBEAT_SECONDS = 10.0
 Endpoint = Callable[[Request], Awaitable[Response]]
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 TEST_EVENT = "Tripwire Test"
 SAMPLE_USER_ID = "sample-user"
 SAMPLE_VISITOR_ID = "sample-visitor"
@@ -55,78 +50,7 @@ SAMPLE_TRAITS = {"email": "sample@example.com", "name": "Sample User", "first_na
                  "last_name": "User", "plan": "free", "is_test": True}
 
 
-# -- auth ------------------------------------------------------------------------------------
-
-
-def authorized(request: Request, token: str) -> bool:
-    """True when the request carries the admin token as a bearer header or the dashboard cookie."""
-    header = request.headers.get("authorization", "")
-    if header[:7].lower() == "bearer ":
-        given = header[7:].strip()
-    else:
-        given = request.cookies.get(COOKIE, "")
-    return bool(given) and hmac.compare_digest(given.encode(), token.encode())
-
-
-def same_origin(request: Request) -> bool:
-    """False when a browser says the request comes from another origin (a forged form post)."""
-    origin = request.headers.get("origin")
-    if origin is None or request.headers.get("authorization"):
-        return True
-    return origin == f"{request.url.scheme}://{request.url.netloc}"
-
-
-def protect(token: str | None, endpoint: Endpoint) -> Endpoint:
-    """Wrap an endpoint so it answers 401 without the admin token, 404 when admin is off."""
-
-    async def guarded(request: Request) -> Response:
-        if not token:
-            raise NotFound("the admin API is off: set TRIPWIRE_ADMIN_TOKEN to turn it on")
-        if not authorized(request, token):
-            raise Unauthorized("admin token required: Authorization: Bearer <token>")
-        if request.method not in SAFE_METHODS and not same_origin(request):
-            raise Forbidden("cross-origin admin request refused")
-        return await endpoint(request)
-
-    return guarded
-
-
 # -- live events -----------------------------------------------------------------------------
-
-
-class EventFeed:
-    """Accepted events, fanned out to live subscribers; the last few kept for a new subscriber."""
-
-    def __init__(self, keep: int = 50, queue_size: int = 1000) -> None:
-        self.recent: deque[Event] = deque(maxlen=keep)
-        self.closed = False
-        self._queue_size = queue_size
-        self._subscribers: set[asyncio.Queue[Event | None]] = set()
-
-    def publish(self, events: Sequence[Event]) -> None:
-        """Hand accepted events to every subscriber; a slow one loses events, never blocks."""
-        self.recent.extend(events)
-        for queue in self._subscribers:
-            for event in events:
-                if not queue.full():
-                    queue.put_nowait(event)
-
-    @contextlib.contextmanager
-    def subscribe(self) -> Iterator[asyncio.Queue[Event | None]]:
-        """A queue receiving each event published from now on (None when the feed closes)."""
-        queue: asyncio.Queue[Event | None] = asyncio.Queue(self._queue_size)
-        self._subscribers.add(queue)
-        try:
-            yield queue
-        finally:
-            self._subscribers.discard(queue)
-
-    def close(self) -> None:
-        """End every live stream (the server is shutting down)."""
-        self.closed = True
-        for queue in self._subscribers:
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(None)
 
 
 async def event_stream(feed: EventFeed, backlog: bool) -> AsyncIterator[bytes]:
@@ -223,155 +147,193 @@ async def test_fire(runtime: Runtime, campaign_id: str, user: str | None) -> Del
         state.user_id = SAMPLE_USER_ID
         state.anonymous_ids = [SAMPLE_VISITOR_ID]
         state.traits = dict(SAMPLE_TRAITS)
-    request = render_test(runtime.engine.rules, campaign_id, state, now)
+    request = render_test(runtime.engine, campaign_id, state, now)
     return await runtime.dispatcher.send_now(request)
 
 
-def render_test(rules: Rules, campaign_id: str, state: UserState, now: float) -> WebhookRequest:
+def render_test(engine: Engine, campaign_id: str, state: UserState, now: float) -> WebhookRequest:
     """The webhook a campaign would send for this user now, ignoring its conditions and caps."""
-    campaign = rules.campaigns[campaign_id]
-    arm = campaign.pick(state.key) or campaign.arms[0]  # the control group tests the first variant
-    message_id = f"test_{uuid.uuid4().hex}"
     event = Event(
-        type="track", name=TEST_EVENT, message_id=message_id, user_id=state.user_id,
+        type="track", name=TEST_EVENT, message_id=f"test_{uuid.uuid4().hex}",
+        user_id=state.user_id,
         anonymous_id=state.anonymous_ids[-1] if state.anonymous_ids else None,
         timestamp=now, received_at=now,
     )
-    number = state.session.number if state.session is not None else 1
-    scope = Scope(state, event, now, rules.calendar, number)
-    scope.campaign_id = campaign.id
-    scope.campaign_name = campaign.name
-    scope.variant_id = arm.variant_id
-    scope.delivery_id = webhook_id_for(campaign.id, arm.variant_id, message_id)
     try:
-        url, headers, body = arm.template.render(scope)
+        return engine.preview(campaign_id, state, now, event)
     except Suppressed as suppressed:
         raise InvalidCampaign(
             [f"{suppressed.reason}: {suppressed.detail} (add a fallback, #{{name|fallback}}, "
              "or test with a real user)"]
         ) from None
-    return WebhookRequest(
-        webhook_id=scope.delivery_id, campaign_id=campaign.id, variant_id=arm.variant_id,
-        user_key=state.key, event_id=message_id, method=arm.template.method, url=url,
-        headers=headers, body=body, created_at=now,
+
+
+def resume(runtime: Runtime, campaign_id: str, endpoint: str | None) -> int:
+    """Resume a campaign's endpoints paused after 410 Gone (all, or one); NotFound if none."""
+    resumed = runtime.dispatcher.resume(campaign_id, endpoint)
+    if not resumed:
+        which = f"endpoint {endpoint!r} of campaign" if endpoint else "endpoint of campaign"
+        raise NotFound(f"no paused {which} {campaign_id!r}")
+    return resumed
+
+
+# -- endpoints -------------------------------------------------------------------------------
+
+
+def guarded(endpoint: Endpoint) -> Endpoint:
+    """An API endpoint answering 404 when admin is off, 401 without the token, 403 cross-origin."""
+
+    async def guarded_endpoint(request: Request) -> Response:
+        refused = auth.refusal(request)
+        if refused == "off":
+            raise NotFound("the admin API is off: set TRIPWIRE_ADMIN_TOKEN to turn it on")
+        if refused == "unauthorized":
+            raise Unauthorized("admin token required: Authorization: Bearer <token>")
+        if refused == "cross_origin":
+            raise Forbidden("cross-origin admin request refused")
+        return await endpoint(request)
+
+    guarded_endpoint.__name__ = endpoint.__name__
+    guarded_endpoint.__doc__ = endpoint.__doc__
+    return guarded_endpoint
+
+
+_NO_STATS: dict[str, Any] = {"fired": 0, "suppressed": {}}
+
+
+@guarded
+async def list_campaigns(request: Request) -> Response:
+    """GET /admin/api/campaigns: every campaign with its statistics."""
+    runtime = auth.runtime_of(request)
+    stats = campaign_stats(runtime)
+    stopped = await runtime.stopped()
+    return JSONResponse(
+        {
+            "campaigns": [
+                {
+                    **campaign_as_data(spec),
+                    "stats": stats.get(spec.id, _NO_STATS),
+                    "stopped": stopped.get(spec.id),
+                }
+                for spec in runtime.config.campaigns
+            ]
+        }
     )
 
 
-# -- routes ----------------------------------------------------------------------------------
+@guarded
+async def get_campaign(request: Request) -> Response:
+    """GET /admin/api/campaigns/{id}: one campaign with its statistics."""
+    runtime = auth.runtime_of(request)
+    spec = find_campaign(runtime, request.path_params["id"])
+    stats = campaign_stats(runtime).get(spec.id, _NO_STATS)
+    stopped = (await runtime.stopped()).get(spec.id)
+    return JSONResponse({**campaign_as_data(spec), "stats": stats, "stopped": stopped})
 
 
-def admin_routes(runtime: Runtime) -> list[BaseRoute]:
-    """The admin API routes."""
-    token = runtime.settings.admin_token or None  # empty = off
+@guarded
+async def put_campaign(request: Request) -> Response:
+    """PUT /admin/api/campaigns/{id}: create or replace a campaign (YAML or JSON)."""
+    raw = parse_campaign_text((await request.body()).decode("utf-8", "replace"))
+    spec, created = await save_campaign(auth.runtime_of(request), request.path_params["id"], raw)
+    return JSONResponse(campaign_as_data(spec), status_code=201 if created else 200)
 
-    async def list_campaigns(_: Request) -> Response:
-        stats = campaign_stats(runtime)
-        stopped = await runtime.stopped()
-        empty: dict[str, Any] = {"fired": 0, "suppressed": {}}
-        return JSONResponse(
-            {
-                "campaigns": [
-                    {
-                        **campaign_as_data(spec),
-                        "stats": stats.get(spec.id, empty),
-                        "stopped": stopped.get(spec.id),
-                    }
-                    for spec in runtime.config.campaigns
-                ]
-            }
-        )
 
-    async def get_campaign(request: Request) -> Response:
-        spec = find_campaign(runtime, request.path_params["id"])
-        stats = campaign_stats(runtime).get(spec.id, {"fired": 0, "suppressed": {}})
-        stopped = (await runtime.stopped()).get(spec.id)
-        return JSONResponse({**campaign_as_data(spec), "stats": stats, "stopped": stopped})
+@guarded
+async def delete_campaign(request: Request) -> Response:
+    """DELETE /admin/api/campaigns/{id}."""
+    if not await auth.runtime_of(request).remove_campaign(request.path_params["id"]):
+        raise NotFound(f"no campaign {request.path_params['id']!r}")
+    return Response(status_code=204)
 
-    async def results(request: Request) -> Response:
-        spec = find_campaign(runtime, request.path_params["id"])
-        return JSONResponse(await runtime.results(spec))
 
-    async def put_campaign(request: Request) -> Response:
-        raw = parse_campaign_text((await request.body()).decode("utf-8", "replace"))
-        spec, created = await save_campaign(runtime, request.path_params["id"], raw)
-        return JSONResponse(campaign_as_data(spec), status_code=201 if created else 200)
+@guarded
+async def results(request: Request) -> Response:
+    """GET /admin/api/campaigns/{id}/results: every arm against control (A/B results)."""
+    runtime = auth.runtime_of(request)
+    spec = find_campaign(runtime, request.path_params["id"])
+    return JSONResponse(await runtime.results(spec))
 
-    async def delete_campaign(request: Request) -> Response:
-        if not await runtime.remove_campaign(request.path_params["id"]):
-            raise NotFound(f"no campaign {request.path_params['id']!r}")
-        return Response(status_code=204)
 
-    async def fire_test(request: Request) -> Response:
-        body = await request.body()
-        options = parse_campaign_text(body.decode("utf-8", "replace")) if body.strip() else {}
-        user = options.get("user") if isinstance(options, dict) else None
-        attempt = await test_fire(runtime, request.path_params["id"], user)
-        return JSONResponse(msgspec.to_builtins(attempt))
+@guarded
+async def fire_test(request: Request) -> Response:
+    """POST /admin/api/campaigns/{id}/test: send the campaign's webhook once, now."""
+    options = await _options(request)
+    user = options.get("user")
+    attempt = await test_fire(auth.runtime_of(request), request.path_params["id"], user)
+    return JSONResponse(msgspec.to_builtins(attempt))
 
-    async def user(request: Request) -> Response:
-        view = await runtime.store.lookup(request.path_params["identity"], time.time())
-        if view is None:
-            raise NotFound(f"no user {request.path_params['identity']!r}")
-        return JSONResponse(
-            {"key": view.key, "profile": view.profile, "recent_events": view.recent_events}
-        )
 
-    async def deliveries(request: Request) -> Response:
-        query = request.query_params
-        status = query.get("status") or None
-        if status is not None and status not in STATUSES:
-            raise BadRequest(f"status: expected one of {', '.join(STATUSES)}")
-        try:
-            limit = int(query.get("limit") or 100)
-        except ValueError:
-            raise BadRequest("limit: expected a whole number") from None
-        found = await runtime.delivery_log.query(
-            campaign=query.get("campaign") or None,
-            status=status,
-            delivery_id=query.get("id") or None,
-            limit=max(1, min(limit, 1000)),
-        )
-        return JSONResponse({"deliveries": msgspec.to_builtins(found)})
+@guarded
+async def resume_campaign(request: Request) -> Response:
+    """POST /admin/api/campaigns/{id}/resume: deliver again to endpoints paused after 410."""
+    endpoint = (await _options(request)).get("endpoint")
+    resumed = resume(auth.runtime_of(request), request.path_params["id"], endpoint)
+    return JSONResponse({"resumed": resumed})
 
-    async def replay(request: Request) -> Response:
-        delivery_id = request.path_params["id"]
-        replayed = await runtime.dispatcher.replay(delivery_id)
-        if not replayed.count:
-            raise NotFound(f"no dead letter {delivery_id!r}: only failed deliveries replay")
-        return JSONResponse(msgspec.to_builtins(replayed))
 
-    async def events(request: Request) -> Response:
-        backlog = request.query_params.get("backlog", "1") != "0"
-        return StreamingResponse(
-            event_stream(runtime.events, backlog),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
+@guarded
+async def paused_endpoints(request: Request) -> Response:
+    """GET /admin/api/paused: the campaigns' endpoints paused after answering 410 Gone."""
+    paused = auth.runtime_of(request).dispatcher.paused()
+    return JSONResponse({"paused": msgspec.to_builtins(paused)})
 
-    def route(path: str, endpoint: Endpoint, methods: list[str]) -> Route:
-        async def answered(request: Request) -> Response:
-            try:
-                return await endpoint(request)
-            except InvalidCampaign as exc:
-                payload = {"error": exc.code, "detail": exc.detail, "problems": exc.problems}
-                return JSONResponse(payload, status_code=exc.status)
 
-        return Route(path, protect(token, answered), methods=methods)
+@guarded
+async def user(request: Request) -> Response:
+    """GET /admin/api/users/{identity}: a profile and its recent events."""
+    identity = request.path_params["identity"]
+    view = await auth.runtime_of(request).store.lookup(identity, time.time())
+    if view is None:
+        raise NotFound(f"no user {identity!r}")
+    return JSONResponse(
+        {"key": view.key, "profile": view.profile, "recent_events": view.recent_events}
+    )
 
-    return [
-        Mount(
-            "/admin/api",
-            routes=[
-                route("/campaigns", list_campaigns, ["GET"]),
-                route("/campaigns/{id}", get_campaign, ["GET"]),
-                route("/campaigns/{id}", put_campaign, ["PUT"]),
-                route("/campaigns/{id}", delete_campaign, ["DELETE"]),
-                route("/campaigns/{id}/test", fire_test, ["POST"]),
-                route("/campaigns/{id}/results", results, ["GET"]),
-                route("/users/{identity:path}", user, ["GET"]),
-                route("/deliveries", deliveries, ["GET"]),
-                route("/deliveries/{id}/replay", replay, ["POST"]),
-                route("/events/stream", events, ["GET"]),
-            ],
-        )
-    ]
+
+@guarded
+async def deliveries(request: Request) -> Response:
+    """GET /admin/api/deliveries: the delivery log, filtered."""
+    query = request.query_params
+    status = query.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise BadRequest(f"status: expected one of {', '.join(STATUSES)}")
+    try:
+        limit = int(query.get("limit") or 100)
+    except ValueError:
+        raise BadRequest("limit: expected a whole number") from None
+    found = await auth.runtime_of(request).delivery_log.query(
+        campaign=query.get("campaign") or None,
+        status=status,
+        delivery_id=query.get("id") or None,
+        limit=max(1, min(limit, 1000)),
+    )
+    return JSONResponse({"deliveries": msgspec.to_builtins(found)})
+
+
+@guarded
+async def replay(request: Request) -> Response:
+    """POST /admin/api/deliveries/{id}/replay: send a dead letter again."""
+    delivery_id = request.path_params["id"]
+    replayed = await auth.runtime_of(request).dispatcher.replay(delivery_id)
+    if not replayed.count:
+        raise NotFound(f"no dead letter {delivery_id!r}: only failed deliveries replay")
+    return JSONResponse(msgspec.to_builtins(replayed))
+
+
+@guarded
+async def events(request: Request) -> Response:
+    """GET /admin/api/events/stream: accepted events as Server-Sent Events."""
+    backlog = request.query_params.get("backlog", "1") != "0"
+    return StreamingResponse(
+        event_stream(auth.runtime_of(request).events, backlog),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _options(request: Request) -> dict[str, Any]:
+    """An optional YAML or JSON mapping in the body (empty when there is none)."""
+    body = await request.body()
+    options = parse_campaign_text(body.decode("utf-8", "replace")) if body.strip() else {}
+    return options if isinstance(options, dict) else {}

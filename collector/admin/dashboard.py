@@ -3,34 +3,33 @@
 Login turns the admin token into an HttpOnly, SameSite=Strict cookie; every other page needs
 it and sends the browser to the login page without it. Changes are plain form posts answered
 with a redirect (a notice rides along in the query string); the live events page is the one
-place where script does real work. Page templates live in `collector/admin/templates/`.
+place where script does real work. Page templates live in `collector/admin/templates/`. The
+pages read the running collector from `request.app.state`; `collector.app` lists their routes.
 """
 
 from __future__ import annotations
 
-import hmac
+import functools
 import html
 import string
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 import msgspec
 import yaml
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
 
 from collector.admin import api as admin
+from collector.admin import auth
 from collector.config.schema import CampaignSpec
+from collector.delivery.dispatcher import PausedEndpoint
 from collector.delivery.log import STATUSES, DeliveryAttempt
 from collector.errors import HTTPError, InvalidCampaign, NotFound
 from collector.events import Event
-
-if TYPE_CHECKING:
-    from collector.runtime import Runtime
 
 Page = Callable[[Request], Awaitable[Response]]
 COOKIE_SECONDS = 7 * 86400
@@ -69,258 +68,312 @@ WHY = {
 }
 
 
-def dashboard_routes(runtime: Runtime) -> list[BaseRoute]:
-    """The dashboard's pages, its login and its static files."""
-    token = runtime.settings.admin_token or None  # empty = off
-    views = {name: string.Template(_resource("templates", f"{name}.html")) for name in TEMPLATES}
-    new_campaign = _resource("templates", "new_campaign.yaml")
-    assets = {
+@functools.cache
+def _views() -> dict[str, string.Template]:
+    return {name: string.Template(_resource("templates", f"{name}.html")) for name in TEMPLATES}
+
+
+@functools.cache
+def _new_campaign() -> str:
+    return _resource("templates", "new_campaign.yaml")
+
+
+@functools.cache
+def _assets() -> dict[str, tuple[str, str]]:
+    return {
         "tripwire.css": (_resource("static", "tripwire.css"), "text/css; charset=utf-8"),
         "dashboard.js": (_resource("static", "dashboard.js"), "text/javascript; charset=utf-8"),
     }
 
-    def page(request: Request, title: str, body: str, status: int = 200) -> Response:
-        path = request.url.path
-        nav = "".join(
-            f'<a href="{href}"{" class=active" if _current(path, href) else ""}>{label}</a>'
-            for href, label in NAV
-        )
-        flash = ""
-        if notice := request.query_params.get("notice"):
-            flash = f'<div class="notice ok">{_e(notice)}</div>'
-        if error := request.query_params.get("error"):
-            flash = f'<div class="notice error">{_e(error)}</div>'
-        text = views["layout"].substitute(title=_e(title), nav=nav, notice=flash, body=body)
-        return HTMLResponse(text, status_code=status, headers={"Cache-Control": "no-store"})
 
-    def guard(endpoint: Page) -> Page:
-        async def guarded(request: Request) -> Response:
-            if token is None:
-                return _plain("not found", 404)
-            if not admin.authorized(request, token):
-                return RedirectResponse("/admin/login", status_code=303)
-            if request.method != "GET" and not admin.same_origin(request):
-                return _plain("cross-origin request refused", 403)
-            try:
-                return await endpoint(request)
-            except HTTPError as exc:
-                body = f'<div class="notice error">{_e(exc.detail)}</div>'
-                return page(request, "Error", body, exc.status)
+def _page(request: Request, title: str, body: str, status: int = 200) -> Response:
+    """A page in the dashboard's layout, with the notice or error the redirect carried."""
+    path = request.url.path
+    nav = "".join(
+        f'<a href="{href}"{" class=active" if _current(path, href) else ""}>{label}</a>'
+        for href, label in NAV
+    )
+    flash = ""
+    if notice := request.query_params.get("notice"):
+        flash = f'<div class="notice ok">{_e(notice)}</div>'
+    if error := request.query_params.get("error"):
+        flash = f'<div class="notice error">{_e(error)}</div>'
+    text = _views()["layout"].substitute(title=_e(title), nav=nav, notice=flash, body=body)
+    return HTMLResponse(text, status_code=status, headers={"Cache-Control": "no-store"})
 
-        return guarded
 
-    # -- login ----------------------------------------------------------------------------
+def guarded(endpoint: Page) -> Page:
+    """A page answering 404 when admin is off, sending to the login page without the token,
+    refusing cross-origin changes, and showing HTTP errors as a page."""
 
-    def login_form(message: str | None, status: int) -> Response:
-        notice = f'<div class="notice error">{_e(message)}</div>' if message else ""
-        return HTMLResponse(views["login"].substitute(notice=notice), status_code=status)
-
-    def valid(given: str) -> bool:
-        return token is not None and bool(given) and hmac.compare_digest(given, token)
-
-    async def login(request: Request) -> Response:
-        if token is None:
+    async def guarded_page(request: Request) -> Response:
+        refused = auth.refusal(request)
+        if refused == "off":
             return _plain("not found", 404)
-        if request.method == "POST":
-            given = (await _form(request)).get("token", "")
-        else:
-            given = request.query_params.get("token", "")
-            if not given:
-                return login_form(None, 200)
-        if not valid(given.strip()):
-            return login_form("That is not the admin token.", 401)
-        response = RedirectResponse("/admin/", status_code=303)
-        response.set_cookie(
-            admin.COOKIE,
-            given.strip(),
-            max_age=COOKIE_SECONDS,
-            path="/admin",
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-        )
-        return response
-
-    async def logout(_: Request) -> Response:
-        response = RedirectResponse("/admin/login", status_code=303)
-        response.delete_cookie(admin.COOKIE, path="/admin", httponly=True, samesite="strict")
-        return response
-
-    async def asset(request: Request) -> Response:
-        found = assets.get(request.path_params["file"])
-        if found is None:
-            return _plain("not found", 404)
-        text, media_type = found
-        return Response(text, media_type=media_type, headers={"Cache-Control": "no-cache"})
-
-    # -- campaigns ------------------------------------------------------------------------
-
-    async def campaigns(request: Request) -> Response:
-        stats = admin.campaign_stats(runtime)
-        stopped = await runtime.stopped()
-        rows = "".join(
-            _campaign_row(c, stats.get(c.id), stopped.get(c.id)) for c in runtime.config.campaigns
-        )
-        rows = rows or '<tr><td colspan="6" class="muted">No campaigns yet.</td></tr>'
-        return page(request, "Campaigns", views["campaigns"].substitute(rows=rows))
-
-    async def set_status(request: Request) -> Response:
-        campaign_id = request.path_params["id"]
-        status = (await _form(request)).get("status", "")
-        if status not in STATUS_CHOICES:
-            return _back("/admin/", error=f"unknown status {status!r}")
-        await admin.set_status(runtime, campaign_id, status)
-        verb = {"published": "Published", "paused": "Paused"}.get(status, f"Set to {status}:")
-        return _back("/admin/", notice=f"{verb} {campaign_id}.")
-
-    async def editor(request: Request) -> Response:
-        campaign_id = request.path_params.get("id")
-        if campaign_id is None:
-            return editor_page(request, None, new_campaign, [], 200)
-        spec = admin.find_campaign(runtime, campaign_id)
-        return editor_page(request, spec, _campaign_yaml(spec), [], 200)
-
-    async def save(request: Request) -> Response:
-        original = request.path_params.get("id")
-        source = (await _form(request)).get("source", "")
-        spec = admin.find_campaign(runtime, original) if original else None
+        if refused == "unauthorized":
+            return RedirectResponse("/admin/login", status_code=303)
+        if refused == "cross_origin":
+            return _plain("cross-origin request refused", 403)
         try:
-            raw = admin.parse_campaign_text(source)
-            campaign_id = raw.get("id") if isinstance(raw, dict) else None
-            if not isinstance(campaign_id, str) or not campaign_id:
-                raise InvalidCampaign(["id: required"])
-            if original and campaign_id != original:
-                problem = f"id: cannot change ({original!r}); create a new campaign instead"
-                raise InvalidCampaign([problem])
-            if not original and any(c.id == campaign_id for c in runtime.config.campaigns):
-                raise InvalidCampaign([f"id: a campaign {campaign_id!r} exists already"])
-            saved, _ = await admin.save_campaign(runtime, campaign_id, raw)
-        except InvalidCampaign as exc:
-            return editor_page(request, spec, source, exc.problems, 400)
-        return _back("/admin/", notice=f"Saved {saved.id}.")
+            return await endpoint(request)
+        except HTTPError as exc:
+            body = f'<div class="notice error">{_e(exc.detail)}</div>'
+            return _page(request, "Error", body, exc.status)
 
-    async def delete(request: Request) -> Response:
-        campaign_id = request.path_params["id"]
-        if not await runtime.remove_campaign(campaign_id):
-            raise NotFound(f"no campaign {campaign_id!r}")
-        return _back("/admin/", notice=f"Deleted {campaign_id}.")
+    guarded_page.__name__ = endpoint.__name__
+    guarded_page.__doc__ = endpoint.__doc__
+    return guarded_page
 
-    async def fire_test(request: Request) -> Response:
-        campaign_id = request.path_params["id"]
-        user = (await _form(request)).get("user", "").strip() or None
-        target = f"/admin/campaigns/{quote(campaign_id)}"
-        try:
-            attempt = await admin.test_fire(runtime, campaign_id, user)
-        except InvalidCampaign as exc:
-            return _back(target, error="Test not sent: " + "; ".join(exc.problems))
-        except NotFound as exc:
-            return _back(target, error=f"Test not sent: {exc.detail}")
-        code = attempt.status_code
-        outcome = f"HTTP {code}" if code else (attempt.error or attempt.status)
-        message = f"Test webhook {attempt.status}: {attempt.method} {attempt.url} → {outcome}"
-        kind = "notice" if attempt.status == "delivered" else "error"
-        return _back(target, **{kind: message})
 
-    def editor_page(
-        request: Request, spec: CampaignSpec | None, source: str, problems: list[str], status: int
-    ) -> Response:
-        action = f"/admin/campaigns/{quote(spec.id)}" if spec else "/admin/campaigns"
-        title = f"Edit {spec.id}" if spec else "New campaign"
-        errors = ""
-        if problems:
-            items = "".join(f"<li>{_e(p)}</li>" for p in problems)
-            count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-            errors = (
-                f'<div class="notice error" id="problems"><strong>Not saved: {count}</strong>'
-                f'<ul class="problems">{items}</ul></div>'
-            )
-        side = ""
-        if spec is not None:
-            stats = _stats_html(admin.campaign_stats(runtime).get(spec.id))
-            side = views["editor_side"].substitute(action=action, stats=stats, id=_e(spec.id))
-        body = views["editor"].substitute(
-            title=_e(title), errors=errors, action=action, source=_e(source), side=side
+# -- login -----------------------------------------------------------------------------------
+
+
+def _login_form(message: str | None, status: int) -> Response:
+    notice = f'<div class="notice error">{_e(message)}</div>' if message else ""
+    return HTMLResponse(_views()["login"].substitute(notice=notice), status_code=status)
+
+
+async def login(request: Request) -> Response:
+    """GET/POST /admin/login: the token in, the cookie out."""
+    if not auth.runtime_of(request).settings.admin_token:
+        return _plain("not found", 404)
+    if request.method == "POST":
+        given = (await _form(request)).get("token", "")
+    else:
+        given = request.query_params.get("token", "")
+        if not given:
+            return _login_form(None, 200)
+    if not auth.valid_token(request, given.strip()):
+        return _login_form("That is not the admin token.", 401)
+    response = RedirectResponse("/admin/", status_code=303)
+    response.set_cookie(
+        auth.COOKIE,
+        given.strip(),
+        max_age=COOKIE_SECONDS,
+        path="/admin",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+async def logout(_: Request) -> Response:
+    """POST /admin/logout: forget the cookie."""
+    response = RedirectResponse("/admin/login", status_code=303)
+    response.delete_cookie(auth.COOKIE, path="/admin", httponly=True, samesite="strict")
+    return response
+
+
+async def asset(request: Request) -> Response:
+    """GET /admin/static/{file}: the dashboard's stylesheet and script."""
+    found = _assets().get(request.path_params["file"])
+    if found is None:
+        return _plain("not found", 404)
+    text, media_type = found
+    return Response(text, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+
+async def to_index(_: Request) -> Response:
+    """GET /admin: on to /admin/."""
+    return RedirectResponse("/admin/", status_code=307)
+
+
+# -- campaigns -------------------------------------------------------------------------------
+
+
+@guarded
+async def campaigns(request: Request) -> Response:
+    """GET /admin/: the campaigns with their statistics."""
+    runtime = auth.runtime_of(request)
+    stats = admin.campaign_stats(runtime)
+    stopped = await runtime.stopped()
+    rows = "".join(
+        _campaign_row(c, stats.get(c.id), stopped.get(c.id)) for c in runtime.config.campaigns
+    )
+    rows = rows or '<tr><td colspan="6" class="muted">No campaigns yet.</td></tr>'
+    return _page(request, "Campaigns", _views()["campaigns"].substitute(rows=rows))
+
+
+@guarded
+async def set_status(request: Request) -> Response:
+    """POST /admin/campaigns/{id}/status: publish, pause, draft or archive."""
+    campaign_id = request.path_params["id"]
+    status = (await _form(request)).get("status", "")
+    if status not in STATUS_CHOICES:
+        return _back("/admin/", error=f"unknown status {status!r}")
+    await admin.set_status(auth.runtime_of(request), campaign_id, status)
+    verb = {"published": "Published", "paused": "Paused"}.get(status, f"Set to {status}:")
+    return _back("/admin/", notice=f"{verb} {campaign_id}.")
+
+
+@guarded
+async def editor(request: Request) -> Response:
+    """GET /admin/new, /admin/campaigns/{id}: the campaign editor."""
+    campaign_id = request.path_params.get("id")
+    if campaign_id is None:
+        return _editor_page(request, None, _new_campaign(), [], 200)
+    spec = admin.find_campaign(auth.runtime_of(request), campaign_id)
+    return _editor_page(request, spec, _campaign_yaml(spec), [], 200)
+
+
+@guarded
+async def save(request: Request) -> Response:
+    """POST /admin/campaigns[/{id}]: create or replace a campaign from the editor."""
+    runtime = auth.runtime_of(request)
+    original = request.path_params.get("id")
+    source = (await _form(request)).get("source", "")
+    spec = admin.find_campaign(runtime, original) if original else None
+    try:
+        raw = admin.parse_campaign_text(source)
+        campaign_id = raw.get("id") if isinstance(raw, dict) else None
+        if not isinstance(campaign_id, str) or not campaign_id:
+            raise InvalidCampaign(["id: required"])
+        if original and campaign_id != original:
+            problem = f"id: cannot change ({original!r}); create a new campaign instead"
+            raise InvalidCampaign([problem])
+        if not original and any(c.id == campaign_id for c in runtime.config.campaigns):
+            raise InvalidCampaign([f"id: a campaign {campaign_id!r} exists already"])
+        saved, _ = await admin.save_campaign(runtime, campaign_id, raw)
+    except InvalidCampaign as exc:
+        return _editor_page(request, spec, source, exc.problems, 400)
+    return _back("/admin/", notice=f"Saved {saved.id}.")
+
+
+@guarded
+async def delete(request: Request) -> Response:
+    """POST /admin/campaigns/{id}/delete."""
+    campaign_id = request.path_params["id"]
+    if not await auth.runtime_of(request).remove_campaign(campaign_id):
+        raise NotFound(f"no campaign {campaign_id!r}")
+    return _back("/admin/", notice=f"Deleted {campaign_id}.")
+
+
+@guarded
+async def fire_test(request: Request) -> Response:
+    """POST /admin/campaigns/{id}/test: send the campaign's webhook once, now."""
+    campaign_id = request.path_params["id"]
+    user = (await _form(request)).get("user", "").strip() or None
+    target = f"/admin/campaigns/{quote(campaign_id)}"
+    try:
+        attempt = await admin.test_fire(auth.runtime_of(request), campaign_id, user)
+    except InvalidCampaign as exc:
+        return _back(target, error="Test not sent: " + "; ".join(exc.problems))
+    except NotFound as exc:
+        return _back(target, error=f"Test not sent: {exc.detail}")
+    code = attempt.status_code
+    outcome = f"HTTP {code}" if code else (attempt.error or attempt.status)
+    message = f"Test webhook {attempt.status}: {attempt.method} {attempt.url} → {outcome}"
+    kind = "notice" if attempt.status == "delivered" else "error"
+    return _back(target, **{kind: message})
+
+
+@guarded
+async def resume(request: Request) -> Response:
+    """POST /admin/campaigns/{id}/resume: deliver again to endpoints paused after 410 Gone."""
+    campaign_id = request.path_params["id"]
+    endpoint = (await _form(request)).get("endpoint") or None
+    target = f"/admin/campaigns/{quote(campaign_id)}"
+    try:
+        resumed = admin.resume(auth.runtime_of(request), campaign_id, endpoint)
+    except NotFound as exc:
+        return _back(target, error=f"Nothing resumed: {exc.detail}")
+    plural = "s" if resumed != 1 else ""
+    return _back(target, notice=f"Resumed {resumed} endpoint{plural} of {campaign_id}.")
+
+
+def _editor_page(
+    request: Request, spec: CampaignSpec | None, source: str, problems: list[str], status: int
+) -> Response:
+    action = f"/admin/campaigns/{quote(spec.id)}" if spec else "/admin/campaigns"
+    title = f"Edit {spec.id}" if spec else "New campaign"
+    errors = ""
+    if problems:
+        items = "".join(f"<li>{_e(p)}</li>" for p in problems)
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        errors = (
+            f'<div class="notice error" id="problems"><strong>Not saved: {count}</strong>'
+            f'<ul class="problems">{items}</ul></div>'
         )
-        return page(request, title, body, status)
-
-    # -- events, deliveries, users --------------------------------------------------------
-
-    async def events(request: Request) -> Response:
-        return page(request, "Live events", views["events"].substitute())
-
-    async def deliveries(request: Request) -> Response:
-        query = request.query_params
-        campaign = query.get("campaign") or None
-        status = query.get("status") or None
-        if status not in STATUSES:
-            status = None
-        found = await runtime.delivery_log.query(campaign=campaign, status=status, limit=200)
-        filters = {"campaign": campaign or "", "status": status or ""}
-        here = "/admin/deliveries?" + urlencode(filters)
-        rows = "".join(_delivery_row(d, here) for d in found)
-        rows = rows or '<tr><td colspan="7" class="muted">No deliveries match.</td></tr>'
-        body = views["deliveries"].substitute(
-            here=_e(here),
-            rows=rows,
-            campaign_options=_options(
-                [c.id for c in runtime.config.campaigns], campaign, "all campaigns"
-            ),
-            status_options=_options(list(STATUSES), status, "any status"),
+    side = ""
+    if spec is not None:
+        runtime = auth.runtime_of(request)
+        stats = _stats_html(admin.campaign_stats(runtime).get(spec.id))
+        paused = [p for p in runtime.dispatcher.paused() if p.campaign_id == spec.id]
+        side = _paused_html(action, paused) + _views()["editor_side"].substitute(
+            action=action, stats=stats, id=_e(spec.id)
         )
-        return page(request, "Deliveries", body)
+    body = _views()["editor"].substitute(
+        title=_e(title), errors=errors, action=action, source=_e(source), side=side
+    )
+    return _page(request, title, body, status)
 
-    async def replay(request: Request) -> Response:
-        delivery_id = request.path_params["id"]
-        back = (await _form(request)).get("back") or "/admin/deliveries"
-        if not back.startswith("/admin/"):
-            back = "/admin/deliveries"
-        replayed = await runtime.dispatcher.replay(delivery_id)
-        if not replayed.count:
-            return _back(back, error=f"{delivery_id} is not a dead letter: nothing to replay.")
-        return _back(back, notice=f"Replaying {delivery_id}.")
 
-    async def users(request: Request) -> Response:
-        identity = (request.query_params.get("id") or "").strip()
-        result, status, title = "", 200, "User lookup"
-        if identity:
-            view = await runtime.store.lookup(identity, time.time())
-            if view is None:
-                result = f'<div class="notice error">No user {_e(identity)} is known.</div>'
-                status = 404
-            else:
-                title = f"User {identity}"
-                result = _user_html(views["user"], view.key, view.profile, view.recent_events)
-        if not identity:
-            result = _recent_users(runtime.events.recent)
-        body = views["users"].substitute(identity=_e(identity), result=result)
-        return page(request, title, body, status)
+# -- events, deliveries, users ---------------------------------------------------------------
 
-    async def to_index(_: Request) -> Response:
-        return RedirectResponse("/admin/", status_code=307)
 
-    return [
-        Route("/admin", to_index),
-        Mount(
-            "/admin",
-            routes=[
-                Route("/login", login, methods=["GET", "POST"]),
-                Route("/logout", logout, methods=["POST"]),
-                Route("/static/{file}", asset, methods=["GET", "HEAD"]),
-                Route("/", guard(campaigns), methods=["GET"]),
-                Route("/new", guard(editor), methods=["GET"]),
-                Route("/campaigns", guard(save), methods=["POST"]),
-                Route("/campaigns/{id}", guard(editor), methods=["GET"]),
-                Route("/campaigns/{id}", guard(save), methods=["POST"]),
-                Route("/campaigns/{id}/status", guard(set_status), methods=["POST"]),
-                Route("/campaigns/{id}/delete", guard(delete), methods=["POST"]),
-                Route("/campaigns/{id}/test", guard(fire_test), methods=["POST"]),
-                Route("/events", guard(events), methods=["GET"]),
-                Route("/deliveries", guard(deliveries), methods=["GET"]),
-                Route("/deliveries/{id}/replay", guard(replay), methods=["POST"]),
-                Route("/users", guard(users), methods=["GET"]),
-            ],
+@guarded
+async def events(request: Request) -> Response:
+    """GET /admin/events: the live events page."""
+    return _page(request, "Live events", _views()["events"].substitute())
+
+
+@guarded
+async def deliveries(request: Request) -> Response:
+    """GET /admin/deliveries: the delivery log, filtered."""
+    runtime = auth.runtime_of(request)
+    query = request.query_params
+    campaign = query.get("campaign") or None
+    status = query.get("status") or None
+    if status not in STATUSES:
+        status = None
+    found = await runtime.delivery_log.query(campaign=campaign, status=status, limit=200)
+    filters = {"campaign": campaign or "", "status": status or ""}
+    here = "/admin/deliveries?" + urlencode(filters)
+    rows = "".join(_delivery_row(d, here) for d in found)
+    rows = rows or '<tr><td colspan="7" class="muted">No deliveries match.</td></tr>'
+    body = _views()["deliveries"].substitute(
+        here=_e(here),
+        rows=rows,
+        campaign_options=_options(
+            [c.id for c in runtime.config.campaigns], campaign, "all campaigns"
         ),
-    ]
+        status_options=_options(list(STATUSES), status, "any status"),
+    )
+    return _page(request, "Deliveries", body)
+
+
+@guarded
+async def replay(request: Request) -> Response:
+    """POST /admin/deliveries/{id}/replay: send a dead letter again."""
+    delivery_id = request.path_params["id"]
+    back = (await _form(request)).get("back") or "/admin/deliveries"
+    if not back.startswith("/admin/"):
+        back = "/admin/deliveries"
+    replayed = await auth.runtime_of(request).dispatcher.replay(delivery_id)
+    if not replayed.count:
+        return _back(back, error=f"{delivery_id} is not a dead letter: nothing to replay.")
+    return _back(back, notice=f"Replaying {delivery_id}.")
+
+
+@guarded
+async def users(request: Request) -> Response:
+    """GET /admin/users[?id=]: look a user up, or pick one seen lately."""
+    runtime = auth.runtime_of(request)
+    identity = (request.query_params.get("id") or "").strip()
+    result, status, title = "", 200, "User lookup"
+    if identity:
+        view = await runtime.store.lookup(identity, time.time())
+        if view is None:
+            result = f'<div class="notice error">No user {_e(identity)} is known.</div>'
+            status = 404
+        else:
+            title = f"User {identity}"
+            result = _user_html(_views()["user"], view.key, view.profile, view.recent_events)
+    if not identity:
+        result = _recent_users(runtime.events.recent)
+    body = _views()["users"].substitute(identity=_e(identity), result=result)
+    return _page(request, title, body, status)
 
 
 # -- fragments -------------------------------------------------------------------------------
@@ -358,6 +411,26 @@ def _campaign_row(
         f'<td class="num fired">{fired}</td>'
         f'<td class="reasons">{_reasons_html(stats)}</td>'
         f'<td class="actions">{toggle}<a href="{href}">Edit</a></td></tr>'
+    )
+
+
+def _paused_html(action: str, paused: list[PausedEndpoint]) -> str:
+    """A warning card listing the campaign's paused endpoints, each with a Resume button."""
+    if not paused:
+        return ""
+    items = "".join(
+        f'<li data-endpoint="{_e(p.endpoint)}"><code>{_e(p.endpoint)}</code> '
+        f'<span class="small muted">since {_clock(p.since)}: {_e(p.reason)}</span>'
+        f'<form class="inline" method="post" action="{action}/resume">'
+        f'<input type="hidden" name="endpoint" value="{_e(p.endpoint)}">'
+        f'<button type="submit">Resume</button></form></li>'
+        for p in paused
+    )
+    return (
+        '<div class="card" id="paused"><h2>Paused endpoints</h2>'
+        '<p class="notice error">These endpoints answered 410 Gone: this campaign\'s webhooks '
+        "to them are dead-lettered until you resume them.</p>"
+        f'<ul class="problems">{items}</ul></div>'
     )
 
 

@@ -10,8 +10,7 @@ In the app's lifespan:
     await dispatcher.stop(grace=5.0)               # finishes in-flight work, closes the outbox
 
 Admin side: `await log.query(campaign=, status=, limit=)`, `await dispatcher.replay(delivery_id)`,
-`await dispatcher.replay_dead(campaign=, since=, until=)`, `await dispatcher.dead_letters(...)`,
-`dispatcher.paused()`, `dispatcher.resume(campaign_id)`, and the campaign test-fire
+`dispatcher.paused()`, `dispatcher.resume(campaign_id, endpoint)`, and the campaign test-fire
 `await dispatcher.send_now(request)`, which sends once, outside the queue, and returns the
 logged `DeliveryAttempt`.
 
@@ -39,7 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from collector.config.schema import WebhookSettings
 from collector.delivery.breaker import Breaker, BreakerPolicy
 from collector.delivery.log import STATUSES, DeliveryAttempt, DeliveryLog, Status, mask_url
-from collector.delivery.outbox import DeadLetter, Envelope, Outbox
+from collector.delivery.outbox import Envelope, Outbox
 from collector.delivery.sender import AttemptResult, InvalidRequest, Sender, endpoint_of
 from collector.delivery.signing import Signer
 from collector.delivery.ssrf import Guard, Policy
@@ -219,31 +218,6 @@ class Dispatcher:
         """Put one dead letter back on the outbox as a fresh delivery."""
         revived = await self._outbox.revive([delivery_id])
         return Replayed(count=len(revived), delivery_ids=revived)
-
-    async def replay_dead(
-        self,
-        *,
-        campaign: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-    ) -> Replayed:
-        """Replay the dead letters of a campaign and/or a time range (epoch seconds)."""
-        letters = await self._outbox.dead_letters(campaign=campaign, since=since, until=until)
-        revived = await self._outbox.revive([letter.delivery_id for letter in letters])
-        return Replayed(count=len(revived), delivery_ids=revived)
-
-    async def dead_letters(
-        self,
-        *,
-        campaign: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: int | None = 100,
-    ) -> list[DeadLetter]:
-        """List dead letters, oldest first."""
-        return await self._outbox.dead_letters(
-            campaign=campaign, since=since, until=until, limit=limit
-        )
 
     def paused(self) -> list[PausedEndpoint]:
         """Campaign endpoints paused after answering 410 Gone."""

@@ -12,6 +12,8 @@ What the store and app call::
     outcome.entered     # segments the user newly entered on this event
     outcome.ticks       # A/B results counted: enrolments in an arm, conversions, goal values
     engine.merge(a, b)              # one profile from two (identity merge); keeps a.key
+    engine.describe(state, now)     # plain dict for the user-lookup view
+    engine.preview(campaign_id, state, now, event)  # the webhook a test-fire sends
     engine.describe(state, now, stopped)  # plain dict for the user-lookup view
     engine.stopped(tallies, now)    # campaigns stopped by their stop conditions, with the reason
     engine.replace_campaign(spec, updated_at); engine.remove_campaign(campaign_id)
@@ -229,9 +231,11 @@ class Engine:
             # a new `after` event restarts the wait: one pending timer per campaign
             timers = [x for x in timers if x.campaign_id != campaign.id]
             event = scope.event
+            properties = event.properties
+            if properties and len(_encode(properties)) > rules.timer_property_bytes:
+                properties = {}  # too big to keep for each wait: templates fall back
             timers.append(
-                Timer(campaign.id, scope.t + campaign.wait, scope.t, event.message_id,
-                      event.properties)
+                Timer(campaign.id, scope.t + campaign.wait, scope.t, event.message_id, properties)
             )
         if len(timers) > rules.max_timers:  # bounded per user: the earliest armed go first
             timers.sort(key=lambda x: x.armed_at)
@@ -379,35 +383,24 @@ class Engine:
     def _fire(
         self, campaign: Campaign, arm: Arm, scope: Scope, now: float, webhooks: list[WebhookRequest]
     ) -> str | None:
-        event = scope.event
-        webhook_id = webhook_id_for(
-            campaign.id, arm.variant_id, event.message_id, event.user_id or event.anonymous_id
-        )
-        scope.campaign_id = campaign.id
-        scope.campaign_name = campaign.name
-        scope.variant_id = arm.variant_id
-        scope.delivery_id = webhook_id
         try:
-            url, headers, body = arm.template.render(scope)
+            webhooks.append(_render(campaign, arm, scope, now))
         except Suppressed as suppressed:
             return suppressed.reason
-        webhooks.append(
-            WebhookRequest(
-                webhook_id=webhook_id,
-                campaign_id=campaign.id,
-                variant_id=arm.variant_id,
-                user_key=scope.state.key,
-                event_id=event.message_id,
-                method=arm.template.method,
-                url=url,
-                headers=headers,
-                body=body,
-                created_at=now,
-            )
-        )
         campaign.count_fired(scope)
         return None
 
+    def preview(
+        self, campaign_id: str, state: UserState, now: float, event: Event
+    ) -> WebhookRequest:
+        """The webhook a campaign would send for this user and event now, ignoring its
+        conditions and caps (a test-fire); raises KeyError for an unknown campaign, and
+        Suppressed when a placeholder has no value."""
+        rules = self.rules
+        campaign = rules.campaigns[campaign_id]
+        arm = campaign.pick(state.key) or campaign.arms[0]  # the control group tests the first
+        number = state.session.number if state.session is not None else 1
+        return _render(campaign, arm, Scope(state, event, now, rules.calendar, number), now)
     def _day(self, now: float) -> int:
         """The local day stop conditions count in: that of the decision time."""
         return self.rules.calendar.day_index(now)
@@ -484,6 +477,31 @@ class Engine:
                 for cid, e in (state.goals or {}).items()
             },
         }
+
+
+def _render(campaign: Campaign, arm: Arm, scope: Scope, now: float) -> WebhookRequest:
+    """A campaign's webhook for the scope's user and event; raises Suppressed."""
+    event = scope.event
+    webhook_id = webhook_id_for(
+        campaign.id, arm.variant_id, event.message_id, event.user_id or event.anonymous_id
+    )
+    scope.campaign_id = campaign.id
+    scope.campaign_name = campaign.name
+    scope.variant_id = arm.variant_id
+    scope.delivery_id = webhook_id
+    url, headers, body = arm.template.render(scope)
+    return WebhookRequest(
+        webhook_id=webhook_id,
+        campaign_id=campaign.id,
+        variant_id=arm.variant_id,
+        user_key=scope.state.key,
+        event_id=event.message_id,
+        method=arm.template.method,
+        url=url,
+        headers=headers,
+        body=body,
+        created_at=now,
+    )
 
 
 _encode = msgspec.json.Encoder().encode

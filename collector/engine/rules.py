@@ -268,6 +268,7 @@ class Rules:
                 goals.setdefault(campaign.goal.event, []).append(campaign.goal)
         self.goals_by_event = {name: tuple(found) for name, found in goals.items()}
         self.with_goals = tuple(c for c in ranked if c.goal is not None)
+        self.timer_property_bytes = config.state.recent_event_bytes  # kept per pending wait
         self.stopping = tuple(c for c in ranked if c.stops)  # campaigns with stop conditions
         spacing = config.spacing
         self.count_page_views = spacing.page_views is not None

@@ -86,7 +86,7 @@ class IngestApp:
         except HTTPError as exc:
             self._metrics.requests[exc.status] += 1
             self._metrics.messages["rejected"] += 1
-            payload = orjson.dumps({"error": exc.code, "detail": exc.detail})
+            payload = orjson.dumps(exc.payload())
             extra = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
             await _respond(send, exc.status, payload, [*cors, *extra, _CONTENT_JSON])
             return

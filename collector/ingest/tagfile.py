@@ -1,4 +1,8 @@
-"""The built tag, served at `GET /tag.js` with a strong ETag, a short cache life and gzip."""
+"""The built tag, served at `GET /tag.js` with a strong ETag, a short cache life and gzip.
+
+`TagFile()` reads it once at start-up (TagNotBuiltError if missing); the app keeps it in
+`app.state.tag`, where `tag_js` finds it.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,11 @@ from pathlib import Path
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from collector.errors import TripwireError
 
-TAG_PATH = Path(__file__).resolve().parents[2] / "tag" / "dist" / "tripwire.min.js"
+# The tag build (`npm run build` in tag/) writes this copy next to tag/dist/, so wheels carry it.
+TAG_PATH = Path(__file__).resolve().parent / "static" / "tripwire.min.js"
 
 _COMMON_HEADERS = {
     "Content-Type": "application/javascript; charset=utf-8",
@@ -28,30 +32,35 @@ class TagNotBuiltError(TripwireError):
     """The built tag file is missing or unreadable."""
 
 
-def tag_route(path: Path = TAG_PATH) -> Route:
-    """Build the `GET /tag.js` route; the file is read and compressed once, here."""
-    try:
-        plain = path.read_bytes()
-    except OSError as exc:
-        raise TagNotBuiltError(f"cannot read {path}: run `npm run build` in tag/") from exc
-    digest = hashlib.sha256(plain).hexdigest()[:32]
-    # A strong ETag names one representation, so the gzip one gets its own.
-    plain_headers = {**_COMMON_HEADERS, "ETag": f'"{digest}"'}
-    gzip_headers = {**_COMMON_HEADERS, "ETag": f'"{digest}-gzip"', "Content-Encoding": "gzip"}
-    compressed = gzip.compress(plain, compresslevel=9, mtime=0)
-    etags = frozenset((plain_headers["ETag"], gzip_headers["ETag"]))
+class TagFile:
+    """The built tag, read and compressed once, with the headers of each representation."""
 
-    async def tag_js(request: Request) -> Response:
-        headers = request.headers
-        if accepts_gzip(headers.get("accept-encoding", "")):
-            body, chosen = compressed, gzip_headers
-        else:
-            body, chosen = plain, plain_headers
-        if _not_modified(headers, etags):
-            return Response(status_code=304, headers=_revalidation_headers(chosen))
-        return Response(body, headers=chosen)
+    def __init__(self, path: Path = TAG_PATH) -> None:
+        try:
+            self.plain = path.read_bytes()
+        except OSError as exc:
+            raise TagNotBuiltError(f"cannot read {path}: run `npm run build` in tag/") from exc
+        digest = hashlib.sha256(self.plain).hexdigest()[:32]
+        # A strong ETag names one representation, so the gzip one gets its own.
+        self.plain_headers = {**_COMMON_HEADERS, "ETag": f'"{digest}"'}
+        self.gzip_headers = {
+            **_COMMON_HEADERS, "ETag": f'"{digest}-gzip"', "Content-Encoding": "gzip"
+        }
+        self.compressed = gzip.compress(self.plain, compresslevel=9, mtime=0)
+        self.etags = frozenset((self.plain_headers["ETag"], self.gzip_headers["ETag"]))
 
-    return Route("/tag.js", tag_js, methods=["GET", "HEAD"], name="tag_js")
+
+async def tag_js(request: Request) -> Response:
+    """GET /tag.js: the tag of `request.app.state.tag`, gzipped when accepted, 304 when fresh."""
+    tag: TagFile = request.app.state.tag
+    headers = request.headers
+    if accepts_gzip(headers.get("accept-encoding", "")):
+        body, chosen = tag.compressed, tag.gzip_headers
+    else:
+        body, chosen = tag.plain, tag.plain_headers
+    if _not_modified(headers, tag.etags):
+        return Response(status_code=304, headers=_revalidation_headers(chosen))
+    return Response(body, headers=chosen)
 
 
 def accepts_gzip(accept_encoding: str) -> bool:

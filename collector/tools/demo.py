@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import mimetypes
 import secrets
 import signal
@@ -31,8 +32,10 @@ from starlette.routing import Route
 
 from collector.config.settings import Settings, build_settings, decode_config
 from collector.errors import ConfigError
-from collector.tools.requestbin import RequestBin, create_bin_app
+from collector.tools.requestbin import RequestBin
 
+# The shop ships with the source, not the package: an installed wheel finds it in the current
+# directory or through --site-dir.
 SITE_DIR = Path(__file__).resolve().parents[2] / "demo_site"  # a checkout (editable install)
 DEFAULT_COLLECTOR = "http://127.0.0.1:8000"  # as written in demo_site's pages and config
 DEMO_BIN = "demo"
@@ -54,7 +57,12 @@ def find_site_dir(given: str | None) -> Path:
     for candidate in ([Path(given)] if given else [SITE_DIR, Path.cwd() / "demo_site"]):
         if (candidate / "tripwire.yaml").is_file():
             return candidate
-    raise ConfigError(["demo_site/ not found: run `tripwire demo` from a Tripwire checkout"])
+    if given:
+        raise ConfigError([f"--site-dir: {given}/tripwire.yaml not found"])
+    raise ConfigError(
+        ["tripwire demo: the demo shop (demo_site/) comes with the source, not the package: "
+         "run it in a Tripwire checkout, or pass --site-dir DIR"]
+    )
 
 
 def demo_settings(options: DemoOptions) -> Settings:
@@ -165,13 +173,20 @@ async def serve_together(
 
 
 def port_free(host: str, port: int) -> bool:
-    """True when nothing listens on host:port (checked before starting, for a clear message)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """False when something listens on host:port (checked before starting, for a clear message);
+    other trouble (an unknown host) is left for the server to report."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except OSError:
+        return True
+    with socket.socket(family, kind, proto) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((host, port))
-        except OSError:
-            return False
+            sock.bind(address)
+        except OSError as exc:
+            return exc.errno != errno.EADDRINUSE
     return True
 
 
@@ -188,7 +203,6 @@ def run_demo(options: DemoOptions) -> int:
     collector = f"http://127.0.0.1:{options.port}"
     site = f"http://localhost:{options.site_port}/"
     app = create_app(settings)
-    runtime = app.state.runtime
     shop = site_app(find_site_dir(options.site_dir), collector)
     servers = [
         server(app, "127.0.0.1", options.port),
@@ -210,7 +224,7 @@ def run_demo(options: DemoOptions) -> int:
         if options.open_browser:
             threading.Thread(target=webbrowser.open, args=(site,), daemon=True).start()
 
-    asyncio.run(serve_together(servers, runtime.begin_shutdown, ready))
+    asyncio.run(serve_together(servers, app.begin_shutdown, ready))
     return 0
 
 
@@ -219,6 +233,8 @@ def run_bin(host: str, port: int, max_requests: int) -> int:
     if not port_free(host, port):
         print(f"tripwire bin: port {port} is in use; choose another with --port", file=sys.stderr)
         return 1
+    from collector.app import create_bin_app
+
     bin_ = RequestBin(max_requests)
     base = f"http://{host}:{port}/bin"
 

@@ -1,8 +1,8 @@
 """The request bin: records any request sent to `/bin/{name}` and shows it live.
 
     bin = RequestBin(max_requests=200)
-    routes = bin_routes(bin)           # mount on the collector, or:
-    app = create_bin_app(bin)          # the standalone `tripwire bin`
+    app.state.request_bin = bin        # the endpoints below find it there; `collector.app`
+                                       # mounts them on the collector or `tripwire bin`
 
 Memory is bounded in bytes, not only in counts: `max_requests` per bin and at most
 `MAX_BIN_BYTES` of them (the oldest go first), `MAX_BINS` bins (the least recently used goes),
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import html
 import itertools
 import re
@@ -25,22 +26,15 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import msgspec
-from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import (
-    HTMLResponse,
-    JSONResponse,
-    RedirectResponse,
-    Response,
-    StreamingResponse,
-)
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from collector.errors import BadRequest, HTTPError, PayloadTooLarge, TooManyRequests
+from collector.errors import BadRequest, PayloadTooLarge, TooManyRequests
 
+PREFIX = "/bin"
 MAX_BINS = 100
 MAX_BODY = 64 * 1024
 MAX_WIRE_BODY = 10 * 1024 * 1024
@@ -195,13 +189,26 @@ class RequestBin:
 
 
 # -- HTTP ------------------------------------------------------------------------------------
+# The endpoints read the bin from `request.app.state.request_bin`; `collector.app` lists their
+# routes, mounted under PREFIX on the collector and on the standalone `tripwire bin`.
 
 
-def bin_routes(bin_: RequestBin, prefix: str = "/bin") -> list[BaseRoute]:
-    """The request bin's routes: list, record, view, JSON feed and live stream."""
-    view_page = string.Template(_resource("templates", "bin.html"))
-    index_page = string.Template(_resource("templates", "bins.html"))
-    assets = {
+def bin_of(request: Request) -> RequestBin:
+    """The request bin of the app serving this request."""
+    return cast(RequestBin, request.app.state.request_bin)
+
+
+@functools.cache
+def _pages() -> dict[str, string.Template]:
+    return {
+        "view": string.Template(_resource("templates", "bin.html")),
+        "index": string.Template(_resource("templates", "bins.html")),
+    }
+
+
+@functools.cache
+def _assets() -> dict[str, tuple[str, str]]:
+    return {
         "bin.js": (_resource("static", "bin.js"), "application/javascript; charset=utf-8"),
         # one stylesheet for the bin and the dashboard
         "tripwire.css": (
@@ -210,103 +217,79 @@ def bin_routes(bin_: RequestBin, prefix: str = "/bin") -> list[BaseRoute]:
         ),
     }
 
-    async def index(request: Request) -> Response:
-        summaries = bin_.bins()
-        if _wants_json(request):
-            return JSONResponse({"bins": msgspec.to_builtins(summaries)}, headers=CORS)
-        rows = "".join(
-            f'<tr><td><a href="{prefix}/{_e(s.name)}/view">{_e(s.name)}</a></td>'
-            f"<td>{s.count}</td><td>{_clock(s.last_at)}</td></tr>"
-            for s in summaries
-        ) or '<tr><td colspan="3" class="muted">No bins yet: send a request to a bin URL.</td></tr>'
-        example = _e(_origin(request) + prefix + "/demo")
-        return HTMLResponse(index_page.substitute(prefix=prefix, rows=rows, example=example))
 
-    async def view(request: Request) -> Response:
-        name = _name(request)
-        url = _origin(request) + f"{prefix}/{name}"
-        return HTMLResponse(view_page.substitute(prefix=prefix, name=_e(name), url=_e(url)))
+async def index(request: Request) -> Response:
+    """GET /bin/: every bin (HTML, or JSON when asked)."""
+    summaries = bin_of(request).bins()
+    if _wants_json(request):
+        return JSONResponse({"bins": msgspec.to_builtins(summaries)}, headers=CORS)
+    rows = "".join(
+        f'<tr><td><a href="{PREFIX}/{_e(s.name)}/view">{_e(s.name)}</a></td>'
+        f"<td>{s.count}</td><td>{_clock(s.last_at)}</td></tr>"
+        for s in summaries
+    ) or '<tr><td colspan="3" class="muted">No bins yet: send a request to a bin URL.</td></tr>'
+    example = _e(_origin(request) + PREFIX + "/demo")
+    return HTMLResponse(_pages()["index"].substitute(prefix=PREFIX, rows=rows, example=example))
 
-    async def feed(request: Request) -> Response:
-        name = _name(request)
-        after = _int(request.query_params.get("after"), 0)
-        found = bin_.requests(name, after)
-        limit = _int(request.query_params.get("limit"), bin_.max_requests)
-        kept = found[-limit:] if limit > 0 else []
-        newest_first = [msgspec.to_builtins(r) for r in reversed(kept)]
-        return JSONResponse({"bin": name, "requests": newest_first}, headers=CORS)
 
-    async def stream(request: Request) -> Response:
-        name = _name(request)
-        after = _int(request.headers.get("last-event-id") or request.query_params.get("after"), 0)
-        if bin_.streams >= bin_.max_streams:
-            raise TooManyRequests(
-                f"{bin_.max_streams} live views are open already; close one or use "
-                f"{prefix}/{name}/requests",
-                headers={**CORS, "Retry-After": "5"},
-            )
-        return StreamingResponse(
-            _stream(bin_, name, after), media_type="text/event-stream", headers=SSE_HEADERS
+async def view(request: Request) -> Response:
+    """GET /bin/{name}/view: the live page of one bin."""
+    name = _name(request)
+    url = _origin(request) + f"{PREFIX}/{name}"
+    return HTMLResponse(_pages()["view"].substitute(prefix=PREFIX, name=_e(name), url=_e(url)))
+
+
+async def feed(request: Request) -> Response:
+    """GET /bin/{name}/requests: what a bin holds, newest first, as JSON."""
+    bin_ = bin_of(request)
+    name = _name(request)
+    after = _int(request.query_params.get("after"), 0)
+    found = bin_.requests(name, after)
+    limit = _int(request.query_params.get("limit"), bin_.max_requests)
+    kept = found[-limit:] if limit > 0 else []
+    newest_first = [msgspec.to_builtins(r) for r in reversed(kept)]
+    return JSONResponse({"bin": name, "requests": newest_first}, headers=CORS)
+
+
+async def stream(request: Request) -> Response:
+    """GET /bin/{name}/stream: each request as it arrives, as Server-Sent Events."""
+    bin_ = bin_of(request)
+    name = _name(request)
+    after = _int(request.headers.get("last-event-id") or request.query_params.get("after"), 0)
+    if bin_.streams >= bin_.max_streams:
+        raise TooManyRequests(
+            f"{bin_.max_streams} live views are open already; close one or use "
+            f"{PREFIX}/{name}/requests",
+            headers={**CORS, "Retry-After": "5"},
         )
-
-    async def record(request: Request) -> Response:
-        name = _name(request)
-        body, size = await _read_body(request)
-        entry = bin_.record(
-            name,
-            method=request.method,
-            path=request.url.path,
-            query=request.url.query,
-            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw],
-            body=body,
-            body_size=size,
-        )
-        return JSONResponse({"ok": True, "bin": name, "id": entry.id}, headers=CORS)
-
-    async def asset(request: Request) -> Response:
-        found = assets.get(request.path_params["file"])
-        if found is None:
-            return Response("not found", status_code=404)
-        text, media_type = found
-        return Response(text, media_type=media_type, headers={"Cache-Control": "no-cache"})
-
-    return [
-        Mount(
-            prefix,
-            routes=[
-                Route("/", index, methods=["GET", "HEAD"]),
-                Route("/_static/{file}", asset, methods=["GET", "HEAD"]),
-                Route("/{name}/view", view, methods=["GET", "HEAD"]),
-                Route("/{name}/requests", feed, methods=["GET", "HEAD"]),
-                Route("/{name}/stream", stream, methods=["GET"]),
-                Route("/{name}", record, methods=ALL_METHODS),
-                Route("/{name}/{rest:path}", record, methods=ALL_METHODS),
-            ],
-        )
-    ]
+    return StreamingResponse(
+        _stream(bin_, name, after), media_type="text/event-stream", headers=SSE_HEADERS
+    )
 
 
-def create_bin_app(bin_: RequestBin) -> Starlette:
-    """The standalone request bin (`tripwire bin`)."""
+async def record(request: Request) -> Response:
+    """Any method on /bin/{name}[/...]: keep the request."""
+    name = _name(request)
+    body, size = await _read_body(request)
+    entry = bin_of(request).record(
+        name,
+        method=request.method,
+        path=request.url.path,
+        query=request.url.query,
+        headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw],
+        body=body,
+        body_size=size,
+    )
+    return JSONResponse({"ok": True, "bin": name, "id": entry.id}, headers=CORS)
 
-    async def home(_: Request) -> Response:
-        return RedirectResponse("/bin/", status_code=303)
 
-    async def healthz(_: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        yield
-        bin_.close()
-
-    async def error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPError)
-        payload = {"error": exc.code, "detail": exc.detail}
-        return JSONResponse(payload, status_code=exc.status, headers=exc.headers)
-
-    routes: list[BaseRoute] = [Route("/", home), Route("/healthz", healthz), *bin_routes(bin_)]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPError: error})
+async def asset(request: Request) -> Response:
+    """GET /bin/_static/{file}: the bin page's script and stylesheet."""
+    found = _assets().get(request.path_params["file"])
+    if found is None:
+        return Response("not found", status_code=404)
+    text, media_type = found
+    return Response(text, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
 
 async def _stream(bin_: RequestBin, name: str, after: int) -> AsyncIterator[bytes]:

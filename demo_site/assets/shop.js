@@ -128,15 +128,33 @@
     return script ? new URL(script.src).origin : "";
   }
 
+  // The tag's visitor id (kept in localStorage, else its cookie), read when each webhook
+  // arrives: the bin holds every visitor's webhooks, the panel shows this visitor's.
+  function visitorId() {
+    try {
+      var id = localStorage.getItem("tw_aid");
+      if (id) return id;
+    } catch (e) {}
+    var cookie = document.cookie.match(/(?:^|; )tw_aid=([^;]+)/);
+    return cookie ? cookie[1] : "";
+  }
+
+  function sentTo(hook, visitor) {
+    return hook.headers.some(function (header) {
+      return header[0].toLowerCase() === "x-demo-visitor" && header[1] === visitor;
+    });
+  }
+
   function webhookPanel() {
     var origin = collectorOrigin();
     if (!origin || !window.EventSource) return;
     var panel = document.createElement("aside");
     panel.id = "webhook-panel";
     panel.innerHTML =
-      "<header><span class='dot'></span><strong>Webhooks sent by Tripwire</strong>" +
+      "<header><span class='dot'></span><strong>Your webhooks, sent by Tripwire</strong>" +
       "<a target='_blank' rel='noopener'>request bin \u2197</a></header>" +
-      "<div class='empty'>None yet. Open the cart twice, or sign up.</div><ol></ol>";
+      "<div class='empty'>None yet. Open the cart twice, or sign up.</div><ol></ol>" +
+      "<div class='others' hidden></div>";
     panel.querySelector("a").href = origin + "/bin/demo/view";
     panel.querySelector("strong").addEventListener("click", function () {
       panel.classList.toggle("collapsed");
@@ -144,6 +162,8 @@
     document.body.appendChild(panel);
     var list = panel.querySelector("ol");
     var dot = panel.querySelector(".dot");
+    var others = panel.querySelector(".others");
+    var hidden = 0;
     var source = new EventSource(origin + "/bin/demo/stream");
     source.onopen = function () {
       dot.className = "dot live";
@@ -153,6 +173,11 @@
     };
     source.addEventListener("request", function (e) {
       var hook = JSON.parse(e.data);
+      if (!sentTo(hook, visitorId())) {
+        others.hidden = false;
+        others.textContent = ++hidden + " more for other visitors, in the request bin";
+        return;
+      }
       var item = document.createElement("li");
       item.className = "hook";
       item.innerHTML = "<div class='hook-title'><b></b><code></code><time></time></div><pre></pre>";
