@@ -123,6 +123,7 @@ def _campaign(i: int) -> dict[str, Any]:
         },
         "priority": i % 4,
         "exclusive": i % 5 == 0,
+        "frequency": {"per": "event"},  # every matching page view decides, renders and fires
     }
     if i % 4 == 1:
         spec["target"] = {"segments": ["cart_abandoners"]}
@@ -150,6 +151,7 @@ def _other_campaign(i: int) -> dict[str, Any]:
         "id": f"other{i:03d}",
         "status": "published",
         "trigger": {"event": f"Other Event {i % 200}"},
+        "frequency": {"per": "event"},
         "action": {
             "webhook": {"url": "https://hooks.example/other", "body": {"u": "#{visitor_id}"}}
         },

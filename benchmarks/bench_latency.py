@@ -33,7 +33,14 @@ def config(sink_url: str) -> dict[str, Any]:
     return {
         "write_keys": ["bench-key"],
         "webhooks": {"allow_private_networks": True},
-        "campaigns": [{"id": "every-view", "status": "published", "action": {"webhook": webhook}}],
+        "campaigns": [
+            {
+                "id": "every-view",
+                "status": "published",
+                "frequency": {"per": "event"},
+                "action": {"webhook": webhook},
+            }
+        ],
     }
 
 

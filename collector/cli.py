@@ -14,7 +14,13 @@ import msgspec
 
 from collector import __version__
 from collector.config.schema import ServerSettings
-from collector.config.settings import Settings, build_settings, load_config
+from collector.config.settings import (
+    Settings,
+    build_settings,
+    check_serving,
+    config_warnings,
+    load_config,
+)
 from collector.errors import ConfigError
 
 UVICORN_OPTIONS: dict[str, Any] = {
@@ -114,10 +120,16 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from collector.app import SETTINGS_ENV, create_app
+    from collector.engine.engine import compile_rules
 
     settings = build_settings(
-        _cli_values(args, "config_path", "host", "port", "store", "data_dir", "workers")
+        _cli_values(args, "config_path", "host", "port", "store", "data_dir", "workers"),
+        verify=compile_rules,  # every problem of the file in one round
     )
+    problems: list[str] = []
+    check_serving(settings, problems)
+    if problems:
+        raise ConfigError(problems)
     _validate_rules(settings)
     if settings.workers > 1 and settings.store == "memory":
         raise ConfigError(
@@ -218,13 +230,16 @@ def _validate_rules(settings: Settings) -> None:
     from collector.engine.engine import compile_rules
 
     compile_rules(settings.config)
+    for warning in config_warnings(settings.config):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _check(args: argparse.Namespace) -> int:
     from collector.engine.engine import compile_rules
 
-    config = load_config(args.config)
-    compile_rules(config)
+    config = load_config(args.config, verify=compile_rules)  # every problem in one round
+    for warning in config_warnings(config):
+        print(f"{args.config}: warning: {warning}", file=sys.stderr)
     print(
         f"{args.config}: OK — {len(config.campaigns)} campaigns, "
         f"{len(config.variables)} variables, "

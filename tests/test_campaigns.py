@@ -32,6 +32,7 @@ def campaign(cid: str = "c", **fields: Any) -> dict[str, Any]:
         "id": cid,
         "status": "published",
         "trigger": {"event": "Clicked"},
+        "frequency": {"per": "event"},  # the frequency tests below set their own
         "action": HOOK,
         **fields,
     }
@@ -244,27 +245,51 @@ def test_variants_split_users_and_the_rest_is_the_control_group() -> None:
 # -- frequency caps ---------------------------------------------------------------------------
 
 
-def test_per_user_max_total() -> None:
-    user = User(engine_for(campaign(frequency={"per": "user", "max_total": 2})))
-    results = [user.reasons(t=T + i * 7200)["c"] for i in range(4)]  # new session each time
-    assert results == ["fired", "fired", "frequency", "frequency"]
+def test_per_user_fires_once_per_user() -> None:
+    user = User(engine_for(campaign(frequency={"per": "user"})))
+    results = [user.reasons(t=T + i * 7200)["c"] for i in range(3)]  # a new session each time
+    assert results == ["fired", "frequency", "frequency"]
+    assert User(engine_for(campaign(frequency={"per": "user"})), "anon-2").reasons()["c"] == "fired"
 
 
-def test_per_session_max_total_resets_with_a_new_session() -> None:
-    user = User(engine_for(campaign(frequency={"per": "session", "max_total": 1})))
+def test_per_session_fires_once_per_session() -> None:
+    user = User(engine_for(campaign(frequency={"per": "session"})))
     assert [user.reasons(t=T + i)["c"] for i in range(3)] == ["fired", "frequency", "frequency"]
-    assert user.reasons(t=T + 2 + 1801)["c"] == "fired"
+    assert user.reasons(t=T + 2 + 1801)["c"] == "fired"  # 30 minutes idle: a new session
+    assert user.reasons(t=T + 2 + 1802)["c"] == "frequency"
 
 
-def test_per_event_caps_nothing_but_the_day() -> None:
-    user = User(engine_for(campaign(frequency={"per": "event", "max_total": 1})))
-    assert [user.reasons(t=T + i)["c"] for i in range(3)] == ["fired"] * 3
-    daily = User(engine_for(campaign(frequency={"per": "event", "max_total": 1, "max_per_day": 2})))
+def test_no_frequency_means_once_per_session() -> None:
+    spec = campaign()
+    del spec["frequency"]
+    user = User(engine_for(spec))
+    assert [user.reasons(t=T + i)["c"] for i in range(2)] == ["fired", "frequency"]
+    assert user.reasons(t=T + 3600)["c"] == "fired"
+    only_caps = User(engine_for(campaign(frequency={"max_per_day": 5})))
+    assert [only_caps.reasons(t=T + i)["c"] for i in range(2)] == ["fired", "frequency"]
+
+
+def test_per_event_fires_on_every_event() -> None:
+    user = User(engine_for(campaign(frequency={"per": "event"})))
+    assert [user.reasons(t=T + i)["c"] for i in range(4)] == ["fired"] * 4
+
+
+def test_max_total_caps_all_sessions_together() -> None:
+    user = User(engine_for(campaign(frequency={"per": "session", "max_total": 2})))
+    results = [user.reasons(t=T + i * 7200)["c"] for i in range(4)]  # a new session each time
+    assert results == ["fired", "fired", "frequency", "frequency"]
+    every = User(engine_for(campaign(frequency={"per": "event", "max_total": 3})))
+    assert [every.reasons(t=T + i)["c"] for i in range(5)] == ["fired"] * 3 + ["frequency"] * 2
+
+
+def test_max_per_day_caps_every_event_per_local_day() -> None:
+    daily = User(engine_for(campaign(frequency={"per": "event", "max_per_day": 2})))
     assert [daily.reasons(t=T + i)["c"] for i in range(3)] == ["fired", "fired", "frequency"]
+    assert daily.reasons(t=T + 86400)["c"] == "fired"
 
 
 def test_max_per_day_turns_over_at_local_midnight() -> None:
-    user = User(engine_for(campaign(frequency={"per": "user", "max_per_day": 1})))
+    user = User(engine_for(campaign(frequency={"per": "event", "max_per_day": 1})))
     assert user.reasons(t=tokyo(2026, 12, 2, 23, 59))["c"] == "fired"
     assert user.reasons(t=tokyo(2026, 12, 2, 23, 59, 59))["c"] == "frequency"
     assert user.reasons(t=tokyo(2026, 12, 3, 0, 0, 1))["c"] == "fired"  # same UTC day

@@ -145,3 +145,121 @@ def test_environment_overrides_the_file_and_flags_override_both(tmp_path: Path) 
     assert settings.admin_token == "t"
     assert settings.config.write_keys == ["a", "b"]
     assert settings.config.campaigns[0].id == "cart-followup"
+
+
+def test_check_warns_about_frequencies_that_relied_on_the_old_meaning(tmp_path: Path) -> None:
+    config = tmp_path / "tripwire.yaml"
+    config.write_text(
+        """
+campaigns:
+  - {id: unset, action: {webhook: {url: "https://example.com"}}}
+  - {id: user, frequency: {per: user}, action: {webhook: {url: "https://example.com"}}}
+  - {id: capped, frequency: {max_per_day: 2}, action: {webhook: {url: "https://example.com"}}}
+  - id: fine
+    frequency: {per: session, max_total: 3, max_per_day: 1}
+    action: {webhook: {url: "https://example.com"}}
+  - {id: every, frequency: {per: event}, action: {webhook: {url: "https://example.com"}}}
+"""
+    )
+    result = tripwire("check", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "OK — 5 campaigns" in result.stdout
+    warnings = result.stderr.strip().splitlines()
+    assert [w.split(": ")[1:3] for w in warnings] == [
+        ["warning", "campaigns[0].frequency"],
+        ["warning", "campaigns[1].frequency.per"],
+        ["warning", "campaigns[2].frequency.per"],
+    ]
+    assert "once per session" in warnings[0] and "per: event" in warnings[0]
+    assert "once per user" in warnings[1]
+
+
+def test_check_reports_every_error_of_a_file_in_one_run(tmp_path: Path) -> None:
+    config = tmp_path / "tripwire.yaml"
+    config.write_text(
+        """
+timezone: Mars/Olympus
+variables:
+  cart_views: {event: page, stat: count, window: fortnight}
+  spent: {event: Order, field: properties.revenue, stat: sum}
+  broken: {event: Order, stat: median}
+segments:
+  big: {var: spent, gte: lots}
+  uses_broken: {var: broken, gt: 1}
+campaigns:
+  - id: first
+    frequency: {per: week}
+    trigger: {event: page, where: {var: cart_views, gte: two}}
+    action: {webhook: {url: notaurl}}
+  - id: second
+    colour: red
+    action: {webhook: {url: "https://#{host}/x", body: {n: "#{cart_views"}}}
+  - id: third
+    action: {webhook: {url: "file:///etc/passwd", method: YEET}}
+  - id: fourth
+    trigger: {event: page, where: {event_count: Order, starts_with: "1"}}
+    action: {webhook: {url: "https://example.com/#{nope}"}}
+"""
+    )
+    result = tripwire("check", str(config))
+    assert result.returncode != 0
+    problems = result.stderr.strip().splitlines()
+    assert sorted(problems) == sorted(
+        [
+            # what cannot be decoded...
+            "timezone: unknown timezone 'Mars/Olympus'",
+            "variables.cart_views.window: invalid window 'fortnight' "
+            "(use all, session, previous_session, today, Nd or Nh)",
+            "variables.broken.stat: expected one of count, sum, avg, min, max, latest, previous, "
+            "first, distinct_count, first_at, last_at; got 'median'",
+            "campaigns[0].frequency.per: expected one of event, session, user; got 'week'",
+            "campaigns[1].colour: unknown key",
+            "campaigns[2].action.webhook.method: "
+            "expected one of GET, POST, PUT, PATCH, DELETE; got 'YEET'",
+            # ...what the checks find in the rest...
+            "segments.big.gte: variable 'spent' (sum) is a number; expected a number, got 'lots'",
+            "campaigns[0].trigger.where.gte: variable 'cart_views' (count) is a number; "
+            "expected a number, got 'two'",
+            "campaigns[0].action.webhook.url: expected an http:// or https:// URL, got 'notaurl'",
+            "campaigns[1].action.webhook.url: the host cannot be a template ('#{host}'); "
+            "placeholders may go in the path and query",
+            "campaigns[1].action.webhook.body.n: unclosed placeholder '#{cart_views' "
+            "(write #{name})",
+            "campaigns[2].action.webhook.url: "
+            "expected an http:// or https:// URL, got 'file:///etc/passwd'",
+            "campaigns[3].trigger.where.starts_with: event_count 'Order' is a number; "
+            "'starts_with' compares text",
+            # ...and what compiling finds: names in templates
+            "campaigns[1].action.webhook.url: unknown variable 'host'",
+            "campaigns[3].action.webhook.url: unknown variable 'nope'",
+        ]
+    )
+    # a broken variable is still known by name: no "unknown variable 'broken'" follows
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("https://hooks.example/#{campaign_id}?u=#{user_id}", None),
+        ("http://127.0.0.1:8000/bin/x", None),
+        ("notaurl", "expected an http:// or https:// URL"),
+        ("file:///etc/passwd", "expected an http:// or https:// URL"),
+        ("ftp://example.com/x", "expected an http:// or https:// URL"),
+        ("https:///path", "no host"),
+        ("#{base_url}/x", "expected an http:// or https:// URL"),
+        ("https://#{tenant}.example.com/x", "the host cannot be a template"),
+        ("https://example.com/#{user_id", "unclosed placeholder"),
+    ],
+)
+def test_webhook_urls_are_checked(url: str, problem: str | None) -> None:
+    campaign = {"id": "c", "frequency": {"per": "event"}, "action": {"webhook": {"url": url}}}
+    raw = {"campaigns": [campaign]}
+    if problem is None:
+        decode_config(raw)
+        return
+    with pytest.raises(ConfigError) as caught:
+        decode_config(raw)
+    assert any(
+        p.startswith("campaigns[0].action.webhook.url: ") and problem in p
+        for p in caught.value.problems
+    ), caught.value.problems

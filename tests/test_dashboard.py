@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +10,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
-from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire, wait_until
+from tests.support.poll import wait_until
+from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire
 from tests.support.sink import Received, Sink
 
 CHROMIUM = "/usr/bin/chromium"
@@ -156,7 +156,7 @@ def test_one_click_login_link(context: BrowserContext, server: Tripwire) -> None
     assert page.is_visible("table#campaigns")
 
 
-def test_pausing_stops_webhooks_within_a_second_and_publishing_resumes_them(
+def test_pausing_stops_webhooks_from_the_next_event_and_publishing_resumes_them(
     admin: Page, server: Tripwire, sink: Sink
 ) -> None:
     user = "paused-user"
@@ -166,10 +166,8 @@ def test_pausing_stops_webhooks_within_a_second_and_publishing_resumes_them(
     row = admin.locator("tr[data-campaign=pinger]")
     row.locator("button.toggle").click()
     admin.wait_for_selector("text=Paused pinger.")
-    paused_at = time.monotonic()
-    # An event within a second of the pause is suppressed ("marker" shows it was processed).
+    # The next event is suppressed ("marker" shows it was processed).
     track(server, user, "Ping", "Mark")
-    assert time.monotonic() - paused_at < 1.0
     sink.wait_until(lambda _: len(hooks(sink, user, "/marker")) == 1)
     decision = wait_until(lambda: server.user(user))["profile"]["decisions"]["pinger"]
     assert decision["outcome"] == "suppressed" and decision["reason"] == "status"
@@ -180,9 +178,7 @@ def test_pausing_stops_webhooks_within_a_second_and_publishing_resumes_them(
 
     row.locator("button.toggle").click()
     admin.wait_for_selector("text=Published pinger.")
-    published_at = time.monotonic()
     track(server, user, "Ping")
-    assert time.monotonic() - published_at < 1.0
     sink.wait_until(lambda _: len(hooks(sink, user, "/pinger")) == 2, timeout=5)
     admin.reload()
     assert admin.locator("tr[data-campaign=pinger] .badge.status").inner_text() == "published"
@@ -289,6 +285,8 @@ def test_user_lookup_explains_why_a_campaign_did_not_fire(
     welcome = admin.locator("#decisions tr[data-campaign=welcome]")
     assert "frequency" in welcome.inner_text()
     assert "frequency cap was reached" in welcome.locator(".why").inner_text()
+    earlier = admin.locator("#decisions tr[data-earlier=welcome]")  # what happened before it
+    assert earlier.count() == 1 and "fired" in earlier.inner_text()
     holdout = admin.locator("#decisions tr[data-campaign=holdout]")
     assert "control_group" in holdout.inner_text()
     assert "control group" in holdout.locator(".why").inner_text()

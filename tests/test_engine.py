@@ -36,7 +36,7 @@ CONFIG = {
             "id": "thanks",
             "status": "published",
             "trigger": {"event": "Order"},
-            "frequency": {"per": "user", "max_total": 5},
+            "frequency": {"per": "event", "max_total": 5},
             "action": {
                 "webhook": {
                     "url": "https://hooks.example/t",
@@ -57,6 +57,7 @@ CONFIG = {
             "id": "big-spender",
             "status": "published",
             "trigger": {"segment_entered": "big"},
+            "frequency": {"per": "event"},
             "action": {"webhook": {"url": "https://hooks.example/b"}},
         },
     ],
@@ -153,6 +154,54 @@ def test_decisions_are_kept_per_campaign_for_why_didnt_it_fire() -> None:
     assert state.decisions["thanks"].reason == "missing_variable"
     state, _ = run(engine, [event("Order", T + 1, properties={"revenue": 5, "sku": "A"})], state)
     assert state.decisions["thanks"].outcome == "fired"
+
+
+def test_the_last_few_distinct_decisions_are_kept_newest_first() -> None:
+    engine = make_engine(
+        campaigns=[
+            {
+                "id": "once",
+                "status": "published",
+                "trigger": {"event": "Order", "where": {"prop": "sku", "eq": "A"}},
+                "frequency": {"per": "user"},
+                "action": {"webhook": {"url": "https://hooks.example/o"}},
+            }
+        ]
+    )
+
+    def order(t: float, sku: str) -> Event:
+        return event("Order", t, properties={"sku": sku})
+
+    state, _ = run(engine, [order(T, "B"), order(T + 1, "B"), order(T + 2, "A")])
+    state, _ = run(engine, [order(T + 3, "A"), order(T + 4, "B"), order(T + 5, "B")], state)
+    history = engine.describe(state, T + 60)["decision_history"]["once"]
+    # repeats of one outcome are one entry, stamped with the latest
+    assert [(d["reason"], d["at"]) for d in history] == [
+        ("trigger", T + 5),
+        ("frequency", T + 3),
+        (None, T + 2),
+        ("trigger", T + 1),
+    ]
+    assert engine.describe(state, T + 60)["decisions"]["once"]["reason"] == "trigger"
+    for i in range(10):  # bounded: the newest MAX_DECISIONS
+        state, _ = run(engine, [order(T + 10 + i, "A" if i % 2 else "B")], state)
+    history = engine.describe(state, T + 60)["decision_history"]["once"]
+    assert [d["reason"] for d in history] == [
+        "frequency", "trigger", "frequency", "trigger", "frequency"
+    ]
+    assert history[0]["at"] == T + 19
+
+
+def test_merged_profiles_interleave_their_decision_histories() -> None:
+    engine = make_engine()
+    a, _ = run(engine, [event("Order", T, properties={"revenue": 5})])  # no sku: missing
+    a, _ = run(engine, [event("Order", T + 2, properties={"revenue": 5, "sku": "A"})], a)
+    b, _ = run(engine, [event("Order", T + 1, anonymous_id="b", properties={"revenue": 5})])
+    merged = engine.merge(a, b)
+    history = engine.describe(merged, T + 60)["decision_history"]["thanks"]
+    assert [(d["reason"], d["at"]) for d in history] == [
+        (None, T + 2), ("missing_variable", T + 1), ("missing_variable", T)
+    ]
 
 
 def test_describe_shows_what_the_admin_user_lookup_needs() -> None:
@@ -403,3 +452,48 @@ def test_new_state_is_an_empty_profile() -> None:
     )
     outcome = make_engine().process(state, event("page", T + 1, type="page"), T + 1)
     assert outcome.state is state
+
+
+def test_a_refused_campaign_leaves_no_variable_behind() -> None:
+    engine = make_engine()
+    before = set(engine.rules.variables)
+    spec = decode_campaign(
+        {
+            "id": "bad",
+            "trigger": {"event": "Order", "where": {"event_count": "Refund", "gte": 1}},
+            "action": {"webhook": {"url": "https://h.example/#{nope}"}},
+        },
+        engine.rules.config,
+    )
+    with pytest.raises(ConfigError):
+        engine.replace_campaign(spec, updated_at=T)
+    ok = decode_campaign(
+        {"id": "ok", "trigger": {"event": "Order"}, "action": {"webhook": {"url": "https://h/"}}},
+        engine.rules.config,
+    )
+    engine.replace_campaign(ok, updated_at=T)
+    assert set(engine.rules.variables) == before  # no `Refund` counter from the refused one
+    state, _ = run(engine, [event("Refund", T)])
+    assert not any("Refund" in name for name in state.variables)
+
+
+def test_removing_a_campaign_drops_the_variables_only_it_used() -> None:
+    engine = make_engine(variables={**VARIABLES, "pages": {"event": "page", "stat": "count"}})
+    spec = decode_campaign(
+        {
+            "id": "p",
+            "status": "published",
+            "trigger": {"event": "Order", "where": {"event_count": "Refund", "gte": 0}},
+            "action": {"webhook": {"url": "https://h.example/#{pages}"}},
+        },
+        engine.rules.config,
+    )
+    engine.replace_campaign(spec, updated_at=T)
+    assert "pages" in engine.rules.variables
+    assert "~count:Refund:all" in engine.rules.variables
+    engine.remove_campaign("p")
+    assert "pages" not in engine.rules.variables
+    assert "~count:Refund:all" not in engine.rules.variables
+    assert "orders" in engine.rules.variables  # still used by the file's campaigns
+    state, _ = run(engine, [event("page", T, type="page"), event("Refund", T + 1)])
+    assert "pages" not in state.variables and "~count:Refund:all" not in state.variables

@@ -14,7 +14,8 @@ import httpx
 import pytest
 from segment.analytics.client import Client
 
-from tests.support.server import Tripwire, run_tripwire, wait_until
+from tests.support.poll import wait_until
+from tests.support.server import Tripwire, run_tripwire
 
 WRITE_KEY = "test-key"
 

@@ -14,8 +14,9 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from tests.support.poll import wait_until
 from tests.support.ports import free_port
-from tests.support.server import stop_process, wait_until
+from tests.support.server import stop_process
 from tests.test_demo import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, STARTUP_SECONDS, Demo
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,6 +27,7 @@ CONFIG = {
             "id": "big-order",
             "status": "published",
             "action": HOOK,
+            "frequency": {"per": "event"},
             "trigger": {"event": "Order Completed", "where": {"prop": "revenue", "gt": 100}},
         },
         {
@@ -41,12 +42,14 @@ CONFIG = {
             "status": "published",
             "rate": 50,
             "action": HOOK,
+            "frequency": {"per": "event"},
             "trigger": {"event": "Clicked"},
         },
         {
             "id": "members",
             "status": "published",
             "action": HOOK,
+            "frequency": {"per": "event"},
             "target": {"users": "members"},
             "trigger": {"event": "Clicked"},
         },
@@ -88,14 +91,16 @@ def generate(path: Path, users: int, events_per_user: int, seed: int) -> dict[st
             kind = rng.choice(["page", "page", "Clicked", "Order Completed"])
             if kind == "page":
                 page = rng.choice(["/", "/cart", "/cart/2", "/product/1"])
-                in_context = rng.random() < 0.8  # conditions read context.page, not properties
+                # browser libraries describe the page in context.page, server ones in
+                # properties: conditions on context.page see both
+                in_context = rng.random() < 0.8
                 message.update(
                     type="page",
                     name="Shop",
-                    properties={"path": page},
+                    properties={"path": page} if not in_context or rng.random() < 0.5 else {},
                     context={"page": {"path": page}} if in_context else {},
                 )
-                if in_context and page.startswith("/cart"):
+                if page.startswith("/cart"):
                     if anonymous_id in carts:
                         suppressed["cart-once"]["frequency"] += 1
                     else:

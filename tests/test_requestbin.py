@@ -23,8 +23,9 @@ from collector.tools.requestbin import (
     RequestBin,
     _stream,
 )
+from tests.support.poll import wait_until
 from tests.support.ports import free_port
-from tests.support.server import run_tripwire, stop_process, wait_until
+from tests.support.server import run_tripwire, stop_process
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -1,7 +1,7 @@
 """The SSRF guard's address check, exercised without sending a single packet.
 
 Numeric host spellings are resolved by getaddrinfo locally (no DNS traffic); everything else
-goes through a fake resolver. Live refusals of loopback targets are in test_delivery.py.
+goes through a fake resolver. Live refusals of loopback targets are in test_dispatcher.py.
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ from collector.redis.connection import RedisConnection
 from collector.redis.store import RedisStore
 from collector.store.base import Store
 from collector.store.memory import MemoryStore
+from tests.support.poll import wait_until
 from tests.support.redis import RedisServer
-from tests.support.server import run_tripwire, wait_until
+from tests.support.server import run_tripwire
 from tests.support.sink import Sink
 from tests.test_campaigns import HOOK, T, User, campaign, engine_for, tokyo
 

@@ -29,8 +29,9 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
+from tests.support.poll import wait_until
 from tests.support.ports import free_port
-from tests.support.server import Tripwire, run_tripwire, wait_until
+from tests.support.server import Tripwire, run_tripwire
 from tests.support.sink import Sink
 
 PAGES = Path(__file__).resolve().parent / "tag_pages"

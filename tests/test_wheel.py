@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.poll import wait_until
 from tests.support.ports import free_port
-from tests.support.server import stop_process, wait_until
+from tests.support.server import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 DIST = ROOT / "tag" / "dist" / "tripwire.min.js"

@@ -100,7 +100,10 @@ async def save_campaign(runtime: Runtime, campaign_id: str, raw: Any) -> tuple[C
     if raw["id"] != campaign_id:
         raise InvalidCampaign([f"id: {raw['id']!r} does not match the URL's {campaign_id!r}"])
     try:
-        spec = decode_campaign(raw, runtime.config)
+        # compiled too, so a template's unknown name comes with every other problem
+        spec = decode_campaign(
+            raw, runtime.config, verify=lambda c: runtime.engine.rules.with_campaign(c, 0.0)
+        )
         created = await runtime.put_campaign(spec)
     except ConfigError as exc:
         raise InvalidCampaign(exc.problems) from exc

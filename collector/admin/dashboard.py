@@ -499,23 +499,34 @@ def _user_html(
     template: string.Template, key: str, profile: dict[str, Any], recent: list[dict[str, Any]]
 ) -> str:
     decisions: dict[str, dict[str, Any]] = profile.get("decisions") or {}
+    histories: dict[str, list[dict[str, Any]]] = profile.get("decision_history") or {}
     stopped: dict[str, str] = profile.get("stopped") or {}
     rows = []
-    for campaign_id, decision in sorted(decisions.items()):
-        outcome = str(decision.get("outcome", ""))
-        reason = decision.get("reason")
-        why = "it fired" if outcome == "fired" else WHY.get(str(reason), str(reason))
-        variant = decision.get("variant_id")
-        rows.append(
-            f'<tr data-campaign="{_e(campaign_id)}">'
-            f'<td><a href="/admin/campaigns/{quote(campaign_id)}">{_e(campaign_id)}</a>'
-            f"{f' / {_e(variant)}' if variant else ''}"
-            f"{_stopped_badge(stopped.get(campaign_id))}</td>"
-            f'<td><span class="badge {_e(outcome)}">{_e(outcome)}</span></td>'
-            f'<td><code>{_e(reason or "")}</code></td><td class="why">{_e(why)}</td>'
-            f'<td class="small">{_clock(decision.get("at"))}</td></tr>'
-        )
-    shown = {"decisions", "traits", "variables", "segments", "key", "session"}
+    for campaign_id, latest in sorted(decisions.items()):
+        earlier = (histories.get(campaign_id) or [latest])[1:]
+        for position, decision in enumerate([latest, *earlier]):
+            outcome = str(decision.get("outcome", ""))
+            reason = decision.get("reason")
+            why = "it fired" if outcome == "fired" else WHY.get(str(reason), str(reason))
+            variant = decision.get("variant_id")
+            if position == 0:
+                opening = f'<tr data-campaign="{_e(campaign_id)}">'
+                name = (
+                    f'<a href="/admin/campaigns/{quote(campaign_id)}">{_e(campaign_id)}</a>'
+                    f"{f' / {_e(variant)}' if variant else ''}"
+                    f"{_stopped_badge(stopped.get(campaign_id))}"
+                )
+            else:
+                opening = f'<tr class="earlier" data-earlier="{_e(campaign_id)}">'
+                name = f'<span class="muted small">earlier{f" / {_e(variant)}" if variant else ""}'
+                name += "</span>"
+            rows.append(
+                f"{opening}<td>{name}</td>"
+                f'<td><span class="badge {_e(outcome)}">{_e(outcome)}</span></td>'
+                f'<td><code>{_e(reason or "")}</code></td><td class="why">{_e(why)}</td>'
+                f'<td class="small">{_clock(decision.get("at"))}</td></tr>'
+            )
+    shown = {"decisions", "decision_history", "traits", "variables", "segments", "key", "session"}
     segments = "".join(f'<span class="badge">{_e(s)}</span> ' for s in profile.get("segments", []))
     events = "".join(_event_row(m) for m in reversed(recent))
     return template.substitute(

@@ -65,6 +65,7 @@ Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 CampaignStatus = Literal["draft", "published", "paused", "archived"]
 
+PLACEHOLDER = re.compile(r"#\{([^{}]*)\}")  # `#{name}` or `#{name|fallback}` in a template
 _WINDOW = re.compile(r"^(all|session|previous_session|today|[1-9][0-9]{0,3}[dh])$")
 _HOURS = re.compile(r"^([01][0-9]|2[0-4]):([0-5][0-9])-([01][0-9]|2[0-4]):([0-5][0-9])$")
 
@@ -140,10 +141,20 @@ class Trigger(Base, frozen=True):
     unless: Unless | None = None
 
 
-class Frequency(Base, frozen=True):
-    """Caps on how often a campaign fires, counted per event, session or user."""
+FrequencyPer = Literal["event", "session", "user"]
+DEFAULT_PER: FrequencyPer = "session"  # the seed's recommended base frequency
 
-    per: Literal["event", "session", "user"] = "user"
+
+class Frequency(Base, frozen=True):
+    """How often a campaign may fire for one user.
+
+    `per` is the base frequency: `event` fires on every matching event, `session` at most once
+    per session, `user` at most once per user (DEFAULT_PER when not given). `max_total` and
+    `max_per_day` cap the user's deliveries on top of it, across all time and per calendar day
+    of the configured timezone.
+    """
+
+    per: FrequencyPer | None = None
     max_total: Annotated[int, Meta(ge=1)] | None = None
     max_per_day: Annotated[int, Meta(ge=1)] | None = None
 
@@ -203,7 +214,7 @@ class CampaignSpec(Base, frozen=True):
     schedule: Schedule | None = None
     target: Target = Target()
     trigger: Trigger | None = None
-    frequency: Frequency = Frequency()
+    frequency: Frequency | None = None  # None: once per session (DEFAULT_PER)
     stop: Stop = Stop()
     spacing: bool = True  # false: this campaign neither waits for nor restarts the spacing
     exclusive: bool = False
@@ -455,7 +466,10 @@ def decode_hook(type_: type, value: Any) -> Any:
             )
         return Window(value)
     if type_ is Hours:
-        if not isinstance(value, str) or not _HOURS.match(value):
+        match = _HOURS.match(value) if isinstance(value, str) else None
+        if match is None or any(
+            h == "24" and m != "00" for h, m in (match.group(1, 2), match.group(3, 4))
+        ):
             raise ValueError(f"invalid hours {value!r} (use HH:MM-HH:MM, e.g. 09:00-21:00)")
         return Hours(value)
     if type_ is ConditionTree:

@@ -7,22 +7,30 @@ the first, then checks what a type cannot: references between names, cycles, rat
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 import yaml
 
 from collector.config import schema
 from collector.config.schema import (
+    PLACEHOLDER,
+    Action,
     CampaignSpec,
     ConditionTree,
     ConfigFile,
     Leaf,
+    VariableSpec,
+    Variant,
+    WebhookAction,
     decode_hook,
     parse_condition,
 )
@@ -48,44 +56,138 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 # -- decoding with every error reported ------------------------------------------------------
 
 
-def decode_config(raw: Any) -> ConfigFile:
-    """Turn parsed YAML/JSON into a checked ConfigFile, or raise ConfigError with every problem."""
+Verify = Callable[[ConfigFile], object]
+"""A further check of a decoded config (compiling it), raising ConfigError with its problems."""
+
+
+def decode_config(raw: Any, verify: Verify | None = None) -> ConfigFile:
+    """Turn parsed YAML/JSON into a checked ConfigFile, or raise ConfigError with every problem.
+
+    Every problem comes in one round: a part that cannot be decoded is reported and left out
+    (or stood in for, see `_stand_in`), and the rest is still checked, and compiled by
+    `verify` when given; problems that only follow from a part already reported are dropped.
+    """
     problems: list[str] = []
     if raw is None:
         raw = {}
     config: ConfigFile | None = _convert(raw, ConfigFile, "", problems)
-    if config is not None:
-        check_config(config, problems)
-    if problems or config is None:
+    if config is None:
+        raise ConfigError(problems)
+    later: list[str] = []
+    check_config(config, later)
+    _verify(config, verify, problems or later, later)
+    _add_unrelated(problems, later)
+    if problems:
         raise ConfigError(problems)
     return config
 
 
-def decode_campaign(raw: Any, config: ConfigFile) -> CampaignSpec:
+def decode_campaign(
+    raw: Any, config: ConfigFile, verify: Callable[[CampaignSpec], object] | None = None
+) -> CampaignSpec:
     """Decode one campaign (admin API) against an existing config, with the same checks."""
     problems: list[str] = []
     campaign: CampaignSpec | None = _convert(raw, CampaignSpec, "", problems)
-    if campaign is not None:
-        _check_campaign(campaign, "", config, problems)
-    if problems or campaign is None:
+    if campaign is None:
+        raise ConfigError(problems)
+    later: list[str] = []
+    _check_campaign(campaign, "", config, later)
+    _verify(campaign, verify, problems or later, later)
+    _add_unrelated(problems, later)
+    if problems:
         raise ConfigError(problems)
     return campaign
 
 
-def load_config(path: str | Path) -> ConfigFile:
+def _verify(value: Any, verify: Callable[[Any], object] | None, known: list[str],
+            problems: list[str]) -> None:
+    if verify is None:
+        return
+    try:
+        verify(value)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    except Exception:  # a config already known to be broken may trip the compiler otherwise
+        if not known:
+            raise
+
+
+def _path_of(problem: str) -> str:
+    return problem.split(": ", 1)[0]
+
+
+def _related(a: str, b: str) -> bool:
+    """Whether one path is the other or inside it."""
+    if len(a) > len(b):
+        a, b = b, a
+    return b == a or (b.startswith(a) and b[len(a)] in ".[") or not a
+
+
+def _add_unrelated(problems: list[str], later: list[str]) -> None:
+    """Add the later checks' problems that are not mere consequences of a decoding problem."""
+    failed = [_path_of(p) for p in problems]
+    for problem in later:
+        path = _path_of(problem)
+        if problem not in problems and not any(_related(path, f) for f in failed):
+            problems.append(problem)
+
+
+def load_config(path: str | Path, verify: Verify | None = None) -> ConfigFile:
     """Read a config file (YAML, or JSON by extension or content) and decode it."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from exc
+    kind = "JSON" if file.suffix == ".json" else "YAML"
     try:
-        raw = msgspec.json.decode(text) if file.suffix == ".json" else yaml.safe_load(text)
-    except (msgspec.DecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(
-            [f"{path}: not valid {'JSON' if file.suffix == '.json' else 'YAML'}: {exc}"]
-        ) from exc
-    return decode_config(raw)
+        raw = msgspec.json.decode(text) if file.suffix == ".json" else parse_yaml(text)
+    except (msgspec.DecodeError, yaml.YAMLError, ValueError) as exc:
+        raise ConfigError([f"{path}: not valid {kind}: {one_line(exc)}"]) from exc
+    except RecursionError as exc:
+        raise ConfigError([f"{path}: not valid {kind}: nested too deeply"]) from exc
+    return decode_config(raw, verify)
+
+
+MAX_YAML_DEPTH = 64
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML safely: ValueError for nesting deeper than MAX_YAML_DEPTH or huge integers.
+
+    PyYAML builds nested values recursively, and reads a 5,000-digit integer with int(), which
+    refuses it: both are turned into one clear error instead of an exception from deep inside.
+    """
+    depth = 0
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, _OPENING):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_YAML_DEPTH} levels")
+        elif isinstance(token, _CLOSING):
+            depth -= 1
+    try:
+        return yaml.safe_load(text)
+    except ValueError as exc:
+        if "integer string conversion" in str(exc):
+            raise ValueError("an integer has more than 4,300 digits") from None
+        raise ValueError(one_line(exc)) from None
+
+
+_OPENING = (
+    yaml.BlockMappingStartToken,
+    yaml.BlockSequenceStartToken,
+    yaml.FlowMappingStartToken,
+    yaml.FlowSequenceStartToken,
+)
+_CLOSING = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(exc).split())
 
 
 def _join(path: str, key: str | int) -> str:
@@ -94,8 +196,44 @@ def _join(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
+def _stand_in(typ: Any, where: str | int) -> Any:
+    """What takes the place of a list or dict item that could not be decoded (None: nothing).
+
+    Standing in keeps later items at their index (`campaigns[3]` stays campaign 3) and keeps
+    names known (a broken variable is not then reported as unknown wherever it is used).
+    """
+    placeholder = Action(webhook=WebhookAction(url="http://stand-in.invalid/"))
+    if typ is CampaignSpec:
+        return CampaignSpec(id=f"~invalid{where}", action=placeholder)
+    if typ is Variant:
+        return Variant(id=f"~invalid{where}", rate=0, action=placeholder)
+    if typ is VariableSpec:
+        return VariableSpec(event=[], stat="latest", field="properties.~invalid")
+    if typ is ConditionTree:
+        raw = {"trait": "~invalid", "exists": True}
+        return ConditionTree(raw, Leaf("trait", "~invalid", "exists", True))
+    return None
+
+
+def _literals(typ: Any) -> tuple[Any, ...] | None:
+    """The allowed values of a Literal type (or an optional one), else None."""
+    origin = typing.get_origin(typ)
+    if origin is typing.Literal:
+        return typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(typ) if a is not type(None)]
+        if len(members) == 1 and typing.get_origin(members[0]) is typing.Literal:
+            return typing.get_args(members[0])
+    return None
+
+
 def _convert(raw: Any, typ: Any, path: str, problems: list[str]) -> Any:
-    """Convert raw data to `typ`, descending into structs, lists and dicts to report every error."""
+    """Convert raw data to `typ`, reporting every error with its path.
+
+    Returns the value with each failing optional part left at its default and each failing
+    list or dict item left out or stood in for (`_stand_in`), so the rest can still be
+    checked; None when even that cannot be had (a required part failed).
+    """
     start = len(problems)
     origin = typing.get_origin(typ)
     if typ is ConditionTree or (
@@ -107,30 +245,60 @@ def _convert(raw: Any, typ: Any, path: str, problems: list[str]) -> Any:
         return ConditionTree(raw, root) if root is not None and len(problems) == start else None
     if isinstance(typ, type) and issubclass(typ, msgspec.Struct) and isinstance(raw, dict):
         fields = {f.encode_name: f for f in msgspec.structs.fields(typ)}
+        values: dict[str, Any] = {}
+        failed = False
         for key in raw:
             if key not in fields:
                 problems.append(f"{_join(path, str(key))}: unknown key")
         for name, field in fields.items():
             if name in raw:
-                _convert(raw[name], field.type, _join(path, name), problems)
+                before = len(problems)
+                value = _convert(raw[name], field.type, _join(path, name), problems)
+                if value is not None or len(problems) == before:  # whole, or what could be had
+                    values[field.name] = value
+                elif field.required:
+                    failed = True
             elif field.required:
                 problems.append(f"{_join(path, name)}: required")
-    elif origin is list and isinstance(raw, list):
+                failed = True
+        return None if failed else typ(**values)
+    if origin is list and isinstance(raw, list):
         (item_type,) = typing.get_args(typ)
+        items = []
         for index, item in enumerate(raw):
-            _convert(item, item_type, _join(path, index), problems)
-    elif origin is dict and isinstance(raw, dict):
-        _, value_type = typing.get_args(typ)
+            before = len(problems)
+            value = _convert(item, item_type, _join(path, index), problems)
+            if value is not None or len(problems) == before:
+                items.append(value)
+            elif (stand_in := _stand_in(item_type, index)) is not None:
+                items.append(stand_in)
+        return items
+    if origin is dict and isinstance(raw, dict):
+        key_type, value_type = typing.get_args(typ)
+        entries = {}
         for key, value in raw.items():
-            _convert(value, value_type, _join(path, str(key)), problems)
-    elif origin in (typing.Union, types.UnionType):
+            where = _join(path, str(key))
+            if key_type is str and not isinstance(key, str):
+                problems.append(f"{where}: expected a name, got {type(key).__name__} {key!r}")
+                continue
+            before = len(problems)
+            converted = _convert(value, value_type, where, problems)
+            if converted is not None or len(problems) == before:
+                entries[key] = converted
+            elif (stand_in := _stand_in(value_type, str(key))) is not None:
+                entries[key] = stand_in
+        return entries
+    allowed = _literals(typ)
+    if allowed is not None and raw is not None and raw not in allowed:
+        choices = ", ".join(str(a) for a in allowed)
+        problems.append(f"{path or '$'}: expected one of {choices}; got {raw!r}")
+        return None
+    if origin in (typing.Union, types.UnionType):
         structs = [
             a for a in typing.get_args(typ) if isinstance(a, type) and issubclass(a, msgspec.Struct)
         ]
         if len(structs) == 1 and isinstance(raw, dict):
             return _convert(raw, structs[0], path, problems)
-    if len(problems) > start:
-        return None
     try:
         return msgspec.convert(raw, typ, dec_hook=decode_hook)
     except msgspec.ValidationError as exc:
@@ -145,6 +313,51 @@ def _validation_message(exc: msgspec.ValidationError, path: str) -> str:
     suffix = where.rstrip("`")[1:]  # drop the leading "$"
     full = (path + suffix) if suffix.startswith("[") or not path else f"{path}{suffix}"
     return f"{full.lstrip('.') or '$'}: {message}"
+
+
+# -- warnings: valid, but probably not what was meant ---------------------------------------
+
+
+def config_warnings(config: ConfigFile) -> list[str]:
+    """`path: message` for each valid setting whose meaning changed or that does nothing."""
+    warnings: list[str] = []
+    for index, campaign in enumerate(config.campaigns):
+        warnings.extend(campaign_warnings(campaign, f"campaigns[{index}]"))
+    return warnings
+
+
+def campaign_warnings(campaign: CampaignSpec, path: str = "") -> list[str]:
+    """Warnings about one campaign: frequencies that relied on the old "every event" meaning."""
+    found: list[str] = []
+    frequency = campaign.frequency
+    where = _join(path, "frequency")
+    if frequency is None:
+        found.append(
+            f"{where}: not set, so the campaign fires at most once per session (the default); "
+            "older versions fired on every matching event: add `frequency: {per: event}` for that"
+        )
+        return found
+    if frequency.per is None:
+        found.append(
+            f"{where}.per: not set, so the campaign fires at most once per session (the "
+            "default); older versions applied only the caps: add `per: event` for that"
+        )
+    elif frequency.per == "user" and frequency.max_total is None:
+        found.append(
+            f"{where}.per: 'user' now means at most once per user; older versions fired on "
+            "every matching event unless max_total was set (add `max_total: 1` to say you mean it)"
+        )
+    elif frequency.per == "user" and frequency.max_total is not None and frequency.max_total > 1:
+        found.append(
+            f"{where}.max_total: {frequency.max_total} has no effect with `per: user` (at most "
+            f"once per user); for up to {frequency.max_total} deliveries per user use `per: event`"
+        )
+    elif frequency.per == "session" and frequency.max_total == 1:
+        found.append(
+            f"{where}.max_total: 1 with `per: session` now means once per user (max_total counts "
+            "across all time); older versions meant once per session: drop max_total for that"
+        )
+    return found
 
 
 # -- checks a type cannot express ------------------------------------------------------------
@@ -168,6 +381,7 @@ def check_config(config: ConfigFile, problems: list[str]) -> None:
     _check_segment_cycles(config, problems)
     if config.test_users is not None:
         _check_condition(config.test_users, "test_users", config, problems)
+    _check_limits(config, problems)
     seen: set[str] = set()
     for index, campaign in enumerate(config.campaigns):
         path = f"campaigns[{index}]"
@@ -175,6 +389,75 @@ def check_config(config: ConfigFile, problems: list[str]) -> None:
             problems.append(f"{path}.id: duplicate campaign id {campaign.id!r}")
         seen.add(campaign.id)
         _check_campaign(campaign, path, config, problems)
+
+
+_HOST_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,253}$")
+
+
+def _check_limits(config: ConfigFile, problems: list[str]) -> None:
+    """Durations that must not be zero, and allow-list entries that must be addresses."""
+    durations = {
+        "session_timeout": config.session_timeout,
+        "webhooks.timeout": config.webhooks.timeout,
+        "webhooks.max_age": config.webhooks.max_age,
+        "state.user_ttl": config.state.user_ttl,
+        "server.header_timeout": config.server.header_timeout,
+        "server.body_timeout": config.server.body_timeout,
+        "server.keep_alive_timeout": config.server.keep_alive_timeout,
+    }
+    for path, seconds in durations.items():
+        if seconds <= 0:
+            problems.append(f"{path}: must be more than zero")
+    for index, entry in enumerate(config.webhooks.allow_list):
+        text = entry.strip().strip("[]")
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError as exc:
+            if "/" in text or ":" in text or not _HOST_NAME.match(text):
+                problems.append(
+                    f"webhooks.allow_list[{index}]: {exc} (give a host name, an IP or a CIDR)"
+                )
+
+
+def check_serving(settings: Settings, problems: list[str]) -> None:
+    """What `serve` needs beyond a valid config: a port, workers, a store, a data dir, keys."""
+    if not 1 <= settings.port <= 65535:
+        problems.append(f"--port: {settings.port} is not a port (1 to 65535)")
+    if settings.workers < 1:
+        problems.append(f"--workers: {settings.workers}; at least 1")
+    store = settings.store
+    if store != "memory":
+        parts = urlsplit(store)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            problems.append(f"--store: {store!r}; use memory or redis://host:port/db")
+        else:
+            try:
+                parts.port  # noqa: B018 - reading it checks it
+            except ValueError:
+                problems.append(f"--store: {store!r}: the port is not a number from 1 to 65535")
+    elif settings.data_dir:
+        _check_data_dir(Path(settings.data_dir), problems)
+    if not settings.config.write_keys:
+        problems.append(
+            "write_keys: none, so every event would be refused; add one to the config "
+            "(write_keys: [...]) or set TRIPWIRE_WRITE_KEYS"
+        )
+
+
+def _check_data_dir(data_dir: Path, problems: list[str]) -> None:
+    if data_dir.exists() and not data_dir.is_dir():
+        problems.append(f"--data-dir: {data_dir} is not a directory")
+        return
+    if data_dir.is_dir():
+        if not os.access(data_dir, os.W_OK | os.X_OK):
+            problems.append(f"--data-dir: {data_dir} is not writable")
+        for child in data_dir.iterdir():
+            if child.is_dir() and child.suffix in (".msgpack", ".json", ".tmp", ".log"):
+                problems.append(f"--data-dir: {child} is a directory, where a file is kept")
+        return
+    parent = next((p for p in data_dir.parents if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        problems.append(f"--data-dir: {data_dir} cannot be created in {parent}")
 
 
 def _check_campaign(
@@ -215,6 +498,13 @@ def _check_campaign(
             problems.append(f"{tpath}.wait: must be longer than 0 s")
         if trigger.unless is not None and trigger.unless.where is not None:
             _check_condition(trigger.unless.where, f"{tpath}.unless.where", config, problems)
+    actions: list[tuple[str, Action]] = []
+    if campaign.action is not None:
+        actions.append((_join(path, "action.webhook"), campaign.action))
+    for index, variant in enumerate(campaign.variants or ()):
+        actions.append((_join(path, f"variants[{index}].action.webhook"), variant.action))
+    for where, action in actions:
+        _check_webhook(action.webhook, where, problems)
     schedule = campaign.schedule
     if (
         schedule
@@ -223,6 +513,94 @@ def _check_campaign(
         and _aware(schedule.end) <= _aware(schedule.start)
     ):
         problems.append(f"{_join(path, 'schedule.end')}: must be after start")
+
+
+_URL_START = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(//((?:#\{[^{}]*\}?|[^/?#])*))?")
+
+
+def _check_webhook(webhook: WebhookAction, path: str, problems: list[str]) -> None:
+    """The URL must be http(s) with a fixed host; every template must be well formed."""
+    url = webhook.url
+    start = _URL_START.match(url)
+    if start is None or start.group(1).lower() not in ("http", "https"):
+        problems.append(f"{path}.url: expected an http:// or https:// URL, got {url!r}")
+    elif start.group(3) is None or not start.group(3).strip():
+        problems.append(f"{path}.url: no host in {url!r}")
+    elif "#{" in start.group(3):
+        problems.append(
+            f"{path}.url: the host cannot be a template ({start.group(3)!r}); placeholders may "
+            "go in the path and query"
+        )
+    _check_template(url, f"{path}.url", problems)
+    for name, value in webhook.headers.items():
+        _check_template(value, f"{path}.headers.{name}", problems)
+    _check_body(webhook.body, f"{path}.body", problems)
+
+
+def _check_body(body: Any, path: str, problems: list[str]) -> None:
+    if isinstance(body, str):
+        _check_template(body, path, problems)
+    elif isinstance(body, dict):
+        for key, value in body.items():
+            _check_body(value, f"{path}.{key}", problems)
+    elif isinstance(body, list):
+        for index, value in enumerate(body):
+            _check_body(value, f"{path}[{index}]", problems)
+
+
+def _check_template(text: str, path: str, problems: list[str]) -> None:
+    """`#{` must open a placeholder closed by `}` (names are checked when compiling)."""
+    rest = PLACEHOLDER.sub("", text)
+    opened = rest.find("#{")
+    if opened >= 0:
+        fragment = rest[opened : opened + 30]
+        problems.append(f"{path}: unclosed placeholder {fragment!r} (write #{{name}})")
+
+
+_NUMERIC_STATS = frozenset(
+    ("count", "sum", "avg", "min", "max", "distinct_count", "first_at", "last_at")
+)
+_TIME_STATS = frozenset(("first_at", "last_at"))
+_TEXT_OPERATORS = frozenset(("contains", "not_contains", "starts_with", "ends_with", "regex"))
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return True
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return True
+    return False
+
+
+def _check_types(leaf: Leaf, path: str, stat: str, what: str, problems: list[str]) -> None:
+    """A numeric variable or count compared with something that is not a number."""
+    if stat not in _NUMERIC_STATS:
+        return  # latest, previous, first: whatever the field holds
+    op = leaf.op
+    where = f"{path}.{op}"
+    if op in ("within", "older_than"):
+        if stat not in _TIME_STATS:
+            problems.append(f"{where}: {what} is a number, not a time; use gt, gte, lt or lte")
+        return
+    if op in _TEXT_OPERATORS:
+        problems.append(f"{where}: {what} is a number; '{op}' compares text")
+        return
+    if op in ("between", "in", "not_in"):
+        values = leaf.value if isinstance(leaf.value, list) else []
+    elif op in ("eq", "ne", "gt", "gte", "lt", "lte"):
+        values = [leaf.value]
+    else:
+        return
+    for value in values:
+        if not _is_number(value) and not (value is None and op in ("eq", "ne", "in", "not_in")):
+            problems.append(f"{where}: {what} is a number; expected a number, got {value!r}")
+            return
 
 
 def _aware(moment: Any) -> Any:
@@ -235,8 +613,15 @@ def _check_condition(
     tree: ConditionTree, path: str, config: ConfigFile, problems: list[str]
 ) -> None:
     for leaf_path, leaf in _leaves(tree.root, path):
-        if leaf.kind == "var" and leaf.name not in config.variables:
-            problems.append(f"{leaf_path}.var: unknown variable {leaf.name!r}")
+        if leaf.kind == "var":
+            variable = config.variables.get(leaf.name)
+            if variable is None:
+                problems.append(f"{leaf_path}.var: unknown variable {leaf.name!r}")
+            else:
+                what = f"variable '{leaf.name}' ({variable.stat})"
+                _check_types(leaf, leaf_path, variable.stat, what, problems)
+        if leaf.kind == "event_count":
+            _check_types(leaf, leaf_path, "count", f"event_count '{leaf.name}'", problems)
         if leaf.kind == "segment" and leaf.name not in config.segments:
             problems.append(f"{leaf_path}.segment: unknown segment {leaf.name!r}")
 
@@ -290,7 +675,11 @@ def _check_segment_cycles(config: ConfigFile, problems: list[str]) -> None:
 ENV_PREFIX = "TRIPWIRE_"
 
 
-def build_settings(cli: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+def build_settings(
+    cli: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    verify: Verify | None = None,
+) -> Settings:
     """Combine defaults, the config file, `TRIPWIRE_*` variables and CLI flags (highest wins)."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
@@ -302,7 +691,7 @@ def build_settings(cli: Mapping[str, Any], environ: Mapping[str, str] | None = N
             values[field.name] = env_value
     values.update({k: v for k, v in cli.items() if v is not None})
     config_path = values.get("config_path")
-    config = load_config(config_path) if config_path else ConfigFile()
+    config = load_config(config_path, verify) if config_path else ConfigFile()
     config = _config_overrides(config, env)
     try:
         return msgspec.convert(

@@ -22,9 +22,12 @@ rendering may still suppress with `missing_variable` or `invalid_header` (see
 
 Rate and variants: each user gets a sticky bucket 0..9999 per campaign, from a blake2b hash of
 the campaign id and the profile key. Variant `i` owns the buckets after the rates of the
-variants before it; `rate: 30` owns buckets 0..2999. Caps: `per` scopes `max_total` to the
-user's lifetime (`user`), the current session (`session`) or one event (`event`, so only
-`max_per_day` limits it); `max_per_day` counts per local day. Only fired deliveries count.
+variants before it; `rate: 30` owns buckets 0..2999. Frequency (SPEC §6, the seed's base
+frequency): `per: user` fires at most once per user, `per: session` at most once per session,
+`per: event` on every matching event; no `per` (or no `frequency`) means once per session.
+`max_total` caps the user's deliveries across all time and `max_per_day` per local day, on top
+of the base frequency. Only fired deliveries count. The counts live in the user's state, which
+both stores update atomically per user, so two processes cannot both fire a once-only campaign.
 
 Stop conditions (`stop`) count every user's deliveries, so the store holds their tallies and
 the engine checks them before `qualify` (`stopped`): `max_deliveries` or
@@ -42,7 +45,7 @@ from collections.abc import Iterable
 from itertools import groupby
 from operator import attrgetter
 
-from collector.config.schema import CampaignSpec
+from collector.config.schema import DEFAULT_PER, CampaignSpec
 from collector.engine.goals import Goal, arm_key
 from collector.engine.profile import Caps, Spaced, Tally
 from collector.engine.results import CONTROL
@@ -179,10 +182,12 @@ class Campaign:
         self.arms = arms
         self.whole = len(arms) == 1 and arms[0].end >= BUCKETS  # no hashing needed
         frequency = spec.frequency
-        self.per = frequency.per
-        self.max_total = frequency.max_total
-        self.max_per_day = frequency.max_per_day
-        self.has_caps = self.max_total is not None or self.max_per_day is not None
+        self.per = (frequency.per if frequency is not None else None) or DEFAULT_PER
+        self.max_total = frequency.max_total if frequency is not None else None
+        self.max_per_day = frequency.max_per_day if frequency is not None else None
+        self.has_caps = (
+            self.per != "event" or self.max_total is not None or self.max_per_day is not None
+        )
         self.exclusive = spec.exclusive
         self.priority = spec.priority
         self.updated_at = updated_at
@@ -246,13 +251,14 @@ class Campaign:
         caps = every.get(self.id) if every is not None else None
         if caps is None:
             return False
+        per = self.per
+        if per == "user" and caps.total:
+            return True
+        if per == "session" and caps.in_session and caps.session == scope.session_number:
+            return True
         limit = self.max_total
-        if limit is not None:
-            if self.per == "user" and caps.total >= limit:
-                return True
-            in_session = caps.in_session if caps.session == scope.session_number else 0
-            if self.per == "session" and in_session >= limit:
-                return True
+        if limit is not None and caps.total >= limit:
+            return True
         daily = self.max_per_day
         return daily is not None and caps.day == scope.day and caps.in_day >= daily
 

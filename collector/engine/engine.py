@@ -32,8 +32,8 @@ are checked in exclusivity-rank order: their gate (status, schedule, target user
 checked once per event for all the campaigns sharing it), then `Campaign.qualify` (trigger,
 test users, rate or variant, frequency caps), exclusivity (one `exclusive` campaign at most
 fires per event: the best ranked that passes and renders), then rendering. Every campaign
-considered leaves a Decision; the state keeps the latest per campaign as a Verdict ("why
-didn't it fire?").
+considered leaves a Decision; the state keeps the latest per campaign as a Verdict, and the
+few before it once the outcome changes ("why didn't it fire?", see `profile.remember`).
 
 Stop conditions count every user's deliveries: the store owns those tallies (`deliveries`,
 campaign id -> Tally, for the campaigns with a `stop`), hands them to each call, and the engine
@@ -70,8 +70,10 @@ from collector.engine.profile import (
     Timer,
     UserState,
     Verdict,
+    decision_history,
     merge,
     new_state,
+    remember,
 )
 from collector.engine.results import arm_name
 from collector.engine.rules import Rules, compile_rules
@@ -309,7 +311,9 @@ class Engine:
             self._verdicts.clear()
         shut = self._shut
         verdicts = self._verdicts
-        latest = scope.state.decisions
+        state = scope.state
+        latest = state.decisions
+        known = latest.get
         record = decisions.append
         exclusive_fired = False
         gates: dict[Gate, str | None] = {}  # each distinct gate is checked once per event
@@ -333,7 +337,13 @@ class Engine:
                 decisions.extend(made[0])
                 verdict = made[1]
                 for campaign_id in run.ids:
-                    latest[campaign_id] = verdict
+                    previous = known(campaign_id)
+                    if previous is None or (
+                        previous.reason == closed and previous.variant_id is None
+                    ):
+                        latest[campaign_id] = verdict  # the usual case: nothing changed
+                    else:
+                        remember(state, campaign_id, verdict)
                 continue
             for campaign in run.campaigns:
                 campaign_id = campaign.id
@@ -343,7 +353,7 @@ class Engine:
                     stop = campaign.stopped(deliveries.get(campaign_id), self._day(now))
                     if stop is not None:
                         record(Decision(campaign_id, None, SUPPRESSED, stop, now))
-                        latest[campaign_id] = Verdict(None, stop, now)
+                        remember(state, campaign_id, Verdict(None, stop, now))
                         continue
                 arm = campaign.qualify(scope)
                 if campaign.goal is not None:
@@ -353,7 +363,11 @@ class Engine:
                     shared = verdicts.get(arm)
                     if shared is None:
                         shared = verdicts[arm] = Verdict(None, arm, now)
-                    latest[campaign_id] = shared
+                    previous = known(campaign_id)
+                    if previous is None or (previous.reason == arm and previous.variant_id is None):
+                        latest[campaign_id] = shared
+                    else:
+                        remember(state, campaign_id, shared)
                     continue
                 variant_id = arm.variant_id
                 if campaign.exclusive and exclusive_fired:
@@ -366,7 +380,7 @@ class Engine:
                         count_delivery(deliveries, campaign_id, self._day(now))
                 outcome: DecisionOutcome = FIRED if reason is None else SUPPRESSED
                 record(Decision(campaign_id, variant_id, outcome, reason, now))
-                latest[campaign_id] = Verdict(variant_id, reason, now)
+                remember(state, campaign_id, Verdict(variant_id, reason, now))
 
     def _enrol(self, campaign: Campaign, arm: Arm | str, scope: Scope, ticks: list[Tick]) -> None:
         """Enrol the user in the campaign's results once they have their arm."""
@@ -457,10 +471,10 @@ class Engine:
                   "last_activity": session.last, "active": number == session.number},
             "variables": variables,
             "segments": [name for name, member in rules.segments.items() if member(scope)],
-            "decisions": {
-                cid: {"variant_id": d.variant_id, "outcome": d.outcome, "reason": d.reason,
-                      "at": d.at}
-                for cid, d in state.decisions.items()
+            "decisions": {cid: _decision(d) for cid, d in state.decisions.items()},
+            # per campaign, the last few distinct decisions, newest first (the first is the above)
+            "decision_history": {
+                cid: [_decision(d) for d in decision_history(state, cid)] for cid in state.decisions
             },
             "caps": {cid: msgspec.structs.asdict(c) for cid, c in (state.caps or {}).items()},
             "spacing": None
@@ -477,6 +491,11 @@ class Engine:
                 for cid, e in (state.goals or {}).items()
             },
         }
+
+
+def _decision(verdict: Verdict) -> dict[str, Value]:
+    return {"variant_id": verdict.variant_id, "outcome": verdict.outcome,
+            "reason": verdict.reason, "at": verdict.at}
 
 
 def _render(campaign: Campaign, arm: Arm, scope: Scope, now: float) -> WebhookRequest:

@@ -11,13 +11,13 @@ takes the rules' variable merger.
 
 Merging two profiles of one person (identity merge): counts and caps add up (per-session cap
 counts are the newer profile's, whose session is the one kept), traits merge with the newer
-profile winning, variables merge as their statistic allows, decisions keep the latest per
-campaign, pending timers are the union (the later-armed one per campaign), the spacing clock is
-the one of the latest spaced delivery, goal enrolments keep the earliest per campaign (results
-count profiles: a person counted under two profiles before they were joined stays counted in
-both), and segment memberships are the union (so nobody "enters" a segment only because two
-halves of their profile were joined).
-"Newer" is the profile seen last.
+profile winning, variables merge as their statistic allows, decision histories interleave by
+time (the newest MAX_DECISIONS kept per campaign), pending timers are the union (the
+later-armed one per campaign), the spacing clock is the one of the latest spaced delivery, goal
+enrolments keep the earliest per campaign (results count profiles: a person counted under two
+profiles before they were joined stays counted in both), and segment memberships are the union
+(so nobody "enters" a segment only because two halves of their profile were joined). "Newer" is
+the profile seen last.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ FIRED: Final = "fired"
 SUPPRESSED: Final = "suppressed"
 MAX_ANONYMOUS_IDS = 8  # the most recent anonymous ids kept per profile
 MAX_EVENT_NAMES = 100  # distinct event names counted per profile
+MAX_DECISIONS = 5  # decisions kept per campaign for "why did it not fire?", newest first
 
 
 # gc=False on every struct here: they hold only plain values, never a struct of their own tree,
@@ -140,6 +141,10 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     segments: list[str] | None = None  # tracked segments (named by segment_entered) the user is in
     caps: dict[str, Caps] | None = None  # per campaign with frequency caps
     decisions: dict[str, Verdict] = {}  # latest decision per campaign
+    # Earlier decisions per campaign, newest first, at most MAX_DECISIONS - 1, kept only once a
+    # campaign's outcome changed: consecutive decisions alike (same outcome, reason and variant)
+    # are one entry, stamped with the latest time, so most profiles never need this.
+    history: dict[str, tuple[Verdict, ...]] | None = None
     page: dict[str, Value] | None = None  # latest page (path, url, title, referrer, search)
     spacing: Spaced | None = None  # only with project-wide spacing, once a spaced campaign fired
     timers: list[Timer] | None = None  # pending absence triggers, at most one per campaign
@@ -182,11 +187,17 @@ def merge(a: UserState, b: UserState, merge_variable: VariableMerger) -> UserSta
     for campaign_id, current in (newer.caps or {}).items():
         previous = caps.get(campaign_id)
         caps[campaign_id] = current if previous is None else _merge_caps(current, previous)
-    decisions = dict(older.decisions)
-    for campaign_id, decision in newer.decisions.items():
-        kept = decisions.get(campaign_id)
-        if kept is None or decision.at >= kept.at:
-            decisions[campaign_id] = decision
+    decisions: dict[str, Verdict] = {}
+    history: dict[str, tuple[Verdict, ...]] = {}
+    for campaign_id in {**older.decisions, **newer.decisions}:
+        both = sorted(
+            (*decision_history(older, campaign_id), *decision_history(newer, campaign_id)),
+            key=lambda verdict: verdict.at,
+            reverse=True,
+        )
+        decisions[campaign_id] = both[0]
+        if len(both) > 1:
+            history[campaign_id] = tuple(both[1:MAX_DECISIONS])
     timers: dict[str, Timer] = {}
     for timer in (*(older.timers or ()), *(newer.timers or ())):
         kept_timer = timers.get(timer.campaign_id)
@@ -211,11 +222,37 @@ def merge(a: UserState, b: UserState, merge_variable: VariableMerger) -> UserSta
         segments=sorted(set(a.segments or ()) | set(b.segments or ())) or None,
         caps=caps or None,
         decisions=decisions,
+        history=history or None,
         page=newer.page or older.page,
         spacing=max(spacings, key=lambda s: s.at) if spacings else None,
         timers=sorted(timers.values(), key=lambda t: t.due) or None,
         goals=goals or None,
     )
+
+
+def decision_history(state: UserState, campaign_id: str) -> tuple[Verdict, ...]:
+    """The decisions kept about one campaign, newest first (empty when none)."""
+    latest = state.decisions.get(campaign_id)
+    if latest is None:
+        return ()
+    earlier = state.history.get(campaign_id) if state.history is not None else None
+    return (latest, *earlier) if earlier else (latest,)
+
+
+def remember(state: UserState, campaign_id: str, verdict: Verdict) -> None:
+    """Record the newest decision about a campaign, keeping the last few distinct ones."""
+    latest = state.decisions
+    previous = latest.get(campaign_id)
+    latest[campaign_id] = verdict
+    if previous is None or (
+        previous.reason == verdict.reason and previous.variant_id == verdict.variant_id
+    ):
+        return
+    history = state.history
+    if history is None:
+        history = state.history = {}
+    earlier = history.get(campaign_id, ())
+    history[campaign_id] = (previous, *earlier[: MAX_DECISIONS - 2])
 
 
 def next_due(state: UserState) -> float | None:

@@ -29,11 +29,10 @@ from urllib.parse import quote
 
 import msgspec
 
-from collector.config.schema import WebhookAction
+from collector.config.schema import PLACEHOLDER, WebhookAction
 from collector.engine.scope import Getter, Scope, TextGetter, path_getter
 from collector.engine.values import MISSING, Missing, Value
 
-PLACEHOLDER = re.compile(r"#\{([^{}]*)\}")
 PAGE_FIELDS = ("path", "url", "title", "referrer", "search")
 _TIMESTAMP_MEMO = "\x00timestamp"  # a key no variable can clash with in the per-event memo
 

@@ -3,6 +3,13 @@
 Decoders are built once. A batch is decoded in two steps — the envelope with each message kept
 raw, then each message on its own — so one bad message is rejected with its own JSON path
 (`$.batch[3].event: ...`) while the good ones in the same batch are kept.
+
+Page fields: browser libraries (analytics.js, this project's tag) describe the page in
+`context.page`, server libraries (`@segment/analytics-node`, analytics-python, ...) put `path`,
+`url`, `title`, `referrer` and `search` in a page call's `properties` (the Segment spec's
+reserved page properties). A page call's `context.page` is completed from its properties, and
+`path`/`search` from its `url` when neither gives them, so `context: page.path` conditions,
+`context.page.*` variables and `#{page.*}` placeholders see every library's page views alike.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -26,6 +34,7 @@ MAX_ID_LENGTH = 512  # characters in a messageId, anonymousId, userId, previousI
 MAX_EPOCH = 32_503_680_000.0
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # integers outside signed 64 bits are refused
 
+PAGE_FIELDS = ("path", "url", "title", "referrer", "search")
 MESSAGE_TYPES = frozenset(("track", "page", "identify", "alias", "screen", "group"))
 Id = str | int
 Moment = datetime | float  # ISO-8601, or epoch seconds (or milliseconds, when above 1e11)
@@ -286,6 +295,10 @@ def _decode_message(
     if kind in ("page", "screen") and message.name is not None and "name" not in properties:
         properties = {**properties, "name": message.name}
     context = message.context if message.context is not None else (batch_context or {})
+    if kind == "page":
+        page = context.get("page")
+        if page.__class__ is not dict or "path" not in page or "url" not in page:
+            context = _with_page(context, properties)
     if received_at is None:
         recorded = _recorded_time(message, path)
         if recorded is None:
@@ -308,6 +321,25 @@ def _decode_message(
         timestamp=timestamp,
         received_at=received_at,
     )
+
+
+def _with_page(context: dict[str, Any], properties: dict[str, Any]) -> dict[str, Any]:
+    """`context` (copied, never changed) with `page` completed from the page call's properties."""
+    page = context.get("page")
+    page = dict(page) if isinstance(page, dict) else {}
+    for field in PAGE_FIELDS:
+        if field not in page and field in properties:
+            page[field] = properties[field]
+    url = page.get("url")
+    if isinstance(url, str) and ("path" not in page or "search" not in page):
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # not a URL: nothing to derive
+            parts = None
+        if parts is not None:
+            page.setdefault("path", parts.path or "/")
+            page.setdefault("search", f"?{parts.query}" if parts.query else "")
+    return {**context, "page": page} if page else context
 
 
 def _corrected_time(

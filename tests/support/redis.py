@@ -21,11 +21,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.support.poll import wait_until
 from tests.support.ports import free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -95,15 +95,17 @@ class RedisServer:
         self.process = subprocess.Popen(
             self.command_line(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )
-        deadline = time.monotonic() + 10
-        while not _answers(self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                log = self.directory / "redis.log"
-                raise RuntimeError(
-                    f"redis-server did not start: {log.read_text() if log.exists() else ''}"
-                )
-            time.sleep(0.02)
+        process = self.process
+        log = self.directory / "redis.log"
+        try:
+            wait_until(
+                lambda: _answers(self.port),
+                message=lambda: f"redis-server: {log.read_text() if log.exists() else ''}",
+                give_up=lambda: process.poll() is not None,
+            )
+        except AssertionError:
+            self.kill()
+            raise
         return self
 
     def stop(self) -> None:
@@ -207,11 +209,10 @@ class RedisClusterServers:
             check=True,
             timeout=60,
         )
-        deadline = time.monotonic() + 30
-        while not all("cluster_state:ok" in node.cli("CLUSTER", "INFO") for node in self.nodes):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the test cluster did not reach cluster_state:ok")
-            time.sleep(0.05)
+        wait_until(
+            lambda: all("cluster_state:ok" in node.cli("CLUSTER", "INFO") for node in self.nodes),
+            timeout=30, interval=0.05, message="the test cluster to reach cluster_state:ok",
+        )
         return self
 
     def flush(self) -> None:
@@ -274,11 +275,12 @@ def run_worker(config: dict[str, Any], store: str, *, args: Sequence[str] = ()) 
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         worker = Worker(process, log)
         try:
-            deadline = time.monotonic() + 20
-            while "delivering from" not in worker.output():
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"the worker did not start:\n{worker.output()}")
-                time.sleep(0.02)
+            wait_until(
+                lambda: "delivering from" in worker.output(),
+                timeout=20,
+                message=lambda: f"the worker to start:\n{worker.output()}",
+                give_up=lambda: process.poll() is not None,
+            )
             yield worker
         finally:
             if process.poll() is None:

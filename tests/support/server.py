@@ -9,14 +9,16 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from tests.support.poll import wait_until
 from tests.support.ports import free_port
+
+__all__ = ["ADMIN_TOKEN", "Tripwire", "run_tripwire", "stop_process", "wait_until"]
 
 ADMIN_TOKEN = "test-admin-token"
 
@@ -61,20 +63,6 @@ class Tripwire:
     def output(self) -> str:
         """What the process printed so far."""
         return self.log.read_text(errors="replace")
-
-
-def wait_until(
-    condition: Any, timeout: float = 10.0, interval: float = 0.02, message: str = ""
-) -> Any:
-    """Poll `condition()` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message or condition}")
-        time.sleep(interval)
 
 
 @contextlib.contextmanager

@@ -31,6 +31,8 @@ from urllib.parse import parse_qs
 
 import uvicorn
 
+from tests.support.poll import wait_until
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -123,11 +125,9 @@ class Sink:
             target=self._serve, args=(server, sock), name=f"sink-{self.port}", daemon=True
         )
         self._thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"sink on port {self.port} did not start")
-            time.sleep(0.005)
+        thread = self._thread
+        wait_until(lambda: server.started, interval=0.005, message=f"the sink on port {self.port}",
+                   give_up=lambda: not thread.is_alive())
         return self
 
     def stop(self) -> None:

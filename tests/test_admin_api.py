@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire, wait_until
+from tests.support.poll import wait_until
+from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire
 from tests.support.sink import Received, Sink
 
 WRITE_KEY = "admin-test-key"
@@ -121,6 +122,40 @@ def test_campaigns_are_listed_with_their_config_and_counts(server: Tripwire, sin
     assert server.admin_get("/admin/api/campaigns/missing").status_code == 404
 
 
+def test_urls_templates_and_value_types_are_checked_in_one_round(server: Tripwire) -> None:
+    bad = {
+        "status": "published",
+        "trigger": {"event": "Ping", "where": {"event_count": "Ping", "gte": "two"}},
+        "action": {
+            "webhook": {
+                "url": "https://#{host}/hook",
+                "body": {"n": "#{pings", "who": "#{nobody}"},
+            }
+        },
+        "colour": "red",
+    }
+    answer = server.client.put("/admin/api/campaigns/bad", json=bad, headers=BEARER)
+    assert answer.status_code == 400
+    problems = answer.json()["problems"]
+    assert "colour: unknown key" in problems
+    assert "trigger.where.gte: event_count 'Ping' is a number; expected a number, got 'two'" in (
+        problems
+    )
+    assert any(p.startswith("action.webhook.url: the host cannot be a template") for p in problems)
+    assert "action.webhook.body.n: unclosed placeholder '#{pings' (write #{name})" in problems
+    assert "action.webhook.body.who: unknown variable 'nobody'" in problems, problems
+    for url in ("notaurl", "file:///etc/passwd"):
+        answer = server.client.put(
+            "/admin/api/campaigns/bad", headers=BEARER,
+            json={"status": "draft", "action": {"webhook": {"url": url}}},
+        )
+        assert answer.status_code == 400
+        assert answer.json()["problems"] == [
+            f"action.webhook.url: expected an http:// or https:// URL, got {url!r}"
+        ]
+    assert server.admin_get("/admin/api/campaigns/bad").status_code == 404
+
+
 def test_an_invalid_campaign_is_refused_with_every_problem_and_its_path(server: Tripwire) -> None:
     bad = {
         "status": "live",
@@ -134,6 +169,7 @@ def test_an_invalid_campaign_is_refused_with_every_problem_and_its_path(server: 
     assert any(p.startswith("status:") for p in problems), problems
     assert any(p.startswith("frequency.per:") for p in problems), problems
     assert "trigger.where: unknown operator 'equal'" in problems
+    assert any(p.startswith("status: expected one of draft, published") for p in problems)
     mismatched = server.client.put("/admin/api/campaigns/bad", headers=BEARER,
                                    json={**bad, "id": "other"})
     assert mismatched.status_code == 400

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -24,6 +23,7 @@ from collector.delivery.log import DeliveryAttempt, DeliveryLog
 from collector.delivery.outbox import MemoryOutbox, OutboxClosed
 from collector.delivery.sender import parse_retry_after
 from collector.webhook import WebhookRequest
+from tests.support.poll import wait_until_async
 from tests.support.sink import HANG, Reply, Sink
 
 SECRET_OLD = "whsec_" + base64.b64encode(b"tripwire test secret: old one").decode()
@@ -69,15 +69,14 @@ class Harness:
         self, *, count: int = 1, timeout: float = 10.0, **filters: Any
     ) -> list[DeliveryAttempt]:
         """Wait until the log holds `count` matching attempts; return them oldest first."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = await self.log.query(limit=100_000, **filters)
-            if len(found) >= count:
-                return found[::-1]
-            if time.monotonic() > deadline:
-                recent = await self.log.query(limit=10)
-                raise AssertionError(f"no {count} log entries matching {filters}: {recent}")
-            await asyncio.sleep(0.01)
+
+        async def found() -> list[DeliveryAttempt]:
+            entries = await self.log.query(limit=100_000, **filters)
+            return entries[::-1] if len(entries) >= count else []
+
+        return await wait_until_async(
+            found, timeout, message=f"{count} log entries matching {filters}"
+        )
 
     def metric(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, labels) or 0.0
@@ -230,16 +229,12 @@ async def test_a_hanging_endpoint_neither_delays_others_nor_loses_its_deliveries
         stuck = [webhook(f"{hanging.url}/slow") for _ in range(40)]
         await harness.send(*stuck)
         await hanging.wait_for_async(8)  # every connection it allows is now held
-        sent_at: dict[str, float] = {}
-        for _ in range(200):
-            request = webhook(f"{healthy.url}/fast")
-            sent_at[request.webhook_id] = time.perf_counter()
-            await harness.send(request)
-            await asyncio.sleep(0.002)  # about 400 deliveries/s
-        received = await healthy.wait_for_async(200, timeout=30)
-        latencies = [r.received_mono - sent_at[r.headers["webhook-id"]] for r in received]
-        p99 = statistics.quantiles(latencies, n=100)[98]
-        assert p99 < 0.1, f"p99 {p99 * 1000:.1f} ms"
+        await harness.send(*(webhook(f"{healthy.url}/fast") for _ in range(200)))
+        # All 200 arrive while the hanging endpoint still holds its 8 requests, which only its
+        # 30 s timeout would end: nothing waited behind it. (How fast: benchmarks.bench_delivery.)
+        await healthy.wait_for_async(200, timeout=20)
+        logged = await harness.log.query(limit=1000)
+        assert all("/slow" not in entry.url for entry in logged)  # none of them ended yet
         assert len(hanging.requests) == 8
 
         # Shutdown: in-flight requests get the grace period, then all 40 are kept on disk.
