@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from msgspec import Meta
 
-from collector.config.durations import Duration, parse_duration
+from collector.config.durations import Duration, format_duration, parse_duration
 from collector.config.patterns import compile_pattern
 
 
@@ -485,4 +485,6 @@ def encode_hook(value: Any) -> Any:
     """msgspec `enc_hook` giving back the config's own types as plain data."""
     if isinstance(value, ConditionTree):
         return value.raw
+    if isinstance(value, Duration):
+        return format_duration(value)
     raise NotImplementedError(f"cannot encode {type(value)!r}")

@@ -10,7 +10,8 @@ it is counted once per user however many times the campaign is decided.
 
 A goal event (with its `where`) reached within `within` after the enrolment converts the user
 once; every such event adds its `value` field (a number, or a string holding one) to the arm's
-value. A goal event at the very time of the enrolment does not count (it cannot follow it).
+value. The goal is checked before the event's campaigns are decided, so the event that enrols a
+user never converts them; a later event at the same time (a batch without timestamps) does.
 
 The engine reports each count as a `Tick`; the store adds the ticks to the campaign's
 counters in the same step (memory) or the same script (Redis) that stores the user's state.
@@ -68,7 +69,7 @@ class Goal:
         if enrolment is None:
             return
         elapsed = scope.t - enrolment.at
-        if elapsed <= 0 or elapsed > self.within:
+        if elapsed < 0 or elapsed > self.within:  # an event from before the assignment
             return
         if self.where is not None and not self.where(scope):
             return

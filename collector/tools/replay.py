@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from collector.config.durations import format_duration
 from collector.config.schema import ConfigFile
 from collector.engine.engine import Engine, compile_rules
 from collector.engine.results import Counts
@@ -129,13 +130,6 @@ def run_replay(events_path: str, config: ConfigFile, *, as_json: bool, out: Text
     return 0
 
 
-def _duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
-
-
 def _arm_line(arm: dict[str, Any], width: int) -> str:
     def percent(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.1f}%"
@@ -174,7 +168,7 @@ def _print_table(report: dict[str, Any], invalid: list[str], out: TextIO) -> Non
         out.write(f"{cid:<{width}}  {counts['fired']:>8}  {sum(reasons.values()):>10}  {detail}\n")
     for cid, result in report.get("results", {}).items():
         goal = result["goal"]
-        within = _duration(goal["within"]) if goal else "-"
+        within = format_duration(goal["within"]) if goal else "-"
         out.write(f"\nresults of {cid} (goal: {goal['event'] if goal else '-'} within {within})\n")
         out.write(
             f"{'arm':<{width}}  {'users':>8}  {'converted':>9}  {'rate':>7}  {'95% interval':>15}"
