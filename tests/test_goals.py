@@ -194,7 +194,7 @@ def totals(found: dict[str, Any]) -> tuple[int, int, float]:
     )
 
 
-def test_memory_mode_counts_once_across_a_restart(tmp_path: Path) -> None:
+def test_memory_mode_counts_once_across_a_kill_and_restart(tmp_path: Path) -> None:
     config = config_with(ab_campaign())
     data = tmp_path / "data"
     order = message("Order Completed", "returning", revenue=40)
@@ -202,6 +202,8 @@ def test_memory_mode_counts_once_across_a_restart(tmp_path: Path) -> None:
         send(server, message("Added to Cart", "returning"), message("Added to Cart", "other"))
         send(server, order)
         assert totals(results(server)) == (2, 1, 40.0)
+        server.process.kill()  # kill -9: what was answered 200 is on disk already
+        server.process.wait()
     with run_tripwire(config, data_dir=data) as server:
         assert totals(results(server)) == (2, 1, 40.0)
         send(server, order)  # the same message again: a duplicate, ignored
