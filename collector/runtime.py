@@ -31,6 +31,7 @@ from collector.metrics import IngestMetrics
 from collector.redis.mode import RedisMode, is_redis_url
 from collector.store.base import Store
 from collector.store.memory import MemoryStore
+from collector.store.sessions import MemorySessions, Sessions
 
 log = logging.getLogger("tripwire")
 _DECISION_LABELS = operator.attrgetter("campaign_id", "outcome", "reason")
@@ -80,6 +81,8 @@ class Runtime:
             timezone=ZoneInfo(settings.config.timezone),
         )
         self.events = EventFeed()  # accepted events, for the admin live stream
+        # dashboard logins: in Redis when shared, so every process knows them
+        self.sessions: Sessions = self.redis.sessions if self.redis else MemorySessions()
         self._timers: asyncio.Task[None] | None = None
 
     def _make_store(self) -> Store:

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from collector.admin import auth
 from collector.admin.replay import replay_dead_letter
 from collector.config.schema import CampaignSpec, encode_hook
-from collector.config.settings import decode_campaign
+from collector.config.settings import decode_campaign, one_line, parse_yaml
 from collector.delivery.log import STATUSES, DeliveryAttempt
 from collector.engine.engine import Engine
 from collector.engine.profile import UserState, new_state
@@ -86,11 +86,14 @@ def campaign_as_data(spec: CampaignSpec) -> dict[str, Any]:
 
 
 def parse_campaign_text(text: str) -> Any:
-    """Parse a campaign written as YAML or JSON (JSON is YAML), reporting syntax errors."""
+    """Parse a campaign written as YAML or JSON (JSON is YAML), reporting syntax errors.
+
+    Nesting past MAX_YAML_DEPTH and integers outside signed 64 bits are refused too.
+    """
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InvalidCampaign([f"not valid YAML or JSON: {exc}"]) from exc
+        return parse_yaml(text)
+    except (yaml.YAMLError, ValueError) as exc:
+        raise InvalidCampaign([f"not valid YAML or JSON: {one_line(exc)}"]) from exc
 
 
 async def save_campaign(runtime: Runtime, campaign_id: str, raw: Any) -> tuple[CampaignSpec, bool]:
@@ -188,7 +191,7 @@ def guarded(endpoint: Endpoint) -> Endpoint:
     """An API endpoint answering 404 when admin is off, 401 without the token, 403 cross-origin."""
 
     async def guarded_endpoint(request: Request) -> Response:
-        refused = auth.refusal(request)
+        refused = await auth.refusal(request)
         if refused == "off":
             raise NotFound("the admin API is off: set TRIPWIRE_ADMIN_TOKEN to turn it on")
         if refused == "unauthorized":
@@ -256,6 +259,8 @@ async def fire_test(request: Request) -> Response:
     """POST /admin/api/campaigns/{id}/test: send the campaign's webhook once, now."""
     options = await _options(request)
     user = options.get("user")
+    if user is not None and not isinstance(user, str):
+        raise BadRequest("$.user: expected a string (a user id, anonymous id or profile key)")
     attempt = await test_fire(auth.runtime_of(request), request.path_params["id"], user)
     return JSONResponse(msgspec.to_builtins(attempt))
 
@@ -264,6 +269,8 @@ async def fire_test(request: Request) -> Response:
 async def resume_campaign(request: Request) -> Response:
     """POST /admin/api/campaigns/{id}/resume: deliver again to endpoints paused after 410."""
     endpoint = (await _options(request)).get("endpoint")
+    if endpoint is not None and not isinstance(endpoint, str):
+        raise BadRequest("$.endpoint: expected a string (an endpoint URL)")
     resumed = resume(auth.runtime_of(request), request.path_params["id"], endpoint)
     return JSONResponse({"resumed": resumed})
 

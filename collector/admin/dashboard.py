@@ -31,9 +31,10 @@ from collector.delivery.dispatcher import PausedEndpoint
 from collector.delivery.log import STATUSES, DeliveryAttempt
 from collector.errors import HTTPError, InvalidCampaign, NotFound
 from collector.events import Event
+from collector.store.sessions import SESSION_SECONDS
 
 Page = Callable[[Request], Awaitable[Response]]
-COOKIE_SECONDS = 7 * 86400
+COOKIE_SECONDS = SESSION_SECONDS
 MAX_FORM_BYTES = 256 * 1024
 NAV = (
     ("/admin/", "Campaigns"),
@@ -108,7 +109,7 @@ def guarded(endpoint: Page) -> Page:
     refusing cross-origin changes, and showing HTTP errors as a page."""
 
     async def guarded_page(request: Request) -> Response:
-        refused = auth.refusal(request)
+        refused = await auth.refusal(request)
         if refused == "off":
             return _plain("not found", 404)
         if refused == "unauthorized":
@@ -146,10 +147,11 @@ async def login(request: Request) -> Response:
             return _login_form(None, 200)
     if not auth.valid_token(request, given.strip()):
         return _login_form("That is not the admin token.", 401)
+    session = await auth.runtime_of(request).sessions.create()
     response = RedirectResponse("/admin/", status_code=303)
     response.set_cookie(
         auth.COOKIE,
-        given.strip(),
+        session,
         max_age=COOKIE_SECONDS,
         path="/admin",
         httponly=True,
@@ -159,8 +161,11 @@ async def login(request: Request) -> Response:
     return response
 
 
-async def logout(_: Request) -> Response:
-    """POST /admin/logout: forget the cookie."""
+async def logout(request: Request) -> Response:
+    """POST /admin/logout: end the session (its cookie stops working everywhere) and forget it."""
+    session = request.cookies.get(auth.COOKIE)
+    if session and auth.runtime_of(request).settings.admin_token:
+        await auth.runtime_of(request).sessions.revoke(session)
     response = RedirectResponse("/admin/login", status_code=303)
     response.delete_cookie(auth.COOKIE, path="/admin", httponly=True, samesite="strict")
     return response
