@@ -144,7 +144,7 @@ def campaign_etag(spec: CampaignSpec | None) -> str | None:
 def campaign_stats(runtime: Runtime) -> dict[str, dict[str, Any]]:
     """Per campaign: how many times it fired, and its suppressions counted by reason."""
     stats: dict[str, dict[str, Any]] = {}
-    for (campaign, outcome, reason), count in runtime.metrics.decisions.items():
+    for (campaign, outcome, reason), count in runtime.campaign_counts().items():
         entry = stats.setdefault(campaign, {"fired": 0, "suppressed": {}})
         if outcome == "fired":
             entry["fired"] += count
