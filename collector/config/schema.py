@@ -487,4 +487,6 @@ def encode_hook(value: Any) -> Any:
         return value.raw
     if isinstance(value, Duration):
         return format_duration(value)
+    if isinstance(value, str):  # the config's str types: hours, windows, timezone names
+        return str(value)
     raise NotImplementedError(f"cannot encode {type(value)!r}")
