@@ -220,7 +220,7 @@ async def _charts_html(runtime: Runtime, spec: CampaignSpec) -> str:
         if spec.goal is not None:
             found = await runtime.results(spec)
             goal = spec.goal
-            within = format_duration(float(goal.within))
+            within = format_duration(goal.window())
             parts.append(
                 f'<p class="muted small">Goal: <code>{_e(goal.event)}</code> within '
                 f"{_e(within)} of assignment; verdicts once an arm and the control group have "

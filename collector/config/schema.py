@@ -173,13 +173,20 @@ class Spacing(Base, frozen=True):
     page_views: Annotated[int, Meta(ge=1)] | None = None
 
 
+GOAL_WITHIN = 7 * 86400.0  # a goal's default window
+
+
 class Goal(Base, frozen=True):
     """What a campaign's A/B results count as success: an event within a window of assignment."""
 
     event: Annotated[str, Meta(min_length=1)]
-    within: Duration = Duration(7 * 86400.0)
+    within: Duration | None = None  # None: GOAL_WITHIN
     where: ConditionTree | None = None
     value: str | None = None  # a field of the goal event summed per user (properties.revenue)
+
+    def window(self) -> float:
+        """How long after a user's assignment the goal counts, in seconds."""
+        return GOAL_WITHIN if self.within is None else float(self.within)
 
 
 class WebhookAction(Base, frozen=True):

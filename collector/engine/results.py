@@ -205,7 +205,7 @@ def report(spec: CampaignSpec, counts: dict[str, Counts]) -> dict[str, Any]:
         if goal is None
         else {
             "event": goal.event,
-            "within": float(goal.within),
+            "within": goal.window(),
             "value": goal.value,
             "where": None if goal.where is None else goal.where.raw,
         },

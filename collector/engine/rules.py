@@ -180,7 +180,7 @@ class _Registry:
                         "(use properties.X, context.X, traits.X, ...)"
                     )
             where = self.condition(spec.goal.where, f"{prefix}goal.where")
-            goal = Goal(spec.id, spec.goal.event, float(spec.goal.within), where, value)
+            goal = Goal(spec.id, spec.goal.event, spec.goal.window(), where, value)
         campaign = Campaign(
             spec,
             arms=build_arms(spec, actions) if actions else (),
