@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -95,6 +96,12 @@ def create_app(settings: Settings) -> CollectorApp:
             yield
         finally:
             await runtime.stop()
+            if runtime.stop_error is not None:
+                # uvicorn ends the process with the stop signal's own status after a clean
+                # stop; a stop that lost changes must say so with its exit status
+                sys.stderr.write(f"tripwire: {runtime.stop_error}\n")
+                sys.stderr.flush()
+                os._exit(1)
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
     app.state.runtime = runtime
@@ -187,9 +194,11 @@ async def healthz(_: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """GET /readyz: the store answers (503 when it does not)."""
-    ready = await request.app.state.runtime.ready()
-    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+    """GET /readyz: the store answers and the data directory takes writes (503, with why)."""
+    reason = await request.app.state.runtime.unready_reason()
+    if reason is None:
+        return JSONResponse({"ready": True})
+    return JSONResponse({"ready": False, "reason": reason}, status_code=503)
 
 
 async def metrics_endpoint(request: Request) -> Response:

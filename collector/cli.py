@@ -1,4 +1,4 @@
-"""The `tripwire` command: serve, worker, demo, check, replay, bin."""
+"""The `tripwire` command: serve, worker, demo, check, replay, export, bin."""
 
 from __future__ import annotations
 
@@ -14,7 +14,13 @@ import msgspec
 
 from collector import __version__
 from collector.config.schema import ServerSettings
-from collector.config.settings import Settings, build_settings, config_warnings, load_config
+from collector.config.settings import (
+    Settings,
+    build_settings,
+    check_serving,
+    config_warnings,
+    load_config,
+)
 from collector.errors import ConfigError
 
 UVICORN_OPTIONS: dict[str, Any] = {
@@ -69,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("events", help="Segment-spec JSON lines")
     replay.add_argument("--config", required=True)
     replay.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    replay.add_argument(
+        "--show-webhooks", action="store_true",
+        help="also print each request that would have been sent (method, URL, body)",
+    )
     replay.set_defaults(run=_replay)
 
     demo = commands.add_parser("demo", help="run the demo: collector, request bin, dashboard, shop")
@@ -83,6 +93,19 @@ def _parser() -> argparse.ArgumentParser:
         help="the demo shop's directory (default: the checkout's demo_site/, else ./demo_site)",
     )
     demo.set_defaults(run=_demo)
+
+    export = commands.add_parser(
+        "export", help="print the config file with the campaign changes made while running"
+    )
+    export.add_argument(
+        "--config", dest="config_path", help="tripwire.yaml (or TRIPWIRE_CONFIG_PATH)"
+    )
+    export.add_argument("--store", help="memory (default) or redis://host:port/db")
+    export.add_argument(
+        "--data-dir", dest="data_dir", help="memory mode's data directory (default ./.tripwire)"
+    )
+    export.add_argument("-o", "--output", help="write to this file instead of printing")
+    export.set_defaults(run=_export)
 
     bin_ = commands.add_parser("bin", help="run a standalone request bin")
     bin_.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
@@ -120,6 +143,10 @@ def _serve(args: argparse.Namespace) -> int:
         _cli_values(args, "config_path", "host", "port", "store", "data_dir", "workers"),
         verify=compile_rules,  # every problem of the file in one round
     )
+    problems: list[str] = []
+    check_serving(settings, problems)
+    if problems:
+        raise ConfigError(problems)
     _validate_rules(settings)
     if settings.workers > 1 and settings.store == "memory":
         raise ConfigError(
@@ -200,6 +227,16 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(options)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from collector.tools.export import run_export
+
+    settings = build_settings(_cli_values(args, "config_path", "store", "data_dir"))
+    if args.output is None:
+        return run_export(settings, sys.stdout)
+    with open(args.output, "w", encoding="utf-8") as out:
+        return run_export(settings, out)
+
+
 def _bin(args: argparse.Namespace) -> int:
     from collector.tools.demo import run_bin
 
@@ -242,7 +279,9 @@ def _replay(args: argparse.Namespace) -> int:
     from collector.tools.replay import run_replay
 
     config = load_config(args.config)
-    return run_replay(args.events, config, as_json=args.json, out=sys.stdout)
+    return run_replay(
+        args.events, config, as_json=args.json, out=sys.stdout, show_webhooks=args.show_webhooks
+    )
 
 
 if __name__ == "__main__":

@@ -16,11 +16,13 @@ from zoneinfo import ZoneInfo
 import msgspec
 from prometheus_client import CollectorRegistry
 
+from collector.config.changes import CampaignChange, decode_change, encode_change
 from collector.config.schema import CampaignSpec
 from collector.config.settings import Settings
 from collector.delivery.dispatcher import Dispatcher
 from collector.delivery.log import DeliveryLog
 from collector.delivery.outbox import MemoryOutbox, Outbox
+from collector.disk import Disk
 from collector.engine.engine import Engine, compile_rules
 from collector.errors import Unavailable
 from collector.events import Event
@@ -32,6 +34,11 @@ from collector.store.memory import MemoryStore
 
 log = logging.getLogger("tripwire")
 _DECISION_LABELS = operator.attrgetter("campaign_id", "outcome", "reason")
+
+_encode_counts = msgspec.msgpack.Encoder().encode
+_decode_counts = msgspec.msgpack.Decoder(list[tuple[str, str, str | None, int]]).decode
+
+COUNTS_SECONDS = 1.0  # how often the campaigns' decision counts are written (memory mode)
 
 # Beyond this many undelivered webhooks, ingest sheds load (503) rather than grow without bound.
 MAX_PENDING_WEBHOOKS = 200_000
@@ -50,9 +57,21 @@ class Runtime:
         self.config = settings.config  # the live config: the file plus admin campaign changes
         self.engine = Engine(compile_rules(settings.config, updated_at={}))
         self.redis: RedisMode | None = None  # store, outbox, log and campaigns in Redis mode
-        self.outbox: Outbox = MemoryOutbox(settings.data_dir)  # Redis mode swaps in its own
+        # memory mode's data directory; opened now so that an unusable one stops the start
+        self.disk: Disk | None = None
+        if settings.store == "memory":
+            self.disk = Disk(settings.data_dir)
+            self.disk.open()
+        self.outbox: Outbox = MemoryOutbox(self.disk)  # Redis mode swaps in its own
         self.store: Store = self._make_store()
-        self.delivery_log = self.redis.log if self.redis else DeliveryLog()
+        self.delivery_log = self.redis.log if self.redis else DeliveryLog(disk=self.disk)
+        self.campaign_changes: dict[str, CampaignChange] = {}  # made while running, kept
+        self._campaign_rows = (
+            self.disk.table("campaigns", self._campaign_record) if self.disk else None
+        )
+        self._count_rows = self.disk.table("counters", self._counts_record) if self.disk else None
+        self._counts_task: asyncio.Task[None] | None = None
+        self.stop_error: str | None = None  # set when stopping could not save everything
         self.dispatcher = Dispatcher(
             self.outbox,
             settings.config.webhooks,
@@ -66,9 +85,7 @@ class Runtime:
     def _make_store(self) -> Store:
         config = self.settings.config
         if self.settings.store == "memory":
-            store = MemoryStore(
-                lambda: self.engine, config.state, self.settings.data_dir, self.outbox
-            )
+            store = MemoryStore(lambda: self.engine, config.state, self.disk, self.outbox)
             self.metrics.gauge(
                 "tripwire_profiles", "Profiles held in memory", lambda: float(len(store))
             )
@@ -87,6 +104,10 @@ class Runtime:
 
     async def start(self) -> None:
         """Open the store and start delivery."""
+        if self.disk is not None:
+            self._load_disk()
+            self.disk.start()
+            self._counts_task = asyncio.create_task(self._save_counts(), name="save-counts")
         await self.store.open()
         if self.redis is not None:
             await self.redis.campaigns.start()
@@ -133,10 +154,64 @@ class Runtime:
         await self.store.close()
         if self.redis is not None:
             await self.redis.close()
+        if self.disk is not None:
+            if self._counts_task is not None:
+                self._counts_task.cancel()
+                await asyncio.gather(self._counts_task, return_exceptions=True)
+            if self._count_rows is not None:
+                self._count_rows.mark("decisions")
+            try:
+                await self.disk.close()
+            except OSError as exc:  # the command exits non-zero with this
+                self.stop_error = f"the last changes could not be saved: {exc.strerror or exc}"
+                log.error("%s", self.stop_error)
+
+    def _load_disk(self) -> None:
+        """Apply what the data directory holds besides profiles: campaign changes, counters."""
+        assert self._campaign_rows is not None and self._count_rows is not None
+        for campaign_id, value in sorted(self._campaign_rows.rows()):
+            try:
+                change = decode_change(value)
+                if change.spec is None:
+                    self._apply_remove(campaign_id)
+                else:
+                    self._apply_put(change.spec, change.updated_at)
+            except Exception:  # written by another version; the file's campaign stays
+                log.exception("cannot apply the saved change of campaign %s", campaign_id)
+        for _, value in self._count_rows.rows():
+            for campaign, outcome, reason, count in _decode_counts(value):
+                self.metrics.decisions[(campaign, outcome, reason)] += count
+
+    async def _save_counts(self) -> None:
+        """Write the campaigns' decision counts once a second when they moved (a kill loses at
+        most the last second of counts; the caps that decide firing are kept per request)."""
+        assert self._count_rows is not None
+        saved = -1
+        while True:
+            await asyncio.sleep(COUNTS_SECONDS)
+            total = self.metrics.messages["accepted"]
+            if total != saved:
+                saved = total
+                self._count_rows.mark("decisions")
+
+    def _campaign_record(self, campaign_id: str) -> bytes | None:
+        change = self.campaign_changes.get(campaign_id)
+        return None if change is None else encode_change(change)
+
+    def _counts_record(self, _: str) -> bytes | None:
+        return _encode_counts([(*labels, n) for labels, n in self.metrics.decisions.items()])
 
     async def ready(self) -> bool:
-        """True when the store answers."""
-        return await self.store.ping()
+        """True when the store answers and the data directory takes writes."""
+        return await self.unready_reason() is None
+
+    async def unready_reason(self) -> str | None:
+        """Why this process cannot take events now, or None when it can."""
+        if self.disk is not None and self.disk.failure is not None:
+            return f"cannot save to the data directory: {self.disk.failure}"
+        if not await self.store.ping():
+            return "the store does not answer"
+        return None
 
     async def accept(self, events: Sequence[Event], now: float) -> list[tuple[int, str]]:
         """Run accepted events through the store and engine and queue their webhooks.
@@ -145,6 +220,9 @@ class Runtime:
         """
         if self.outbox.depth() > MAX_PENDING_WEBHOOKS:
             raise Unavailable("too many webhooks waiting to be sent; retry shortly", retry_after=5)
+        disk = self.disk
+        if disk is not None and disk.failure is not None:
+            raise Unavailable(f"cannot save to the data directory: {disk.failure}", retry_after=5)
         result = await self.store.ingest(events, now)
         if result.rejected:
             failed = {position for position, _ in result.rejected}
@@ -155,6 +233,8 @@ class Runtime:
             self.metrics.messages["duplicate"] += result.duplicates
         # map + attrgetter + Counter.update keep this per-decision loop in C.
         self.metrics.decisions.update(map(_DECISION_LABELS, result.decisions))
+        if disk is not None:
+            await disk.commit()  # the answer waits until all of it is written
         return result.rejected
 
     async def put_campaign(self, spec: CampaignSpec) -> bool:
@@ -164,7 +244,9 @@ class Runtime:
             self.engine.rules.with_campaign(spec, 0.0)  # ConfigError before anything is stored
             await self.redis.campaigns.put(spec)  # every process applies it, this one first
         else:
-            self._apply_put(spec, time.time())
+            updated_at = time.time()
+            self._apply_put(spec, updated_at)
+            await self._keep_change(spec.id, CampaignChange(spec=spec, updated_at=updated_at))
         return new
 
     def _apply_put(self, spec: CampaignSpec, updated_at: float) -> None:
@@ -177,6 +259,7 @@ class Runtime:
             campaigns[index] = spec
         self.config = msgspec.structs.replace(self.config, campaigns=campaigns)
         self.engine.replace_campaign(spec, updated_at)
+        self.campaign_changes[spec.id] = CampaignChange(spec=spec, updated_at=updated_at)
 
     async def remove_campaign(self, campaign_id: str) -> bool:
         """Delete a campaign everywhere it runs; False when there was none."""
@@ -186,6 +269,8 @@ class Runtime:
             await self.redis.campaigns.remove(campaign_id)  # every process applies it
         else:
             self._apply_remove(campaign_id)
+            change = CampaignChange(spec=None, updated_at=time.time())
+            await self._keep_change(campaign_id, change)
         return True
 
     def _apply_remove(self, campaign_id: str) -> None:
@@ -194,6 +279,14 @@ class Runtime:
             self.config, campaigns=[c for c in self.config.campaigns if c.id != campaign_id]
         )
         self.engine.remove_campaign(campaign_id)
+        self.campaign_changes[campaign_id] = CampaignChange(spec=None, updated_at=time.time())
+
+    async def _keep_change(self, campaign_id: str, change: CampaignChange) -> None:
+        """Write a campaign change to the data directory before the caller answers."""
+        self.campaign_changes[campaign_id] = change
+        if self.disk is not None and self._campaign_rows is not None:
+            self._campaign_rows.mark(campaign_id)
+            await self.disk.commit()
 
     def begin_shutdown(self) -> None:
         """End the live event streams so the server can stop without waiting for them."""

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from collector.config.settings import decode_config
+from collector.disk import Disk
 from collector.engine.engine import Engine, compile_rules
 from collector.engine.profile import Tally
 from collector.errors import ConfigError
@@ -144,12 +145,17 @@ async def test_two_redis_stores_share_a_stop_condition_exactly(redis_server: Red
 async def test_a_memory_store_keeps_its_stop_tallies_across_a_restart(tmp_path: Any) -> None:
     config = decode_config(STOP_CONFIG)
     engine = Engine(compile_rules(config))
-    store: Store = MemoryStore(lambda: engine, config.state, str(tmp_path))
+    disk = Disk(tmp_path)
+    disk.open()
+    store: Store = MemoryStore(lambda: engine, config.state, disk)
     await store.open()
     for i in range(20):
         await store.ingest([click(f"m-{i}")], time.time())
-    await store.close()
-    store = MemoryStore(lambda: engine, config.state, str(tmp_path))
+        await disk.commit()
+    # no close: as if killed
+    disk = Disk(tmp_path)
+    disk.open()
+    store = MemoryStore(lambda: engine, config.state, disk)
     await store.open()
     fired = [len((await store.ingest([click(f"n-{i}")], time.time())).webhooks) for i in range(10)]
     assert sum(fired) == 5

@@ -271,6 +271,21 @@ async def test_a_message_id_is_a_duplicate_only_for_the_same_user(make_store: _F
     assert (retry.accepted, retry.duplicates) == (0, 1)
 
 
+async def test_a_long_chain_of_merges_still_resolves(make_store: _Factory) -> None:
+    store = await make_store()
+    now = time.time()
+    for n in range(21):
+        await store.ingest([event(user_id=f"link-{n}")], now)
+    for n in range(1, 21):
+        alias = event("alias", user_id=f"link-{n}", previous_id=f"link-{n - 1}")
+        await store.ingest([alias], now)
+    result = await store.ingest([event(user_id="link-0"), event(user_id="link-0")], now)
+    assert result.accepted == 2
+    first, last = await store.lookup("link-0", now), await store.lookup("link-20", now)
+    assert first is not None and last is not None and first.key == last.key
+    assert first.profile["event_counts"]["page"] == 23
+
+
 class _FailingEngine(Engine):
     """An engine that fails on events carrying `boom`, after it has changed the state."""
 

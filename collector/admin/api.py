@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from collector.admin import auth
+from collector.admin.replay import replay_dead_letter
 from collector.config.schema import CampaignSpec, encode_hook
 from collector.config.settings import decode_campaign
 from collector.delivery.log import STATUSES, DeliveryAttempt
@@ -308,12 +309,10 @@ async def deliveries(request: Request) -> Response:
 
 @guarded
 async def replay(request: Request) -> Response:
-    """POST /admin/api/deliveries/{id}/replay: send a dead letter again."""
-    delivery_id = request.path_params["id"]
-    replayed = await auth.runtime_of(request).dispatcher.replay(delivery_id)
-    if not replayed.count:
-        raise NotFound(f"no dead letter {delivery_id!r}: only failed deliveries replay")
-    return JSONResponse(msgspec.to_builtins(replayed))
+    """POST /admin/api/deliveries/{id}/replay: send a dead letter again, as stored or
+    re-rendered from the campaign's current action; the answer says which, and why."""
+    answer = await replay_dead_letter(auth.runtime_of(request), request.path_params["id"])
+    return JSONResponse(msgspec.to_builtins(answer))
 
 
 @guarded

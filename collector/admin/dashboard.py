@@ -25,6 +25,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from collector.admin import api as admin
 from collector.admin import auth
+from collector.admin.replay import replay_dead_letter
 from collector.config.schema import CampaignSpec
 from collector.delivery.dispatcher import PausedEndpoint
 from collector.delivery.log import STATUSES, DeliveryAttempt
@@ -189,7 +190,8 @@ async def campaigns(request: Request) -> Response:
     stats = admin.campaign_stats(runtime)
     stopped = await runtime.stopped()
     rows = "".join(
-        _campaign_row(c, stats.get(c.id), stopped.get(c.id)) for c in runtime.config.campaigns
+        _campaign_row(c, stats.get(c.id), stopped.get(c.id), c.id in runtime.campaign_changes)
+        for c in runtime.config.campaigns
     )
     rows = rows or '<tr><td colspan="6" class="muted">No campaigns yet.</td></tr>'
     return _page(request, "Campaigns", _views()["campaigns"].substitute(rows=rows))
@@ -350,10 +352,11 @@ async def replay(request: Request) -> Response:
     back = (await _form(request)).get("back") or "/admin/deliveries"
     if not back.startswith("/admin/"):
         back = "/admin/deliveries"
-    replayed = await auth.runtime_of(request).dispatcher.replay(delivery_id)
-    if not replayed.count:
+    try:
+        answer = await replay_dead_letter(auth.runtime_of(request), delivery_id)
+    except NotFound:
         return _back(back, error=f"{delivery_id} is not a dead letter: nothing to replay.")
-    return _back(back, notice=f"Replaying {delivery_id}.")
+    return _back(back, notice=f"Replaying {delivery_id}, {answer.reason}.")
 
 
 @guarded
@@ -380,7 +383,10 @@ async def users(request: Request) -> Response:
 
 
 def _campaign_row(
-    spec: CampaignSpec, stats: dict[str, Any] | None, stopped: str | None = None
+    spec: CampaignSpec,
+    stats: dict[str, Any] | None,
+    stopped: str | None = None,
+    edited: bool = False,
 ) -> str:
     href = f"/admin/campaigns/{quote(spec.id)}"
     published = spec.status == "published"
@@ -397,6 +403,11 @@ def _campaign_row(
         flags.append(f'<span class="badge">A/B · {len(spec.variants)} variants</span>')
     if spec.exclusive:
         flags.append('<span class="badge">exclusive</span>')
+    if edited:
+        flags.append(
+            '<span class="badge edited" title="changed here or through the admin API: this '
+            'version wins over the config file at every start">edited here</span>'
+        )
     fired = stats["fired"] if stats else 0
     status = f'<span class="badge status {spec.status}">{spec.status}</span>'
     if stopped is not None:

@@ -452,7 +452,10 @@ def decode_hook(type_: type, value: Any) -> Any:
             )
         return Window(value)
     if type_ is Hours:
-        if not isinstance(value, str) or not _HOURS.match(value):
+        match = _HOURS.match(value) if isinstance(value, str) else None
+        if match is None or any(
+            h == "24" and m != "00" for h, m in (match.group(1, 2), match.group(3, 4))
+        ):
             raise ValueError(f"invalid hours {value!r} (use HH:MM-HH:MM, e.g. 09:00-21:00)")
         return Hours(value)
     if type_ is ConditionTree:

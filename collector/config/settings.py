@@ -7,6 +7,7 @@ the first, then checks what a type cannot: references between names, cycles, rat
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import types
@@ -14,6 +15,7 @@ import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 import yaml
@@ -137,13 +139,55 @@ def load_config(path: str | Path, verify: Verify | None = None) -> ConfigFile:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from exc
+    kind = "JSON" if file.suffix == ".json" else "YAML"
     try:
-        raw = msgspec.json.decode(text) if file.suffix == ".json" else yaml.safe_load(text)
-    except (msgspec.DecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(
-            [f"{path}: not valid {'JSON' if file.suffix == '.json' else 'YAML'}: {exc}"]
-        ) from exc
+        raw = msgspec.json.decode(text) if file.suffix == ".json" else parse_yaml(text)
+    except (msgspec.DecodeError, yaml.YAMLError, ValueError) as exc:
+        raise ConfigError([f"{path}: not valid {kind}: {one_line(exc)}"]) from exc
+    except RecursionError as exc:
+        raise ConfigError([f"{path}: not valid {kind}: nested too deeply"]) from exc
     return decode_config(raw, verify)
+
+
+MAX_YAML_DEPTH = 64
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML safely: ValueError for nesting deeper than MAX_YAML_DEPTH or huge integers.
+
+    PyYAML builds nested values recursively, and reads a 5,000-digit integer with int(), which
+    refuses it: both are turned into one clear error instead of an exception from deep inside.
+    """
+    depth = 0
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, _OPENING):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_YAML_DEPTH} levels")
+        elif isinstance(token, _CLOSING):
+            depth -= 1
+    try:
+        return yaml.safe_load(text)
+    except ValueError as exc:
+        if "integer string conversion" in str(exc):
+            raise ValueError("an integer has more than 4,300 digits") from None
+        raise ValueError(one_line(exc)) from None
+
+
+_OPENING = (
+    yaml.BlockMappingStartToken,
+    yaml.BlockSequenceStartToken,
+    yaml.FlowMappingStartToken,
+    yaml.FlowSequenceStartToken,
+)
+_CLOSING = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(exc).split())
 
 
 def _join(path: str, key: str | int) -> str:
@@ -337,6 +381,7 @@ def check_config(config: ConfigFile, problems: list[str]) -> None:
     _check_segment_cycles(config, problems)
     if config.test_users is not None:
         _check_condition(config.test_users, "test_users", config, problems)
+    _check_limits(config, problems)
     seen: set[str] = set()
     for index, campaign in enumerate(config.campaigns):
         path = f"campaigns[{index}]"
@@ -344,6 +389,75 @@ def check_config(config: ConfigFile, problems: list[str]) -> None:
             problems.append(f"{path}.id: duplicate campaign id {campaign.id!r}")
         seen.add(campaign.id)
         _check_campaign(campaign, path, config, problems)
+
+
+_HOST_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,253}$")
+
+
+def _check_limits(config: ConfigFile, problems: list[str]) -> None:
+    """Durations that must not be zero, and allow-list entries that must be addresses."""
+    durations = {
+        "session_timeout": config.session_timeout,
+        "webhooks.timeout": config.webhooks.timeout,
+        "webhooks.max_age": config.webhooks.max_age,
+        "state.user_ttl": config.state.user_ttl,
+        "server.header_timeout": config.server.header_timeout,
+        "server.body_timeout": config.server.body_timeout,
+        "server.keep_alive_timeout": config.server.keep_alive_timeout,
+    }
+    for path, seconds in durations.items():
+        if seconds <= 0:
+            problems.append(f"{path}: must be more than zero")
+    for index, entry in enumerate(config.webhooks.allow_list):
+        text = entry.strip().strip("[]")
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError as exc:
+            if "/" in text or ":" in text or not _HOST_NAME.match(text):
+                problems.append(
+                    f"webhooks.allow_list[{index}]: {exc} (give a host name, an IP or a CIDR)"
+                )
+
+
+def check_serving(settings: Settings, problems: list[str]) -> None:
+    """What `serve` needs beyond a valid config: a port, workers, a store, a data dir, keys."""
+    if not 1 <= settings.port <= 65535:
+        problems.append(f"--port: {settings.port} is not a port (1 to 65535)")
+    if settings.workers < 1:
+        problems.append(f"--workers: {settings.workers}; at least 1")
+    store = settings.store
+    if store != "memory":
+        parts = urlsplit(store)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            problems.append(f"--store: {store!r}; use memory or redis://host:port/db")
+        else:
+            try:
+                parts.port  # noqa: B018 - reading it checks it
+            except ValueError:
+                problems.append(f"--store: {store!r}: the port is not a number from 1 to 65535")
+    elif settings.data_dir:
+        _check_data_dir(Path(settings.data_dir), problems)
+    if not settings.config.write_keys:
+        problems.append(
+            "write_keys: none, so every event would be refused; add one to the config "
+            "(write_keys: [...]) or set TRIPWIRE_WRITE_KEYS"
+        )
+
+
+def _check_data_dir(data_dir: Path, problems: list[str]) -> None:
+    if data_dir.exists() and not data_dir.is_dir():
+        problems.append(f"--data-dir: {data_dir} is not a directory")
+        return
+    if data_dir.is_dir():
+        if not os.access(data_dir, os.W_OK | os.X_OK):
+            problems.append(f"--data-dir: {data_dir} is not writable")
+        for child in data_dir.iterdir():
+            if child.is_dir() and child.suffix in (".msgpack", ".json", ".tmp", ".log"):
+                problems.append(f"--data-dir: {child} is a directory, where a file is kept")
+        return
+    parent = next((p for p in data_dir.parents if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        problems.append(f"--data-dir: {data_dir} cannot be created in {parent}")
 
 
 def _check_campaign(

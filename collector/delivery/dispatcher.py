@@ -2,7 +2,7 @@
 
 In the app's lifespan:
 
-    outbox = MemoryOutbox(data_dir)
+    outbox = MemoryOutbox(disk)
     log = DeliveryLog(capacity=10_000)
     dispatcher = Dispatcher(outbox, settings.webhooks, log, registry, timezone=tz)
     await dispatcher.start()                       # opens the outbox, starts delivering
@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from collector.config.schema import WebhookSettings
 from collector.delivery.breaker import Breaker, BreakerPolicy
 from collector.delivery.log import STATUSES, DeliveryAttempt, DeliveryLog, Status, mask_url
-from collector.delivery.outbox import Envelope, Outbox
+from collector.delivery.outbox import DeadLetter, Envelope, Outbox
 from collector.delivery.sender import AttemptResult, InvalidRequest, Sender, endpoint_of
 from collector.delivery.signing import Signer
 from collector.delivery.ssrf import Guard, Policy
@@ -214,10 +214,19 @@ class Dispatcher:
             logger.warning("test webhook %s %s", request.webhook_id, result.error)
         return await self._record(request, 1, status, result)
 
-    async def replay(self, delivery_id: str) -> Replayed:
-        """Put one dead letter back on the outbox as a fresh delivery."""
-        revived = await self._outbox.revive([delivery_id])
+    async def replay(
+        self, delivery_id: str, replacement: WebhookRequest | None = None
+    ) -> Replayed:
+        """Put one dead letter back on the outbox as a fresh delivery (the replacement, with
+        the same webhook_id, instead of the stored request when given)."""
+        replacements = {delivery_id: replacement} if replacement is not None else None
+        revived = await self._outbox.revive([delivery_id], replacements)
         return Replayed(count=len(revived), delivery_ids=revived)
+
+    async def dead_letter(self, delivery_id: str) -> DeadLetter | None:
+        """The dead letter with this id, if there is one."""
+        letters = await self._outbox.dead_letters(limit=None)
+        return next((letter for letter in letters if letter.delivery_id == delivery_id), None)
 
     def paused(self) -> list[PausedEndpoint]:
         """Campaign endpoints paused after answering 410 Gone."""

@@ -4,7 +4,8 @@
     await log.add(entry)
     await log.query(campaign="cart-followup", status="dead", limit=50)   # newest first
 
-Methods are async so that a shared (Redis) log can satisfy the same interface.
+Methods are async so that a shared (Redis) log can satisfy the same interface. Given the data
+directory's database (memory mode), the log is kept there too, newest `capacity` entries.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Final, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
+
+from collector.disk import Disk
 
 Status = Literal["delivered", "retrying", "failed", "dead", "refused", "quota_exceeded", "paused"]
 STATUSES: Final[tuple[Status, ...]] = (
@@ -45,6 +48,10 @@ class DeliveryAttempt(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
     response: str | None = None  # first 4 KB of the response body
     next_attempt_at: float | None = None
+
+
+_ENCODE = msgspec.msgpack.Encoder().encode
+_DECODE = msgspec.msgpack.Decoder(DeliveryAttempt).decode
 
 
 def mask_url(url: str) -> str:
@@ -79,12 +86,17 @@ def matches(
 class DeliveryLog:
     """The last `capacity` attempts, in memory."""
 
-    def __init__(self, capacity: int = 10_000) -> None:
+    def __init__(self, capacity: int = 10_000, *, disk: Disk | None = None) -> None:
         self._entries: deque[DeliveryAttempt] = deque(maxlen=capacity)
+        self._journal = None if disk is None else disk.journal("deliveries", keep=capacity)
+        if self._journal is not None:
+            self._entries.extend(_DECODE(value) for _, value in self._journal.entries())
 
     async def add(self, entry: DeliveryAttempt) -> None:
         """Append one attempt, evicting the oldest past capacity."""
         self._entries.append(entry)
+        if self._journal is not None:
+            self._journal.append(entry.at, _ENCODE(entry))  # written with the next commit
 
     async def query(
         self,

@@ -1,12 +1,15 @@
 """The outbox: webhooks waiting to be sent, scheduled retries, and dead letters.
 
 The `Outbox` protocol is what the dispatcher needs; `MemoryOutbox` implements it in-process and
-survives a clean restart through `<data_dir>/outbox.msgpack` (written by `close`, read and removed
-by `open`). A Redis Streams implementation maps it as: `put` = XADD; `claim` = XAUTOCLAIM of
+keeps every change in the data directory's database (`collector.disk`): a put is written before
+the ingest request that made it is answered, a settled delivery's row goes with the next commit,
+so a killed process resends at most the deliveries of its last moments.
+
+A Redis Streams implementation maps it as: `put` = XADD; `claim` = XAUTOCLAIM of
 stale entries + XREADGROUP + due members of a retry sorted set; `ack` = XACK; `retry_at` = ZADD +
 XACK; `dead_letter` = XADD to a dead-letter stream + XACK; `add_usage` = INCRBY.
 
-    outbox = MemoryOutbox(data_dir)
+    outbox = MemoryOutbox(disk)                 # or MemoryOutbox() to keep nothing
     await outbox.open()
     await outbox.put([request, ...])            # cheap: no network, idempotent per webhook_id
     batch = await outbox.claim(limit=100, wait=1.0)
@@ -20,18 +23,16 @@ import asyncio
 import heapq
 import itertools
 import logging
-import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 import msgspec
 
+from collector.disk import Disk
 from collector.webhook import WebhookRequest
 
-SNAPSHOT_NAME = "outbox.msgpack"
 logger = logging.getLogger("tripwire.delivery")
 
 
@@ -105,8 +106,11 @@ class Outbox(Protocol):
     ) -> list[DeadLetter]:
         """List dead letters, oldest first, by campaign and time of death."""
 
-    async def revive(self, delivery_ids: Sequence[str]) -> list[str]:
-        """Move dead letters back to pending as fresh deliveries; return the ids moved."""
+    async def revive(
+        self, delivery_ids: Sequence[str], replacements: Mapping[str, WebhookRequest] | None = None
+    ) -> list[str]:
+        """Move dead letters back to pending as fresh deliveries; return the ids moved.
+        A replacement (same webhook_id) is sent instead of the stored request."""
 
     async def add_usage(self, period: str, amount: int) -> int:
         """Add to a period's delivery count and return the new total."""
@@ -115,15 +119,10 @@ class Outbox(Protocol):
         """Envelopes pending or claimed and not yet settled."""
 
 
-class _Snapshot(msgspec.Struct, kw_only=True):
-    version: int = 1
-    pending: list[Envelope] = []
-    dead: list[DeadLetter] = []
-    usage: dict[str, int] = {}
-
-
 _ENCODER = msgspec.msgpack.Encoder()
-_DECODER = msgspec.msgpack.Decoder(_Snapshot)
+_ENVELOPE = msgspec.msgpack.Decoder(Envelope)
+_DEAD_LETTER = msgspec.msgpack.Decoder(DeadLetter)
+_COUNT = msgspec.msgpack.Decoder(int)
 
 
 class MemoryOutbox:
@@ -131,12 +130,12 @@ class MemoryOutbox:
 
     def __init__(
         self,
-        data_dir: str | os.PathLike[str] | None = None,
+        disk: Disk | None = None,
         *,
         dead_capacity: int = 10_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._path = None if data_dir is None else Path(data_dir) / SNAPSHOT_NAME
+        self._disk = disk
         self._clock = clock
         self._dead_capacity = dead_capacity
         self._heap: list[tuple[float, int, Envelope]] = []
@@ -147,44 +146,49 @@ class MemoryOutbox:
         self._usage: dict[str, int] = {}
         self._wakeup = asyncio.Event()
         self._closed = False
+        self._mark_live: Callable[[str], None] = _ignore
+        self._mark_dead: Callable[[str], None] = _ignore
+        self._mark_usage: Callable[[str], None] = _ignore
+        if disk is not None:
+            self._pending_rows = disk.table("outbox", self._envelope_record)
+            self._dead_rows = disk.table("dead_letters", self._dead_record)
+            self._usage_rows = disk.table("usage", self._usage_record)
+            self._mark_live = self._pending_rows.mark
+            self._mark_dead = self._dead_rows.mark
+            self._mark_usage = self._usage_rows.mark
 
     async def open(self) -> None:
-        """Load and remove the snapshot a previous clean stop wrote, if any."""
+        """Load the deliveries the data directory holds (claimed ones are pending again)."""
         self._closed = False
-        if self._path is None or not self._path.exists():
+        if self._disk is None or self._live:
             return
-        data = await asyncio.to_thread(self._path.read_bytes)
-        try:
-            snapshot = _DECODER.decode(data)
-        except msgspec.DecodeError as exc:
-            kept = self._path.with_suffix(".corrupt")
-            os.replace(self._path, kept)
-            logger.error("unreadable outbox snapshot moved to %s: %s", kept, exc)
-            return
-        for envelope in snapshot.pending:
-            self._push(envelope)
-        for letter in snapshot.dead:
+        for _, value in self._pending_rows.rows():
+            self._push(_ENVELOPE.decode(value), mark=False)
+        letters = [_DEAD_LETTER.decode(value) for _, value in self._dead_rows.rows()]
+        letters.sort(key=lambda letter: letter.dead_at)
+        for letter in letters:
             self._bury(letter)
-        for period, count in snapshot.usage.items():
-            self._usage[period] = self._usage.get(period, 0) + count
-        self._path.unlink()
+        for period, value in self._usage_rows.rows():
+            self._usage[period] = _COUNT.decode(value)
 
     async def close(self) -> None:
-        """Refuse further puts and write what is pending (claimed included) to the data dir."""
+        """Refuse further puts; claimed but unsettled deliveries are pending again."""
         self._closed = True
-        for envelope in list(self._claimed.values()):  # claimed but unsettled: pending again
+        for envelope in list(self._claimed.values()):
             self._release(envelope)
             self._push(envelope)
-        if self._path is None:
-            return  # nowhere to keep it: it stays in memory for a reopen
-        pending = [entry[2] for entry in sorted(self._heap)]
-        if pending or self._dead or self._usage:
-            snapshot = _Snapshot(pending=pending, dead=list(self._dead.values()), usage=self._usage)
-            await asyncio.to_thread(_write_atomically, self._path, _ENCODER.encode(snapshot))
-        self._heap.clear()
-        self._live.clear()
-        self._dead.clear()
-        self._usage = {}
+
+    def _envelope_record(self, delivery_id: str) -> bytes | None:
+        envelope = self._live.get(delivery_id)
+        return None if envelope is None else _ENCODER.encode(envelope)
+
+    def _dead_record(self, delivery_id: str) -> bytes | None:
+        letter = self._dead.get(delivery_id)
+        return None if letter is None else _ENCODER.encode(letter)
+
+    def _usage_record(self, period: str) -> bytes | None:
+        count = self._usage.get(period)
+        return None if count is None else _ENCODER.encode(count)
 
     async def put(self, requests: Iterable[WebhookRequest]) -> None:
         """Enqueue new webhooks, due now; a webhook_id already pending is ignored."""
@@ -266,7 +270,9 @@ class MemoryOutbox:
                 break
         return found
 
-    async def revive(self, delivery_ids: Sequence[str]) -> list[str]:
+    async def revive(
+        self, delivery_ids: Sequence[str], replacements: Mapping[str, WebhookRequest] | None = None
+    ) -> list[str]:
         """Move dead letters back to pending, as new deliveries due now."""
         now = self._clock()
         revived: list[str] = []
@@ -276,38 +282,44 @@ class MemoryOutbox:
             letter = self._dead.pop(delivery_id, None)
             if letter is None:
                 continue
-            self._push(Envelope(request=letter.request, enqueued_at=now, due_at=now, counted=True))
+            self._mark_dead(delivery_id)
+            request = (replacements or {}).get(delivery_id, letter.request)
+            self._push(Envelope(request=request, enqueued_at=now, due_at=now, counted=True))
             revived.append(delivery_id)
         return revived
 
     async def add_usage(self, period: str, amount: int) -> int:
         """Add to a period's delivery count and return the new total."""
         total = self._usage.get(period, 0) + amount
-        self._usage = {period: total}  # older periods are of no further use
+        for old in self._usage.keys() - {period}:  # older periods are of no further use
+            self._mark_usage(old)
+        self._usage = {period: total}
+        self._mark_usage(period)
         return total
 
     def depth(self) -> int:
         """Envelopes pending or claimed and not yet settled."""
         return len(self._live)
 
-    def _push(self, envelope: Envelope) -> None:
+    def _push(self, envelope: Envelope, *, mark: bool = True) -> None:
         self._live[envelope.delivery_id] = envelope
+        if mark:
+            self._mark_live(envelope.delivery_id)
         heapq.heappush(self._heap, (envelope.due_at, next(self._seq), envelope))
         self._wakeup.set()
 
     def _release(self, envelope: Envelope) -> None:
         self._claimed.pop(envelope.delivery_id, None)
-        self._live.pop(envelope.delivery_id, None)
+        if self._live.pop(envelope.delivery_id, None) is not None:
+            self._mark_live(envelope.delivery_id)
 
     def _bury(self, letter: DeadLetter) -> None:
         self._dead.pop(letter.delivery_id, None)
         self._dead[letter.delivery_id] = letter
+        self._mark_dead(letter.delivery_id)
         while len(self._dead) > self._dead_capacity:
-            self._dead.popitem(last=False)
+            self._mark_dead(self._dead.popitem(last=False)[0])
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+def _ignore(_: str) -> None:
+    """Where changes go when nothing is kept."""

@@ -87,6 +87,37 @@ class AttemptResult(msgspec.Struct, frozen=True, kw_only=True):
     retry_after: float | None = None  # seconds the receiver asked us to wait
 
 
+def shape(url: httpx.URL, request: WebhookRequest) -> tuple[httpx.URL, bytes]:
+    """The URL and body a webhook is sent with: GET merges the body into the query, other
+    methods send it as JSON; raises InvalidRequest."""
+    body = request.body
+    content = b""
+    if request.method.upper() == "GET":
+        if isinstance(body, dict):
+            if body:
+                params = {str(k): _query_value(v) for k, v in body.items()}
+                url = url.copy_merge_params(params)
+        elif body is not None:
+            raise InvalidRequest("a GET webhook's body must be a JSON object")
+    elif body is not None:
+        try:
+            content = orjson.dumps(body)
+        except TypeError as exc:
+            raise InvalidRequest(f"body is not JSON-serialisable: {exc}") from exc
+    return url, content
+
+
+def as_sent(request: WebhookRequest) -> tuple[str, str, bytes]:
+    """Method, URL and body as a webhook would go on the wire (before signing); raises
+    InvalidRequest."""
+    try:
+        url = httpx.URL(request.url)
+    except httpx.InvalidURL as exc:
+        raise InvalidRequest(f"invalid URL: {exc}") from exc
+    url, content = shape(url, request)
+    return request.method.upper(), str(url), content
+
+
 def endpoint_of(url: str) -> str:
     """Return the endpoint a URL belongs to (scheme://host:port), for isolation and pauses."""
     try:
@@ -178,21 +209,7 @@ class Sender:
 
     def prepare(self, request: WebhookRequest) -> tuple[httpx.URL, bytes, dict[str, str]]:
         """Return URL, body and headers (unsigned) for a webhook; raise InvalidRequest."""
-        url = self._parse_url(request.url)
-        body = request.body
-        content = b""
-        if request.method.upper() == "GET":
-            if isinstance(body, dict):
-                if body:
-                    params = {str(k): _query_value(v) for k, v in body.items()}
-                    url = url.copy_merge_params(params)
-            elif body is not None:
-                raise InvalidRequest("a GET webhook's body must be a JSON object")
-        elif body is not None:
-            try:
-                content = orjson.dumps(body)
-            except TypeError as exc:
-                raise InvalidRequest(f"body is not JSON-serialisable: {exc}") from exc
+        url, content = shape(self._parse_url(request.url), request)
         headers = {"user-agent": USER_AGENT, "accept": "*/*"}
         for name, value in request.headers.items():
             if not _TOKEN.fullmatch(name):

@@ -380,16 +380,21 @@ class Engine:
         return None
 
     def preview(
-        self, campaign_id: str, state: UserState, now: float, event: Event
+        self, campaign_id: str, state: UserState, now: float, event: Event,
+        variant_id: str | None = None,
     ) -> WebhookRequest:
         """The webhook a campaign would send for this user and event now, ignoring its
-        conditions and caps (a test-fire); raises KeyError for an unknown campaign, and
-        Suppressed when a placeholder has no value."""
+        conditions and caps (a test-fire, a re-rendered replay: `variant_id` names the arm,
+        else the user's own); raises KeyError for an unknown campaign, and Suppressed when a
+        placeholder has no value."""
         rules = self.rules
         campaign = rules.campaigns[campaign_id]
-        arm = campaign.pick(state.key) or campaign.arms[0]  # the control group tests the first
+        arm = next((a for a in campaign.arms if variant_id and a.variant_id == variant_id), None)
+        if arm is None:
+            arm = campaign.pick(state.key) or campaign.arms[0]  # the control group tests the first
         number = state.session.number if state.session is not None else 1
         return _render(campaign, arm, Scope(state, event, now, rules.calendar, number), now)
+
     def _day(self, now: float) -> int:
         """The local day stop conditions count in: that of the decision time."""
         return self.rules.calendar.day_index(now)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import msgspec
 
+from collector.config.changes import CampaignChange, decode_change
 from collector.config.schema import CampaignSpec, decode_hook, encode_hook
 from collector.errors import Unavailable
 from collector.redis.connection import RedisConnection
@@ -132,3 +133,13 @@ class RedisCampaignSync:
                 await self.refresh()
             except Unavailable:
                 await asyncio.sleep(1.0)
+
+
+async def read_changes(url: str) -> dict[str, CampaignChange]:
+    """The campaign changes stored in the Redis at `url`, by campaign id (for export)."""
+    connection = RedisConnection(url)
+    try:
+        stored = await connection.call("HGETALL", Keys.campaigns(), what="reading campaigns")
+    finally:
+        await connection.close()
+    return {raw_id.decode(): decode_change(blob) for raw_id, blob in stored.items()}

@@ -31,7 +31,7 @@ import socket
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -228,8 +228,11 @@ class RedisOutbox:
             letters = [letter for letter in letters if letter.request.campaign_id == campaign]
         return letters if limit is None else letters[:limit]
 
-    async def revive(self, delivery_ids: Sequence[str]) -> list[str]:
-        """Move dead letters back to pending as fresh deliveries; return the ids moved."""
+    async def revive(
+        self, delivery_ids: Sequence[str], replacements: Mapping[str, WebhookRequest] | None = None
+    ) -> list[str]:
+        """Move dead letters back to pending as fresh deliveries (a replacement, same
+        webhook_id, instead of the stored request); return the ids moved."""
         if not delivery_ids:
             return []
         keys = await self._connection.names()
@@ -246,9 +249,8 @@ class RedisOutbox:
             for delivery_id, blob in zip(delivery_ids, values, strict=True):
                 if blob:
                     letter = _LETTER.decode(blob)
-                    envelope = Envelope(
-                        request=letter.request, enqueued_at=now, due_at=now, counted=True
-                    )
+                    request = (replacements or {}).get(delivery_id, letter.request)
+                    envelope = Envelope(request=request, enqueued_at=now, due_at=now, counted=True)
                     args.extend((delivery_id, _encode(envelope)))
             if args:
                 commands.append(evalsha(REVIVE, keys.outbox_keys(shard), args))

@@ -23,7 +23,8 @@ from collector.webhook import WebhookRequest
 
 log = logging.getLogger("tripwire.store")
 
-MAX_CHAIN = 8  # merge redirects followed
+# Merge redirects followed (a round trip each); every chain followed is shortened on commit.
+MAX_CHAIN = 64
 
 _DECODER = msgspec.msgpack.Decoder(UserState)
 

@@ -321,6 +321,20 @@ return 1
 """,
 )
 
+# Shorten a chain of merge redirects: point a profile that is only a redirect (its data already
+# absorbed) straight at the end of its chain. KEYS: profile   ARGV: current target, final target
+REDIRECT: Final = Script(
+    "redirect",
+    """
+if redis.call('HGET', KEYS[1], 'to') ~= ARGV[1] or redis.call('HEXISTS', KEYS[1], 's') == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'to', ARGV[2])
+return 1
+""",
+)
+
 ALL: Final = (
-    COMMIT, FREEZE, CLEAN, CLAIM_TIMERS, DROP_TIMER, PUT, PROMOTE, SETTLE, REVIVE, RELEASE, HOLD,
+    COMMIT, FREEZE, CLEAN, REDIRECT, CLAIM_TIMERS, DROP_TIMER, PUT, PROMOTE, SETTLE, REVIVE,
+    RELEASE, HOLD,
 )

@@ -47,8 +47,9 @@ from collector.engine.profile import Decision, UserState, next_due
 from collector.errors import Unavailable
 from collector.events import Event
 from collector.redis.connection import RETRY_AFTER, Command, RedisConnection, evalsha, is_error
+from collector.redis.keys import Keys
 from collector.redis.plan import MAX_CHAIN, Plan, Record, run_events
-from collector.redis.scripts import CLAIM_TIMERS, CLEAN, COMMIT, DROP_TIMER, FREEZE
+from collector.redis.scripts import CLAIM_TIMERS, CLEAN, COMMIT, DROP_TIMER, FREEZE, REDIRECT
 from collector.redis.tallies import Tallies
 from collector.store import identity
 from collector.store.base import (
@@ -390,6 +391,7 @@ class RedisStore:
             commands.append(
                 evalsha(CLEAN, [keys.profile(key), keys.recent(key), keys.seen(key)], [target])
             )
+        commands += _shortcuts(records, keys)
         results = await self.connection.pipeline(commands, "storing profiles")
         _raise_errors(results)
         cleanups: list[Command] = []
@@ -544,6 +546,24 @@ class RedisStore:
                 else:
                     del self._users_of_lock[name]
                     self._locks.pop(name, None)
+
+
+def _shortcuts(records: dict[str, Record], keys: Keys) -> list[Command]:
+    """REDIRECT calls pointing pure redirects met on a chain of two or more at its end."""
+    commands: list[Command] = []
+    for key, record in records.items():
+        hop = record.moved_to
+        if hop is None or record.state is not None or hop not in records:
+            continue
+        end = hop
+        for _ in range(MAX_CHAIN):
+            following = records.get(end)
+            if following is None or following.moved_to is None:
+                break
+            end = following.moved_to
+        if end != hop and end != key:
+            commands.append(evalsha(REDIRECT, [keys.profile(key)], [hop, end]))
+    return commands
 
 
 def _raise_errors(results: Sequence[Any]) -> None:

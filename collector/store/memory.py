@@ -1,10 +1,14 @@
-"""The embedded store: every user's state in this process, saved to the data directory on close.
+"""The embedded store: every user's state in this process, kept in the data directory.
+
+Every profile an ingest request changed (its state, caps and ids, and its recent events) and the
+request's dedupe marks are staged for the data directory's database (`collector.disk`), which the
+runtime commits before the request is answered; a start reads them back.
 
 All work for a batch happens without awaiting, so within one event loop each user's update is
 atomic. Inactive profiles are evicted by TTL and by a size bound, least recently seen first.
 
 Stop conditions' tallies (deliveries per campaign across every user) live here, beside the
-profiles, and are saved with them. Absence timers live in the profiles; a heap of (due, key)
+profiles, and are kept with them. Absence timers live in the profiles; a heap of (due, key)
 finds the users whose earliest timer is due (stale entries are skipped when popped), so 10,000
 pending timers cost ingest only a heap push per armed timer.
 
@@ -19,15 +23,16 @@ from __future__ import annotations
 
 import heapq
 import logging
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from collector.config.schema import StateSettings
 from collector.delivery.outbox import Outbox
+from collector.disk import Disk
 from collector.engine.engine import Engine, new_state
 from collector.engine.profile import Decision, Tally, Timer, UserState
 from collector.events import Event
@@ -45,7 +50,6 @@ log = logging.getLogger("tripwire.store")
 
 DEDUPE_SECONDS = 24 * 3600.0
 MAX_REMEMBERED_MESSAGES = 5_000_000
-STATE_FILE = "state.msgpack"
 
 _EVENT_FIELDS = msgspec.structs.fields(Event)
 _pack = msgspec.msgpack.Encoder().encode
@@ -75,14 +79,22 @@ def unpack(packed: Packed) -> Event:
     return Event(**{field.name: value for field, value in zip(_EVENT_FIELDS, values, strict=True)})
 
 
-class _Snapshot(msgspec.Struct):
-    """What survives a restart of a memory-mode process."""
+class _Profile(msgspec.Struct, array_like=True):
+    """One profile as the data directory keeps it (its recent events are kept apart)."""
 
-    users: dict[str, UserState]
-    index: dict[str, str]
-    seen: list[tuple[Any, float]]  # dedupe keys: bytes (str: messageIds of older versions)
-    recent: dict[str, list[msgspec.Raw]]  # packed events (see `pack`), written as they are
-    deliveries: dict[str, Tally] = {}  # stop conditions' tallies
+    state: UserState
+    ids: tuple[str, ...]
+
+
+_encode_profile = msgspec.msgpack.Encoder().encode
+_decode_profile = msgspec.msgpack.Decoder(_Profile).decode
+# A profile or event holding an integer msgpack cannot carry (past 64 bits) is kept as JSON.
+_encode_json = msgspec.json.Encoder().encode
+_decode_json_profile = msgspec.json.Decoder(_Profile).decode
+_decode_json_event = msgspec.json.Decoder(Event).decode
+_decode_dedupe_keys = msgspec.msgpack.Decoder(list[bytes]).decode
+_encode_tally = msgspec.msgpack.Encoder().encode
+_decode_tally = msgspec.msgpack.Decoder(Tally).decode
 
 
 class MemoryStore:
@@ -92,13 +104,13 @@ class MemoryStore:
         self,
         engine: Callable[[], Engine],
         limits: StateSettings,
-        data_dir: str | None,
+        disk: Disk | None,
         outbox: Outbox | None = None,
     ) -> None:
         self._engine = engine
         self._outbox = outbox  # where fired webhooks go; None = only report them (replay)
         self._limits = limits
-        self._file = Path(data_dir) / STATE_FILE if data_dir else None
+        self._disk = disk  # None: nothing kept (replay, tests)
         self._users: OrderedDict[str, UserState] = OrderedDict()  # least recently seen first
         self._index: dict[str, str] = {}  # namespaced id -> profile key
         self._ids: dict[str, tuple[str, ...]] = {}  # profile key -> its namespaced ids
@@ -111,55 +123,69 @@ class MemoryStore:
         self._deliveries: dict[str, Tally] = {}  # campaign id -> deliveries, for stop conditions
         self._due: list[tuple[float, str]] = []  # heap of (due, key), possibly stale
         self._scheduled: dict[str, float] = {}  # key -> the due time its live heap entry has
+        if disk is not None:
+            self._tallies = disk.table("tallies", self._tally_record)
+            self._profiles = disk.table("profiles", self._profile_record)
+            self._seen_journal = disk.journal("seen", max_age=DEDUPE_SECONDS)
+            self._recent_rows = disk.lists("recent", keep=max(limits.recent_events, 1))
+        self._mark: Callable[[str], None] = (
+            self._profiles.mark if disk is not None else _ignore
+        )
 
     async def open(self) -> None:
-        """Load the state a previous run saved, if any."""
-        if self._file is None or not self._file.exists():
+        """Load the profiles and dedupe marks the data directory holds."""
+        if self._disk is None:
             return
-        try:
-            snapshot = msgspec.msgpack.decode(self._file.read_bytes(), type=_Snapshot)
-        except msgspec.DecodeError as exc:  # damaged, or written by another version's layout
-            kept = self._file.with_suffix(".corrupt")
-            self._file.replace(kept)
-            log.error("unreadable state snapshot moved to %s: %s", kept, exc)
-            return
-        self._users = OrderedDict(snapshot.users)
-        self._index = dict(snapshot.index)
-        ids: dict[str, list[str]] = {}
-        for id_, key in self._index.items():
-            ids.setdefault(key, []).append(id_)
-        self._ids = {key: tuple(found) for key, found in ids.items()}
-        self._seen = dict(snapshot.seen)
-        self._seen_order = deque(self._seen)
+        began = time.perf_counter()
         size = self._limits.recent_events
-        self._recent = {
-            k: tuple(bytes(p) for p in v[-size:]) for k, v in snapshot.recent.items() if size and v
+        loaded: list[tuple[str, UserState]] = []
+        for key, value in self._profiles.rows():
+            profile = _decode_json_profile(value) if value[:1] == b"[" else _decode_profile(value)
+            loaded.append((key, profile.state))
+            self._ids[key] = profile.ids
+            for id_ in profile.ids:
+                self._index[key if id_ == key else id_] = key
+        for key, items in self._recent_rows.stored().items():
+            if size and key in self._ids:
+                self._recent[key] = tuple(_stored_event(item) for item in items[-size:])
+        loaded.sort(key=lambda item: item[1].last_seen)  # least recently seen first
+        self._users = OrderedDict(loaded)
+        seen = self._seen
+        for at, value in self._seen_journal.entries():
+            for dedupe in _decode_dedupe_keys(value):
+                seen[dedupe] = at
+        self._seen_order = deque(seen)
+        self._deliveries = {
+            campaign_id: _decode_tally(value) for campaign_id, value in self._tallies.rows()
         }
-        self._deliveries = dict(snapshot.deliveries)
         for key, state in self._users.items():
             if state.timers:
                 self._schedule(key, state.timers)
-        log.info("loaded %d profiles from %s", len(self._users), self._file)
+        log.info(
+            "loaded %d profiles and %d dedupe marks from %s in %.2f s",
+            len(self._users),
+            len(seen),
+            self._disk.path,
+            time.perf_counter() - began,
+        )
 
     async def close(self) -> None:
-        """Save every profile to the data directory."""
-        if self._file is None:
-            return
-        self._file.parent.mkdir(parents=True, exist_ok=True)
-        snapshot = _Snapshot(
-            users=dict(self._users),
-            index=self._index,
-            seen=list(self._seen.items()),
-            # an event kept unpacked holds an integer msgpack cannot carry: it cannot be saved
-            recent={
-                k: [msgspec.Raw(p) for p in v if isinstance(p, bytes)]
-                for k, v in self._recent.items()
-            },
-            deliveries=self._deliveries,
-        )
-        temporary = self._file.with_suffix(".tmp")
-        temporary.write_bytes(msgspec.msgpack.encode(snapshot))
-        temporary.replace(self._file)
+        """Nothing to do: every change was written as it was made."""
+
+    def _tally_record(self, campaign_id: str) -> bytes | None:
+        tally = self._deliveries.get(campaign_id)
+        return None if tally is None else _encode_tally(tally)
+
+    def _profile_record(self, key: str) -> bytes | None:
+        """A profile as the data directory keeps it; None when there is none (deleted)."""
+        state = self._users.get(key)
+        if state is None:
+            return None
+        profile = _Profile(state, self._ids.get(key, ()))
+        try:
+            return _encode_profile(profile)
+        except OverflowError:  # an integer past 64 bits somewhere
+            return _encode_json(profile)
 
     async def ping(self) -> bool:
         """Always reachable: it lives in this process."""
@@ -180,6 +206,8 @@ class MemoryStore:
         seen = self._seen
         users = self._users
         keep_recent = self._limits.recent_events > 0
+        mark = self._mark
+        new_keys: list[bytes] = []
         for position, event in enumerate(events):
             dedupe = identity.dedupe_key(event)
             if dedupe in seen:
@@ -200,6 +228,7 @@ class MemoryStore:
                 continue
             seen[dedupe] = now
             self._seen_order.append(dedupe)
+            new_keys.append(dedupe)
             accepted += 1
             users[key] = outcome.state  # a new key goes in last: the most recently seen
             if state is not None:
@@ -208,18 +237,24 @@ class MemoryStore:
                 self._schedule(key, outcome.state.timers)
             if keep_recent:
                 self._remember(key, event)
+            mark(key)
             if outcome.webhooks:
                 webhooks.extend(outcome.webhooks)
             decisions.extend(outcome.decisions)
         if webhooks and self._outbox is not None:
             await self._outbox.put(webhooks)
+        if self._disk is not None:
+            if new_keys:
+                self._seen_journal.append(now, _pack(new_keys))  # the caller commits
+            if webhooks:
+                self._mark_tallies(webhooks)
         return IngestResult(accepted, duplicates, webhooks, decisions, rejected)
 
     async def fire_due(self, now: float, *, event_time: bool = False) -> IngestResult:
         """Fire the absence timers due by `now` and queue their webhooks.
 
         With `event_time` (replay), each user's timers are decided at their due time rather than
-        at `now`, in due order across users.
+        at `now`, in due order across users. What it changed is written with the next commit.
         """
         heap = self._due
         if not heap or heap[0][0] > now:
@@ -238,13 +273,23 @@ class MemoryStore:
             outcome = engine.fire_due(
                 state, due if event_time else now, deliveries=self._deliveries
             )
+            self._mark(key)
             webhooks.extend(outcome.webhooks)
             decisions.extend(outcome.decisions)
             if state.timers:
                 self._schedule(key, state.timers)
         if webhooks and self._outbox is not None:
             await self._outbox.put(webhooks)
+        if webhooks and self._disk is not None:
+            self._mark_tallies(webhooks)
         return IngestResult(0, 0, webhooks, decisions)
+
+    def _mark_tallies(self, webhooks: list[WebhookRequest]) -> None:
+        """Fired webhooks count towards their campaigns' stop conditions: keep the tallies."""
+        mark = self._tallies.mark
+        for campaign_id in {webhook.campaign_id for webhook in webhooks}:
+            if campaign_id in self._deliveries:
+                mark(campaign_id)
 
     def pending_timers(self) -> int:
         """How many users have an absence timer pending."""
@@ -302,6 +347,7 @@ class MemoryStore:
         for other in resolution.merge:
             state = self._users.get(key) or new_state(key, now)
             self._users[key] = engine.merge(state, self._users.pop(other))
+            self._mark(other)
             self._recent_merge(key, other)
             for id_ in self._ids.pop(other, ()):
                 self._link(id_, key)
@@ -322,15 +368,20 @@ class MemoryStore:
             return
         if previous is not None and previous in self._ids:
             self._ids[previous] = tuple(i for i in self._ids[previous] if i != id_)
+            self._mark(previous)
         self._index[id_] = key
         self._ids[key] = (*self._ids.get(key, ()), id_)
+        self._mark(key)
 
     def _remember(self, key: str, event: Event) -> None:
         size = self._limits.recent_events
         kept = self._recent.get(key, ())
         if len(kept) >= size:
             kept = kept[len(kept) - size + 1 :]
-        self._recent[key] = (*kept, self._pack_recent(event))
+        packed = self._pack_recent(event)
+        self._recent[key] = (*kept, packed)
+        if self._disk is not None:
+            self._recent_rows.append(key, _storable(packed))
 
     def _pack_recent(self, event: Event) -> Packed:
         try:
@@ -344,6 +395,10 @@ class MemoryStore:
         size = self._limits.recent_events
         if size and events:
             self._recent[key] = tuple(self._pack_recent(e) for e in events[-size:])
+        if self._disk is not None:
+            self._recent_rows.reset(other, None)
+            kept = self._recent.get(key)
+            self._recent_rows.reset(key, [_storable(p) for p in kept] if kept else None)
 
     def _expire(self, now: float) -> None:
         """Forget old messageIds and evict profiles unseen for the TTL or beyond the size bound."""
@@ -360,8 +415,24 @@ class MemoryStore:
             if len(users) <= self._limits.max_users and state.last_seen >= now - ttl:
                 break
             users.popitem(last=False)
-            self._recent.pop(key, None)
+            self._mark(key)
+            if self._recent.pop(key, None) is not None and self._disk is not None:
+                self._recent_rows.reset(key, None)
             self._scheduled.pop(key, None)
             for id_ in self._ids.pop(key, ()):
                 if self._index.get(id_) == key:
                     del self._index[id_]
+
+
+def _ignore(_: str) -> None:
+    """Where changes go when nothing is kept."""
+
+
+def _storable(packed: Packed) -> bytes:
+    """A recent event as the data directory keeps it: packed, or JSON past 64-bit integers."""
+    return packed if isinstance(packed, bytes) else _encode_json(packed)
+
+
+def _stored_event(item: bytes) -> Packed:
+    """A recent event as `_storable` kept it."""
+    return pack(_decode_json_event(item)) if item[:1] == b"{" else item

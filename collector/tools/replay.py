@@ -9,6 +9,8 @@ clock for it, so a replay always gives the same answer; a messageId repeated wit
 the latest event time so far counts as a duplicate, as a resent message would on the server.
 Absence triggers run in event time too: before each event, the timers due by its time fire, each
 at its own due time; those still pending at the end of the file are counted, not fired.
+`--show-webhooks` also prints every request that would have been sent, as it would go on the
+wire (a GET's body merged into its query), unsigned.
 """
 
 from __future__ import annotations
@@ -21,29 +23,34 @@ from typing import Any, TextIO
 import orjson
 
 from collector.config.schema import ConfigFile
+from collector.delivery.sender import InvalidRequest, as_sent
 from collector.engine.engine import Engine, compile_rules
 from collector.errors import ConfigError, HTTPError
 from collector.ingest.messages import decode_recorded
 from collector.store.base import IngestResult
 from collector.store.memory import MemoryStore
+from collector.webhook import WebhookRequest
 
 
 class Tally:
     """Counts of a replay: events, duplicates, webhooks, decisions per campaign and reason."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_webhooks: bool = False) -> None:
         self.events = 0
         self.duplicates = 0
         self.webhooks = 0
         self.decisions: Counter[tuple[str, str | None]] = Counter()  # reason None = fired
         self.invalid: list[str] = []
         self.timers_pending = 0
+        self.sent: list[WebhookRequest] | None = [] if keep_webhooks else None
 
     def count(self, result: IngestResult) -> None:
         """Add what one event (or one round of due timers) did."""
         self.events += result.accepted
         self.duplicates += result.duplicates
         self.webhooks += len(result.webhooks)
+        if self.sent is not None:
+            self.sent.extend(result.webhooks)
         self.decisions.update((d.campaign_id, d.reason) for d in result.decisions)
 
     def report(self, campaign_ids: list[str], users: int) -> dict[str, Any]:
@@ -68,10 +75,12 @@ class Tally:
         }
 
 
-async def replay(lines: Any, config: ConfigFile, engine: Engine) -> tuple[Tally, int]:
+async def replay(
+    lines: Any, config: ConfigFile, engine: Engine, keep_webhooks: bool = False
+) -> tuple[Tally, int]:
     """Run every line's events through a memory store, in order; return the tally and users."""
-    store = MemoryStore(lambda: engine, config.state, data_dir=None)
-    tally = Tally()
+    store = MemoryStore(lambda: engine, config.state, disk=None)
+    tally = Tally(keep_webhooks)
     now = 0.0  # the file's clock: the latest event time so far (for dedupe and eviction)
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -91,8 +100,12 @@ async def replay(lines: Any, config: ConfigFile, engine: Engine) -> tuple[Tally,
     return tally, len(store)
 
 
-def run_replay(events_path: str, config: ConfigFile, *, as_json: bool, out: TextIO) -> int:
-    """Replay a JSON-lines file of events and print per-campaign counts; returns an exit code."""
+def run_replay(
+    events_path: str, config: ConfigFile, *, as_json: bool, out: TextIO,
+    show_webhooks: bool = False,
+) -> int:
+    """Replay a JSON-lines file of events and print per-campaign counts (and, with
+    `show_webhooks`, every request that would have been sent); returns an exit code."""
     try:
         engine = Engine(compile_rules(config))
     except ConfigError as exc:
@@ -101,17 +114,57 @@ def run_replay(events_path: str, config: ConfigFile, *, as_json: bool, out: Text
         return 2
     try:
         with open(events_path, "rb") as lines:
-            tally, users = asyncio.run(replay(lines, config, engine))
+            tally, users = asyncio.run(replay(lines, config, engine, show_webhooks))
     except OSError as exc:
         print(f"{events_path}: cannot read: {exc.strerror}", file=sys.stderr)
         return 2
     report = tally.report([c.id for c in config.campaigns], users)
+    shown = [_as_sent(request) for request in tally.sent] if tally.sent is not None else None
     if as_json:
         report["invalid_lines"] = tally.invalid[:20]
+        if shown is not None:
+            report["requests"] = shown
         out.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         _print_table(report, tally.invalid, out)
+        if shown is not None:
+            _print_requests(shown, out)
     return 0
+
+
+def _as_sent(request: WebhookRequest) -> dict[str, Any]:
+    """A webhook as it would go on the wire: method, URL (a GET's body in its query), body."""
+    try:
+        method, url, content = as_sent(request)
+        body = orjson.loads(content) if content else None
+    except InvalidRequest as exc:  # the server would fail it the same way
+        method, url, body = request.method, request.url, request.body
+        error: str | None = str(exc)
+    else:
+        error = None
+    return {
+        "campaign_id": request.campaign_id, "variant_id": request.variant_id,
+        "user_key": request.user_key, "event_id": request.event_id,
+        "webhook_id": request.webhook_id,
+        "method": method, "url": url, "headers": request.headers, "body": body, "error": error,
+    }
+
+
+def _print_requests(shown: list[dict[str, Any]], out: TextIO) -> None:
+    out.write(f"\nRequests that would have been sent ({len(shown)}):\n")
+    for item in shown:
+        variant = f"/{item['variant_id']}" if item["variant_id"] else ""
+        out.write(
+            f"\n{item['method']} {item['url']}\n"
+            f"  # {item['campaign_id']}{variant}, user {item['user_key']}, "
+            f"event {item['event_id']}\n"
+        )
+        for name, value in item["headers"].items():
+            out.write(f"  {name}: {value}\n")
+        if item["body"] is not None:
+            out.write(f"  {orjson.dumps(item['body']).decode()}\n")
+        if item["error"]:
+            out.write(f"  ! would fail: {item['error']}\n")
 
 
 def _print_table(report: dict[str, Any], invalid: list[str], out: TextIO) -> None:

@@ -1,0 +1,82 @@
+"""`tripwire export`: the config file with the campaign changes made while running, as YAML.
+
+The config file seeds the campaigns; changes made through the admin API or the dashboard are
+kept (data directory or Redis) and win over the file at every start. Export writes the live set
+back as a config file, so that it can be reviewed and kept in version control: the file's other
+sections as they are, its campaigns replaced, removed or added as they were changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, TextIO
+
+import msgspec
+import yaml
+
+from collector.config.changes import CampaignChange, decode_change
+from collector.config.schema import encode_hook
+from collector.config.settings import Settings
+from collector.disk import read_table
+from collector.errors import ConfigError
+
+HEADER = (
+    "# Written by `tripwire export`: the config file with the campaign changes made while\n"
+    "# running (admin API, dashboard). Replace the config file with it to keep them.\n"
+)
+
+
+def run_export(settings: Settings, out: TextIO) -> int:
+    """Print (or write) the config file with the live campaign changes applied."""
+    if settings.config_path is None:
+        raise ConfigError(["--config: export needs the config file the changes apply to"])
+    raw = _raw_config(Path(settings.config_path))
+    changes = _changes(settings)
+    campaigns: list[Any] = list(raw.get("campaigns") or [])
+    for campaign_id, change in sorted(changes.items(), key=lambda item: item[1].updated_at):
+        ids = [c.get("id") if isinstance(c, dict) else None for c in campaigns]
+        at = ids.index(campaign_id) if campaign_id in ids else None
+        if change.spec is None:
+            if at is not None:
+                del campaigns[at]
+            continue
+        data = _without_nulls(msgspec.to_builtins(change.spec, enc_hook=encode_hook))
+        if at is None:
+            campaigns.append(data)
+        else:
+            campaigns[at] = data
+    raw["campaigns"] = campaigns
+    out.write(HEADER)
+    out.write(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True, width=96))
+    return 0
+
+
+def _raw_config(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)  # JSON is YAML
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: expected a mapping at the top"])
+    return raw
+
+
+def _changes(settings: Settings) -> dict[str, CampaignChange]:
+    """The kept campaign changes, by campaign id."""
+    if settings.store == "memory":
+        rows = read_table(settings.data_dir, "campaigns")
+        return {campaign_id: decode_change(value) for campaign_id, value in rows.items()}
+    from collector.redis.campaignsync import read_changes
+
+    return asyncio.run(read_changes(settings.store))
+
+
+def _without_nulls(value: Any) -> Any:
+    """Drop keys whose value is null (every optional campaign field defaults to null)."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value

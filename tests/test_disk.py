@@ -1,0 +1,120 @@
+"""The data directory's log: group commit, torn frames, compaction, failures."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from collector import disk as disk_module
+from collector.disk import Disk
+from collector.errors import Unavailable
+
+
+class Owner:
+    """A live mapping kept in a disk table, with a journal and per-key lists."""
+
+    def __init__(self, directory: Path, *, keep: int = 3) -> None:
+        self.disk = Disk(directory)
+        self.disk.open()
+        self.values: dict[str, bytes] = {}
+        self.table = self.disk.table("things", self.values.get)
+        self.journal = self.disk.journal("events", keep=5)
+        self.lists = self.disk.lists("recent", keep=keep)
+
+    def put(self, key: str, value: bytes | None) -> None:
+        if value is None:
+            self.values.pop(key, None)
+        else:
+            self.values[key] = value
+        self.table.mark(key)
+
+
+async def test_what_was_committed_is_read_back_and_bounded(tmp_path: Path) -> None:
+    owner = Owner(tmp_path)
+    owner.disk.start()
+    for n in range(10):
+        owner.put(f"k{n}", f"v{n}".encode())
+        owner.journal.append(float(n), f"e{n}".encode())
+        owner.lists.append("a", f"a{n}".encode())
+    owner.put("k3", None)
+    owner.lists.reset("b", [b"b1", b"b2"])
+    await owner.disk.commit()
+    assert owner.disk.commits == 1  # everything staged in one turn: one write
+    owner.lists.reset("b", None)
+    await owner.disk.commit()
+    # no close: as if killed
+    again = Owner(tmp_path)
+    rows = dict(again.table.rows())
+    assert rows == {f"k{n}": f"v{n}".encode() for n in range(10) if n != 3}
+    entries = [value for _, value in again.journal.entries()]
+    assert entries == [f"e{n}".encode() for n in range(5, 10)]
+    assert again.lists.stored() == {"a": [b"a7", b"a8", b"a9"]}
+
+
+async def test_a_torn_last_frame_is_ignored(tmp_path: Path) -> None:
+    owner = Owner(tmp_path)
+    owner.put("kept", b"yes")
+    await owner.disk.commit()
+    (segment,) = tmp_path.glob("log.*")
+    with segment.open("ab") as out:
+        out.write(b"\x10\x00\x00\x00garbage")  # a frame cut short by a crash
+    again = Owner(tmp_path)
+    assert dict(again.table.rows()) == {"kept": b"yes"}
+    again.put("later", b"also")
+    await again.disk.commit()
+    assert dict(Owner(tmp_path).table.rows()) == {"kept": b"yes", "later": b"also"}
+
+
+async def test_segments_are_compacted_into_a_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(disk_module, "SEGMENT_BYTES", 4096)
+    owner = Owner(tmp_path)
+    owner.disk.start()
+    for round_ in range(40):
+        for n in range(20):
+            owner.put(f"k{n}", f"{round_}-{n}".encode() * 10)
+        owner.put(f"gone{round_}", b"x")
+        owner.put(f"gone{round_}", None)
+        owner.journal.append(float(round_), f"e{round_}".encode())
+        owner.lists.append("a", f"a{round_}".encode())
+        await owner.disk.commit()
+    await owner.disk.close()
+    assert list(tmp_path.glob("snapshot.*")), "no compaction ran"
+    assert len(list(tmp_path.glob("log.*"))) < 40
+    again = Owner(tmp_path)
+    assert dict(again.table.rows()) == {f"k{n}": f"39-{n}".encode() * 10 for n in range(20)}
+    assert [v for _, v in again.journal.entries()] == [f"e{n}".encode() for n in range(35, 40)]
+    assert again.lists.stored() == {"a": [b"a37", b"a38", b"a39"]}
+
+
+async def test_a_failing_write_keeps_what_was_staged_and_recovers(tmp_path: Path) -> None:
+    owner = Owner(tmp_path)
+    owner.disk.start()
+    real_write = disk_module.os.write
+    failing = True
+
+    def write(fd: int, data: bytes) -> int:
+        if failing:
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    disk_module.os.write = write  # type: ignore[assignment]
+    try:
+        owner.put("k", b"v")
+        with pytest.raises(Unavailable):
+            await owner.disk.commit()
+        assert owner.disk.failure == "disk full"
+        with pytest.raises(Unavailable):  # refused at once while it fails
+            await owner.disk.commit()
+        failing = False
+        for _ in range(100):
+            if owner.disk.failure is None:
+                break
+            await asyncio.sleep(0.05)
+        assert owner.disk.failure is None
+    finally:
+        disk_module.os.write = real_write  # type: ignore[assignment]
+    assert dict(Owner(tmp_path).table.rows()) == {"k": b"v"}

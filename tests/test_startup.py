@@ -1,0 +1,61 @@
+"""`tripwire serve` refuses what it cannot run with one clear line and a non-zero exit, never a
+traceback or a hang: bad files, flags, stores, data directories, durations, networks, hours."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GOOD = "write_keys: [k]\n"
+
+CASES: list[tuple[str, bytes, list[str], str]] = [
+    ("config not UTF-8", b'write_keys: [k]\nx: "\xff\xfe"\n', [], "not UTF-8 text"),
+    ("config nested 5,000 deep", GOOD.encode() + b"x: " + b"[" * 5000 + b"]" * 5000, [],
+     "nested deeper than"),
+    ("integer of 5,000 digits", GOOD.encode() + b"priority: " + b"9" * 5000, [],
+     "more than 4,300 digits"),
+    ("unknown store", GOOD.encode(), ["--store", "foo"], "--store: 'foo'"),
+    ("redis port not a number", GOOD.encode(), ["--store", "redis://host:notaport"],
+     "the port is not a number"),
+    ("unknown timezone", GOOD.encode() + b"timezone: Mars/Olympus\n", [], "unknown timezone"),
+    ("port past 65535", GOOD.encode(), ["--port", "70000"], "--port: 70000"),
+    ("no workers", GOOD.encode(), ["--workers", "0"], "--workers: 0"),
+    ("zero timeout", GOOD.encode() + b"webhooks: {timeout: 0}\n", [],
+     "webhooks.timeout: must be more than zero"),
+    ("zero header timeout", GOOD.encode() + b"server: {header_timeout: 0s}\n", [],
+     "server.header_timeout: must be more than zero"),
+    ("network /33", GOOD.encode() + b'webhooks: {allow_list: ["10.0.0.0/33"]}\n', [],
+     "webhooks.allow_list[0]"),
+    ("hours 24:59", GOOD.encode()
+     + b'campaigns: [{id: c, schedule: {hours: "24:59-10:00"}, '
+     b'action: {webhook: {url: "https://example.com/"}}}]\n', [],
+     "campaigns[0].schedule.hours: invalid hours"),
+    ("no write keys", b"campaigns: []\n", [], "write_keys: none"),
+    ("data dir is a file", GOOD.encode(), ["--data-dir", "{tmp}/a-file"], "is not a directory"),
+    ("state file is a directory", GOOD.encode(), ["--data-dir", "{tmp}/data"],
+     "is a directory, where a file is kept"),
+]
+
+
+@pytest.mark.parametrize(("case", "config", "args", "message"), CASES, ids=[c[0] for c in CASES])
+def test_serve_refuses_with_one_line(
+    tmp_path: Path, case: str, config: bytes, args: list[str], message: str
+) -> None:
+    (tmp_path / "tripwire.yaml").write_bytes(config)
+    (tmp_path / "a-file").write_text("not a directory")
+    (tmp_path / "data" / "state.msgpack").mkdir(parents=True)
+    command = [sys.executable, "-m", "collector.cli", "serve", "--config", "tripwire.yaml"]
+    command += [a.replace("{tmp}", str(tmp_path)) for a in args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIPWIRE_")}
+    result = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=30, env=env
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert message in lines[0]
