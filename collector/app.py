@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -32,6 +33,7 @@ from collector.ingest.endpoints import IngestApp
 from collector.ingest.tagfile import TagFile, tag_js
 from collector.metrics import IngestMetrics, render
 from collector.runtime import Runtime
+from collector.security import SecurityHeaders
 from collector.tools import requestbin
 from collector.tools.requestbin import RequestBin
 
@@ -103,7 +105,12 @@ def create_app(settings: Settings) -> CollectorApp:
                 sys.stderr.flush()
                 os._exit(1)
 
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[Middleware(SecurityHeaders)],
+    )
     app.state.runtime = runtime
     app.state.registry = registry
     app.state.tag = tag
@@ -120,7 +127,12 @@ def create_bin_app(request_bin: RequestBin) -> Starlette:
         request_bin.close()
 
     routes: list[BaseRoute] = [Route("/", to_bins), Route("/healthz", bin_healthz), BIN_ROUTES]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[Middleware(SecurityHeaders)],
+    )
     app.state.request_bin = request_bin
     return app
 
@@ -131,9 +143,11 @@ ADMIN_API_ROUTES: list[BaseRoute] = [
     Mount(
         "/admin/api",
         routes=[
+            Route("/openapi.json", api.openapi, methods=["GET"]),
             Route("/campaigns", api.list_campaigns, methods=["GET"]),
             Route("/campaigns/{id}", api.get_campaign, methods=["GET"]),
             Route("/campaigns/{id}", api.put_campaign, methods=["PUT"]),
+            Route("/campaigns/{id}", api.patch_campaign, methods=["PATCH"]),
             Route("/campaigns/{id}", api.delete_campaign, methods=["DELETE"]),
             Route("/campaigns/{id}/test", api.fire_test, methods=["POST"]),
             Route("/campaigns/{id}/resume", api.resume_campaign, methods=["POST"]),

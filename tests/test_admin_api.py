@@ -98,9 +98,14 @@ def test_nothing_admin_opens_without_the_admin_token(server: Tripwire) -> None:
     assert client.post("/admin/api/campaigns/ping/resume").status_code == 401
     assert client.get("/admin/api/paused").status_code == 401
     assert client.get("/admin/api/campaigns", headers=BEARER).status_code == 200
-    as_cookie = httpx.Client(base_url=server.url, cookies={"tripwire_admin": ADMIN_TOKEN},
-                             trust_env=False)
+    # the cookie holds a session from logging in, never the token itself
+    with httpx.Client(base_url=server.url, cookies={"tripwire_admin": ADMIN_TOKEN},
+                      trust_env=False) as token_as_cookie:
+        assert token_as_cookie.get("/admin/api/campaigns").status_code == 401
+    as_cookie = httpx.Client(base_url=server.url, trust_env=False)
     with as_cookie:
+        as_cookie.post("/admin/login", data={"token": ADMIN_TOKEN})
+        assert as_cookie.cookies["tripwire_admin"] != ADMIN_TOKEN
         assert as_cookie.get("/admin/api/campaigns").status_code == 200
         # the dashboard's cookie cannot be ridden by a form on another site
         forged = as_cookie.delete("/admin/api/campaigns/ping", headers={"Origin": "http://evil.test"})

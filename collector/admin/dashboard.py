@@ -24,16 +24,17 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from collector.admin import api as admin
-from collector.admin import auth
+from collector.admin import auth, editing
 from collector.admin.replay import replay_dead_letter
 from collector.config.schema import CampaignSpec
 from collector.delivery.dispatcher import PausedEndpoint
 from collector.delivery.log import STATUSES, DeliveryAttempt
 from collector.errors import HTTPError, InvalidCampaign, NotFound
 from collector.events import Event
+from collector.store.sessions import SESSION_SECONDS
 
 Page = Callable[[Request], Awaitable[Response]]
-COOKIE_SECONDS = 7 * 86400
+COOKIE_SECONDS = SESSION_SECONDS
 MAX_FORM_BYTES = 256 * 1024
 NAV = (
     ("/admin/", "Campaigns"),
@@ -108,7 +109,7 @@ def guarded(endpoint: Page) -> Page:
     refusing cross-origin changes, and showing HTTP errors as a page."""
 
     async def guarded_page(request: Request) -> Response:
-        refused = auth.refusal(request)
+        refused = await auth.refusal(request)
         if refused == "off":
             return _plain("not found", 404)
         if refused == "unauthorized":
@@ -146,10 +147,11 @@ async def login(request: Request) -> Response:
             return _login_form(None, 200)
     if not auth.valid_token(request, given.strip()):
         return _login_form("That is not the admin token.", 401)
+    session = await auth.runtime_of(request).sessions.create()
     response = RedirectResponse("/admin/", status_code=303)
     response.set_cookie(
         auth.COOKIE,
-        given.strip(),
+        session,
         max_age=COOKIE_SECONDS,
         path="/admin",
         httponly=True,
@@ -159,8 +161,11 @@ async def login(request: Request) -> Response:
     return response
 
 
-async def logout(_: Request) -> Response:
-    """POST /admin/logout: forget the cookie."""
+async def logout(request: Request) -> Response:
+    """POST /admin/logout: end the session (its cookie stops working everywhere) and forget it."""
+    session = request.cookies.get(auth.COOKIE)
+    if session and auth.runtime_of(request).settings.admin_token:
+        await auth.runtime_of(request).sessions.revoke(session)
     response = RedirectResponse("/admin/login", status_code=303)
     response.delete_cookie(auth.COOKIE, path="/admin", httponly=True, samesite="strict")
     return response
@@ -216,7 +221,8 @@ async def editor(request: Request) -> Response:
     if campaign_id is None:
         return _editor_page(request, None, _new_campaign(), [], 200)
     spec = admin.find_campaign(auth.runtime_of(request), campaign_id)
-    return _editor_page(request, spec, _campaign_yaml(spec), [], 200)
+    version = admin.campaign_etag(spec) or ""
+    return _editor_page(request, spec, _campaign_yaml(spec), [], 200, version)
 
 
 @guarded
@@ -224,7 +230,9 @@ async def save(request: Request) -> Response:
     """POST /admin/campaigns[/{id}]: create or replace a campaign from the editor."""
     runtime = auth.runtime_of(request)
     original = request.path_params.get("id")
-    source = (await _form(request)).get("source", "")
+    form = await _form(request)
+    source = form.get("source", "")
+    version = form.get("version", "")  # the campaign's ETag when the editor was opened
     spec = admin.find_campaign(runtime, original) if original else None
     try:
         raw = admin.parse_campaign_text(source)
@@ -236,9 +244,17 @@ async def save(request: Request) -> Response:
             raise InvalidCampaign([problem])
         if not original and any(c.id == campaign_id for c in runtime.config.campaigns):
             raise InvalidCampaign([f"id: a campaign {campaign_id!r} exists already"])
-        saved, _ = await admin.save_campaign(runtime, campaign_id, raw)
+        async with editing.write_lock(request):
+            if spec is not None and version and version != admin.campaign_etag(
+                admin.existing_campaign(runtime, spec.id)
+            ):
+                raise InvalidCampaign([
+                    "someone else saved this campaign since you opened it: your text is kept "
+                    "below; open the campaign again to see their change, then redo yours"
+                ])
+            saved, _ = await admin.save_campaign(runtime, campaign_id, raw)
     except InvalidCampaign as exc:
-        return _editor_page(request, spec, source, exc.problems, 400)
+        return _editor_page(request, spec, source, exc.problems, 400, version)
     return _back("/admin/", notice=f"Saved {saved.id}.")
 
 
@@ -285,7 +301,8 @@ async def resume(request: Request) -> Response:
 
 
 def _editor_page(
-    request: Request, spec: CampaignSpec | None, source: str, problems: list[str], status: int
+    request: Request, spec: CampaignSpec | None, source: str, problems: list[str], status: int,
+    version: str = "",
 ) -> Response:
     action = f"/admin/campaigns/{quote(spec.id)}" if spec else "/admin/campaigns"
     title = f"Edit {spec.id}" if spec else "New campaign"
@@ -306,7 +323,8 @@ def _editor_page(
             action=action, stats=stats, id=_e(spec.id)
         )
     body = _views()["editor"].substitute(
-        title=_e(title), errors=errors, action=action, source=_e(source), side=side
+        title=_e(title), errors=errors, action=action, source=_e(source), side=side,
+        version=_e(version),
     )
     return _page(request, title, body, status)
 

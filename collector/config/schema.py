@@ -471,4 +471,6 @@ def encode_hook(value: Any) -> Any:
     """msgspec `enc_hook` giving back the config's own types as plain data."""
     if isinstance(value, ConditionTree):
         return value.raw
+    if isinstance(value, str):  # the config's str types: hours, windows, timezone names
+        return str(value)
     raise NotImplementedError(f"cannot encode {type(value)!r}")

@@ -143,7 +143,11 @@ def load_config(path: str | Path, verify: Verify | None = None) -> ConfigFile:
         raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from exc
     kind = "JSON" if file.suffix == ".json" else "YAML"
     try:
-        raw = msgspec.json.decode(text) if file.suffix == ".json" else parse_yaml(text)
+        if file.suffix == ".json":
+            raw = msgspec.json.decode(text)
+            check_integers(raw, "$")
+        else:
+            raw = parse_yaml(text)
     except (msgspec.DecodeError, yaml.YAMLError, ValueError) as exc:
         raise ConfigError([f"{path}: not valid {kind}: {one_line(exc)}"]) from exc
     except RecursionError as exc:
@@ -169,11 +173,28 @@ def parse_yaml(text: str) -> Any:
         elif isinstance(token, _CLOSING):
             depth -= 1
     try:
-        return yaml.safe_load(text)
+        raw = yaml.safe_load(text)
     except ValueError as exc:
         if "integer string conversion" in str(exc):
             raise ValueError("an integer has more than 4,300 digits") from None
         raise ValueError(one_line(exc)) from None
+    check_integers(raw, "$")
+    return raw
+
+
+def check_integers(value: Any, path: str) -> None:
+    """ValueError naming the first integer outside signed 64 bits (stores cannot keep it)."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise ValueError(f"{path}: integer out of range (signed 64 bits)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_integers(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_integers(item, f"{path}[{index}]")
 
 
 _OPENING = (

@@ -114,6 +114,11 @@ class Keys:
         return f"{PREFIX}:usage:{period}"
 
     @staticmethod
+    def session(digest: str) -> str:
+        """A live dashboard session, by the digest of its id."""
+        return f"{PREFIX}:session:{digest}"
+
+    @staticmethod
     def campaigns() -> str:
         """Hash of campaigns changed through the admin API."""
         return f"{PREFIX}:{{campaigns}}"

@@ -15,6 +15,7 @@ from collector.redis.campaignsync import ApplyPut, ApplyRemove, RedisCampaignSyn
 from collector.redis.connection import RedisConnection
 from collector.redis.deliverylog import RedisDeliveryLog
 from collector.redis.outbox import RedisOutbox
+from collector.redis.sessions import RedisSessions
 from collector.redis.store import RedisStore
 
 
@@ -40,6 +41,7 @@ class RedisMode:
         self.outbox = RedisOutbox(self.connection)
         self.log = RedisDeliveryLog(self.connection)
         self.campaigns = RedisCampaignSync(self.connection, apply_put, apply_remove)
+        self.sessions = RedisSessions(self.connection)
 
     async def close(self) -> None:
         """Write the delivery log's last entries and disconnect."""
