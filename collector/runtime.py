@@ -167,6 +167,9 @@ class Runtime:
                 continue
             if result.decisions:
                 self.metrics.decisions.update(map(_DECISION_LABELS, result.decisions))
+                if self.disk is not None:  # memory mode: the fired waits are kept now
+                    with contextlib.suppress(Unavailable):  # kept by a later commit
+                        await self.disk.commit()
 
     async def stopped(self) -> dict[str, str]:
         """Campaigns stopped by their stop conditions, with the condition reached."""
