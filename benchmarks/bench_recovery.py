@@ -57,9 +57,11 @@ def main() -> None:
     """Fill a data directory, kill the server, and time the restart."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--visitors", type=int, default=100_000)
+    parser.add_argument("--keep", help="fill this directory and keep it (to look into it)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = Path(args.keep or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         config = work / "tripwire.json"

@@ -143,9 +143,11 @@ ADMIN_API_ROUTES: list[BaseRoute] = [
     Mount(
         "/admin/api",
         routes=[
+            Route("/openapi.json", api.openapi, methods=["GET"]),
             Route("/campaigns", api.list_campaigns, methods=["GET"]),
             Route("/campaigns/{id}", api.get_campaign, methods=["GET"]),
             Route("/campaigns/{id}", api.put_campaign, methods=["PUT"]),
+            Route("/campaigns/{id}", api.patch_campaign, methods=["PATCH"]),
             Route("/campaigns/{id}", api.delete_campaign, methods=["DELETE"]),
             Route("/campaigns/{id}/test", api.fire_test, methods=["POST"]),
             Route("/campaigns/{id}/resume", api.resume_campaign, methods=["POST"]),

@@ -10,6 +10,7 @@ TripwireError
     ├── Forbidden            403 a cookie-authenticated admin change from another site
     ├── NotFound             404
     ├── MethodNotAllowed     405
+    ├── PreconditionFailed   412 an admin change made against a version that changed since
     ├── PayloadTooLarge      413 over the size limits
     ├── UnsupportedMediaType 415
     └── Unavailable          503 a backing service is down; carries Retry-After
@@ -100,6 +101,13 @@ class PayloadTooLarge(HTTPError):
 
     status = 413
     code = "payload_too_large"
+
+
+class PreconditionFailed(HTTPError):
+    """If-Match (or If-None-Match) names a version that is not the current one."""
+
+    status = 412
+    code = "precondition_failed"
 
 
 class UnsupportedMediaType(HTTPError):

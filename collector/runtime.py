@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import operator
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -28,6 +30,7 @@ from collector.errors import Unavailable
 from collector.events import Event
 from collector.feed import EventFeed
 from collector.metrics import IngestMetrics
+from collector.redis.counts import RedisCounts
 from collector.redis.mode import RedisMode, is_redis_url
 from collector.store.base import Store
 from collector.store.memory import MemoryStore
@@ -46,6 +49,25 @@ MAX_PENDING_WEBHOOKS = 200_000
 TIMER_TICK = 0.2  # seconds between looks for due absence timers: they fire within this of due
 
 
+@contextlib.contextmanager
+def _loading() -> Iterator[None]:
+    """Load without the cyclic garbage collector, then set what was loaded aside from it.
+
+    Reading 100,000 profiles creates millions of objects; collections triggered meanwhile would
+    scan them again and again. Frozen afterwards, they are never scanned by later collections
+    either (they are freed by reference counting like any other object), which keeps the
+    pauses of a big store short.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+        gc.freeze()
+
+
 class Runtime:
     """The parts of a running collector and the path an accepted event takes through them."""
 
@@ -62,10 +84,15 @@ class Runtime:
         self.disk: Disk | None = None
         if settings.store == "memory":
             self.disk = Disk(settings.data_dir)
-            self.disk.open()
+            with _loading():
+                self.disk.open()
         self.outbox: Outbox = MemoryOutbox(self.disk)  # Redis mode swaps in its own
         self.store: Store = self._make_store()
         self.delivery_log = self.redis.log if self.redis else DeliveryLog(disk=self.disk)
+        # Redis mode: every process's decision counts, kept in Redis (memory mode: on disk)
+        self.shared_counts = (
+            RedisCounts(self.redis.connection, metrics.decisions) if self.redis else None
+        )
         self.campaign_changes: dict[str, CampaignChange] = {}  # made while running, kept
         self._campaign_rows = (
             self.disk.table("campaigns", self._campaign_record) if self.disk else None
@@ -109,12 +136,17 @@ class Runtime:
     async def start(self) -> None:
         """Open the store and start delivery."""
         if self.disk is not None:
-            self._load_disk()
+            with _loading():
+                self._load_disk()
+                await self.store.open()
             self.disk.start()
             self._counts_task = asyncio.create_task(self._save_counts(), name="save-counts")
-        await self.store.open()
+        else:
+            await self.store.open()
         if self.redis is not None:
             await self.redis.campaigns.start()
+        if self.shared_counts is not None:
+            await self.shared_counts.start()
         if self.settings.deliver_in_process:
             await self.dispatcher.start()
         else:
@@ -136,6 +168,9 @@ class Runtime:
                 continue
             if result.decisions:
                 self.metrics.decisions.update(map(_DECISION_LABELS, result.decisions))
+                if self.disk is not None:  # memory mode: the fired waits are kept now
+                    with contextlib.suppress(Unavailable):  # kept by a later commit
+                        await self.disk.commit()
 
     async def stopped(self) -> dict[str, str]:
         """Campaigns stopped by their stop conditions, with the condition reached."""
@@ -156,6 +191,8 @@ class Runtime:
         else:
             await self.outbox.close()
         await self.store.close()
+        if self.shared_counts is not None:
+            await self.shared_counts.stop()
         if self.redis is not None:
             await self.redis.close()
         if self.disk is not None:
@@ -204,6 +241,13 @@ class Runtime:
 
     def _counts_record(self, _: str) -> bytes | None:
         return _encode_counts([(*labels, n) for labels, n in self.metrics.decisions.items()])
+
+    def campaign_counts(self) -> Counter[tuple[str, str, str | None]]:
+        """Decisions by (campaign, outcome, reason), kept across restarts (every process's in
+        Redis mode)."""
+        if self.shared_counts is not None:
+            return self.shared_counts.current()
+        return self.metrics.decisions
 
     async def ready(self) -> bool:
         """True when the store answers and the data directory takes writes."""

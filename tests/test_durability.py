@@ -408,3 +408,22 @@ def test_redis_mode_keeps_campaign_edits_across_a_restart_and_exports_them(
         config_file = tmp_path / "tripwire.yaml"
         config_file.write_text(yaml.safe_dump(cfg))
         check_export(export("--config", str(config_file), "--store", redis_server.url), tmp_path)
+
+
+def test_redis_mode_counts_every_process_and_keeps_the_counts(redis_server: RedisServer) -> None:
+    with Sink() as sink:
+        cfg = config(sink, once_per_user(sink, "welcome", "Signed Up"))
+        store = ["--store", redis_server.url]
+        with run_tripwire(cfg, args=store) as first, run_tripwire(cfg, args=store) as second:
+            for n, server in enumerate((first, second, first)):
+                assert server.post("/v1/track", track("Signed Up", f"v{n}")).status_code == 200
+            assert second.post("/v1/track", track("Signed Up", "v0")).status_code == 200
+            wanted = {"fired": 3, "suppressed": {"frequency": 1}}
+            for server in (first, second):
+                wait_until(
+                    lambda server=server: _welcome_stats(server) == wanted,  # type: ignore[misc]
+                    timeout=5,
+                    message="every process's counts",
+                )
+        with run_tripwire(cfg, args=store) as server:
+            assert _welcome_stats(server) == wanted

@@ -25,6 +25,7 @@ from collector.redis.scripts import CLAIM_TIMERS
 from collector.redis.store import TIMER_LEASE, RedisStore
 from collector.store.base import Store
 from collector.store.memory import MemoryStore
+from tests.support.poll import wait_until
 from tests.support.redis import RedisClusterServers, RedisServer
 from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire
 from tests.support.sink import Sink
@@ -324,6 +325,36 @@ def fired_at(server: Tripwire) -> float:
     decision = lookup["profile"]["decisions"]["abandoned"]
     assert decision["outcome"] == "fired"
     return float(decision["at"])
+
+
+def test_timers_survive_a_kill_9_in_memory_mode(tmp_path: Path) -> None:
+    with Sink() as sink:
+        cfg = serve_config(sink, "3s")
+        data = tmp_path / "data"
+        with run_tripwire(cfg, data_dir=data) as first:
+            armed_at = arm_and_kill(first)
+        sink.set_default(503)  # the wait fires in the next run; its webhook cannot get through
+        with run_tripwire(cfg, data_dir=data) as second:
+            at = wait_until(lambda: _fired_at_or_none(second), timeout=20, message="the wait")
+            second.process.kill()  # fired, its webhook not delivered yet: both must be kept
+            second.process.wait()
+        sink.set_default(200)
+        switched = time.time()
+        with run_tripwire(cfg, data_dir=data) as third:
+            delivered = sink.wait_until(
+                lambda requests: any(r.received_at > switched for r in requests), timeout=20
+            )
+            assert next(r.json() for r in delivered if r.received_at > switched) == {
+                "v": "left-alone"
+            }
+            assert min(r.received_at for r in delivered) >= armed_at + 3
+            fired_once_more(third, sink, at)
+
+
+def _fired_at_or_none(server: Tripwire) -> float | None:
+    lookup = server.user("left-alone")
+    decisions = lookup["profile"]["decisions"] if lookup is not None else {}
+    return fired_at(server) if "abandoned" in decisions else None
 
 
 def test_timers_survive_a_kill_9_in_redis_mode() -> None:

@@ -20,7 +20,8 @@ import yaml
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from collector.admin import auth
+from collector.admin import auth, editing
+from collector.admin.openapi import document as openapi_document
 from collector.admin.replay import replay_dead_letter
 from collector.config.schema import CampaignSpec, encode_hook
 from collector.config.settings import decode_campaign, one_line, parse_yaml
@@ -36,6 +37,7 @@ from collector.errors import (
     NotFound,
     TooManyRequests,
     Unauthorized,
+    UnsupportedMediaType,
 )
 from collector.events import Event
 from collector.feed import EventFeed
@@ -101,7 +103,7 @@ async def save_campaign(runtime: Runtime, campaign_id: str, raw: Any) -> tuple[C
     """Validate and apply a campaign; return it and whether it is new. Raises InvalidCampaign."""
     if not isinstance(raw, dict):
         raise InvalidCampaign(["$: expected a campaign mapping"])
-    raw = {"id": campaign_id, **raw}
+    raw = {"id": campaign_id, **editing.writable(raw)}
     if raw["id"] != campaign_id:
         raise InvalidCampaign([f"id: {raw['id']!r} does not match the URL's {campaign_id!r}"])
     try:
@@ -124,16 +126,26 @@ async def set_status(runtime: Runtime, campaign_id: str, status: str) -> Campaig
 
 def find_campaign(runtime: Runtime, campaign_id: str) -> CampaignSpec:
     """The campaign with this id, or NotFound."""
-    for spec in runtime.config.campaigns:
-        if spec.id == campaign_id:
-            return spec
-    raise NotFound(f"no campaign {campaign_id!r}")
+    spec = existing_campaign(runtime, campaign_id)
+    if spec is None:
+        raise NotFound(f"no campaign {campaign_id!r}")
+    return spec
+
+
+def existing_campaign(runtime: Runtime, campaign_id: str) -> CampaignSpec | None:
+    """The campaign with this id, if there is one."""
+    return next((spec for spec in runtime.config.campaigns if spec.id == campaign_id), None)
+
+
+def campaign_etag(spec: CampaignSpec | None) -> str | None:
+    """A campaign's ETag (None when there is no campaign)."""
+    return None if spec is None else editing.etag(campaign_as_data(spec))
 
 
 def campaign_stats(runtime: Runtime) -> dict[str, dict[str, Any]]:
     """Per campaign: how many times it fired, and its suppressions counted by reason."""
     stats: dict[str, dict[str, Any]] = {}
-    for (campaign, outcome, reason), count in runtime.metrics.decisions.items():
+    for (campaign, outcome, reason), count in runtime.campaign_counts().items():
         entry = stats.setdefault(campaign, {"fired": 0, "suppressed": {}})
         if outcome == "fired":
             entry["fired"] += count
@@ -231,28 +243,79 @@ async def list_campaigns(request: Request) -> Response:
 
 @guarded
 async def get_campaign(request: Request) -> Response:
-    """GET /admin/api/campaigns/{id}: one campaign with its statistics."""
+    """GET /admin/api/campaigns/{id}: one campaign with its statistics (read-only) and ETag."""
     runtime = auth.runtime_of(request)
     spec = find_campaign(runtime, request.path_params["id"])
     stats = campaign_stats(runtime).get(spec.id, _NO_STATS)
     stopped = (await runtime.stopped()).get(spec.id)
-    return JSONResponse({**campaign_as_data(spec), "stats": stats, "stopped": stopped})
+    data = campaign_as_data(spec)
+    return JSONResponse(
+        {**data, "stats": stats, "stopped": stopped}, headers={"ETag": editing.etag(data)}
+    )
 
 
 @guarded
 async def put_campaign(request: Request) -> Response:
-    """PUT /admin/api/campaigns/{id}: create or replace a campaign (YAML or JSON)."""
+    """PUT /admin/api/campaigns/{id}: create or replace a campaign (YAML or JSON); keys left
+    out take their defaults, read-only keys (`stats`, `stopped`) are ignored."""
+    runtime = auth.runtime_of(request)
+    campaign_id = request.path_params["id"]
     raw = parse_campaign_text((await request.body()).decode("utf-8", "replace"))
-    spec, created = await save_campaign(auth.runtime_of(request), request.path_params["id"], raw)
-    return JSONResponse(campaign_as_data(spec), status_code=201 if created else 200)
+    async with editing.write_lock(request):
+        editing.check_preconditions(
+            request, campaign_etag(existing_campaign(runtime, campaign_id))
+        )
+        spec, created = await save_campaign(runtime, campaign_id, raw)
+    return _campaign_answer(spec, 201 if created else 200)
+
+
+@guarded
+async def patch_campaign(request: Request) -> Response:
+    """PATCH /admin/api/campaigns/{id}: a JSON merge patch (RFC 7396); keys it leaves out keep
+    their values, null removes a key (back to its default)."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type not in ("application/merge-patch+json", "application/json"):
+        raise UnsupportedMediaType(
+            "Content-Type: send a JSON merge patch as application/merge-patch+json"
+        )
+    # JSON is YAML: parsed like a PUT's body, with its bounds on nesting and integers.
+    patch = parse_campaign_text((await request.body()).decode("utf-8", "replace"))
+    if not isinstance(patch, dict):
+        raise BadRequest("$: a merge patch of a campaign is a JSON object")
+    runtime = auth.runtime_of(request)
+    campaign_id = request.path_params["id"]
+    async with editing.write_lock(request):
+        current = find_campaign(runtime, campaign_id)
+        data = campaign_as_data(current)
+        editing.check_preconditions(request, editing.etag(data))
+        merged = editing.merge_patch(data, editing.writable(patch))
+        spec, _ = await save_campaign(runtime, campaign_id, merged)
+    return _campaign_answer(spec, 200)
 
 
 @guarded
 async def delete_campaign(request: Request) -> Response:
-    """DELETE /admin/api/campaigns/{id}."""
-    if not await auth.runtime_of(request).remove_campaign(request.path_params["id"]):
-        raise NotFound(f"no campaign {request.path_params['id']!r}")
+    """DELETE /admin/api/campaigns/{id} (honours If-Match)."""
+    runtime = auth.runtime_of(request)
+    campaign_id = request.path_params["id"]
+    async with editing.write_lock(request):
+        current = existing_campaign(runtime, campaign_id)
+        if current is None:
+            raise NotFound(f"no campaign {campaign_id!r}")
+        editing.check_preconditions(request, campaign_etag(current))
+        await runtime.remove_campaign(campaign_id)
     return Response(status_code=204)
+
+
+def _campaign_answer(spec: CampaignSpec, status: int) -> Response:
+    data = campaign_as_data(spec)
+    return JSONResponse(data, status_code=status, headers={"ETag": editing.etag(data)})
+
+
+@guarded
+async def openapi(_: Request) -> Response:
+    """GET /admin/api/openapi.json: this API as an OpenAPI 3.1 document."""
+    return JSONResponse(openapi_document())
 
 
 @guarded

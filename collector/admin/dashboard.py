@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from collector.admin import api as admin
-from collector.admin import auth
+from collector.admin import auth, editing
 from collector.admin.replay import replay_dead_letter
 from collector.config.schema import CampaignSpec
 from collector.delivery.dispatcher import PausedEndpoint
@@ -221,7 +221,8 @@ async def editor(request: Request) -> Response:
     if campaign_id is None:
         return _editor_page(request, None, _new_campaign(), [], 200)
     spec = admin.find_campaign(auth.runtime_of(request), campaign_id)
-    return _editor_page(request, spec, _campaign_yaml(spec), [], 200)
+    version = admin.campaign_etag(spec) or ""
+    return _editor_page(request, spec, _campaign_yaml(spec), [], 200, version)
 
 
 @guarded
@@ -229,7 +230,9 @@ async def save(request: Request) -> Response:
     """POST /admin/campaigns[/{id}]: create or replace a campaign from the editor."""
     runtime = auth.runtime_of(request)
     original = request.path_params.get("id")
-    source = (await _form(request)).get("source", "")
+    form = await _form(request)
+    source = form.get("source", "")
+    version = form.get("version", "")  # the campaign's ETag when the editor was opened
     spec = admin.find_campaign(runtime, original) if original else None
     try:
         raw = admin.parse_campaign_text(source)
@@ -241,9 +244,17 @@ async def save(request: Request) -> Response:
             raise InvalidCampaign([problem])
         if not original and any(c.id == campaign_id for c in runtime.config.campaigns):
             raise InvalidCampaign([f"id: a campaign {campaign_id!r} exists already"])
-        saved, _ = await admin.save_campaign(runtime, campaign_id, raw)
+        async with editing.write_lock(request):
+            if spec is not None and version and version != admin.campaign_etag(
+                admin.existing_campaign(runtime, spec.id)
+            ):
+                raise InvalidCampaign([
+                    "someone else saved this campaign since you opened it: your text is kept "
+                    "below; open the campaign again to see their change, then redo yours"
+                ])
+            saved, _ = await admin.save_campaign(runtime, campaign_id, raw)
     except InvalidCampaign as exc:
-        return _editor_page(request, spec, source, exc.problems, 400)
+        return _editor_page(request, spec, source, exc.problems, 400, version)
     return _back("/admin/", notice=f"Saved {saved.id}.")
 
 
@@ -290,7 +301,8 @@ async def resume(request: Request) -> Response:
 
 
 def _editor_page(
-    request: Request, spec: CampaignSpec | None, source: str, problems: list[str], status: int
+    request: Request, spec: CampaignSpec | None, source: str, problems: list[str], status: int,
+    version: str = "",
 ) -> Response:
     action = f"/admin/campaigns/{quote(spec.id)}" if spec else "/admin/campaigns"
     title = f"Edit {spec.id}" if spec else "New campaign"
@@ -311,7 +323,8 @@ def _editor_page(
             action=action, stats=stats, id=_e(spec.id)
         )
     body = _views()["editor"].substitute(
-        title=_e(title), errors=errors, action=action, source=_e(source), side=side
+        title=_e(title), errors=errors, action=action, source=_e(source), side=side,
+        version=_e(version),
     )
     return _page(request, title, body, status)
 

@@ -254,7 +254,8 @@ class MemoryStore:
         """Fire the absence timers due by `now` and queue their webhooks.
 
         With `event_time` (replay), each user's timers are decided at their due time rather than
-        at `now`, in due order across users. What it changed is written with the next commit.
+        at `now`, in due order across users. What it changed is staged for the data directory; the
+        runtime commits it.
         """
         heap = self._due
         if not heap or heap[0][0] > now:
