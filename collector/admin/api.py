@@ -319,6 +319,14 @@ async def openapi(_: Request) -> Response:
 
 
 @guarded
+async def results(request: Request) -> Response:
+    """GET /admin/api/campaigns/{id}/results: every arm against control (A/B results)."""
+    runtime = auth.runtime_of(request)
+    spec = find_campaign(runtime, request.path_params["id"])
+    return JSONResponse(await runtime.results(spec))
+
+
+@guarded
 async def fire_test(request: Request) -> Response:
     """POST /admin/api/campaigns/{id}/test: send the campaign's webhook once, now."""
     options = await _options(request)
