@@ -1,5 +1,6 @@
 """Redis mode: ingest throughput with 1 and 2 `serve` workers, trigger-to-webhook latency at
-500 events/s, and Redis round trips per ingest request by batch size.
+500 events/s, Redis round trips per ingest request by batch size, and how long a campaign
+change made through one process takes to reach another (SPEC: within 1 s).
 
 Starts its own redis-server on a free port (no persistence) and never touches another.
 Targets (SPEC §10): p99 ≤ 20 ms trigger to webhook; a constant number of round trips per
@@ -167,6 +168,33 @@ async def latency(url: str, seconds: int, separate_worker: bool) -> tuple[str, s
     return percentiles(accepted), percentiles(sent)
 
 
+def campaign_propagation(url: str, changes: int = 5) -> list[float]:
+    """Seconds from a campaign PUT on one `serve` process to its being listed by another."""
+    import httpx
+
+    flush(url)
+    config = {"write_keys": ["bench-key"]}
+    headers = {"Authorization": "Bearer bench-token"}
+    took: list[float] = []
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(environment(TRIPWIRE_ADMIN_TOKEN="bench-token"))
+        first = stack.enter_context(tripwire(config, free_port(), args=["--store", url]))
+        second = stack.enter_context(tripwire(config, free_port(), cores="1",
+                                              args=["--store", url]))
+        client = stack.enter_context(httpx.Client(headers=headers, trust_env=False, timeout=10))
+        for n in range(changes):
+            campaign = {"status": "published", "trigger": {"event": f"E{n}"},
+                        "action": {"webhook": {"url": "https://hooks.example/x"}}}
+            started = time.perf_counter()
+            client.put(f"{first}/admin/api/campaigns/c{n}", json=campaign).raise_for_status()
+            while client.get(f"{second}/admin/api/campaigns/c{n}").status_code != 200:
+                if time.perf_counter() - started > 30:
+                    raise RuntimeError(f"campaign c{n} never reached the second process")
+                time.sleep(0.005)
+            took.append(time.perf_counter() - started)
+    return took
+
+
 async def round_trips(url: str) -> dict[int, int]:
     """Round trips one ingest request costs, by batch size (new visitors, one webhook each)."""
     from collector.config.settings import decode_config
@@ -211,6 +239,7 @@ def main() -> None:
     results: dict[str, Any] = {}
     with redis_server() as url:
         results["trips"] = asyncio.run(round_trips(url))
+        results["propagation"] = campaign_propagation(url)
         results["ingest"] = [] if args.latency_only else ingest(url, args.seconds)
         results["latency"] = [
             asyncio.run(latency(url, max(args.seconds, 5), separate_worker=separate))
@@ -218,6 +247,11 @@ def main() -> None:
         ]
     print("Redis round trips per ingest request, by batch size (target: constant):")
     print("  " + "   ".join(f"{size}: {count}" for size, count in results["trips"].items()))
+    took = sorted(results["propagation"])
+    print(
+        f"Campaign change, one process to another: median {took[len(took) // 2] * 1000:.0f} ms, "
+        f"max {took[-1] * 1000:.0f} ms over {len(took)} changes (target ≤ 1000 ms)"
+    )
     print("Ingest in redis mode (20 campaigns, 10 variables, 100k visitors):")
     for label, value in results["ingest"]:
         print(f"  {label:<55} {value:10,.0f}")

@@ -150,6 +150,7 @@ ADMIN_API_ROUTES: list[BaseRoute] = [
             Route("/campaigns/{id}", api.patch_campaign, methods=["PATCH"]),
             Route("/campaigns/{id}", api.delete_campaign, methods=["DELETE"]),
             Route("/campaigns/{id}/test", api.fire_test, methods=["POST"]),
+            Route("/campaigns/{id}/results", api.results, methods=["GET"]),
             Route("/campaigns/{id}/resume", api.resume_campaign, methods=["POST"]),
             Route("/paused", api.paused_endpoints, methods=["GET"]),
             Route("/users/{identity:path}", api.user, methods=["GET"]),
@@ -217,6 +218,7 @@ async def readyz(request: Request) -> Response:
 
 async def metrics_endpoint(request: Request) -> Response:
     """GET /metrics: Prometheus metrics."""
+    await request.app.state.runtime.refresh_results()  # A/B results live in the store
     body = render(request.app.state.registry)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -14,6 +14,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from collector.engine.results import ArmResult
+
 
 class IngestMetrics(Collector):
     """Counts of requests, messages and decisions, read by Prometheus on scrape."""
@@ -24,6 +26,7 @@ class IngestMetrics(Collector):
         # (campaign, outcome, reason); reason is None for fired
         self.decisions: Counter[tuple[str, str, str | None]] = Counter()
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.results: dict[str, list[ArmResult]] = {}  # A/B results per campaign with a goal
         registry.register(self)
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
@@ -54,8 +57,44 @@ class IngestMetrics(Collector):
         ):
             decisions.add_metric([campaign, outcome, reason or ""], count)
         yield decisions
+        yield from self._results()
         for name, (help_text, read) in self.gauges.items():
             yield GaugeMetricFamily(name, help_text, value=read())
+
+
+    def _results(self) -> Iterator[Metric]:
+        labels = ["campaign", "variant"]
+        families = {
+            "assigned": GaugeMetricFamily(
+                "tripwire_campaign_assigned_users",
+                "Users assigned to each arm of a campaign with a goal (control included)",
+                labels=labels,
+            ),
+            "converted": GaugeMetricFamily(
+                "tripwire_campaign_converted_users",
+                "Users of each arm who reached the campaign's goal in its window",
+                labels=labels,
+            ),
+            "value": GaugeMetricFamily(
+                "tripwire_campaign_goal_value",
+                "The goal's value summed over each arm's users",
+                labels=labels,
+            ),
+            "beat": GaugeMetricFamily(
+                "tripwire_campaign_probability_to_beat_control",
+                "Probability that the arm's conversion rate beats the control group's",
+                labels=labels,
+            ),
+        }
+        for campaign, arms in sorted(self.results.items()):
+            for arm in arms:
+                names = [campaign, arm.arm]
+                families["assigned"].add_metric(names, arm.assigned)
+                families["converted"].add_metric(names, arm.converted)
+                families["value"].add_metric(names, arm.value)
+                if arm.probability_to_beat_control is not None:
+                    families["beat"].add_metric(names, arm.probability_to_beat_control)
+        yield from families.values()
 
 
 def render(registry: CollectorRegistry) -> bytes:

@@ -13,6 +13,7 @@ import operator
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -26,6 +27,7 @@ from collector.delivery.log import DeliveryLog
 from collector.delivery.outbox import MemoryOutbox, Outbox
 from collector.disk import Disk
 from collector.engine.engine import Engine, compile_rules
+from collector.engine.results import evaluate, report
 from collector.errors import Unavailable
 from collector.events import Event
 from collector.feed import EventFeed
@@ -46,6 +48,7 @@ COUNTS_SECONDS = 1.0  # how often the campaigns' decision counts are written (me
 
 # Beyond this many undelivered webhooks, ingest sheds load (503) rather than grow without bound.
 MAX_PENDING_WEBHOOKS = 200_000
+HOUR_SAMPLE = 10.0  # seconds between countings of decisions into hours
 TIMER_TICK = 0.2  # seconds between looks for due absence timers: they fire within this of due
 
 
@@ -107,10 +110,14 @@ class Runtime:
             registry,
             timezone=ZoneInfo(settings.config.timezone),
         )
-        self.events = EventFeed()  # accepted events, for the admin live stream
+        # accepted events, for the admin live streams (at most server.max_streams of them)
+        self.events = EventFeed(max_subscribers=settings.config.server.max_streams)
         # dashboard logins: in Redis when shared, so every process knows them
         self.sessions: Sessions = self.redis.sessions if self.redis else MemorySessions()
         self._timers: asyncio.Task[None] | None = None
+        self._sampler: asyncio.Task[None] | None = None
+        self._sampled: dict[str, tuple[int, int]] = {}  # decisions counted into hours so far
+        self._sampling = asyncio.Lock()
 
     def _make_store(self) -> Store:
         config = self.settings.config
@@ -151,6 +158,8 @@ class Runtime:
         else:
             await self.outbox.open()
         self._timers = asyncio.create_task(self._fire_timers(), name="tripwire-timers")
+        self._sampled = self._decision_totals()  # counts read back from the data directory
+        self._sampler = asyncio.create_task(self._sample_hours(), name="tripwire-hours")
 
     async def _fire_timers(self) -> None:
         """The clock of absence triggers: fire the timers that are due, every TIMER_TICK."""
@@ -178,6 +187,70 @@ class Runtime:
         except Unavailable:
             return {}
 
+    async def results(self, spec: CampaignSpec) -> dict[str, Any]:
+        """A campaign's A/B results: every arm against control (see `engine.results`)."""
+        counts = await self.store.results([spec.id])
+        return report(spec, counts[spec.id])
+
+    async def refresh_results(self) -> None:
+        """Read every campaign's A/B results for the metrics (called before each scrape)."""
+        specs = [spec for spec in self.config.campaigns if spec.goal is not None]
+        try:
+            counts = await self.store.results([spec.id for spec in specs]) if specs else {}
+        except Unavailable:
+            return  # the last figures stay
+        self.metrics.results = {cid: evaluate(arms.items()) for cid, arms in counts.items()}
+
+    async def _sample_hours(self) -> None:
+        """Count decisions into hours every HOUR_SAMPLE seconds (for the dashboard's charts)."""
+        while True:
+            await asyncio.sleep(HOUR_SAMPLE)
+            try:
+                await self.sample_hours()
+            except Unavailable:
+                continue  # counted with the next sample
+            except Exception:
+                log.exception("counting decisions per hour failed")
+
+    async def sample_hours(self) -> None:
+        """Add the decisions made since the last sample to the current hour's counts.
+
+        Nothing on the ingest path: the decision counters the metrics keep are read here, and
+        their growth since the last sample goes to the hour it is read in (so a decision may be
+        counted up to HOUR_SAMPLE seconds late, in the next hour at worst).
+        """
+        async with self._sampling:
+            totals = self._decision_totals()
+            hour = int(time.time() // 3600)
+            changes: dict[tuple[str, int], tuple[int, int]] = {}
+            for campaign, (fired, suppressed) in totals.items():
+                before = self._sampled.get(campaign, (0, 0))
+                if (fired, suppressed) != before:
+                    changes[campaign, hour] = (fired - before[0], suppressed - before[1])
+            if changes:
+                await self.store.add_hourly(changes)
+            self._sampled = totals
+
+    def _decision_totals(self) -> dict[str, tuple[int, int]]:
+        """(fired, suppressed) decisions per campaign, as the metrics count them."""
+        totals: dict[str, tuple[int, int]] = {}
+        for (campaign, outcome, _reason), count in self.metrics.decisions.items():
+            fired, suppressed = totals.get(campaign, (0, 0))
+            if outcome == "fired":
+                totals[campaign] = (fired + count, suppressed)
+            else:
+                totals[campaign] = (fired, suppressed + count)
+        return totals
+
+    async def hourly(self, campaign_id: str, hours: int = 24) -> list[tuple[int, int, int]]:
+        """(hour since the epoch, fired, suppressed) for the last `hours` hours, oldest first."""
+        with contextlib.suppress(Unavailable):
+            await self.sample_hours()
+        now = int(time.time() // 3600)
+        since = now - hours + 1
+        found = (await self.store.hourly([campaign_id], since)).get(campaign_id, {})
+        return [(h, *found.get(h, (0, 0))) for h in range(since, now + 1)]
+
     async def stop(self) -> None:
         """Stop delivery and save what must survive a restart."""
         task, self._timers = self._timers, None
@@ -185,6 +258,15 @@ class Runtime:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        sampler, self._sampler = self._sampler, None
+        if sampler is not None:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+        try:
+            await self.sample_hours()  # the last decisions' hour, before the store closes
+        except Exception:
+            log.exception("counting the last decisions per hour failed")
         if self.settings.deliver_in_process:
             await self.dispatcher.stop(grace=5.0)
         else:

@@ -211,7 +211,7 @@ campaigns:
             "variables.cart_views.window: invalid window 'fortnight' "
             "(use all, session, previous_session, today, Nd or Nh)",
             "variables.broken.stat: expected one of count, sum, avg, min, max, latest, previous, "
-            "first, distinct_count, first_at, last_at; got 'median'",
+            "first, distinct_count, first_at, last_at, top, mode, last_unique; got 'median'",
             "campaigns[0].frequency.per: expected one of event, session, user; got 'week'",
             "campaigns[1].colour: unknown key",
             "campaigns[2].action.webhook.method: "

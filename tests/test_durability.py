@@ -15,9 +15,10 @@ import httpx
 import yaml
 
 from tests.support.mounts import fill, tmpfs
+from tests.support.poll import wait_until
 from tests.support.ports import free_port
 from tests.support.redis import RedisServer
-from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire, wait_until
+from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire
 from tests.support.sink import Sink
 
 WRITE_KEY = "test-key"

@@ -36,8 +36,8 @@ CASES: list[tuple[str, bytes, list[str], str]] = [
      "campaigns[0].schedule.hours: invalid hours"),
     ("no write keys", b"campaigns: []\n", [], "write_keys: none"),
     ("data dir is a file", GOOD.encode(), ["--data-dir", "{tmp}/a-file"], "is not a directory"),
-    ("state file is a directory", GOOD.encode(), ["--data-dir", "{tmp}/data"],
-     "is a directory, where a file is kept"),
+    ("a snapshot that is a directory", GOOD.encode(), ["--data-dir", "{tmp}/data"],
+     "cannot be read"),
 ]
 
 
@@ -47,7 +47,7 @@ def test_serve_refuses_with_one_line(
 ) -> None:
     (tmp_path / "tripwire.yaml").write_bytes(config)
     (tmp_path / "a-file").write_text("not a directory")
-    (tmp_path / "data" / "state.msgpack").mkdir(parents=True)
+    (tmp_path / "data" / "snapshot.1").mkdir(parents=True)
     command = [sys.executable, "-m", "collector.cli", "serve", "--config", "tripwire.yaml"]
     command += [a.replace("{tmp}", str(tmp_path)) for a in args]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIPWIRE_")}

@@ -15,8 +15,9 @@ import string
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode
+from zoneinfo import ZoneInfo
 
 import msgspec
 import yaml
@@ -24,14 +25,18 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from collector.admin import api as admin
-from collector.admin import auth, editing
+from collector.admin import auth, charts, editing
 from collector.admin.replay import replay_dead_letter
+from collector.config.durations import format_duration
 from collector.config.schema import CampaignSpec
 from collector.delivery.dispatcher import PausedEndpoint
 from collector.delivery.log import STATUSES, DeliveryAttempt
-from collector.errors import HTTPError, InvalidCampaign, NotFound
+from collector.errors import HTTPError, InvalidCampaign, NotFound, Unavailable
 from collector.events import Event
 from collector.store.sessions import SESSION_SECONDS
+
+if TYPE_CHECKING:
+    from collector.runtime import Runtime
 
 Page = Callable[[Request], Awaitable[Response]]
 COOKIE_SECONDS = SESSION_SECONDS
@@ -199,7 +204,37 @@ async def campaigns(request: Request) -> Response:
         for c in runtime.config.campaigns
     )
     rows = rows or '<tr><td colspan="6" class="muted">No campaigns yet.</td></tr>'
-    return _page(request, "Campaigns", _views()["campaigns"].substitute(rows=rows))
+    shown = "".join(
+        [await _charts_html(runtime, c) for c in runtime.config.campaigns if c.goal is not None]
+    )
+    results = f'<h2 id="results">A/B results</h2>{shown}' if shown else ""
+    body = _views()["campaigns"].substitute(rows=rows) + results
+    return _page(request, "Campaigns", body)
+
+
+async def _charts_html(runtime: Runtime, spec: CampaignSpec) -> str:
+    """A campaign's charts: conversion per arm (with a goal), decisions per hour."""
+    parts = [f'<div class="card charts" id="charts-{_e(spec.id)}">']
+    parts.append(f'<h3><a href="/admin/campaigns/{quote(spec.id)}">{_e(spec.id)}</a></h3>')
+    try:
+        if spec.goal is not None:
+            found = await runtime.results(spec)
+            goal = spec.goal
+            within = format_duration(goal.window())
+            parts.append(
+                f'<p class="muted small">Goal: <code>{_e(goal.event)}</code> within '
+                f"{_e(within)} of assignment; verdicts once an arm and the control group have "
+                f"{found['minimum_sample']} users each.</p>"
+            )
+            parts.append(charts.conversion_chart(spec.id, found["arms"]))
+        hours = await runtime.hourly(spec.id)
+    except Unavailable as exc:
+        parts.append(f'<div class="notice error">{_e(exc.detail)}</div></div>')
+        return "".join(parts)
+    parts.append('<p class="muted small">Decisions per hour, last 24 hours:</p>')
+    parts.append(charts.hourly_chart(spec.id, hours, ZoneInfo(runtime.config.timezone)))
+    parts.append("</div>")
+    return "".join(parts)
 
 
 @guarded
@@ -220,9 +255,11 @@ async def editor(request: Request) -> Response:
     campaign_id = request.path_params.get("id")
     if campaign_id is None:
         return _editor_page(request, None, _new_campaign(), [], 200)
-    spec = admin.find_campaign(auth.runtime_of(request), campaign_id)
+    runtime = auth.runtime_of(request)
+    spec = admin.find_campaign(runtime, campaign_id)
     version = admin.campaign_etag(spec) or ""
-    return _editor_page(request, spec, _campaign_yaml(spec), [], 200, version)
+    below = await _charts_html(runtime, spec)
+    return _editor_page(request, spec, _campaign_yaml(spec), [], 200, version, below)
 
 
 @guarded
@@ -301,8 +338,13 @@ async def resume(request: Request) -> Response:
 
 
 def _editor_page(
-    request: Request, spec: CampaignSpec | None, source: str, problems: list[str], status: int,
+    request: Request,
+    spec: CampaignSpec | None,
+    source: str,
+    problems: list[str],
+    status: int,
     version: str = "",
+    below: str = "",
 ) -> Response:
     action = f"/admin/campaigns/{quote(spec.id)}" if spec else "/admin/campaigns"
     title = f"Edit {spec.id}" if spec else "New campaign"
@@ -326,7 +368,7 @@ def _editor_page(
         title=_e(title), errors=errors, action=action, source=_e(source), side=side,
         version=_e(version),
     )
-    return _page(request, title, body, status)
+    return _page(request, title, body + below, status)
 
 
 # -- events, deliveries, users ---------------------------------------------------------------

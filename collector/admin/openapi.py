@@ -19,6 +19,7 @@ from collector.config.durations import Duration
 from collector.config.schema import CampaignSpec, ConditionTree, Hours, TimezoneName, Window
 from collector.delivery.dispatcher import PausedEndpoint
 from collector.delivery.log import STATUSES, DeliveryAttempt
+from collector.engine.results import ArmResult
 
 REF = "#/components/schemas/{name}"
 READ_ONLY = ("stats", "stopped")  # in a campaign's representation, ignored on write
@@ -114,6 +115,19 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             "type": "object", "properties": {"user": {"type": "string"}}}}}},
         "responses": {"200": _json(_ref("DeliveryAttempt")), "400": _ERROR, "404": _ERROR},
     },
+    ("/admin/api/campaigns/{id}/results", "get"): {
+        "summary": "A/B results: every arm of a campaign with a goal against its control group",
+        "parameters": [_ID],
+        "responses": {"200": _json({"type": "object", "properties": {
+            "campaign_id": {"type": "string"},
+            "goal": {"type": ["object", "null"], "description": "event, within (seconds), "
+                     "value field and where of the campaign's goal; null without one"},
+            "minimum_sample": {"type": "integer", "description": "users an arm and the "
+                               "control group need before a verdict"},
+            "arms": {"type": "array", "items": _ref("ArmResult"),
+                     "description": "each variant (or `treatment`), then `control`"}}}),
+            "404": _ERROR},
+    },
     ("/admin/api/campaigns/{id}/resume", "post"): {
         "summary": "Deliver again to the campaign's endpoints paused after 410 Gone",
         "parameters": [_ID],
@@ -168,7 +182,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
 @cache
 def document() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the admin API (built once)."""
-    types = [CampaignSpec, DeliveryAttempt, PausedEndpoint, ReplayAnswer]
+    types = [CampaignSpec, DeliveryAttempt, PausedEndpoint, ReplayAnswer, ArmResult]
     _, components = msgspec.json.schema_components(
         types, schema_hook=_schema_hook, ref_template=REF
     )

@@ -26,3 +26,12 @@ def parse_duration(value: Any) -> Duration:
         if match:
             return Duration(float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"])
     raise ValueError(f"invalid duration {value!r} (use e.g. 30s, 10m, 24h, 7d)")
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as a config file would write it: `7d`, `30m`, `20s`, `1.5s`."""
+    for unit in ("d", "h", "m", "s"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

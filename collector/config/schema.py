@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from msgspec import Meta
 
-from collector.config.durations import Duration, parse_duration
+from collector.config.durations import Duration, format_duration, parse_duration
 from collector.config.patterns import compile_pattern
 
 
@@ -57,6 +57,9 @@ Stat = Literal[
     "distinct_count",
     "first_at",
     "last_at",
+    "top",
+    "mode",
+    "last_unique",
 ]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -97,6 +100,7 @@ class VariableSpec(Base, frozen=True):
     where: ConditionTree | None = None
     window: Window = Window("all")
     default: Any = None
+    size: Annotated[int, Meta(ge=1, le=50)] = 5  # how many values `top` / `last_unique` keep
 
 
 class Schedule(Base, frozen=True):
@@ -169,6 +173,22 @@ class Spacing(Base, frozen=True):
     page_views: Annotated[int, Meta(ge=1)] | None = None
 
 
+GOAL_WITHIN = 7 * 86400.0  # a goal's default window
+
+
+class Goal(Base, frozen=True):
+    """What a campaign's A/B results count as success: an event within a window of assignment."""
+
+    event: Annotated[str, Meta(min_length=1)]
+    within: Duration | None = None  # None: GOAL_WITHIN
+    where: ConditionTree | None = None
+    value: str | None = None  # a field of the goal event summed per user (properties.revenue)
+
+    def window(self) -> float:
+        """How long after a user's assignment the goal counts, in seconds."""
+        return GOAL_WITHIN if self.within is None else float(self.within)
+
+
 class WebhookAction(Base, frozen=True):
     """The HTTP request a campaign sends; strings may hold `#{name}` placeholders."""
 
@@ -210,6 +230,7 @@ class CampaignSpec(Base, frozen=True):
     rate: Rate = 100.0
     action: Action | None = None
     variants: list[Variant] | None = None
+    goal: Goal | None = None
 
 
 class RequestBinSettings(Base, frozen=True):
@@ -471,6 +492,8 @@ def encode_hook(value: Any) -> Any:
     """msgspec `enc_hook` giving back the config's own types as plain data."""
     if isinstance(value, ConditionTree):
         return value.raw
+    if isinstance(value, Duration):
+        return format_duration(value)
     if isinstance(value, str):  # the config's str types: hours, windows, timezone names
         return str(value)
     raise NotImplementedError(f"cannot encode {type(value)!r}")

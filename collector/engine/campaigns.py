@@ -46,7 +46,9 @@ from itertools import groupby
 from operator import attrgetter
 
 from collector.config.schema import DEFAULT_PER, CampaignSpec
+from collector.engine.goals import Goal, arm_key
 from collector.engine.profile import Caps, Spaced, Tally
+from collector.engine.results import CONTROL
 from collector.engine.schedule import CompiledSchedule
 from collector.engine.scope import Predicate, Scope
 from collector.engine.templates import ActionTemplate
@@ -115,6 +117,7 @@ class Campaign:
         "arms",
         "exclusive",
         "gate",
+        "goal",
         "has_caps",
         "id",
         "max_per_day",
@@ -151,8 +154,10 @@ class Campaign:
         order: int,
         spacing: tuple[float | None, int | None] | None = None,
         unless_where: Predicate | None = None,
+        goal: Goal | None = None,
     ) -> None:
         self.spec = spec
+        self.goal = goal  # A/B results are counted for it (see `collector.engine.goals`)
         self.id = spec.id
         self.name = spec.name
         self.gate = gate
@@ -234,6 +239,11 @@ class Campaign:
             if bucket < arm.end:
                 return arm
         return None
+
+    def assigned_arm(self, user_key: str) -> str:
+        """The results key of the user's arm: a variant id, SOLE, or CONTROL."""
+        arm = self.arms[0] if self.whole else self.pick(user_key)
+        return CONTROL if arm is None else arm_key(arm.variant_id)
 
     def capped(self, scope: Scope) -> bool:
         """Whether a frequency cap forbids firing now."""

@@ -10,6 +10,7 @@ What the store and app call::
     outcome.decisions   # one Decision per campaign considered: fired, or suppressed + reason
     outcome.webhooks    # one WebhookRequest per fired campaign, for the outbox
     outcome.entered     # segments the user newly entered on this event
+    outcome.ticks       # A/B results counted: enrolments in an arm, conversions, goal values
     engine.merge(a, b)              # one profile from two (identity merge); keeps a.key
     engine.describe(state, now)     # plain dict for the user-lookup view
     engine.preview(campaign_id, state, now, event)  # the webhook a test-fire sends
@@ -55,6 +56,7 @@ import msgspec
 
 from collector.config.schema import CampaignSpec
 from collector.engine.campaigns import Arm, Campaign, Gate, Run, count_delivery, runs
+from collector.engine.goals import ASSIGNED_REASONS, Tick, arm_key, enrol
 from collector.engine.profile import (
     FIRED,
     MAX_ANONYMOUS_IDS,
@@ -73,6 +75,7 @@ from collector.engine.profile import (
     new_state,
     remember,
 )
+from collector.engine.results import arm_name
 from collector.engine.rules import Rules, compile_rules
 from collector.engine.scope import Scope
 from collector.engine.templates import PAGE_FIELDS, Suppressed
@@ -91,6 +94,7 @@ class Outcome(msgspec.Struct):
     decisions: list[Decision]
     webhooks: list[WebhookRequest]
     entered: list[str]
+    ticks: list[Tick] = []  # changes to campaigns' A/B results, for the store to count
 
 
 def key_for(event: Event) -> str:
@@ -152,6 +156,11 @@ class Engine:
         entered = self._entered(rules, scope) if rules.tracked else []
         if rules.arming or rules.cancelling:
             self._arm(rules, scope)
+        ticks: list[Tick] = []
+        goals = rules.goals_by_event.get(event.name)
+        if goals is not None and state.goals is not None:
+            for goal in goals:  # before any decision: an enrolment on this event is not reached
+                goal.reach(scope, ticks)
         candidates = rules.runs_by_event.get(event.name, ())
         if entered:
             extra = [c for name in entered for c in rules.by_segment[name]]
@@ -160,8 +169,8 @@ class Engine:
         decisions: list[Decision] = []
         webhooks: list[WebhookRequest] = []
         if candidates:
-            self._decide(candidates, scope, now, decisions, webhooks, deliveries)
-        return Outcome(state, decisions, webhooks, entered)
+            self._decide(candidates, scope, now, decisions, webhooks, deliveries, ticks)
+        return Outcome(state, decisions, webhooks, entered, ticks)
 
     def fire_due(
         self, state: UserState, now: float, *, deliveries: dict[str, Tally] | None = None
@@ -170,6 +179,7 @@ class Engine:
         rules = self.rules
         decisions: list[Decision] = []
         webhooks: list[WebhookRequest] = []
+        ticks: list[Tick] = []
         timers = state.timers or []
         due = sorted((x for x in timers if x.due <= now), key=lambda x: x.due)
         if not due:
@@ -192,8 +202,8 @@ class Engine:
                 received_at=now,
             )
             scope = Scope(state, event, t, rules.calendar, self._session_at(state, t))
-            self._decide(candidates, scope, now, decisions, webhooks, deliveries)
-        return Outcome(state, decisions, webhooks, [])
+            self._decide(candidates, scope, now, decisions, webhooks, deliveries, ticks)
+        return Outcome(state, decisions, webhooks, [], ticks)
 
     def _session_at(self, state: UserState, t: float) -> int:
         """The session number at `t` without activity: the current one, or the next if it ended."""
@@ -293,6 +303,7 @@ class Engine:
         decisions: list[Decision],
         webhooks: list[WebhookRequest],
         deliveries: dict[str, Tally] | None,
+        ticks: list[Tick],
     ) -> None:
         if now != self._made_at:
             self._made_at = now
@@ -345,6 +356,8 @@ class Engine:
                         remember(state, campaign_id, Verdict(None, stop, now))
                         continue
                 arm = campaign.qualify(scope)
+                if campaign.goal is not None:
+                    self._enrol(campaign, arm, scope, ticks)
                 if isinstance(arm, str):  # suppressed before a variant was picked: the usual case
                     record(Decision(campaign_id, None, SUPPRESSED, arm, now))
                     shared = verdicts.get(arm)
@@ -368,6 +381,18 @@ class Engine:
                 outcome: DecisionOutcome = FIRED if reason is None else SUPPRESSED
                 record(Decision(campaign_id, variant_id, outcome, reason, now))
                 remember(state, campaign_id, Verdict(variant_id, reason, now))
+
+    def _enrol(self, campaign: Campaign, arm: Arm | str, scope: Scope, ticks: list[Tick]) -> None:
+        """Enrol the user in the campaign's results once they have their arm."""
+        if isinstance(arm, str):
+            if arm not in ASSIGNED_REASONS:
+                return  # not assigned yet: the trigger or test users turned them away
+            goals = scope.state.goals
+            if goals is not None and campaign.id in goals:
+                return
+            enrol(scope, campaign.id, campaign.assigned_arm(scope.state.key), ticks)
+        else:
+            enrol(scope, campaign.id, arm_key(arm.variant_id), ticks)
 
     def _fire(
         self, campaign: Campaign, arm: Arm, scope: Scope, now: float, webhooks: list[WebhookRequest]
@@ -466,6 +491,10 @@ class Engine:
                 for x in state.timers or ()
             ],
             "stopped": dict(stopped or {}),
+            "goals": {
+                cid: {"arm": arm_name(e.arm), "assigned_at": e.at, "converted": e.converted}
+                for cid, e in (state.goals or {}).items()
+            },
         }
 
 

@@ -13,9 +13,11 @@ Merging two profiles of one person (identity merge): counts and caps add up (per
 counts are the newer profile's, whose session is the one kept), traits merge with the newer
 profile winning, variables merge as their statistic allows, decision histories interleave by
 time (the newest MAX_DECISIONS kept per campaign), pending timers are the union (the
-later-armed one per campaign), the spacing clock is the one of the latest spaced delivery, and
-segment memberships are the union (so nobody "enters" a segment only because two halves of
-their profile were joined). "Newer" is the profile seen last.
+later-armed one per campaign), the spacing clock is the one of the latest spaced delivery, goal
+enrolments keep the earliest per campaign (results count profiles: a person counted under two
+profiles before they were joined stays counted in both), and segment memberships are the union
+(so nobody "enters" a segment only because two halves of their profile were joined). "Newer" is
+the profile seen last.
 """
 
 from __future__ import annotations
@@ -103,6 +105,14 @@ class Timer(msgspec.Struct, array_like=True, gc=False):
     properties: dict[str, Value] = {}  # the `after` event's properties, for its templates
 
 
+class Enrolment(msgspec.Struct, array_like=True, gc=False):
+    """A user's arm in a campaign with a goal: which, since when, and whether they converted."""
+
+    arm: str  # variant id, or results.SOLE / results.CONTROL
+    at: float  # event time of the first assignment
+    converted: bool = False
+
+
 class Tally(msgspec.Struct, array_like=True, gc=False):
     """Deliveries of one campaign across every user: in total, and on local day `day`."""
 
@@ -138,6 +148,7 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     page: dict[str, Value] | None = None  # latest page (path, url, title, referrer, search)
     spacing: Spaced | None = None  # only with project-wide spacing, once a spaced campaign fired
     timers: list[Timer] | None = None  # pending absence triggers, at most one per campaign
+    goals: dict[str, Enrolment] | None = None  # per campaign with a goal, once assigned
 
     @property
     def anonymous_ids(self) -> list[str]:
@@ -193,6 +204,11 @@ def merge(a: UserState, b: UserState, merge_variable: VariableMerger) -> UserSta
         if kept_timer is None or timer.armed_at >= kept_timer.armed_at:
             timers[timer.campaign_id] = timer
     spacings = [s for s in (a.spacing, b.spacing) if s is not None]
+    goals = dict(older.goals or {})
+    for campaign_id, enrolment in (newer.goals or {}).items():
+        kept_enrolment = goals.get(campaign_id)
+        if kept_enrolment is None or enrolment.at < kept_enrolment.at:
+            goals[campaign_id] = enrolment  # the first assignment stands
     return UserState(
         key=a.key,
         user_id=newer.user_id or older.user_id,
@@ -210,6 +226,7 @@ def merge(a: UserState, b: UserState, merge_variable: VariableMerger) -> UserSta
         page=newer.page or older.page,
         spacing=max(spacings, key=lambda s: s.at) if spacings else None,
         timers=sorted(timers.values(), key=lambda t: t.due) or None,
+        goals=goals or None,
     )
 
 

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from collector.config.schema import CampaignSpec, ConditionTree, ConfigFile
 from collector.engine.campaigns import Campaign, Gate, build_arms, runs
 from collector.engine.conditions import ConditionCompiler
+from collector.engine.goals import Goal
 from collector.engine.schedule import Calendar, CompiledSchedule
 from collector.engine.scope import Getter, Predicate, Scope
 from collector.engine.templates import TemplateCompiler
@@ -63,7 +64,9 @@ class _Registry:
                     "(use properties.X, context.X, traits.X, event, type, user_id, ...)"
                 )
         events = (spec.event,) if isinstance(spec.event, str) else tuple(spec.event)
-        variable = Variable(name, events, spec.stat, spec.window, field, spec.default)
+        variable = Variable(
+            name, events, spec.stat, spec.window, field, spec.default, spec.size
+        )
         self.variables[name] = variable
         if spec.where is not None:
             self._pending.append((variable, spec.where, f"variables.{name}.where"))
@@ -166,6 +169,18 @@ class _Registry:
         trigger = spec.trigger
         unless = trigger.unless if trigger is not None else None
         spacing = self.config.spacing
+        goal = None
+        if spec.goal is not None:
+            value = None
+            if spec.goal.value is not None:
+                value = event_field(spec.goal.value)
+                if value is None:
+                    self.problems.append(
+                        f"{prefix}goal.value: unknown field {spec.goal.value!r} "
+                        "(use properties.X, context.X, traits.X, ...)"
+                    )
+            where = self.condition(spec.goal.where, f"{prefix}goal.where")
+            goal = Goal(spec.id, spec.goal.event, spec.goal.window(), where, value)
         campaign = Campaign(
             spec,
             arms=build_arms(spec, actions) if actions else (),
@@ -182,6 +197,7 @@ class _Registry:
             unless_where=self.condition(
                 unless.where if unless else None, f"{prefix}trigger.unless.where"
             ),
+            goal=goal,
         )
         return campaign, templates.uses_page
 
@@ -246,6 +262,12 @@ class Rules:
             c.id: runs((c,)) for found in self.arming.values() for c in found
         }
         self.max_timers = config.state.max_timers
+        goals: dict[str, list[Goal]] = {}
+        for campaign in ranked:
+            if campaign.goal is not None:
+                goals.setdefault(campaign.goal.event, []).append(campaign.goal)
+        self.goals_by_event = {name: tuple(found) for name, found in goals.items()}
+        self.with_goals = tuple(c for c in ranked if c.goal is not None)
         self.timer_property_bytes = config.state.recent_event_bytes  # kept per pending wait
         self.stopping = tuple(c for c in ranked if c.stops)  # campaigns with stop conditions
         spacing = config.spacing

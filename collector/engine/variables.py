@@ -14,7 +14,9 @@ A variable's state is a tuple of buckets `(index, ...payload)`, oldest first, tr
 window; when only one bucket is ever kept ("flat"), the state is that bucket itself. The payload
 depends on the statistic (see each `Stat`). `latest`, `previous` and `last_at` need only the
 newest bucket; `distinct_count` keeps `(newest index, map)`, the map holding at most
-`DISTINCT_LIMIT` values with the last two bucket indexes each was seen in.
+`DISTINCT_LIMIT` values with the last two bucket indexes each was seen in. `top`, `mode` and
+`last_unique` (values counted or remembered, bounded by the variable's `size`) live in
+`collector.engine.ranked`.
 
 Why tuples: a profile's state lives for days and millions of profiles may be held at once. A
 state made of tuples of plain values is one the cyclic garbage collector stops tracking after
@@ -41,7 +43,9 @@ from typing import Literal, cast
 import msgspec
 
 from collector.config.schema import window_seconds
+from collector.engine.buckets import Bucket, Stat
 from collector.engine.profile import State
+from collector.engine.ranked import Frequent, LastUnique
 from collector.engine.scope import Predicate, Scope, as_number, path_getter
 from collector.engine.values import MISSING, Missing, Value
 from collector.events import Event
@@ -50,8 +54,6 @@ MAX_BUCKETS = 64
 DISTINCT_LIMIT = 100
 _DISTINCT_KEY_LENGTH = 64
 
-Bucket = Sequence[Value]  # (index, *payload), a tuple (a list once decoded from msgpack)
-Buckets = tuple[Bucket, ...]  # a multi-bucket state
 WindowKind = Literal["all", "session", "previous_session", "today", "days", "hours"]
 
 
@@ -97,73 +99,6 @@ def _index(kind: WindowKind, width: int) -> Callable[[Scope], int]:
 
 def _all_time(scope: Scope) -> int:
     return 0
-
-
-class Stat:
-    """How a statistic folds values into bucket payloads and reads a value back."""
-
-    single = False  # only the newest bucket in the covered range is read
-    numeric = False
-    empty: int | Missing = MISSING
-
-    def new(self, idx: int, value: Value, t: float, before: Bucket | None) -> tuple[Value, ...]:
-        """A bucket holding one value (`before`: the newest bucket so far, if any)."""
-        raise NotImplementedError
-
-    def folded(self, bucket: Bucket, value: Value, t: float) -> tuple[Value, ...]:
-        """The bucket with a value folded in, as a new tuple."""
-        raise NotImplementedError
-
-    def read(self, buckets: Sequence[Bucket], low: int, high: int) -> Value | Missing:
-        """The statistic over the buckets with low <= index <= high."""
-        raise NotImplementedError
-
-    def combine(self, a: Bucket, b: Bucket) -> tuple[Value, ...]:
-        """Two buckets with the same index, as one (for merging profiles)."""
-        raise NotImplementedError
-
-    def record(self, buckets: Buckets, idx: int, keep: int, value: Value, t: float) -> Buckets:
-        """A multi-bucket state with a value added at bucket `idx`, trimmed to `keep` buckets."""
-        if not buckets:
-            return (self.new(idx, value, t, None),)
-        last = buckets[-1]
-        newest = last[0]
-        if newest == idx:
-            return (*buckets[:-1], self.folded(last, value, t))
-        if newest < idx:
-            if buckets[0][0] <= idx - keep:
-                buckets = tuple(b for b in buckets if b[0] > idx - keep)
-            return (*buckets, self.new(idx, value, t, last))
-        if not self.single and idx > newest - keep:  # a late event, still inside the window
-            for pos in range(len(buckets) - 1, -1, -1):
-                bucket = buckets[pos]
-                if bucket[0] == idx:
-                    return (*buckets[:pos], self.folded(bucket, value, t), *buckets[pos + 1 :])
-                if bucket[0] < idx:
-                    return (*buckets[: pos + 1], self.new(idx, value, t, None), *buckets[pos + 1 :])
-            return (self.new(idx, value, t, None), *buckets)
-        return buckets
-
-    def record_one(self, bucket: State, idx: int, value: Value, t: float) -> State:
-        """A flat state (only the newest bucket is kept) with a value added at bucket `idx`."""
-        if not bucket:
-            return self.new(idx, value, t, None)
-        newest = bucket[0]
-        if newest == idx:
-            return self.folded(bucket, value, t)
-        if newest < idx:
-            return self.new(idx, value, t, bucket)
-        return bucket  # a late event for a bucket no longer kept
-
-    def merge(self, a: Sequence[Bucket], b: Sequence[Bucket], keep: int) -> Buckets:
-        """Two multi-bucket states of one variable, as one."""
-        by_index: dict[int, Bucket] = {bucket[0]: bucket for bucket in a}
-        for bucket in b:
-            mine = by_index.get(bucket[0])
-            by_index[bucket[0]] = bucket if mine is None else self.combine(mine, bucket)
-        merged = [tuple(by_index[idx]) for idx in sorted(by_index)]
-        newest = merged[-1][0] if merged else 0
-        return tuple(bucket for bucket in merged if bucket[0] > newest - keep)
 
 
 class Count(Stat):
@@ -431,6 +366,15 @@ STATS: dict[str, Stat] = {
 _TIME_STATS = frozenset({"first_at", "last_at"})
 
 
+def _sized(stat: str, size: int) -> Stat | None:
+    """A statistic configured with a size (`top`, `mode`, `last_unique`), else None."""
+    if stat in ("top", "mode"):
+        return Frequent(size, mode=stat == "mode")
+    if stat == "last_unique":
+        return LastUnique(size)
+    return None
+
+
 _EVENT_ATTRIBUTES = {
     "event": "name",
     "name": "name",
@@ -478,10 +422,11 @@ class Variable:
         window: str,
         field: Callable[[Event], Value | Missing] | None = None,
         default: Value = None,
+        size: int = 5,
     ) -> None:
         self.name = name
         self.events = events
-        self.stat = STATS[stat]
+        self.stat = _sized(stat, size) or STATS[stat]
         self.time_value = stat in _TIME_STATS
         self.window = Window(window)
         self.index = self.window.index

@@ -17,12 +17,15 @@ delivery workers read every shard's stream.
     tw:{N}:t             zset   profile keys scored by their earliest absence timer's due time
     tw:{N}:k:<campaign>  string deliveries of a campaign with stop conditions, by this shard
     tw:{N}:k:<campaign>:<day>  string the same on one local day (expires after a few days)
+    tw:{N}:x:<campaign>  hash   A/B results of a campaign's users of this shard: <arm>:a users
+                                assigned, <arm>:c converted, <arm>:v goal value
     tw:{N}:o             stream pending webhooks (consumer group `tripwire`)
     tw:{N}:ol            hash   delivery id -> stream entry id, or "r" while scheduled for retry
     tw:{N}:or            zset   envelopes (msgpack) scheduled for retry, scored by due time
     tw:{N}:ox            hash   delivery id -> dead letter (msgpack)
     tw:{N}:oxt           zset   delivery id scored by time of death (order, capacity)
     tw:usage:<period>    string deliveries counted against the monthly quota
+    tw:hourly:<campaign> hash   decisions per hour: <hour>:f fired, <hour>:s suppressed
     tw:{campaigns}       hash   campaign id -> campaign JSON (or a deletion marker)
     tw:{campaigns}:v     string version counter, bumped with every change (same slot)
     tw:deliveries        stream the delivery log, capped
@@ -78,6 +81,10 @@ class Keys:
         suffix = "" if day is None else f":{day}"
         return f"{self._tags[shard]}:k:{campaign_id}{suffix}"
 
+    def results(self, shard: int, campaign_id: str) -> str:
+        """Hash of a campaign's A/B counters (users assigned, converted, value) by a shard."""
+        return f"{self._tags[shard]}:x:{campaign_id}"
+
     def outbox(self, shard: int) -> str:
         """Stream of a shard's pending webhooks."""
         return f"{self._tags[shard]}:o"
@@ -112,6 +119,11 @@ class Keys:
     def usage(period: str) -> str:
         """Counter of deliveries in a quota period (e.g. 2026-12)."""
         return f"{PREFIX}:usage:{period}"
+
+    @staticmethod
+    def hourly(campaign_id: str) -> str:
+        """Hash of a campaign's fired and suppressed decisions per hour (every process adds)."""
+        return f"{PREFIX}:hourly:{campaign_id}"
 
     @staticmethod
     def session(digest: str) -> str:

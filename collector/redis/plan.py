@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import msgspec
 
 from collector.engine.engine import Engine, new_state
+from collector.engine.goals import Tick
 from collector.engine.profile import Decision, Tally, UserState
 from collector.events import Event
 from collector.store import identity
@@ -61,6 +62,7 @@ class Plan:
         self.recent: dict[str, list[Event]] = defaultdict(list)
         self.webhooks: dict[str, list[tuple[int, WebhookRequest]]] = defaultdict(list)
         self.decisions: dict[str, list[tuple[int, Decision]]] = defaultdict(list)
+        self.ticks: dict[str, list[Tick]] = defaultdict(list)  # key -> A/B results counted
         self.duplicates: set[int] = set()
         self.failed: list[int] = []  # events the engine failed on: the plan must not be written
 
@@ -76,6 +78,7 @@ class Plan:
         self.recent[key].extend(self.recent.pop(other, []))
         self.webhooks[key].extend(self.webhooks.pop(other, []))
         self.decisions[key].extend(self.decisions.pop(other, []))
+        self.ticks[key].extend(self.ticks.pop(other, []))
 
 
 def run_events(
@@ -172,4 +175,6 @@ def run_events(
         plan.recent[key].append(event)
         plan.webhooks[key].extend((position, w) for w in outcome.webhooks)
         plan.decisions[key].extend((position, d) for d in outcome.decisions)
+        if outcome.ticks:
+            plan.ticks[key].extend(outcome.ticks)
     return plan

@@ -22,21 +22,25 @@ class Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
 
-# Commit one profile: its new state, seen messageIds, recent events, webhooks and identity
-# links, only if its version (and that of every same-shard profile merged into it) is unchanged.
+# Commit one profile: its new state, seen messageIds, recent events, webhooks, identity links
+# and the A/B results its events counted, only if its version (and that of every same-shard
+# profile merged into it) is unchanged.
 # Returns the new version, or 0 on a conflict.
 COMMIT: Final = Script(
     "commit",
     """
 -- KEYS: profile, recent, seen, outbox stream, outbox live hash,
 --       then NLINKS identity keys, then 4 keys (profile, recent, seen, identity) per merged
---       profile, and LAST: the shard's timer set, then 2 keys (total, day) per stop tally
+--       profile, then the results hashes ARGV names by index, and LAST: the shard's timer
+--       set, then 2 keys (total, day) per stop tally
 -- ARGV: version, state, ttl, seen cutoff, recent cap, seen cap, profile key, replace recent (0|1),
 --       NLINKS, NMERGED, NMERGED versions, then counted lists:
 --       seen (score member pairs), recent blobs, webhooks (id blob pairs), absorbed keys,
---       and LAST (read from the end): per stop tally 6 values (delivered now, total limit,
---       day limit (-1 = none), other shards' total, other shards' day, day ttl), then the
---       earliest timer due ('' = unchanged, '-' = none left), then the number of stop tallies
+--       results (5 values each: KEYS index of the campaign's results hash, arm, users assigned,
+--       converted, value added), and LAST (read from the end): per stop tally 6 values
+--       (delivered now, total limit, day limit (-1 = none), other shards' total, other
+--       shards' day, day ttl), then the earliest timer due ('' = unchanged, '-' = none
+--       left), then the number of stop tallies
 -- Returns the new version, 0 on a version conflict, -1 when a stop condition would be exceeded.
 local function chunked(cmd, key, from, to)
   local i = from
@@ -119,6 +123,15 @@ a = a + 1
 for i = 1, n do
   redis.call('HSET', KEYS[1], 'a:' .. ARGV[a], '1')
   a = a + 1
+end
+n = tonumber(ARGV[a])
+a = a + 1
+for i = 1, n do
+  local key, arm = KEYS[tonumber(ARGV[a])], ARGV[a + 1]
+  if ARGV[a + 2] ~= '0' then redis.call('HINCRBY', key, arm .. ':a', ARGV[a + 2]) end
+  if ARGV[a + 3] ~= '0' then redis.call('HINCRBY', key, arm .. ':c', ARGV[a + 3]) end
+  if ARGV[a + 4] ~= '0' then redis.call('HINCRBYFLOAT', key, arm .. ':v', ARGV[a + 4]) end
+  a = a + 5
 end
 for i = 1, nlinks do
   redis.call('SET', KEYS[5 + i], ARGV[7], 'EX', ttl)

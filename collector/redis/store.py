@@ -42,8 +42,10 @@ import msgspec
 
 from collector.config.schema import StateSettings
 from collector.delivery.outbox import Envelope
+from collector.engine import goals
 from collector.engine.engine import Engine, new_state
 from collector.engine.profile import Decision, UserState, next_due
+from collector.engine.results import Counts
 from collector.errors import Unavailable
 from collector.events import Event
 from collector.redis.connection import RETRY_AFTER, Command, RedisConnection, evalsha, is_error
@@ -68,6 +70,7 @@ MAX_SEEN_PER_USER = 10_000  # messageIds remembered per profile (within the 24 h
 MAX_ATTEMPTS = 50  # conflicts tolerated before a request is answered 503
 TIMER_LEASE = 5.0  # seconds a claimed timer is left to its process before others may take it
 TIMER_BATCH = 500  # due profiles claimed per shard and poll
+HOURLY_TTL = 3 * 86400  # decisions per hour are kept this long after the last addition
 
 _ENCODER = msgspec.msgpack.Encoder()
 _EVENT_DECODER = msgspec.msgpack.Decoder(Event)
@@ -227,6 +230,7 @@ class RedisStore:
             plan.states[key] = outcome.state
             plan.webhooks[key] = [(0, w) for w in outcome.webhooks]
             plan.decisions[key] = [(0, d) for d in outcome.decisions]
+            plan.ticks[key] = outcome.ticks
             starts.append((key, len(commands)))
             commands += self._commit_commands(plan, records, key, [], {}, {}, now, tallies)
         results = await self.connection.pipeline(commands, "firing timers")
@@ -239,6 +243,76 @@ class RedisStore:
             webhooks.extend(w for _, w in plan.webhooks[key])
             decisions.extend(d for _, d in plan.decisions[key])
         return conflicts
+
+    async def results(self, campaign_ids: Sequence[str]) -> dict[str, dict[str, Counts]]:
+        """A/B counts per arm of each campaign named, summed over every shard."""
+        keys = await self.connection.names()
+        commands: list[Command] = [
+            ("HGETALL", keys.results(shard, cid))
+            for cid in campaign_ids
+            for shard in range(keys.shards)
+        ]
+        replies = await self.connection.pipeline(commands, "reading results")
+        _raise_errors(replies)
+        found: dict[str, dict[str, Counts]] = {cid: {} for cid in campaign_ids}
+        position = 0
+        for cid in campaign_ids:
+            arms = found[cid]
+            for _shard in range(keys.shards):
+                reply = replies[position]
+                position += 1
+                for field, number in _pairs(reply):
+                    arm, _, kind = _text(field).rpartition(":")
+                    counts = arms.get(arm)
+                    if counts is None:
+                        counts = arms[arm] = Counts()
+                    if kind == "a":
+                        counts.assigned += int(number)
+                    elif kind == "c":
+                        counts.converted += int(number)
+                    elif kind == "v":
+                        counts.value += float(number)
+        return found
+
+    async def add_hourly(self, counts: dict[tuple[str, int], tuple[int, int]]) -> None:
+        """Add this process's decisions per (campaign, hour) to the shared counts."""
+        keys = await self.connection.names()
+        commands: list[Command] = []
+        for (campaign_id, hour), (fired, suppressed) in counts.items():
+            name = keys.hourly(campaign_id)
+            if fired:
+                commands.append(("HINCRBY", name, f"{hour}:f", fired))
+            if suppressed:
+                commands.append(("HINCRBY", name, f"{hour}:s", suppressed))
+            commands.append(("EXPIRE", name, HOURLY_TTL))
+        if commands:
+            _raise_errors(await self.connection.pipeline(commands, "counting decisions"))
+
+    async def hourly(
+        self, campaign_ids: Sequence[str], since: int
+    ) -> dict[str, dict[int, tuple[int, int]]]:
+        """(fired, suppressed) per hour from hour `since` on, per campaign, every process's."""
+        keys = await self.connection.names()
+        replies = await self.connection.pipeline(
+            [("HGETALL", keys.hourly(cid)) for cid in campaign_ids], "reading decisions"
+        )
+        _raise_errors(replies)
+        found: dict[str, dict[int, tuple[int, int]]] = {}
+        for cid, reply in zip(campaign_ids, replies, strict=True):
+            hours: dict[int, tuple[int, int]] = {}
+            for field, number in _pairs(reply):
+                hour_text, _, kind = _text(field).partition(":")
+                hour = int(hour_text)
+                if hour < since:
+                    continue
+                fired, suppressed = hours.get(hour, (0, 0))
+                if kind == "f":
+                    fired += int(number)
+                else:
+                    suppressed += int(number)
+                hours[hour] = (fired, suppressed)
+            found[cid] = hours
+        return found
 
     async def user_state(self, identity_: str) -> UserState | None:
         """The engine state of a user found by anonymous id, user id or key."""
@@ -462,6 +536,17 @@ class RedisStore:
         state = plan.states.get(key) or new_state(key, now)
         webhooks = [webhook for _, webhook in plan.webhooks.get(key, [])]
         stop_keys, stop_args = tallies.commit_part(shard, webhooks) if webhooks else ([], [])
+        counted: list[Any] = []
+        ticks = plan.ticks.get(key)
+        if ticks:
+            hashes: dict[str, int] = {}
+            for (campaign_id, arm), counts in goals.summed(ticks).items():
+                index = hashes.get(campaign_id)
+                if index is None:
+                    script_keys.append(keys.results(shard, campaign_id))
+                    index = hashes[campaign_id] = len(script_keys)  # Lua's KEYS are 1-based
+                value = repr(counts.value) if counts.value else "0"
+                counted += [index, arm, counts.assigned, counts.converted, value]
         script_keys += [keys.timers(shard), *stop_keys]
         due = next_due(state)
         if due is not None:
@@ -488,6 +573,8 @@ class RedisStore:
             *hooks,
             len(absorbed),
             *absorbed,
+            len(counted) // 5,
+            *counted,
             *stop_args,
             timer,
             len(stop_args) // 6,
@@ -546,6 +633,17 @@ class RedisStore:
                 else:
                     del self._users_of_lock[name]
                     self._locks.pop(name, None)
+
+
+def _pairs(reply: Any) -> Iterable[tuple[Any, Any]]:
+    """A HGETALL reply's (field, value) pairs, whether the client gave a dict or a flat list."""
+    if isinstance(reply, dict):
+        return list(reply.items())
+    return list(zip(reply[::2], reply[1::2], strict=True))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _shortcuts(records: dict[str, Record], keys: Keys) -> list[Command]:

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import msgspec
 
 from collector.engine.profile import Decision, UserState
+from collector.engine.results import Counts
 from collector.events import Event
 from collector.webhook import WebhookRequest
 
@@ -79,6 +80,17 @@ class Store(Protocol):
 
     async def stopped(self, now: float) -> dict[str, str]:
         """Campaigns that their stop conditions have stopped, with the condition reached."""
+
+    async def results(self, campaign_ids: Sequence[str]) -> dict[str, dict[str, Counts]]:
+        """A/B counts (users assigned, converted, goal value) per arm of each campaign named."""
+
+    async def add_hourly(self, counts: dict[tuple[str, int], tuple[int, int]]) -> None:
+        """Add (fired, suppressed) decisions per (campaign, hour since the epoch)."""
+
+    async def hourly(
+        self, campaign_ids: Sequence[str], since: int
+    ) -> dict[str, dict[int, tuple[int, int]]]:
+        """(fired, suppressed) per hour from hour `since` on, for each campaign named."""
 
     async def user_state(self, identity: str) -> UserState | None:
         """The engine state of a user found by anonymous id, user id or key."""

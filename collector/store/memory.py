@@ -7,8 +7,10 @@ runtime commits before the request is answered; a start reads them back.
 All work for a batch happens without awaiting, so within one event loop each user's update is
 atomic. Inactive profiles are evicted by TTL and by a size bound, least recently seen first.
 
-Stop conditions' tallies (deliveries per campaign across every user) live here, beside the
-profiles, and are kept with them. Absence timers live in the profiles; a heap of (due, key)
+Stop conditions' tallies (deliveries per campaign across every user) and A/B results (users
+assigned, converted and goal value per campaign arm) live here, beside the profiles, and are kept
+with them; results change in the same step as the profile whose event counted them, and are
+written in the same commit. Absence timers live in the profiles; a heap of (due, key)
 finds the users whose earliest timer is due (stale entries are skipped when popped), so 10,000
 pending timers cost ingest only a heap push per armed timer.
 
@@ -33,8 +35,10 @@ import msgspec
 from collector.config.schema import StateSettings
 from collector.delivery.outbox import Outbox
 from collector.disk import Disk
+from collector.engine import goals
 from collector.engine.engine import Engine, new_state
 from collector.engine.profile import Decision, Tally, Timer, UserState
+from collector.engine.results import Counts
 from collector.events import Event
 from collector.store import identity
 from collector.store.base import (
@@ -50,6 +54,7 @@ log = logging.getLogger("tripwire.store")
 
 DEDUPE_SECONDS = 24 * 3600.0
 MAX_REMEMBERED_MESSAGES = 5_000_000
+KEEP_HOURS = 72  # hours of fired/suppressed counts kept per campaign
 
 _EVENT_FIELDS = msgspec.structs.fields(Event)
 _pack = msgspec.msgpack.Encoder().encode
@@ -95,6 +100,8 @@ _decode_json_event = msgspec.json.Decoder(Event).decode
 _decode_dedupe_keys = msgspec.msgpack.Decoder(list[bytes]).decode
 _encode_tally = msgspec.msgpack.Encoder().encode
 _decode_tally = msgspec.msgpack.Decoder(Tally).decode
+_decode_results = msgspec.msgpack.Decoder(dict[str, Counts]).decode
+_decode_hours = msgspec.msgpack.Decoder(dict[int, tuple[int, int]]).decode
 
 
 class MemoryStore:
@@ -121,10 +128,16 @@ class MemoryStore:
         self._seen_order: deque[bytes | str] = deque()
         self._recent: dict[str, tuple[Packed, ...]] = {}  # key -> recent events, oldest first
         self._deliveries: dict[str, Tally] = {}  # campaign id -> deliveries, for stop conditions
+        # campaign id -> arm -> users assigned, converted, value: counted in the same step as
+        # the state change that made them (the engine's ticks)
+        self._results: dict[str, dict[str, Counts]] = {}
+        self._hourly: dict[str, dict[int, tuple[int, int]]] = {}  # for the dashboard's charts
         self._due: list[tuple[float, str]] = []  # heap of (due, key), possibly stale
         self._scheduled: dict[str, float] = {}  # key -> the due time its live heap entry has
         if disk is not None:
             self._tallies = disk.table("tallies", self._tally_record)
+            self._result_rows = disk.table("results", self._results_record)
+            self._hour_rows = disk.table("hourly", self._hours_record)
             self._profiles = disk.table("profiles", self._profile_record)
             self._seen_journal = disk.journal("seen", max_age=DEDUPE_SECONDS)
             self._recent_rows = disk.lists("recent", keep=max(limits.recent_events, 1))
@@ -158,6 +171,8 @@ class MemoryStore:
         self._deliveries = {
             campaign_id: _decode_tally(value) for campaign_id, value in self._tallies.rows()
         }
+        self._results = {cid: _decode_results(value) for cid, value in self._result_rows.rows()}
+        self._hourly = {cid: _decode_hours(value) for cid, value in self._hour_rows.rows()}
         for key, state in self._users.items():
             if state.timers:
                 self._schedule(key, state.timers)
@@ -175,6 +190,14 @@ class MemoryStore:
     def _tally_record(self, campaign_id: str) -> bytes | None:
         tally = self._deliveries.get(campaign_id)
         return None if tally is None else _encode_tally(tally)
+
+    def _results_record(self, campaign_id: str) -> bytes | None:
+        arms = self._results.get(campaign_id)
+        return None if arms is None else _pack(arms)
+
+    def _hours_record(self, campaign_id: str) -> bytes | None:
+        hours = self._hourly.get(campaign_id)
+        return None if hours is None else _pack(hours)
 
     def _profile_record(self, key: str) -> bytes | None:
         """A profile as the data directory keeps it; None when there is none (deleted)."""
@@ -231,6 +254,8 @@ class MemoryStore:
             new_keys.append(dedupe)
             accepted += 1
             users[key] = outcome.state  # a new key goes in last: the most recently seen
+            if outcome.ticks:
+                self._count(outcome.ticks)
             if state is not None:
                 users.move_to_end(key)
             if outcome.state.timers is not None:
@@ -275,6 +300,8 @@ class MemoryStore:
                 state, due if event_time else now, deliveries=self._deliveries
             )
             self._mark(key)
+            if outcome.ticks:
+                self._count(outcome.ticks)
             webhooks.extend(outcome.webhooks)
             decisions.extend(outcome.decisions)
             if state.timers:
@@ -291,6 +318,40 @@ class MemoryStore:
         for campaign_id in {webhook.campaign_id for webhook in webhooks}:
             if campaign_id in self._deliveries:
                 mark(campaign_id)
+
+    def _count(self, ticks: list[goals.Tick]) -> None:
+        """Add an event's A/B ticks to the results; they are written with its profile."""
+        changed = goals.add(self._results, ticks)
+        if self._disk is not None:
+            for campaign_id in changed:
+                self._result_rows.mark(campaign_id)
+
+    async def results(self, campaign_ids: Sequence[str]) -> dict[str, dict[str, Counts]]:
+        """A/B counts per arm of each campaign named (copies)."""
+        return {
+            cid: {arm: msgspec.structs.replace(c) for arm, c in self._results.get(cid, {}).items()}
+            for cid in campaign_ids
+        }
+
+    async def add_hourly(self, counts: dict[tuple[str, int], tuple[int, int]]) -> None:
+        """Add (fired, suppressed) decisions per (campaign, hour); keeps KEEP_HOURS hours."""
+        for (campaign_id, hour), (fired, suppressed) in counts.items():
+            hours = self._hourly.setdefault(campaign_id, {})
+            before = hours.get(hour, (0, 0))
+            hours[hour] = (before[0] + fired, before[1] + suppressed)
+            for old in [h for h in hours if h <= hour - KEEP_HOURS]:
+                del hours[old]
+            if self._disk is not None:
+                self._hour_rows.mark(campaign_id)
+
+    async def hourly(
+        self, campaign_ids: Sequence[str], since: int
+    ) -> dict[str, dict[int, tuple[int, int]]]:
+        """(fired, suppressed) per hour from hour `since` on, per campaign."""
+        return {
+            cid: {h: n for h, n in self._hourly.get(cid, {}).items() if h >= since}
+            for cid in campaign_ids
+        }
 
     def pending_timers(self) -> int:
         """How many users have an absence timer pending."""

@@ -9,6 +9,7 @@ clock for it, so a replay always gives the same answer; a messageId repeated wit
 the latest event time so far counts as a duplicate, as a resent message would on the server.
 Absence triggers run in event time too: before each event, the timers due by its time fire, each
 at its own due time; those still pending at the end of the file are counted, not fired.
+Campaigns with a goal get their A/B results: each arm against control, as the server reports them.
 `--show-webhooks` also prints every request that would have been sent, as it would go on the
 wire (a GET's body merged into its query), unsigned.
 """
@@ -22,9 +23,12 @@ from typing import Any, TextIO
 
 import orjson
 
+from collector.config.durations import format_duration
 from collector.config.schema import ConfigFile
 from collector.delivery.sender import InvalidRequest, as_sent
 from collector.engine.engine import Engine, compile_rules
+from collector.engine.results import Counts
+from collector.engine.results import report as results_report
 from collector.errors import ConfigError, HTTPError
 from collector.ingest.messages import decode_recorded
 from collector.store.base import IngestResult
@@ -77,8 +81,11 @@ class Tally:
 
 async def replay(
     lines: Any, config: ConfigFile, engine: Engine, keep_webhooks: bool = False
-) -> tuple[Tally, int]:
-    """Run every line's events through a memory store, in order; return the tally and users."""
+) -> tuple[Tally, int, dict[str, dict[str, Counts]]]:
+    """Run every line's events through a memory store, in order.
+
+    Returns the tally, the number of users, and the A/B counts of the campaigns with a goal.
+    """
     store = MemoryStore(lambda: engine, config.state, disk=None)
     tally = Tally(keep_webhooks)
     now = 0.0  # the file's clock: the latest event time so far (for dedupe and eviction)
@@ -97,7 +104,8 @@ async def replay(
             tally.count(result)
             tally.invalid.extend(f"line {number}: {detail}" for _, detail in result.rejected)
     tally.timers_pending = store.pending_timers()
-    return tally, len(store)
+    with_goals = [c.id for c in config.campaigns if c.goal is not None]
+    return tally, len(store), await store.results(with_goals)
 
 
 def run_replay(
@@ -114,11 +122,17 @@ def run_replay(
         return 2
     try:
         with open(events_path, "rb") as lines:
-            tally, users = asyncio.run(replay(lines, config, engine, show_webhooks))
+            tally, users, counts = asyncio.run(replay(lines, config, engine, show_webhooks))
     except OSError as exc:
         print(f"{events_path}: cannot read: {exc.strerror}", file=sys.stderr)
         return 2
     report = tally.report([c.id for c in config.campaigns], users)
+    if counts:  # campaigns with a goal: their A/B results
+        report["results"] = {
+            spec.id: results_report(spec, counts[spec.id])
+            for spec in config.campaigns
+            if spec.id in counts
+        }
     shown = [_as_sent(request) for request in tally.sent] if tally.sent is not None else None
     if as_json:
         report["invalid_lines"] = tally.invalid[:20]
@@ -130,6 +144,24 @@ def run_replay(
         if shown is not None:
             _print_requests(shown, out)
     return 0
+
+
+def _arm_line(arm: dict[str, Any], width: int) -> str:
+    def percent(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    interval = arm["interval"]
+    shown = "-" if interval is None else f"{percent(interval[0])}-{percent(interval[1])}"
+    per_user = arm["value_per_user"]
+    p_value = arm["p_value"]
+    beat = arm["probability_to_beat_control"]
+    return (
+        f"{arm['arm']:<{width}}  {arm['assigned']:>8}  {arm['converted']:>9}"
+        f"  {percent(arm['conversion_rate']):>7}  {shown:>15}"
+        f"  {'-' if per_user is None else f'{per_user:.2f}':>10}"
+        f"  {'-' if p_value is None else f'{p_value:.3f}':>6}"
+        f"  {percent(beat):>7}  {arm['label'] or ''}\n"
+    )
 
 
 def _as_sent(request: WebhookRequest) -> dict[str, Any]:
@@ -185,3 +217,13 @@ def _print_table(report: dict[str, Any], invalid: list[str], out: TextIO) -> Non
         ordered = sorted(reasons.items(), key=lambda item: -item[1])
         detail = ", ".join(f"{reason} {n}" for reason, n in ordered)
         out.write(f"{cid:<{width}}  {counts['fired']:>8}  {sum(reasons.values()):>10}  {detail}\n")
+    for cid, result in report.get("results", {}).items():
+        goal = result["goal"]
+        within = format_duration(goal["within"]) if goal else "-"
+        out.write(f"\nresults of {cid} (goal: {goal['event'] if goal else '-'} within {within})\n")
+        out.write(
+            f"{'arm':<{width}}  {'users':>8}  {'converted':>9}  {'rate':>7}  {'95% interval':>15}"
+            f"  {'value/user':>10}  {'p':>6}  {'P(beat)':>7}  verdict\n"
+        )
+        for arm in result["arms"]:
+            out.write(_arm_line(arm, width))
