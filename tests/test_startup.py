@@ -41,6 +41,19 @@ CASES: list[tuple[str, bytes, list[str], str]] = [
 ]
 
 
+def test_worker_refuses_a_redis_url_without_a_port_number(tmp_path: Path) -> None:
+    (tmp_path / "tripwire.yaml").write_text(GOOD)
+    result = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "worker", "--config", "tripwire.yaml",
+         "--store", "redis://host:notaport"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "--store: 'redis://host:notaport': the port is not a number from 1 to 65535"
+    ]
+
+
 @pytest.mark.parametrize(("case", "config", "args", "message"), CASES, ids=[c[0] for c in CASES])
 def test_serve_refuses_with_one_line(
     tmp_path: Path, case: str, config: bytes, args: list[str], message: str

@@ -449,21 +449,26 @@ def check_serving(settings: Settings, problems: list[str]) -> None:
         problems.append(f"--port: {settings.port} is not a port (1 to 65535)")
     if settings.workers < 1:
         problems.append(f"--workers: {settings.workers}; at least 1")
-    store = settings.store
-    if store != "memory":
-        parts = urlsplit(store)
-        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            problems.append(f"--store: {store!r}; use memory or redis://host:port/db")
-        else:
-            try:
-                parts.port  # noqa: B018 - reading it checks it
-            except ValueError:
-                problems.append(f"--store: {store!r}: the port is not a number from 1 to 65535")
+    check_store(settings.store, problems)
     if not settings.config.write_keys:
         problems.append(
             "write_keys: none, so every event would be refused; add one to the config "
             "(write_keys: [...]) or set TRIPWIRE_WRITE_KEYS"
         )
+
+
+def check_store(store: str, problems: list[str]) -> None:
+    """`memory`, or a Redis URL with a host and a numeric port."""
+    if store == "memory":
+        return
+    parts = urlsplit(store)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        problems.append(f"--store: {store!r}; use memory or redis://host:port/db")
+        return
+    try:
+        parts.port  # noqa: B018 - reading it checks it
+    except ValueError:
+        problems.append(f"--store: {store!r}: the port is not a number from 1 to 65535")
 
 
 def _check_campaign(
