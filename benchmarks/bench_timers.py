@@ -3,9 +3,13 @@
 Two `tripwire serve` processes with the same config (bench_ingest's 20 campaigns and 10
 variables, plus an abandoned-cart absence trigger waiting an hour) run side by side on core 0;
 one holds 10,000 pending timers (10,000 of wrk's 100,000 visitors added to cart), the other
-none. wrk drives them in turn, alternating, and the ratio of their throughputs (and of the
+none. wrk drives them in turn, in alternating order, and the ratio of their throughputs (and of the
 server CPU time per message, steadier on a shared machine) is the cost of the timers. Target:
 with timers ≥ 0.95 × without.
+
+The same comparison in this process, without HTTP: the memory store's CPU time per page view
+(time.process_time, best of ten passes over 20,000 events), with and without 10,000 pending
+timers; the machine's load does not skew it as much as throughput.
 
 Then 1,000 timers with a 3 s wait are armed at once on a fresh server, and for each the time
 from its due time to its firing (the decision's time, target: within 1 s) and to its webhook's
@@ -15,6 +19,7 @@ arrival at a local receiver are measured.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.server
 import json
 import os
@@ -28,6 +33,10 @@ import httpx
 
 from benchmarks.bench_ingest import measure, pipeline_config
 from benchmarks.common import bare_app, free_port, tripwire, wrk
+from collector.config.settings import decode_config
+from collector.engine.engine import Engine, compile_rules
+from collector.events import Event
+from collector.store.memory import MemoryStore
 
 PENDING = 10_000
 LATE_TIMERS = 1_000
@@ -43,6 +52,7 @@ def timer_config(sink_url: str, wait: str) -> dict[str, Any]:
             "status": "published",
             "trigger": {"after": "Added to Cart", "wait": wait,
                         "unless": {"event": "Order Completed"}},
+            "frequency": {"per": "user", "max_total": 1},
             "action": {"webhook": {"url": f"{sink_url}/abandoned",
                                    "body": {"user": "#{visitor_id}"}}},
         }
@@ -98,6 +108,37 @@ def receiver() -> Iterator[tuple[str, dict[str, float]]]:
         server.shutdown()
 
 
+def store_cpu(pending: bool) -> float:
+    """CPU µs per page view through a memory store (best of ten), after 10,000 visitors added
+    to cart (`pending`: each arming a timer) or did something else (no timer)."""
+    config = decode_config(timer_config("http://127.0.0.1:9", "1h"))
+    engine = Engine(compile_rules(config))
+    store = MemoryStore(lambda: engine, config.state, None)
+    now = time.time()
+
+    def event(name: str, n: int, message_id: str) -> Event:
+        page = {"path": f"/products/{n % 50}", "url": "https://shop.example/", "title": "P"}
+        return Event(
+            type="page" if name == "page" else "track", name=name, message_id=message_id,
+            anonymous_id=f"visitor-{n}", context={"page": page}, timestamp=now, received_at=now,
+        )
+
+    async def run() -> float:
+        for n in range(PENDING):
+            name = "Added to Cart" if pending else "Added to Wishlist"
+            await store.ingest([event(name, n, f"cart-{n}")], now)
+        best = float("inf")
+        for attempt in range(10):
+            events = [event("page", (i * 7919) % 20_000, f"p{attempt}-{i}") for i in range(20_000)]
+            began = time.process_time()
+            for item in events:
+                await store.ingest([item], now)
+            best = min(best, (time.process_time() - began) / len(events) * 1e6)
+        return best
+
+    return asyncio.run(run())
+
+
 def main() -> None:
     """Measure and print the figures and ratios."""
     parser = argparse.ArgumentParser()
@@ -116,9 +157,10 @@ def main() -> None:
         for url in (without, with_timers):
             wrk(url + "/v1/batch", seconds=1)  # warm up
         figures: dict[str, list[tuple[float, float | None]]] = {"without": [], "with": []}
-        for _ in range(args.rounds):
-            figures["without"].append(measure(without, port_a, args.seconds))
-            figures["with"].append(measure(with_timers, port_b, args.seconds))
+        runs = [("without", without, port_a), ("with", with_timers, port_b)]
+        for round_ in range(args.rounds):
+            for name, url, port in runs if round_ % 2 == 0 else runs[::-1]:  # no order bias
+                figures[name].append(measure(url, port, args.seconds))
         still = pending_timers(with_timers, "visitor-2")
     rate = {k: sum(r for r, _ in v) / len(v) for k, v in figures.items()}
     cpus = {k: [c for _, c in v if c is not None] for k, v in figures.items()}
@@ -131,6 +173,9 @@ def main() -> None:
     if cpu["with"] and cpu["without"]:
         line += f"   by CPU {cpu['without'] / cpu['with']:.3f}"
     print(line + f"   ({still} timer still pending for a sampled visitor)")
+    base, loaded = store_cpu(False), store_cpu(True)
+    print(f"memory store, CPU per page view: {base:.1f} µs without timers, {loaded:.1f} µs with "
+          f"{PENDING:,} pending: ratio {base / loaded:.3f} (target ≥ 0.95)")
 
     with receiver() as (hooks, arrivals), tripwire(timer_config(hooks, f"{LATE_WAIT}s"),
                                                    free_port()) as url:

@@ -18,6 +18,7 @@ from collector.config.settings import (
     Settings,
     build_settings,
     check_serving,
+    check_store,
     config_warnings,
     load_config,
 )
@@ -203,6 +204,10 @@ def _worker(args: argparse.Namespace) -> int:
     from collector.redis.mode import is_redis_url
 
     settings = build_settings(_cli_values(args, "config_path", "store"))
+    problems: list[str] = []
+    check_store(settings.store, problems)
+    if problems:
+        raise ConfigError(problems)
     if not is_redis_url(settings.store):
         raise ConfigError(["--store: a worker needs the shared store: --store redis://host:port/0"])
     if args.concurrency is not None and args.concurrency < 1:

@@ -13,11 +13,17 @@ from collector.events import Event
 class EventFeed:
     """Accepted events, fanned out to live subscribers; the last few kept for a new subscriber."""
 
-    def __init__(self, keep: int = 50, queue_size: int = 1000) -> None:
+    def __init__(self, keep: int = 50, queue_size: int = 1000, max_subscribers: int = 100) -> None:
         self.recent: deque[Event] = deque(maxlen=keep)
         self.closed = False
+        self.max_subscribers = max_subscribers
         self._queue_size = queue_size
         self._subscribers: set[asyncio.Queue[Event | None]] = set()
+
+    @property
+    def full(self) -> bool:
+        """True when max_subscribers streams are open already."""
+        return len(self._subscribers) >= self.max_subscribers
 
     def publish(self, events: Sequence[Event]) -> None:
         """Hand accepted events to every subscriber; a slow one loses events, never blocks."""

@@ -110,7 +110,8 @@ class Runtime:
             registry,
             timezone=ZoneInfo(settings.config.timezone),
         )
-        self.events = EventFeed()  # accepted events, for the admin live stream
+        # accepted events, for the admin live streams (at most server.max_streams of them)
+        self.events = EventFeed(max_subscribers=settings.config.server.max_streams)
         # dashboard logins: in Redis when shared, so every process knows them
         self.sessions: Sessions = self.redis.sessions if self.redis else MemorySessions()
         self._timers: asyncio.Task[None] | None = None

@@ -10,12 +10,14 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.poll import wait_until
 from tests.support.redis import RedisServer
 from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire
 
 BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CONFIG: dict[str, Any] = {
     "write_keys": ["k"],
+    "server": {"max_streams": 2},
     "campaigns": [
         {
             "id": "evenings",
@@ -105,6 +107,28 @@ def test_pages_carry_security_headers(server: Tripwire) -> None:
             assert "script-src 'self'" in headers["content-security-policy"]
             assert headers["x-content-type-options"] == "nosniff"
             assert headers["x-frame-options"] == "DENY"
+
+
+def test_live_event_streams_are_capped(server: Tripwire) -> None:
+    path = "/admin/api/events/stream"
+    readers = []  # held: dropping a reader closes its stream
+    with contextlib.ExitStack() as streams:
+        for _ in range(2):
+            opened = streams.enter_context(server.client.stream("GET", path, headers=BEARER))
+            assert opened.status_code == 200
+            readers.append(opened.iter_bytes())
+            next(readers[-1])
+        wait_until(lambda: _status(server, path) == 429, message="a third stream refused")
+    wait_until(
+        lambda: _status(server, path) == 200,
+        message="a stream opens again once the others closed",
+    )
+
+
+def _status(server: Tripwire, path: str) -> int:
+    """The status a new stream is answered with (the stream is closed at once)."""
+    with server.client.stream("GET", path, headers=BEARER) as response:
+        return response.status_code
 
 
 def check_logout_revokes_a_copied_cookie(server: Tripwire) -> None:

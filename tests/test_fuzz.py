@@ -33,7 +33,9 @@ from tests.support.sink import Sink
 FIXED_SEED = 12
 FIXED_REQUESTS = 3000
 RANDOM_REQUESTS = 3000
-SLOWEST_ANSWER = 2.0  # seconds
+# A request the server never answers (a pathological input) fails the run; how fast answers
+# come is not asserted here (the machine may be busy): the slowest one is printed.
+NO_ANSWER = 30.0  # seconds
 RSS_GROWTH_BOUND = 200 * 1024 * 1024  # bytes the server may grow by over one run
 KEY = "fuzz-key"
 _DEEP = "\x00deep:"  # a string replaced by nesting that many levels deep once encoded
@@ -284,20 +286,21 @@ def test_fuzzed_ingest_never_fails_hangs_or_grows_without_bound(
     before = rss(server)
     statuses: Counter[int] = Counter()
     slowest = 0.0
-    client = httpx.Client(base_url=server.url, timeout=10.0, trust_env=False)
+    client = httpx.Client(base_url=server.url, timeout=NO_ANSWER, trust_env=False)
     with client:
         for seed, count in ((FIXED_SEED, FIXED_REQUESTS), (random_seed, RANDOM_REQUESTS)):
             mutator = Mutator(seed)
             for number in range(count):
                 path, body, headers = mutator.request()
-                started = time.perf_counter()
-                response = client.post(path, content=body, headers=headers)
-                took = time.perf_counter() - started
-                slowest = max(slowest, took)
-                statuses[response.status_code] += 1
                 where = f"seed {seed}, request {number}: {path} {body[:300]!r}"
+                started = time.perf_counter()
+                try:
+                    response = client.post(path, content=body, headers=headers)
+                except httpx.TimeoutException:
+                    raise AssertionError(f"{where}: no answer within {NO_ANSWER:.0f}s") from None
+                slowest = max(slowest, time.perf_counter() - started)
+                statuses[response.status_code] += 1
                 assert response.status_code < 500, f"{where} -> {response.text}"
-                assert took < SLOWEST_ANSWER, f"{where} took {took:.2f}s"
     after = rss(server)
     send_canary(server, sink, 2)
     print(

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from collector.config.settings import decode_config
@@ -20,10 +22,14 @@ from collector.engine.profile import UserState
 from collector.engine.results import CONTROL, report
 from collector.errors import ConfigError
 from collector.events import Event
+from collector.redis.connection import RedisConnection
+from collector.redis.store import RedisStore
+from collector.store.base import Store
 from collector.store.memory import MemoryStore
 from collector.tools.replay import run_replay
+from tests.support.poll import wait_until
 from tests.support.redis import RedisServer
-from tests.support.server import Tripwire, run_tripwire
+from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire
 
 T = 1_780_000_000.0
 HOOK = "http://127.0.0.1:9/hook"
@@ -262,6 +268,14 @@ def test_two_redis_processes_count_each_user_once(redis_server: RedisServer) -> 
         # orders that came after the user's enrolment count their value (at most 4 per user)
         assert 0 < value <= 40 * len(users)
         assert value % 10 == 0
+        # the hourly chart adds both processes' decisions up (each adds its own every 10 s),
+        # as the campaign's statistics do (every process's, shared through Redis)
+        def agreed() -> bool:
+            fired = [s.admin_get("/admin/api/campaigns/offer").json()["stats"]["fired"]
+                     for s in servers]
+            return fired[0] == fired[1] == charted_fired(first) == charted_fired(second) > 0
+
+        wait_until(agreed, timeout=30, message="the hourly chart and the statistics to agree")
         # Prometheus, with a label per variant
         by_arm = {a["arm"]: a for a in found[0]["arms"]}
         for arm, shown in by_arm.items():
@@ -271,6 +285,15 @@ def test_two_redis_processes_count_each_user_once(redis_server: RedisServer) -> 
             assert second.metric(
                 "tripwire_campaign_converted_users", campaign="offer", variant=arm
             ) == shown["converted"]
+
+
+def charted_fired(server: Tripwire) -> int:
+    """Fired decisions of `offer` in the last 24 hours, as its dashboard chart shows them."""
+    with httpx.Client(base_url=server.url, trust_env=False) as browser:
+        browser.get("/admin/login", params={"token": ADMIN_TOKEN}, follow_redirects=True)
+        page = browser.get("/admin/campaigns/offer").text
+    chart = page[page.index('<svg class="chart hourly"') :]
+    return sum(int(n) for n in re.findall(r'data-fired="(\d+)"', chart[: chart.index("</svg>")]))
 
 
 def test_replay_reports_the_results_of_a_backtest(tmp_path: Path) -> None:
@@ -316,3 +339,42 @@ def test_results_of_an_unknown_campaign_are_404_and_without_goal_empty(tmp_path:
         assert [(a["arm"], a["assigned"]) for a in found["arms"]] == [
             ("treatment", 0), ("control", 0),
         ]
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis", "cluster"])
+async def test_every_store_counts_the_same_results(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """The same events give the same counts in memory, on one Redis and on a Redis Cluster
+    (where each shard counts its own users and the reads add the shards up)."""
+    config = decode_config(config_with(ab_campaign()))
+    engine = Engine(compile_rules(config))
+    connection: RedisConnection | None = None
+    store: Store
+    if kind == "memory":
+        store = MemoryStore(lambda: engine, config.state, None)
+    else:
+        servers = request.getfixturevalue("redis_server" if kind == "redis" else "redis_cluster")
+        connection = RedisConnection(servers.url)
+        store = RedisStore(connection, lambda: engine, config.state)
+    try:
+        for n in range(60):
+            user = f"u{n}"
+            events = [track("Added to Cart", user, T + n)]
+            if n % 3 == 0:
+                events.append(track("Order Completed", user, T + n + 1, revenue=n))
+            await store.ingest(events, T + n + 1)
+        counts = (await store.results(["offer"]))["offer"]
+        assert sum(c.assigned for c in counts.values()) == 60
+        assert sum(c.converted for c in counts.values()) == 20
+        assert sum(c.value for c in counts.values()) == sum(range(0, 60, 3))
+        per_arm: dict[str, int] = {}
+        for n in range(60):
+            state = await store.user_state(f"u{n}")
+            assert state is not None and state.goals is not None
+            arm = state.goals["offer"].arm
+            per_arm[arm] = per_arm.get(arm, 0) + 1
+        assert {arm: c.assigned for arm, c in counts.items()} == per_arm
+    finally:
+        if connection is not None:
+            await connection.close()

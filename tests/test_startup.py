@@ -36,9 +36,22 @@ CASES: list[tuple[str, bytes, list[str], str]] = [
      "campaigns[0].schedule.hours: invalid hours"),
     ("no write keys", b"campaigns: []\n", [], "write_keys: none"),
     ("data dir is a file", GOOD.encode(), ["--data-dir", "{tmp}/a-file"], "is not a directory"),
-    ("state file is a directory", GOOD.encode(), ["--data-dir", "{tmp}/data"],
-     "is a directory, where a file is kept"),
+    ("a snapshot that is a directory", GOOD.encode(), ["--data-dir", "{tmp}/data"],
+     "cannot be read"),
 ]
+
+
+def test_worker_refuses_a_redis_url_without_a_port_number(tmp_path: Path) -> None:
+    (tmp_path / "tripwire.yaml").write_text(GOOD)
+    result = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "worker", "--config", "tripwire.yaml",
+         "--store", "redis://host:notaport"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "--store: 'redis://host:notaport': the port is not a number from 1 to 65535"
+    ]
 
 
 @pytest.mark.parametrize(("case", "config", "args", "message"), CASES, ids=[c[0] for c in CASES])
@@ -47,7 +60,7 @@ def test_serve_refuses_with_one_line(
 ) -> None:
     (tmp_path / "tripwire.yaml").write_bytes(config)
     (tmp_path / "a-file").write_text("not a directory")
-    (tmp_path / "data" / "state.msgpack").mkdir(parents=True)
+    (tmp_path / "data" / "snapshot.1").mkdir(parents=True)
     command = [sys.executable, "-m", "collector.cli", "serve", "--config", "tripwire.yaml"]
     command += [a.replace("{tmp}", str(tmp_path)) for a in args]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIPWIRE_")}

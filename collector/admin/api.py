@@ -35,6 +35,7 @@ from collector.errors import (
     Forbidden,
     InvalidCampaign,
     NotFound,
+    TooManyRequests,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -397,8 +398,14 @@ async def replay(request: Request) -> Response:
 async def events(request: Request) -> Response:
     """GET /admin/api/events/stream: accepted events as Server-Sent Events."""
     backlog = request.query_params.get("backlog", "1") != "0"
+    feed = auth.runtime_of(request).events
+    if feed.full:
+        raise TooManyRequests(
+            f"{feed.max_subscribers} live event streams are open already; close one",
+            headers={"Retry-After": "5"},
+        )
     return StreamingResponse(
-        event_stream(auth.runtime_of(request).events, backlog),
+        event_stream(feed, backlog),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -284,8 +284,8 @@ class ConfigFile(Base, frozen=True):
 
 # --- conditions -------------------------------------------------------------------------------
 
-OPERAND_KINDS = ("trait", "var", "prop", "context", "event_count", "segment")
-VALUE_OPERATORS = [
+OperandKind = Literal["trait", "var", "prop", "context", "event_count", "segment"]
+ValueOperator = Literal[
     "eq",
     "ne",
     "gt",
@@ -304,14 +304,19 @@ VALUE_OPERATORS = [
     "within",
     "older_than",
 ]
+Operator = ValueOperator | Literal["member"]  # "member": a bare `segment: NAME`
+OPERAND_KINDS: tuple[OperandKind, ...] = get_args(OperandKind)
+VALUE_OPERATORS: tuple[ValueOperator, ...] = get_args(ValueOperator)
+_KIND_OF: dict[str, OperandKind] = {kind: kind for kind in OPERAND_KINDS}
+_OPERATOR_OF: dict[str, ValueOperator] = {op: op for op in VALUE_OPERATORS}
 
 
 class Leaf(msgspec.Struct, frozen=True):
     """One comparison: an operand (`trait: plan`), an operator and the value to compare with."""
 
-    kind: str  # one of OPERAND_KINDS
+    kind: OperandKind
     name: str  # trait/var/segment name, property or context path, or event name
-    op: str  # one of VALUE_OPERATORS; "member" for a bare `segment: NAME`
+    op: Operator
     value: Any
     window: str = "all"  # for event_count
 
@@ -368,11 +373,9 @@ def parse_condition(raw: Any, path: str, errors: list[str]) -> Condition | None:
 
 
 def _parse_leaf(raw: dict[str, Any], path: str, errors: list[str]) -> Leaf | None:
-    kinds = [k for k in raw if k in OPERAND_KINDS]
-    ops = [k for k in raw if k in VALUE_OPERATORS]
-    unknown = [
-        k for k in raw if k not in OPERAND_KINDS and k not in VALUE_OPERATORS and k != "window"
-    ]
+    kinds = [_KIND_OF[k] for k in raw if k in _KIND_OF]
+    ops = [_OPERATOR_OF[k] for k in raw if k in _OPERATOR_OF]
+    unknown = [k for k in raw if k not in _KIND_OF and k not in _OPERATOR_OF and k != "window"]
     start = len(errors)
     for key in unknown:
         errors.append(f"{path}: unknown operator '{key}'")

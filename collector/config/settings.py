@@ -441,23 +441,15 @@ def _check_limits(config: ConfigFile, problems: list[str]) -> None:
 
 
 def check_serving(settings: Settings, problems: list[str]) -> None:
-    """What `serve` needs beyond a valid config: a port, workers, a store, a data dir, keys."""
+    """What `serve` needs beyond a valid config: a port, workers, a store, write keys.
+
+    (The data directory is checked when memory mode opens it, with the same one-line errors.)
+    """
     if not 1 <= settings.port <= 65535:
         problems.append(f"--port: {settings.port} is not a port (1 to 65535)")
     if settings.workers < 1:
         problems.append(f"--workers: {settings.workers}; at least 1")
-    store = settings.store
-    if store != "memory":
-        parts = urlsplit(store)
-        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            problems.append(f"--store: {store!r}; use memory or redis://host:port/db")
-        else:
-            try:
-                parts.port  # noqa: B018 - reading it checks it
-            except ValueError:
-                problems.append(f"--store: {store!r}: the port is not a number from 1 to 65535")
-    elif settings.data_dir:
-        _check_data_dir(Path(settings.data_dir), problems)
+    check_store(settings.store, problems)
     if not settings.config.write_keys:
         problems.append(
             "write_keys: none, so every event would be refused; add one to the config "
@@ -465,20 +457,18 @@ def check_serving(settings: Settings, problems: list[str]) -> None:
         )
 
 
-def _check_data_dir(data_dir: Path, problems: list[str]) -> None:
-    if data_dir.exists() and not data_dir.is_dir():
-        problems.append(f"--data-dir: {data_dir} is not a directory")
+def check_store(store: str, problems: list[str]) -> None:
+    """`memory`, or a Redis URL with a host and a numeric port."""
+    if store == "memory":
         return
-    if data_dir.is_dir():
-        if not os.access(data_dir, os.W_OK | os.X_OK):
-            problems.append(f"--data-dir: {data_dir} is not writable")
-        for child in data_dir.iterdir():
-            if child.is_dir() and child.suffix in (".msgpack", ".json", ".tmp", ".log"):
-                problems.append(f"--data-dir: {child} is a directory, where a file is kept")
+    parts = urlsplit(store)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        problems.append(f"--store: {store!r}; use memory or redis://host:port/db")
         return
-    parent = next((p for p in data_dir.parents if p.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        problems.append(f"--data-dir: {data_dir} cannot be created in {parent}")
+    try:
+        parts.port  # noqa: B018 - reading it checks it
+    except ValueError:
+        problems.append(f"--store: {store!r}: the port is not a number from 1 to 65535")
 
 
 def _check_campaign(

@@ -42,6 +42,12 @@ arms a Timer in the state, the `unless` event cancels it; the store's scheduler 
 `fire_due` once it is due, and the campaign is then decided at the timer's due time, on the
 state as it is then, like a campaign triggered by an event.
 
+Goals (A/B results): a campaign with a `goal` enrols the user in their arm the first time it
+gets past the trigger and test users (`collector.engine.goals`); a later goal event within the
+window converts them once. Each enrolment, conversion and goal value is an `outcome.ticks`
+entry, which the store counts in the same step as the state (memory) or in the same script
+(Redis).
+
 Hot path: neighbouring campaigns behind one gate form a `Run`; when the gate is shut, the whole
 run is suppressed with decisions made once per `now` and shared by every event of a request
 (they are frozen), and the profile keeps one shared Verdict for the run.
