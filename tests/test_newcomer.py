@@ -149,15 +149,20 @@ def _overflow(page: Page, name: str) -> dict[str, int]:
     return {name: width} if width > PHONE["width"] else {}
 
 
+def _without_make_variables() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MAKELEVEL", "MFLAGS"}}
+
+
 def test_make_passes_flags_to_the_demo_and_to_serve() -> None:
     for target, expected in (
         ("demo", "tripwire demo --no-browser --port 9001"),
         ("serve", "tripwire serve --config examples/tripwire.yaml --port 9001"),
     ):
         result = subprocess.run(
-            ["make", "-n", target, "ARGS=--no-browser --port 9001"
+            ["make", "--no-print-directory", "-n", target, "ARGS=--no-browser --port 9001"
              if target == "demo" else "ARGS=--port 9001"],
             cwd=ROOT, capture_output=True, text=True, timeout=30,
+            env=_without_make_variables(),  # as typed in a shell, also when `make test` runs us
         )
         assert result.returncode == 0, result.stderr
         assert expected in result.stdout.splitlines()[-1]
