@@ -28,7 +28,7 @@ from collector.admin import api as admin
 from collector.admin import auth, charts, editing
 from collector.admin.replay import replay_dead_letter
 from collector.config.durations import format_duration
-from collector.config.schema import CampaignSpec
+from collector.config.schema import CampaignSpec, campaign_as_written
 from collector.delivery.dispatcher import PausedEndpoint
 from collector.delivery.log import STATUSES, DeliveryAttempt
 from collector.errors import HTTPError, InvalidCampaign, NotFound, Unavailable
@@ -696,17 +696,8 @@ def _options(values: list[str], selected: str | None, blank: str) -> str:
 
 
 def _campaign_yaml(spec: CampaignSpec) -> str:
-    data = _without_nulls(admin.campaign_as_data(spec))
+    data = campaign_as_written(spec)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=96)
-
-
-def _without_nulls(value: Any) -> Any:
-    """Drop keys whose value is null (every optional campaign field defaults to null)."""
-    if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_nulls(v) for v in value]
-    return value
 
 
 def _back(path: str, **message: str) -> Response:

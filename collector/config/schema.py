@@ -491,6 +491,20 @@ def decode_hook(type_: type, value: Any) -> Any:
     raise NotImplementedError(f"cannot decode {type_!r}")
 
 
+def campaign_as_written(spec: CampaignSpec) -> dict[str, Any]:
+    """A campaign as plain data, as it would be written in a config file: unset fields left out."""
+    data: dict[str, Any] = _without_nulls(msgspec.to_builtins(spec, enc_hook=encode_hook))
+    return data
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def encode_hook(value: Any) -> Any:
     """msgspec `enc_hook` giving back the config's own types as plain data."""
     if isinstance(value, ConditionTree):

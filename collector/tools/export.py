@@ -12,11 +12,10 @@ import asyncio
 from pathlib import Path
 from typing import Any, TextIO
 
-import msgspec
 import yaml
 
 from collector.config.changes import CampaignChange, decode_change
-from collector.config.schema import encode_hook
+from collector.config.schema import campaign_as_written
 from collector.config.settings import Settings
 from collector.disk import read_table
 from collector.errors import ConfigError
@@ -41,7 +40,7 @@ def run_export(settings: Settings, out: TextIO) -> int:
             if at is not None:
                 del campaigns[at]
             continue
-        data = _without_nulls(msgspec.to_builtins(change.spec, enc_hook=encode_hook))
+        data = campaign_as_written(change.spec)
         if at is None:
             campaigns.append(data)
         else:
@@ -71,12 +70,3 @@ def _changes(settings: Settings) -> dict[str, CampaignChange]:
     from collector.redis.campaignsync import read_changes
 
     return asyncio.run(read_changes(settings.store))
-
-
-def _without_nulls(value: Any) -> Any:
-    """Drop keys whose value is null (every optional campaign field defaults to null)."""
-    if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_nulls(v) for v in value]
-    return value
