@@ -293,13 +293,14 @@ class Disk:
         """Hand what is staged to the writer thread, unless a write is in flight (then the
         next one takes it, with whatever else arrives meanwhile: group commit)."""
         self._scheduled = False
+        if self._loop is None:
+            return  # closed since this was scheduled: `close` wrote what was staged
         if self._writing is not None:
             return  # `_written` schedules the next write
         records, waiters = self._take()
         if not records:
             self._settle(waiters, None)
             return
-        assert self._loop is not None
         frame = _frame(_encode(records))
         self._writing = self._loop.run_in_executor(self._thread, self._write, frame)
         self._writing.add_done_callback(

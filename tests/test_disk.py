@@ -53,6 +53,19 @@ async def test_what_was_committed_is_read_back_and_bounded(tmp_path: Path) -> No
     assert again.lists.stored() == {"a": [b"a7", b"a8", b"a9"]}
 
 
+async def test_a_write_scheduled_before_close_does_not_fail_after_it(tmp_path: Path) -> None:
+    owner = Owner(tmp_path)
+    owner.disk.start()
+    owner.put("early", b"value")  # schedules a write for the end of this turn
+    errors: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+    await owner.disk.close()  # in the same turn: close writes it
+    owner.put("late", b"value")  # a straggler changes something after close
+    await asyncio.sleep(0)  # the write scheduled before close runs now
+    assert errors == []
+    assert dict(Owner(tmp_path).table.rows()) == {"early": b"value"}
+
+
 async def test_a_torn_last_frame_is_ignored(tmp_path: Path) -> None:
     owner = Owner(tmp_path)
     owner.put("kept", b"yes")
