@@ -17,7 +17,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -26,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.bench_memory import VISITORS, demo_config, send_visitors
-from benchmarks.common import ROOT, free_port, pinned, wait_http
+from benchmarks.common import ROOT, free_port, serve_command, wait_http
 
 ADMIN_TOKEN = "bench-admin-token"
 
@@ -35,19 +34,7 @@ TARGET_SECONDS = 5.0
 
 def serve(config: Path, data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     """Start `tripwire serve` on this data directory, its output going to `log`."""
-    command = [
-        *pinned("0"),
-        sys.executable,
-        "-m",
-        "collector.cli",
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        str(port),
-        "--data-dir",
-        str(data_dir),
-    ]
+    command = serve_command(config, port, data_dir)
     env = {**os.environ, "TRIPWIRE_ADMIN_TOKEN": ADMIN_TOKEN}
     with log.open("ab") as out:
         return subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)

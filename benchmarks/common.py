@@ -97,6 +97,23 @@ def tripwire(
         yield url
 
 
+def serve_command(config: Path, port: int, data_dir: Path, cores: str = "0") -> list[str]:
+    """The command line of `tripwire serve` on these cores, with this config and data dir."""
+    return [
+        *pinned(cores),
+        sys.executable,
+        "-m",
+        "collector.cli",
+        "serve",
+        "--config",
+        str(config),
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+    ]
+
+
 @contextlib.contextmanager
 def tripwire_process(
     config: dict[str, Any], port: int, cores: str = "0", args: Sequence[str] = ()
@@ -105,20 +122,7 @@ def tripwire_process(
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "tripwire.json"
         path.write_text(json.dumps(config))
-        command = [
-            *pinned(cores),
-            sys.executable,
-            "-m",
-            "collector.cli",
-            "serve",
-            "--config",
-            str(path),
-            "--port",
-            str(port),
-            "--data-dir",
-            str(Path(tmp) / "data"),
-            *args,
-        ]
+        command = [*serve_command(path, port, Path(tmp) / "data", cores), *args]
         with process(command, f"http://127.0.0.1:{port}/healthz") as proc:
             yield f"http://127.0.0.1:{port}", proc.pid
 
