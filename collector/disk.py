@@ -18,11 +18,15 @@ being killed at any moment; it is not fsynced on the request's path (a power cut
 last moments, never what was compacted).
 
 The log is a series of segments (`log.<n>`); frames carry their length and a CRC, so a frame
-torn by a crash is recognised and ignored. Past `SEGMENT_BYTES` the writer starts a new segment
-and a separate process (`python -m collector.disk compact`, off this process's core and GIL)
-folds the old snapshot and the closed segments into a new snapshot (`snapshot.<n>`, fsynced,
-then renamed), keeping each key's latest value, and removes what it folded. A start reads the
-newest snapshot, then the segments after it.
+torn by a crash is recognised and ignored. A frame's records are compressed with Zstandard
+(level 1) by the writer thread: profiles repeat each other's campaign names and field layout,
+so a frame of many profiles shrinks 10 to 30 times, which keeps the bytes written, the disk
+used and the compactions few. (Frames of earlier versions, not compressed, are read as they are.)
+Past `SEGMENT_BYTES` the writer starts a new segment and a separate process
+(`python -m collector.disk compact`, off this process's core and GIL) folds the old snapshot and
+the closed segments into a new snapshot (`snapshot.<n>`, fsynced, then renamed), keeping each
+key's latest value, and removes what it folded. A start reads the newest snapshot, then the
+segments after it.
 
 When a write fails (disk full, I/O error) the partial frame is cut off, what was staged is kept,
 waiting commits raise `Unavailable` (503, the client retries), `failure` says why, and the
@@ -49,6 +53,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import msgspec
+import zstandard
 
 from collector.errors import ConfigError, Unavailable
 
@@ -58,6 +63,7 @@ SEGMENT_BYTES: Final = 64 * 1024 * 1024  # a segment this big is closed and comp
 RETRY_SECONDS: Final = 1.0
 _HEADER: Final = 8  # frame: 4-byte length, 4-byte CRC32 of the payload, then the payload
 _SNAPSHOT_FRAME: Final = 1 << 20
+_ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"  # how a compressed frame's payload starts
 _SEGMENT = re.compile(r"log\.(\d+)")
 _SNAPSHOT = re.compile(r"snapshot\.(\d+)")
 
@@ -68,6 +74,7 @@ Source = Callable[[str], bytes | None]
 Record = tuple[int, str, Any, Any]
 _encode = msgspec.msgpack.Encoder().encode
 _decode_records = msgspec.msgpack.Decoder(list[tuple[int, str, Any, Any]]).decode
+_decompressor = zstandard.ZstdDecompressor()
 
 
 def check_data_dir(path: str | os.PathLike[str]) -> Path:
@@ -194,6 +201,7 @@ class Disk:
         self._writing: asyncio.Future[None] | None = None  # the write in flight
         # one thread writes, so that a slow disk never holds up the event loop
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tripwire-disk")
+        self._compressor = zstandard.ZstdCompressor(level=1)  # used by one write at a time
         self._compaction: asyncio.Task[None] | None = None
         self.failure: str | None = None  # why the last write failed, until one succeeds
         self.commits = 0
@@ -301,8 +309,8 @@ class Disk:
         if not records:
             self._settle(waiters, None)
             return
-        frame = _frame(_encode(records))
-        self._writing = self._loop.run_in_executor(self._thread, self._write, frame)
+        payload = _encode(records)
+        self._writing = self._loop.run_in_executor(self._thread, self._write, payload)
         self._writing.add_done_callback(
             lambda done: self._written(records, waiters, done.exception())
         )
@@ -353,7 +361,7 @@ class Disk:
         error: BaseException | None = None
         if records:
             try:
-                self._write(_frame(_encode(records)))
+                self._write(_encode(records))
             except OSError as exc:
                 error = exc
         self._finish(records, waiters, error)
@@ -397,10 +405,11 @@ class Disk:
                 waiter.set_exception(error)
                 waiter.exception()  # retrieved: its request may have gone meanwhile
 
-    def _write(self, frame: bytes) -> None:
-        """Append one frame (in the writer thread); a failure cuts off what it wrote."""
+    def _write(self, payload: bytes) -> None:
+        """Append a frame of `payload` (in the writer thread); a failure cuts off what it wrote."""
         if self._fd is None:
             raise OSError(errno.EBADF, "the data directory is closed")
+        frame = _frame(payload, self._compressor)
         view = memoryview(frame)
         written = 0
         try:
@@ -505,6 +514,8 @@ def _frames(path: Path) -> Iterator[list[Record]]:
         if len(payload) < length or zlib.crc32(payload) != crc:
             log.warning("%s: ignoring a torn or damaged frame at byte %d", path, offset)
             return
+        if payload[:4] == _ZSTD_MAGIC:
+            payload = _decompressor.decompress(payload)
         yield _decode_records(payload)
         offset += _HEADER + length
 
@@ -580,6 +591,7 @@ def compact(directory: Path, upto: int, limits: dict[str, Any]) -> None:
             if kept:
                 records.append((_LIST_SET, name, key, kept))
     partial = directory / "snapshot.tmp"
+    compressor = zstandard.ZstdCompressor(level=1)
     with partial.open("wb") as out:
         frame: list[Record] = []
         size = 0
@@ -587,10 +599,10 @@ def compact(directory: Path, upto: int, limits: dict[str, Any]) -> None:
             frame.append(record)
             size += len(record[3]) if isinstance(record[3], bytes) else 256
             if size >= _SNAPSHOT_FRAME:
-                out.write(_frame(_encode(frame)))
+                out.write(_frame(_encode(frame), compressor))
                 frame, size = [], 0
         if frame:
-            out.write(_frame(_encode(frame)))
+            out.write(_frame(_encode(frame), compressor))
         out.flush()
         os.fsync(out.fileno())
     os.replace(partial, directory / f"snapshot.{upto:08d}")
@@ -605,8 +617,10 @@ def compact(directory: Path, upto: int, limits: dict[str, Any]) -> None:
         path.unlink()
 
 
-def _frame(payload: bytes) -> bytes:
-    return len(payload).to_bytes(4, "little") + zlib.crc32(payload).to_bytes(4, "little") + payload
+def _frame(payload: bytes, compressor: zstandard.ZstdCompressor) -> bytes:
+    """A frame: the compressed payload's length and CRC32, then the compressed payload."""
+    packed = compressor.compress(payload)
+    return len(packed).to_bytes(4, "little") + zlib.crc32(packed).to_bytes(4, "little") + packed
 
 
 def _describe(exc: BaseException) -> str:

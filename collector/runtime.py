@@ -85,7 +85,7 @@ class Runtime:
         self.redis: RedisMode | None = None  # store, outbox, log and campaigns in Redis mode
         # memory mode's data directory; opened now so that an unusable one stops the start
         self.disk: Disk | None = None
-        if settings.store == "memory":
+        if settings.store == "memory" and settings.data_dir is not None:
             self.disk = Disk(settings.data_dir)
             with _loading():
                 self.disk.open()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import zlib
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,34 @@ async def test_a_torn_last_frame_is_ignored(tmp_path: Path) -> None:
     again.put("later", b"also")
     await again.disk.commit()
     assert dict(Owner(tmp_path).table.rows()) == {"kept": b"yes", "later": b"also"}
+
+
+async def test_similar_values_take_a_fraction_of_their_size_on_disk(tmp_path: Path) -> None:
+    owner = Owner(tmp_path)
+    owner.disk.start()
+    values = {
+        f"visitor-{n}": b'{"campaign-%d": "trigger", "views": %d}' % (n % 20, n) * 20
+        for n in range(2000)
+    }
+    for key, value in values.items():
+        owner.put(key, value)
+    await owner.disk.commit()
+    on_disk = sum(path.stat().st_size for path in tmp_path.glob("log.*"))
+    assert on_disk * 5 < sum(len(value) for value in values.values())
+    assert dict(Owner(tmp_path).table.rows()) == values
+
+
+async def test_a_data_dir_of_uncompressed_frames_is_read(tmp_path: Path) -> None:
+    # frames as versions before compression wrote them: the records' msgpack, as is
+    payload = disk_module._encode([(0, "things", "old", b"value"), (1, "events", 1.0, b"e")])
+    header = len(payload).to_bytes(4, "little") + zlib.crc32(payload).to_bytes(4, "little")
+    (tmp_path / "log.00000001").write_bytes(header + payload)
+    owner = Owner(tmp_path)
+    assert dict(owner.table.rows()) == {"old": b"value"}
+    assert owner.journal.entries() == [(1.0, b"e")]
+    owner.put("new", b"kept")
+    await owner.disk.commit()
+    assert dict(Owner(tmp_path).table.rows()) == {"old": b"value", "new": b"kept"}
 
 
 async def test_segments_are_compacted_into_a_snapshot(

@@ -47,7 +47,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 8000
     store: str = "memory"  # "memory" or a redis:// URL
     workers: int = 1
-    data_dir: str = ".tripwire"
+    data_dir: str | None = ".tripwire"  # None: memory mode keeps nothing (benchmark baselines)
     admin_token: str | None = None
     request_bin: bool = False
     deliver_in_process: bool = True

@@ -65,6 +65,8 @@ def _raw_config(path: Path) -> dict[str, Any]:
 def _changes(settings: Settings) -> dict[str, CampaignChange]:
     """The kept campaign changes, by campaign id."""
     if settings.store == "memory":
+        if settings.data_dir is None:
+            return {}
         rows = read_table(settings.data_dir, "campaigns")
         return {campaign_id: decode_change(value) for campaign_id, value in rows.items()}
     from collector.redis.campaignsync import read_changes
