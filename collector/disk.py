@@ -70,10 +70,17 @@ _SNAPSHOT = re.compile(r"snapshot\.(\d+)")
 # record kinds
 _SET, _APPEND, _LIST_APPEND, _LIST_SET = 0, 1, 2, 3
 
-Source = Callable[[str], bytes | None]
+Source = Callable[[str], object]
+"""A key's current value — bytes, or an object msgpack encodes (one pass for a whole frame,
+the cheap way for the busiest table) — or None once the key is gone."""
 Record = tuple[int, str, Any, Any]
 _encode = msgspec.msgpack.Encoder().encode
-_decode_records = msgspec.msgpack.Decoder(list[tuple[int, str, Any, Any]]).decode
+_encode_json = msgspec.json.Encoder().encode
+_decode_records = msgspec.msgpack.Decoder(list[tuple[int, str, Any, msgspec.Raw]]).decode
+_decode_bytes = msgspec.msgpack.Decoder(bytes).decode
+_decode_items = msgspec.msgpack.Decoder(list[bytes] | None).decode
+_BIN: Final = frozenset(b"\xc4\xc5\xc6")  # the first byte of a msgpack bin (bytes) value
+_NIL: Final = msgspec.Raw(b"\xc0")  # a deletion
 _decompressor = zstandard.ZstdDecompressor()
 
 
@@ -114,7 +121,8 @@ class Table:
         self._disk.wake()
 
     def rows(self) -> list[tuple[str, bytes]]:
-        """Every stored (key, value), read at start."""
+        """Every stored (key, value), read at start: the bytes the source gave, or the msgpack
+        of the object it gave (JSON when msgpack could not carry it: an integer past 64 bits)."""
         return list(self._disk.loaded.tables.pop(self.name, {}).items())
 
     def stage(self, records: list[Record]) -> None:
@@ -309,7 +317,7 @@ class Disk:
         if not records:
             self._settle(waiters, None)
             return
-        payload = _encode(records)
+        payload = _encode_records(records)
         self._writing = self._loop.run_in_executor(self._thread, self._write, payload)
         self._writing.add_done_callback(
             lambda done: self._written(records, waiters, done.exception())
@@ -361,7 +369,7 @@ class Disk:
         error: BaseException | None = None
         if records:
             try:
-                self._write(_encode(records))
+                self._write(_encode_records(records))
             except OSError as exc:
                 error = exc
         self._finish(records, waiters, error)
@@ -527,22 +535,23 @@ def fold(snapshot: Path | None, segments: list[tuple[int, Path]]) -> Contents:
     paths = ([snapshot] if snapshot else []) + [path for _, path in segments]
     for path in paths:
         for records in _frames(path):
-            for kind, name, key, value in records:
+            for kind, name, key, raw in records:
                 if kind == _SET:
                     table = tables.setdefault(name, {})
-                    if value is None:
+                    if raw == _NIL:
                         table.pop(key, None)
                     else:
-                        table[key] = value
+                        table[key] = _stored(raw)
                 elif kind == _APPEND:
-                    journals.setdefault(name, deque()).append((key, value))
+                    journals.setdefault(name, deque()).append((key, _stored(raw)))
                 elif kind == _LIST_APPEND:
-                    lists.setdefault(name, {}).setdefault(key, deque()).append(value)
+                    lists.setdefault(name, {}).setdefault(key, deque()).append(_stored(raw))
                 elif kind == _LIST_SET:
-                    if value is None:
+                    items = _decode_items(raw)
+                    if items is None:
                         lists.setdefault(name, {}).pop(key, None)
                     else:
-                        lists.setdefault(name, {})[key] = deque(value)
+                        lists.setdefault(name, {})[key] = deque(items)
     return contents
 
 
@@ -615,6 +624,29 @@ def compact(directory: Path, upto: int, limits: dict[str, Any]) -> None:
         snapshot.unlink()
     for _, path in segments:
         path.unlink()
+
+
+def _encode_records(records: list[Record]) -> bytes:
+    """The records' msgpack; a value msgpack cannot carry (an integer past 64 bits) as JSON."""
+    try:
+        return _encode(records)
+    except OverflowError:
+        return _encode([(kind, name, key, _encodable(value)) for kind, name, key, value in records])
+
+
+def _encodable(value: object) -> object:
+    """The value, or its JSON (as bytes) when msgpack cannot carry it."""
+    try:
+        _encode(value)
+    except OverflowError:
+        return _encode_json(value)
+    return value
+
+
+def _stored(raw: msgspec.Raw) -> bytes:
+    """A value as written: the bytes a source gave (a msgpack bin), or an object's msgpack."""
+    data = bytes(raw)
+    return _decode_bytes(data) if data[0] in _BIN else data
 
 
 def _frame(payload: bytes, compressor: zstandard.ZstdCompressor) -> bytes:

@@ -6,6 +6,7 @@ import asyncio
 import zlib
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from collector import disk as disk_module
@@ -94,6 +95,18 @@ async def test_similar_values_take_a_fraction_of_their_size_on_disk(tmp_path: Pa
     on_disk = sum(path.stat().st_size for path in tmp_path.glob("log.*"))
     assert on_disk * 5 < sum(len(value) for value in values.values())
     assert dict(Owner(tmp_path).table.rows()) == values
+
+
+async def test_objects_are_kept_as_msgpack_and_big_integers_as_json(tmp_path: Path) -> None:
+    owner = Owner(tmp_path)
+    owner.values["plain"] = {"views": 3}  # type: ignore[assignment]
+    owner.values["huge"] = {"views": 2**70}  # type: ignore[assignment]
+    owner.table.mark("plain")
+    owner.table.mark("huge")
+    await owner.disk.commit()
+    rows = dict(Owner(tmp_path).table.rows())
+    assert msgspec.msgpack.decode(rows["plain"]) == {"views": 3}
+    assert msgspec.json.decode(rows["huge"]) == {"views": 2**70}
 
 
 async def test_a_data_dir_of_uncompressed_frames_is_read(tmp_path: Path) -> None:

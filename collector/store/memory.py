@@ -85,13 +85,13 @@ def unpack(packed: Packed) -> Event:
 
 
 class _Profile(msgspec.Struct, array_like=True):
-    """One profile as the data directory keeps it (its recent events are kept apart)."""
+    """One profile as the data directory keeps it (its recent events are kept apart); written
+    as the tuple `_profile_record` gives, JSON past 64-bit integers."""
 
     state: UserState
     ids: tuple[str, ...]
 
 
-_encode_profile = msgspec.msgpack.Encoder().encode
 _decode_profile = msgspec.msgpack.Decoder(_Profile).decode
 # A profile or event holding an integer msgpack cannot carry (past 64 bits) is kept as JSON.
 _encode_json = msgspec.json.Encoder().encode
@@ -199,16 +199,11 @@ class MemoryStore:
         hours = self._hourly.get(campaign_id)
         return None if hours is None else _pack(hours)
 
-    def _profile_record(self, key: str) -> bytes | None:
-        """A profile as the data directory keeps it; None when there is none (deleted)."""
+    def _profile_record(self, key: str) -> tuple[UserState, tuple[str, ...]] | None:
+        """A profile as the data directory keeps it (the fields of `_Profile`, encoded with the
+        rest of its frame); None when there is none (deleted)."""
         state = self._users.get(key)
-        if state is None:
-            return None
-        profile = _Profile(state, self._ids.get(key, ()))
-        try:
-            return _encode_profile(profile)
-        except OverflowError:  # an integer past 64 bits somewhere
-            return _encode_json(profile)
+        return None if state is None else (state, self._ids.get(key, ()))
 
     async def ping(self) -> bool:
         """Always reachable: it lives in this process."""
