@@ -21,12 +21,12 @@ The log is a series of segments (`log.<n>`); frames carry their length and a CRC
 torn by a crash is recognised and ignored. A frame's records are compressed with Zstandard by
 the writer thread (at a fast level, -3; snapshots at 3): profiles repeat each other's campaign
 names and field layout, so a frame of many profiles shrinks 10 to 30 times, which keeps the
-bytes written, the disk used and the compactions few. (Frames of earlier versions, not compressed, are read as they are.)
-Past `SEGMENT_BYTES` the writer starts a new segment and a separate process
-(`python -m collector.disk compact`, off this process's core and GIL) folds the old snapshot and
-the closed segments into a new snapshot (`snapshot.<n>`, fsynced, then renamed), keeping each
-key's latest value, and removes what it folded. A start reads the newest snapshot, then the
-segments after it.
+bytes written, the disk used and the compactions few. (Frames of earlier versions, not
+compressed, are read as they are.) Past `SEGMENT_BYTES` the writer starts a new segment and a
+separate process (`python -m collector.disk compact`, off this process's core and GIL) folds
+the old snapshot and the closed segments into a new snapshot (`snapshot.<n>`, fsynced, then
+renamed), keeping each key's latest value, and removes what it folded. A start reads the newest
+snapshot, then the segments after it.
 
 When a write fails (disk full, I/O error) the partial frame is cut off, what was staged is kept,
 waiting commits raise `Unavailable` (503, the client retries), `failure` says why, and the
