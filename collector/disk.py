@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 import zstandard
@@ -70,6 +70,7 @@ _SNAPSHOT = re.compile(r"snapshot\.(\d+)")
 # record kinds
 _SET, _APPEND, _LIST_APPEND, _LIST_SET = 0, 1, 2, 3
 
+T = TypeVar("T")
 Source = Callable[[str], object]
 """A key's current value — bytes, or an object msgpack encodes (one pass for a whole frame,
 the cheap way for the busiest table) — or None once the key is gone."""
@@ -254,6 +255,29 @@ class Disk:
         lists = Lists(self, name, keep)
         self._lists.append(lists)
         return lists
+
+    def earlier(self, name: str, kind: type[T]) -> T | None:
+        """What a version before the log saved in the file `name` at a clean stop, if the
+        directory holds one not yet imported; an unreadable one is set aside as
+        `<name>.unreadable`, with an error in the log."""
+        path = self.directory / name
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot be read ({exc.strerror or exc})"]) from None
+        try:
+            return msgspec.msgpack.decode(data, type=kind)
+        except msgspec.DecodeError as exc:
+            path.replace(path.with_name(f"{name}.unreadable"))
+            log.error("%s cannot be read (%s): set aside as %s.unreadable", path, exc, name)
+            return None
+
+    def imported(self, name: str) -> None:
+        """An earlier version's file is in the log now: rename it `<name>.imported`."""
+        path = self.directory / name
+        path.replace(path.with_name(f"{name}.imported"))
 
     def start(self) -> None:
         """Write from now on in the running event loop, once per turn (group commit)."""

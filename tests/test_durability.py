@@ -7,13 +7,19 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import yaml
 
+from collector.delivery.outbox import Envelope
+from collector.engine.profile import Caps, UserState
+from collector.store import identity
+from collector.webhook import WebhookRequest
 from tests.support.mounts import fill, tmpfs
 from tests.support.poll import wait_until
 from tests.support.ports import free_port
@@ -229,6 +235,62 @@ def test_extreme_and_unicode_values_round_trip_across_a_kill(tmp_path: Path) -> 
         assert after is not None and before is not None
         assert after["profile"]["traits"] == traits
         assert after == before
+
+
+def test_a_data_dir_left_by_a_version_before_the_log_is_imported_once(tmp_path: Path) -> None:
+    # What versions that saved at a clean stop left: state.msgpack and outbox.msgpack.
+    sink = Sink().start()
+    cfg = config(sink, once_per_user(sink, "welcome", "Signed Up"))
+    now = time.time()
+    key = identity.anonymous("returning")
+    state = UserState(
+        key=key,
+        anonymous=("returning",),
+        traits={"plan": "pro"},
+        first_seen=now - 3600,
+        last_seen=now - 60,
+        caps={"welcome": Caps(total=1)},  # the campaign fired for them before the upgrade
+    )
+    saved_state = {"users": {key: state}, "index": {key: key}, "seen": [], "recent": {}}
+    (tmp_path / "state.msgpack").write_bytes(msgspec.msgpack.encode(saved_state))
+    unsent = WebhookRequest(
+        webhook_id="msg_before_the_upgrade",
+        campaign_id="welcome",
+        variant_id=None,
+        user_key=key,
+        event_id="m-before",
+        method="POST",
+        url=f"{sink.url}/welcome",
+        headers={},
+        body={"visitor": "returning", "event": "m-before"},
+        created_at=now - 60,
+    )
+    pending = Envelope(request=unsent, enqueued_at=now - 60, due_at=now - 60)
+    saved_outbox = {"version": 1, "pending": [pending], "dead": [], "usage": {}}
+    (tmp_path / "outbox.msgpack").write_bytes(msgspec.msgpack.encode(saved_outbox))
+    try:
+        with run_tripwire(cfg, data_dir=tmp_path) as server:
+            wait_until(
+                lambda: [r.json()["event"] for r in sink.requests] == ["m-before"],
+                message="the webhook the earlier version had not sent",
+            )
+            profile = server.user("returning")
+            assert profile is not None and profile["profile"]["traits"] == {"plan": "pro"}
+            kill(server)  # what was imported is in the log already
+        assert sorted(path.name for path in tmp_path.glob("*.imported")) == [
+            "outbox.msgpack.imported",
+            "state.msgpack.imported",
+        ]
+        with run_tripwire(cfg, data_dir=tmp_path) as server:
+            profile = server.user("returning")
+            assert profile is not None and profile["profile"]["traits"] == {"plan": "pro"}
+            assert server.post("/v1/track", track("Signed Up", "returning")).status_code == 200
+            fired = {"campaign": "welcome", "outcome": "fired", "reason": ""}
+            assert server.metric("tripwire_campaign_decisions_total", **fired) == 0
+        # (a kill may resend a delivery of its last moments; nothing new was sent)
+        assert {r.json()["event"] for r in sink.requests} == {"m-before"}
+    finally:
+        sink.stop()
 
 
 def test_a_data_dir_that_is_a_file_stops_the_start_with_one_line(tmp_path: Path) -> None:

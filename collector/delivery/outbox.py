@@ -123,6 +123,16 @@ _ENCODER = msgspec.msgpack.Encoder()
 _ENVELOPE = msgspec.msgpack.Decoder(Envelope)
 _DEAD_LETTER = msgspec.msgpack.Decoder(DeadLetter)
 _COUNT = msgspec.msgpack.Decoder(int)
+EARLIER_OUTBOX = "outbox.msgpack"  # what versions before the log saved at a clean stop
+
+
+class _EarlierOutbox(msgspec.Struct, kw_only=True):
+    """`outbox.msgpack`, as versions before the log saved it at a clean stop."""
+
+    version: int = 1
+    pending: list[Envelope] = []
+    dead: list[DeadLetter] = []
+    usage: dict[str, int] = {}
 
 
 class MemoryOutbox:
@@ -170,6 +180,32 @@ class MemoryOutbox:
             self._bury(letter)
         for period, value in self._usage_rows.rows():
             self._usage[period] = _COUNT.decode(value)
+        if not (self._live or self._dead or self._usage):
+            await self._import_earlier(self._disk)
+
+    async def _import_earlier(self, disk: Disk) -> None:
+        """The deliveries an earlier version saved in `outbox.msgpack`, written to the log
+        (once: the file is renamed `outbox.msgpack.imported` when they are)."""
+        earlier = disk.earlier(EARLIER_OUTBOX, _EarlierOutbox)
+        if earlier is None:
+            return
+        for envelope in earlier.pending:
+            self._push(envelope)
+        for letter in sorted(earlier.dead, key=lambda letter: letter.dead_at):
+            self._bury(letter)
+        for period, count in earlier.usage.items():
+            self._usage[period] = count
+            self._mark_usage(period)
+        await disk.commit()
+        disk.imported(EARLIER_OUTBOX)
+        logger.warning(
+            "imported %d pending webhooks and %d dead letters saved by an earlier version "
+            "(%s is now %s.imported)",
+            len(earlier.pending),
+            len(earlier.dead),
+            EARLIER_OUTBOX,
+            EARLIER_OUTBOX,
+        )
 
     async def close(self) -> None:
         """Refuse further puts; claimed but unsettled deliveries are pending again."""

@@ -52,6 +52,7 @@ from collector.webhook import WebhookRequest
 
 log = logging.getLogger("tripwire.store")
 
+EARLIER_STATE = "state.msgpack"  # what versions before the log saved at a clean stop
 DEDUPE_SECONDS = 24 * 3600.0
 MAX_REMEMBERED_MESSAGES = 5_000_000
 KEEP_HOURS = 72  # hours of fired/suppressed counts kept per campaign
@@ -94,6 +95,15 @@ class _Profile(msgspec.Struct, array_like=True):
 
 _decode_profile = msgspec.msgpack.Decoder(_Profile).decode
 # A profile or event holding an integer msgpack cannot carry (past 64 bits) is kept as JSON.
+class _EarlierState(msgspec.Struct):
+    """`state.msgpack`, as versions before the log saved it at a clean stop."""
+
+    users: dict[str, UserState]
+    index: dict[str, str]
+    seen: list[tuple[str, float]] = []  # messageIds: dedupe is per sender now, so not imported
+    recent: dict[str, list[msgspec.Raw]] = {}  # packed events (see `pack`)
+
+
 _encode_json = msgspec.json.Encoder().encode
 _decode_json_profile = msgspec.json.Decoder(_Profile).decode
 _decode_json_event = msgspec.json.Decoder(Event).decode
@@ -161,6 +171,8 @@ class MemoryStore:
         for key, items in self._recent_rows.stored().items():
             if size and key in self._ids:
                 self._recent[key] = tuple(_stored_event(item) for item in items[-size:])
+        if not loaded:
+            loaded = await self._import_earlier(self._disk)
         loaded.sort(key=lambda item: item[1].last_seen)  # least recently seen first
         self._users = OrderedDict(loaded)
         seen = self._seen
@@ -183,6 +195,37 @@ class MemoryStore:
             self._disk.path,
             time.perf_counter() - began,
         )
+
+    async def _import_earlier(self, disk: Disk) -> list[tuple[str, UserState]]:
+        """The profiles an earlier version saved in `state.msgpack`, written to the log (once:
+        the file is renamed `state.msgpack.imported` when they are)."""
+        earlier = disk.earlier(EARLIER_STATE, _EarlierState)
+        if earlier is None:
+            return []
+        ids: dict[str, list[str]] = {}
+        for id_, key in earlier.index.items():
+            if key in earlier.users:
+                self._index[id_] = key
+                ids.setdefault(key, []).append(id_)
+        self._ids = {key: tuple(found) for key, found in ids.items()}
+        size = self._limits.recent_events
+        for key, packed in earlier.recent.items():
+            if size and packed and key in earlier.users:
+                items = [bytes(p) for p in packed[-size:]]
+                self._recent[key] = tuple(items)
+                self._recent_rows.reset(key, items)
+        self._users = OrderedDict(earlier.users)  # for the records staged below
+        for key in earlier.users:
+            self._profiles.mark(key)
+        await disk.commit()
+        disk.imported(EARLIER_STATE)
+        log.warning(
+            "imported %d profiles saved by an earlier version (%s is now %s.imported)",
+            len(earlier.users),
+            EARLIER_STATE,
+            EARLIER_STATE,
+        )
+        return list(earlier.users.items())
 
     async def close(self) -> None:
         """Nothing to do: every change was written as it was made."""
