@@ -19,7 +19,7 @@ last moments, never what was compacted).
 
 The log is a series of segments (`log.<n>`); frames carry their length and a CRC, so a frame
 torn by a crash is recognised and ignored. A frame's records are compressed with Zstandard by
-the writer thread (at a fast level, -3; snapshots at 3): profiles repeat each other's campaign
+the writer thread (level 1; snapshots at 3): profiles repeat each other's campaign
 names and field layout, so a frame of many profiles shrinks 10 to 30 times, which keeps the
 bytes written, the disk used and the compactions few. (Frames of earlier versions, not
 compressed, are read as they are.) Past `SEGMENT_BYTES` the writer starts a new segment and a
@@ -210,7 +210,7 @@ class Disk:
         self._writing: asyncio.Future[None] | None = None  # the write in flight
         # one thread writes, so that a slow disk never holds up the event loop
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tripwire-disk")
-        self._compressor = zstandard.ZstdCompressor(level=-3)  # used by one write at a time
+        self._compressor = zstandard.ZstdCompressor(level=1)  # used by one write at a time
         self._compaction: asyncio.Task[None] | None = None
         self.failure: str | None = None  # why the last write failed, until one succeeds
         self.commits = 0
