@@ -20,7 +20,7 @@ last moments, never what was compacted).
 The log is a series of segments (`log.<n>`); frames carry their length and a CRC, so a frame
 torn by a crash is recognised and ignored. A frame's records are compressed with Zstandard by
 the writer thread (level 1; snapshots at 3): profiles repeat each other's campaign
-names and field layout, so a frame of many profiles shrinks 10 to 30 times, which keeps the
+names and field layout, so a frame of many profiles shrinks about tenfold, which keeps the
 bytes written, the disk used and the compactions few. (Frames of earlier versions, not
 compressed, are read as they are.) Past `SEGMENT_BYTES` the writer starts a new segment and a
 separate process (`python -m collector.disk compact`, off this process's core and GIL) folds
