@@ -85,6 +85,15 @@ def unpack(packed: Packed) -> Event:
     return Event(**{field.name: value for field, value in zip(_EVENT_FIELDS, values, strict=True)})
 
 
+class _EarlierState(msgspec.Struct):
+    """`state.msgpack`, as versions before the log saved it at a clean stop."""
+
+    users: dict[str, UserState]
+    index: dict[str, str]
+    seen: list[tuple[str, float]] = []  # messageIds: dedupe is per sender now, so not imported
+    recent: dict[str, list[msgspec.Raw]] = {}  # packed events (see `pack`)
+
+
 class _Profile(msgspec.Struct, array_like=True):
     """One profile as the data directory keeps it (its recent events are kept apart); written
     as the tuple `_profile_record` gives, JSON past 64-bit integers."""
@@ -95,15 +104,6 @@ class _Profile(msgspec.Struct, array_like=True):
 
 _decode_profile = msgspec.msgpack.Decoder(_Profile).decode
 # A profile or event holding an integer msgpack cannot carry (past 64 bits) is kept as JSON.
-class _EarlierState(msgspec.Struct):
-    """`state.msgpack`, as versions before the log saved it at a clean stop."""
-
-    users: dict[str, UserState]
-    index: dict[str, str]
-    seen: list[tuple[str, float]] = []  # messageIds: dedupe is per sender now, so not imported
-    recent: dict[str, list[msgspec.Raw]] = {}  # packed events (see `pack`)
-
-
 _encode_json = msgspec.json.Encoder().encode
 _decode_json_profile = msgspec.json.Decoder(_Profile).decode
 _decode_json_event = msgspec.json.Decoder(Event).decode
