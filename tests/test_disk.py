@@ -97,16 +97,23 @@ async def test_similar_values_take_a_fraction_of_their_size_on_disk(tmp_path: Pa
     assert dict(Owner(tmp_path).table.rows()) == values
 
 
-async def test_objects_are_kept_as_msgpack_and_big_integers_as_json(tmp_path: Path) -> None:
+async def test_objects_are_kept_as_msgpack_and_big_integers_as_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(disk_module, "SEGMENT_BYTES", 512)
     owner = Owner(tmp_path)
-    owner.values["plain"] = {"views": 3}  # type: ignore[assignment]
-    owner.values["huge"] = {"views": 2**70}  # type: ignore[assignment]
-    owner.table.mark("plain")
-    owner.table.mark("huge")
-    await owner.disk.commit()
+    owner.disk.start()
+    for round_ in range(30):  # past several segments: compactions fold them into snapshots
+        owner.values["plain"] = {"views": round_, "filler": "x" * 200}  # type: ignore[assignment]
+        owner.values["huge"] = {"views": 2**70 + round_}  # type: ignore[assignment]
+        owner.table.mark("plain")
+        owner.table.mark("huge")
+        await owner.disk.commit()
+    await owner.disk.close()
+    assert list(tmp_path.glob("snapshot.*")), "no compaction ran"
     rows = dict(Owner(tmp_path).table.rows())
-    assert msgspec.msgpack.decode(rows["plain"]) == {"views": 3}
-    assert msgspec.json.decode(rows["huge"]) == {"views": 2**70}
+    assert msgspec.msgpack.decode(rows["plain"]) == {"views": 29, "filler": "x" * 200}
+    assert msgspec.json.decode(rows["huge"]) == {"views": 2**70 + 29}
 
 
 async def test_a_data_dir_of_uncompressed_frames_is_read(tmp_path: Path) -> None:
