@@ -206,7 +206,8 @@ def over_http(seconds: int) -> None:
                 f"over HTTP, {batch:2}-message requests: {without:7,.0f} messages/s keeping "
                 f"nothing, {with_disk:7,.0f} with the data dir: {with_disk / without:.2f} of "
                 f"the throughput (target ≥ {TARGET:.2f}; rounds {ratios}); server CPU "
-                f"{cpu_without:.1f} → {cpu_with:.1f} µs/message (×{cpu_with / cpu_without:.2f})"
+                f"{cpu_without:.1f} → {cpu_with:.1f} µs/message (×{cpu_with / cpu_without:.2f}): "
+                + ("met" if with_disk / without >= TARGET else "NOT MET")
             )
 
 

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,48 +30,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from benchmarks.bench_ingest import pipeline_config
 from benchmarks.bench_latency import Run, measure, percentiles
 from benchmarks.bench_latency import config as latency_config
-from benchmarks.common import ROOT, bare_app, free_port, metric_sum, pinned, tripwire, wrk
+from benchmarks.common import (
+    ROOT,
+    bare_app,
+    free_port,
+    metric_sum,
+    pinned,
+    redis_server,
+    tripwire,
+    wrk,
+)
 from benchmarks.rawhttp import Sink
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """A private redis-server on a free port; yields its URL."""
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp:
-        server = shutil.which("redis-server") or "/usr/bin/redis-server"
-        command = [
-            server,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            tmp,
-            "--logfile",
-            str(Path(tmp) / "log"),
-        ]
-        process = subprocess.Popen(command)
-        url = f"redis://127.0.0.1:{port}/0"
-        try:
-            deadline = time.monotonic() + 10
-            while (
-                subprocess.run(
-                    ["redis-cli", "-p", str(port), "PING"], capture_output=True, text=True
-                ).stdout.strip()
-                != "PONG"
-            ):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start")
-                time.sleep(0.05)
-            yield url
-        finally:
-            process.terminate()
-            process.wait(10)
 
 
 def flush(url: str) -> None:
@@ -246,7 +214,13 @@ def main() -> None:
             for separate in (False, True)
         ]
     print("Redis round trips per ingest request, by batch size (target: constant):")
-    print("  " + "   ".join(f"{size}: {count}" for size, count in results["trips"].items()))
+    trips = results["trips"]
+    constant = len(set(trips.values())) == 1  # the first 1 (connecting) was measured over
+    print(
+        "  "
+        + "   ".join(f"{size}: {count}" for size, count in trips.items())
+        + ("   constant: met" if constant else "   constant: NOT MET")
+    )
     took = sorted(results["propagation"])
     print(
         f"Campaign change, one process to another: median {took[len(took) // 2] * 1000:.0f} ms, "

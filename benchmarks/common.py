@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -128,20 +129,30 @@ def tripwire_process(
 
 
 WRK_SCRIPT = r"""
+-- Each run sends messages no earlier run sent: the messageIds carry the run's token and the
+-- visitors are drawn from a generator seeded per run, so no figure rides on the cheap
+-- duplicate path.
 local counter = 0
 local batch = tonumber(os.getenv("BATCH") or "1")
 local users = tonumber(os.getenv("USERS") or "10000")
+local run = os.getenv("RUN") or "run"
+local seed = tonumber(os.getenv("SEED") or "1")
+local seeded = false
 local thread_id = 0
 setup = function(thread) thread_id = thread_id + 1; thread:set("tid", thread_id) end
 request = function()
+  if not seeded then
+    math.randomseed(seed + 7919 * (tid or 0))
+    seeded = true
+  end
   local parts = {}
   for i = 1, batch do
     counter = counter + 1
     local user = math.random(users)
     parts[i] = string.format(
-      '{"type":"page","messageId":"m-%s-%d","anonymousId":"visitor-%d",' ..
+      '{"type":"page","messageId":"m-%s-%s-%d","anonymousId":"visitor-%d",' ..
       '"context":{"page":{"path":"/products/%d","url":"https://shop.example/products/%d","title":"Product"}}}',
-      tostring(tid), counter, user, counter %% 50, counter %% 50)
+      run, tostring(tid), counter, user, counter %% 50, counter %% 50)
   end
   local body = '{"writeKey":"bench-key","batch":[' .. table.concat(parts, ",") .. ']}'
   return wrk.format("POST", "/v1/batch", {["Content-Type"] = "text/plain"}, body)
@@ -153,20 +164,33 @@ def wrk(
     url: str,
     *,
     batch: int = 1,
-    seconds: int = 5,
+    seconds: float = 5,
     connections: int = 32,
     cores: str = "1",
     users: int = 100_000,
 ) -> float:
-    """Requests per second that wrk reaches against `url`'s ingest endpoint."""
+    """Requests per second that wrk reaches against `url`'s ingest endpoint.
+
+    Every call sends messages of its own: a fresh token in each messageId, and visitors drawn
+    (among `users`) by a generator with a fresh seed.
+    """
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_SCRIPT.replace("%%", "%"))
+    env = {
+        **os.environ,
+        "BATCH": str(batch),
+        "USERS": str(users),
+        "RUN": secrets.token_hex(6),
+        "SEED": str(secrets.randbelow(2**31)),
+    }
+    duration = f"{seconds:g}s"
     result = subprocess.run(
-        [*pinned(cores), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script.name, url],
+        [*pinned(cores), "wrk", "-t1", f"-c{connections}", f"-d{duration}", "-s", script.name, url],
         capture_output=True,
         text=True,
-        env={**os.environ, "BATCH": str(batch), "USERS": str(users)},
+        env=env,
         check=True,
+        timeout=seconds + 60,
     )
     os.unlink(script.name)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", result.stdout)
@@ -176,6 +200,48 @@ def wrk(
     if not match:
         raise RuntimeError(result.stdout + result.stderr)
     return float(match.group(1))
+
+
+@contextlib.contextmanager
+def redis_server(cores: str = "1") -> Iterator[str]:
+    """A private redis-server on a free port (never another one), no persistence, on `cores`
+    (beside the load generator, off the measured server's core); yields its URL."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp:
+        server = shutil.which("redis-server") or "/usr/bin/redis-server"
+        command = [
+            *pinned(cores),
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            tmp,
+            "--logfile",
+            str(Path(tmp) / "log"),
+        ]
+        proc = subprocess.Popen(command)
+        url = f"redis://127.0.0.1:{port}/0"
+        try:
+            deadline = time.monotonic() + 10
+            while (
+                subprocess.run(
+                    ["redis-cli", "-p", str(port), "PING"], capture_output=True, text=True
+                ).stdout.strip()
+                != "PONG"
+            ):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start")
+                time.sleep(0.05)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
 
 def metric_sum(base_url: str, name: str, **labels: str) -> float:

@@ -1,23 +1,59 @@
-"""`make bench`: run every benchmark in this folder and print its figures."""
+"""`make bench`: run every benchmark in this folder, each bounded in time, and print its figures.
+
+The durations are shortened from each benchmark's defaults so the whole run takes a few
+minutes; run a benchmark alone (`python -m benchmarks.NAME --help`) for longer figures.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+TIMEOUT = 420.0  # seconds one benchmark may take before it is stopped
+ARGS: dict[str, list[str]] = {
+    "bench_ingest": ["--seconds", "5"],
+    "bench_delivery": ["--rounds", "2"],
+    "bench_durability": ["--seconds", "3", "--messages", "20000"],
+    "bench_latency": ["--seconds", "5"],
+    "bench_memory": ["--visitors", "20000"],
+    "bench_recovery": ["--visitors", "50000"],
+    "bench_redis": ["--latency-only"],  # Redis ingest figures: bench_ingest
+    "bench_timers": ["--seconds", "3"],
+}
+
+
+def run(name: str) -> bool:
+    """Run one benchmark as a module from the repository root; stop it past TIMEOUT."""
+    command = [sys.executable, "-m", f"benchmarks.{name}", *ARGS.get(name, [])]
+    print(f"\n== {' '.join(command[2:])} ==", flush=True)
+    began = time.monotonic()
+    proc = subprocess.Popen(command, cwd=HERE.parent, start_new_session=True)
+    try:
+        code = proc.wait(TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        print(f"{name}: stopped after {TIMEOUT:.0f} s", flush=True)
+        return False
+    print(f"({name}: {time.monotonic() - began:.0f} s)", flush=True)
+    return code == 0
 
 
 def main() -> int:
-    """Run each `bench_*.py` as a module from the repository root."""
-    failed = 0
-    for script in sorted(HERE.glob("bench_*.py")):
-        print(f"\n== {script.stem} ==", flush=True)
-        result = subprocess.run(
-            [sys.executable, "-m", f"benchmarks.{script.stem}"], cwd=HERE.parent
-        )
-        failed += result.returncode != 0
+    """Run each `bench_*.py` (or those named on the command line)."""
+    names = sys.argv[1:] or [script.stem for script in sorted(HERE.glob("bench_*.py"))]
+    failed = [name for name in names if not run(name)]
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}")
     return 1 if failed else 0
 
 
