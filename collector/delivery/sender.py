@@ -1,13 +1,15 @@
 """One webhook attempt over HTTP: shape the request, sign it, send it through the SSRF guard.
 
 This module, `transport` and `delivery` are the only ones that import httpx. Attempts go to
-httpcore connection pools (httpx's transport layer), one pool per endpoint keeping at most
-`connections_per_endpoint` idle connections: the client layer's auth, redirect and cookie
-handling has no work here (redirects are not followed), and httpcore checks every connection
-of a pool on each request, so small pools keep that check cheap. The pools dial through
-`transport.GuardedBackend`, which connects only to addresses the SSRF guard checked, while the
-URL keeps its host name: the `Host` header, TLS SNI, certificate checks and the pools (keyed
-by host name) all stay right.
+httpcore's HTTP/1.1 connections (httpx's transport layer), kept alive per endpoint: at most
+`connections_per_endpoint` idle ones each, the most recently used taken first. The client
+layer's auth, redirect and cookie handling has no work here (redirects are not followed), and
+the dispatcher already bounds the attempts in flight per endpoint, so a connection pool's
+bookkeeping (a lock, a scan of every connection, a wrapper stream, per request) is not needed
+either: an attempt takes an idle connection or opens one, and puts it back when its response
+is read. Connections are dialled through `transport.GuardedBackend`, which connects only to
+addresses the SSRF guard checked, while the URL keeps its host name: the `Host` header, TLS
+SNI, certificate checks and the endpoints (keyed by host name) all stay right.
 
 Request shape: GET merges the body (an object) into the URL's query, body keys replacing
 same-named URL keys, and signs an empty payload; other methods send the body as JSON with
@@ -47,7 +49,7 @@ USER_AGENT: Final = f"Tripwire/{__version__}"
 RESPONSE_PREFIX: Final = 4096
 _DRAIN_LIMIT: Final = 65536  # read this much of a response at most, so its connection is reused
 _URL_CACHE_SIZE: Final = 1024
-_POOL_LIMIT: Final = 256  # endpoint pools kept past a sweep (the least recently used go first)
+_ENDPOINT_LIMIT: Final = 256  # endpoints kept past a sweep (the least recently used go first)
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})  # sent with Content-Length: 0 if empty
 _TRANSPORT_ERRORS: Final = (httpcore.NetworkError, httpcore.ProtocolError)
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -163,18 +165,25 @@ def _query_value(value: Any) -> str | list[str]:
 
 
 class _Endpoint:
-    """One endpoint's connection pool and when it was last used."""
+    """One endpoint's idle connections and when it was last used."""
 
-    __slots__ = ("active", "pool", "used_at")
+    __slots__ = ("active", "idle", "origin", "used_at")
 
-    def __init__(self, pool: httpcore.AsyncConnectionPool) -> None:
-        self.pool = pool
+    def __init__(self, origin: httpcore.Origin) -> None:
+        self.origin = origin
+        self.idle: list[httpcore.AsyncHTTP11Connection] = []  # the last one used is last
         self.active = 0  # attempts in flight
         self.used_at = 0.0  # event-loop time the last attempt ended
 
+    async def aclose(self) -> None:
+        """Close the idle connections."""
+        idle, self.idle = self.idle, []
+        for connection in idle:
+            await connection.aclose()
+
 
 class Sender:
-    """Sends single attempts through a connection pool per endpoint."""
+    """Sends single attempts over connections kept alive per endpoint."""
 
     def __init__(
         self,
@@ -196,6 +205,7 @@ class Sender:
         self._keepalive = max(1, connections_per_endpoint)
         self._keepalive_expiry = keepalive_expiry
         self._ssl_context = ssl_context or httpx.create_ssl_context(trust_env=False)
+        self._ssl_context.set_alpn_protocols(["http/1.1"])
         self._backend = network_backend or GuardedBackend(guard)
         self._endpoints: OrderedDict[tuple[bytes, bytes, int | None], _Endpoint] = OrderedDict()
         self._next_sweep = 0.0
@@ -205,7 +215,7 @@ class Sender:
         endpoints = list(self._endpoints.values())
         self._endpoints.clear()
         for endpoint in endpoints:
-            await endpoint.pool.aclose()
+            await endpoint.aclose()
 
     def prepare(self, request: WebhookRequest) -> tuple[httpx.URL, bytes, dict[str, str]]:
         """Return URL, body and headers (unsigned) for a webhook; raise InvalidRequest."""
@@ -271,18 +281,23 @@ class Sender:
         endpoint = self._endpoint(target.origin)
         endpoint.active += 1
         try:
-            return await self._exchange(endpoint.pool, core_request, now + self._timeout)
+            return await self._exchange(endpoint, core_request, now + self._timeout)
         finally:
             endpoint.active -= 1
             endpoint.used_at = loop.time()
 
     async def _exchange(
-        self, pool: httpcore.AsyncConnectionPool, request: httpcore.Request, deadline: float
+        self, endpoint: _Endpoint, request: httpcore.Request, deadline: float
     ) -> AttemptResult:
         started = time.perf_counter()
         try:
             async with asyncio.timeout_at(deadline):
-                response = await pool.handle_async_request(request)
+                connection = await self._connection(endpoint)
+                try:
+                    response = await connection.handle_async_request(request)
+                except BaseException:
+                    await connection.aclose()
+                    raise
         except TargetRefused as exc:
             return AttemptResult(outcome="refused", error=str(exc))
         except (TimeoutError, httpcore.TimeoutException):
@@ -297,7 +312,42 @@ class Sender:
         except (TimeoutError, httpcore.TimeoutException, *_TRANSPORT_ERRORS, zlib.error):
             prefix = b""  # the status line already decides the outcome
         finally:
-            await response.aclose()
+            try:
+                await response.aclose()
+            finally:
+                await self._release(endpoint, connection)
+        return self._result(response, prefix, started)
+
+    async def _connection(self, endpoint: _Endpoint) -> httpcore.AsyncHTTP11Connection:
+        """An idle connection to the endpoint that is still open, or a new one."""
+        idle = endpoint.idle
+        while idle:
+            connection = idle.pop()
+            if not connection.has_expired():  # expired, or closed by the server meanwhile
+                return connection
+            await connection.aclose()
+        origin = endpoint.origin
+        host = origin.host.decode("ascii")
+        stream = await self._backend.connect_tcp(host, origin.port, timeout=self._timeout)
+        if origin.scheme == b"https":
+            stream = await stream.start_tls(
+                self._ssl_context, server_hostname=host, timeout=self._timeout
+            )
+        return httpcore.AsyncHTTP11Connection(
+            origin, stream, keepalive_expiry=self._keepalive_expiry
+        )
+
+    async def _release(
+        self, endpoint: _Endpoint, connection: httpcore.AsyncHTTP11Connection
+    ) -> None:
+        """Keep a connection whose response was read whole for the next attempt, or close it."""
+        if connection.is_idle() and len(endpoint.idle) < self._keepalive:
+            endpoint.idle.append(connection)
+        else:
+            await connection.aclose()
+
+    def _result(self, response: httpcore.Response, prefix: bytes, started: float) -> AttemptResult:
+        """How an attempt ended that got a response."""
         latency_ms = (time.perf_counter() - started) * 1000.0
         code = response.status
         text = prefix.decode("utf-8", "replace") if prefix else None
@@ -330,30 +380,20 @@ class Sender:
         if endpoint is not None:
             self._endpoints.move_to_end(key)
             return endpoint
-        pool = httpcore.AsyncConnectionPool(
-            ssl_context=self._ssl_context,
-            max_connections=None,  # the dispatcher bounds concurrency; a test-fire may add one
-            max_keepalive_connections=self._keepalive,
-            keepalive_expiry=self._keepalive_expiry,
-            http1=True,
-            http2=False,
-            retries=0,
-            network_backend=self._backend,
-        )
-        endpoint = self._endpoints[key] = _Endpoint(pool)
+        endpoint = self._endpoints[key] = _Endpoint(origin)
         return endpoint
 
     async def _sweep(self, now: float) -> None:
-        """Close the pools of endpoints unused for longer than keep-alive, and past the limit."""
+        """Close the connections of endpoints unused past keep-alive, and past the limit."""
         self._next_sweep = now + min(self._keepalive_expiry, 10.0)
         stale = now - self._keepalive_expiry
         for key, endpoint in list(self._endpoints.items()):  # least recently used first
-            if endpoint.used_at > stale and len(self._endpoints) < _POOL_LIMIT:
+            if endpoint.used_at > stale and len(self._endpoints) < _ENDPOINT_LIMIT:
                 break
             if endpoint.active:
                 continue
             del self._endpoints[key]
-            await endpoint.pool.aclose()
+            await endpoint.aclose()
 
     @staticmethod
     def _failure(outcome: Outcome, error: str, started: float) -> AttemptResult:
