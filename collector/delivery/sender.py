@@ -31,7 +31,7 @@ import time
 import zlib
 from collections import OrderedDict
 from collections.abc import AsyncIterable, Callable
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 import httpcore
@@ -164,6 +164,23 @@ def _query_value(value: Any) -> str | list[str]:
     return orjson.dumps(value).decode()
 
 
+class _Url(NamedTuple):
+    """A webhook URL as httpx parses it, with what a request to it carries (built once)."""
+
+    url: httpx.URL
+    target: httpcore.URL
+    origin: httpcore.Origin  # the endpoint
+    host: bytes  # the Host header
+
+    @classmethod
+    def of(cls, url: httpx.URL) -> _Url:
+        """Build the request parts of a parsed URL."""
+        target = httpcore.URL(
+            scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
+        )
+        return cls(url, target, target.origin, url.netloc)
+
+
 class _Endpoint:
     """One endpoint's idle connections and when it was last used."""
 
@@ -200,8 +217,7 @@ class Sender:
         self._signer = signer
         self._timeout = timeout
         self._clock = clock
-        self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
-        self._urls: dict[str, httpx.URL] = {}  # parsed URLs; campaigns reuse a few
+        self._urls: dict[str, _Url] = {}  # parsed URLs; campaigns reuse a few
         self._keepalive = max(1, connections_per_endpoint)
         self._keepalive_expiry = keepalive_expiry
         self._ssl_context = ssl_context or httpx.create_ssl_context(trust_env=False)
@@ -217,9 +233,10 @@ class Sender:
         for endpoint in endpoints:
             await endpoint.aclose()
 
-    def prepare(self, request: WebhookRequest) -> tuple[httpx.URL, bytes, dict[str, str]]:
+    def prepare(self, request: WebhookRequest) -> tuple[_Url, bytes, dict[str, str]]:
         """Return URL, body and headers (unsigned) for a webhook; raise InvalidRequest."""
-        url, content = shape(self._parse_url(request.url), request)
+        parsed = self._parse_url(request.url)
+        url, content = shape(parsed.url, request)
         headers = {"user-agent": USER_AGENT, "accept": "*/*"}
         for name, value in request.headers.items():
             if not _TOKEN.fullmatch(name):
@@ -231,12 +248,12 @@ class Sender:
                 headers[lower] = value
         if content and "content-type" not in headers:
             headers["content-type"] = "application/json"
-        return url, content, headers
+        return parsed if url is parsed.url else _Url.of(url), content, headers
 
-    def _parse_url(self, text: str) -> httpx.URL:
-        url = self._urls.get(text)
-        if url is not None:
-            return url
+    def _parse_url(self, text: str) -> _Url:
+        parsed = self._urls.get(text)
+        if parsed is not None:
+            return parsed
         try:
             url = httpx.URL(text)
         except httpx.InvalidURL as exc:
@@ -245,8 +262,8 @@ class Sender:
             raise InvalidRequest("URL must be http(s) with a host")
         if len(self._urls) >= _URL_CACHE_SIZE:
             self._urls.clear()
-        self._urls[text] = url
-        return url
+        parsed = self._urls[text] = _Url.of(url)
+        return parsed
 
     async def send(self, request: WebhookRequest) -> AttemptResult:
         """Make one signed attempt and classify how it ended."""
@@ -257,7 +274,7 @@ class Sender:
         headers.update(self._signer.headers(request.webhook_id, int(self._clock()), content))
         method = request.method.upper()
         # The header block httpx would send: Host first, Content-Length last (or 0 after Host).
-        raw_headers = [(b"Host", url.netloc)]
+        raw_headers = [(b"Host", url.host)]
         if not content and method in _BODY_METHODS:
             raw_headers.append((b"Content-Length", b"0"))
         raw_headers += [
@@ -268,17 +285,13 @@ class Sender:
         ]
         if content:
             raw_headers.append((b"Content-Length", b"%d" % len(content)))
-        target = httpcore.URL(
-            scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
-        )
-        core_request = httpcore.Request(
-            method, target, headers=raw_headers, content=content, extensions=self._extensions
-        )
+        # No per-read or per-write timeouts: the attempt's deadline bounds it all (_exchange).
+        core_request = httpcore.Request(method, url.target, headers=raw_headers, content=content)
         loop = asyncio.get_running_loop()
         now = loop.time()
         if now >= self._next_sweep:
             await self._sweep(now)
-        endpoint = self._endpoint(target.origin)
+        endpoint = self._endpoint(url.origin)
         endpoint.active += 1
         try:
             return await self._exchange(endpoint, core_request, now + self._timeout)
