@@ -215,6 +215,17 @@ def measure(url: str, cpu: Callable[[], float], seconds: float, batch: int) -> F
     )
 
 
+def load(url: str, port: int, seconds: float, batch: int = 1) -> tuple[float, float | None]:
+    """(messages/s, server CPU µs per message) of one wrk run against the server on `port`,
+    webhooks not waited for (None for the CPU without /proc)."""
+    cpu = server_cpu(port)
+    before = cpu() if cpu else 0.0
+    messages = wrk(url + "/v1/batch", seconds=seconds, batch=batch, users=USERS) * batch
+    if cpu is None:
+        return messages, None
+    return messages, (cpu() - before) / (messages * seconds) * 1e6
+
+
 def floor(seconds: float, batch: int) -> Figure:
     """The bare app (a fresh one) under the same load: its CPU per message."""
     port = free_port()

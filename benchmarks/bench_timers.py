@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.bench_ingest import measure, pipeline_config
+from benchmarks.bench_ingest import load, pipeline_config
 from benchmarks.common import bare_app, free_port, tripwire, wrk
 from collector.config.settings import decode_config
 from collector.engine.engine import Engine, compile_rules
@@ -160,7 +160,7 @@ def main() -> None:
         runs = [("without", without, port_a), ("with", with_timers, port_b)]
         for round_ in range(args.rounds):
             for name, url, port in runs if round_ % 2 == 0 else runs[::-1]:  # no order bias
-                figures[name].append(measure(url, port, args.seconds))
+                figures[name].append(load(url, port, args.seconds))
         still = pending_timers(with_timers, "visitor-2")
     rate = {k: sum(r for r, _ in v) / len(v) for k, v in figures.items()}
     cpus = {k: [c for _, c in v if c is not None] for k, v in figures.items()}
