@@ -10,6 +10,7 @@ directory's database (memory mode), the log is kept there too, newest `capacity`
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from typing import Final, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -54,6 +55,7 @@ _ENCODE = msgspec.msgpack.Encoder().encode
 _DECODE = msgspec.msgpack.Decoder(DeliveryAttempt).decode
 
 
+@functools.lru_cache(maxsize=1024)  # campaigns reuse a few URLs
 def mask_url(url: str) -> str:
     """Hide what may be secret in a URL: userinfo and every query value."""
     try:

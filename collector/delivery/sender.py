@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import re
 import ssl
 import time
@@ -120,6 +121,7 @@ def as_sent(request: WebhookRequest) -> tuple[str, str, bytes]:
     return request.method.upper(), str(url), content
 
 
+@functools.lru_cache(maxsize=1024)  # campaigns reuse a few URLs
 def endpoint_of(url: str) -> str:
     """Return the endpoint a URL belongs to (scheme://host:port), for isolation and pauses."""
     try:
