@@ -226,9 +226,10 @@ def main() -> None:
         f"Campaign change, one process to another: median {took[len(took) // 2] * 1000:.0f} ms, "
         f"max {took[-1] * 1000:.0f} ms over {len(took)} changes (target ≤ 1000 ms)"
     )
-    print("Ingest in redis mode (20 campaigns, 10 variables, 100k visitors):")
-    for label, value in results["ingest"]:
-        print(f"  {label:<55} {value:10,.0f}")
+    if results["ingest"]:
+        print("Ingest in redis mode (20 campaigns, 10 variables, 100k visitors):")
+        for label, value in results["ingest"]:
+            print(f"  {label:<55} {value:10,.0f}")
     print("Trigger → webhook, redis mode, 500 events/s (target p99 ≤ 20 ms):")
     for label, (accepted, sent) in zip(
         ("delivery inside serve", "delivery in a tripwire worker"), results["latency"], strict=True
