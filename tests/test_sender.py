@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
 
 from collector.delivery.sender import Sender
 from collector.delivery.signing import Signer
@@ -49,11 +55,14 @@ class Receiver:
 
 
 @asynccontextmanager
-async def receiver(**options: bool) -> AsyncIterator[Receiver]:
-    """A started receiver; it stops with the block."""
-    state = Receiver(url="", **options)
-    server = await asyncio.start_server(state.handle, "127.0.0.1", 0)
-    state.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+async def receiver(
+    tls: ssl.SSLContext | None = None, *, close_after_answer: bool = False
+) -> AsyncIterator[Receiver]:
+    """A started receiver (over TLS with a context); it stops with the block."""
+    state = Receiver(url="", close_after_answer=close_after_answer)
+    server = await asyncio.start_server(state.handle, "127.0.0.1", 0, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    state.url = f"https://localhost:{port}/hook" if tls else f"http://127.0.0.1:{port}/hook"
     try:
         yield state
     finally:
@@ -62,12 +71,13 @@ async def receiver(**options: bool) -> AsyncIterator[Receiver]:
         server.close()
 
 
-def sender(connections_per_endpoint: int = 8) -> Sender:
+def sender(connections_per_endpoint: int = 8, trust: ssl.SSLContext | None = None) -> Sender:
     return Sender(
         signer=Signer([]),
         guard=Guard(Policy(allow_all=True)),
         timeout=5.0,
         connections_per_endpoint=connections_per_endpoint,
+        ssl_context=trust,
     )
 
 
@@ -135,3 +145,39 @@ async def test_closing_the_sender_closes_its_idle_connections() -> None:
                 break
             await asyncio.sleep(0.01)
         assert closed(target)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
+async def test_https_checks_the_certificate_for_the_host_name_and_keeps_the_connection(
+    tmp_path: Path,
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    names: list[str | None] = []
+
+    def note_name(_: ssl.SSLObject, name: str | None, __: ssl.SSLContext) -> None:
+        names.append(name)
+
+    tls.sni_callback = note_name
+    async with receiver(tls) as target:
+        send = sender(trust=ssl.create_default_context(cafile=cert))
+        assert await outcomes(send, target.url, 1) == ["delivered"]
+        assert await outcomes(send, target.url, 1) == ["delivered"]
+        by_address = await send.send(webhook(target.url.replace("localhost", "127.0.0.1")))
+        untrusting = sender()  # the system's certificate authorities only
+        unknown = await untrusting.send(webhook(target.url))
+        await send.aclose()
+        await untrusting.aclose()
+    assert (target.requests, target.connections) == (2, 1)
+    assert names[0] == "localhost"  # sent as SNI
+    assert by_address.outcome == "retry"
+    assert "CERTIFICATE_VERIFY_FAILED" in (by_address.error or "")  # issued for localhost only
+    assert unknown.outcome == "retry"
+    assert "CERTIFICATE_VERIFY_FAILED" in (unknown.error or "")
