@@ -172,10 +172,12 @@ def main() -> None:
     line = f"ratio with/without timers: {rate['with'] / rate['without']:.3f} (target ≥ 0.95)"
     if cpu["with"] and cpu["without"]:
         line += f"   by CPU {cpu['without'] / cpu['with']:.3f}"
-    print(line + f"   ({still} timer still pending for a sampled visitor)")
+    line += f"   ({still} timer still pending for a sampled visitor)"
+    print(line + (": met" if rate["with"] / rate["without"] >= 0.95 else ": NOT MET"))
     base, loaded = store_cpu(False), store_cpu(True)
     print(f"memory store, CPU per page view: {base:.1f} µs without timers, {loaded:.1f} µs with "
-          f"{PENDING:,} pending: ratio {base / loaded:.3f} (target ≥ 0.95)")
+          f"{PENDING:,} pending: ratio {base / loaded:.3f} (target ≥ 0.95): "
+          + ("met" if base / loaded >= 0.95 else "NOT MET"))
 
     with receiver() as (hooks, arrivals), tripwire(timer_config(hooks, f"{LATE_WAIT}s"),
                                                    free_port()) as url:
@@ -188,7 +190,8 @@ def main() -> None:
         print("no absence timer fired")
         return
     print(f"{LATE_TIMERS:,} timers due at once, {len(fired):,} fired: " + _spread(fired)
-          + " after their due time (target: within 1 s)")
+          + " after their due time (target: within 1 s): "
+          + ("met" if len(fired) == LATE_TIMERS and max(fired) <= 1.0 else "NOT MET"))
     print(f"  their webhooks arrived at a local receiver: {_spread(arrived)} after due time")
 
 
