@@ -7,7 +7,9 @@ measure the sending side. The bare loop is a plain httpx client (keep-alive pool
 no env, no redirects) at the same concurrency, posting the same JSON body without signing,
 logging or scheduling. Beside both, the floor under the dispatcher: httpcore's HTTP/1.1
 connections alone (the layer the dispatcher sends with), one per worker, on the same streams,
-the same body. Rounds alternate; the best of each is kept. The event loop is uvloop, as in
+the same body; and below that, the same exchange written out by hand (`rawhttp`: one prebuilt
+request, the answer's head and body read), which is what the network and the event loop cost.
+Rounds alternate; the best of each is kept. The event loop is uvloop, as in
 `tripwire serve`.
 Also printed: the cost of a host-name resolution with and without the SSRF guard's cache, and
 how many resolutions the dispatcher made (one per new connection, none per request); and
@@ -35,6 +37,7 @@ import orjson
 import uvloop
 from prometheus_client import CollectorRegistry
 
+from benchmarks import rawhttp
 from collector.config.schema import WebhookSettings
 from collector.delivery import ssrf
 from collector.delivery.dispatcher import Dispatcher
@@ -144,6 +147,27 @@ async def connections_alone(url: str, requests: int, concurrency: int) -> float:
                 await response.aread()
                 await response.aclose()
                 assert response.status == 200
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return requests / (time.perf_counter() - started)
+
+
+async def by_hand(url: str, requests: int, concurrency: int) -> float:
+    """Deliveries/s of N workers, each posting over a bare keep-alive connection (`rawhttp`)."""
+    target = httpcore.URL(url)
+    host, port = target.host.decode(), target.port or 80
+    address = (await ssrf.Guard(ssrf.Policy(allow_all=True)).resolve(host))[0]
+    body = orjson.dumps(BODY)
+    remaining = requests
+
+    async def worker() -> None:
+        nonlocal remaining
+        connection = await rawhttp.Connection.open(address, port)
+        while remaining > 0:
+            remaining -= 1
+            assert await connection.post(host, target.target.decode(), body) == 200
+        connection.close()
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -275,8 +299,11 @@ async def main(args: argparse.Namespace) -> None:
         await connections_alone(url, 500, args.concurrency)
         await dispatcher_run(url, 500, args.concurrency, 10.0)
         bare_best = ours_best = 0.0
-        bare_cpu = ours_cpu = floor_cpu = float("inf")
+        bare_cpu = ours_cpu = floor_cpu = hand_cpu = float("inf")
         for round_no in range(1, args.rounds + 1):
+            cpu = time.process_time()
+            await by_hand(url, args.requests, args.concurrency)
+            hand_cpu = min(hand_cpu, (time.process_time() - cpu) / args.requests * 1e6)
             cpu = time.process_time()
             await connections_alone(url, args.requests, args.concurrency)
             floor_cpu = min(floor_cpu, (time.process_time() - cpu) / args.requests * 1e6)
@@ -306,6 +333,7 @@ async def main(args: argparse.Namespace) -> None:
             f"  the floor, httpcore's HTTP/1.1 connections alone: {floor_cpu:.0f} us per request; "
             f"the dispatcher adds {ours_cpu - floor_cpu:.0f} us (queue, signing, log, metrics)"
         )
+        print(f"  the same exchange written out by hand (rawhttp): {hand_cpu:.0f} us per request")
         p99 = await beside_a_hanging_endpoint(url, args.concurrency)
         print(
             f"isolation: p99 queue-to-delivery {p99 * 1000:.1f} ms for 200 webhooks at 400/s "
