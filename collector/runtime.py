@@ -36,6 +36,7 @@ from collector.redis.counts import RedisCounts
 from collector.redis.mode import RedisMode, is_redis_url
 from collector.store.base import Store
 from collector.store.memory import MemoryStore
+from collector.store.pipeline import ingest
 from collector.store.sessions import MemorySessions, Sessions
 
 log = logging.getLogger("tripwire")
@@ -352,7 +353,7 @@ class Runtime:
         disk = self.disk
         if disk is not None and disk.failure is not None:
             raise Unavailable(f"cannot save to the data directory: {disk.failure}", retry_after=5)
-        result = await self.store.ingest(events, now)
+        result = await ingest(self.store, events, now)
         if result.rejected:
             failed = {position for position, _ in result.rejected}
             events = [e for position, e in enumerate(events) if position not in failed]

@@ -26,6 +26,7 @@ from collector.redis.connection import RedisConnection
 from collector.redis.store import RedisStore
 from collector.store.base import Store
 from collector.store.memory import MemoryStore
+from collector.store.pipeline import ingest
 from collector.tools.replay import run_replay
 from tests.support.poll import wait_until
 from tests.support.redis import RedisServer
@@ -153,11 +154,12 @@ async def test_a_simulated_experiment_through_the_store_gives_the_known_answer()
     true_rate = {"coupon": 0.30, "banner": 0.10, CONTROL: 0.10}
     for n in range(2000):
         user = f"visitor-{n}"
-        await store.ingest([track("Added to Cart", user, T + n)], T + n)
+        await ingest(store, [track("Added to Cart", user, T + n)], T + n)
         state = await store.user_state(user)
         assert state is not None and state.goals is not None
         if rng.random() < true_rate[state.goals["offer"].arm]:
-            await store.ingest([track("Order Completed", user, T + n + 60, revenue=50)], T + n + 60)
+            order = track("Order Completed", user, T + n + 60, revenue=50)
+            await ingest(store, [order], T + n + 60)
     counts = (await store.results(["offer"]))["offer"]
     assert sum(c.assigned for c in counts.values()) == 2000
     shown = {arm["arm"]: arm for arm in report(config.campaigns[0], counts)["arms"]}
@@ -363,7 +365,7 @@ async def test_every_store_counts_the_same_results(
             events = [track("Added to Cart", user, T + n)]
             if n % 3 == 0:
                 events.append(track("Order Completed", user, T + n + 1, revenue=n))
-            await store.ingest(events, T + n + 1)
+            await ingest(store, events, T + n + 1)
         counts = (await store.results(["offer"]))["offer"]
         assert sum(c.assigned for c in counts.values()) == 60
         assert sum(c.converted for c in counts.values()) == 20

@@ -18,6 +18,7 @@ from collector.redis.connection import RedisConnection
 from collector.redis.store import RedisStore
 from collector.store.base import Store
 from collector.store.memory import MemoryStore
+from collector.store.pipeline import ingest
 from tests.support.redis import RedisServer
 from tests.test_store import event
 from tests.test_variables import Feed, T, engine_for, tokyo
@@ -215,7 +216,7 @@ async def test_both_stores_keep_them(kind: str, request: pytest.FixtureRequest) 
     now = time.time()
     try:
         for i, category in enumerate(["bags", "shoes", "bags", "hats"]):
-            await store.ingest(
+            await ingest(store,
                 [event("View", anonymous_id="v", properties={"category": category}, at=now + i)],
                 now + i,
             )

@@ -19,6 +19,7 @@ from collector.redis.connection import RedisConnection
 from collector.redis.store import RedisStore
 from collector.store.base import Store
 from collector.store.memory import MemoryStore
+from collector.store.pipeline import ingest
 from tests.support.poll import wait_until
 from tests.support.redis import RedisServer
 from tests.support.server import run_tripwire
@@ -126,7 +127,7 @@ async def test_two_redis_stores_share_a_stop_condition_exactly(redis_server: Red
     stores = [RedisStore(c, lambda: engine, config.state) for c in connections]
     try:
         results = await asyncio.gather(
-            *(stores[i % 2].ingest([click(f"user-{i}")], time.time()) for i in range(120))
+            *(ingest(stores[i % 2], [click(f"user-{i}")], time.time()) for i in range(120))
         )
         fired = sum(len(r.webhooks) for r in results)
         reasons = {d.reason for r in results for d in r.decisions}
@@ -150,14 +151,14 @@ async def test_a_memory_store_keeps_its_stop_tallies_across_a_restart(tmp_path: 
     store: Store = MemoryStore(lambda: engine, config.state, disk)
     await store.open()
     for i in range(20):
-        await store.ingest([click(f"m-{i}")], time.time())
+        await ingest(store, [click(f"m-{i}")], time.time())
         await disk.commit()
     # no close: as if killed
     disk = Disk(tmp_path)
     disk.open()
     store = MemoryStore(lambda: engine, config.state, disk)
     await store.open()
-    fired = [len((await store.ingest([click(f"n-{i}")], time.time())).webhooks) for i in range(10)]
+    fired = [len((await ingest(store, [click(f"n-{i}")], time.time())).webhooks) for i in range(10)]
     assert sum(fired) == 5
     assert await store.stopped(time.time()) == {"limited": "max_deliveries"}
 
@@ -272,7 +273,7 @@ async def test_spacing_holds_for_concurrent_requests_of_one_user(
     stores = [RedisStore(c, lambda: engine, config.state) for c in connections]
     try:
         results = await asyncio.gather(
-            *(stores[i % 2].ingest([click("one-user")], time.time()) for i in range(60))
+            *(ingest(stores[i % 2], [click("one-user")], time.time()) for i in range(60))
         )
         assert sum(len(r.webhooks) for r in results) == 1
     finally:

@@ -26,6 +26,7 @@ from collector.redis.outbox import RedisOutbox
 from collector.redis.store import RedisStore
 from collector.store.base import Store
 from collector.store.memory import MemoryStore
+from collector.store.pipeline import ingest
 from tests.support.poll import wait_until_async
 from tests.support.redis import RedisClusterServers, RedisServer
 
@@ -139,7 +140,7 @@ async def make_redis_store(request: pytest.FixtureRequest) -> AsyncIterator[_Fac
 
 async def test_a_new_visitor_gets_a_profile(make_store: _Factory) -> None:
     store = await make_store()
-    result = await store.ingest([event(anonymous_id="anon-1")], time.time())
+    result = await ingest(store, [event(anonymous_id="anon-1")], time.time())
     assert (result.accepted, result.duplicates) == (1, 0)
     view = await store.lookup("anon-1", time.time())
     assert view is not None
@@ -153,9 +154,9 @@ async def test_a_message_id_seen_before_is_ignored(make_store: _Factory) -> None
     store = await make_store()
     now = time.time()
     repeated = event("Step", anonymous_id="v", message_id="m-1", properties={"n": 1})
-    first = await store.ingest([repeated, repeated, event("Step", anonymous_id="v")], now)
+    first = await ingest(store, [repeated, repeated, event("Step", anonymous_id="v")], now)
     assert (first.accepted, first.duplicates) == (2, 1)
-    again = await store.ingest([repeated], now)
+    again = await ingest(store, [repeated], now)
     assert (again.accepted, again.duplicates) == (0, 1)
     view = await store.lookup("v", now)
     assert view is not None and view.profile["event_counts"] == {"Step": 2}
@@ -165,7 +166,7 @@ async def test_events_run_in_order(make_store: _Factory) -> None:
     store = await make_store()
     now = time.time()
     steps = [event("Step", anonymous_id="v", properties={"n": n}, at=now + n) for n in range(7)]
-    await store.ingest(steps, now + 10)
+    await ingest(store, steps, now + 10)
     view = await store.lookup("v", now + 10)
     assert view is not None
     assert view.profile["variables"]["last_step"] == 6
@@ -177,9 +178,9 @@ async def test_events_run_in_order(make_store: _Factory) -> None:
 async def test_once_per_user_campaign_fires_once(make_store: _Factory) -> None:
     store = await make_store()
     now = time.time()
-    first = await store.ingest([event("Signed Up", anonymous_id="v")], now)
-    second = await store.ingest([event("Signed Up", anonymous_id="v")] * 1, now)
-    both = await store.ingest(
+    first = await ingest(store, [event("Signed Up", anonymous_id="v")], now)
+    second = await ingest(store, [event("Signed Up", anonymous_id="v")] * 1, now)
+    both = await ingest(store,
         [event("Signed Up", anonymous_id="w"), event("Signed Up", anonymous_id="w")], now
     )
     assert [w.campaign_id for w in first.webhooks] == ["welcome"]
@@ -193,10 +194,10 @@ async def test_once_per_user_campaign_fires_once(make_store: _Factory) -> None:
 async def test_identify_merges_visitors_of_one_user(make_store: _Factory) -> None:
     store = await make_store()
     now = time.time()
-    await store.ingest([event(anonymous_id="laptop"), event(anonymous_id="laptop")], now)
-    await store.ingest([event(anonymous_id="phone")], now)
-    await store.ingest([event("identify", anonymous_id="laptop", user_id="alice")], now)
-    await store.ingest([event("identify", anonymous_id="phone", user_id="alice")], now)
+    await ingest(store, [event(anonymous_id="laptop"), event(anonymous_id="laptop")], now)
+    await ingest(store, [event(anonymous_id="phone")], now)
+    await ingest(store, [event("identify", anonymous_id="laptop", user_id="alice")], now)
+    await ingest(store, [event("identify", anonymous_id="phone", user_id="alice")], now)
     views = [await store.lookup(who, now) for who in ("laptop", "phone", "alice")]
     assert all(v is not None for v in views)
     keys = {v.key for v in views if v is not None}
@@ -206,7 +207,7 @@ async def test_identify_merges_visitors_of_one_user(make_store: _Factory) -> Non
     assert view.profile["event_counts"] == {"page": 3, "identify": 2}
     assert len(view.recent_events) == 5
     # A later event with only the phone's anonymous id lands on the merged profile.
-    await store.ingest([event("Step", anonymous_id="phone", properties={"n": 1})], now)
+    await ingest(store, [event("Step", anonymous_id="phone", properties={"n": 1})], now)
     merged = await store.lookup("alice", now)
     assert merged is not None and merged.profile["event_counts"]["Step"] == 1
 
@@ -214,9 +215,9 @@ async def test_identify_merges_visitors_of_one_user(make_store: _Factory) -> Non
 async def test_two_known_users_never_merge(make_store: _Factory) -> None:
     store = await make_store()
     now = time.time()
-    await store.ingest([event("identify", anonymous_id="shared-pc", user_id="bob")], now)
-    await store.ingest([event("identify", anonymous_id="other", user_id="carol")], now)
-    await store.ingest([event("identify", anonymous_id="other", user_id="bob")], now)
+    await ingest(store, [event("identify", anonymous_id="shared-pc", user_id="bob")], now)
+    await ingest(store, [event("identify", anonymous_id="other", user_id="carol")], now)
+    await ingest(store, [event("identify", anonymous_id="other", user_id="bob")], now)
     bob, carol = await store.lookup("bob", now), await store.lookup("carol", now)
     assert bob is not None and carol is not None
     assert bob.key != carol.key
@@ -225,9 +226,9 @@ async def test_two_known_users_never_merge(make_store: _Factory) -> None:
 async def test_alias_links_the_previous_id(make_store: _Factory) -> None:
     store = await make_store()
     now = time.time()
-    await store.ingest([event(anonymous_id="before")], now)
-    await store.ingest([event("alias", user_id="dave", previous_id="before")], now)
-    await store.ingest([event(user_id="dave")], now)
+    await ingest(store, [event(anonymous_id="before")], now)
+    await ingest(store, [event("alias", user_id="dave", previous_id="before")], now)
+    await ingest(store, [event(user_id="dave")], now)
     view = await store.lookup("before", now)
     assert view is not None
     assert view == await store.lookup("dave", now)
@@ -237,9 +238,9 @@ async def test_alias_links_the_previous_id(make_store: _Factory) -> None:
 async def test_alias_merges_two_known_users(make_store: _Factory) -> None:
     store = await make_store()
     now = time.time()
-    await store.ingest([event(user_id="old-account")], now)
-    await store.ingest([event(user_id="new-account")], now)
-    await store.ingest([event("alias", user_id="new-account", previous_id="old-account")], now)
+    await ingest(store, [event(user_id="old-account")], now)
+    await ingest(store, [event(user_id="new-account")], now)
+    await ingest(store, [event("alias", user_id="new-account", previous_id="old-account")], now)
     merged = await store.lookup("new-account", now)
     assert merged is not None and merged == await store.lookup("old-account", now)
     assert merged.profile["event_counts"]["page"] == 2
@@ -249,11 +250,11 @@ async def test_a_duplicate_after_a_merge_is_still_a_duplicate(make_store: _Facto
     store = await make_store()
     now = time.time()
     early = event(anonymous_id="tablet", message_id="early")
-    await store.ingest([early], now)
-    await store.ingest(
+    await ingest(store, [early], now)
+    await ingest(store,
         [event(user_id="erin"), event("identify", anonymous_id="tablet", user_id="erin")], now
     )
-    again = await store.ingest([early], now)
+    again = await ingest(store, [early], now)
     assert (again.accepted, again.duplicates) == (0, 1)
 
 
@@ -262,12 +263,12 @@ async def test_a_message_id_is_a_duplicate_only_for_the_same_user(make_store: _F
     now = time.time()
     alices = event("Signed Up", anonymous_id="pc-a", user_id="alice", message_id="m-shared")
     bobs = event("Signed Up", anonymous_id="pc-b", user_id="bob", message_id="m-shared")
-    first = await store.ingest([alices], now)
-    second = await store.ingest([bobs], now)
+    first = await ingest(store, [alices], now)
+    second = await ingest(store, [bobs], now)
     assert (second.accepted, second.duplicates) == (1, 0)
     assert [w.user_key for w in second.webhooks] == ["u:bob"]
     assert second.webhooks[0].webhook_id != first.webhooks[0].webhook_id
-    retry = await store.ingest([bobs], now)
+    retry = await ingest(store, [bobs], now)
     assert (retry.accepted, retry.duplicates) == (0, 1)
 
 
@@ -275,11 +276,11 @@ async def test_a_long_chain_of_merges_still_resolves(make_store: _Factory) -> No
     store = await make_store()
     now = time.time()
     for n in range(21):
-        await store.ingest([event(user_id=f"link-{n}")], now)
+        await ingest(store, [event(user_id=f"link-{n}")], now)
     for n in range(1, 21):
         alias = event("alias", user_id=f"link-{n}", previous_id=f"link-{n - 1}")
-        await store.ingest([alias], now)
-    result = await store.ingest([event(user_id="link-0"), event(user_id="link-0")], now)
+        await ingest(store, [alias], now)
+    result = await ingest(store, [event(user_id="link-0"), event(user_id="link-0")], now)
     assert result.accepted == 2
     first, last = await store.lookup("link-0", now), await store.lookup("link-20", now)
     assert first is not None and last is not None and first.key == last.key
@@ -302,9 +303,9 @@ async def test_an_event_the_engine_fails_on_leaves_no_trace(make_store: _Factory
     make_store.engine = _FailingEngine(make_store.engine.rules)
     store = await make_store()
     now = time.time()
-    await store.ingest([event("Step", anonymous_id="v", properties={"n": 1})], now)
+    await ingest(store, [event("Step", anonymous_id="v", properties={"n": 1})], now)
     poison = event("Step", anonymous_id="v", message_id="m-poison", properties={"boom": True})
-    result = await store.ingest(
+    result = await ingest(store,
         [poison, event("Signed Up", anonymous_id="v"), event("Signed Up", anonymous_id="w")], now
     )
     assert [position for position, _ in result.rejected] == [0]
@@ -316,7 +317,7 @@ async def test_an_event_the_engine_fails_on_leaves_no_trace(make_store: _Factory
     assert view.profile["variables"]["steps"] == 1
     # Not marked seen: the same message, fixed, is accepted.
     fixed = event("Step", anonymous_id="v", message_id="m-poison", properties={"n": 2})
-    again = await store.ingest([fixed], now)
+    again = await ingest(store, [fixed], now)
     assert (again.accepted, again.duplicates, again.rejected) == (1, 0, [])
 
 
@@ -328,8 +329,8 @@ async def test_recent_events_and_traits_are_held_to_byte_budgets(make_store: _Fa
         traits_event = msgspec.structs.replace(
             event("identify", anonymous_id="v"), traits={f"t{n}": big}
         )
-        await store.ingest([traits_event], now)
-    await store.ingest(
+        await ingest(store, [traits_event], now)
+    await ingest(store,
         [
             event("Step", anonymous_id="v", properties={"n": 1, "note": big}),
             event("Step", anonymous_id="v", properties={"n": 2}),
@@ -350,7 +351,7 @@ async def test_recent_events_and_traits_are_held_to_byte_budgets(make_store: _Fa
 
 async def test_user_state_finds_the_engine_state(make_store: _Factory) -> None:
     store = await make_store()
-    await store.ingest(
+    await ingest(store,
         [event(anonymous_id="s1"), event("identify", anonymous_id="s1", user_id="sam")], time.time()
     )
     for who in ("s1", "sam", "u:sam"):
@@ -365,7 +366,7 @@ async def test_concurrent_processes_fire_a_once_per_user_campaign_once(
     stores = [await make_redis_store(), await make_redis_store()]
     now = time.time()
     results = await asyncio.gather(
-        *(stores[i % 2].ingest([event("Signed Up", anonymous_id="hot")], now) for i in range(300))
+        *(ingest(stores[i % 2], [event("Signed Up", anonymous_id="hot")], now) for i in range(300))
     )
     assert sum(r.accepted for r in results) == 300
     assert sum(len(r.webhooks) for r in results) == 1
@@ -387,12 +388,12 @@ async def test_round_trips_do_not_grow_with_the_batch(redis_server: RedisServer)
     factory = _Factory("redis", redis_server.url, decode_config(CONFIG))
     store = await factory(connection_class=_Counting)
     now = time.time()
-    await store.ingest([event(anonymous_id="warm-up")], now)  # connects, loads scripts
+    await ingest(store, [event(anonymous_id="warm-up")], now)  # connects, loads scripts
 
     async def trips(size: int) -> int:
         before = _Counting.writes
         batch = [event("Signed Up", anonymous_id=f"{size}-{uuid.uuid4().hex}") for _ in range(size)]
-        result = await store.ingest(batch, now)
+        result = await ingest(store, batch, now)
         assert result.accepted == size and len(result.webhooks) == size
         return _Counting.writes - before
 
@@ -408,11 +409,11 @@ async def test_round_trips_in_a_cluster_do_not_grow_with_the_batch(
     store = await factory()
     assert isinstance(store, RedisStore)
     now = time.time()
-    await store.ingest([event(anonymous_id="warm-up")], now)
+    await ingest(store, [event(anonymous_id="warm-up")], now)
     counts = []
     for size in (1, 100):
         before = store.connection.round_trips
-        await store.ingest([event(anonymous_id=uuid.uuid4().hex) for _ in range(size)], now)
+        await ingest(store, [event(anonymous_id=uuid.uuid4().hex) for _ in range(size)], now)
         counts.append(store.connection.round_trips - before)
     assert counts == [3, 3]
     await factory.close()
@@ -424,7 +425,7 @@ async def test_webhooks_are_queued_with_the_state_change(make_redis_store: _Fact
     outbox = RedisOutbox(store.connection)
     await outbox.open()
     try:
-        result = await store.ingest(
+        result = await ingest(store,
             [event("Signed Up", anonymous_id=f"q{i}") for i in range(20)], time.time()
         )
         assert len(result.webhooks) == 20
@@ -446,14 +447,14 @@ async def test_an_unreachable_redis_is_unavailable_not_an_error() -> None:
     with RedisServer() as redis:
         factory = _Factory("redis", redis.url, decode_config(CONFIG))
         store = await factory()
-        await store.ingest([event(anonymous_id="v")], time.time())
+        await ingest(store, [event(anonymous_id="v")], time.time())
         redis.stop()
         assert not await store.ping()
         with pytest.raises(Unavailable) as caught:
-            await store.ingest([event(anonymous_id="v")], time.time())
+            await ingest(store, [event(anonymous_id="v")], time.time())
         assert caught.value.headers["Retry-After"].isdigit()
         redis.start()
-        result = await store.ingest([event(anonymous_id="v2")], time.time())
+        result = await ingest(store, [event(anonymous_id="v2")], time.time())
         assert result.accepted == 1 and await store.ping()
         await factory.close()
 
@@ -467,8 +468,8 @@ async def test_a_merge_interrupted_after_freezing_completes_later(
     store = await make_redis_store()
     assert isinstance(store, RedisStore)
     now = time.time()
-    await store.ingest([event(anonymous_id="old-device"), event(anonymous_id="old-device")], now)
-    await store.ingest([event("identify", anonymous_id="new-device", user_id="fay")], now)
+    await ingest(store, [event(anonymous_id="old-device"), event(anonymous_id="old-device")], now)
+    await ingest(store, [event("identify", anonymous_id="new-device", user_id="fay")], now)
     # A process froze a:old-device for merging into u:fay, then died before committing.
     keys = await store.connection.names()
     version = int(await store.connection.call("HGET", keys.profile("a:old-device"), "v", what="t"))
@@ -483,12 +484,12 @@ async def test_a_merge_interrupted_after_freezing_completes_later(
         "test",
     )
     assert frozen == [1]
-    result = await store.ingest([event(anonymous_id="old-device")], now)
+    result = await ingest(store, [event(anonymous_id="old-device")], now)
     assert result.accepted == 1
     view = await store.lookup("old-device", now)
     assert view is not None and view.key == "u:fay"
     assert view.profile["event_counts"] == {"page": 3, "identify": 1}
-    again = await store.ingest([event(user_id="fay")], now)
+    again = await ingest(store, [event(user_id="fay")], now)
     assert again.accepted == 1
     fay = await store.lookup("fay", now)
     assert fay is not None and fay.profile["event_counts"] == {"page": 4, "identify": 1}

@@ -25,6 +25,7 @@ from collector.redis.scripts import CLAIM_TIMERS
 from collector.redis.store import TIMER_LEASE, RedisStore
 from collector.store.base import Store
 from collector.store.memory import MemoryStore
+from collector.store.pipeline import ingest
 from tests.support.poll import wait_until
 from tests.support.redis import RedisClusterServers, RedisServer
 from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire
@@ -227,9 +228,9 @@ async def test_a_store_fires_a_due_timer_once(stores: Stores) -> None:
     one, two = await stores.make(), await stores.make()
     now = time.time()
     users = [f"cart-{i}" for i in range(20)]
-    await one.ingest([event("Added to Cart", u, now - 100) for u in users], now)
-    await one.ingest([event("Bought", "cart-0", now - 90)], now)
-    await one.ingest([event("Added to Cart", "later", now)], now)  # due in 30 s
+    await ingest(one, [event("Added to Cart", u, now - 100) for u in users], now)
+    await ingest(one, [event("Bought", "cart-0", now - 90)], now)
+    await ingest(one, [event("Added to Cart", "later", now)], now)  # due in 30 s
     view = await two.lookup("later", now)
     assert view is not None and [t["campaign_id"] for t in view.profile["timers"]] == ["abandoned"]
     results = await asyncio.gather(*(s.fire_due(time.time()) for s in (one, two, one, two)))
@@ -249,7 +250,7 @@ async def test_a_claimed_timer_whose_process_died_fires_after_the_lease(
     try:
         dying, survivor = await made.make(), await made.make()
         now = time.time()
-        await dying.ingest([event("Added to Cart", "u", now - 100)], now)
+        await ingest(dying, [event("Added to Cart", "u", now - 100)], now)
         # the dying process claims the timer, then never commits
         connection = made.connections[0]
         keys = await connection.names()

@@ -1,11 +1,12 @@
 """The shared store: per-user state in Redis or Redis Cluster, for any number of processes.
 
-A request's events are handled in a fixed number of round trips, whatever the batch size:
+The pipeline (`collector.store.pipeline`) handles a request's events in a fixed number of round
+trips, whatever the batch size:
 
-1. resolve: GETEX of every identity the events name (refreshing their TTL);
-2. load: each profile's version and state, and which of the events' messageIds it has seen;
-3. the engine runs every event in order, in this process, on the loaded states;
-4. commit: one COMMIT script per profile writes its new state, the messageIds, recent events,
+1. `load` resolves: GETEX of every identity the events name (refreshing their TTL);
+2. and loads each profile's version and state, and which of the events' messageIds it has seen;
+3. the pipeline runs every event in order, in this process, on the loaded states;
+4. `commit`: one COMMIT script per profile writes its new state, the messageIds, recent events,
    identity links and the webhooks (XADD to its shard's outbox stream) only if the profile's
    version is unchanged. So a webhook is queued exactly when the state change that fired it is
    stored, and an event answered 200 cannot lose its webhooks.
@@ -33,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
@@ -50,30 +50,24 @@ from collector.errors import Unavailable
 from collector.events import Event
 from collector.redis.connection import RETRY_AFTER, Command, RedisConnection, evalsha, is_error
 from collector.redis.keys import Keys
-from collector.redis.plan import MAX_CHAIN, Plan, Record, run_events
 from collector.redis.scripts import CLAIM_TIMERS, CLEAN, COMMIT, DROP_TIMER, FREEZE, REDIRECT
 from collector.redis.tallies import Tallies
 from collector.store import identity
-from collector.store.base import (
-    NOT_PROCESSED,
-    IngestResult,
-    UserView,
-    bounded_recent,
-    event_as_message,
-)
+from collector.store.base import IngestResult, UserView, bounded_recent, event_as_message
+from collector.store.plan import MAX_CHAIN, Loaded, Plan, Record
 from collector.webhook import WebhookRequest
 
 log = logging.getLogger("tripwire.store")
 
 DEDUPE_SECONDS = 24 * 3600.0
 MAX_SEEN_PER_USER = 10_000  # messageIds remembered per profile (within the 24 h)
-MAX_ATTEMPTS = 50  # conflicts tolerated before a request is answered 503
 TIMER_LEASE = 5.0  # seconds a claimed timer is left to its process before others may take it
 TIMER_BATCH = 500  # due profiles claimed per shard and poll
 HOURLY_TTL = 3 * 86400  # decisions per hour are kept this long after the last addition
 
 _ENCODER = msgspec.msgpack.Encoder()
 _EVENT_DECODER = msgspec.msgpack.Decoder(Event)
+_STATE_DECODER = msgspec.msgpack.Decoder(UserState)
 
 
 class RedisStore:
@@ -101,64 +95,12 @@ class RedisStore:
         """True when Redis answers."""
         return await self.connection.ping()
 
-    async def ingest(self, events: Sequence[Event], now: float) -> IngestResult:
-        """Dedupe and process each event against its user's state, in order, atomically per user.
+    def engine(self) -> Engine:
+        """The live engine."""
+        return self._engine()
 
-        An event the engine fails on is logged and left out, and the others are run again from
-        the stored profiles: it leaves no trace and costs the others nothing.
-        """
-        digests = [identity.dedupe_key(event) for event in events]
-        firsts: set[bytes] = set()
-        pending: list[int] = []
-        duplicates = 0
-        for position, digest in enumerate(digests):
-            if digest in firsts:
-                duplicates += 1
-            else:
-                firsts.add(digest)
-                pending.append(position)
-        webhooks: list[tuple[int, WebhookRequest]] = []
-        decisions: list[tuple[int, Decision]] = []
-        rejected: list[tuple[int, str]] = []
-        accepted = 0
-        names = {i for position in pending for i in identity.ids_of(events[position])}
-        async with self._holding(names):
-            attempt = 0
-            while pending and attempt < MAX_ATTEMPTS:
-                if attempt:  # another process just wrote these users: let it finish
-                    await asyncio.sleep(random.uniform(0, 0.001 * min(attempt, 20)))
-                plan, conflicts = await self._attempt(
-                    [events[i] for i in pending], [digests[i] for i in pending], now
-                )
-                if plan.failed:  # nothing was written: run the others again without them
-                    for local in plan.failed:
-                        rejected.append((pending[local], NOT_PROCESSED))
-                    failed = set(plan.failed)
-                    pending = [p for local, p in enumerate(pending) if local not in failed]
-                    continue
-                attempt += 1
-                for local in range(len(pending)):
-                    if local not in conflicts:
-                        if local in plan.duplicates:
-                            duplicates += 1
-                        else:
-                            accepted += 1
-                for key, locals_ in plan.owner_events.items():
-                    if locals_ and locals_[0] not in conflicts:
-                        webhooks.extend((pending[i], w) for i, w in plan.webhooks.get(key, []))
-                        decisions.extend((pending[i], d) for i, d in plan.decisions.get(key, []))
-                pending = [pending[i] for i in sorted(conflicts)]
-            if pending:
-                raise Unavailable("too many concurrent updates of one user; retry", retry_after=1)
-        webhooks.sort(key=lambda pair: pair[0])
-        decisions.sort(key=lambda pair: pair[0])
-        return IngestResult(
-            accepted,
-            duplicates,
-            [w for _, w in webhooks],
-            [d for _, d in decisions],
-            sorted(rejected),
-        )
+    def discard(self, loaded: Loaded) -> None:
+        """Nothing to undo: the states were decoded for this attempt alone."""
 
     async def lookup(self, identity_: str, now: float) -> UserView | None:
         """Find a profile by any of its ids or its key."""
@@ -221,7 +163,7 @@ class RedisStore:
         commands: list[Command] = []
         starts: list[tuple[str, int]] = []
         for key, fields in zip(claimed, loaded, strict=False):
-            record = records[key] = Record(key, fields)
+            record = records[key] = _record(key, fields)
             if record.state is None or record.moved_to is not None:
                 shard = keys.shard(key)
                 commands.append(evalsha(DROP_TIMER, [keys.timers(shard), keys.profile(key)], [key]))
@@ -321,13 +263,11 @@ class RedisStore:
 
     # -- one attempt: resolve, load, run, commit ------------------------------------------
 
-    async def _attempt(
-        self, events: list[Event], digests: list[bytes], now: float
-    ) -> tuple[Plan, set[int]]:
-        """Run events once; return the plan and the positions of events whose commit conflicted.
-
-        When the engine failed on some events (`plan.failed`), nothing is written.
-        """
+    async def load(
+        self, events: Sequence[Event], digests: Sequence[bytes], now: float
+    ) -> RedisLoaded:
+        """Resolve the events' identities and load their profiles and seen messageIds, with the
+        stop tallies: two round trips, more only to follow merge redirects."""
         keys = await self.connection.names()
         engine = self._engine()
         ids = sorted({i for event in events for i in identity.ids_of(event)})
@@ -347,11 +287,12 @@ class RedisStore:
             }:
                 wanted[key].add(digest)
         records, seen = await self._load(wanted)
-        plan = run_events(engine, events, digests, now, index, records, seen, tallies.deliveries)
-        if plan.failed:
-            return plan, set()
-        conflicts = await self._commit(plan, records, now, tallies)
-        return plan, {i for key in conflicts for i in plan.owner_events.get(key, ())}
+        return RedisLoaded(index, records, seen, tallies)
+
+    async def commit(self, plan: Plan, loaded: Loaded, now: float) -> set[str]:
+        """Write every changed profile with one COMMIT each; return the keys that conflicted."""
+        assert isinstance(loaded, RedisLoaded)
+        return await self._commit(plan, loaded.records, now, loaded.tallies)
 
     async def _load(self, wanted: dict[str, set[bytes]]) -> tuple[dict[str, Record], set[bytes]]:
         """Load profiles, following merge redirects; return them and the dedupe keys seen."""
@@ -379,7 +320,7 @@ class RedisStore:
             position = 0
             following: dict[str, tuple[set[bytes], set[str]]] = {}
             for key, fresh, markers in order:
-                record = Record(key, results[position], markers)
+                record = _record(key, results[position], markers)
                 position += 1
                 if fresh:
                     seen.update(
@@ -410,7 +351,6 @@ class RedisStore:
     async def _commit(
         self, plan: Plan, records: dict[str, Record], now: float, tallies: Tallies
     ) -> set[str]:
-        """Write every changed profile; return the keys whose commit conflicted."""
         keys = await self.connection.names()
         conflicts: set[str] = set()
         changed = [k for k in plan.owner_events if plan.seen.get(k) or plan.pending.get(k)]
@@ -602,17 +542,18 @@ class RedisStore:
                 "looking up a user",
             )
             _raise_errors(found)
-            record = Record(key, found[0])
+            record = _record(key, found[0])
             if record.moved_to is None:
                 return (record, list(found[1])) if record.state is not None else None
             key = record.moved_to
         return None
 
     @contextlib.asynccontextmanager
-    async def _holding(self, names: Iterable[str]) -> AsyncIterator[None]:
-        """Serialise, within this process, requests that name the same identities."""
+    async def holding(self, events: Iterable[Event]) -> AsyncIterator[None]:
+        """Serialise, within this process, requests that name the same identities (so that
+        conflicts only arise between processes)."""
         held: list[asyncio.Lock] = []
-        counted = sorted(names)
+        counted = sorted({i for event in events for i in identity.ids_of(event)})
         for name in counted:
             self._users_of_lock[name] = self._users_of_lock.get(name, 0) + 1
         try:
@@ -633,6 +574,32 @@ class RedisStore:
                 else:
                     del self._users_of_lock[name]
                     self._locks.pop(name, None)
+
+
+class RedisLoaded(Loaded):
+    """What one attempt loaded, with the stop tallies its commit checks."""
+
+    def __init__(
+        self,
+        index: dict[str, str],
+        records: dict[str, Record],
+        seen: set[bytes],
+        tallies: Tallies,
+    ) -> None:
+        super().__init__(index, records, seen, tallies.deliveries)
+        self.tallies = tallies
+
+
+def _record(key: str, fields: Sequence[bytes | None], checks: Sequence[str] = ()) -> Record:
+    """A profile from its hash fields `v`, `s`, `to` and then one `a:` marker per check."""
+    version, state, moved_to = fields[0], fields[1], fields[2]
+    return Record(
+        key,
+        _STATE_DECODER.decode(state) if state else None,
+        int(version) if version else 0,
+        moved_to.decode() if moved_to else None,
+        {q for q, flag in zip(checks, fields[3:], strict=True) if flag},
+    )
 
 
 def _pairs(reply: Any) -> Iterable[tuple[Any, Any]]:

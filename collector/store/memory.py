@@ -23,11 +23,12 @@ store grows.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -36,18 +37,13 @@ from collector.config.schema import StateSettings
 from collector.delivery.outbox import Outbox
 from collector.disk import Disk
 from collector.engine import goals
-from collector.engine.engine import Engine, new_state
+from collector.engine.engine import Engine
 from collector.engine.profile import Decision, Tally, Timer, UserState
 from collector.engine.results import Counts
 from collector.events import Event
 from collector.store import identity
-from collector.store.base import (
-    NOT_PROCESSED,
-    IngestResult,
-    UserView,
-    bounded_recent,
-    event_as_message,
-)
+from collector.store.base import IngestResult, UserView, bounded_recent, event_as_message
+from collector.store.plan import Loaded, Plan, Record
 from collector.webhook import WebhookRequest
 
 log = logging.getLogger("tripwire.store")
@@ -252,58 +248,95 @@ class MemoryStore:
         """Always reachable: it lives in this process."""
         return True
 
-    async def ingest(self, events: Sequence[Event], now: float) -> IngestResult:
-        """Dedupe and process each event against its user's state, in order.
+    def engine(self) -> Engine:
+        """The live engine."""
+        return self._engine()
 
-        Each event is applied whole or not at all: one the engine fails on is logged, its
-        profile put back as it was and its messageId not marked seen, and the rest go on.
-        """
-        engine = self._engine()
-        webhooks: list[WebhookRequest] = []
-        decisions: list[Decision] = []
-        rejected: list[tuple[int, str]] = []
-        accepted = duplicates = 0
+    def holding(self, events: Iterable[Event]) -> contextlib.nullcontext[None]:
+        """Nothing to hold: a load, its plan and its commit run without giving the event loop
+        away until the webhooks are queued, so no other request sees a profile half-done."""
+        return _NOT_HELD
+
+    async def load(
+        self, events: Sequence[Event], digests: Sequence[bytes], now: float
+    ) -> MemoryLoaded:
+        """The profiles the events name, as they are (the plan changes them in place), with a
+        snapshot of each to put back if the attempt is discarded."""
         self._expire(now)
-        seen = self._seen
         users = self._users
-        keep_recent = self._limits.recent_events > 0
+        owners = self._index
+        index: dict[str, str] = {}
+        records: dict[str, Record] = {}
+        for event in events:
+            ids = identity.ids_of(event)
+            for id_ in ids:
+                key = owners.get(id_)
+                if key is not None and key in users:
+                    index[id_] = key
+                    if key not in records:
+                        records[key] = Record(key, users[key])
+            if ids and ids[0] not in records and ids[0] in users:  # a new profile's key
+                records[ids[0]] = Record(ids[0], users[ids[0]])
+        seen = self._seen
+        deliveries = self._deliveries
+        return MemoryLoaded(
+            index,
+            records,
+            {digest for digest in digests if digest in seen},
+            {cid: msgspec.structs.replace(tally) for cid, tally in deliveries.items()},
+            {key: _save_state(r.state) for key, r in records.items() if r.state is not None},
+        )
+
+    def discard(self, loaded: Loaded) -> None:
+        """Put back the states the engine changed in place."""
+        assert isinstance(loaded, MemoryLoaded)
+        for key, saved in loaded.snapshots.items():
+            if key in self._users:
+                self._users[key] = _load_state(saved)
+
+    async def commit(self, plan: Plan, loaded: Loaded, now: float) -> set[str]:
+        """Apply a plan: merges, states, identity links, seen marks, recent events, results and
+        stop tallies, then queue its webhooks. Never conflicts; staged for the data directory,
+        which the runtime commits before answering."""
+        users = self._users
         mark = self._mark
+        for loser, target in plan.losers.items():
+            if users.pop(loser, None) is not None:
+                mark(loser)
+            self._recent_merge(target, loser)
+            for id_ in self._ids.pop(loser, ()):
+                self._link(id_, target)
+        for id_, key in plan.links.items():
+            self._link(id_, key)
+        keep_recent = self._limits.recent_events > 0
+        seen = self._seen
+        order = self._seen_order
         new_keys: list[bytes] = []
-        for position, event in enumerate(events):
-            dedupe = identity.dedupe_key(event)
-            if dedupe in seen:
-                duplicates += 1
+        for key, positions in plan.owner_events.items():
+            state = plan.states.get(key)
+            if not positions or state is None:
                 continue
-            key = self._resolve(event, engine, now)
-            state = users.get(key)
-            before = _save_state(state) if state is not None else None
-            try:
-                outcome = engine.process(
-                    state or new_state(key, now), event, now, deliveries=self._deliveries
-                )
-            except Exception:
-                log.exception("event %d of a request could not be processed", position)
-                if before is not None:
-                    users[key] = _load_state(before)
-                rejected.append((position, NOT_PROCESSED))
-                continue
-            seen[dedupe] = now
-            self._seen_order.append(dedupe)
-            new_keys.append(dedupe)
-            accepted += 1
-            users[key] = outcome.state  # a new key goes in last: the most recently seen
-            if outcome.ticks:
-                self._count(outcome.ticks)
-            if state is not None:
+            if key in users:
+                users[key] = state
                 users.move_to_end(key)
-            if outcome.state.timers is not None:
-                self._schedule(key, outcome.state.timers)
+            else:
+                users[key] = state  # a new key goes in last: the most recently seen
+            for digest in plan.seen.get(key, ()):
+                seen[digest] = now
+                order.append(digest)
+                new_keys.append(digest)
+            ticks = plan.ticks.get(key)
+            if ticks:
+                self._count(ticks)
+            if state.timers is not None:
+                self._schedule(key, state.timers)
             if keep_recent:
-                self._remember(key, event)
+                for event in plan.recent.get(key, ()):
+                    self._remember(key, event)
             mark(key)
-            if outcome.webhooks:
-                webhooks.extend(outcome.webhooks)
-            decisions.extend(outcome.decisions)
+        if loaded.deliveries is not None:
+            self._deliveries.update(loaded.deliveries)
+        webhooks = _in_order(plan.webhooks)
         if webhooks and self._outbox is not None:
             await self._outbox.put(webhooks)
         if self._disk is not None:
@@ -311,7 +344,7 @@ class MemoryStore:
                 self._seen_journal.append(now, _pack(new_keys))  # the caller commits
             if webhooks:
                 self._mark_tallies(webhooks)
-        return IngestResult(accepted, duplicates, webhooks, decisions, rejected)
+        return set()
 
     async def fire_due(self, now: float, *, event_time: bool = False) -> IngestResult:
         """Fire the absence timers due by `now` and queue their webhooks.
@@ -429,39 +462,6 @@ class MemoryStore:
     def __len__(self) -> int:
         return len(self._users)
 
-    def _resolve(self, event: Event, engine: Engine, now: float) -> str:
-        """The key of the event's profile, merging profiles the event shows to be one person."""
-        anonymous_id = event.anonymous_id
-        if anonymous_id and not event.user_id and not event.previous_id:
-            # Most events: an anonymous visitor. `identity.resolve` gives the profile owning the
-            # anonymous id, else a new one keyed by that id, and nothing to merge; doing it here
-            # lets the new profile's key and its index entry be one string.
-            id_ = identity.anonymous(anonymous_id)
-            key = self._index.get(id_)
-            if key is not None and key in self._users:
-                return key
-            self._link(id_, id_)
-            return id_
-        resolution = identity.resolve(event, self._owner, self._user_of)
-        key = resolution.key
-        for other in resolution.merge:
-            state = self._users.get(key) or new_state(key, now)
-            self._users[key] = engine.merge(state, self._users.pop(other))
-            self._mark(other)
-            self._recent_merge(key, other)
-            for id_ in self._ids.pop(other, ()):
-                self._link(id_, key)
-        for id_ in resolution.link:
-            self._link(id_, key)
-        return key
-
-    def _owner(self, id_: str) -> str | None:
-        key = self._index.get(id_)
-        return key if key in self._users else None
-
-    def _user_of(self, key: str) -> str | None:
-        return self._users[key].user_id
-
     def _link(self, id_: str, key: str) -> None:
         previous = self._index.get(id_)
         if previous == key:
@@ -469,6 +469,8 @@ class MemoryStore:
         if previous is not None and previous in self._ids:
             self._ids[previous] = tuple(i for i in self._ids[previous] if i != id_)
             self._mark(previous)
+        if id_ == key:
+            id_ = key  # an anonymous visitor's key doubles as its index entry: one string
         self._index[id_] = key
         self._ids[key] = (*self._ids.get(key, ()), id_)
         self._mark(key)
@@ -522,6 +524,32 @@ class MemoryStore:
             for id_ in self._ids.pop(key, ()):
                 if self._index.get(id_) == key:
                     del self._index[id_]
+
+
+class MemoryLoaded(Loaded):
+    """What one attempt loaded, with the states as they were before the engine ran."""
+
+    def __init__(
+        self,
+        index: dict[str, str],
+        records: dict[str, Record],
+        seen: set[bytes],
+        deliveries: dict[str, Tally] | None,
+        snapshots: dict[str, bytes],
+    ) -> None:
+        super().__init__(index, records, seen, deliveries)
+        self.snapshots = snapshots
+
+
+_NOT_HELD: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
+def _in_order(by_key: dict[str, list[tuple[int, WebhookRequest]]]) -> list[WebhookRequest]:
+    """A plan's webhooks in the order of the events that fired them."""
+    pairs = [pair for pairs in by_key.values() for pair in pairs]
+    if len(pairs) > 1:
+        pairs.sort(key=lambda pair: pair[0])
+    return [webhook for _, webhook in pairs]
 
 
 def _ignore(_: str) -> None:

@@ -33,6 +33,7 @@ from collector.errors import ConfigError, HTTPError
 from collector.ingest.messages import decode_recorded
 from collector.store.base import IngestResult
 from collector.store.memory import MemoryStore
+from collector.store.pipeline import ingest
 from collector.webhook import WebhookRequest
 
 
@@ -100,7 +101,7 @@ async def replay(
         for event in events:
             now = max(now, event.timestamp)
             tally.count(await store.fire_due(now, event_time=True))
-            result = await store.ingest([event], now)
+            result = await ingest(store, [event], now)
             tally.count(result)
             tally.invalid.extend(f"line {number}: {detail}" for _, detail in result.rejected)
     tally.timers_pending = store.pending_timers()

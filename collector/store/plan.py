@@ -1,10 +1,11 @@
-"""Planning one attempt of the Redis store: identity resolution and the engine, without I/O.
+"""One attempt at a group of events, without I/O: identity resolution and the engine.
 
-Given the identities' index entries and the loaded profiles, `run_events` resolves each event
-to its profile exactly as the memory store does (merging the profiles an event shows to be one
-person, by `identity.resolve`, the rule both stores share), runs the engine on every event in
-order, and returns a `Plan`: per final profile, its new state, the events it owns, the
-messageIds to mark seen, recent events, webhooks, decisions, merges and identity links.
+Given what a store loaded for the events (`Loaded`: the identities' index entries, the profiles,
+which messageIds were seen, the stop tallies), `run_events` resolves each event to its profile
+(merging the profiles an event shows to be one person, by `identity.resolve`), runs the engine on
+every event in order, and returns a `Plan`: per final profile, its new state, the events it owns,
+the messageIds to mark seen, recent events, webhooks, decisions, A/B ticks, merges and identity
+links. The store then commits the plan. Both stores share this code; neither runs the engine.
 """
 
 from __future__ import annotations
@@ -27,25 +28,46 @@ log = logging.getLogger("tripwire.store")
 # Merge redirects followed (a round trip each); every chain followed is shortened on commit.
 MAX_CHAIN = 64
 
-_DECODER = msgspec.msgpack.Decoder(UserState)
-
-
 class Record:
-    """A profile as loaded: version, state, where it redirects if merged away, absorb markers."""
+    """A profile as loaded: its state, the version a commit checks, and, in a store that merges
+    profiles across shards in steps (Redis Cluster), where a merged-away profile redirects and
+    which frozen profiles this one has absorbed already."""
 
     __slots__ = ("absorbed", "had_timers", "key", "moved_to", "state", "version")
 
     def __init__(
-        self, key: str, fields: Sequence[bytes | None], checks: Sequence[str] = ()
+        self,
+        key: str,
+        state: UserState | None,
+        version: int = 0,
+        moved_to: str | None = None,
+        absorbed: frozenset[str] | set[str] = frozenset(),
     ) -> None:
-        version, state, moved_to = fields[0], fields[1], fields[2]
         self.key = key
-        self.version = int(version) if version else 0
-        self.state = _DECODER.decode(state) if state else None
-        # as loaded: the engine may change the state in place, and COMMIT clears the timer entry
-        self.had_timers = self.state is not None and bool(self.state.timers)
-        self.moved_to = moved_to.decode() if moved_to else None
-        self.absorbed = {q for q, flag in zip(checks, fields[3:], strict=True) if flag}
+        self.version = version
+        self.state = state
+        # as loaded: the engine may change the state in place
+        self.had_timers = state is not None and bool(state.timers)
+        self.moved_to = moved_to
+        self.absorbed = absorbed
+
+
+class Loaded:
+    """What a store loaded for one attempt: index entries, profiles, messageIds already seen, and
+    the stop conditions' delivery tallies (None when no campaign has any). A store may subclass
+    it to carry what its commit needs."""
+
+    def __init__(
+        self,
+        index: dict[str, str],
+        records: dict[str, Record],
+        seen: set[bytes],
+        deliveries: dict[str, Tally] | None = None,
+    ) -> None:
+        self.index = index
+        self.records = records
+        self.seen = seen
+        self.deliveries = deliveries
 
 
 class Plan:
@@ -82,22 +104,16 @@ class Plan:
 
 
 def run_events(
-    engine: Engine,
-    events: list[Event],
-    digests: list[bytes],
-    now: float,
-    index: dict[str, str],
-    records: dict[str, Record],
-    seen: set[bytes],
-    deliveries: dict[str, Tally] | None = None,
+    engine: Engine, events: Sequence[Event], digests: Sequence[bytes], now: float, loaded: Loaded
 ) -> Plan:
-    """Resolve identities and run the engine on every event, in order, as memory mode does.
+    """Resolve identities and run the engine on every event, in order.
 
     An event the engine fails on is listed in `plan.failed`; later events of the same profile
     are not run (its state is spoilt), those of other profiles are, to find their failures too.
     """
     plan = Plan()
     states = plan.states
+    index, records, seen, deliveries = loaded.index, loaded.records, loaded.seen, loaded.deliveries
     moved = {key: r.moved_to for key, r in records.items() if r.moved_to is not None}
 
     def final(key: str) -> str:
@@ -128,6 +144,7 @@ def run_events(
             else msgspec.structs.replace(record.state, key=target)
         )
         plan.pending[target].append(key)
+
     def owner(id_: str) -> str | None:
         key = index.get(id_)
         if key is None:
