@@ -36,7 +36,7 @@ from benchmarks.common import bare_app, free_port, tripwire, wrk
 from collector.config.settings import decode_config
 from collector.engine.engine import Engine, compile_rules
 from collector.events import Event
-from collector.store.memory import MemoryStore
+from collector.memory.store import MemoryStore
 from collector.store.pipeline import ingest
 
 PENDING = 10_000

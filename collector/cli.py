@@ -200,8 +200,8 @@ def server_options(server: ServerSettings) -> dict[str, Any]:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from collector.delivery.worker import run_worker
-    from collector.redis.mode import is_redis_url
+    from collector.config.settings import is_redis_url
+    from collector.redis.worker import run_worker
 
     settings = build_settings(_cli_values(args, "config_path", "store"))
     problems: list[str] = []

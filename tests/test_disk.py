@@ -9,9 +9,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from collector import disk as disk_module
-from collector.disk import Disk
 from collector.errors import Unavailable
+from collector.memory import disk as disk_module
+from collector.memory.disk import Disk
 
 
 class Owner:

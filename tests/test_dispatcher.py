@@ -20,9 +20,10 @@ from collector.config.schema import WebhookSettings
 from collector.delivery.breaker import BreakerPolicy
 from collector.delivery.dispatcher import Backoff, Dispatcher
 from collector.delivery.log import DeliveryAttempt, DeliveryLog
-from collector.delivery.outbox import MemoryOutbox, OutboxClosed
+from collector.delivery.outbox import OutboxClosed
 from collector.delivery.sender import parse_retry_after
-from collector.disk import Disk
+from collector.memory.disk import Disk
+from collector.memory.outbox import MemoryOutbox
 from collector.webhook import WebhookRequest
 from tests.support.poll import wait_until_async
 from tests.support.sink import HANG, Reply, Sink

@@ -22,10 +22,10 @@ from collector.engine.profile import UserState
 from collector.engine.results import CONTROL, report
 from collector.errors import ConfigError
 from collector.events import Event
+from collector.memory.store import MemoryStore
 from collector.redis.connection import RedisConnection
 from collector.redis.store import RedisStore
 from collector.store.base import Store
-from collector.store.memory import MemoryStore
 from collector.store.pipeline import ingest
 from collector.tools.replay import run_replay
 from tests.support.poll import wait_until

@@ -14,10 +14,10 @@ from collector.engine.engine import Engine, compile_rules
 from collector.engine.profile import UserState
 from collector.errors import ConfigError
 from collector.events import Event
+from collector.memory.store import MemoryStore
 from collector.redis.connection import RedisConnection
 from collector.redis.store import RedisStore
 from collector.store.base import Store
-from collector.store.memory import MemoryStore
 from collector.store.pipeline import ingest
 from tests.support.redis import RedisServer
 from tests.test_store import event

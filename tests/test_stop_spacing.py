@@ -10,15 +10,15 @@ from typing import Any
 import pytest
 
 from collector.config.settings import decode_config
-from collector.disk import Disk
 from collector.engine.engine import Engine, compile_rules
 from collector.engine.profile import Tally
 from collector.errors import ConfigError
 from collector.events import Event
+from collector.memory.disk import Disk
+from collector.memory.store import MemoryStore
 from collector.redis.connection import RedisConnection
 from collector.redis.store import RedisStore
 from collector.store.base import Store
-from collector.store.memory import MemoryStore
 from collector.store.pipeline import ingest
 from tests.support.poll import wait_until
 from tests.support.redis import RedisServer

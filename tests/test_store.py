@@ -21,11 +21,11 @@ from collector.config.settings import decode_config
 from collector.engine.engine import Engine, compile_rules
 from collector.errors import Unavailable
 from collector.events import Event
+from collector.memory.store import MemoryStore
 from collector.redis.connection import RedisConnection
 from collector.redis.outbox import RedisOutbox
 from collector.redis.store import RedisStore
 from collector.store.base import Store
-from collector.store.memory import MemoryStore
 from collector.store.pipeline import ingest
 from tests.support.poll import wait_until_async
 from tests.support.redis import RedisClusterServers, RedisServer

@@ -20,11 +20,11 @@ from collector.config.settings import decode_config
 from collector.engine.engine import Engine, Outcome, compile_rules
 from collector.errors import ConfigError
 from collector.events import Event
+from collector.memory.store import MemoryStore
 from collector.redis.connection import RedisConnection, evalsha
 from collector.redis.scripts import CLAIM_TIMERS
 from collector.redis.store import TIMER_LEASE, RedisStore
 from collector.store.base import Store
-from collector.store.memory import MemoryStore
 from collector.store.pipeline import ingest
 from tests.support.poll import wait_until
 from tests.support.redis import RedisClusterServers, RedisServer

@@ -457,13 +457,25 @@ def check_serving(settings: Settings, problems: list[str]) -> None:
         )
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def is_redis_url(store: str) -> bool:
+    """True when a `--store` value names a Redis server (by TCP, TLS or a Unix socket)."""
+    return urlsplit(store).scheme in REDIS_SCHEMES
+
+
 def check_store(store: str, problems: list[str]) -> None:
-    """`memory`, or a Redis URL with a host and a numeric port."""
+    """`memory`, a Redis URL with a host and a numeric port, or a unix:// socket path."""
     if store == "memory":
         return
     parts = urlsplit(store)
+    if parts.scheme == "unix" and parts.path:
+        return
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        problems.append(f"--store: {store!r}; use memory or redis://host:port/db")
+        problems.append(
+            f"--store: {store!r}; use memory, redis://host:port/db or unix:///path/to/redis.sock"
+        )
         return
     try:
         parts.port  # noqa: B018 - reading it checks it

@@ -17,8 +17,8 @@ import yaml
 from collector.config.changes import CampaignChange, decode_change
 from collector.config.schema import campaign_as_written
 from collector.config.settings import Settings
-from collector.disk import read_table
 from collector.errors import ConfigError
+from collector.memory.disk import read_table
 
 HEADER = (
     "# Written by `tripwire export`: the config file with the campaign changes made while\n"

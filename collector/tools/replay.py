@@ -31,8 +31,8 @@ from collector.engine.results import Counts
 from collector.engine.results import report as results_report
 from collector.errors import ConfigError, HTTPError
 from collector.ingest.messages import decode_recorded
+from collector.memory.store import MemoryStore
 from collector.store.base import IngestResult
-from collector.store.memory import MemoryStore
 from collector.store.pipeline import ingest
 from collector.webhook import WebhookRequest
 

@@ -23,7 +23,7 @@ the writer thread (level 1; snapshots at 3): profiles repeat each other's campai
 names and field layout, so a frame of many profiles shrinks about tenfold, which keeps the
 bytes written, the disk used and the compactions few. (Frames of earlier versions, not
 compressed, are read as they are.) Past `SEGMENT_BYTES` the writer starts a new segment and a
-separate process (`python -m collector.disk compact`, off this process's core and GIL) folds
+separate process (`python -m collector.memory.disk compact`, off this process's core and GIL) folds
 the old snapshot and the closed segments into a new snapshot (`snapshot.<n>`, fsynced, then
 renamed), keeping each key's latest value, and removes what it folded. A start reads the newest
 snapshot, then the segments after it.
@@ -499,7 +499,7 @@ class Disk:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "collector.disk",
+            "collector.memory.disk",
             "compact",
             str(self.directory),
             str(upto),
@@ -511,7 +511,7 @@ class Disk:
             log.warning("compacting %s failed: %s", self.directory, errors.decode().strip())
 
 
-# -- reading and compacting (also run as `python -m collector.disk compact DIR UPTO LIMITS`) ----
+# -- reading and compacting (also run as `python -m collector.memory.disk compact DIR UPTO LIMITS`)
 
 
 def _number(path: Path | None) -> int:
@@ -689,5 +689,5 @@ def _describe(exc: BaseException) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) != 5 or sys.argv[1] != "compact":
-        sys.exit("usage: python -m collector.disk compact DIR UPTO LIMITS_JSON")
+        sys.exit("usage: python -m collector.memory.disk compact DIR UPTO LIMITS_JSON")
     compact(Path(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4]))

@@ -1,8 +1,8 @@
 """The embedded store: every user's state in this process, kept in the data directory.
 
 Every profile an ingest request changed (its state, caps and ids, and its recent events) and the
-request's dedupe marks are staged for the data directory's database (`collector.disk`), which the
-runtime commits before the request is answered; a start reads them back.
+request's dedupe marks are staged for the data directory's database (`collector.memory.disk`),
+which the backend commits before the request is answered; a start reads them back.
 
 All work for a batch happens without awaiting, so within one event loop each user's update is
 atomic. Inactive profiles are evicted by TTL and by a size bound, least recently seen first.
@@ -35,12 +35,12 @@ import msgspec
 
 from collector.config.schema import StateSettings
 from collector.delivery.outbox import Outbox
-from collector.disk import Disk
 from collector.engine import goals
 from collector.engine.engine import Engine
 from collector.engine.profile import Decision, Tally, Timer, UserState
 from collector.engine.results import Counts
 from collector.events import Event
+from collector.memory.disk import Disk
 from collector.store import identity
 from collector.store.base import IngestResult, UserView, bounded_recent, event_as_message
 from collector.store.plan import Loaded, Plan, Record
