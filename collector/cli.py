@@ -182,7 +182,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_port(settings: Settings) -> None:
-    from collector.tools.demo import port_free
+    from collector.demo import port_free
 
     if not port_free(settings.host, settings.port):
         raise ConfigError(
@@ -223,7 +223,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from collector.tools.demo import DemoOptions, run_demo
+    from collector.demo import DemoOptions, run_demo
 
     options = DemoOptions(
         port=args.port, site_port=args.site_port, open_browser=not args.no_browser,
@@ -243,7 +243,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _bin(args: argparse.Namespace) -> int:
-    from collector.tools.demo import run_bin
+    from collector.demo import run_bin
 
     return run_bin(args.host, args.port, args.max_requests)
 

@@ -34,7 +34,7 @@ from collector.config.schema import (
     decode_hook,
     parse_condition,
 )
-from collector.delivery.signing import InvalidSecret, decode_secret
+from collector.config.secrets import InvalidSecret, decode_secret
 from collector.errors import ConfigError
 
 

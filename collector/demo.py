@@ -36,7 +36,7 @@ from collector.tools.requestbin import RequestBin
 
 # The shop ships with the source, not the package: an installed wheel finds it in the current
 # directory or through --site-dir.
-SITE_DIR = Path(__file__).resolve().parents[2] / "demo_site"  # a checkout (editable install)
+SITE_DIR = Path(__file__).resolve().parents[1] / "demo_site"  # a checkout (editable install)
 DEFAULT_COLLECTOR = "http://127.0.0.1:8000"  # as written in demo_site's pages and config
 DEMO_BIN = "demo"
 SERVER_OPTIONS: dict[str, Any] = {"log_level": "warning", "access_log": False, "lifespan": "on"}
