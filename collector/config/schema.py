@@ -18,6 +18,7 @@ from msgspec import Meta
 
 from collector.config.durations import Duration, format_duration, parse_duration
 from collector.config.patterns import compile_pattern
+from collector.config.registry import OPERATORS
 
 
 class TimezoneName(str):
@@ -407,21 +408,21 @@ def _parse_leaf(raw: dict[str, Any], path: str, errors: list[str]) -> Leaf | Non
 
 
 def _check_value(op: str, value: Any, path: str, errors: list[str]) -> Any:
-    if op == "between":
+    """The value of operator `op` checked against its shape (`registry.OPERATORS`)."""
+    shape = OPERATORS[op].value
+    if shape == "pair":
         if not (isinstance(value, list) and len(value) == 2):
             errors.append(f"{path}: expected [low, high]")
-        return value
-    if op in ("in", "not_in"):
+    elif shape == "list":
         if not isinstance(value, list):
             errors.append(f"{path}: expected a list")
-        return value
-    if op in ("gt", "gte", "lt", "lte") and not isinstance(value, int | float | str):
-        errors.append(f"{path}: expected a number or string")
-    if op in ("contains", "not_contains", "starts_with", "ends_with") and not isinstance(
-        value, str | int | float
-    ):
-        errors.append(f"{path}: expected a string")
-    if op == "regex":
+    elif shape == "scalar":
+        if not isinstance(value, int | float | str):
+            errors.append(f"{path}: expected a number or string")
+    elif shape == "text":
+        if not isinstance(value, str | int | float):
+            errors.append(f"{path}: expected a string")
+    elif shape == "pattern":
         if not isinstance(value, str):
             errors.append(f"{path}: expected a regular expression string")
             return value
@@ -429,9 +430,10 @@ def _check_value(op: str, value: Any, path: str, errors: list[str]) -> Any:
             compile_pattern(value)
         except ValueError as exc:
             errors.append(f"{path}: {exc}")
-    if op == "exists" and not isinstance(value, bool):
-        errors.append(f"{path}: expected true or false")
-    if op in ("within", "older_than"):
+    elif shape == "flag":
+        if not isinstance(value, bool):
+            errors.append(f"{path}: expected true or false")
+    elif shape == "duration":
         try:
             return parse_duration(value)
         except ValueError as exc:

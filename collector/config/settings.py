@@ -21,6 +21,14 @@ import msgspec
 import yaml
 
 from collector.config import schema
+from collector.config.registry import (
+    NUMERIC_STATS,
+    OPERATORS,
+    STATS,
+    TEXT_OPERATORS,
+    TIME_OPERATORS,
+    TIME_STATS,
+)
 from collector.config.schema import (
     PLACEHOLDER,
     Action,
@@ -393,7 +401,7 @@ def check_config(config: ConfigFile, problems: list[str]) -> None:
             problems.append(f"webhooks.signing_secrets[{index}]: {exc}")
     for name, variable in config.variables.items():
         path = f"variables.{name}"
-        if variable.field is None and variable.stat not in ("count", "first_at", "last_at"):
+        if variable.field is None and STATS[variable.stat].needs_field:
             problems.append(f"{path}.field: stat '{variable.stat}' needs a field")
         if variable.where is not None:
             _check_condition(variable.where, f"{path}.where", config, problems)
@@ -580,13 +588,6 @@ def _check_template(text: str, path: str, problems: list[str]) -> None:
         problems.append(f"{path}: unclosed placeholder {fragment!r} (write #{{name}})")
 
 
-_NUMERIC_STATS = frozenset(
-    ("count", "sum", "avg", "min", "max", "distinct_count", "first_at", "last_at")
-)
-_TIME_STATS = frozenset(("first_at", "last_at"))
-_TEXT_OPERATORS = frozenset(("contains", "not_contains", "starts_with", "ends_with", "regex"))
-
-
 def _is_number(value: Any) -> bool:
     if isinstance(value, bool):
         return False
@@ -603,20 +604,21 @@ def _is_number(value: Any) -> bool:
 
 def _check_types(leaf: Leaf, path: str, stat: str, what: str, problems: list[str]) -> None:
     """A numeric variable or count compared with something that is not a number."""
-    if stat not in _NUMERIC_STATS:
+    if stat not in NUMERIC_STATS:
         return  # latest, previous, first: whatever the field holds
     op = leaf.op
     where = f"{path}.{op}"
-    if op in ("within", "older_than"):
-        if stat not in _TIME_STATS:
+    if op in TIME_OPERATORS:
+        if stat not in TIME_STATS:
             problems.append(f"{where}: {what} is a number, not a time; use gt, gte, lt or lte")
         return
-    if op in _TEXT_OPERATORS:
+    if op in TEXT_OPERATORS:
         problems.append(f"{where}: {what} is a number; '{op}' compares text")
         return
-    if op in ("between", "in", "not_in"):
+    shape = OPERATORS[op].value if op in OPERATORS else None
+    if shape in ("pair", "list"):
         values = leaf.value if isinstance(leaf.value, list) else []
-    elif op in ("eq", "ne", "gt", "gte", "lt", "lte"):
+    elif shape in ("any", "scalar"):
         values = [leaf.value]
     else:
         return
