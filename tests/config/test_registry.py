@@ -1,4 +1,4 @@
-"""The extension points are declared once: the schema, checker and engine agree with the registry."""
+"""The extension points are declared once: schema, checker and engine agree with the registry."""
 
 from __future__ import annotations
 
