@@ -278,13 +278,17 @@ class MemoryStore:
             if ids and ids[0] not in records and ids[0] in users:  # a new profile's key
                 records[ids[0]] = Record(ids[0], users[ids[0]])
         seen = self._seen
-        deliveries = self._deliveries
+        deliveries = self._deliveries  # copied: counted in the live ones only when committed
         return MemoryLoaded(
             index,
             records,
             {digest for digest in digests if digest in seen},
-            {cid: msgspec.structs.replace(tally) for cid, tally in deliveries.items()},
-            {key: _save_state(r.state) for key, r in records.items() if r.state is not None},
+            {cid: msgspec.structs.replace(tally) for cid, tally in deliveries.items()}
+            if deliveries
+            else {},
+            {key: _save_state(r.state) for key, r in records.items() if r.state is not None}
+            if records
+            else _NO_SNAPSHOTS,
         )
 
     def discard(self, loaded: Loaded) -> None:
@@ -334,9 +338,9 @@ class MemoryStore:
                 for event in plan.recent.get(key, ()):
                     self._remember(key, event)
             mark(key)
-        if loaded.deliveries is not None:
+        if loaded.deliveries:
             self._deliveries.update(loaded.deliveries)
-        webhooks = _in_order(plan.webhooks)
+        webhooks = _in_order(plan.webhooks) if plan.webhooks else []
         if webhooks and self._outbox is not None:
             await self._outbox.put(webhooks)
         if self._disk is not None:
@@ -542,6 +546,7 @@ class MemoryLoaded(Loaded):
 
 
 _NOT_HELD: contextlib.nullcontext[None] = contextlib.nullcontext()
+_NO_SNAPSHOTS: dict[str, bytes] = {}  # shared, never written: a load of only new profiles
 
 
 def _in_order(by_key: dict[str, list[tuple[int, WebhookRequest]]]) -> list[WebhookRequest]:

@@ -54,7 +54,7 @@ from collector.redis.scripts import CLAIM_TIMERS, CLEAN, COMMIT, DROP_TIMER, FRE
 from collector.redis.tallies import Tallies
 from collector.store import identity
 from collector.store.base import IngestResult, UserView, bounded_recent, event_as_message
-from collector.store.plan import MAX_CHAIN, Loaded, Plan, Record
+from collector.store.plan import MAX_CHAIN, Loaded, Outcome, Plan, Record
 from collector.webhook import WebhookRequest
 
 log = logging.getLogger("tripwire.store")
@@ -171,19 +171,19 @@ class RedisStore:
             outcome = engine.fire_due(record.state, now, deliveries=tallies.deliveries)
             plan.states[key] = outcome.state
             plan.webhooks[key] = [(0, w) for w in outcome.webhooks]
-            plan.decisions[key] = [(0, d) for d in outcome.decisions]
+            plan.outcomes.append(Outcome(len(starts), outcome.webhooks, outcome.decisions))
             plan.ticks[key] = outcome.ticks
             starts.append((key, len(commands)))
             commands += self._commit_commands(plan, records, key, [], {}, {}, now, tallies)
         results = await self.connection.pipeline(commands, "firing timers")
         _raise_errors(results)
         conflicts: list[str] = []
-        for key, start in starts:
+        for (key, start), fired in zip(starts, plan.outcomes, strict=True):
             if results[start] in (0, -1):
                 conflicts.append(key)
                 continue
-            webhooks.extend(w for _, w in plan.webhooks[key])
-            decisions.extend(d for _, d in plan.decisions[key])
+            webhooks.extend(fired.webhooks)
+            decisions.extend(fired.decisions)
         return conflicts
 
     async def results(self, campaign_ids: Sequence[str]) -> dict[str, dict[str, Counts]]:

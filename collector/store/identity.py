@@ -77,6 +77,11 @@ def resolve(
     - A new user id on an anonymous profile makes that profile the user's.
     - An alias merges the profile of `previousId` into the user's, whoever it belonged to.
     """
+    if not event.user_id and not event.previous_id:  # most events: an anonymous visitor
+        if not event.anonymous_id:
+            return Resolution(anonymous(event.message_id), [], [])
+        entry = anonymous(event.anonymous_id)
+        return Resolution(owner(entry) or entry, [], [entry])
     user_key = owner(user(event.user_id)) if event.user_id else None
     anonymous_key = owner(anonymous(event.anonymous_id)) if event.anonymous_id else None
     merge: list[str] = []

@@ -29,7 +29,7 @@ from collector.errors import Unavailable
 from collector.events import Event
 from collector.store import identity
 from collector.store.base import NOT_PROCESSED, IngestResult, Store
-from collector.store.plan import run_events
+from collector.store.plan import Outcome, run_events
 from collector.webhook import WebhookRequest
 
 MAX_ATTEMPTS = 50  # conflicts tolerated before a request is answered 503
@@ -38,26 +38,28 @@ MAX_ATTEMPTS = 50  # conflicts tolerated before a request is answered 503
 async def ingest(store: Store, events: Sequence[Event], now: float) -> IngestResult:
     """Dedupe and process each event against its user's state, in order, atomically per user."""
     digests = [identity.dedupe_key(event) for event in events]
-    firsts: set[bytes] = set()
-    pending: list[int] = []
+    group, group_digests = events, digests  # what the next attempt runs
+    pending = list(range(len(events)))  # their positions in the request
     duplicates = 0
-    for position, digest in enumerate(digests):
-        if digest in firsts:
-            duplicates += 1
-        else:
-            firsts.add(digest)
-            pending.append(position)
-    webhooks: list[tuple[int, WebhookRequest]] = []
-    decisions: list[tuple[int, Decision]] = []
+    if len(set(digests)) < len(digests):  # a messageId repeated within the request
+        firsts: set[bytes] = set()
+        pending = []
+        for position, digest in enumerate(digests):
+            if digest in firsts:
+                duplicates += 1
+            else:
+                firsts.add(digest)
+                pending.append(position)
+        group = [events[i] for i in pending]
+        group_digests = [digests[i] for i in pending]
+    done: list[Outcome] = []  # what each event applied did, by position in the request
     rejected: list[tuple[int, str]] = []
     accepted = 0
-    async with store.holding(events[i] for i in pending):
+    async with store.holding(group):
         attempt = 0
         while pending and attempt < MAX_ATTEMPTS:
             if attempt:  # another process just wrote these users: let it finish
                 await asyncio.sleep(random.uniform(0, 0.001 * min(attempt, 20)))
-            group = [events[i] for i in pending]
-            group_digests = [digests[i] for i in pending]
             loaded = await store.load(group, group_digests, now)
             plan = run_events(store.engine(), group, group_digests, now, loaded)
             if plan.failed:  # nothing is written: run the others again without them
@@ -65,32 +67,38 @@ async def ingest(store: Store, events: Sequence[Event], now: float) -> IngestRes
                 for local in plan.failed:
                     rejected.append((pending[local], NOT_PROCESSED))
                 failed = set(plan.failed)
-                pending = [p for local, p in enumerate(pending) if local not in failed]
-                continue
-            attempt += 1
-            conflicted = await store.commit(plan, loaded, now)
-            conflicts = {i for key in conflicted for i in plan.owner_events.get(key, ())}
-            for local in range(len(pending)):
-                if local not in conflicts:
-                    if local in plan.duplicates:
-                        duplicates += 1
-                    else:
-                        accepted += 1
-            for key, locals_ in plan.owner_events.items():
-                if locals_ and locals_[0] not in conflicts:
-                    webhooks.extend((pending[i], w) for i, w in plan.webhooks.get(key, []))
-                    decisions.extend((pending[i], d) for i, d in plan.decisions.get(key, []))
-            pending = [pending[i] for i in sorted(conflicts)]
+                keep = [local for local in range(len(pending)) if local not in failed]
+            else:
+                attempt += 1
+                conflicted = await store.commit(plan, loaded, now)
+                conflicts = {i for key in conflicted for i in plan.owner_events.get(key, ())}
+                # a duplicate (seen before) is never run, so it never conflicts
+                accepted += len(pending) - len(conflicts) - len(plan.duplicates)
+                duplicates += len(plan.duplicates)
+                for outcome in plan.outcomes:
+                    if outcome.position not in conflicts:
+                        position = pending[outcome.position]
+                        if position != outcome.position:
+                            outcome = Outcome(position, outcome.webhooks, outcome.decisions)
+                        done.append(outcome)
+                if not conflicts:
+                    pending = []
+                    break
+                keep = sorted(conflicts)
+            pending = [pending[i] for i in keep]
+            group = [group[i] for i in keep]
+            group_digests = [group_digests[i] for i in keep]
         if pending:
             raise Unavailable("too many concurrent updates of one user; retry", retry_after=1)
-    if len(webhooks) > 1:
-        webhooks.sort(key=lambda pair: pair[0])
-    if len(decisions) > 1:
-        decisions.sort(key=lambda pair: pair[0])
-    return IngestResult(
-        accepted,
-        duplicates,
-        [w for _, w in webhooks],
-        [d for _, d in decisions],
-        sorted(rejected),
-    )
+    rejected.sort()
+    if len(done) == 1:  # the commonest case: one event
+        outcome = done[0]
+        return IngestResult(accepted, duplicates, outcome.webhooks, outcome.decisions, rejected)
+    if attempt > 1:  # events run again after a conflict: back in the order they came
+        done.sort(key=lambda outcome: outcome.position)
+    webhooks: list[WebhookRequest] = []
+    decisions: list[Decision] = []
+    for outcome in done:
+        webhooks += outcome.webhooks
+        decisions += outcome.decisions
+    return IngestResult(accepted, duplicates, webhooks, decisions, rejected)

@@ -11,8 +11,8 @@ links. The store then commits the plan. Both stores share this code; neither run
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, TypeVar
 
 import msgspec
 
@@ -24,6 +24,8 @@ from collector.store import identity
 from collector.webhook import WebhookRequest
 
 log = logging.getLogger("tripwire.store")
+
+T = TypeVar("T")
 
 # Merge redirects followed (a round trip each); every chain followed is shortened on commit.
 MAX_CHAIN = 64
@@ -70,21 +72,47 @@ class Loaded:
         self.deliveries = deliveries
 
 
+class Outcome(NamedTuple):
+    """What one event did: its position in the group, its webhooks and decisions."""
+
+    position: int
+    webhooks: list[WebhookRequest]
+    decisions: list[Decision]
+
+
 class Plan:
-    """The outcome of running a group of events: what to write per profile."""
+    """The outcome of running a group of events: what to write per profile, and what each event
+    did (`outcomes`, in the order the events ran). Per-profile lists are keyed by the profile's
+    final key (a profile merged away hands its lists to the one it went into)."""
+
+    __slots__ = (
+        "duplicates",
+        "failed",
+        "links",
+        "losers",
+        "outcomes",
+        "owner_events",
+        "pending",
+        "recent",
+        "seen",
+        "stale",
+        "states",
+        "ticks",
+        "webhooks",
+    )
 
     def __init__(self) -> None:
+        self.outcomes: list[Outcome] = []
         self.states: dict[str, UserState | None] = {}
-        self.owner_events: dict[str, list[int]] = defaultdict(list)  # final key -> event positions
+        self.owner_events: dict[str, list[int]] = {}  # final key -> event positions
+        self.seen: dict[str, list[bytes]] = {}  # key -> new dedupe keys
+        self.recent: dict[str, list[Event]] = {}  # key -> its events, to keep as recent
+        self.webhooks: dict[str, list[tuple[int, WebhookRequest]]] = {}
+        self.ticks: dict[str, list[Tick]] = {}  # key -> A/B results counted
         self.losers: dict[str, str] = {}  # merged-away key -> key it went into
-        self.pending: dict[str, list[str]] = defaultdict(list)  # key -> frozen keys to absorb
+        self.pending: dict[str, list[str]] = {}  # key -> frozen keys to absorb
         self.stale: dict[str, str] = {}  # frozen key already absorbed -> its target
         self.links: dict[str, str] = {}  # identity -> key
-        self.seen: dict[str, list[bytes]] = defaultdict(list)  # key -> new dedupe keys
-        self.recent: dict[str, list[Event]] = defaultdict(list)
-        self.webhooks: dict[str, list[tuple[int, WebhookRequest]]] = defaultdict(list)
-        self.decisions: dict[str, list[tuple[int, Decision]]] = defaultdict(list)
-        self.ticks: dict[str, list[Tick]] = defaultdict(list)  # key -> A/B results counted
         self.duplicates: set[int] = set()
         self.failed: list[int] = []  # events the engine failed on: the plan must not be written
 
@@ -94,13 +122,58 @@ class Plan:
         for loser, target in self.losers.items():
             if target == other:
                 self.losers[loser] = key
-        self.owner_events[key].extend(self.owner_events.pop(other, []))
-        self.pending[key].extend(self.pending.pop(other, []))
-        self.seen[key].extend(self.seen.pop(other, []))
-        self.recent[key].extend(self.recent.pop(other, []))
-        self.webhooks[key].extend(self.webhooks.pop(other, []))
-        self.decisions[key].extend(self.decisions.pop(other, []))
-        self.ticks[key].extend(self.ticks.pop(other, []))
+        _hand_over(self.owner_events, key, other)
+        _hand_over(self.pending, key, other)
+        _hand_over(self.seen, key, other)
+        _hand_over(self.recent, key, other)
+        _hand_over(self.webhooks, key, other)
+        _hand_over(self.ticks, key, other)
+
+
+def _hand_over(lists: dict[str, list[T]], key: str, other: str) -> None:
+    """Move profile `other`'s items to the end of profile `key`'s."""
+    theirs = lists.pop(other, None)
+    if theirs:
+        lists.setdefault(key, []).extend(theirs)
+
+
+class _Profiles:
+    """Who owns what during one run: the index as loaded (plus links made), merge redirects, and
+    the profiles' states."""
+
+    __slots__ = ("index", "moved", "states")
+
+    def __init__(
+        self, index: dict[str, str], moved: dict[str, str], states: dict[str, UserState | None]
+    ) -> None:
+        self.index = index
+        self.moved = moved
+        self.states = states
+
+    def final(self, key: str) -> str:
+        """Where a profile's data is now, following merge redirects."""
+        moved = self.moved
+        if not moved:
+            return key
+        for _ in range(MAX_CHAIN + len(moved)):
+            target = moved.get(key)
+            if target is None:
+                return key
+            key = target
+        return key
+
+    def owner(self, id_: str) -> str | None:
+        """The profile an identity belongs to, if it has one."""
+        key = self.index.get(id_)
+        if key is None:
+            return None
+        key = self.final(key)
+        return key if self.states.get(key) is not None else None
+
+    def user_of(self, key: str) -> str | None:
+        """The user id of a profile."""
+        state = self.states.get(key)
+        return state.user_id if state is not None else None
 
 
 def run_events(
@@ -115,47 +188,14 @@ def run_events(
     states = plan.states
     index, records, seen, deliveries = loaded.index, loaded.records, loaded.seen, loaded.deliveries
     moved = {key: r.moved_to for key, r in records.items() if r.moved_to is not None}
-
-    def final(key: str) -> str:
-        for _ in range(MAX_CHAIN + len(moved)):
-            target = moved.get(key)
-            if target is None:
-                return key
-            key = target
-        return key
-
+    profiles = _Profiles(index, moved, states)
+    final = profiles.final
     for key, record in records.items():
         if record.moved_to is None:
             states[key] = record.state
-    # Frozen profiles that their target has not absorbed yet are merged in first.
-    for key, record in records.items():
-        if record.moved_to is None:
-            continue
-        target = final(key)
-        if record.state is None:
-            continue
-        if any(key in r.absorbed for r in records.values()):
-            plan.stale[key] = target  # absorbed already; only its cleanup is left
-            continue
-        own = states.get(target)
-        states[target] = (
-            engine.merge(own, record.state)
-            if own is not None
-            else msgspec.structs.replace(record.state, key=target)
-        )
-        plan.pending[target].append(key)
-
-    def owner(id_: str) -> str | None:
-        key = index.get(id_)
-        if key is None:
-            return None
-        key = final(key)
-        return key if states.get(key) is not None else None
-
-    def user_of(key: str) -> str | None:
-        state = states.get(key)
-        return state.user_id if state is not None else None
-
+    if moved:
+        _absorb_frozen(engine, plan, records, final)
+    owner, user_of = profiles.owner, profiles.user_of
     spoilt: set[str] = set()
     for position, event in enumerate(events):
         if digests[position] in seen:
@@ -175,7 +215,7 @@ def run_events(
             if index.get(id_) != key:
                 index[id_] = key
                 plan.links[id_] = key
-        if key in spoilt:
+        if spoilt and key in spoilt:
             continue
         try:
             outcome = engine.process(
@@ -187,11 +227,41 @@ def run_events(
             spoilt.add(key)
             continue
         states[key] = outcome.state
-        plan.owner_events[key].append(position)
-        plan.seen[key].append(digests[position])
-        plan.recent[key].append(event)
-        plan.webhooks[key].extend((position, w) for w in outcome.webhooks)
-        plan.decisions[key].extend((position, d) for d in outcome.decisions)
+        owned = plan.owner_events.get(key)
+        if owned is None:
+            plan.owner_events[key] = [position]
+            plan.seen[key] = [digests[position]]
+            plan.recent[key] = [event]
+        else:
+            owned.append(position)
+            plan.seen[key].append(digests[position])
+            plan.recent[key].append(event)
+        plan.outcomes.append(Outcome(position, outcome.webhooks, outcome.decisions))
+        if outcome.webhooks:
+            plan.webhooks.setdefault(key, []).extend((position, w) for w in outcome.webhooks)
         if outcome.ticks:
-            plan.ticks[key].extend(outcome.ticks)
+            plan.ticks.setdefault(key, []).extend(outcome.ticks)
     return plan
+
+
+def _absorb_frozen(
+    engine: Engine, plan: Plan, records: dict[str, Record], final: Callable[[str], str]
+) -> None:
+    """Merge in first the frozen profiles that their target has not absorbed yet."""
+    states = plan.states
+    for key, record in records.items():
+        if record.moved_to is None:
+            continue
+        target = final(key)
+        if record.state is None:
+            continue
+        if any(key in r.absorbed for r in records.values()):
+            plan.stale[key] = target  # absorbed already; only its cleanup is left
+            continue
+        own = states.get(target)
+        states[target] = (
+            engine.merge(own, record.state)
+            if own is not None
+            else msgspec.structs.replace(record.state, key=target)
+        )
+        plan.pending.setdefault(target, []).append(key)
