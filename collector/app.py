@@ -234,7 +234,7 @@ async def bin_healthz(_: Request) -> Response:
 
 
 async def render_error(_: Request, exc: Exception) -> Response:
-    """Every HTTPError answered alike: its status, headers and `{"error", "detail"}` body."""
+    """Every HTTPError answered alike: its status, headers and its `payload()` body."""
     assert isinstance(exc, HTTPError)
     return JSONResponse(exc.payload(), status_code=exc.status, headers=dict(exc.headers))
 

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from segment.analytics.client import Client
+from segment.analytics.request import APIError
 
 from tests.support.poll import wait_until
 from tests.support.server import Tripwire, run_tripwire
@@ -398,3 +399,25 @@ def test_unknown_endpoint_and_method(tripwire: Tripwire) -> None:
     assert tripwire.client.get("/v1/batch").status_code == 405
     with httpx.Client(base_url=tripwire.url, trust_env=False) as client:
         assert client.post("/v1/batch", content=b"").status_code == 400
+
+
+def test_segment_library_shows_why_a_request_was_refused(tripwire: Tripwire) -> None:
+    client = Client("not-a-key", host=tripwire.url, sync_mode=True, max_retries=0)
+
+    with pytest.raises(APIError) as refused:
+        client.track(anonymous_id=f"a-{uuid.uuid4()}", event="Clicked")
+
+    assert refused.value.status == 401
+    assert refused.value.code == "unauthorized"
+    assert refused.value.message == "$.writeKey: unknown write key"
+
+
+def test_error_answers_keep_their_own_names_beside_the_libraries(tripwire: Tripwire) -> None:
+    response = tripwire.client.post(
+        "/v1/batch", json={"writeKey": WRITE_KEY, "batch": [{"type": "track"}]}
+    )
+
+    assert response.status_code == 400
+    body = response.json()
+    assert body["code"] == body["error"] == "bad_request"
+    assert body["message"] == body["detail"] and body["detail"].startswith("$.batch[0]")
