@@ -29,7 +29,7 @@ from collector import __version__
 from collector.admin import api, dashboard
 from collector.config.settings import Settings
 from collector.errors import HTTPError
-from collector.ingest.endpoints import IngestApp
+from collector.ingest.endpoints import INGEST_PREFIXES, IngestApp
 from collector.ingest.tagfile import TagFile, tag_js
 from collector.metrics import IngestMetrics, render
 from collector.runtime import Runtime
@@ -59,7 +59,7 @@ class CollectorApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Route one ASGI connection."""
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        if scope["type"] == "http" and scope["path"].startswith(INGEST_PREFIXES):
             await self.ingest(scope, receive, send)
         else:
             await self.app(scope, receive, send)
