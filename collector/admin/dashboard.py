@@ -75,6 +75,15 @@ WHY = {
 }
 
 
+def _why(reason: Any, detail: Any) -> str:
+    """Why a campaign was suppressed, in words, naming what the reason is about when known."""
+    if reason == "missing_variable" and detail:
+        return f"#{{{detail}}} had no value, no fallback and no default"
+    if reason == "invalid_header" and detail:
+        return f"the rendered header {detail} held a line break"
+    return WHY.get(str(reason), str(reason))
+
+
 @functools.cache
 def _views() -> dict[str, string.Template]:
     return {name: string.Template(_resource("templates", f"{name}.html")) for name in TEMPLATES}
@@ -578,7 +587,7 @@ def _user_html(
         for position, decision in enumerate([latest, *earlier]):
             outcome = str(decision.get("outcome", ""))
             reason = decision.get("reason")
-            why = "it fired" if outcome == "fired" else WHY.get(str(reason), str(reason))
+            why = "it fired" if outcome == "fired" else _why(reason, decision.get("detail"))
             variant = decision.get("variant_id")
             if position == 0:
                 opening = f'<tr data-campaign="{_e(campaign_id)}">'

@@ -376,17 +376,20 @@ class Engine:
                         remember(state, campaign_id, shared)
                     continue
                 variant_id = arm.variant_id
+                detail: str | None = None
                 if campaign.exclusive and exclusive_fired:
                     reason: str | None = "exclusive"
                 else:
-                    reason = self._fire(campaign, arm, scope, now, webhooks)
+                    failure = self._fire(campaign, arm, scope, now, webhooks)
+                    reason = None if failure is None else failure.reason
+                    detail = None if failure is None else failure.detail
                     if reason is None and campaign.exclusive:
                         exclusive_fired = True
                     if reason is None and campaign.stops and deliveries is not None:
                         count_delivery(deliveries, campaign_id, self._day(now))
                 outcome: DecisionOutcome = FIRED if reason is None else SUPPRESSED
-                record(Decision(campaign_id, variant_id, outcome, reason, now))
-                remember(state, campaign_id, Verdict(variant_id, reason, now))
+                record(Decision(campaign_id, variant_id, outcome, reason, now, detail))
+                remember(state, campaign_id, Verdict(variant_id, reason, now, detail))
 
     def _enrol(self, campaign: Campaign, arm: Arm | str, scope: Scope, ticks: list[Tick]) -> None:
         """Enrol the user in the campaign's results once they have their arm."""
@@ -402,11 +405,12 @@ class Engine:
 
     def _fire(
         self, campaign: Campaign, arm: Arm, scope: Scope, now: float, webhooks: list[WebhookRequest]
-    ) -> str | None:
+    ) -> Suppressed | None:
+        """Render and queue the campaign's webhook; None, or why it was not sent."""
         try:
             webhooks.append(_render(campaign, arm, scope, now))
         except Suppressed as suppressed:
-            return suppressed.reason
+            return suppressed
         campaign.count_fired(scope)
         return None
 
@@ -505,8 +509,11 @@ class Engine:
 
 
 def _decision(verdict: Verdict) -> dict[str, Value]:
-    return {"variant_id": verdict.variant_id, "outcome": verdict.outcome,
-            "reason": verdict.reason, "at": verdict.at}
+    shown: dict[str, Value] = {"variant_id": verdict.variant_id, "outcome": verdict.outcome,
+                               "reason": verdict.reason, "at": verdict.at}
+    if verdict.detail is not None:  # what the reason is about: `missing_variable`'s placeholder
+        shown["detail"] = verdict.detail
+    return shown
 
 
 def _render(campaign: Campaign, arm: Arm, scope: Scope, now: float) -> WebhookRequest:
