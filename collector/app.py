@@ -28,7 +28,7 @@ from starlette.types import ExceptionHandler, Receive, Scope, Send
 from collector import __version__
 from collector.admin import api, dashboard
 from collector.config.settings import Settings
-from collector.errors import HTTPError
+from collector.errors import ConfigError, HTTPError
 from collector.ingest.endpoints import INGEST_PREFIXES, IngestApp
 from collector.ingest.tagfile import TagFile, tag_js
 from collector.metrics import IngestMetrics, render
@@ -93,7 +93,15 @@ def create_app(settings: Settings) -> CollectorApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        await runtime.start()
+        try:
+            await runtime.start()
+        except ConfigError as exc:
+            # found only when opening what the data directory holds (a legacy file that is a
+            # directory, say): one line and status 2, like every other start-up error
+            for problem in exc.problems:
+                sys.stderr.write(f"{problem}\n")
+            sys.stderr.flush()
+            os._exit(2)
         try:
             yield
         finally:

@@ -28,6 +28,7 @@ from collector.config.schema import (
     ConditionTree,
     ConfigFile,
     Leaf,
+    TimezoneName,
     VariableSpec,
     Variant,
     WebhookAction,
@@ -741,7 +742,10 @@ def _config_overrides(config: ConfigFile, env: Mapping[str, str]) -> ConfigFile:
     if keys := env.get(ENV_PREFIX + "WRITE_KEYS"):
         changes["write_keys"] = [k.strip() for k in keys.split(",") if k.strip()]
     if timezone := env.get(ENV_PREFIX + "TIMEZONE"):
-        changes["timezone"] = timezone
+        try:
+            changes["timezone"] = decode_hook(TimezoneName, timezone)
+        except ValueError as exc:
+            raise ConfigError([f"{ENV_PREFIX}TIMEZONE: {exc}"]) from None
     if secrets := env.get(ENV_PREFIX + "SIGNING_SECRETS"):
         hooks = msgspec.structs.replace(
             config.webhooks, signing_secrets=[s.strip() for s in secrets.split(",") if s.strip()]
