@@ -214,7 +214,8 @@ def _print_table(report: dict[str, Any], invalid: list[str], out: TextIO) -> Non
     out.write(
         f"{report['events']} events ({report['duplicates']} duplicates skipped, "
         f"{report['invalid']} invalid lines), {report['users']} users, "
-        f"{report['webhooks']} webhooks would have been sent{pending}\n"
+        f"{report['webhooks']} {'webhook' if report['webhooks'] == 1 else 'webhooks'} "
+        f"would have been sent{pending}\n"
     )
     for problem in invalid[:5]:
         out.write(f"  skipped {problem}\n")
