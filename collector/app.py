@@ -171,6 +171,7 @@ ADMIN_API_ROUTES: list[BaseRoute] = [
 
 DASHBOARD_ROUTES: list[BaseRoute] = [
     Route("/admin", dashboard.to_index),
+    Route("/favicon.ico", dashboard.favicon, methods=["GET", "HEAD"]),
     Mount(
         "/admin",
         routes=[

@@ -59,7 +59,7 @@ def collector(demo: Demo) -> str:
 
 
 def test_the_demo_takes_the_admin_token_from_the_environment(demo: Demo) -> None:
-    assert demo.url("Dashboard") == f"{collector(demo)}/admin/login?token={TOKEN}"
+    assert demo.url("Dashboard") == f"{collector(demo)}/admin/login#token={TOKEN}"
     response = httpx.get(
         f"{collector(demo)}/admin/api/campaigns/welcome-member",
         headers={"Authorization": f"Bearer {TOKEN}"}, trust_env=False,

@@ -99,6 +99,8 @@ def _assets() -> dict[str, tuple[str, str]]:
     return {
         "tripwire.css": (_resource("static", "tripwire.css"), "text/css; charset=utf-8"),
         "dashboard.js": (_resource("static", "dashboard.js"), "text/javascript; charset=utf-8"),
+        "favicon.svg": (_resource("static", "favicon.svg"), "image/svg+xml"),
+        "login.js": (_resource("static", "login.js"), "text/javascript; charset=utf-8"),
     }
 
 
@@ -192,6 +194,12 @@ async def asset(request: Request) -> Response:
         return _plain("not found", 404)
     text, media_type = found
     return Response(text, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+
+async def favicon(_: Request) -> Response:
+    """GET /favicon.ico: the dashboard's icon (browsers ask for it on every page)."""
+    text, media_type = _assets()["favicon.svg"]
+    return Response(text, media_type=media_type, headers={"Cache-Control": "max-age=86400"})
 
 
 async def to_index(_: Request) -> Response:
@@ -401,7 +409,9 @@ async def deliveries(request: Request) -> Response:
     found = await runtime.delivery_log.query(campaign=campaign, status=status, limit=200)
     filters = {"campaign": campaign or "", "status": status or ""}
     here = "/admin/deliveries?" + urlencode(filters)
-    rows = "".join(_delivery_row(d, here) for d in found)
+    # Replay is offered for dead letters only: a test-fire that failed was never queued
+    dead = {letter.delivery_id for letter in await runtime.outbox.dead_letters(campaign=campaign)}
+    rows = "".join(_delivery_row(d, here, d.delivery_id in dead) for d in found)
     rows = rows or '<tr><td colspan="7" class="muted">No deliveries match.</td></tr>'
     body = _views()["deliveries"].substitute(
         here=_e(here),
@@ -527,14 +537,22 @@ def _trigger_text(spec: CampaignSpec) -> str:
 
 
 def _reasons_html(stats: dict[str, Any] | None) -> str:
-    suppressed: dict[str, int] = stats["suppressed"] if stats else {}
-    if not suppressed:
-        return '<span class="muted">—</span>'
-    return "".join(
+    """Suppressions by reason; events that did not match the trigger apart, as they are not
+    deliveries held back but events the campaign is not about."""
+    counted: dict[str, int] = stats["suppressed"] if stats else {}
+    missed = counted.get("trigger", 0)
+    suppressed = {reason: n for reason, n in counted.items() if reason != "trigger"}
+    shown = "".join(
         f'<span class="badge suppressed" title="{_e(WHY.get(reason, reason))}">'
         f"{_e(reason)} {count}</span>"
         for reason, count in sorted(suppressed.items(), key=lambda item: -item[1])
-    )
+    ) or '<span class="muted">—</span>'
+    if missed:
+        shown += (
+            f'<div class="small muted trigger-misses" title="{_e(WHY["trigger"])}">'
+            f"not triggered: {missed} {'event' if missed == 1 else 'events'}</div>"
+        )
+    return shown
 
 
 def _stats_html(stats: dict[str, Any] | None) -> str:
@@ -545,7 +563,7 @@ def _stats_html(stats: dict[str, Any] | None) -> str:
     )
 
 
-def _delivery_row(entry: DeliveryAttempt, here: str) -> str:
+def _delivery_row(entry: DeliveryAttempt, here: str, dead_letter: bool) -> str:
     latency = f"{entry.latency_ms:.0f} ms" if entry.latency_ms is not None else "—"
     code = f"HTTP {entry.status_code}" if entry.status_code is not None else ""
     response = _e(code)
@@ -555,7 +573,7 @@ def _delivery_row(entry: DeliveryAttempt, here: str) -> str:
     if entry.error:
         response += f'<div class="small muted">{_e(entry.error)}</div>'
     replay = ""
-    if entry.status in REPLAYABLE:
+    if dead_letter and entry.status in REPLAYABLE:
         action = f"/admin/deliveries/{quote(entry.delivery_id)}/replay"
         replay = (
             f'<form class="inline" method="post" action="{action}">'
