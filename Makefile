@@ -19,7 +19,7 @@ $(VENV)/.test: pyproject.toml $(VENV)/.runtime
 tag/node_modules/.package-lock.json: tag/package.json tag/package-lock.json
 	cd tag && npm ci --no-audit --no-fund --loglevel=error
 
-# The browser client libraries the tests drive unchanged (Segment's and RudderStack's).
+# The npm client libraries the tests drive unchanged (Segment's and RudderStack's).
 tests/clients/node_modules/.package-lock.json: tests/clients/package.json tests/clients/package-lock.json
 	cd tests/clients && npm ci --no-audit --no-fund --loglevel=error --ignore-scripts
 

@@ -1,17 +1,22 @@
-"""Segment's and RudderStack's browser libraries, unchanged, drive a campaign in Chromium.
+"""Segment's and RudderStack's client libraries, unchanged, each drive a campaign.
 
-The libraries are the npm packages `@segment/analytics-next` and `@rudderstack/analytics-js`,
-installed from tests/clients/package-lock.json (`make test` runs `npm ci` there) and served by
-a local page server in place of their CDNs. Each is pointed at the collector by its host alone,
-in each transport it offers: analytics.js one request per call (`/v1/t`, `/v1/i`, ...) and
-batched (`/v1/b`); RudderStack's XHR and beacon (`/beacon/v1/batch?writeKey=`). Every request
-the browser makes is checked: one to anything but loopback is refused and fails the test.
+Browser libraries, in Chromium: the npm packages `@segment/analytics-next` and
+`@rudderstack/analytics-js`, installed from tests/clients/package-lock.json (`make test` runs
+`npm ci` there) and served by a local page server in place of their CDNs. Each is pointed at
+the collector by its host alone, in each transport it offers: analytics.js one request per call
+(`/v1/t`, `/v1/i`, ...) and batched (`/v1/b`); RudderStack's XHR and beacon
+(`/beacon/v1/batch?writeKey=`). Every request the browser makes is checked: one to anything but
+loopback is refused and fails the test.
+
+Server libraries: `segment-analytics-python` (PyPI) and `@segment/analytics-node` (npm, run by
+Node.js), with their host pointed at the collector.
 """
 
 from __future__ import annotations
 
 import http.server
 import ipaddress
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -29,6 +34,7 @@ from playwright.sync_api import (
     Route,
     sync_playwright,
 )
+from segment.analytics.client import Client
 
 from tests.support.poll import wait_until
 from tests.support.server import Tripwire, run_tripwire
@@ -36,7 +42,8 @@ from tests.support.sink import Received, Sink
 
 HERE = Path(__file__).resolve().parent
 PAGES = HERE / "client_pages"
-MODULES = HERE / "clients" / "node_modules"
+CLIENTS = HERE / "clients"
+MODULES = CLIENTS / "node_modules"
 SEGMENT_DIST = MODULES / "@segment" / "analytics-next" / "dist" / "umd"
 RUDDERSTACK_DIST = MODULES / "@rudderstack" / "analytics-js" / "dist" / "npm" / "modern"
 LIBRARIES = {
@@ -149,7 +156,7 @@ def collector(sink: Sink) -> Iterator[Tripwire]:
                 "url": f"{sink.url}/cart",
                 "body": {
                     "user": "#{user_id}",
-                    "visitor": "#{visitor_id}",
+                    "visitor": "#{visitor_id|}",
                     "plan": "#{traits.plan}",
                     "sku": "#{properties.sku}",
                     "library": "#{context.library.name}",
@@ -298,3 +305,41 @@ def test_rudderstack_analytics_js_drives_a_campaign(
     assert body["visitor"]  # the SDK's anonymous id came along
     assert expected_path in seen.paths(collector)
     assert seen.refused == [] and errors == []
+
+
+def test_segment_analytics_python_drives_a_campaign(collector: Tripwire, sink: Sink) -> None:
+    user = f"py-{uuid.uuid4()}"
+    client = Client(WRITE_KEY, host=collector.url, sync_mode=True, max_retries=0)
+
+    client.identify(user_id=user, traits={"plan": "pro"})
+    client.track(user_id=user, event=CART, properties={"sku": "A-1"})
+
+    body = server_webhook(sink, user)
+    assert body["plan"] == "pro" and body["sku"] == "A-1"
+    assert body["library"] == "analytics-python"
+
+
+def test_segment_analytics_node_drives_a_campaign(collector: Tripwire, sink: Sink) -> None:
+    user = f"node-{uuid.uuid4()}"
+
+    ran = subprocess.run(
+        ["node", str(CLIENTS / "analytics-node.cjs"), collector.url, WRITE_KEY, user],
+        capture_output=True, text=True, timeout=60, cwd=CLIENTS,
+    )
+
+    assert ran.returncode == 0, ran.stderr
+    body = server_webhook(sink, user)
+    assert body["plan"] == "pro" and body["sku"] == "A-1"
+    assert body["library"] == "@segment/analytics-node"
+
+
+def server_webhook(sink: Sink, user: str) -> dict[str, Any]:
+    """The cart webhook about a user of a server library (no visitor id: the fallback's)."""
+
+    def arrived() -> list[Received]:
+        return [r for r in sink.requests if r.path == "/cart" and r.json()["user"] == user]
+
+    (webhook,) = wait_until(arrived, message=f"the cart webhook for {user}")
+    body: dict[str, Any] = webhook.json()
+    assert body["visitor"] == ""
+    return body
