@@ -42,7 +42,11 @@ def server(sink: Sink) -> Iterator[Tripwire]:
     config = {
         "write_keys": [WRITE_KEY],
         "webhooks": {"allow_private_networks": True, "max_attempts": 1},
-        "campaigns": [campaign("broken", "Break", "/broken"), campaign("ok", "Go", "/ok")],
+        "campaigns": [
+            campaign("broken", "Break", "/broken"),
+            campaign("ok", "Go", "/ok"),
+            {**campaign("once", "Once", "/once"), "frequency": {"per": "user"}},
+        ],
     }
     with run_tripwire(config) as running:
         yield running
@@ -124,3 +128,36 @@ def test_the_login_link_keeps_the_token_out_of_requests_and_history(server: Trip
 
     assert all(ADMIN_TOKEN not in url for url in (s.split(" ")[0] for s in sent))
     assert history >= 1 and "token" not in back_url
+
+
+def test_the_campaigns_table_fits_a_phone_without_scrolling_sideways(server: Tripwire) -> None:
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+        page = context.new_page()
+        page.goto(f"{server.url}/admin/login#token={ADMIN_TOKEN}")
+        page.wait_for_url("**/admin/")
+        overflow = page.evaluate(
+            """() => {
+                const card = document.querySelector("table#campaigns").closest(".card");
+                return card.scrollWidth - card.clientWidth;
+            }"""
+        )
+        rows = page.locator("table#campaigns tr[data-campaign]").count()
+        browser.close()
+
+    assert rows == 3
+    assert overflow <= 0
+
+
+def test_the_user_page_shows_caps_in_words_not_json(server: Tripwire) -> None:
+    user = f"u-{uuid.uuid4()}"
+    batch = [{"type": "track", "userId": user, "event": "Once", "properties": {"n": 1}}]
+    server.post("/v1/batch", {"writeKey": WRITE_KEY, "batch": batch}).raise_for_status()
+
+    with admin(server) as client:
+        page = client.get("/admin/users", params={"id": user}).text
+
+    assert "once: 1 in all, 1 in session #1, 1 on the last day it fired" in page
+    assert "<dt>event counts</dt><dd>Once 1</dd>" in page
+    assert "&quot;" not in page.split('id="decisions"')[1]  # no JSON in the profile

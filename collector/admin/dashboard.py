@@ -664,7 +664,30 @@ def _facts(profile: dict[str, Any], shown: set[str]) -> dict[str, Any]:
     stopped = profile.get("stopped")
     if isinstance(stopped, dict):
         facts["stopped"] = ", ".join(f"{c} (stopped: {r})" for c, r in stopped.items()) or "none"
+    counts = profile.get("event_counts")
+    if isinstance(counts, dict):
+        facts["event counts"] = ", ".join(f"{name} {n}" for name, n in counts.items()) or "none"
+        facts.pop("event_counts", None)
+    caps = profile.get("caps")
+    if isinstance(caps, dict):
+        facts["deliveries"] = "; ".join(_caps_text(cid, c) for cid, c in caps.items()) or "none"
+        facts.pop("caps", None)
+    goals = profile.get("goals")
+    if isinstance(goals, dict):
+        facts["goals"] = "; ".join(
+            f"{cid}: arm {g['arm']} since {_clock(g['assigned_at'])}, "
+            f"{'converted' if g['converted'] else 'not converted yet'}"
+            for cid, g in goals.items()
+        ) or "none"
     return facts
+
+
+def _caps_text(campaign_id: str, caps: dict[str, int]) -> str:
+    """A campaign's deliveries to the user, as frequency caps count them, in words."""
+    text = f"{campaign_id}: {caps['total']} in all"
+    if caps["session"] >= 0:
+        text += f", {caps['in_session']} in session #{caps['session']}"
+    return text + f", {caps['in_day']} on the last day it fired"
 
 
 def _stopped_badge(reason: str | None) -> str:
