@@ -1,5 +1,6 @@
 """"Why didn't it fire?" names the placeholder a `missing_variable` suppression was missing:
-in the user lookup, on the dashboard's user page and in `tripwire replay`'s report."""
+in the user lookup, on the dashboard's user page, in the server's log (once per campaign and
+placeholder) and in `tripwire replay`'s report."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from collector.config.settings import decode_config
 from collector.tools.replay import run_replay
+from tests.support.poll import wait_until
 from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire
 
 WRITE_KEY = "missing-test-key"
@@ -53,6 +55,15 @@ def test_the_lookup_and_dashboard_name_the_missing_placeholder(server: Tripwire)
     page = server.client.get("/admin/users", params={"id": user})
     assert page.status_code == 200
     assert "#{traits.coupon} had no value, no fallback and no default" in page.text
+
+    told = wait_until(
+        lambda: [line for line in server.output().splitlines() if "#{traits.coupon}" in line],
+        message="the server's log line",
+    )
+    assert len(told) == 1 and "campaign coupon" in told[0] and "missing_variable" in told[0]
+    server.post("/v1/batch", {"writeKey": WRITE_KEY, "batch": [message]}).raise_for_status()
+    assert server.user(user)["profile"]["decisions"]["coupon"]["detail"] == "traits.coupon"
+    assert sum("#{traits.coupon}" in line for line in server.output().splitlines()) == 1
 
 
 def test_replay_reports_which_placeholders_were_missing(tmp_path: Path) -> None:

@@ -56,6 +56,7 @@ run is suppressed with decisions made once per `now` and shared by every event o
 from __future__ import annotations
 
 import hashlib
+import logging
 import sys
 
 import msgspec
@@ -108,6 +109,10 @@ def key_for(event: Event) -> str:
     return event.user_id or event.anonymous_id or event.message_id
 
 
+log = logging.getLogger("tripwire.engine")
+_MAX_TOLD = 1000  # (campaign, placeholder) pairs logged per process, at most
+
+
 class Engine:
     """Runs events through compiled rules; holds no per-user data itself."""
 
@@ -119,6 +124,7 @@ class Engine:
         self._made_at: float | None = None
         self._shut: dict[tuple[Run, str], tuple[list[Decision], Verdict]] = {}
         self._verdicts: dict[str, Verdict] = {}
+        self._told: set[tuple[str, str]] = set()  # (campaign, placeholder) missing, logged once
 
     def replace_campaign(self, spec: CampaignSpec, updated_at: float) -> None:
         """Add or replace one campaign (raises ConfigError if its templates are invalid)."""
@@ -410,9 +416,23 @@ class Engine:
         try:
             webhooks.append(_render(campaign, arm, scope, now))
         except Suppressed as suppressed:
+            if suppressed.reason == "missing_variable":
+                self._tell_missing(campaign.id, suppressed.detail)
             return suppressed
         campaign.count_fired(scope)
         return None
+
+    def _tell_missing(self, campaign_id: str, name: str) -> None:
+        """Log, once per campaign and placeholder, that a webhook was held back for it."""
+        if (campaign_id, name) in self._told or len(self._told) >= _MAX_TOLD:
+            return
+        self._told.add((campaign_id, name))
+        log.warning(
+            "campaign %s: #{%s} had no value for a user, so its webhook was not sent "
+            "(suppressed as missing_variable; #{%s|fallback} gives a fallback). "
+            "Told once; the user lookup shows each user's.",
+            campaign_id, name, name,
+        )
 
     def preview(
         self, campaign_id: str, state: UserState, now: float, event: Event,
