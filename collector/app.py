@@ -28,8 +28,8 @@ from starlette.types import ExceptionHandler, Receive, Scope, Send
 from collector import __version__
 from collector.admin import api, dashboard
 from collector.config.settings import Settings
-from collector.errors import HTTPError
-from collector.ingest.endpoints import IngestApp
+from collector.errors import ConfigError, HTTPError
+from collector.ingest.endpoints import INGEST_PREFIXES, IngestApp
 from collector.ingest.tagfile import TagFile, tag_js
 from collector.metrics import IngestMetrics, render
 from collector.runtime import Runtime
@@ -59,7 +59,7 @@ class CollectorApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Route one ASGI connection."""
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        if scope["type"] == "http" and scope["path"].startswith(INGEST_PREFIXES):
             await self.ingest(scope, receive, send)
         else:
             await self.app(scope, receive, send)
@@ -93,7 +93,15 @@ def create_app(settings: Settings) -> CollectorApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        await runtime.start()
+        try:
+            await runtime.start()
+        except ConfigError as exc:
+            # found only when opening what the data directory holds (a legacy file that is a
+            # directory, say): one line and status 2, like every other start-up error
+            for problem in exc.problems:
+                sys.stderr.write(f"{problem}\n")
+            sys.stderr.flush()
+            os._exit(2)
         try:
             yield
         finally:
@@ -163,6 +171,7 @@ ADMIN_API_ROUTES: list[BaseRoute] = [
 
 DASHBOARD_ROUTES: list[BaseRoute] = [
     Route("/admin", dashboard.to_index),
+    Route("/favicon.ico", dashboard.favicon, methods=["GET", "HEAD"]),
     Mount(
         "/admin",
         routes=[
@@ -234,7 +243,7 @@ async def bin_healthz(_: Request) -> Response:
 
 
 async def render_error(_: Request, exc: Exception) -> Response:
-    """Every HTTPError answered alike: its status, headers and `{"error", "detail"}` body."""
+    """Every HTTPError answered alike: its status, headers and its `payload()` body."""
     assert isinstance(exc, HTTPError)
     return JSONResponse(exc.payload(), status_code=exc.status, headers=dict(exc.headers))
 

@@ -272,12 +272,18 @@ def _check(args: argparse.Namespace) -> int:
     config = load_config(args.config, verify=compile_rules)  # every problem in one round
     for warning in config_warnings(config):
         print(f"{args.config}: warning: {warning}", file=sys.stderr)
-    print(
-        f"{args.config}: OK — {len(config.campaigns)} campaigns, "
-        f"{len(config.variables)} variables, "
-        f"{len(config.segments)} segments"
+    counts = (
+        _counted(len(config.campaigns), "campaign"),
+        _counted(len(config.variables), "variable"),
+        _counted(len(config.segments), "segment"),
     )
+    print(f"{args.config}: OK — {', '.join(counts)}")
     return 0
+
+
+def _counted(n: int, noun: str) -> str:
+    """`1 campaign`, `2 campaigns`."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -215,7 +215,7 @@ def run_demo(options: DemoOptions) -> int:
             "\nTripwire demo is running.\n\n"
             f"  Demo shop     {site}\n"
             f"  Request bin   {collector}/bin/{DEMO_BIN}/view\n"
-            f"  Dashboard     {collector}/admin/login?token={settings.admin_token}\n"
+            f"  Dashboard     {collector}/admin/login#token={settings.admin_token}\n"
             f"  Collector     {collector}  (write key: {write_keys})\n\n"
             "In the shop, open the cart twice, sign up, add something to the cart: the webhooks\n"
             "appear in the shop's panel and in the request bin. Press Ctrl+C to stop.\n",

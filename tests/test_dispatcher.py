@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from collector import __version__
 from collector.config.schema import WebhookSettings
@@ -139,7 +140,8 @@ async def test_every_delivery_verifies_with_either_secret_during_rotation(
     assert sorted(r.method for r in received) == sorted(methods)
     for request in received:
         for secret in (SECRET_OLD, SECRET_NEW):
-            Webhook(secret).verify(request.body, request.headers, json_parse=False)
+            signed = request.body or json.dumps(request.target).encode()  # a GET: its target
+            Webhook(secret).verify(signed, request.headers)
         assert request.headers["user-agent"] == f"Tripwire/{__version__}"
     await harness.wait_log(status="delivered", count=len(methods))
 
@@ -307,7 +309,9 @@ async def test_get_puts_the_body_in_the_query_and_others_send_json(
         "tags": ["a", "b"],
     }
     assert got.body == b"" and "content-type" not in got.headers
-    Webhook(SECRET_NEW).verify(b"", got.headers, json_parse=False)
+    assert Webhook(SECRET_NEW).verify(json.dumps(got.target), got.headers) == got.target
+    with pytest.raises(WebhookVerificationError):  # the query is signed: it cannot be altered
+        Webhook(SECRET_NEW).verify(json.dumps(got.target.replace("u-1", "u-2")), got.headers)
     assert received["/post"].headers["content-type"] == "application/json"
     assert received["/post"].json() == {"n": 1}
     assert received["/put"].headers["content-type"] == "text/x-ok"

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from segment.analytics.client import Client
+from segment.analytics.request import APIError
 
 from tests.support.poll import wait_until
 from tests.support.server import Tripwire, run_tripwire
@@ -398,3 +399,92 @@ def test_unknown_endpoint_and_method(tripwire: Tripwire) -> None:
     assert tripwire.client.get("/v1/batch").status_code == 405
     with httpx.Client(base_url=tripwire.url, trust_env=False) as client:
         assert client.post("/v1/batch", content=b"").status_code == 400
+
+
+def test_segment_library_shows_why_a_request_was_refused(tripwire: Tripwire) -> None:
+    client = Client("not-a-key", host=tripwire.url, sync_mode=True, max_retries=0)
+
+    with pytest.raises(APIError) as refused:
+        client.track(anonymous_id=f"a-{uuid.uuid4()}", event="Clicked")
+
+    assert refused.value.status == 401
+    assert refused.value.code == "unauthorized"
+    assert refused.value.message == "$.writeKey: unknown write key"
+
+
+def test_error_answers_keep_their_own_names_beside_the_libraries(tripwire: Tripwire) -> None:
+    response = tripwire.client.post(
+        "/v1/batch", json={"writeKey": WRITE_KEY, "batch": [{"type": "track"}]}
+    )
+
+    assert response.status_code == 400
+    body = response.json()
+    assert body["code"] == body["error"] == "bad_request"
+    assert body["message"] == body["detail"] and body["detail"].startswith("$.batch[0]")
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/v1/t", {"type": "track", "event": "Short Track"}),
+        ("/v1/p", {"type": "page", "name": "Short Page"}),
+        ("/v1/i", {"type": "identify", "traits": {"plan": "pro"}}),
+        ("/v1/g", {"type": "group", "groupId": "g-1"}),
+        ("/v1/s", {"type": "screen", "name": "Short Screen"}),
+        ("/v1/a", {"type": "alias", "previousId": "earlier-id"}),
+    ],
+)
+def test_analytics_js_short_paths_are_served(
+    tripwire: Tripwire, path: str, message: dict[str, Any]
+) -> None:
+    anonymous_id = f"a-{uuid.uuid4()}"
+    body = {**message, "anonymousId": anonymous_id, "messageId": str(uuid.uuid4()),
+            "writeKey": WRITE_KEY}
+
+    response = tripwire.client.post(
+        path, content=json.dumps(body), headers={"Content-Type": "text/plain"}
+    )
+
+    assert response.status_code == 200, response.text
+    assert wait_until(lambda: event_names(tripwire, anonymous_id)) == [
+        message.get("event") or message["type"]
+    ]
+
+
+def test_analytics_js_short_batch_path_is_served(tripwire: Tripwire) -> None:
+    anonymous_id = f"a-{uuid.uuid4()}"
+
+    response = tripwire.client.post(
+        "/v1/b",
+        content=json.dumps(batch(track(anonymous_id, "One"), track(anonymous_id, "Two"))),
+        headers={"Content-Type": "text/plain"},
+    )
+
+    assert response.status_code == 200, response.text
+    assert wait_until(lambda: event_names(tripwire, anonymous_id)) == ["One", "Two"]
+
+
+def test_rudderstack_beacon_path_takes_the_write_key_from_the_query(tripwire: Tripwire) -> None:
+    anonymous_id = f"a-{uuid.uuid4()}"
+    body = {"batch": [track(anonymous_id, "Beaconed")], "sentAt": datetime.now(UTC).isoformat()}
+
+    response = tripwire.client.post(
+        f"/beacon/v1/batch?writeKey={WRITE_KEY}",
+        content=json.dumps(body),
+        headers={"Content-Type": "text/plain;charset=UTF-8"},
+    )
+    refused = tripwire.client.post(
+        "/beacon/v1/batch?writeKey=wrong", content=json.dumps(body),
+        headers={"Content-Type": "text/plain"},
+    )
+
+    assert response.status_code == 200, response.text
+    assert wait_until(lambda: event_names(tripwire, anonymous_id)) == ["Beaconed"]
+    assert refused.status_code == 401 and refused.json()["code"] == "unauthorized"
+
+
+def test_unknown_ingest_paths_still_answer_404(tripwire: Tripwire) -> None:
+    response = tripwire.client.post("/v1/x", json=batch(track("someone")))
+
+    assert response.status_code == 404
+    assert response.json()["message"] == "/v1/x: no such endpoint"

@@ -59,7 +59,7 @@ def collector(demo: Demo) -> str:
 
 
 def test_the_demo_takes_the_admin_token_from_the_environment(demo: Demo) -> None:
-    assert demo.url("Dashboard") == f"{collector(demo)}/admin/login?token={TOKEN}"
+    assert demo.url("Dashboard") == f"{collector(demo)}/admin/login#token={TOKEN}"
     response = httpx.get(
         f"{collector(demo)}/admin/api/campaigns/welcome-member",
         headers={"Authorization": f"Bearer {TOKEN}"}, trust_env=False,
@@ -132,6 +132,7 @@ def test_the_shop_and_the_dashboard_fit_a_phone(demo: Demo, browser: Browser) ->
             too_wide |= _overflow(page, "shop/" + path)
         page.screenshot(path=str(ARTIFACTS / "phone-shop.png"), full_page=True)
         page.goto(login)
+        page.wait_for_url("**/admin/")  # the login page logs in with the token after the `#`
         for path in ADMIN_PAGES:
             response = page.goto(f"{collector(demo)}/admin/{path}")
             assert response is not None and response.ok, path

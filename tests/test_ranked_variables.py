@@ -230,3 +230,12 @@ async def test_both_stores_keep_them(kind: str, request: pytest.FixtureRequest) 
     finally:
         if connection is not None:
             await connection.close()
+
+
+def test_last_unique_keeps_the_latest_received_between_equal_times() -> None:
+    feed = Feed(engine_for({"recent2": viewed("last_unique", size=2)}))
+    for category in ["shoes", "bags", "hats", "socks"]:  # one batch, one timestamp
+        feed.send(T, name="View", properties={"category": category})
+    feed.send(T, name="View", properties={"category": "hats"})  # seen again, at the same time
+
+    assert feed.values(T + 1)["recent2"] == ["hats", "socks"]

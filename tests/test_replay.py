@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import random
+import subprocess
+import sys
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -254,3 +256,18 @@ def test_batches_in_one_line_and_a_missing_file(
         run_replay(str(tmp_path / "missing.jsonl"), config(), as_json=True, out=io.StringIO()) == 2
     )
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_the_example_events_replay_against_the_example_config() -> None:
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "collector.cli", "replay", str(root / "examples" / "events.jsonl"),
+         "--config", str(root / "examples" / "tripwire.yaml")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == (
+        "6 events (0 duplicates skipped, 0 invalid lines), 2 users, 1 webhook would have been sent"
+    )
+    assert lines[3].split() == ["cart-followup", "1", "2", "not_in_segment", "2"]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import random
+import re
 
 import pytest
 
+from collector.admin.charts import conversion_chart
 from collector.engine.results import (
     CONTROL,
     MIN_USERS,
@@ -128,3 +130,25 @@ def test_a_simulated_experiment_finds_the_real_effect_and_only_it() -> None:
         assert low <= rate <= high  # each true rate lies inside its 95 % interval here
         assert shown.value_per_user == pytest.approx(40.0 * shown.converted / shown.assigned)
     assert math.isclose(sum(r.assigned for r in results.values()), 8000)
+
+
+@pytest.mark.parametrize("assigned", [1, 10, 13, 25, 27, 100, 999, 1234])
+def test_a_wilson_interval_contains_its_rate_even_at_0_and_100_percent(assigned: int) -> None:
+    for converted in (0, assigned // 3, assigned):
+        low, high = wilson(converted, assigned) or (math.nan, math.nan)
+        rate = converted / assigned
+        assert 0.0 <= low <= rate <= high <= 1.0, (converted, assigned, low, high)
+    assert (wilson(assigned, assigned) or (0.0, 0.0))[1] == 1.0
+    assert (wilson(0, assigned) or (1.0, 1.0))[0] == 0.0
+
+
+def test_the_conversion_chart_axis_ends_at_100_percent_at_most() -> None:
+    arms = [
+        {"arm": "control", "control": True, "label": None, "conversion_rate": 1.0,
+         "converted": 10, "assigned": 10, "interval": wilson(10, 10)},
+        {"arm": "treatment", "control": False, "label": "collecting", "conversion_rate": 0.9,
+         "converted": 9, "assigned": 10, "interval": wilson(9, 10)},
+    ]
+    svg = conversion_chart("c", arms)
+    ticks = re.findall(r'class="tick">([^<]+)</text>', svg)
+    assert ticks == ["0%", "100.0%"]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ports import free_port
+
 GOOD = "write_keys: [k]\n"
 
 CASES: list[tuple[str, bytes, list[str], str]] = [
@@ -72,3 +74,32 @@ def test_serve_refuses_with_one_line(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, lines
     assert message in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("case", "env", "directory", "message"),
+    [
+        ("timezone from the environment", {"TRIPWIRE_TIMEZONE": "Mars/Olympus"}, None,
+         "TRIPWIRE_TIMEZONE: unknown timezone 'Mars/Olympus'"),
+        ("legacy state that is a directory", {}, "state.msgpack", "state.msgpack: cannot be read"),
+        ("legacy outbox that is a directory", {}, "outbox.msgpack",
+         "outbox.msgpack: cannot be read"),
+    ],
+    ids=lambda value: value if isinstance(value, str) and " " in value else "",
+)
+def test_serve_refuses_these_with_one_line_and_status_2(
+    tmp_path: Path, case: str, env: dict[str, str], directory: str | None, message: str
+) -> None:
+    (tmp_path / "tripwire.yaml").write_text(GOOD)
+    if directory is not None:
+        (tmp_path / "data" / directory).mkdir(parents=True)
+    command = [sys.executable, "-m", "collector.cli", "serve", "--config", "tripwire.yaml",
+               "--data-dir", str(tmp_path / "data"), "--port", str(free_port())]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TRIPWIRE_")}
+    result = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=30, env={**clean, **env}
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if " INFO " not in line]
+    assert len(lines) == 1 and message in lines[0], lines

@@ -307,3 +307,21 @@ def test_literal_braces_stay_as_written() -> None:
     )
     webhook = fired(click(engine))
     assert (webhook.url, webhook.headers) == ("https://hooks.example/{x}/u-1", {"X-A": "{u-1}"})
+
+
+def test_whole_traits_and_properties_go_as_json_objects() -> None:
+    engine = engine_with(
+        {
+            "url": "https://hooks.example/?p=#{properties}",
+            "body": {"user": "#{traits}", "event": "#{properties}", "note": "got #{properties}"},
+        }
+    )
+    webhook = fired(
+        click(engine, traits={"plan": "pro", "age": 31}, properties={"sku": "A-1", "n": 2})
+    )
+    assert webhook.body == {
+        "user": {"plan": "pro", "age": 31},
+        "event": {"sku": "A-1", "n": 2},
+        "note": 'got {"sku":"A-1","n":2}',
+    }
+    assert httpx.URL(webhook.url).params["p"] == '{"sku":"A-1","n":2}'

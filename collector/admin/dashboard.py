@@ -75,6 +75,15 @@ WHY = {
 }
 
 
+def _why(reason: Any, detail: Any) -> str:
+    """Why a campaign was suppressed, in words, naming what the reason is about when known."""
+    if reason == "missing_variable" and detail:
+        return f"#{{{detail}}} had no value, no fallback and no default"
+    if reason == "invalid_header" and detail:
+        return f"the rendered header {detail} held a line break"
+    return WHY.get(str(reason), str(reason))
+
+
 @functools.cache
 def _views() -> dict[str, string.Template]:
     return {name: string.Template(_resource("templates", f"{name}.html")) for name in TEMPLATES}
@@ -90,6 +99,8 @@ def _assets() -> dict[str, tuple[str, str]]:
     return {
         "tripwire.css": (_resource("static", "tripwire.css"), "text/css; charset=utf-8"),
         "dashboard.js": (_resource("static", "dashboard.js"), "text/javascript; charset=utf-8"),
+        "favicon.svg": (_resource("static", "favicon.svg"), "image/svg+xml"),
+        "login.js": (_resource("static", "login.js"), "text/javascript; charset=utf-8"),
     }
 
 
@@ -183,6 +194,12 @@ async def asset(request: Request) -> Response:
         return _plain("not found", 404)
     text, media_type = found
     return Response(text, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+
+async def favicon(_: Request) -> Response:
+    """GET /favicon.ico: the dashboard's icon (browsers ask for it on every page)."""
+    text, media_type = _assets()["favicon.svg"]
+    return Response(text, media_type=media_type, headers={"Cache-Control": "max-age=86400"})
 
 
 async def to_index(_: Request) -> Response:
@@ -392,7 +409,9 @@ async def deliveries(request: Request) -> Response:
     found = await runtime.delivery_log.query(campaign=campaign, status=status, limit=200)
     filters = {"campaign": campaign or "", "status": status or ""}
     here = "/admin/deliveries?" + urlencode(filters)
-    rows = "".join(_delivery_row(d, here) for d in found)
+    # Replay is offered for dead letters only: a test-fire that failed was never queued
+    dead = {letter.delivery_id for letter in await runtime.outbox.dead_letters(campaign=campaign)}
+    rows = "".join(_delivery_row(d, here, d.delivery_id in dead) for d in found)
     rows = rows or '<tr><td colspan="7" class="muted">No deliveries match.</td></tr>'
     body = _views()["deliveries"].substitute(
         here=_e(here),
@@ -518,14 +537,22 @@ def _trigger_text(spec: CampaignSpec) -> str:
 
 
 def _reasons_html(stats: dict[str, Any] | None) -> str:
-    suppressed: dict[str, int] = stats["suppressed"] if stats else {}
-    if not suppressed:
-        return '<span class="muted">—</span>'
-    return "".join(
+    """Suppressions by reason; events that did not match the trigger apart, as they are not
+    deliveries held back but events the campaign is not about."""
+    counted: dict[str, int] = stats["suppressed"] if stats else {}
+    missed = counted.get("trigger", 0)
+    suppressed = {reason: n for reason, n in counted.items() if reason != "trigger"}
+    shown = "".join(
         f'<span class="badge suppressed" title="{_e(WHY.get(reason, reason))}">'
         f"{_e(reason)} {count}</span>"
         for reason, count in sorted(suppressed.items(), key=lambda item: -item[1])
-    )
+    ) or '<span class="muted">—</span>'
+    if missed:
+        shown += (
+            f'<div class="small muted trigger-misses" title="{_e(WHY["trigger"])}">'
+            f"not triggered: {missed} {'event' if missed == 1 else 'events'}</div>"
+        )
+    return shown
 
 
 def _stats_html(stats: dict[str, Any] | None) -> str:
@@ -536,7 +563,7 @@ def _stats_html(stats: dict[str, Any] | None) -> str:
     )
 
 
-def _delivery_row(entry: DeliveryAttempt, here: str) -> str:
+def _delivery_row(entry: DeliveryAttempt, here: str, dead_letter: bool) -> str:
     latency = f"{entry.latency_ms:.0f} ms" if entry.latency_ms is not None else "—"
     code = f"HTTP {entry.status_code}" if entry.status_code is not None else ""
     response = _e(code)
@@ -546,7 +573,7 @@ def _delivery_row(entry: DeliveryAttempt, here: str) -> str:
     if entry.error:
         response += f'<div class="small muted">{_e(entry.error)}</div>'
     replay = ""
-    if entry.status in REPLAYABLE:
+    if dead_letter and entry.status in REPLAYABLE:
         action = f"/admin/deliveries/{quote(entry.delivery_id)}/replay"
         replay = (
             f'<form class="inline" method="post" action="{action}">'
@@ -578,7 +605,7 @@ def _user_html(
         for position, decision in enumerate([latest, *earlier]):
             outcome = str(decision.get("outcome", ""))
             reason = decision.get("reason")
-            why = "it fired" if outcome == "fired" else WHY.get(str(reason), str(reason))
+            why = "it fired" if outcome == "fired" else _why(reason, decision.get("detail"))
             variant = decision.get("variant_id")
             if position == 0:
                 opening = f'<tr data-campaign="{_e(campaign_id)}">'
@@ -637,7 +664,30 @@ def _facts(profile: dict[str, Any], shown: set[str]) -> dict[str, Any]:
     stopped = profile.get("stopped")
     if isinstance(stopped, dict):
         facts["stopped"] = ", ".join(f"{c} (stopped: {r})" for c, r in stopped.items()) or "none"
+    counts = profile.get("event_counts")
+    if isinstance(counts, dict):
+        facts["event counts"] = ", ".join(f"{name} {n}" for name, n in counts.items()) or "none"
+        facts.pop("event_counts", None)
+    caps = profile.get("caps")
+    if isinstance(caps, dict):
+        facts["deliveries"] = "; ".join(_caps_text(cid, c) for cid, c in caps.items()) or "none"
+        facts.pop("caps", None)
+    goals = profile.get("goals")
+    if isinstance(goals, dict):
+        facts["goals"] = "; ".join(
+            f"{cid}: arm {g['arm']} since {_clock(g['assigned_at'])}, "
+            f"{'converted' if g['converted'] else 'not converted yet'}"
+            for cid, g in goals.items()
+        ) or "none"
     return facts
+
+
+def _caps_text(campaign_id: str, caps: dict[str, int]) -> str:
+    """A campaign's deliveries to the user, as frequency caps count them, in words."""
+    text = f"{campaign_id}: {caps['total']} in all"
+    if caps["session"] >= 0:
+        text += f", {caps['in_session']} in session #{caps['session']}"
+    return text + f", {caps['in_day']} on the last day it fired"
 
 
 def _stopped_badge(reason: str | None) -> str:

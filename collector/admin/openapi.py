@@ -199,6 +199,8 @@ def document() -> dict[str, Any]:
     }
     components["Error"] = {"type": "object", "required": ["error", "detail"], "properties": {
         "error": {"type": "string"}, "detail": {"type": "string"},
+        "code": {"type": "string", "description": "the same as `error`"},
+        "message": {"type": "string", "description": "the same as `detail`"},
         "problems": {"type": "array", "items": {"type": "string"}}}}
     paths: dict[str, dict[str, Any]] = {}
     for (path, method), operation in OPERATIONS.items():

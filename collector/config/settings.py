@@ -36,6 +36,7 @@ from collector.config.schema import (
     ConditionTree,
     ConfigFile,
     Leaf,
+    TimezoneName,
     VariableSpec,
     Variant,
     WebhookAction,
@@ -114,10 +115,33 @@ def _verify(value: Any, verify: Callable[[Any], object] | None, known: list[str]
     try:
         verify(value)
     except ConfigError as exc:
-        problems.extend(exc.problems)
+        problems.extend(_not_echoes(exc.problems, problems))
     except Exception:  # a config already known to be broken may trip the compiler otherwise
         if not known:
             raise
+
+
+_HOST_TEMPLATE = re.compile(r"^(.*): the host cannot be a template \((.*)\);")
+_UNKNOWN_NAME = re.compile(r"^(.*): unknown variable '(.*)'$")
+
+
+def _not_echoes(compiled: list[str], checked: list[str]) -> list[str]:
+    """The compiler's problems less those repeating a checked one: a placeholder in a URL's
+    host is reported as such, not again as an unknown variable."""
+    in_hosts: set[tuple[str, str]] = set()
+    for problem in checked:
+        match = _HOST_TEMPLATE.match(problem)
+        if match is not None:
+            path, host = match.groups()
+            in_hosts.update(
+                (path, inside.partition("|")[0].strip()) for inside in PLACEHOLDER.findall(host)
+            )
+    echoes: set[str] = set()
+    for problem in compiled:
+        match = _UNKNOWN_NAME.match(problem)
+        if match is not None and match.groups() in in_hosts:
+            echoes.add(problem)
+    return [p for p in compiled if p not in echoes]
 
 
 def _path_of(problem: str) -> str:
@@ -732,7 +756,10 @@ def _config_overrides(config: ConfigFile, env: Mapping[str, str]) -> ConfigFile:
     if keys := env.get(ENV_PREFIX + "WRITE_KEYS"):
         changes["write_keys"] = [k.strip() for k in keys.split(",") if k.strip()]
     if timezone := env.get(ENV_PREFIX + "TIMEZONE"):
-        changes["timezone"] = timezone
+        try:
+            changes["timezone"] = decode_hook(TimezoneName, timezone)
+        except ValueError as exc:
+            raise ConfigError([f"{ENV_PREFIX}TIMEZONE: {exc}"]) from None
     if secrets := env.get(ENV_PREFIX + "SIGNING_SECRETS"):
         hooks = msgspec.structs.replace(
             config.webhooks, signing_secrets=[s.strip() for s in secrets.split(",") if s.strip()]

@@ -10,9 +10,10 @@ URL keeps its host name: the `Host` header, TLS SNI, certificate checks and the 
 by host name) all stay right.
 
 Request shape: GET merges the body (an object) into the URL's query, body keys replacing
-same-named URL keys, and signs an empty payload; other methods send the body as JSON with
-`Content-Type: application/json` unless the campaign's headers set one. Campaign headers cannot
-override framing headers (Host, Content-Length, ...) or the `webhook-*` signature headers.
+same-named URL keys; other methods send the body as JSON with `Content-Type: application/json`
+unless the campaign's headers set one. A request without a body signs its request target (see
+`signing`). Campaign headers cannot override framing headers (Host, Content-Length, ...) or
+the `webhook-*` signature headers.
 
     sender = Sender(signer=Signer(secrets), guard=Guard(policy), timeout=10.0)
     result = await sender.send(request)      # AttemptResult; never raises for the target's faults
@@ -38,7 +39,7 @@ import msgspec
 import orjson
 
 from collector import __version__
-from collector.delivery.signing import Signer
+from collector.delivery.signing import Signer, signed_payload
 from collector.delivery.ssrf import Guard, TargetRefused
 from collector.delivery.transport import GuardedBackend
 from collector.webhook import WebhookRequest
@@ -244,7 +245,8 @@ class Sender:
             url, content, headers = self.prepare(request)
         except InvalidRequest as exc:
             return AttemptResult(outcome="failed", error=str(exc))
-        headers.update(self._signer.headers(request.webhook_id, int(self._clock()), content))
+        signed = signed_payload(url.raw_path, content)
+        headers.update(self._signer.headers(request.webhook_id, int(self._clock()), signed))
         method = request.method.upper()
         # The header block httpx would send: Host first, Content-Length last (or 0 after Host).
         raw_headers = [(b"Host", url.netloc)]

@@ -7,7 +7,8 @@ Names resolve at load time, so a typo is a config error with its path:
   delivery_id timestamp session_id` (`delivery_id` is the webhook id, `timestamp` the event's
   time in ISO-8601 UTC, `variant_id` is empty for a campaign without variants);
 - `traits.X`, `properties.X`, `context.X` (dotted paths), and `page.path|url|title|referrer|search`
-  (from the event's `context.page`, else the user's latest page).
+  (from the event's `context.page`, else the user's latest page);
+- `traits` and `properties` alone: the user's traits and the event's properties, whole.
 
 Rendering: in the URL a value is URL-encoded (a value `.` or `..` has its dots encoded too, so
 it cannot move the path); in header values it is inserted as text, and a rendered value
@@ -106,10 +107,24 @@ def _page_getter(field: str) -> Getter:
     return get
 
 
+def _traits(scope: Scope) -> Value:
+    return scope.state.traits
+
+
+def _properties(scope: Scope) -> Value:
+    return scope.event.properties
+
+
+# Whole objects: `"#{traits}"` alone in a body string sends every trait as a JSON object.
+WHOLE: dict[str, Getter] = {"traits": _traits, "properties": _properties}
+
+
 def builtin_getter(name: str) -> Getter | None:
     """A reader for a built-in or prefixed name (`traits.plan`), or None if it is not one."""
     if name in BUILTINS:
         return BUILTINS[name]
+    if name in WHOLE:
+        return WHOLE[name]
     prefix, _, rest = name.partition(".")
     if not rest:
         return None

@@ -1,8 +1,10 @@
 """The ingest endpoints (`/v1/batch`, `/v1/track`, ...) as a plain ASGI app: the hot path.
 
-It reads the body under the size limits, inflates gzip, checks the write key (body or HTTP
-Basic), decodes with the prebuilt decoders, hands the events to the pipeline and answers with
-orjson. It answers CORS preflights itself so browsers can send from any allowed origin.
+It serves every path the Segment and RudderStack client libraries post to (`/v1/t`, `/v1/b`,
+... of analytics.js; `/beacon/v1/batch?writeKey=` of RudderStack's beacon transport), reads
+the body under the size limits, inflates gzip, checks the write key (body, HTTP Basic, or the
+query string), decodes with the prebuilt decoders, hands the events to the pipeline and answers
+with orjson. It answers CORS preflights itself so browsers can send from any allowed origin.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
+from urllib.parse import parse_qs
 
 import orjson
 from starlette.types import Receive, Scope, Send
@@ -79,7 +82,7 @@ class IngestApp:
             body = await _read_body(receive, headers)
             now = time.time()
             decoded = decode_batch(body, now) if kind == "batch" else decode_single(body, kind, now)
-            self._authenticate(decoded, headers)
+            self._authenticate(decoded, headers, scope.get("query_string", b""))
             failed = await self._accept(decoded.events, now)
             if failed:
                 _add_failures(decoded, failed, kind == "batch")
@@ -106,10 +109,16 @@ class IngestApp:
             payload = _OK
         await _respond(send, 200, payload, [*cors, _CONTENT_JSON])
 
-    def _authenticate(self, decoded: Decoded, headers: dict[bytes, bytes]) -> None:
-        key = decoded.write_key or _basic_user(headers.get(b"authorization"))
+    def _authenticate(self, decoded: Decoded, headers: dict[bytes, bytes], query: bytes) -> None:
+        key = (
+            decoded.write_key
+            or _basic_user(headers.get(b"authorization"))
+            or _query_write_key(query)
+        )
         if key is None:
-            raise Unauthorized("$.writeKey: missing write key (body writeKey or HTTP Basic user)")
+            raise Unauthorized(
+                "$.writeKey: missing write key (body writeKey, HTTP Basic user or ?writeKey=)"
+            )
         if key not in self._write_keys:
             raise Unauthorized("$.writeKey: unknown write key")
 
@@ -136,7 +145,18 @@ _PREFLIGHT = [
 ]
 
 
-_ENDPOINTS = {f"/v1/{kind}": kind for kind in ("batch", *MESSAGE_TYPES)}
+# Every path a Segment or RudderStack client library posts to, as it sends it: the long forms,
+# analytics.js's one-letter forms, and RudderStack's beacon (write key in the query string).
+_SHORT_FORMS = {
+    "b": "batch", "t": "track", "p": "page", "i": "identify", "a": "alias", "g": "group",
+    "s": "screen",
+}
+_ENDPOINTS = {
+    **{f"/v1/{kind}": kind for kind in ("batch", *MESSAGE_TYPES)},
+    **{f"/v1/{short}": kind for short, kind in _SHORT_FORMS.items()},
+    "/beacon/v1/batch": "batch",
+}
+INGEST_PREFIXES = ("/v1/", "/beacon/v1/")
 
 
 def _add_failures(decoded: Decoded, failed: Sequence[tuple[int, str]], batch: bool) -> None:
@@ -154,7 +174,8 @@ def _endpoint(path: str) -> str:
     found = _ENDPOINTS.get(path)
     if found is not None:
         return found
-    kind = path.rstrip("/").rsplit("/", 1)[-1]
+    last = path.rstrip("/").rsplit("/", 1)[-1]
+    kind = _SHORT_FORMS.get(last, last)
     if kind != "batch" and kind not in MESSAGE_TYPES:
         raise NotFound(f"{path}: no such endpoint")
     return kind
@@ -219,6 +240,14 @@ def _basic_user(header: bytes | None) -> str | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     return user or None
+
+
+def _query_write_key(query: bytes) -> str | None:
+    """The `writeKey` of a query string (RudderStack's beacon sends it there)."""
+    if b"writeKey=" not in query:
+        return None
+    found = parse_qs(query.decode("latin-1")).get("writeKey")
+    return found[0] if found and found[0] else None
 
 
 _OK_HEADERS = (_CONTENT_JSON, (b"content-length", b"%d" % len(_OK)))
