@@ -42,14 +42,19 @@ from collector.engine.results import Counts
 from collector.events import Event
 from collector.memory.disk import Disk
 from collector.store import identity
-from collector.store.base import IngestResult, UserView, bounded_recent, event_as_message
+from collector.store.base import (
+    DEDUPE_SECONDS,
+    IngestResult,
+    UserView,
+    bounded_recent,
+    event_as_message,
+)
 from collector.store.plan import Loaded, Plan, Record
 from collector.webhook import WebhookRequest
 
 log = logging.getLogger("tripwire.store")
 
 EARLIER_STATE = "state.msgpack"  # what versions before the log saved at a clean stop
-DEDUPE_SECONDS = 24 * 3600.0
 MAX_REMEMBERED_MESSAGES = 5_000_000
 KEEP_HOURS = 72  # hours of fired/suppressed counts kept per campaign
 

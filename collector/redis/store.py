@@ -41,25 +41,27 @@ from typing import Any
 import msgspec
 
 from collector.config.schema import StateSettings
-from collector.delivery.outbox import Envelope
-from collector.engine import goals
-from collector.engine.engine import Engine, new_state
-from collector.engine.profile import Decision, UserState, next_due
+from collector.engine.engine import Engine
+from collector.engine.profile import Decision, UserState
 from collector.engine.results import Counts
 from collector.errors import Unavailable
 from collector.events import Event
-from collector.redis.connection import RETRY_AFTER, Command, RedisConnection, evalsha, is_error
-from collector.redis.keys import Keys
-from collector.redis.scripts import CLAIM_TIMERS, CLEAN, COMMIT, DROP_TIMER, FREEZE, REDIRECT
+from collector.redis.commit import Committer
+from collector.redis.connection import (
+    Command,
+    RedisConnection,
+    evalsha,
+    raise_errors,
+)
+from collector.redis.scripts import CLAIM_TIMERS, DROP_TIMER
 from collector.redis.tallies import Tallies
 from collector.store import identity
-from collector.store.base import IngestResult, UserView, bounded_recent, event_as_message
+from collector.store.base import IngestResult, UserView, event_as_message
 from collector.store.plan import MAX_CHAIN, Loaded, Outcome, Plan, Record
 from collector.webhook import WebhookRequest
 
 log = logging.getLogger("tripwire.store")
 
-DEDUPE_SECONDS = 24 * 3600.0
 MAX_SEEN_PER_USER = 10_000  # messageIds remembered per profile (within the 24 h)
 TIMER_LEASE = 5.0  # seconds a claimed timer is left to its process before others may take it
 TIMER_BATCH = 500  # due profiles claimed per shard and poll
@@ -80,6 +82,7 @@ class RedisStore:
         self._engine = engine
         self._limits = limits
         self._ttl = max(1, int(limits.user_ttl))
+        self._committer = Committer(connection, limits)
         self._locks: dict[str, asyncio.Lock] = {}
         self._users_of_lock: dict[str, int] = {}
 
@@ -121,7 +124,7 @@ class RedisStore:
             return {}
         tallies = Tallies(await self.connection.names(), engine, now)
         results = await self.connection.pipeline(tallies.commands(), "reading stop tallies")
-        _raise_errors(results)
+        raise_errors(results)
         tallies.read(results)
         return engine.stopped(tallies.deliveries, now)
 
@@ -133,7 +136,7 @@ class RedisStore:
             for shard in range(keys.shards)
         ]
         results = await self.connection.pipeline(claims, "claiming timers")
-        _raise_errors(results)
+        raise_errors(results)
         claimed = sorted({key.decode() for found in results for key in found})
         webhooks: list[WebhookRequest] = []
         decisions: list[Decision] = []
@@ -156,7 +159,7 @@ class RedisStore:
         tallies = Tallies(keys, engine, now)
         loads: list[Command] = [("HMGET", keys.profile(key), "v", "s", "to") for key in claimed]
         loaded = await self.connection.pipeline([*loads, *tallies.commands()], "loading timers")
-        _raise_errors(loaded)
+        raise_errors(loaded)
         tallies.read(loaded[len(claimed) :])
         plan = Plan()
         records: dict[str, Record] = {}
@@ -174,9 +177,9 @@ class RedisStore:
             plan.outcomes.append(Outcome(len(starts), outcome.webhooks, outcome.decisions))
             plan.ticks[key] = outcome.ticks
             starts.append((key, len(commands)))
-            commands += self._commit_commands(plan, records, key, [], {}, {}, now, tallies)
+            commands += self._committer.commands(plan, records, key, [], {}, {}, now, tallies)
         results = await self.connection.pipeline(commands, "firing timers")
-        _raise_errors(results)
+        raise_errors(results)
         conflicts: list[str] = []
         for (key, start), fired in zip(starts, plan.outcomes, strict=True):
             if results[start] in (0, -1):
@@ -195,7 +198,7 @@ class RedisStore:
             for shard in range(keys.shards)
         ]
         replies = await self.connection.pipeline(commands, "reading results")
-        _raise_errors(replies)
+        raise_errors(replies)
         found: dict[str, dict[str, Counts]] = {cid: {} for cid in campaign_ids}
         position = 0
         for cid in campaign_ids:
@@ -228,7 +231,7 @@ class RedisStore:
                 commands.append(("HINCRBY", name, f"{hour}:s", suppressed))
             commands.append(("EXPIRE", name, HOURLY_TTL))
         if commands:
-            _raise_errors(await self.connection.pipeline(commands, "counting decisions"))
+            raise_errors(await self.connection.pipeline(commands, "counting decisions"))
 
     async def hourly(
         self, campaign_ids: Sequence[str], since: int
@@ -238,7 +241,7 @@ class RedisStore:
         replies = await self.connection.pipeline(
             [("HGETALL", keys.hourly(cid)) for cid in campaign_ids], "reading decisions"
         )
-        _raise_errors(replies)
+        raise_errors(replies)
         found: dict[str, dict[int, tuple[int, int]]] = {}
         for cid, reply in zip(campaign_ids, replies, strict=True):
             hours: dict[int, tuple[int, int]] = {}
@@ -276,7 +279,7 @@ class RedisStore:
             [*(("GETEX", keys.identity(i), "EX", self._ttl) for i in ids), *tallies.commands()],
             "resolving identities",
         )
-        _raise_errors(results)
+        raise_errors(results)
         tallies.read(results[len(ids) :])
         index = {i: r.decode() for i, r in zip(ids, results, strict=False) if r}
         wanted: dict[str, set[bytes]] = defaultdict(set)  # key -> dedupe keys to check it for
@@ -292,7 +295,7 @@ class RedisStore:
     async def commit(self, plan: Plan, loaded: Loaded, now: float) -> set[str]:
         """Write every changed profile with one COMMIT each; return the keys that conflicted."""
         assert isinstance(loaded, RedisLoaded)
-        return await self._commit(plan, loaded.records, now, loaded.tallies)
+        return await self._committer.commit(plan, loaded.records, now, loaded.tallies)
 
     async def _load(self, wanted: dict[str, set[bytes]]) -> tuple[dict[str, Record], set[bytes]]:
         """Load profiles, following merge redirects; return them and the dedupe keys seen."""
@@ -316,7 +319,7 @@ class RedisStore:
                     commands.append(("ZMSCORE", keys.seen(key), *fresh))
                 order.append((key, fresh, markers))
             results = await self.connection.pipeline(commands, "loading profiles")
-            _raise_errors(results)
+            raise_errors(results)
             position = 0
             following: dict[str, tuple[set[bytes], set[str]]] = {}
             for key, fresh, markers in order:
@@ -348,183 +351,6 @@ class RedisStore:
                     todo[target] = (mids, sources)
         return records, seen
 
-    async def _commit(
-        self, plan: Plan, records: dict[str, Record], now: float, tallies: Tallies
-    ) -> set[str]:
-        keys = await self.connection.names()
-        conflicts: set[str] = set()
-        changed = [k for k in plan.owner_events if plan.seen.get(k) or plan.pending.get(k)]
-        merged: dict[str, list[str]] = defaultdict(list)  # key -> profiles merged into it now
-        for loser, target in plan.losers.items():
-            merged[target].append(loser)
-        # A merge needs the merged-away profiles' recent events and messageIds; one in another
-        # shard is frozen first, so that writers still holding its old version conflict.
-        reads: list[tuple[str, str]] = []
-        commands: list[Command] = []
-        for target in changed:
-            absorbed = [*merged.get(target, []), *plan.pending.get(target, [])]
-            if not absorbed:
-                continue
-            reads.append((target, "recent"))
-            commands.append(("LRANGE", keys.recent(target), 0, -1))
-            for other in absorbed:
-                if other in plan.losers and keys.shard(other) != keys.shard(target):
-                    args = [records[other].version, target, self._ttl]
-                    commands.append(
-                        evalsha(FREEZE, [keys.profile(other), keys.identity(other)], args)
-                    )
-                    reads.append((other, "freeze"))
-                commands.append(("LRANGE", keys.recent(other), 0, -1))
-                reads.append((other, "recent"))
-                commands.append(("ZRANGE", keys.seen(other), 0, -1, "WITHSCORES"))
-                reads.append((other, "seen"))
-        recent_of: dict[str, list[bytes]] = {}
-        seen_of: dict[str, list[Any]] = {}
-        results = await self.connection.pipeline(commands, "merging profiles")
-        _raise_errors(results)
-        for (key, kind), result in zip(reads, results, strict=True):
-            if kind == "freeze":
-                if result != 1:
-                    conflicts.add(plan.losers[key])
-            elif kind == "recent":
-                recent_of[key] = list(result)
-            else:
-                seen_of[key] = list(result)
-        commands = []
-        starts: list[tuple[str, int]] = []
-        for target in changed:
-            if target not in conflicts:
-                starts.append((target, len(commands)))
-                commands.extend(
-                    self._commit_commands(
-                        plan, records, target, merged.get(target, []), recent_of, seen_of, now,
-                        tallies,
-                    )
-                )
-        for key, target in plan.stale.items():
-            commands.append(
-                evalsha(CLEAN, [keys.profile(key), keys.recent(key), keys.seen(key)], [target])
-            )
-        commands += _shortcuts(records, keys)
-        results = await self.connection.pipeline(commands, "storing profiles")
-        _raise_errors(results)
-        cleanups: list[Command] = []
-        for target, start in starts:
-            if results[start] in (0, -1):  # -1: a stop condition would be passed; run again
-                conflicts.add(target)
-                continue
-            for other in [*merged.get(target, []), *plan.pending.get(target, [])]:
-                if keys.shard(other) != keys.shard(target):
-                    cleanup_keys = [keys.profile(other), keys.recent(other), keys.seen(other)]
-                    cleanups.append(evalsha(CLEAN, cleanup_keys, [target]))
-        if cleanups:
-            _raise_errors(await self.connection.pipeline(cleanups, "cleaning merged profiles"))
-        return conflicts
-
-    def _commit_commands(
-        self,
-        plan: Plan,
-        records: dict[str, Record],
-        key: str,
-        losers: list[str],
-        recent_of: dict[str, list[bytes]],
-        seen_of: dict[str, list[Any]],
-        now: float,
-        tallies: Tallies,
-    ) -> list[Command]:
-        """The COMMIT script call for one profile, plus SETs linking identities of other shards."""
-        keys = self.connection.keys  # connected: called after loading
-        shard = keys.shard(key)
-        record = records.get(key)
-        same = [o for o in losers if keys.shard(o) == shard]
-        folded = [*losers, *plan.pending.get(key, [])]  # every profile merged into this one
-        absorbed = [o for o in folded if o not in same]
-        links = [i for i, k in plan.links.items() if k == key]
-        local_links = [i for i in links if keys.shard(i) == shard]
-        pairs: list[Any] = []
-        for mid in plan.seen.get(key, []):
-            pairs.extend((now, mid))
-        events = list(plan.recent.get(key, []))
-        if folded:
-            old = [blob for k in (key, *folded) for blob in recent_of.get(k, [])]
-            events = sorted([*map(_EVENT_DECODER.decode, old), *events], key=lambda e: e.timestamp)
-            for other in folded:
-                for member, score in seen_of.get(other, []):
-                    pairs.extend((score, member))
-        cap = self._limits.recent_events
-        size = self._limits.recent_event_bytes
-        recent = [bounded_recent(e, size, _ENCODER.encode) for e in events[-cap:]] if cap else []
-        hooks: list[Any] = []
-        for _, webhook in plan.webhooks.get(key, []):
-            envelope = Envelope(request=webhook, enqueued_at=now, due_at=now)
-            hooks.extend((webhook.webhook_id, _ENCODER.encode(envelope)))
-        script_keys = [
-            keys.profile(key),
-            keys.recent(key),
-            keys.seen(key),
-            keys.outbox(shard),
-            keys.outbox_live(shard),
-            *(keys.identity(i) for i in local_links),
-        ]
-        for other in same:
-            script_keys += [
-                keys.profile(other),
-                keys.recent(other),
-                keys.seen(other),
-                keys.identity(other),
-            ]
-        state = plan.states.get(key) or new_state(key, now)
-        webhooks = [webhook for _, webhook in plan.webhooks.get(key, [])]
-        stop_keys, stop_args = tallies.commit_part(shard, webhooks) if webhooks else ([], [])
-        counted: list[Any] = []
-        ticks = plan.ticks.get(key)
-        if ticks:
-            hashes: dict[str, int] = {}
-            for (campaign_id, arm), counts in goals.summed(ticks).items():
-                index = hashes.get(campaign_id)
-                if index is None:
-                    script_keys.append(keys.results(shard, campaign_id))
-                    index = hashes[campaign_id] = len(script_keys)  # Lua's KEYS are 1-based
-                value = repr(counts.value) if counts.value else "0"
-                counted += [index, arm, counts.assigned, counts.converted, value]
-        script_keys += [keys.timers(shard), *stop_keys]
-        due = next_due(state)
-        if due is not None:
-            timer = repr(due)
-        else:
-            timer = "-" if (record is not None and record.had_timers) or folded else ""
-        args: list[Any] = [
-            record.version if record is not None else 0,
-            _ENCODER.encode(state),
-            self._ttl,
-            now - DEDUPE_SECONDS,
-            cap,
-            MAX_SEEN_PER_USER,
-            key,
-            1 if folded else 0,
-            len(local_links),
-            len(same),
-            *(records[o].version for o in same),
-            len(pairs) // 2,
-            *pairs,
-            len(recent),
-            *recent,
-            len(hooks) // 2,
-            *hooks,
-            len(absorbed),
-            *absorbed,
-            len(counted) // 5,
-            *counted,
-            *stop_args,
-            timer,
-            len(stop_args) // 6,
-        ]
-        commands: list[Command] = [evalsha(COMMIT, script_keys, args)]
-        commands += [
-            ("SET", keys.identity(i), key, "EX", self._ttl) for i in links if i not in local_links
-        ]
-        return commands
-
     # -- lookups and locks ---------------------------------------------------------------
 
     async def _find(self, identity_: str) -> tuple[Record, list[bytes]] | None:
@@ -534,14 +360,14 @@ class RedisStore:
         results = await self.connection.pipeline(
             [("GET", keys.identity(i)) for i in names], "looking up a user"
         )
-        _raise_errors(results)
+        raise_errors(results)
         key = next((r.decode() for r in results if r), identity_)
         for _ in range(MAX_CHAIN):
             found = await self.connection.pipeline(
                 [("HMGET", keys.profile(key), "v", "s", "to"), ("LRANGE", keys.recent(key), 0, -1)],
                 "looking up a user",
             )
-            _raise_errors(found)
+            raise_errors(found)
             record = _record(key, found[0])
             if record.moved_to is None:
                 return (record, list(found[1])) if record.state is not None else None
@@ -611,29 +437,3 @@ def _pairs(reply: Any) -> Iterable[tuple[Any, Any]]:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _shortcuts(records: dict[str, Record], keys: Keys) -> list[Command]:
-    """REDIRECT calls pointing pure redirects met on a chain of two or more at its end."""
-    commands: list[Command] = []
-    for key, record in records.items():
-        hop = record.moved_to
-        if hop is None or record.state is not None or hop not in records:
-            continue
-        end = hop
-        for _ in range(MAX_CHAIN):
-            following = records.get(end)
-            if following is None or following.moved_to is None:
-                break
-            end = following.moved_to
-        if end != hop and end != key:
-            commands.append(evalsha(REDIRECT, [keys.profile(key)], [hop, end]))
-    return commands
-
-
-def _raise_errors(results: Sequence[Any]) -> None:
-    """Fail the request on an error reply (a script bug or a key of the wrong type)."""
-    for result in results:
-        if is_error(result):
-            log.error("Redis refused a store command: %s", result)
-            raise Unavailable("the state store refused a command", retry_after=RETRY_AFTER)

@@ -38,6 +38,7 @@ class IngestResult(msgspec.Struct):
 
 
 NOT_PROCESSED = "the collector could not process this message; it was not applied"
+DEDUPE_SECONDS = 24 * 3600.0  # how long a messageId is remembered, per sender
 
 
 def bounded_recent(event: Event, limit: int, encode: Callable[[Event], bytes]) -> bytes:
