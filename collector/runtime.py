@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from collector.config.changes import CampaignChange, decode_change, encode_change
 from collector.config.schema import CampaignSpec
 from collector.config.settings import Settings
+from collector.definitions import Definitions
 from collector.delivery.dispatcher import Dispatcher
 from collector.delivery.log import DeliveryLog
 from collector.delivery.outbox import MemoryOutbox, Outbox
@@ -101,6 +102,7 @@ class Runtime:
             self.disk.table("campaigns", self._campaign_record) if self.disk else None
         )
         self._count_rows = self.disk.table("counters", self._counts_record) if self.disk else None
+        self.definitions = Definitions(self)  # live variables and segments, before campaigns
         self._counts_task: asyncio.Task[None] | None = None
         self.stop_error: str | None = None  # set when stopping could not save everything
         self.dispatcher = Dispatcher(
@@ -149,6 +151,7 @@ class Runtime:
             self._counts_task = asyncio.create_task(self._save_counts(), name="save-counts")
         else:
             await self.store.open()
+        await self.definitions.start()
         if self.redis is not None:
             await self.redis.campaigns.start()
         if self.shared_counts is not None:
@@ -272,6 +275,7 @@ class Runtime:
         else:
             await self.outbox.close()
         await self.store.close()
+        await self.definitions.stop()
         if self.shared_counts is not None:
             await self.shared_counts.stop()
         if self.redis is not None:

@@ -17,12 +17,14 @@ import yaml
 from collector.config.changes import CampaignChange, decode_change
 from collector.config.schema import campaign_as_written
 from collector.config.settings import Settings
+from collector.definitions import apply_to_raw, read_changes
 from collector.disk import read_table
 from collector.errors import ConfigError
 
 HEADER = (
-    "# Written by `tripwire export`: the config file with the campaign changes made while\n"
-    "# running (admin API, dashboard). Replace the config file with it to keep them.\n"
+    "# Written by `tripwire export`: the config file with the campaign, variable and segment\n"
+    "# changes made while running (admin API, dashboard). Replace the config file with it to\n"
+    "# keep them.\n"
 )
 
 
@@ -46,6 +48,7 @@ def run_export(settings: Settings, out: TextIO) -> int:
         else:
             campaigns[at] = data
     raw["campaigns"] = campaigns
+    apply_to_raw(raw, read_changes(settings))  # variables and segments changed while running
     out.write(HEADER)
     out.write(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True, width=96))
     return 0
