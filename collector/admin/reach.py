@@ -1,0 +1,200 @@
+"""Reach: how many known users match a segment or a campaign's target now, bounded in time.
+
+Memory mode counts over the profiles this process holds, newest first, for at most
+REACH_SECONDS (yielding to the event loop between slices, so ingest is not held up); when the
+time runs out before the last profile, the answer is an estimate from the profiles counted.
+Redis mode reads a sample of profiles with SCAN (at most SAMPLE_PROFILES, within the same time)
+and scales it by the number of profile keys: always an estimate, and said to be one.
+
+A draft is counted as it stands in the editor: a segment's condition, or a campaign's target
+(`users` and `segments`, optionally in test mode) is compiled against the live config, so
+nothing has to be saved first. The same samples feed the pickers (traits seen).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from collector.config.schema import ConfigFile, Target
+from collector.config.settings import decode_config
+from collector.engine.engine import UserState
+from collector.engine.rules import compile_rules
+from collector.engine.scope import Scope
+from collector.errors import ConfigError
+from collector.events import Event
+
+if TYPE_CHECKING:
+    from collector.runtime import Runtime
+
+REACH_SECONDS = 1.0
+SAMPLE_PROFILES = 5_000  # Redis mode: profiles read at most
+SLICE = 500  # memory mode: profiles between yields to the event loop
+_decode_state = msgspec.msgpack.Decoder(UserState).decode
+Match = Callable[[UserState], bool]
+
+
+async def profiles(runtime: Runtime, budget: float = REACH_SECONDS,
+                   limit: int | None = None) -> AsyncIterator[tuple[UserState, int]]:
+    """Profiles, newest first, within `budget` seconds; each with the total profile count
+    (exact in memory mode, the number of profile keys in Redis mode)."""
+    deadline = time.monotonic() + budget
+    if runtime.redis is not None:
+        async for item in _redis_profiles(runtime, deadline, limit or SAMPLE_PROFILES):
+            yield item
+        return
+    users: dict[str, UserState] | None = getattr(runtime.store, "_users", None)
+    if users is None:
+        return
+    keys = list(reversed(users))
+    total = len(keys)
+    for position, key in enumerate(keys):
+        if limit is not None and position >= limit:
+            return
+        if position % SLICE == SLICE - 1:
+            if time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0)
+        state = users.get(key)
+        if state is not None:
+            yield state, total
+
+
+async def _redis_profiles(
+    runtime: Runtime, deadline: float, limit: int
+) -> AsyncIterator[tuple[UserState, int]]:
+    assert runtime.redis is not None
+    connection = runtime.redis.connection
+    keys = await connection.names()
+    total = 0
+    for shard in range(keys.shards):
+        total += int(await connection.call(
+            "EVAL", _COUNT_SCRIPT, 0, f"tw:{{{shard}}}:p:*", what="counting profiles"
+        ) or 0)
+    cursor: Any = 0
+    seen = 0
+    while seen < limit and time.monotonic() < deadline:
+        cursor, found = await connection.call(
+            "SCAN", cursor, "MATCH", "tw:{*}:p:*", "COUNT", 500, what="sampling profiles"
+        )
+        names = [n.decode() if isinstance(n, bytes) else n for n in found]
+        if names:
+            replies = await connection.pipeline(
+                [("HGET", name, "s") for name in names], "reading profiles"
+            )
+            for blob in replies:
+                if isinstance(blob, bytes) and blob:
+                    seen += 1
+                    yield _decode_state(blob), max(total, seen)
+        if int(cursor) == 0:
+            break
+
+
+# Counting keys by pattern needs a scan too; a script keeps it to one round trip per shard and
+# stops at 1,000,000 keys (beyond that the figure is a lower bound, which the answer says).
+_COUNT_SCRIPT = """
+local n, cursor = 0, '0'
+repeat
+  local reply = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 1000)
+  cursor = reply[1]
+  n = n + #reply[2]
+until cursor == '0' or n >= 1000000
+return n
+"""
+
+
+def matcher(runtime: Runtime, *, condition: Any = None, target: Any = None,
+            test_mode: bool = False) -> Match:
+    """A test of one profile against a draft condition or target, compiled against the live
+    config; raises ConfigError with every problem (paths from `condition` or `target`)."""
+    config = runtime.config
+    segments: list[str] = []
+    users = "all"
+    probe = "~reach"
+    if condition is not None:
+        config = _with_segment(config, probe, condition)
+        segments = [probe]
+    if target is not None:
+        try:
+            spec = msgspec.convert(target, Target)
+        except msgspec.ValidationError as exc:
+            raise ConfigError([f"target: {exc}"]) from None
+        unknown = [s for s in spec.segments if s not in config.segments]
+        if unknown:
+            raise ConfigError([f"target.segments: unknown segment {u!r}" for u in unknown])
+        segments += spec.segments
+        users = spec.users
+    rules = compile_rules(config)
+    tests = [rules.segments[name] for name in segments]
+    test_users = rules.test_users if test_mode else None
+    calendar = rules.calendar
+    now = time.time()
+    event = Event(type="describe", name="", message_id="", timestamp=now, received_at=now)
+
+    def match(state: UserState) -> bool:
+        if users != "all" and (users == "members") != (state.user_id is not None):
+            return False
+        number = state.session.number if state.session is not None else 1
+        scope = Scope(state, event, now, calendar, number)
+        if test_mode and (test_users is None or not test_users(scope)):
+            return False
+        return all(test(scope) for test in tests)
+
+    return match
+
+
+def _with_segment(config: ConfigFile, name: str, condition: Any) -> ConfigFile:
+    data = msgspec.to_builtins(config, enc_hook=_plain)
+    data["segments"] = {**(data.get("segments") or {}), name: condition}
+    data["campaigns"] = []  # only the condition is checked here
+    try:
+        return decode_config(data, verify=compile_rules)
+    except ConfigError as exc:
+        prefix = f"segments.{name}"
+        raise ConfigError(
+            [("condition" + p[len(prefix):]) if p.startswith(prefix) else p for p in exc.problems]
+        ) from None
+
+
+def _plain(value: Any) -> Any:
+    from collector.config.schema import encode_hook
+
+    return encode_hook(value)
+
+
+async def count(runtime: Runtime, match: Match) -> dict[str, Any]:
+    """How many known users match now: counted, or estimated from a sample (and said so)."""
+    started = time.monotonic()
+    matched = checked = total = 0
+    async for state, known in profiles(runtime):
+        total = known
+        checked += 1
+        if match(state):
+            matched += 1
+    estimate = checked < total
+    users = round(matched * total / checked) if estimate and checked else matched
+    if runtime.redis is None and getattr(runtime.store, "_users", None) is None:
+        estimate = True
+    return {
+        "users": users,
+        "matched": matched,
+        "checked": checked,
+        "known": total,
+        "estimate": estimate,
+        "seconds": round(time.monotonic() - started, 3),
+        "summary": summary(users, matched, checked, total, estimate),
+    }
+
+
+def summary(users: int, matched: int, checked: int, total: int, estimate: bool) -> str:
+    """One line for the dashboard: `12 of 40 known users match now`."""
+    if not estimate:
+        return f"{users} of {total} known user{'s' if total != 1 else ''} match now"
+    return (
+        f"about {users} of {total} known users match now (an estimate: {matched} of a sample "
+        f"of {checked} matched)"
+    )

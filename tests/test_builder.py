@@ -1,0 +1,250 @@
+"""The campaign builder in headless Chromium, used as a marketer would: no YAML typed.
+
+From an empty dashboard: a variable and a segment ("plan is pro and viewed /pricing at least
+twice in 7 days"), then a campaign on `Checkout Started` with `cart_total >= 100` for that
+segment, test users only, a POST body with user traits; its reach, a dry run for a test user,
+publishing it, and the webhook arriving at a real sink with the right body. The same config
+comes back from the admin API, and `tripwire export` writes a file `tripwire check` passes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
+
+from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire
+from tests.support.sink import Received, Sink
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-background-networking", "--disable-gpu",
+    "--disable-component-update", "--no-first-run",
+]
+ARTIFACTS = Path(__file__).parent / "artifacts"
+WRITE_KEY = "builder-key"
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="module")
+def sink() -> Iterator[Sink]:
+    with Sink() as sink:
+        yield sink
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Tripwire]:
+    config = {
+        "write_keys": [WRITE_KEY],
+        "webhooks": {"allow_private_networks": True, "max_attempts": 1},
+        "test_users": {"trait": "is_test", "eq": True},
+    }
+    with run_tripwire(config) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        yield _launch(playwright)
+
+
+def _launch(playwright: Playwright) -> Browser:
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(10_000)
+    yield context
+    context.close()
+
+
+def login(context: BrowserContext, server: Tripwire) -> Page:
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda m: errors.append(m.text)
+            if m.type == "error" and "favicon" not in m.location.get("url", "") else None)
+    page.goto(f"{server.url}/admin/login?token={ADMIN_TOKEN}")
+    page.wait_for_selector("table#campaigns")
+    page.errors = errors  # type: ignore[attr-defined]
+    return page
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"builder-{name}.png"), full_page=True)
+
+
+def no_sideways_scroll(page: Page) -> None:
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= page.viewport_size["width"], f"the page is {width} px wide"  # type: ignore[index]
+
+
+def send(server: Tripwire, user: str, *messages: dict[str, Any]) -> None:
+    batch = [{"userId": user, "messageId": str(uuid.uuid4()), **m} for m in messages]
+    server.post("/v1/batch", {"writeKey": WRITE_KEY, "batch": batch}).raise_for_status()
+
+
+def pricing_views(server: Tripwire, user: str, times: int) -> None:
+    page = {"type": "page", "context": {"page": {"path": "/pricing"}}}
+    send(server, user, *([page] * times))
+
+
+def checkout(server: Tripwire, user: str, total: float) -> None:
+    send(server, user, {"type": "track", "event": "Checkout Started",
+                        "properties": {"cart_total": total}})
+
+
+def condition_row(page: Page, holder: str, index: int) -> Any:
+    return page.locator(f"{holder} .leaf").nth(index)
+
+
+def add_condition(page: Page, holder: str, kind: str, name: str, op: str, value: str) -> None:
+    """Add one condition with the builder's controls (labels, not selectors of the DOM)."""
+    page.locator(holder).get_by_role("button", name="Add a condition").last.click()
+    row = page.locator(f"{holder} .leaf").last
+    row.get_by_label("Compare").select_option(label=kind)
+    if kind == "In segment":
+        row.get_by_label("Segment").select_option(name)
+        return
+    row.get_by_label("Name").fill(name)
+    row.get_by_label("Name").press("Tab")  # leaves the field (and its list of suggestions)
+    row.get_by_label("Operator").select_option(label=op)
+    row.get_by_label("Value").fill(value)
+
+
+def without_nulls(value: Any) -> Any:
+    """A document without its unset (null) keys, as a config file would write it."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def hooks(sink: Sink, path: str) -> list[Received]:
+    return [r for r in sink.requests if r.path == path]
+
+
+def test_a_marketer_builds_a_segment_and_a_campaign_without_yaml(
+    context: BrowserContext, server: Tripwire, sink: Sink, tmp_path: Path
+) -> None:
+    tester, other, free = "pro-tester", "pro-buyer", "free-buyer"
+    send(server, tester, {"type": "identify", "traits": {
+        "plan": "pro", "is_test": True, "email": "tester@example.com"}})
+    send(server, other, {"type": "identify", "traits": {"plan": "pro", "email": "o@example.com"}})
+    send(server, free, {"type": "identify", "traits": {"plan": "free"}})
+    checkout(server, free, 20)  # the event and its property are seen: the pickers offer them
+
+    page = login(context, server)
+    assert "No campaigns yet." in page.inner_text("#campaigns")
+
+    # a variable: page views of /pricing in the last 7 days
+    page.get_by_role("link", name="Variables").click()
+    page.get_by_role("link", name="New variable").click()
+    page.get_by_label("Name", exact=True).fill("pricing_views_7d")
+    page.get_by_label("Counted from the event").fill("page")
+    page.get_by_label("Statistic").select_option("count")
+    page.get_by_label("Over the window").fill("7d")
+    add_condition(page, "#def-where", "Page or context", "page.path", "is", "/pricing")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator(".notice.ok")).to_have_text("Saved variable pricing_views_7d.")
+
+    # a segment: plan is pro and viewed /pricing at least twice in 7 days
+    page.get_by_role("link", name="Segments").click()
+    page.get_by_role("link", name="New segment").click()
+    page.get_by_label("Name", exact=True).fill("pro_pricing")
+    add_condition(page, "#def-condition", "Trait", "plan", "is", "pro")
+    add_condition(page, "#def-condition", "Variable", "pricing_views_7d", "≥", "2")
+    page.get_by_role("button", name="Count reach").click()
+    # the variable counts from the first event after a segment uses it: nobody yet
+    expect(page.locator("#def-reach")).to_have_text("0 of 3 known users match now")
+    shot(page, "segment")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator(".notice.ok")).to_have_text("Saved segment pro_pricing.")
+    for user in (tester, other, free):
+        pricing_views(server, user, 2)
+    row = page.locator("#segments tr[data-name=pro_pricing]")
+    row.get_by_role("button", name="Reach").click()
+    expect(row.locator("output")).to_have_text("2 of 3 known users match now")
+
+    # the campaign
+    page.get_by_role("link", name="Campaigns").click()
+    page.get_by_role("link", name="New campaign").click()
+    page.get_by_label("Id").fill("pro-checkout")
+    page.get_by_label("Campaign name").fill("Pro checkout")
+    page.get_by_label("Fires").select_option("event")
+    page.get_by_label("Event", exact=True).fill("Checkout Started")
+    page.get_by_label("Event", exact=True).press("Tab")
+    add_condition(page, "#f-trigger-where", "Event property", "cart_total", "≥", "100")
+    page.get_by_label("pro_pricing").check()
+    page.get_by_label("Test users only").check()
+    expect(page.get_by_label("Delivery rate (%)")).to_have_value("100")
+    page.get_by_label("URL").fill(f"{sink.url}/pro")
+    page.get_by_label("Method").select_option("POST")
+    for field, placeholder in (("email", "traits.email"), ("plan", "traits.plan"),
+                               ("cart", "properties.cart_total")):
+        page.get_by_role("button", name="Add a body field").click()
+        page.locator("#f-action .pair").last.get_by_label("Field", exact=True).fill(field)
+        page.locator("#f-action .pair").last.get_by_label("Value", exact=True).focus()
+        page.get_by_label("Placeholder").select_option(placeholder)
+        page.get_by_role("button", name="Insert placeholder").click()
+    page.get_by_role("button", name="Count reach").click()
+    expect(page.locator("#f-reach-out")).to_have_text("1 of 3 known users match now")
+
+    page.get_by_label("User", exact=True).fill(tester)
+    page.get_by_label("Event properties (JSON, optional)").fill('{"cart_total": 150}')
+    page.get_by_role("button", name="Dry run").click()
+    expect(page.locator("#dry-out .notice")).to_contain_text("would fire once published")
+    assert "tester@example.com" in page.inner_text("#dry-request")
+    assert page.locator("#dry-out tr[data-step=trigger]").inner_text().count("pass") == 1
+    shot(page, "campaign-form")
+    assert sink.requests == [] or not hooks(sink, "/pro")  # a dry run sends nothing
+
+    page.get_by_label("Status").select_option("published")
+    page.locator("#f-save").click()
+    expect(page.locator(".notice.ok")).to_have_text("Saved pro-checkout.")
+    assert page.errors == []  # type: ignore[attr-defined]
+
+    checkout(server, other, 150)  # not a test user
+    checkout(server, tester, 50)  # below 100
+    checkout(server, tester, 120)
+    sink.wait_until(lambda _: len(hooks(sink, "/pro")) >= 1)
+    (hook,) = hooks(sink, "/pro")
+    assert hook.method == "POST"
+    assert hook.json() == {"email": "tester@example.com", "plan": "pro", "cart": 120}
+
+    # what the form built is the config an admin API user would write
+    campaign = without_nulls(server.admin_get("/admin/api/campaigns/pro-checkout").json())
+    assert campaign["trigger"] == {"event": "Checkout Started",
+                                   "where": {"prop": "cart_total", "gte": 100}}
+    assert campaign["target"]["segments"] == ["pro_pricing"] and campaign["test_mode"] is True
+    assert campaign["rate"] == 100 and campaign["status"] == "published"
+    assert campaign["action"]["webhook"]["body"] == {
+        "email": "#{traits.email}", "plan": "#{traits.plan}", "cart": "#{properties.cart_total}"}
+    segment = server.admin_get("/admin/api/segments/pro_pricing").json()
+    assert segment == {"all": [{"trait": "plan", "eq": "pro"},
+                               {"var": "pricing_views_7d", "gte": 2}]}
+    variable = server.admin_get("/admin/api/variables/pricing_views_7d").json()
+    assert variable["where"] == {"context": "page.path", "eq": "/pricing"}
+    assert (variable["event"], variable["stat"], variable["window"]) == ("page", "count", "7d")
+
+    exported = tmp_path / "exported.yaml"
+    config_file = server.data_dir.parent / "tripwire.json"
+    subprocess.run([sys.executable, "-m", "collector.cli", "export", "--config", str(config_file),
+                    "--data-dir", str(server.data_dir), "-o", str(exported)], check=True)
+    written = yaml.safe_load(exported.read_text())
+    assert written["segments"]["pro_pricing"] == segment
+    assert written["variables"]["pricing_views_7d"]["where"] == variable["where"]
+    assert [c["id"] for c in written["campaigns"]] == ["pro-checkout"]
+    check = subprocess.run([sys.executable, "-m", "collector.cli", "check", str(exported)],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
