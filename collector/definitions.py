@@ -60,6 +60,13 @@ _encode = msgspec.json.Encoder(enc_hook=encode_hook).encode
 _decode = msgspec.json.Decoder(DefinitionChange).decode
 
 
+def _updated_at(blob: bytes) -> float:
+    try:
+        return _decode(blob).updated_at
+    except msgspec.DecodeError:
+        return 0.0
+
+
 def row_key(kind: Kind, name: str) -> str:
     """The key a change is kept under: `variables/NAME` or `segments/NAME`."""
     return f"{kind}/{name}"
@@ -134,8 +141,8 @@ class Definitions:
         self._rows = runtime.disk.table("definitions", self._record) if runtime.disk else None
         self._version: bytes | None = None
         self._task: asyncio.Task[None] | None = None
-        if self._rows is not None:
-            for _, value in sorted(self._rows.rows()):
+        if self._rows is not None:  # oldest first: a segment after the variable it uses
+            for value in sorted((v for _, v in self._rows.rows()), key=_updated_at):
                 self._apply_kept(value)
 
     def _record(self, key: str) -> bytes | None:
@@ -246,7 +253,7 @@ class Definitions:
         if version is None or version == self._version:
             return
         stored = await redis.connection.call("HGETALL", REDIS_HASH, what="reading definitions")
-        for _, blob in sorted(stored.items(), key=lambda item: _decode(item[1]).updated_at):
+        for blob in sorted(stored.values(), key=_updated_at):
             self._apply_kept(blob)
         self._version = version
 

@@ -538,6 +538,7 @@
         else if (input.type === "datetime-local") input.value = typeof v === "string" ? v.slice(0, 16) : "";
         else if (path === "schedule.hours") input.value = typeof v === "string" ? v.split("-")[0].replace("24:00", "23:59") : "";
         else input.value = v === undefined || v === null ? "" : String(v);
+        if (input.tagName === "SELECT" && input.selectedIndex < 0) input.selectedIndex = 0;
       });
       if (doc.rate === undefined) $("f-rate").value = "100";
       var hours = getPath(doc, "schedule.hours");
@@ -775,8 +776,8 @@
     if (r.request) {
       var req = r.request;
       out.appendChild(make("h3", {text: "The request it would send"}));
-      var text = req.method + " " + req.url + "\n" + Object.keys(req.headers).map(function (h) { return h + ": " + req.headers[h]; }).join("\n") +
-        (req.body === null || req.body === undefined ? "" : "\n\n" + JSON.stringify(req.body, null, 2));
+      var lines = [req.method + " " + req.url].concat(Object.keys(req.headers).map(function (h) { return h + ": " + req.headers[h]; }));
+      var text = lines.join("\n") + (req.body === null || req.body === undefined ? "" : "\n\n" + JSON.stringify(req.body, null, 2));
       out.appendChild(make("pre", {className: "request", id: "dry-request", text: text}));
     }
   }
