@@ -197,7 +197,18 @@ DASHBOARD_ROUTES: list[BaseRoute] = [
             Route("/deliveries", dashboard.deliveries, methods=["GET"]),
             Route("/deliveries/{id}/replay", dashboard.replay, methods=["POST"]),
             Route("/users", dashboard.users, methods=["GET"]),
-            *builder.ROUTES,
+            *(
+                route
+                for kind in ("variables", "segments")
+                for route in (
+                    Route(f"/{kind}", builder.list_page, methods=["GET"]),
+                    Route(f"/{kind}", builder.save_page, methods=["POST"]),
+                    Route(f"/{kind}/new", builder.form_page, methods=["GET"]),
+                    Route(f"/{kind}/{{name}}", builder.form_page, methods=["GET"]),
+                    Route(f"/{kind}/{{name}}", builder.save_page, methods=["POST"]),
+                    Route(f"/{kind}/{{name}}/delete", builder.delete_page, methods=["POST"]),
+                )
+            ),
         ],
     ),
 ]

@@ -20,7 +20,6 @@ from urllib.parse import quote
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from collector.admin import auth, editing
 from collector.admin.api import parse_campaign_text
@@ -208,18 +207,8 @@ def _e(text: Any) -> str:
     return html.escape("" if text is None else str(text), quote=True)
 
 
-def _routes() -> list[Route]:
-    routes = []
-    for kind in KINDS:
-        routes += [
-            Route(f"/{kind}", guarded(definitions_page), methods=["GET"]),
-            Route(f"/{kind}", guarded(save_definition_form), methods=["POST"]),
-            Route(f"/{kind}/new", guarded(definition_page), methods=["GET"]),
-            Route(f"/{kind}/{{name}}", guarded(definition_page), methods=["GET"]),
-            Route(f"/{kind}/{{name}}", guarded(save_definition_form), methods=["POST"]),
-            Route(f"/{kind}/{{name}}/delete", guarded(delete_definition_form), methods=["POST"]),
-        ]
-    return routes
-
-
-ROUTES = _routes()
+# the pages, as `collector.app` routes them (for /admin/variables... and /admin/segments...)
+list_page = guarded(definitions_page)
+form_page = guarded(definition_page)
+save_page = guarded(save_definition_form)
+delete_page = guarded(delete_definition_form)
