@@ -351,3 +351,62 @@ def test_the_builders_work_by_keyboard_label_every_field_and_fit_a_phone(
         assert page.errors == []  # type: ignore[attr-defined]
     finally:
         context.close()
+
+
+EVERY_KEY = {
+    "id": "every-key", "name": "Every key", "status": "paused",
+    "schedule": {"start": "2026-12-01T09:00:00+09:00", "end": "2027-01-31T18:30:00",
+                 "days": ["mon", "fri"], "hours": "09:00-24:00"},
+    "target": {"users": "visitors", "segments": ["browsers"]},
+    "trigger": {"after": "Product Added", "wait": "2h",
+                "where": {"any": [{"prop": "price", "between": [10, 20]},
+                                  {"not": {"prop": "name", "in": ["a", "b"]}}]},
+                "unless": {"event": "Order Completed", "where": {"prop": "revenue", "gt": 0}}},
+    "frequency": {"per": "user", "max_total": 3, "max_per_day": 1},
+    "stop": {"max_deliveries": 100, "max_deliveries_per_day": 10},
+    "spacing": False, "exclusive": True, "priority": 5, "test_mode": True, "rate": 12.5,
+    "action": {"webhook": {"url": "https://example.com/x?c=#{campaign_id}", "method": "PUT",
+                           "headers": {"X-Key": "k"},
+                           "body": {"nested": {"a": ["#{user_id}", 1]}, "n": 2}}},
+    "goal": {"event": "Order Completed", "within": "1d", "value": "properties.revenue",
+             "where": {"prop": "revenue", "gte": 1}},
+}
+
+
+def test_the_form_saves_every_campaign_as_it_was(browser: Browser) -> None:
+    """Opening a campaign in the form and saving it changes nothing, whatever keys it uses;
+    the YAML tab and the form carry each other's edits."""
+    config = yaml.safe_load((Path(__file__).parents[1] / "demo_site/tripwire.yaml").read_text())
+    config["campaigns"].append(EVERY_KEY)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(10_000)
+    with run_tripwire(config) as server:
+        try:
+            page = login(context, server)
+            for spec in config["campaigns"]:
+                path = f"/admin/api/campaigns/{spec['id']}"
+                before = server.admin_get(path).json()
+                page.goto(f"{server.url}/admin/campaigns/{spec['id']}")
+                page.get_by_role("tab", name="Edit").click()
+                page.locator("#f-save").click()
+                expect(page.locator(".notice.ok")).to_have_text(f"Saved {spec['id']}.")
+                after = server.admin_get(path).json()
+                assert {**after, "stats": None} == {**before, "stats": None}, spec["id"]
+
+            page.goto(f"{server.url}/admin/campaigns/every-key")
+            page.get_by_role("tab", name="Advanced: YAML").click()
+            page.locator("#source").fill(
+                page.locator("#source").input_value().replace("Every key", "Every key, again"))
+            page.get_by_role("tab", name="Edit").click()
+            expect(page.get_by_label("Campaign name")).to_have_value("Every key, again")
+            page.get_by_label("Priority").fill("6")
+            page.get_by_role("tab", name="Advanced: YAML").click()
+            expect(page.locator("#source")).to_have_value(re.compile("priority: 6"))
+            page.locator("#editor button[type=submit]").click()
+            expect(page.locator(".notice.ok")).to_have_text("Saved every-key.")
+            saved = server.admin_get("/admin/api/campaigns/every-key").json()
+            assert (saved["name"], saved["priority"]) == ("Every key, again", 6)
+            assert saved["trigger"]["unless"]["where"] == {"prop": "revenue", "gt": 0}
+            assert page.errors == []  # type: ignore[attr-defined]
+        finally:
+            context.close()
