@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from tests.support.poll import wait_until
-from tests.support.redis import RedisServer
+from tests.support.redis import RedisClusterServers, RedisServer
 from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire
 from tests.support.sink import Sink
 
@@ -122,3 +122,17 @@ def test_a_segment_changed_in_one_process_reaches_the_others_in_redis_mode(
         assert reach["users"] == 1 and reach["estimate"] is False
     with run_tripwire(CONFIG, args=store) as later:  # a process started later applies them
         assert later.admin_get("/admin/api/segments/pros").json() == PROS
+
+
+def test_reach_samples_profiles_on_every_node_of_a_cluster(
+    redis_cluster: RedisClusterServers
+) -> None:
+    with run_tripwire(CONFIG, args=["--store", redis_cluster.url]) as server:
+        assert put(server, "/admin/api/variables/views", VIEWS).status_code == 201
+        assert put(server, "/admin/api/segments/pros", PROS).status_code == 201
+        for n in range(12):
+            send(server, f"user-{n}", {"type": "identify", "traits": {
+                "plan": "pro" if n % 3 == 0 else "free"}},
+                {"type": "page", "context": {"page": {"path": "/pricing"}}})
+        reach = server.admin_get("/admin/api/segments/pros/reach").json()
+        assert (reach["users"], reach["known"], reach["estimate"]) == (4, 12, False)

@@ -67,43 +67,53 @@ async def profiles(runtime: Runtime, budget: float = REACH_SECONDS,
 async def _redis_profiles(
     runtime: Runtime, deadline: float, limit: int
 ) -> AsyncIterator[tuple[UserState, int]]:
+    """A sample of profiles, shard by shard; the total is exact when every shard was read
+    to its end, else scaled from the share of keys examined (see `_SAMPLE_SCRIPT`)."""
     assert runtime.redis is not None
     connection = runtime.redis.connection
     keys = await connection.names()
-    total = 0
+    per_shard = max(1, limit // keys.shards)
+    states: list[UserState] = []
+    total = 0.0
     for shard in range(keys.shards):
-        total += int(await connection.call(
-            "EVAL", _COUNT_SCRIPT, 0, f"tw:{{{shard}}}:p:*", what="counting profiles"
-        ) or 0)
-    cursor: Any = 0
-    seen = 0
-    while seen < limit and time.monotonic() < deadline:
-        cursor, found = await connection.call(
-            "SCAN", cursor, "MATCH", "tw:{*}:p:*", "COUNT", 500, what="sampling profiles"
-        )
-        names = [n.decode() if isinstance(n, bytes) else n for n in found]
-        if names:
-            replies = await connection.pipeline(
-                [("HGET", name, "s") for name in names], "reading profiles"
+        prefix = keys.timers(shard).removesuffix(":t") + ":p:"
+        cursor, found, examined, size = "0", 0, 0, 0
+        while time.monotonic() < deadline and found < per_shard:
+            cursor, seen, size, blobs = await connection.call(
+                "EVAL", _SAMPLE_SCRIPT, 1, keys.timers(shard), prefix, per_shard - found,
+                SCAN_KEYS, cursor, what="sampling profiles",
             )
-            for blob in replies:
-                if isinstance(blob, bytes) and blob:
-                    seen += 1
-                    yield _decode_state(blob), max(total, seen)
-        if int(cursor) == 0:
-            break
+            cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+            examined += int(seen)
+            found += len(blobs)
+            states += [_decode_state(blob) for blob in blobs]
+            if cursor == "0":
+                break
+        finished = cursor == "0"
+        total += found if finished or not examined else found * max(int(size), 1) / examined
+    known = max(round(total), len(states))
+    for state in states:
+        yield state, known
 
 
-# Counting keys by pattern needs a scan too; a script keeps it to one round trip per shard and
-# stops at 1,000,000 keys (beyond that the figure is a lower bound, which the answer says).
-_COUNT_SCRIPT = """
-local n, cursor = 0, '0'
+SCAN_KEYS = 2_000  # keys one call of the script examines at most
+# Profiles of one shard, from where the last call left off: the script runs on the node that
+# holds the shard (KEYS[1] is one of its keys) and reads only keys of that shard.
+_SAMPLE_SCRIPT = """
+local prefix, want, budget, cursor = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local found, examined = {}, 0
 repeat
-  local reply = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 1000)
+  local reply = redis.call('SCAN', cursor, 'COUNT', 200)
   cursor = reply[1]
-  n = n + #reply[2]
-until cursor == '0' or n >= 1000000
-return n
+  for _, key in ipairs(reply[2]) do
+    examined = examined + 1
+    if string.sub(key, 1, #prefix) == prefix then
+      local state = redis.call('HGET', key, 's')
+      if state then found[#found + 1] = state end
+    end
+  end
+until cursor == '0' or #found >= want or examined >= budget
+return {cursor, examined, redis.call('DBSIZE'), found}
 """
 
 

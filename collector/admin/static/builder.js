@@ -134,11 +134,11 @@
     return buildRaw(negate ? {not: raw} : raw);
   }
 
-  function notBox(checked) {
+  function notBox(checked, text) {
     var box = make("input", {type: "checkbox"});
     box.checked = checked;
     box.id = nid("not");
-    return {box: box, el: make("label", {className: "check", "for": box.id}, [box, document.createTextNode("not")])};
+    return {box: box, el: make("label", {className: "check", "for": box.id}, [box, document.createTextNode(text || "not")])};
   }
 
   function buildGroup(raw, ctx, negate, root) {
@@ -147,7 +147,7 @@
     var select = make("select", {});
     options(select, ["all", "any"], {all: "all of these are true", any: "any of these is true"});
     select.value = mode;
-    var not = notBox(negate);
+    var not = notBox(negate, "not (the whole group)");
     var list = make("div", {className: "items"});
     var addLeaf = button("Add a condition");
     var addGroup = button("Add a group");
@@ -515,6 +515,7 @@
     var form = $("builder"), data = readData("builder-data");
     if (!form || !data) return;
     $("builder-nojs").hidden = true;
+    $("campaign-tabs").hidden = false;
     var vocab = data.vocabulary;
     var doc = data.campaign || {};
     var trigger, where, action, variants = [];
@@ -836,7 +837,8 @@
         part.setAttribute("data-suffix", p[2]);
         return part;
       });
-      parts[0].appendChild(make("p", {className: "hint", id: "def-event-hint", text: "An event name, page or identify; several: comma-separated."}));
+      parts[0].appendChild(make("p", {className: "hint", id: "def-event-hint", text: "An event name, page or identify; several: comma-separated. " +
+        "It is counted from the first event after a segment or campaign uses it."}));
       box.appendChild(make("div", {className: "fields"}, parts));
       box.appendChild(fieldsList);
       var filterBox = make("div", {className: "conditions", id: "def-where"});
