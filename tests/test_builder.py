@@ -306,6 +306,19 @@ def test_the_builders_work_by_keyboard_label_every_field_and_fit_a_phone(
         saved = server.admin_get("/admin/api/segments/keyboard_pros").json()
         assert saved == {"trait": "plan", "eq": "pro"}
 
+        # a value of the wrong type: the problem is shown next to the condition, kept
+        page.goto(server.url + "/admin/segments/new")
+        page.get_by_label("Name", exact=True).fill("typo")
+        add_condition(page, "#def-condition", "Variable", "cart_views", "≥", "two")
+        page.get_by_role("button", name="Save").click()
+        note = page.locator("#def-condition .leaf .field-error")
+        expect(note).to_contain_text("is a number")
+        value = page.locator("#def-condition .leaf").get_by_label("Value")
+        assert value.input_value() == "two" and value.get_attribute("aria-invalid") == "true"
+        expect(value).to_be_focused()
+        no_sideways_scroll(page)
+        shot(page, "phone-segment-error")
+
         for path in ("/admin/", "/admin/segments", "/admin/variables", "/admin/variables/new",
                      "/admin/segments/carters", "/admin/new", "/admin/campaigns/phone-check"):
             page.goto(server.url + path)

@@ -232,10 +232,10 @@
     options(kindSel, KINDS, KIND_LABELS);
     kindSel.value = kind;
     var list = make("datalist", {id: nid("dl")});
-    var name = make("input", {type: "text", list: list.id, autocomplete: "off", spellcheck: "false"});
+    var name = make("input", {type: "text", list: list.id, autocomplete: "off", spellcheck: "false", "data-role": "name"});
     name.value = raw[kind] || "";
     var segSel = make("select", {});
-    var windowIn = make("input", {type: "text", list: "dl-windows", placeholder: "7d"});
+    var windowIn = make("input", {type: "text", list: "dl-windows", placeholder: "7d", "data-role": "window"});
     windowIn.value = raw.window || "";
     var opSel = make("select", {});
     var valueBox = make("div", {className: "part values"});
@@ -254,7 +254,7 @@
       var o = opSel.value, t = typeOf(kindSel.value, name.value, ctx);
       if (kindSel.value === "segment") return;
       if (o === "exists") {
-        var s = make("select", {});
+        var s = make("select", {"data-role": "value"});
         options(s, ["true", "false"], {"true": "yes", "false": "no"});
         s.value = value === false ? "false" : "true";
         inputs.push(s);
@@ -263,7 +263,7 @@
       }
       var count = o === "between" ? 2 : 1;
       for (var i = 0; i < count; i++) {
-        var inp = make("input", {type: "text", spellcheck: "false",
+        var inp = make("input", {type: "text", spellcheck: "false", "data-role": "value",
           inputmode: (t === "number" || t === "count") && o !== "in" && o !== "not_in" ? "decimal" : null,
           placeholder: o === "in" || o === "not_in" ? "a, b, c" : (o === "within" || o === "older_than" ? "7d" : "")});
         inp.value = o === "between" ? shown(Array.isArray(value) ? value[i] : "") : shown(value);
@@ -495,18 +495,21 @@
       var note = make("p", {className: "field-error", id: nid("err"), text: text});
       if (holder.classList.contains("group")) holder.insertBefore(note, holder.children[1] || null);
       else holder.appendChild(note);
-      var control = (best.matches("input, select, textarea") ? best : holder.querySelector("input, select, textarea"));
+      var control = best.matches("input, select, textarea") ? best : null;
+      if (!control && holder.classList.contains("leaf")) {  // the part of the condition it is about
+        var rest = path.slice(best.getAttribute("data-path").length);
+        var role = /^\.(trait|var|prop|context|event_count|segment)$/.test(rest) ? "name" : rest === ".window" ? "window" : "value";
+        control = holder.querySelector("[data-role=" + role + "]") || holder.querySelector("[data-role=name]");
+      }
+      if (!control) control = holder.querySelector("input, select, textarea");
       if (control) {
         control.setAttribute("aria-invalid", "true");
         control.setAttribute("aria-describedby", ((control.getAttribute("aria-describedby") || "") + " " + note.id).trim());
       }
       placed.push(null);
     });
-    var first = form.querySelector(".field-error");
-    if (first) {
-      var control = first.parentNode.querySelector("input, select, textarea");
-      if (control) control.focus();
-    }
+    var first = form.querySelector("[aria-invalid=true]");
+    if (first) first.focus();
   }
 
   // -- the campaign form ------------------------------------------------------------------
