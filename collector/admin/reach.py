@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from collector.config.schema import ConfigFile, Target
+from collector.config.schema import ConfigFile, Target, encode_hook
 from collector.config.settings import decode_config
 from collector.engine.engine import UserState
 from collector.engine.rules import compile_rules
@@ -158,7 +158,7 @@ def matcher(runtime: Runtime, *, condition: Any = None, target: Any = None,
 
 
 def _with_segment(config: ConfigFile, name: str, condition: Any) -> ConfigFile:
-    data = msgspec.to_builtins(config, enc_hook=_plain)
+    data = msgspec.to_builtins(config, enc_hook=encode_hook)
     data["segments"] = {**(data.get("segments") or {}), name: condition}
     data["campaigns"] = []  # only the condition is checked here
     try:
@@ -168,12 +168,6 @@ def _with_segment(config: ConfigFile, name: str, condition: Any) -> ConfigFile:
         raise ConfigError(
             [("condition" + p[len(prefix):]) if p.startswith(prefix) else p for p in exc.problems]
         ) from None
-
-
-def _plain(value: Any) -> Any:
-    from collector.config.schema import encode_hook
-
-    return encode_hook(value)
 
 
 async def count(runtime: Runtime, match: Match) -> dict[str, Any]:
