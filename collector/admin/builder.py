@@ -25,7 +25,7 @@ from collector.admin import auth, editing
 from collector.admin.api import parse_campaign_text
 from collector.admin.audiences import definition_etag, save_definition
 from collector.admin.pages import guarded, read_form, redirect, render_page
-from collector.admin.vocabulary import vocabulary
+from collector.admin.vocabulary import OPERATOR_LABELS, vocabulary
 from collector.definitions import KINDS, Kind, users_of
 from collector.errors import Conflict, InvalidCampaign, NotFound
 
@@ -59,7 +59,6 @@ async def campaign_form(
         "new": new,
         "origin": origin,
         "vocabulary": await vocabulary(runtime),
-        "test_user_hint": "test users" if runtime.config.test_users is not None else "",
     }
     return _template("campaign_form").substitute(data=data_block("builder-data", data))
 
@@ -95,22 +94,56 @@ async def definitions_page(request: Request) -> Response:
         rows.append(
             f'<tr data-name="{_e(name)}"><td><a href="/admin/{kind}/{quote(name)}">'
             f"<strong>{_e(name)}</strong></a>{edited}"
-            f'<div class="small muted mono">{_e(summary)}</div></td>'
+            f'<div class="small muted">{_e(summary)}</div></td>'
             f'<td class="small">{_e(", ".join(users)) or "—"}</td><td>{reach}</td></tr>'
         )
     empty = f'<tr><td colspan="3" class="muted">No {kind} yet.</td></tr>'
     body = _template("definitions").substitute(
         title=TITLE[kind], kind=kind, noun=NOUN[kind], rows="".join(rows) or empty,
+        third="Reach" if kind == "segments" else "",
     )
     return _render(request, TITLE[kind], body)
 
 
 def _summary(kind: Kind, raw: Any) -> str:
     if kind == "variables" and isinstance(raw, dict):
-        where = " (filtered)" if raw.get("where") else ""
+        event = raw.get("event")
+        events = " or ".join(event) if isinstance(event, list) else str(event)
         field = f" of {raw['field']}" if raw.get("field") else ""
-        return f"{raw.get('stat')}{field} of {raw.get('event')}{where}, window {raw.get('window')}"
-    return orjson.dumps(raw).decode()[:160]
+        where = f" where {describe(raw['where'])}" if raw.get("where") else ""
+        return f"{raw.get('stat')}{field}, {events} events{where}, over {raw.get('window', 'all')}"
+    return describe(raw)
+
+
+_OPERAND = {"trait": "{}", "var": "{}", "prop": "property {}", "context": "{}",
+            "event_count": "times {} happened", "segment": "in segment {}"}
+
+
+def describe(raw: Any) -> str:
+    """A condition in words: `plan is pro and pricing_views_7d ≥ 2`."""
+    if not isinstance(raw, dict) or not raw:
+        return orjson.dumps(raw).decode()
+    for key, joiner in (("all", " and "), ("any", " or ")):
+        if isinstance(raw.get(key), list):
+            parts = [describe(item) for item in raw[key]]
+            text = joiner.join(f"({p})" if " and " in p or " or " in p else p for p in parts)
+            return text
+    if "not" in raw:
+        return f"not ({describe(raw['not'])})"
+    kind = next((k for k in _OPERAND if k in raw), None)
+    if kind is None:
+        return orjson.dumps(raw).decode()
+    operand = _OPERAND[kind].format(raw[kind])
+    if kind == "event_count" and raw.get("window"):
+        operand += f" in {raw['window']}"
+    op = next((k for k in OPERATOR_LABELS if k in raw), None)
+    if op is None:
+        return operand
+    value = raw[op]
+    shown = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+    if op == "exists":
+        return f"{operand} {'exists' if value else 'does not exist'}"
+    return f"{operand} {OPERATOR_LABELS[op]} {shown}"
 
 
 async def definition_page(request: Request) -> Response:
