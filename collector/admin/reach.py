@@ -25,7 +25,7 @@ from collector.config.settings import decode_config
 from collector.engine.engine import UserState
 from collector.engine.rules import compile_rules
 from collector.engine.scope import Scope
-from collector.errors import ConfigError
+from collector.errors import ConfigError, Unavailable
 from collector.events import Event
 
 if TYPE_CHECKING:
@@ -170,8 +170,15 @@ def _with_segment(config: ConfigFile, name: str, condition: Any) -> ConfigFile:
         ) from None
 
 
+def countable(runtime: Runtime) -> bool:
+    """Whether this store's profiles can be gone through (Redis, or the memory store's)."""
+    return runtime.redis is not None or getattr(runtime.store, "_users", None) is not None
+
+
 async def count(runtime: Runtime, match: Match) -> dict[str, Any]:
     """How many known users match now: counted, or estimated from a sample (and said so)."""
+    if not countable(runtime):
+        raise Unavailable("reach cannot be counted with this store: it does not list profiles")
     started = time.monotonic()
     matched = checked = total = 0
     async for state, known in profiles(runtime):
@@ -181,8 +188,6 @@ async def count(runtime: Runtime, match: Match) -> dict[str, Any]:
             matched += 1
     estimate = checked < total
     users = round(matched * total / checked) if estimate and checked else matched
-    if runtime.redis is None and getattr(runtime.store, "_users", None) is None:
-        estimate = True
     return {
         "users": users,
         "matched": matched,

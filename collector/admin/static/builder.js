@@ -518,6 +518,7 @@
     var form = $("builder"), data = readData("builder-data");
     if (!form || !data) return;
     $("builder-nojs").hidden = true;
+    form.hidden = false;
     $("campaign-tabs").hidden = false;
     var vocab = data.vocabulary;
     var doc = data.campaign || {};
