@@ -7,11 +7,14 @@ counts the users matching now; a dry run tells every step and the request, sendi
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from tests.support.poll import wait_until
 from tests.support.redis import RedisClusterServers, RedisServer
@@ -122,6 +125,11 @@ def test_a_segment_changed_in_one_process_reaches_the_others_in_redis_mode(
         assert reach["users"] == 1 and reach["estimate"] is False
     with run_tripwire(CONFIG, args=store) as later:  # a process started later applies them
         assert later.admin_get("/admin/api/segments/pros").json() == PROS
+        exported = subprocess.run(
+            [sys.executable, "-m", "collector.cli", "export", "--config",
+             str(later.data_dir.parent / "tripwire.json"), *store],
+            check=True, capture_output=True, text=True).stdout
+    assert yaml.safe_load(exported)["segments"] == {"pros": PROS}
 
 
 def test_reach_samples_profiles_on_every_node_of_a_cluster(

@@ -40,14 +40,16 @@ def sink() -> Iterator[Sink]:
         yield sink
 
 
+CONFIG = {
+    "write_keys": [WRITE_KEY],
+    "webhooks": {"allow_private_networks": True, "max_attempts": 1},
+    "test_users": {"trait": "is_test", "eq": True},
+}
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[Tripwire]:
-    config = {
-        "write_keys": [WRITE_KEY],
-        "webhooks": {"allow_private_networks": True, "max_attempts": 1},
-        "test_users": {"trait": "is_test", "eq": True},
-    }
-    with run_tripwire(config) as server:
+    with run_tripwire(CONFIG) as server:
         yield server
 
 
@@ -129,6 +131,14 @@ def without_nulls(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: without_nulls(v) for k, v in value.items() if v is not None}
     return value
+
+
+def export(server: Tripwire, out: Path) -> Path:
+    """`tripwire export` of a running server's config and data directory, into `out`."""
+    config_file = server.data_dir.parent / "tripwire.json"
+    subprocess.run([sys.executable, "-m", "collector.cli", "export", "--config", str(config_file),
+                    "--data-dir", str(server.data_dir), "-o", str(out)], check=True)
+    return out
 
 
 def hooks(sink: Sink, path: str) -> list[Received]:
@@ -238,10 +248,7 @@ def test_a_marketer_builds_a_segment_and_a_campaign_without_yaml(
     assert variable["where"] == {"context": "page.path", "eq": "/pricing"}
     assert (variable["event"], variable["stat"], variable["window"]) == ("page", "count", "7d")
 
-    exported = tmp_path / "exported.yaml"
-    config_file = server.data_dir.parent / "tripwire.json"
-    subprocess.run([sys.executable, "-m", "collector.cli", "export", "--config", str(config_file),
-                    "--data-dir", str(server.data_dir), "-o", str(exported)], check=True)
+    exported = export(server, tmp_path / "exported.yaml")
     written = yaml.safe_load(exported.read_text())
     assert written["segments"]["pro_pricing"] == segment
     assert written["variables"]["pricing_views_7d"]["where"] == variable["where"]
@@ -249,6 +256,25 @@ def test_a_marketer_builds_a_segment_and_a_campaign_without_yaml(
     check = subprocess.run([sys.executable, "-m", "collector.cli", "check", str(exported)],
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+    # the same edits through the admin API give the same config
+    with run_tripwire(CONFIG) as twin:
+        api = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        body = campaign["action"]["webhook"]["body"]
+        webhook = {"url": f"{sink.url}/pro", "method": "POST", "body": body}
+        for path, document in (
+            ("variables/pricing_views_7d", {
+                "event": "page", "stat": "count", "window": "7d",
+                "where": {"context": "page.path", "eq": "/pricing"}}),
+            ("segments/pro_pricing", segment),
+            ("campaigns/pro-checkout", {
+                "name": "Pro checkout", "status": "published", "trigger": campaign["trigger"],
+                "test_mode": True, "target": {"segments": ["pro_pricing"]},
+                "frequency": {"per": "session"}, "action": {"webhook": webhook}}),
+        ):
+            twin.client.put(f"/admin/api/{path}", headers=api, json=document).raise_for_status()
+        by_api = yaml.safe_load(export(twin, tmp_path / "by-api.yaml").read_text())
+    assert by_api == written
 
 
 UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea')]
