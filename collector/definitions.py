@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -42,6 +43,7 @@ log = logging.getLogger("tripwire.definitions")
 Kind = Literal["variables", "segments"]
 KINDS: tuple[Kind, ...] = ("variables", "segments")
 POLL_SECONDS = 0.25
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")  # like a campaign id
 REDIS_HASH = "tw:{definitions}"
 REDIS_VERSION = "tw:{definitions}:v"
 DEFAULT_SIZE = VariableSpec(event="", stat="top").size  # how many values `top` keeps by default
@@ -189,6 +191,9 @@ class Definitions:
 
     async def put(self, kind: Kind, name: str, raw: Any) -> bool:
         """Create or replace one; True when it is new. Raises ConfigError (with paths)."""
+        if not NAME.match(name):
+            raise ConfigError([f"{kind}.{name}: a name is letters, digits and _ . : - starting "
+                               "with a letter or _ (at most 128)"])
         if not isinstance(raw, dict):
             noun = "variable" if kind == "variables" else "segment condition"
             raise ConfigError([f"{kind}.{name}: expected a {noun} mapping"])

@@ -53,6 +53,8 @@ def test_variables_and_segments_are_validated_versioned_and_kept(
         bad = put(server, "/admin/api/variables/views", {"event": "page", "stat": "often"})
         assert bad.status_code == 400
         assert any(p.startswith("variables.views.stat:") for p in bad.json()["problems"])
+        odd = put(server, "/admin/api/variables/%3Cb%3E", VIEWS)
+        assert odd.status_code == 400 and "a name is letters" in odd.text
         created = put(server, "/admin/api/variables/views", VIEWS)
         assert created.status_code == 201
         wrong_type = put(server, "/admin/api/segments/pros", {"var": "views", "gte": "two"})

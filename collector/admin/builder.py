@@ -26,7 +26,7 @@ from collector.admin.api import parse_campaign_text
 from collector.admin.audiences import definition_etag, save_definition
 from collector.admin.pages import guarded, read_form, redirect, render_page
 from collector.admin.vocabulary import OPERATOR_LABELS, vocabulary
-from collector.definitions import KINDS, Kind, users_of
+from collector.definitions import KINDS, NAME, Kind, users_of
 from collector.errors import Conflict, InvalidCampaign, NotFound
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 NOUN = {"variables": "variable", "segments": "segment"}
 TITLE = {"variables": "Variables", "segments": "Segments"}
-_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-")
 
 
 @functools.cache
@@ -201,7 +200,7 @@ async def save_definition_form(request: Request) -> Response:
     source = form.get("definition", "")
     raw: Any = None
     try:
-        if not name or not set(name) <= _NAME_OK or not (name[0].isalpha() or name[0] == "_"):
+        if not NAME.match(name):
             raise InvalidCampaign([f"{kind}.name: a name is letters, digits and _ . : - "
                                    "starting with a letter or _"])
         if not original and name in getattr(runtime.config, kind):
