@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ExceptionHandler, Receive, Scope, Send
 
 from collector import __version__
-from collector.admin import api, dashboard
+from collector.admin import api, audiences, builder, dashboard
 from collector.config.settings import Settings
 from collector.errors import ConfigError, HTTPError
 from collector.ingest.endpoints import INGEST_PREFIXES, IngestApp
@@ -160,6 +160,21 @@ ADMIN_API_ROUTES: list[BaseRoute] = [
             Route("/campaigns/{id}/test", api.fire_test, methods=["POST"]),
             Route("/campaigns/{id}/results", api.results, methods=["GET"]),
             Route("/campaigns/{id}/resume", api.resume_campaign, methods=["POST"]),
+            Route("/campaigns/{id}/dry-run", audiences.campaign_dry_run, methods=["POST"]),
+            *(
+                route
+                for kind in ("variables", "segments")
+                for route in (
+                    Route(f"/{kind}", audiences.list_definitions, methods=["GET"]),
+                    Route(f"/{kind}/{{name}}", audiences.get_definition, methods=["GET"]),
+                    Route(f"/{kind}/{{name}}", audiences.put_definition, methods=["PUT"]),
+                    Route(f"/{kind}/{{name}}", audiences.delete_definition, methods=["DELETE"]),
+                )
+            ),
+            Route("/segments/{name}/reach", audiences.segment_reach, methods=["GET"]),
+            Route("/reach", audiences.draft_reach, methods=["POST"]),
+            Route("/vocabulary", audiences.vocabulary, methods=["GET"]),
+            Route("/campaign-text", audiences.campaign_text, methods=["POST"]),
             Route("/paused", api.paused_endpoints, methods=["GET"]),
             Route("/users/{identity:path}", api.user, methods=["GET"]),
             Route("/deliveries", api.deliveries, methods=["GET"]),
@@ -191,6 +206,18 @@ DASHBOARD_ROUTES: list[BaseRoute] = [
             Route("/deliveries", dashboard.deliveries, methods=["GET"]),
             Route("/deliveries/{id}/replay", dashboard.replay, methods=["POST"]),
             Route("/users", dashboard.users, methods=["GET"]),
+            *(
+                route
+                for kind in ("variables", "segments")
+                for route in (
+                    Route(f"/{kind}", builder.list_page, methods=["GET"]),
+                    Route(f"/{kind}", builder.save_page, methods=["POST"]),
+                    Route(f"/{kind}/new", builder.form_page, methods=["GET"]),
+                    Route(f"/{kind}/{{name}}", builder.form_page, methods=["GET"]),
+                    Route(f"/{kind}/{{name}}", builder.save_page, methods=["POST"]),
+                    Route(f"/{kind}/{{name}}/delete", builder.delete_page, methods=["POST"]),
+                )
+            ),
         ],
     ),
 ]

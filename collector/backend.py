@@ -5,9 +5,10 @@
     await ingest(backend.store, events, now); await backend.keep()
     await backend.close()
 
-A backend holds the per-user store, the webhook outbox, the delivery log, the dashboard sessions,
-campaign changes and decision counts. Memory mode (`collector.memory`) keeps them in this
-process and its data directory; Redis mode (`collector.redis`) shares them between processes.
+A backend holds the per-user store, the webhook outbox, the delivery log, the dashboard
+sessions, the campaign, variable and segment changes and the decision counts. Memory mode
+(`collector.memory`) keeps them in this process and its data directory; Redis mode
+(`collector.redis`) shares them between processes.
 Adding a backend is a package with a class of this shape, and a line in `open_backend`.
 """
 
@@ -18,6 +19,7 @@ from typing import Protocol
 
 from collector.config.schema import CampaignSpec
 from collector.config.settings import Settings, is_redis_url
+from collector.definitions import DefinitionChange
 from collector.delivery.log import DeliveryLog
 from collector.delivery.outbox import Outbox
 from collector.live import LiveConfig
@@ -69,6 +71,10 @@ class Backend(Protocol):
 
     async def remove_campaign(self, campaign_id: str) -> None:
         """Delete a campaign everywhere it runs, kept across restarts."""
+
+    async def put_definition(self, change: DefinitionChange) -> None:
+        """Set or delete a variable or segment everywhere, kept across restarts (raises
+        ConfigError when the config would not hold with it)."""
 
 
 def open_backend(settings: Settings, live: LiveConfig, metrics: IngestMetrics) -> Backend:

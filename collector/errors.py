@@ -108,6 +108,13 @@ class PayloadTooLarge(HTTPError):
     code = "payload_too_large"
 
 
+class Conflict(HTTPError):
+    """A change the current state refuses, such as deleting a segment a campaign uses."""
+
+    status = 409
+    code = "conflict"
+
+
 class PreconditionFailed(HTTPError):
     """If-Match (or If-None-Match) names a version that is not the current one."""
 

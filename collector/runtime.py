@@ -24,6 +24,7 @@ from collector.backend import Backend, open_backend
 from collector.config.changes import CampaignChange
 from collector.config.schema import CampaignSpec, ConfigFile
 from collector.config.settings import Settings
+from collector.definitions import Definitions
 from collector.delivery.dispatcher import Dispatcher
 from collector.delivery.log import DeliveryLog
 from collector.delivery.outbox import Outbox
@@ -62,6 +63,8 @@ class Runtime:
         self.outbox: Outbox = self.backend.outbox
         self.delivery_log: DeliveryLog = self.backend.delivery_log
         self.sessions: Sessions = self.backend.sessions  # dashboard logins
+        # live variables and segments: read here, changed through the backend, which keeps them
+        self.definitions = Definitions(self.live, self.backend.put_definition)
         self.stop_error: str | None = None  # set when stopping could not save everything
         self.dispatcher = Dispatcher(
             self.outbox,

@@ -195,6 +195,7 @@ def test_two_dashboard_editors_cannot_overwrite_each_other(server: Tripwire) -> 
             first.goto(f"{server.url}/admin/login?token={ADMIN_TOKEN}")
             for page in (first, second):
                 page.goto(f"{server.url}/admin/campaigns/welcome")
+                page.get_by_role("tab", name="Advanced: YAML").click()
             text = first.input_value("#source")
             first.fill("#source", text.replace("name: ", "name: Edited first ", 1))
             first.click("#editor button[type=submit]")

@@ -189,6 +189,7 @@ def test_the_editor_shows_every_problem_inline_and_saves_a_valid_campaign(
     admin: Page, server: Tripwire, sink: Sink
 ) -> None:
     admin.click("text=New campaign")
+    admin.get_by_role("tab", name="Advanced: YAML").click()  # the form is the other tab
     source = admin.locator("textarea#source")
     source.fill(
         "id: from-editor\nstatus: sometimes\n"

@@ -113,7 +113,8 @@ def test_each_visitor_sees_only_their_own_webhooks_in_the_panel(
 
 
 SHOP_PAGES = ["", "products/grinder", "cart", "signup", "app/wishlist"]
-ADMIN_PAGES = ["", "campaigns/cart-twice", "new", "events", "deliveries", "users"]
+ADMIN_PAGES = ["", "campaigns/cart-twice", "new", "events", "deliveries", "users", "segments",
+               "segments/browsers", "variables", "variables/cart_value"]
 
 
 def test_the_shop_and_the_dashboard_fit_a_phone(demo: Demo, browser: Browser) -> None:

@@ -1,5 +1,6 @@
-"""Memory mode's parts, one bundle: store, outbox, delivery log, sessions, campaign changes and
-decision counts, all in this process and kept in the data directory (`collector.memory.disk`).
+"""Memory mode's parts, one bundle: store, outbox, delivery log, sessions, the campaign, variable
+and segment changes and the decision counts, all in this process and kept in the data directory
+(`collector.memory.disk`).
 
     backend = MemoryBackend(settings, live, metrics)    # opens the data directory (or fails)
     await backend.open()                                # loads what it keeps, starts writing
@@ -22,6 +23,8 @@ import msgspec
 from collector.config.changes import CampaignChange, decode_change, encode_change
 from collector.config.schema import CampaignSpec
 from collector.config.settings import Settings
+from collector.definitions import DefinitionChange, in_order, row_key
+from collector.definitions import encode_change as encode_definition
 from collector.delivery.log import DeliveryLog
 from collector.live import LiveConfig
 from collector.memory.disk import Disk
@@ -77,6 +80,7 @@ class MemoryBackend:
         self.delivery_log = DeliveryLog(DELIVERY_LOG_SIZE, journal=journal)
         self.sessions = MemorySessions()
         self._campaign_rows = disk.table("campaigns", self._campaign_record) if disk else None
+        self._definition_rows = disk.table("definitions", self._definition_record) if disk else None
         self._count_rows = disk.table("counters", self._counts_record) if disk else None
         self._counts_task: asyncio.Task[None] | None = None
         store = self.store
@@ -130,14 +134,24 @@ class MemoryBackend:
         self._live.remove(campaign_id)
         await self._keep_change(campaign_id)
 
+    async def put_definition(self, change: DefinitionChange) -> None:
+        """Set or delete a variable or segment and keep the change before returning."""
+        self._live.apply_definition(change)
+        if self._definition_rows is not None:
+            self._definition_rows.mark(row_key(change.kind, change.name))
+            await self.keep()
+
     async def _keep_change(self, campaign_id: str) -> None:
         if self._campaign_rows is not None:
             self._campaign_rows.mark(campaign_id)
             await self.keep()
 
     def _load_changes_and_counts(self) -> None:
-        """Apply the campaign changes and add the decision counts the data directory holds."""
+        """Apply the variable, segment and campaign changes (in that order: campaigns may use
+        the others) and add the decision counts the data directory holds."""
         assert self._campaign_rows is not None and self._count_rows is not None
+        assert self._definition_rows is not None
+        self._live.apply_kept_definitions(in_order([v for _, v in self._definition_rows.rows()]))
         for campaign_id, value in sorted(self._campaign_rows.rows()):
             try:
                 change = decode_change(value)
@@ -165,6 +179,10 @@ class MemoryBackend:
     def _campaign_record(self, campaign_id: str) -> bytes | None:
         change: CampaignChange | None = self._live.changes.get(campaign_id)
         return None if change is None else encode_change(change)
+
+    def _definition_record(self, key: str) -> bytes | None:
+        change = self._live.definitions.get(key)
+        return None if change is None else encode_definition(change)
 
     def _counts_record(self, _: str) -> bytes | None:
         return _encode_counts([(*labels, n) for labels, n in self._decisions.items()])

@@ -23,12 +23,13 @@ store grows.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import heapq
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -57,6 +58,7 @@ log = logging.getLogger("tripwire.store")
 EARLIER_STATE = "state.msgpack"  # what versions before the log saved at a clean stop
 MAX_REMEMBERED_MESSAGES = 5_000_000
 KEEP_HOURS = 72  # hours of fired/suppressed counts kept per campaign
+SLICE = 500  # profiles a sample gives between yields to the event loop
 
 _EVENT_FIELDS = msgspec.structs.fields(Event)
 _pack = msgspec.msgpack.Encoder().encode
@@ -470,6 +472,25 @@ class MemoryStore:
 
     def __len__(self) -> int:
         return len(self._users)
+
+    async def sample(
+        self, deadline: float, limit: int | None = None
+    ) -> AsyncIterator[tuple[UserState, int]]:
+        """Every profile, newest first, yielding to the event loop every SLICE profiles so that
+        ingest is not held up, until the deadline or the limit."""
+        users = self._users
+        keys = list(reversed(users))
+        total = len(keys)
+        for position, key in enumerate(keys):
+            if limit is not None and position >= limit:
+                return
+            if position % SLICE == SLICE - 1:
+                if time.monotonic() > deadline:
+                    return
+                await asyncio.sleep(0)
+            state = users.get(key)
+            if state is not None:
+                yield state, total
 
     def _link(self, id_: str, key: str) -> None:
         previous = self._index.get(id_)

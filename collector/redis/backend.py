@@ -1,5 +1,6 @@
 """Redis mode's parts, one bundle sharing one connection: store, outbox, delivery log, sessions,
-campaign changes and decision counts, shared by every process using the same Redis.
+the campaign, variable and segment changes and the decision counts, shared by every process
+using the same Redis.
 
     backend = RedisBackend(settings.store, settings, live, metrics)
     await backend.open()       # connects if Redis answers, applies everyone's campaign changes
@@ -12,11 +13,13 @@ from collections import Counter
 
 from collector.config.schema import CampaignSpec
 from collector.config.settings import Settings
+from collector.definitions import DefinitionChange
 from collector.live import LiveConfig
 from collector.metrics import IngestMetrics
 from collector.redis.campaignsync import RedisCampaignSync
 from collector.redis.connection import RedisConnection
 from collector.redis.counts import Label, RedisCounts
+from collector.redis.definitionsync import RedisDefinitionSync
 from collector.redis.deliverylog import RedisDeliveryLog
 from collector.redis.outbox import RedisOutbox
 from collector.redis.sessions import RedisSessions
@@ -35,12 +38,14 @@ class RedisBackend:
         self.outbox = RedisOutbox(self.connection)
         self.delivery_log = RedisDeliveryLog(self.connection)
         self.sessions = RedisSessions(self.connection)
+        self.definitions = RedisDefinitionSync(self.connection, live)
         self.campaigns = RedisCampaignSync(self.connection, live.put, live.remove)
         self.counts = RedisCounts(self.connection, metrics.decisions)
 
     async def open(self) -> None:
         """Connect if Redis answers (else on first use); apply and follow campaign changes."""
         await self.store.open()
+        await self.definitions.start()  # before the campaigns, which may use them
         await self.campaigns.start()
         await self.counts.start()
 
@@ -49,6 +54,7 @@ class RedisBackend:
         await self.store.close()
         await self.counts.stop()
         await self.campaigns.stop()
+        await self.definitions.stop()
         try:
             await self.delivery_log.flush()
         finally:
@@ -73,3 +79,7 @@ class RedisBackend:
     async def remove_campaign(self, campaign_id: str) -> None:
         """Delete a campaign in every process."""
         await self.campaigns.remove(campaign_id)
+
+    async def put_definition(self, change: DefinitionChange) -> None:
+        """Set or delete a variable or segment in every process, this one first."""
+        await self.definitions.put(change)

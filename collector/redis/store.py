@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
@@ -53,7 +54,7 @@ from collector.redis.connection import (
     evalsha,
     raise_errors,
 )
-from collector.redis.scripts import CLAIM_TIMERS, DROP_TIMER
+from collector.redis.scripts import CLAIM_TIMERS, DROP_TIMER, SAMPLE_PROFILES
 from collector.redis.tallies import Tallies
 from collector.store import identity
 from collector.store.base import IngestResult, UserView, event_as_message
@@ -65,6 +66,8 @@ log = logging.getLogger("tripwire.store")
 MAX_SEEN_PER_USER = 10_000  # messageIds remembered per profile (within the 24 h)
 TIMER_LEASE = 5.0  # seconds a claimed timer is left to its process before others may take it
 TIMER_BATCH = 500  # due profiles claimed per shard and poll
+SAMPLE_PROFILES_AT_MOST = 5_000  # profiles a sample reads by default
+SCAN_KEYS = 2_000  # keys one call of the sampling script examines at most
 HOURLY_TTL = 3 * 86400  # decisions per hour are kept this long after the last addition
 
 _ENCODER = msgspec.msgpack.Encoder()
@@ -350,6 +353,39 @@ class RedisStore:
                 if known is None or mids - checked[target] or sources:
                     todo[target] = (mids, sources)
         return records, seen
+
+    async def sample(
+        self, deadline: float, limit: int | None = None
+    ) -> AsyncIterator[tuple[UserState, int]]:
+        """A sample of profiles (at most `limit`, SAMPLE_PROFILES_AT_MOST by default), shard by
+        shard; the total is exact when every shard was read to its end, else scaled from the
+        share of keys examined (see `scripts.SAMPLE_PROFILES`)."""
+        connection = self.connection
+        keys = await connection.names()
+        per_shard = max(1, (limit or SAMPLE_PROFILES_AT_MOST) // keys.shards)
+        states: list[UserState] = []
+        total = 0.0
+        for shard in range(keys.shards):
+            prefix = keys.profiles(shard)
+            cursor, found, examined, size = "0", 0, 0, 0
+            while time.monotonic() < deadline and found < per_shard:
+                args = [prefix, per_shard - found, SCAN_KEYS, cursor]
+                replies = await connection.pipeline(
+                    [evalsha(SAMPLE_PROFILES, [keys.timers(shard)], args)], "sampling profiles"
+                )
+                raise_errors(replies)
+                cursor, seen, size, blobs = replies[0]
+                cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+                examined += int(seen)
+                found += len(blobs)
+                states += [_STATE_DECODER.decode(blob) for blob in blobs]
+                if cursor == "0":
+                    break
+            finished = cursor == "0"
+            total += found if finished or not examined else found * max(int(size), 1) / examined
+        known = max(round(total), len(states))
+        for state in states:
+            yield state, known
 
     # -- lookups and locks ---------------------------------------------------------------
 

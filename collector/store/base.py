@@ -7,7 +7,7 @@ the engine on an event itself. Both implementations pass `tests/store/test_contr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -114,6 +114,13 @@ class Store(Protocol):
 
     async def user_state(self, identity: str) -> UserState | None:
         """The engine state of a user found by anonymous id, user id or key."""
+
+    def sample(
+        self, deadline: float, limit: int | None = None
+    ) -> AsyncIterator[tuple[UserState, int]]:
+        """Profiles, until `time.monotonic()` passes `deadline` or `limit` were given, each with
+        the number of profiles the store holds (estimated where it cannot be counted): all of
+        them newest first where they are at hand, else a sample."""
 
 
 def event_as_message(event: Event) -> dict[str, Any]:
