@@ -30,7 +30,6 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from typing import Any
 
 import msgspec
 
@@ -42,6 +41,24 @@ from collector.engine.profile import Decision, Tally, Timer, UserState
 from collector.engine.results import Counts
 from collector.events import Event
 from collector.memory.disk import Disk
+from collector.memory.records import (
+    EarlierState,
+    Packed,
+    decode_dedupe_keys,
+    decode_hours,
+    decode_json_profile,
+    decode_profile,
+    decode_results,
+    decode_tally,
+    encode_tally,
+    load_state,
+    pack_bytes,
+    pack_plain,
+    save_state,
+    storable,
+    stored_event,
+    unpack,
+)
 from collector.store import identity
 from collector.store.base import (
     DEDUPE_SECONDS,
@@ -59,63 +76,6 @@ EARLIER_STATE = "state.msgpack"  # what versions before the log saved at a clean
 MAX_REMEMBERED_MESSAGES = 5_000_000
 KEEP_HOURS = 72  # hours of fired/suppressed counts kept per campaign
 SLICE = 500  # profiles a sample gives between yields to the event loop
-
-_EVENT_FIELDS = msgspec.structs.fields(Event)
-_pack = msgspec.msgpack.Encoder().encode
-_unpack = msgspec.msgpack.Decoder(list[Any]).decode
-_save_state = msgspec.msgpack.Encoder().encode
-_load_state = msgspec.msgpack.Decoder(UserState).decode
-Packed = bytes | Event  # an event that cannot be packed (an integer past 64 bits) is kept as is
-
-
-def pack(event: Event) -> Packed:
-    """An event as compact bytes: a msgpack array of its fields, without their names."""
-    try:
-        return _pack_bytes(event)
-    except OverflowError:
-        return event
-
-
-def _pack_bytes(event: Event) -> bytes:
-    return _pack(msgspec.structs.astuple(event))
-
-
-def unpack(packed: Packed) -> Event:
-    """The event `pack` packed."""
-    if isinstance(packed, Event):
-        return packed
-    values = _unpack(packed)
-    return Event(**{field.name: value for field, value in zip(_EVENT_FIELDS, values, strict=True)})
-
-
-class _EarlierState(msgspec.Struct):
-    """`state.msgpack`, as versions before the log saved it at a clean stop."""
-
-    users: dict[str, UserState]
-    index: dict[str, str]
-    seen: list[tuple[str, float]] = []  # messageIds: dedupe is per sender now, so not imported
-    recent: dict[str, list[msgspec.Raw]] = {}  # packed events (see `pack`)
-
-
-class _Profile(msgspec.Struct, array_like=True):
-    """One profile as the data directory keeps it (its recent events are kept apart); written
-    as the tuple `_profile_record` gives, JSON past 64-bit integers."""
-
-    state: UserState
-    ids: tuple[str, ...]
-
-
-_decode_profile = msgspec.msgpack.Decoder(_Profile).decode
-# A profile or event holding an integer msgpack cannot carry (past 64 bits) is kept as JSON.
-_encode_json = msgspec.json.Encoder().encode
-_decode_json_profile = msgspec.json.Decoder(_Profile).decode
-_decode_json_event = msgspec.json.Decoder(Event).decode
-_decode_dedupe_keys = msgspec.msgpack.Decoder(list[bytes]).decode
-_encode_tally = msgspec.msgpack.Encoder().encode
-_decode_tally = msgspec.msgpack.Decoder(Tally).decode
-_decode_results = msgspec.msgpack.Decoder(dict[str, Counts]).decode
-_decode_hours = msgspec.msgpack.Decoder(dict[int, tuple[int, int]]).decode
-
 
 class MemoryStore:
     """Per-user state held in this process (the default, zero set-up mode)."""
@@ -166,28 +126,28 @@ class MemoryStore:
         size = self._limits.recent_events
         loaded: list[tuple[str, UserState]] = []
         for key, value in self._profiles.rows():
-            profile = _decode_json_profile(value) if value[:1] == b"[" else _decode_profile(value)
+            profile = decode_json_profile(value) if value[:1] == b"[" else decode_profile(value)
             loaded.append((key, profile.state))
             self._ids[key] = profile.ids
             for id_ in profile.ids:
                 self._index[key if id_ == key else id_] = key
         for key, items in self._recent_rows.stored().items():
             if size and key in self._ids:
-                self._recent[key] = tuple(_stored_event(item) for item in items[-size:])
+                self._recent[key] = tuple(stored_event(item) for item in items[-size:])
         if not loaded:
             loaded = await self._import_earlier(self._disk)
         loaded.sort(key=lambda item: item[1].last_seen)  # least recently seen first
         self._users = OrderedDict(loaded)
         seen = self._seen
         for at, value in self._seen_journal.entries():
-            for dedupe in _decode_dedupe_keys(value):
+            for dedupe in decode_dedupe_keys(value):
                 seen[dedupe] = at
         self._seen_order = deque(seen)
         self._deliveries = {
-            campaign_id: _decode_tally(value) for campaign_id, value in self._tallies.rows()
+            campaign_id: decode_tally(value) for campaign_id, value in self._tallies.rows()
         }
-        self._results = {cid: _decode_results(value) for cid, value in self._result_rows.rows()}
-        self._hourly = {cid: _decode_hours(value) for cid, value in self._hour_rows.rows()}
+        self._results = {cid: decode_results(value) for cid, value in self._result_rows.rows()}
+        self._hourly = {cid: decode_hours(value) for cid, value in self._hour_rows.rows()}
         for key, state in self._users.items():
             if state.timers:
                 self._schedule(key, state.timers)
@@ -202,7 +162,7 @@ class MemoryStore:
     async def _import_earlier(self, disk: Disk) -> list[tuple[str, UserState]]:
         """The profiles an earlier version saved in `state.msgpack`, written to the log (once:
         the file is renamed `state.msgpack.imported` when they are)."""
-        earlier = disk.earlier(EARLIER_STATE, _EarlierState)
+        earlier = disk.earlier(EARLIER_STATE, EarlierState)
         if earlier is None:
             return []
         ids: dict[str, list[str]] = {}
@@ -235,18 +195,18 @@ class MemoryStore:
 
     def _tally_record(self, campaign_id: str) -> bytes | None:
         tally = self._deliveries.get(campaign_id)
-        return None if tally is None else _encode_tally(tally)
+        return None if tally is None else encode_tally(tally)
 
     def _results_record(self, campaign_id: str) -> bytes | None:
         arms = self._results.get(campaign_id)
-        return None if arms is None else _pack(arms)
+        return None if arms is None else pack_plain(arms)
 
     def _hours_record(self, campaign_id: str) -> bytes | None:
         hours = self._hourly.get(campaign_id)
-        return None if hours is None else _pack(hours)
+        return None if hours is None else pack_plain(hours)
 
     def _profile_record(self, key: str) -> tuple[UserState, tuple[str, ...]] | None:
-        """A profile as the data directory keeps it (the fields of `_Profile`, encoded with the
+        """A profile as the data directory keeps it (the fields of `Profile`, encoded with the
         rest of its frame); None when there is none (deleted)."""
         state = self._users.get(key)
         return None if state is None else (state, self._ids.get(key, ()))
@@ -293,7 +253,7 @@ class MemoryStore:
             {cid: msgspec.structs.replace(tally) for cid, tally in deliveries.items()}
             if deliveries
             else {},
-            {key: _save_state(r.state) for key, r in records.items() if r.state is not None}
+            {key: save_state(r.state) for key, r in records.items() if r.state is not None}
             if records
             else _NO_SNAPSHOTS,
         )
@@ -303,7 +263,7 @@ class MemoryStore:
         assert isinstance(loaded, MemoryLoaded)
         for key, saved in loaded.snapshots.items():
             if key in self._users:
-                self._users[key] = _load_state(saved)
+                self._users[key] = load_state(saved)
 
     async def commit(self, plan: Plan, loaded: Loaded, now: float) -> set[str]:
         """Apply a plan: merges, states, identity links, seen marks, recent events, results and
@@ -352,7 +312,7 @@ class MemoryStore:
             await self._outbox.put(webhooks)
         if self._disk is not None:
             if new_keys:
-                self._seen_journal.append(now, _pack(new_keys))  # the caller commits
+                self._seen_journal.append(now, pack_plain(new_keys))  # the caller commits
             if webhooks:
                 self._mark_tallies(webhooks)
         return set()
@@ -513,11 +473,11 @@ class MemoryStore:
         packed = self._pack_recent(event)
         self._recent[key] = (*kept, packed)
         if self._disk is not None:
-            self._recent_rows.append(key, _storable(packed))
+            self._recent_rows.append(key, storable(packed))
 
     def _pack_recent(self, event: Event) -> Packed:
         try:
-            return bounded_recent(event, self._limits.recent_event_bytes, _pack_bytes)
+            return bounded_recent(event, self._limits.recent_event_bytes, pack_bytes)
         except OverflowError:
             return event
 
@@ -530,7 +490,7 @@ class MemoryStore:
         if self._disk is not None:
             self._recent_rows.reset(other, None)
             kept = self._recent.get(key)
-            self._recent_rows.reset(key, [_storable(p) for p in kept] if kept else None)
+            self._recent_rows.reset(key, [storable(p) for p in kept] if kept else None)
 
     def _expire(self, now: float) -> None:
         """Forget old messageIds and evict profiles unseen for the TTL or beyond the size bound."""
@@ -585,13 +545,3 @@ def _in_order(by_key: dict[str, list[tuple[int, WebhookRequest]]]) -> list[Webho
 
 def _ignore(_: str) -> None:
     """Where changes go when nothing is kept."""
-
-
-def _storable(packed: Packed) -> bytes:
-    """A recent event as the data directory keeps it: packed, or JSON past 64-bit integers."""
-    return packed if isinstance(packed, bytes) else _encode_json(packed)
-
-
-def _stored_event(item: bytes) -> Packed:
-    """A recent event as `_storable` kept it."""
-    return pack(_decode_json_event(item)) if item[:1] == b"{" else item
