@@ -5,8 +5,12 @@ connects and sends nothing, or sends its headers or body a byte at a time, is wa
 forever; a few thousand such connections exhaust the file descriptors and every normal request
 fails. `GuardedHttp` gives each phase of a request a deadline — the request line and headers
 `header_timeout` from the first byte (or from connecting), the body `body_timeout` from the end
-of the headers — and answers 408 and closes when one passes. It also caps the connections one
-client address may hold at once (`max_connections_per_client`).
+of the headers — and answers 408 and closes when one passes. A connection answered before its
+request's body was all received (an early 401, 413 or 415) is closed when the rest of the body
+has come, or `header_timeout` after the answer, whichever is first: the client may finish
+sending and read the answer, but a body arriving after the answer never starts a request that
+no deadline covers. It also caps the connections one client address may hold at once
+(`max_connections_per_client`).
 
 It keeps one timer per connection that re-arms itself, so a request costs two clock reads, not
 a timer of its own.
@@ -21,7 +25,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from collector.config.schema import ServerSettings
 
-_WAITING, _HEADERS, _BODY, _HANDLING = range(4)
+_WAITING, _HEADERS, _BODY, _HANDLING, _ANSWERED_EARLY = range(5)
 
 
 def _answer(status: bytes, body: bytes, *headers: bytes) -> bytes:
@@ -91,12 +95,20 @@ class GuardedHttp(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         """The request is in: the app has as long as it needs (streams may last)."""
         super().on_message_complete()
-        self._phase = _HANDLING
+        if self._phase == _ANSWERED_EARLY:  # the rest of a body the answer did not wait for
+            self.transport.close()
+        elif self._phase == _BODY:
+            self._phase = _HANDLING
 
     def on_response_complete(self) -> None:
-        """Answered: waiting for the next request (uvicorn's keep-alive timeout also runs)."""
+        """Answered: waiting for the next request (uvicorn's keep-alive timeout also runs).
+
+        Answered before the body was all received: the rest of it is awaited, then the
+        connection closed (see the module's docstring).
+        """
+        early = self._phase == _BODY
         super().on_response_complete()
-        self._phase = _WAITING
+        self._phase = _ANSWERED_EARLY if early else _WAITING
         self._since = self.loop.time()
 
     def _check(self, *_: Any) -> None:
