@@ -26,9 +26,10 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ExceptionHandler, Receive, Scope, Send
 
 from collector import __version__
-from collector.admin import api, dashboard
+from collector.admin import api, auth, dashboard
+from collector.admin.guessing import weakness
 from collector.config.settings import Settings
-from collector.errors import HTTPError
+from collector.errors import HTTPError, NotFound, Unauthorized
 from collector.ingest.endpoints import IngestApp
 from collector.ingest.tagfile import TagFile, tag_js
 from collector.metrics import IngestMetrics, render
@@ -67,6 +68,7 @@ class CollectorApp:
 
 def create_app(settings: Settings) -> CollectorApp:
     """Build the collector app for these settings."""
+    warn_about_weak_tokens(settings)
     registry = CollectorRegistry(auto_describe=True)
     metrics = IngestMetrics(registry)
     runtime = Runtime(settings, registry, metrics)
@@ -116,6 +118,20 @@ def create_app(settings: Settings) -> CollectorApp:
     app.state.tag = tag
     app.state.request_bin = request_bin
     return CollectorApp(ingest, app)
+
+
+def warn_about_weak_tokens(settings: Settings) -> None:
+    """Log a warning for an admin or metrics token that is easy to guess."""
+    for name, token in (("TRIPWIRE_ADMIN_TOKEN", settings.admin_token),
+                        ("TRIPWIRE_METRICS_TOKEN", settings.metrics_token)):
+        reason = weakness(token) if token else None
+        if reason is not None:
+            log.warning(
+                "%s is easy to guess (%s): anyone who guesses it %s; use a long random one, "
+                "e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))'",
+                name, reason,
+                "controls every campaign" if name == "TRIPWIRE_ADMIN_TOKEN" else "reads /metrics",
+            )
 
 
 def create_bin_app(request_bin: RequestBin) -> Starlette:
@@ -217,7 +233,19 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    """GET /metrics: Prometheus metrics."""
+    """GET /metrics: Prometheus metrics, for a bearer of the metrics or the admin token."""
+    settings = request.app.state.runtime.settings
+    tokens = [t for t in (settings.metrics_token, settings.admin_token) if t]
+    if not tokens:
+        raise NotFound("/metrics is off: set TRIPWIRE_METRICS_TOKEN to turn it on")
+    verdict = auth.check_bearer(request, tokens)
+    if verdict == "too_many_tries":
+        raise api.too_many_tries(request)
+    if verdict != "ok":
+        raise Unauthorized(
+            "metrics token required: Authorization: Bearer <TRIPWIRE_METRICS_TOKEN>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     await request.app.state.runtime.refresh_results()  # A/B results live in the store
     body = render(request.app.state.registry)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

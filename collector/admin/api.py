@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from collector.admin import auth, editing
+from collector.admin.guessing import retry_after
 from collector.admin.openapi import document as openapi_document
 from collector.admin.replay import replay_dead_letter
 from collector.config.schema import CampaignSpec, encode_hook
@@ -200,8 +201,18 @@ def resume(runtime: Runtime, campaign_id: str, endpoint: str | None) -> int:
 # -- endpoints -------------------------------------------------------------------------------
 
 
+def too_many_tries(request: Request) -> TooManyRequests:
+    """The refusal of a client that tried too many wrong tokens."""
+    wait = retry_after(auth.wait_before_trying(request))
+    return TooManyRequests(
+        f"too many wrong tokens from this address; try again in {wait} s",
+        headers={"Retry-After": wait},
+    )
+
+
 def guarded(endpoint: Endpoint) -> Endpoint:
-    """An API endpoint answering 404 when admin is off, 401 without the token, 403 cross-origin."""
+    """An API endpoint answering 404 when admin is off, 401 without the token, 403 cross-origin,
+    429 after too many wrong tokens."""
 
     async def guarded_endpoint(request: Request) -> Response:
         refused = await auth.refusal(request)
@@ -211,6 +222,8 @@ def guarded(endpoint: Endpoint) -> Endpoint:
             raise Unauthorized("admin token required: Authorization: Bearer <token>")
         if refused == "cross_origin":
             raise Forbidden("cross-origin admin request refused")
+        if refused == "too_many_tries":
+            raise too_many_tries(request)
         return await endpoint(request)
 
     guarded_endpoint.__name__ = endpoint.__name__

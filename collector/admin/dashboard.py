@@ -26,6 +26,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from collector.admin import api as admin
 from collector.admin import auth, charts, editing
+from collector.admin.guessing import retry_after
 from collector.admin.replay import replay_dead_letter
 from collector.config.durations import format_duration
 from collector.config.schema import CampaignSpec, campaign_as_written
@@ -121,6 +122,8 @@ def guarded(endpoint: Page) -> Page:
             return RedirectResponse("/admin/login", status_code=303)
         if refused == "cross_origin":
             return _plain("cross-origin request refused", 403)
+        if refused == "too_many_tries":
+            return _too_many_tries(request)
         try:
             return await endpoint(request)
         except HTTPError as exc:
@@ -133,6 +136,13 @@ def guarded(endpoint: Page) -> Page:
 
 
 # -- login -----------------------------------------------------------------------------------
+
+
+def _too_many_tries(request: Request) -> Response:
+    wait = retry_after(auth.wait_before_trying(request))
+    response = _login_form(f"Too many wrong tokens from this address: wait {wait} s.", 429)
+    response.headers["Retry-After"] = wait
+    return response
 
 
 def _login_form(message: str | None, status: int) -> Response:
@@ -150,9 +160,13 @@ async def login(request: Request) -> Response:
         given = request.query_params.get("token", "")
         if not given:
             return _login_form(None, 200)
-    if not auth.valid_token(request, given.strip()):
+    verdict = auth.valid_token(request, given.strip())
+    if verdict == "too_many_tries":
+        return _too_many_tries(request)
+    if verdict != "ok":
         return _login_form("That is not the admin token.", 401)
-    session = await auth.runtime_of(request).sessions.create()
+    token = auth.runtime_of(request).settings.admin_token or ""
+    session = await auth.runtime_of(request).sessions.create(auth.token_tag(token))
     response = RedirectResponse("/admin/", status_code=303)
     response.set_cookie(
         auth.COOKIE,
@@ -169,8 +183,9 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     """POST /admin/logout: end the session (its cookie stops working everywhere) and forget it."""
     session = request.cookies.get(auth.COOKIE)
-    if session and auth.runtime_of(request).settings.admin_token:
-        await auth.runtime_of(request).sessions.revoke(session)
+    token = auth.runtime_of(request).settings.admin_token
+    if session and token:
+        await auth.runtime_of(request).sessions.revoke(session, auth.token_tag(token))
     response = RedirectResponse("/admin/login", status_code=303)
     response.delete_cookie(auth.COOKIE, path="/admin", httponly=True, samesite="strict")
     return response

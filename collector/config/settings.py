@@ -49,6 +49,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     workers: int = 1
     data_dir: str | None = ".tripwire"  # None: memory mode keeps nothing (benchmark baselines)
     admin_token: str | None = None
+    metrics_token: str | None = None  # opens /metrics (as does the admin token); unset: closed
     request_bin: bool = False
     deliver_in_process: bool = True
 
