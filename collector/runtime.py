@@ -366,12 +366,13 @@ class Runtime:
             await disk.commit()  # the answer waits until all of it is written
         return result.rejected
 
-    async def put_campaign(self, spec: CampaignSpec) -> bool:
-        """Add or replace a campaign everywhere it runs; True when it is new."""
+    async def put_campaign(self, spec: CampaignSpec, *, if_unchanged: bool = False) -> bool:
+        """Add or replace a campaign everywhere it runs; True when it is new. `if_unchanged`:
+        Redis mode checks, where it writes, that nobody changed it since this process saw it."""
         new = all(c.id != spec.id for c in self.config.campaigns)
         if self.redis is not None:
             self.engine.rules.with_campaign(spec, 0.0)  # ConfigError before anything is stored
-            await self.redis.campaigns.put(spec)  # every process applies it, this one first
+            await self.redis.campaigns.put(spec, if_unchanged=if_unchanged)  # here first
         else:
             updated_at = time.time()
             self._apply_put(spec, updated_at)
@@ -390,12 +391,12 @@ class Runtime:
         self.engine.replace_campaign(spec, updated_at)
         self.campaign_changes[spec.id] = CampaignChange(spec=spec, updated_at=updated_at)
 
-    async def remove_campaign(self, campaign_id: str) -> bool:
+    async def remove_campaign(self, campaign_id: str, *, if_unchanged: bool = False) -> bool:
         """Delete a campaign everywhere it runs; False when there was none."""
         if all(c.id != campaign_id for c in self.config.campaigns):
             return False
         if self.redis is not None:
-            await self.redis.campaigns.remove(campaign_id)  # every process applies it
+            await self.redis.campaigns.remove(campaign_id, if_unchanged=if_unchanged)
         else:
             self._apply_remove(campaign_id)
             change = CampaignChange(spec=None, updated_at=time.time())
