@@ -32,6 +32,7 @@ from collector.config.settings import Settings
 from collector.errors import HTTPError, NotFound, Unauthorized
 from collector.ingest.endpoints import IngestApp
 from collector.ingest.tagfile import TagFile, tag_js
+from collector.ingest.verification import IdentityCheck
 from collector.metrics import IngestMetrics, render
 from collector.runtime import Runtime
 from collector.security import SecurityHeaders
@@ -72,8 +73,14 @@ def create_app(settings: Settings) -> CollectorApp:
     registry = CollectorRegistry(auto_describe=True)
     metrics = IngestMetrics(registry)
     runtime = Runtime(settings, registry, metrics)
+    identity = settings.config.identity
     ingest = IngestApp(
-        settings.config.write_keys, settings.config.allowed_origins, runtime.accept, metrics
+        settings.config.write_keys,
+        settings.config.allowed_origins,
+        runtime.accept,
+        metrics,
+        IdentityCheck(identity),
+        identity.server_write_keys,
     )
     tag = TagFile()
     bin_settings = settings.config.request_bin

@@ -658,3 +658,24 @@ def test_build_fails_over_its_budget(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "over budget" in result.stderr
     assert not out.exists()
+
+
+def test_the_sites_signature_of_the_user_id_goes_with_every_message_until_reset(
+    collector: Tripwire, site: str, context: BrowserContext, page: Page
+) -> None:
+    page.goto(f"{site}/index.html")
+    visitor = anonymous_id(context)
+    page.evaluate("tripwire('identify', 'user-8', {plan: 'pro'}, 'signed-by-the-site')")
+    page.reload()
+    events = wait_for_events(collector, visitor, 3)
+    assert [(e["type"], e.get("userId"), e["context"].get("userHash")) for e in events] == [
+        ("page", None, None),
+        ("identify", "user-8", "signed-by-the-site"),
+        ("page", "user-8", "signed-by-the-site"),  # kept across the reload
+    ]
+    page.evaluate("tripwire('reset'); tripwire('track', 'After Reset')")
+    fresh = wait_until(
+        lambda: (value := anonymous_id(context)) != visitor and value, message="a new visitor id"
+    )
+    (after,) = wait_for_events(collector, fresh, 1)
+    assert "userHash" not in after["context"]

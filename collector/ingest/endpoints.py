@@ -1,8 +1,9 @@
 """The ingest endpoints (`/v1/batch`, `/v1/track`, ...) as a plain ASGI app: the hot path.
 
 It reads the body under the size limits, inflates gzip, checks the write key (body or HTTP
-Basic), decodes with the prebuilt decoders, hands the events to the pipeline and answers with
-orjson. It answers CORS preflights itself so browsers can send from any allowed origin.
+Basic), decodes with the prebuilt decoders, refuses identities it cannot believe (when identity
+verification is on, `collector.ingest.verification`), hands the events to the pipeline and
+answers with orjson. It answers CORS preflights itself so browsers can send from any allowed origin.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from collector.ingest.messages import (
     decode_single,
     raise_all_rejected,
 )
+from collector.ingest.verification import IdentityCheck
 from collector.metrics import IngestMetrics
 
 log = logging.getLogger("tripwire.ingest")
@@ -57,8 +59,11 @@ class IngestApp:
         allowed_origins: Sequence[str],
         accept: Accept,
         metrics: IngestMetrics,
+        identity: IdentityCheck | None = None,
+        server_write_keys: Sequence[str] = (),
     ) -> None:
-        self._write_keys = frozenset(write_keys)
+        self._write_keys = frozenset([*write_keys, *server_write_keys])
+        self._identity = identity if identity is not None and identity.on else None
         self._any_origin = "*" in allowed_origins
         self._origins = frozenset(allowed_origins)
         self._accept = accept
@@ -79,7 +84,9 @@ class IngestApp:
             body = await _read_body(receive, headers)
             now = time.time()
             decoded = decode_batch(body, now) if kind == "batch" else decode_single(body, kind, now)
-            self._authenticate(decoded, headers)
+            key = self._authenticate(decoded, headers)
+            if self._identity is not None and not self._identity.trusted(key):
+                _verify(self._identity, decoded, kind == "batch")
             failed = await self._accept(decoded.events, now)
             if failed:
                 _add_failures(decoded, failed, kind == "batch")
@@ -106,12 +113,13 @@ class IngestApp:
             payload = _OK
         await _respond(send, 200, payload, [*cors, _CONTENT_JSON])
 
-    def _authenticate(self, decoded: Decoded, headers: dict[bytes, bytes]) -> None:
+    def _authenticate(self, decoded: Decoded, headers: dict[bytes, bytes]) -> str:
         key = decoded.write_key or _basic_user(headers.get(b"authorization"))
         if key is None:
             raise Unauthorized("$.writeKey: missing write key (body writeKey or HTTP Basic user)")
         if key not in self._write_keys:
             raise Unauthorized("$.writeKey: unknown write key")
+        return key
 
     def _cors_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
         origin = None
@@ -137,6 +145,27 @@ _PREFLIGHT = [
 
 
 _ENDPOINTS = {f"/v1/{kind}": kind for kind in ("batch", *MESSAGE_TYPES)}
+
+
+def _verify(check: IdentityCheck, decoded: Decoded, batch: bool) -> None:
+    """Keep the events whose identity can be believed; list the others as rejected."""
+    events: list[Event] = []
+    indexes: list[int] = []
+    for event, index in zip(decoded.events, decoded.indexes, strict=True):
+        event, problem = check.verify(event)
+        if problem is None:
+            events.append(event)
+            indexes.append(index)
+        else:
+            path = f"$.batch[{index}]" if batch else "$"
+            decoded.rejected.append(Rejection(index, path + problem))
+    if len(events) == len(decoded.events):
+        decoded.events = events  # the same, without their hashes
+        return
+    decoded.rejected.sort(key=lambda r: r.index)
+    decoded.events, decoded.indexes = events, indexes
+    if not events:
+        raise_all_rejected(decoded.rejected)
 
 
 def _add_failures(decoded: Decoded, failed: Sequence[tuple[int, str]], batch: bool) -> None:
