@@ -5,12 +5,11 @@ connects and sends nothing, or sends its headers or body a byte at a time, is wa
 forever; a few thousand such connections exhaust the file descriptors and every normal request
 fails. `GuardedHttp` gives each phase of a request a deadline — the request line and headers
 `header_timeout` from the first byte (or from connecting), the body `body_timeout` from the end
-of the headers — and answers 408 and closes when one passes. A connection answered before its
-request's body was all received (an early 401, 413 or 415) is closed when the rest of the body
-has come, or `header_timeout` after the answer, whichever is first: the client may finish
-sending and read the answer, but a body arriving after the answer never starts a request that
-no deadline covers. It also caps the connections one client address may hold at once
-(`max_connections_per_client`).
+of the headers — and answers 408 and closes when one passes. A request answered before its body
+was all received (an early 401, 413 or 415) is answered with `Connection: close` and its
+connection closed once the answer is sent: a body arriving after the answer would otherwise
+complete a request nobody handles, outside every deadline. It also caps the connections one
+client address may hold at once (`max_connections_per_client`).
 
 It keeps one timer per connection that re-arms itself, so a request costs two clock reads, not
 a timer of its own.
@@ -21,11 +20,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from collector.config.schema import ServerSettings
 
-_WAITING, _HEADERS, _BODY, _HANDLING, _ANSWERED_EARLY = range(5)
+_WAITING, _HEADERS, _BODY, _HANDLING = range(4)
 
 
 def _answer(status: bytes, body: bytes, *headers: bytes) -> bytes:
@@ -43,6 +42,16 @@ _TOO_MANY = _answer(
     b'{"error":"too_many_connections","detail":"too many connections from one address"}',
     b"retry-after: 1",
 )
+
+
+class _Cycle(RequestResponseCycle):
+    """uvicorn's request cycle, closing the connection when answered before the body came."""
+
+    async def send(self, message: Any) -> None:
+        """Send a response message; an answer started while the body is still due closes."""
+        if message["type"] == "http.response.start" and self.more_body:
+            self.keep_alive = False  # uvicorn says `connection: close` and closes once sent
+        await super().send(message)
 
 
 class GuardedHttp(HttpToolsProtocol):
@@ -89,26 +98,21 @@ class GuardedHttp(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         """Headers done: the body is due within body_timeout."""
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.__class__ = _Cycle  # the same object, with the early answer's close
         self._phase = _BODY
         self._since = self.loop.time()
 
     def on_message_complete(self) -> None:
         """The request is in: the app has as long as it needs (streams may last)."""
         super().on_message_complete()
-        if self._phase == _ANSWERED_EARLY:  # the rest of a body the answer did not wait for
-            self.transport.close()
-        elif self._phase == _BODY:
+        if self._phase == _BODY:
             self._phase = _HANDLING
 
     def on_response_complete(self) -> None:
-        """Answered: waiting for the next request (uvicorn's keep-alive timeout also runs).
-
-        Answered before the body was all received: the rest of it is awaited, then the
-        connection closed (see the module's docstring).
-        """
-        early = self._phase == _BODY
+        """Answered: waiting for the next request (uvicorn's keep-alive timeout also runs)."""
         super().on_response_complete()
-        self._phase = _ANSWERED_EARLY if early else _WAITING
+        self._phase = _WAITING
         self._since = self.loop.time()
 
     def _check(self, *_: Any) -> None:

@@ -307,3 +307,12 @@ def test_literal_braces_stay_as_written() -> None:
     )
     webhook = fired(click(engine))
     assert (webhook.url, webhook.headers) == ("https://hooks.example/{x}/u-1", {"X-A": "{u-1}"})
+
+
+@pytest.mark.parametrize("control", ["\x01", "\x1b", "\x7f", "\x0b"])
+def test_any_control_character_in_a_rendered_header_suppresses(control: str) -> None:
+    engine = engine_with({"url": "https://hooks.example/", "headers": {"X-User": "#{user_id}"}})
+    outcome = click(engine, user_id=f"u{control}1")
+    assert outcome.webhooks == []
+    assert [(d.outcome, d.reason) for d in outcome.decisions] == [("suppressed", "invalid_header")]
+    assert fired(click(engine, user_id="u\t1")).headers == {"X-User": "u\t1"}  # tab is allowed

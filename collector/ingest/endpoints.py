@@ -228,16 +228,24 @@ async def _read_body(receive: Receive, headers: dict[bytes, bytes]) -> bytes:
 
 
 def _gunzip(body: bytes) -> bytes:
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        data = inflater.decompress(body, MAX_BATCH_BYTES + 1)
-    except zlib.error as exc:
-        raise BadRequest(f"$: body is not valid gzip ({exc})") from exc
-    if len(data) > MAX_BATCH_BYTES:
-        raise PayloadTooLarge(f"$: inflated body is over {MAX_BATCH_BYTES} bytes")
-    if not inflater.eof:
-        raise BadRequest("$: gzip body is truncated")
-    return data
+    """Inflate a gzip body of one member or several (RFC 1952), at most MAX_BATCH_BYTES."""
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    while rest[:2] == b"\x1f\x8b" or not parts:  # past the last member: trailing bytes ignored
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            data = inflater.decompress(rest, MAX_BATCH_BYTES + 1 - size)  # never 0 (no limit)
+        except zlib.error as exc:
+            raise BadRequest(f"$: body is not valid gzip ({exc})") from exc
+        size += len(data)
+        if size > MAX_BATCH_BYTES:
+            raise PayloadTooLarge(f"$: inflated body is over {MAX_BATCH_BYTES} bytes")
+        if not inflater.eof:
+            raise BadRequest("$: gzip body is truncated")
+        parts.append(data)
+        rest = inflater.unused_data
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _basic_user(header: bytes | None) -> str | None:
