@@ -9,6 +9,7 @@ plain functions in their modules, reading what they need from `request.app.state
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -231,9 +232,17 @@ async def healthz(_: Request) -> Response:
     return JSONResponse({"status": "ok", "version": __version__})
 
 
+READY_SECONDS = 2.0  # /readyz answers within this, whatever the store does
+
+
 async def readyz(request: Request) -> Response:
-    """GET /readyz: the store answers and the data directory takes writes (503, with why)."""
-    reason = await request.app.state.runtime.unready_reason()
+    """GET /readyz: the store answers and the data directory takes writes (503, with why),
+    within READY_SECONDS: a frozen store is not ready, and a probe gets its answer in time."""
+    try:
+        async with asyncio.timeout(READY_SECONDS):
+            reason = await request.app.state.runtime.unready_reason()
+    except TimeoutError:
+        reason = f"the store did not answer within {READY_SECONDS:g} s"
     if reason is None:
         return JSONResponse({"ready": True})
     return JSONResponse({"ready": False, "reason": reason}, status_code=503)
