@@ -7,6 +7,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
+import yaml
+
 from tests.support.redis import RedisServer
 from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire
 
@@ -59,3 +62,35 @@ def test_two_processes_never_both_win_an_edit_of_one_version(redis_server: Redis
 def test_two_editors_on_one_memory_mode_process_never_both_win() -> None:
     with run_tripwire(CONFIG) as server:
         race([server, server], rounds=4)
+
+
+def save_in_dashboard(server: Tripwire, version: str, name: str) -> int:
+    """Save the campaign through the dashboard's editor form (logged in with the token)."""
+    with httpx.Client(base_url=server.url, trust_env=False) as browser:
+        login = browser.post("/admin/login", data={"token": ADMIN_TOKEN})
+        assert login.status_code == 303
+        source = yaml.safe_dump({**CONFIG["campaigns"][0], "name": name})
+        answer = browser.post(
+            "/admin/campaigns/welcome",
+            data={"source": source, "version": version},
+            headers={"Origin": server.url},
+        )
+        return answer.status_code
+
+
+def test_two_dashboard_editors_on_two_processes_never_both_win(
+    redis_server: RedisServer,
+) -> None:
+    store = ["--store", redis_server.url]
+    with (
+        run_tripwire(CONFIG, args=store) as first,
+        run_tripwire(CONFIG, args=store) as second,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        for round_ in range(6):
+            version = etag(first)
+            statuses = list(pool.map(
+                save_in_dashboard, [first, second], [version] * 2,
+                [f"dashboard {round_}.{n}" for n in range(2)],
+            ))
+            assert sorted(statuses) == [303, 400], statuses  # saved; refused, text kept

@@ -32,7 +32,7 @@ from collector.config.durations import format_duration
 from collector.config.schema import CampaignSpec, campaign_as_written
 from collector.delivery.dispatcher import PausedEndpoint
 from collector.delivery.log import STATUSES, DeliveryAttempt
-from collector.errors import HTTPError, InvalidCampaign, NotFound, Unavailable
+from collector.errors import HTTPError, InvalidCampaign, NotFound, PreconditionFailed, Unavailable
 from collector.events import Event
 from collector.store.sessions import SESSION_SECONDS
 
@@ -136,6 +136,12 @@ def guarded(endpoint: Page) -> Page:
 
 
 # -- login -----------------------------------------------------------------------------------
+
+
+_SAVED_MEANWHILE = (
+    "someone else saved this campaign since you opened it: your text is kept below; open the "
+    "campaign again to see their change, then redo yours"
+)
 
 
 def _too_many_tries(request: Request) -> Response:
@@ -300,11 +306,13 @@ async def save(request: Request) -> Response:
             if spec is not None and version and version != admin.campaign_etag(
                 admin.existing_campaign(runtime, spec.id)
             ):
-                raise InvalidCampaign([
-                    "someone else saved this campaign since you opened it: your text is kept "
-                    "below; open the campaign again to see their change, then redo yours"
-                ])
-            saved, _ = await admin.save_campaign(runtime, campaign_id, raw)
+                raise InvalidCampaign([_SAVED_MEANWHILE])
+            try:  # checked again where it is written (in Redis mode, another process may save)
+                saved, _ = await admin.save_campaign(
+                    runtime, campaign_id, raw, if_unchanged=bool(spec and version)
+                )
+            except PreconditionFailed:
+                raise InvalidCampaign([_SAVED_MEANWHILE]) from None
     except InvalidCampaign as exc:
         return _editor_page(request, spec, source, exc.problems, 400, version)
     return _back("/admin/", notice=f"Saved {saved.id}.")
