@@ -37,7 +37,7 @@ from collector.ingest.messages import (
     decode_single,
     raise_all_rejected,
 )
-from collector.ingest.verification import IdentityCheck
+from collector.ingest.verification import IdentityCheck, without_hashes
 from collector.metrics import IngestMetrics
 
 log = logging.getLogger("tripwire.ingest")
@@ -87,6 +87,8 @@ class IngestApp:
             key = self._authenticate(decoded, headers)
             if self._identity is not None and not self._identity.trusted(key):
                 _verify(self._identity, decoded, kind == "batch")
+            else:
+                decoded.events = without_hashes(decoded.events)
             failed = await self._accept(decoded.events, now)
             if failed:
                 _add_failures(decoded, failed, kind == "batch")

@@ -11,8 +11,9 @@ every message. A message sent with a public write key is then refused when:
   itself to its signed user).
 
 Messages sent with one of `identity.server_write_keys` (kept on the site's servers, where user
-ids come from the site's own sessions) are believed as sent. The hash is taken out of the
-accepted message's context, so it is never stored, shown or templated.
+ids come from the site's own sessions) are believed as sent. The hash is taken out of every
+accepted message's context (verification on or not), so it is never stored, shown or
+templated: whoever holds it can act as that user.
 
     check = IdentityCheck(settings.identity)
     if check.on and not check.trusted(write_key):
@@ -37,6 +38,20 @@ def user_hash(secret: str, user_id: str) -> str:
     return hmac.new(secret.encode(), user_id.encode(), hashlib.sha256).hexdigest()
 
 
+def without_hashes(events: list[Event]) -> list[Event]:
+    """The events with `context.userHash` taken out (the same list when none has one)."""
+    if not any(HASH_FIELD in event.context for event in events):
+        return events
+    return [_without_hash(event) for event in events]
+
+
+def _without_hash(event: Event) -> Event:
+    if HASH_FIELD not in event.context:
+        return event
+    context = {k: v for k, v in event.context.items() if k != HASH_FIELD}
+    return msgspec.structs.replace(event, context=context)
+
+
 class IdentityCheck:
     """Believes a user id signed with one of the secrets, or sent with a server write key."""
 
@@ -52,10 +67,8 @@ class IdentityCheck:
     def verify(self, event: Event) -> tuple[Event, str | None]:
         """The event without its hash, and why it is refused (a path suffix and reason), or
         None when it may be accepted."""
-        given = event.context.get(HASH_FIELD) if event.context else None
-        if given is not None:
-            context = {k: v for k, v in event.context.items() if k != HASH_FIELD}
-            event = msgspec.structs.replace(event, context=context)
+        given = event.context.get(HASH_FIELD)
+        event = _without_hash(event)
         if event.previous_id is not None and event.previous_id != event.anonymous_id:
             return event, (
                 ".previousId: identity verification is on; a browser may alias only its own "
