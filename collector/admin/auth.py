@@ -1,4 +1,4 @@
-"""Who may use the admin API, the dashboard and `/metrics`: one check, answered in each's manner.
+"""Who may use the admin API, the dashboard and `/metrics`: one check, each answering its way.
 
 Without `TRIPWIRE_ADMIN_TOKEN` admin is off. A request carries the token as a bearer header, or
 the dashboard's HttpOnly cookie holding a session id (random, never the token itself: logging

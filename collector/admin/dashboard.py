@@ -138,12 +138,6 @@ def guarded(endpoint: Page) -> Page:
 # -- login -----------------------------------------------------------------------------------
 
 
-_SAVED_MEANWHILE = (
-    "someone else saved this campaign since you opened it: your text is kept below; open the "
-    "campaign again to see their change, then redo yours"
-)
-
-
 def _too_many_tries(request: Request) -> Response:
     wait = retry_after(auth.wait_before_trying(request))
     response = _login_form(f"Too many wrong tokens from this address: wait {wait} s.", 429)
@@ -281,6 +275,12 @@ async def editor(request: Request) -> Response:
     version = admin.campaign_etag(spec) or ""
     below = await _charts_html(runtime, spec)
     return _editor_page(request, spec, _campaign_yaml(spec), [], 200, version, below)
+
+
+_SAVED_MEANWHILE = (
+    "someone else saved this campaign since you opened it: your text is kept below; open the "
+    "campaign again to see their change, then redo yours"
+)
 
 
 @guarded
