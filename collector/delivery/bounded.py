@@ -37,19 +37,24 @@ def content_codings(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
 async def read_prefix(
     chunks: AsyncIterable[bytes], codings: list[bytes], *, limit: int, read_limit: int
 ) -> bytes:
-    """The first `limit` bytes of the decoded body, reading at most about `read_limit` bytes.
+    """The first `limit` bytes of the decoded body, reading at most about `read_limit` bytes
+    (a body read to its end leaves its connection reusable; what is past the prefix is read
+    and dropped, not decoded).
 
     Raises zlib.error when a coding does not decode.
     """
     steps = [BoundedInflater(coding, limit) for coding in reversed(codings)]
     kept = b""
     seen = 0
+    decoding = True
     async for chunk in chunks:
         seen += len(chunk)
-        for step in steps:
-            chunk = step.feed(chunk)
-        kept += chunk[: limit - len(kept)]
-        if len(kept) >= limit or seen > read_limit or any(step.done for step in steps):
+        if decoding:
+            for step in steps:
+                chunk = step.feed(chunk)
+            kept += chunk[: limit - len(kept)]
+            decoding = len(kept) < limit and not any(step.done for step in steps)
+        if seen > read_limit:
             break
     return kept
 
