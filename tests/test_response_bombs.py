@@ -10,10 +10,11 @@ from __future__ import annotations
 import gzip
 import tracemalloc
 import zlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from collector.delivery.bounded import read_prefix
 from collector.delivery.sender import RESPONSE_PREFIX, Sender
 from collector.delivery.signing import Signer
 from collector.delivery.ssrf import Guard, Policy
@@ -68,3 +69,14 @@ async def test_a_gzip_body_of_several_members_reads_whole(sender: Sender) -> Non
         result = await sender.send(webhook(f"{sink.url}/hook"))
         await sender.aclose()
     assert result.response == '{"ok": true}'
+
+
+async def test_a_gzip_member_starting_in_a_later_packet_is_read() -> None:
+    first, second = gzip.compress(b"a" * 3000), gzip.compress(b"b" * 3000)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield first  # the first member ends exactly where a read ends
+        yield second
+
+    prefix = await read_prefix(chunks(), [b"gzip"], limit=RESPONSE_PREFIX, read_limit=65536)
+    assert prefix == (b"a" * 3000 + b"b" * 3000)[:RESPONSE_PREFIX]

@@ -79,15 +79,16 @@ class BoundedInflater:
         """Inflate what `data` holds, up to the budget left; input past the budget is dropped."""
         out: list[bytes] = []
         while data and self._left > 0:
+            if self._inflater.eof:  # a stream ended: a further gzip member, or trailing bytes
+                if self._coding != b"gzip" or data[:2] != b"\x1f\x8b":
+                    break
+                self._inflater = zlib.decompressobj(INFLATE_WBITS[b"gzip"])
             produced = self._inflate(data)
             self._left -= len(produced)
             out.append(produced)
-            if self._inflater.eof and self._coding == b"gzip":
-                data = self._inflater.unused_data  # a further gzip member, if any
-                if data:
-                    self._inflater = zlib.decompressobj(INFLATE_WBITS[b"gzip"])
-            else:
-                break  # the rest is past the budget (unconsumed_tail), or trailing bytes
+            if not self._inflater.eof:
+                break  # all of it taken in, or the rest is past the budget (dropped)
+            data = self._inflater.unused_data
         return b"".join(out)
 
     def _inflate(self, data: bytes) -> bytes:
