@@ -64,13 +64,11 @@ def test_wrong_admin_tokens_are_refused_after_a_few_tries_even_the_right_one() -
         )
 
 
-def test_a_weak_admin_token_is_warned_about_at_start() -> None:
+def test_a_weak_admin_token_is_warned_about_at_start(tripwire: Tripwire) -> None:
     with run_tripwire(CONFIG, env={"TRIPWIRE_ADMIN_TOKEN": "secret"}) as server:
         wait_until(lambda: "TRIPWIRE_ADMIN_TOKEN is easy to guess" in server.output(),
                    message="a warning about the weak token")
-    with run_tripwire(CONFIG) as server:
-        assert server.client.get("/healthz").status_code == 200
-        assert "easy to guess" not in server.output()
+    assert "easy to guess" not in tripwire.output()  # the tests' tokens are long enough
 
 
 def log_in(server: Tripwire, token: str) -> httpx.Cookies:
