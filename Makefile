@@ -27,9 +27,11 @@ tests/clients/node_modules/.package-lock.json: tests/clients/package.json tests/
 demo: $(VENV)/.runtime
 	$(VENV)/bin/tripwire demo $(ARGS)
 
-## Run the collector with the example config (flags: ARGS="--port 8001").
+## Run the collector with the example config (flags: ARGS="--port 8001"); it keeps its state in
+## .tripwire-serve, apart from the demo's .tripwire, so the two can run side by side.
 serve: $(VENV)/.runtime
-	$(VENV)/bin/tripwire serve --config examples/tripwire.yaml $(ARGS)
+	TRIPWIRE_DATA_DIR="$${TRIPWIRE_DATA_DIR:-.tripwire-serve}" \
+	  $(VENV)/bin/tripwire serve --config examples/tripwire.yaml $(ARGS)
 
 ## Build the JavaScript tag (fails above its size budget).
 tag: tag/node_modules/.package-lock.json
@@ -53,4 +55,4 @@ lint: $(VENV)/.test
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) tag/node_modules tests/clients/node_modules .tripwire .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) tag/node_modules tests/clients/node_modules .tripwire .tripwire-serve .pytest_cache .mypy_cache .ruff_cache

@@ -66,11 +66,15 @@ class Backend(Protocol):
     def decision_counts(self) -> Counter[Label]:
         """Decisions by (campaign, outcome, reason), every process's, across restarts."""
 
-    async def put_campaign(self, spec: CampaignSpec) -> None:
-        """Add or replace a campaign everywhere it runs, kept across restarts."""
+    async def put_campaign(self, spec: CampaignSpec, *, if_unchanged: bool = False) -> None:
+        """Add or replace a campaign everywhere it runs, kept across restarts; `if_unchanged`:
+        only if nobody changed it since this process saw it (PreconditionFailed otherwise)."""
 
-    async def remove_campaign(self, campaign_id: str) -> None:
-        """Delete a campaign everywhere it runs, kept across restarts."""
+    async def remove_campaign(self, campaign_id: str, *, if_unchanged: bool = False) -> None:
+        """Delete a campaign everywhere it runs, kept across restarts (`if_unchanged` as above)."""
+
+    async def refresh_campaigns(self) -> None:
+        """Apply the campaign changes other processes made that this one has not applied yet."""
 
     async def put_definition(self, change: DefinitionChange) -> None:
         """Set or delete a variable or segment everywhere, kept across restarts (raises

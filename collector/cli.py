@@ -188,7 +188,8 @@ def _check_port(settings: Settings) -> None:
         raise ConfigError(
             [f"tripwire serve: port {settings.port} on {settings.host} is in use (by the demo or "
              f"another collector?); choose another with --port {settings.port + 1} "
-             "or TRIPWIRE_PORT"]
+             "or TRIPWIRE_PORT (and, in memory mode, another --data-dir: one process per "
+             "data directory)"]
         )
 
 

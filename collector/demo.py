@@ -4,6 +4,10 @@ The demo runs two servers in one process: the collector (with the demo config, t
 and the dashboard) on 127.0.0.1, and the demo shop on `localhost`, a second origin, so the tag
 really sends cross-origin, as it would from a customer's site. The shop's pages hold the snippet
 with `http://127.0.0.1:8000`; the shop server rewrites it when the collector runs elsewhere.
+
+Identity verification is on in the demo, as a site should run it: the shop's server makes a
+member id at sign-up and signs it with the identity secret (`POST /api/signup`), and the page
+passes the signature to the tag, so nobody can send events as another member.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ import uvicorn
 import yaml
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from collector.config.settings import Settings, build_settings, decode_config
 from collector.errors import ConfigError
+from collector.ingest.verification import user_hash
 from collector.tools.requestbin import RequestBin
 
 # The shop ships with the source, not the package: an installed wheel finds it in the current
@@ -86,9 +91,15 @@ def demo_settings(options: DemoOptions) -> Settings:
     )
 
 
-def site_app(site_dir: Path, collector: str) -> Starlette:
-    """The demo shop: static files, clean URLs (`/cart` is cart.html), the collector URL in."""
+def site_app(site_dir: Path, collector: str, identity_secret: str | None = None) -> Starlette:
+    """The demo shop: static files, clean URLs (`/cart` is cart.html), the collector URL in;
+    and its server's sign-up, which makes a member id and signs it for the tag."""
     root = site_dir.resolve()
+
+    async def signup(_: Request) -> Response:
+        member = f"member-{secrets.token_hex(6)}"
+        signed = user_hash(identity_secret, member) if identity_secret else None
+        return JSONResponse({"userId": member, "userHash": signed})
 
     async def serve(request: Request) -> Response:
         found = _site_file(root, request.url.path)
@@ -102,7 +113,12 @@ def site_app(site_dir: Path, collector: str) -> Starlette:
             return Response(text, media_type=media_type, headers={"Cache-Control": "no-cache"})
         return Response(found.read_bytes(), media_type=media_type)
 
-    return Starlette(routes=[Route("/{path:path}", serve, methods=["GET", "HEAD"])])
+    return Starlette(
+        routes=[
+            Route("/api/signup", signup, methods=["POST"]),
+            Route("/{path:path}", serve, methods=["GET", "HEAD"]),
+        ]
+    )
 
 
 def _site_file(root: Path, path: str) -> Path | None:
@@ -203,7 +219,8 @@ def run_demo(options: DemoOptions) -> int:
     collector = f"http://127.0.0.1:{options.port}"
     site = f"http://localhost:{options.site_port}/"
     app = create_app(settings)
-    shop = site_app(find_site_dir(options.site_dir), collector)
+    secrets_ = settings.config.identity.secrets
+    shop = site_app(find_site_dir(options.site_dir), collector, secrets_[0] if secrets_ else None)
     servers = [
         server(app, "127.0.0.1", options.port),
         server(shop, "127.0.0.1", options.site_port),

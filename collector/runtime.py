@@ -267,17 +267,18 @@ class Runtime:
         await self.backend.keep()  # the answer waits until all of it is kept
         return result.rejected
 
-    async def put_campaign(self, spec: CampaignSpec) -> bool:
-        """Add or replace a campaign everywhere it runs; True when it is new."""
+    async def put_campaign(self, spec: CampaignSpec, *, if_unchanged: bool = False) -> bool:
+        """Add or replace a campaign everywhere it runs; True when it is new. `if_unchanged`:
+        the backend checks, where it writes, that nobody changed it since this process saw it."""
         new = not self.live.has(spec.id)
-        await self.backend.put_campaign(spec)
+        await self.backend.put_campaign(spec, if_unchanged=if_unchanged)
         return new
 
-    async def remove_campaign(self, campaign_id: str) -> bool:
+    async def remove_campaign(self, campaign_id: str, *, if_unchanged: bool = False) -> bool:
         """Delete a campaign everywhere it runs; False when there was none."""
         if not self.live.has(campaign_id):
             return False
-        await self.backend.remove_campaign(campaign_id)
+        await self.backend.remove_campaign(campaign_id, if_unchanged=if_unchanged)
         return True
 
     def begin_shutdown(self) -> None:

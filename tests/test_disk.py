@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -178,3 +181,89 @@ async def test_a_failing_write_keeps_what_was_staged_and_recovers(tmp_path: Path
     finally:
         disk_module.os.write = real_write  # type: ignore[assignment]
     assert dict(Owner(tmp_path).table.rows()) == {"k": b"v"}
+
+
+def frame_offsets(segment: Path) -> list[int]:
+    """Where each frame of a segment starts."""
+    data = segment.read_bytes()
+    offsets, offset = [], 0
+    while offset + 8 <= len(data):
+        offsets.append(offset)
+        offset += 8 + int.from_bytes(data[offset : offset + 4], "little")
+    return offsets
+
+
+async def damaged_log(directory: Path) -> Path:
+    """A data directory of 30 frames, one key each, with frame 15 damaged in its middle."""
+    owner = Owner(directory)
+    owner.disk.start()
+    for n in range(30):
+        owner.put(f"user{n}", f"profile {n}".encode() * 20)
+        await owner.disk.commit()
+    await owner.disk.close()
+    (segment,) = directory.glob("log.*")
+    start = frame_offsets(segment)[15]
+    data = bytearray(segment.read_bytes())
+    data[start + 20] ^= 0xFF  # one flipped byte in frame 15's payload
+    segment.write_bytes(bytes(data))
+    return segment
+
+
+async def test_one_damaged_frame_loses_only_its_own_records(tmp_path: Path) -> None:
+    await damaged_log(tmp_path)
+    rows = dict(Owner(tmp_path).table.rows())
+    assert sorted(rows) == sorted(f"user{n}" for n in range(30) if n != 15)
+    assert rows["user29"] == b"profile 29" * 20
+
+
+async def test_compaction_keeps_a_file_it_could_not_read_whole(tmp_path: Path) -> None:
+    segment = await damaged_log(tmp_path)
+    disk_module.compact(tmp_path, 10**6, {"journals": {}, "lists": {}})
+    assert not segment.exists()
+    kept = segment.with_name(f"{segment.name}.damaged")
+    assert kept.stat().st_size > 0  # the evidence stays, outside what a start reads
+    rows = dict(Owner(tmp_path).table.rows())
+    assert len(rows) == 29 and "user15" not in rows
+
+
+async def test_a_failed_compaction_removes_its_partial_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner = Owner(tmp_path)
+    for n in range(5):
+        owner.put(f"k{n}", b"v" * 100)
+    await owner.disk.commit()
+    await owner.disk.close()
+    real_fsync = disk_module.os.fsync
+
+    def full_disk(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(disk_module.os, "fsync", full_disk)
+    with pytest.raises(OSError):
+        disk_module.compact(tmp_path, 10**6, {"journals": {}, "lists": {}})
+    monkeypatch.setattr(disk_module.os, "fsync", real_fsync)
+    assert not (tmp_path / "snapshot.tmp").exists()
+    assert list(tmp_path.glob("log.*")), "what could not be folded is still there"
+    assert len(dict(Owner(tmp_path).table.rows())) == 5
+
+
+def test_a_second_process_on_the_data_directory_is_refused_naming_the_first(
+    tmp_path: Path,
+) -> None:
+    owner = Owner(tmp_path)
+    program = (
+        "import sys\nfrom collector.memory.disk import Disk\nfrom collector.errors import ConfigError\n"
+        "try:\n    Disk(sys.argv[1]).open()\n"
+        "except ConfigError as exc:\n    print(exc.problems[0]); sys.exit(2)\n"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", program, str(tmp_path)], capture_output=True, text=True, timeout=30
+    )
+    assert other.returncode == 2, other.stderr
+    assert f"in use by process {os.getpid()}" in other.stdout
+    asyncio.run(owner.disk.close())
+    again = subprocess.run(
+        [sys.executable, "-c", program, str(tmp_path)], capture_output=True, text=True, timeout=30
+    )
+    assert again.returncode == 0, again.stdout + again.stderr

@@ -52,9 +52,25 @@ def test_a_browser_that_changes_hands_does_not_join_two_users() -> None:
     assert profiles.resolve(event("v1", "bob")) == ("u:bob", [])
 
 
-def test_alias_merges_two_known_users() -> None:
+def test_alias_never_merges_two_known_users_nor_links_the_others_id() -> None:
     profiles = Profiles({"u:old": "u:old", "u:new": "u:new"}, {"u:old": "old", "u:new": "new"})
-    assert profiles.resolve(event(user_id="new", previous_id="old")) == ("u:new", ["u:old"])
+    found = resolve(event(user_id="new", previous_id="old"), profiles.owners.get,
+                    profiles.users.__getitem__)
+    assert (found.key, found.merge) == ("u:new", [])
+    assert "u:old" not in found.link  # "old" still finds its own profile
+
+
+def test_alias_from_a_new_user_cannot_take_a_known_users_profile() -> None:
+    profiles = Profiles({"u:victim": "u:victim"}, {"u:victim": "victim"})
+    found = resolve(event("fresh", user_id="attacker", previous_id="victim"),
+                    profiles.owners.get, profiles.users.__getitem__)
+    assert (found.key, found.merge) == ("u:attacker", [])
+    assert "u:victim" not in found.link
+
+
+def test_alias_of_a_user_id_no_other_user_holds_merges_it() -> None:
+    profiles = Profiles({"a:v1": "a:v1", "u:ann": "u:ann"}, {"a:v1": None, "u:ann": "ann"})
+    assert profiles.resolve(event(user_id="ann", previous_id="v1")) == ("u:ann", ["a:v1"])
 
 
 def test_alias_of_an_anonymous_id_merges_it() -> None:

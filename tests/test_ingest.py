@@ -337,6 +337,18 @@ def test_gzip_text_plain_and_basic_auth_are_accepted(tripwire: Tripwire) -> None
     assert event_names(tripwire, anonymous_id) == ["Zipped", "Single"]
 
 
+def test_a_gzip_body_of_several_members_is_read_whole(tripwire: Tripwire) -> None:
+    anonymous_id = f"a-{uuid.uuid4()}"
+    text = json.dumps({"writeKey": WRITE_KEY, "batch": [track(anonymous_id, "Two Members")]})
+    middle = len(text) // 2
+    body = gzip.compress(text[:middle].encode()) + gzip.compress(text[middle:].encode())
+    response = tripwire.client.post(
+        "/v1/batch", content=body, headers={"Content-Encoding": "gzip"}
+    )
+    assert response.status_code == 200, response.text
+    assert event_names(tripwire, anonymous_id) == ["Two Members"]
+
+
 def test_client_clock_skew_is_corrected(tripwire: Tripwire) -> None:
     anonymous_id = f"a-{uuid.uuid4()}"
     skewed_now = datetime.now(UTC) + timedelta(hours=3)  # the client's clock runs 3 h fast
@@ -379,9 +391,7 @@ def test_only_configured_origins_are_allowed() -> None:
 def test_health_readiness_and_metrics(tripwire: Tripwire) -> None:
     assert tripwire.client.get("/healthz").json()["status"] == "ok"
     assert tripwire.client.get("/readyz").status_code == 200
-    metrics = tripwire.client.get("/metrics")
-    assert metrics.status_code == 200
-    assert "tripwire_ingest_requests_total" in metrics.text
+    assert "tripwire_ingest_requests_total" in tripwire.metrics()
 
 
 def test_state_survives_a_restart(tmp_path: Any) -> None:

@@ -141,7 +141,7 @@ LAYERS: dict[str, set[str]] = {
               "ingest", "runtime", "security", "store", "webhook"},
     "app": {"admin", "config", "errors", "ingest", "metrics", "runtime", "security", "server",
             "tools"},
-    "demo": {"app", "config", "errors", "server", "tools"},
+    "demo": {"app", "config", "errors", "ingest", "server", "tools"},
     "cli": {"app", "config", "demo", "engine", "errors", "redis", "server", "tools"},
 }
 

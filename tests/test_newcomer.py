@@ -184,3 +184,12 @@ def test_serve_on_a_port_in_use_says_so_in_one_line() -> None:
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert f"port {port} on 127.0.0.1 is in use" in result.stderr
     assert "--port" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_make_serve_keeps_its_state_apart_from_the_demo() -> None:
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-n", "serve"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, env=_without_make_variables(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "TRIPWIRE_DATA_DIR=" in result.stdout and ".tripwire-serve" in result.stdout

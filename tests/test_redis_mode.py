@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from typing import Any
@@ -226,3 +227,21 @@ def test_serve_starts_without_redis_and_connects_when_it_comes() -> None:
                 assert server.process.poll() is None
     finally:
         redis.close()
+
+
+def test_readyz_answers_in_time_while_redis_is_frozen() -> None:
+    with RedisServer() as redis, run_tripwire({"write_keys": [WRITE_KEY]},
+                                              args=["--store", redis.url]) as server:
+        assert server.client.get("/readyz").status_code == 200
+        assert redis.process is not None
+        redis.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            answer = server.client.get("/readyz")
+            took = time.monotonic() - started
+        finally:
+            redis.process.send_signal(signal.SIGCONT)
+        assert answer.status_code == 503 and "did not answer" in answer.json()["reason"]
+        assert took < 5.0, f"/readyz took {took:.1f} s"
+        wait_until(lambda: server.client.get("/readyz").status_code == 200,
+                   message="ready again once Redis answers")

@@ -127,7 +127,7 @@ def generate(path: Path) -> list[dict[str, Any]]:
 
 def server_counts(server: Tripwire) -> dict[str, dict[str, Any]]:
     counts: dict[str, dict[str, Any]] = {}
-    for line in server.client.get("/metrics").text.splitlines():
+    for line in server.metrics().splitlines():
         if not line.startswith("tripwire_campaign_decisions_total{"):
             continue
         sample, _, value = line.rpartition(" ")

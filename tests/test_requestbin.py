@@ -205,3 +205,28 @@ def test_serve_mounts_the_bin_only_when_configured(enabled: bool) -> None:
     with run_tripwire(config) as server:
         answer = server.client.post("/bin/demo", json={})
     assert answer.status_code == (200 if enabled else 404)
+
+
+def held_in_memory(entries: list[Any]) -> int:
+    """What recorded entries really hold: the entry, its strings, its header pairs."""
+    total = 0
+    for entry in entries:
+        total += sys.getsizeof(entry) + sys.getsizeof(entry.headers)
+        total += sum(sys.getsizeof(s) for s in (entry.body, entry.path, entry.query))
+        total += sum(
+            sys.getsizeof(pair) + sys.getsizeof(pair[0]) + sys.getsizeof(pair[1])
+            for pair in entry.headers
+        )
+    return total
+
+
+async def test_many_tiny_headers_cannot_hold_more_than_the_bin_budget() -> None:
+    bin_ = RequestBin(max_requests=200)
+    app = create_bin_app(bin_)
+    tiny = [(f"x{n}", "y") for n in range(1000)]
+    async with client_for(app) as client:
+        for _ in range(30):
+            await client.post("/bin/tiny", content=b"z", headers=tiny)
+    kept = bin_.requests("tiny")
+    assert kept and all(r.headers_truncated for r in kept)
+    assert held_in_memory(kept) <= MAX_BIN_BYTES * 1.2, held_in_memory(kept)

@@ -4,6 +4,7 @@ or nothing, get a 408 and are closed; one address cannot hold more than its shar
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
@@ -113,3 +114,20 @@ def _answered(sock: socket.socket) -> bytes:
     except (BlockingIOError, OSError):
         pass
     return _seen.get(id(sock), b"")
+
+
+def test_a_body_sent_after_the_answer_does_not_hold_the_connection(tripwire: Tripwire) -> None:
+    # A refused content type is answered before the body comes; the body arriving later must
+    # not leave the connection outside every deadline.
+    sock = connect(tripwire)
+    sock.send(
+        b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/xml\r\n"
+        b"Content-Length: 10\r\n\r\n"
+    )
+    wait_until(lambda: b"\r\n\r\n" in _answered(sock), message="the 415 answer")
+    answer = _answered(sock)
+    assert answer.startswith(b"HTTP/1.1 415") and b"connection: close" in answer.lower(), answer
+    with contextlib.suppress(OSError):  # the server may have closed already
+        sock.send(b"0123456789")
+    answer_when_closed(sock, within=4.0)  # header and body deadlines are 1 s each
+    assert good_request(tripwire) == 200

@@ -103,3 +103,24 @@ def test_serve_refuses_these_with_one_line_and_status_2(
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.strip().splitlines() if " INFO " not in line]
     assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_a_second_serve_on_a_data_directory_in_use_exits_2_naming_the_first(
+    tmp_path: Path,
+) -> None:
+    from tests.support.ports import free_port
+    from tests.support.server import run_tripwire
+
+    data = tmp_path / "data"
+    with run_tripwire({"write_keys": ["k"]}, data_dir=data) as first:
+        (tmp_path / "tripwire.yaml").write_text(GOOD)
+        second = subprocess.run(
+            [sys.executable, "-m", "collector.cli", "serve", "--config", "tripwire.yaml",
+             "--port", str(free_port()), "--data-dir", str(data)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=30,
+        )
+        assert second.returncode == 2, second.stderr
+        (line,) = second.stderr.strip().splitlines()
+        assert f"in use by process {first.process.pid}" in line and str(data) in line
+        assert first.post("/v1/batch", {"writeKey": "k", "batch": [
+            {"type": "page", "anonymousId": "a"}]}).status_code == 200

@@ -235,15 +235,16 @@ async def test_alias_links_the_previous_id(make_store: _Factory) -> None:
     assert view.profile["event_counts"]["page"] == 2
 
 
-async def test_alias_merges_two_known_users(make_store: _Factory) -> None:
+async def test_alias_never_merges_two_known_users(make_store: _Factory) -> None:
     store = await make_store()
     now = time.time()
     await ingest(store, [event(user_id="old-account")], now)
     await ingest(store, [event(user_id="new-account")], now)
     await ingest(store, [event("alias", user_id="new-account", previous_id="old-account")], now)
-    merged = await store.lookup("new-account", now)
-    assert merged is not None and merged == await store.lookup("old-account", now)
-    assert merged.profile["event_counts"]["page"] == 2
+    old = await store.lookup("old-account", now)
+    new = await store.lookup("new-account", now)
+    assert old is not None and new is not None and old != new
+    assert old.profile["user_id"] == "old-account" and new.profile["user_id"] == "new-account"
 
 
 async def test_a_duplicate_after_a_merge_is_still_a_duplicate(make_store: _Factory) -> None:
@@ -275,12 +276,15 @@ async def test_a_message_id_is_a_duplicate_only_for_the_same_user(make_store: _F
 async def test_a_long_chain_of_merges_still_resolves(make_store: _Factory) -> None:
     store = await make_store()
     now = time.time()
+    # anonymous profiles (alias never merges two known users)
     for n in range(21):
-        await ingest(store, [event(user_id=f"link-{n}")], now)
+        await ingest(store, [event(anonymous_id=f"link-{n}")], now)
     for n in range(1, 21):
-        alias = event("alias", user_id=f"link-{n}", previous_id=f"link-{n - 1}")
+        alias = event("alias", anonymous_id=f"link-{n}", previous_id=f"link-{n - 1}")
         await ingest(store, [alias], now)
-    result = await ingest(store, [event(user_id="link-0"), event(user_id="link-0")], now)
+    result = await ingest(store,
+        [event(anonymous_id="link-0"), event(anonymous_id="link-0")], now
+    )
     assert result.accepted == 2
     first, last = await store.lookup("link-0", now), await store.lookup("link-20", now)
     assert first is not None and last is not None and first.key == last.key

@@ -658,3 +658,34 @@ def test_build_fails_over_its_budget(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "over budget" in result.stderr
     assert not out.exists()
+
+
+def test_the_sites_signature_of_the_user_id_goes_with_every_message_until_reset(
+    collector: Tripwire, site: str, context: BrowserContext, page: Page
+) -> None:
+    sent = record_batches(page)
+    page.goto(f"{site}/index.html")
+    visitor = anonymous_id(context)
+    page.evaluate("tripwire('identify', 'user-8', {plan: 'pro'}, 'signed-by-the-site')")
+    wait_for_events(collector, visitor, 2)
+    page.reload()
+    wait_for_events(collector, visitor, 3)
+
+    def signed() -> list[tuple[str, str | None, str | None]]:
+        page.evaluate("0")  # lets Playwright deliver the requests recorded meanwhile
+        messages = [m for _, body in sent for m in body["batch"]]
+        return [(m["type"], m.get("userId"), m["context"].get("userHash")) for m in messages]
+
+    assert wait_until(lambda: len(signed()) >= 3 and signed(), message=lambda: f"{signed()}") == [
+        ("page", None, None),
+        ("identify", "user-8", "signed-by-the-site"),
+        ("page", "user-8", "signed-by-the-site"),  # kept across the reload
+    ]
+    # the collector drops the signature once read: it is a credential, never kept or shown
+    assert all("userHash" not in e["context"] for e in events_of(collector, "user-8"))
+    page.evaluate("tripwire('reset'); tripwire('track', 'After Reset')")
+    fresh = wait_until(
+        lambda: (value := anonymous_id(context)) != visitor and value, message="a new visitor id"
+    )
+    wait_for_events(collector, fresh, 1)
+    assert wait_until(lambda: len(signed()) >= 4 and signed())[3] == ("track", None, None)

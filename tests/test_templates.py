@@ -325,3 +325,12 @@ def test_whole_traits_and_properties_go_as_json_objects() -> None:
         "note": 'got {"sku":"A-1","n":2}',
     }
     assert httpx.URL(webhook.url).params["p"] == '{"sku":"A-1","n":2}'
+
+
+@pytest.mark.parametrize("control", ["\x01", "\x1b", "\x7f", "\x0b"])
+def test_any_control_character_in_a_rendered_header_suppresses(control: str) -> None:
+    engine = engine_with({"url": "https://hooks.example/", "headers": {"X-User": "#{user_id}"}})
+    outcome = click(engine, user_id=f"u{control}1")
+    assert outcome.webhooks == []
+    assert [(d.outcome, d.reason) for d in outcome.decisions] == [("suppressed", "invalid_header")]
+    assert fired(click(engine, user_id="u\t1")).headers == {"X-User": "u\t1"}  # tab is allowed

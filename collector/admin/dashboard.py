@@ -28,6 +28,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from collector.admin import api as admin
 from collector.admin import auth, builder, charts, editing
 from collector.admin.audiences import as_yaml
+from collector.admin.guessing import retry_after
 from collector.admin.pages import (
     guarded,
     plain,
@@ -40,7 +41,7 @@ from collector.config.durations import format_duration
 from collector.config.schema import CampaignSpec, campaign_as_written
 from collector.delivery.dispatcher import PausedEndpoint
 from collector.delivery.log import STATUSES, DeliveryAttempt
-from collector.errors import InvalidCampaign, NotFound, Unavailable
+from collector.errors import InvalidCampaign, NotFound, PreconditionFailed, Unavailable
 from collector.events import Event
 from collector.store.sessions import SESSION_SECONDS
 
@@ -109,6 +110,13 @@ def _assets() -> dict[str, tuple[str, str]]:
 # -- login -----------------------------------------------------------------------------------
 
 
+def _too_many_tries(request: Request) -> Response:
+    wait = retry_after(auth.wait_before_trying(request))
+    response = _login_form(f"Too many wrong tokens from this address: wait {wait} s.", 429)
+    response.headers["Retry-After"] = wait
+    return response
+
+
 def _login_form(message: str | None, status: int) -> Response:
     notice = f'<div class="notice error">{_e(message)}</div>' if message else ""
     return HTMLResponse(_views()["login"].substitute(notice=notice), status_code=status)
@@ -124,9 +132,13 @@ async def login(request: Request) -> Response:
         given = request.query_params.get("token", "")
         if not given:
             return _login_form(None, 200)
-    if not auth.valid_token(request, given.strip()):
+    verdict = auth.valid_token(request, given.strip())
+    if verdict == "too_many_tries":
+        return _too_many_tries(request)
+    if verdict != "ok":
         return _login_form("That is not the admin token.", 401)
-    session = await auth.runtime_of(request).sessions.create()
+    token = auth.runtime_of(request).settings.admin_token or ""
+    session = await auth.runtime_of(request).sessions.create(auth.token_tag(token))
     response = RedirectResponse("/admin/", status_code=303)
     response.set_cookie(
         auth.COOKIE,
@@ -143,8 +155,9 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     """POST /admin/logout: end the session (its cookie stops working everywhere) and forget it."""
     session = request.cookies.get(auth.COOKIE)
-    if session and auth.runtime_of(request).settings.admin_token:
-        await auth.runtime_of(request).sessions.revoke(session)
+    token = auth.runtime_of(request).settings.admin_token
+    if session and token:
+        await auth.runtime_of(request).sessions.revoke(session, auth.token_tag(token))
     response = RedirectResponse("/admin/login", status_code=303)
     response.delete_cookie(auth.COOKIE, path="/admin", httponly=True, samesite="strict")
     return response
@@ -242,6 +255,12 @@ async def editor(request: Request) -> Response:
     return await _editor_page(request, spec, _campaign_yaml(spec), [], 200, version, below)
 
 
+_SAVED_MEANWHILE = (
+    "someone else saved this campaign since you opened it: your text is kept below; open the "
+    "campaign again to see their change, then redo yours"
+)
+
+
 @guarded
 async def save(request: Request) -> Response:
     """POST /admin/campaigns[/{id}]: create or replace a campaign from the editor."""
@@ -266,11 +285,13 @@ async def save(request: Request) -> Response:
             if spec is not None and version and version != admin.campaign_etag(
                 admin.existing_campaign(runtime, spec.id)
             ):
-                raise InvalidCampaign([
-                    "someone else saved this campaign since you opened it: your text is kept "
-                    "below; open the campaign again to see their change, then redo yours"
-                ])
-            saved, _ = await admin.save_campaign(runtime, campaign_id, raw)
+                raise InvalidCampaign([_SAVED_MEANWHILE])
+            try:  # checked again where it is written (in Redis mode, another process may save)
+                saved, _ = await admin.save_campaign(
+                    runtime, campaign_id, raw, if_unchanged=bool(spec and version)
+                )
+            except PreconditionFailed:
+                raise InvalidCampaign([_SAVED_MEANWHILE]) from None
     except InvalidCampaign as exc:
         if origin == "form":
             with contextlib.suppress(InvalidCampaign):

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from collector.admin import auth
+from collector.admin.guessing import retry_after
 from collector.errors import HTTPError
 
 Page = Callable[[Request], Awaitable[Response]]
@@ -69,6 +70,11 @@ def guarded(endpoint: Page) -> Page:
             return RedirectResponse("/admin/login", status_code=303)
         if refused == "cross_origin":
             return plain("cross-origin request refused", 403)
+        if refused == "too_many_tries":
+            wait = retry_after(auth.wait_before_trying(request))
+            response = plain(f"too many wrong tokens from this address: wait {wait} s", 429)
+            response.headers["Retry-After"] = wait
+            return response
         try:
             return await endpoint(request)
         except HTTPError as exc:

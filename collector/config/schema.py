@@ -241,6 +241,18 @@ class RequestBinSettings(Base, frozen=True):
     max_requests: Annotated[int, Meta(ge=1)] = 200
 
 
+class IdentitySettings(Base, frozen=True):
+    """Identity verification: which user ids the collector believes (see `ingest.verification`).
+
+    With `secrets` set, a message claiming a user id through a public write key must carry
+    `context.userHash`, the HMAC-SHA256 of the user id under one of them (computed by the
+    site's server); `server_write_keys` are kept on servers, and the ids they send are believed.
+    """
+
+    secrets: list[str] = []  # several while rotating; none: off
+    server_write_keys: list[str] = []
+
+
 class StateSettings(Base, frozen=True):
     """Bounds on per-user state: how long, how many, and how many bytes a profile may take."""
 
@@ -279,6 +291,7 @@ class ConfigFile(Base, frozen=True):
     spacing: Spacing = Spacing()
     campaigns: list[CampaignSpec] = []
     request_bin: RequestBinSettings = RequestBinSettings()
+    identity: IdentitySettings = IdentitySettings()
     server: ServerSettings = ServerSettings()
     state: StateSettings = StateSettings()
 

@@ -58,6 +58,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     workers: int = 1
     data_dir: str | None = ".tripwire"  # None: memory mode keeps nothing (benchmark baselines)
     admin_token: str | None = None
+    metrics_token: str | None = None  # opens /metrics (as does the admin token); unset: closed
     request_bin: bool = False
     deliver_in_process: bool = True
 
@@ -416,6 +417,22 @@ def campaign_warnings(campaign: CampaignSpec, path: str = "") -> list[str]:
 # -- checks a type cannot express ------------------------------------------------------------
 
 
+def _check_identity(config: ConfigFile, problems: list[str]) -> None:
+    """Identity secrets long enough to resist guessing; server keys apart from public ones."""
+    for index, secret in enumerate(config.identity.secrets):
+        if len(secret) < 16:
+            problems.append(
+                f"identity.secrets[{index}]: at least 16 characters (a long random string)"
+            )
+    public = set(config.write_keys)
+    for index, key in enumerate(config.identity.server_write_keys):
+        if key in public:
+            problems.append(
+                f"identity.server_write_keys[{index}]: {key!r} is also in write_keys, which "
+                "browsers see; a server key must be kept on servers only"
+            )
+
+
 def check_config(config: ConfigFile, problems: list[str]) -> None:
     """Append every cross-reference, cycle, rate and secret problem of a decoded config."""
     for index, secret in enumerate(config.webhooks.signing_secrets):
@@ -423,6 +440,7 @@ def check_config(config: ConfigFile, problems: list[str]) -> None:
             decode_secret(secret)
         except InvalidSecret as exc:
             problems.append(f"webhooks.signing_secrets[{index}]: {exc}")
+    _check_identity(config, problems)
     for name, variable in config.variables.items():
         path = f"variables.{name}"
         if variable.field is None and STATS[variable.stat].needs_field:
@@ -765,6 +783,11 @@ def _config_overrides(config: ConfigFile, env: Mapping[str, str]) -> ConfigFile:
             config.webhooks, signing_secrets=[s.strip() for s in secrets.split(",") if s.strip()]
         )
         changes["webhooks"] = hooks
+    if secrets := env.get(ENV_PREFIX + "IDENTITY_SECRETS"):
+        identity = msgspec.structs.replace(
+            config.identity, secrets=[s.strip() for s in secrets.split(",") if s.strip()]
+        )
+        changes["identity"] = identity
     if not changes:
         return config
     updated = msgspec.structs.replace(config, **changes)

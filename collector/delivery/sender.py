@@ -39,6 +39,7 @@ import msgspec
 import orjson
 
 from collector import __version__
+from collector.delivery.bounded import content_codings, read_prefix
 from collector.delivery.signing import Signer, signed_payload
 from collector.delivery.ssrf import Guard, TargetRefused
 from collector.delivery.transport import GuardedBackend
@@ -372,52 +373,7 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
 async def _read_prefix(response: httpcore.Response) -> bytes:
     """The first RESPONSE_PREFIX bytes of the decoded body, reading at most _DRAIN_LIMIT bytes."""
     assert isinstance(response.stream, AsyncIterable)
-    codings = [
-        coding
-        for key, value in response.headers
-        if key.lower() == b"content-encoding"
-        for coding in value.lower().replace(b" ", b"").split(b",")
-        if coding in _INFLATE_WBITS
-    ]
-    inflaters = [_Inflater(coding) for coding in reversed(codings)]
-    kept = b""
-    seen = 0
-    async for chunk in response.stream:
-        seen += len(chunk)
-        if len(kept) < RESPONSE_PREFIX:
-            for inflate in inflaters[:-1]:
-                chunk = inflate(chunk, 0)
-            if inflaters:  # the last step inflates no more than the prefix needs
-                chunk = inflaters[-1](chunk, RESPONSE_PREFIX - len(kept))
-            kept += chunk[: RESPONSE_PREFIX - len(kept)]
-        if seen > _DRAIN_LIMIT:
-            break
-    return kept
-
-
-# Content codings httpx undoes without optional packages, with zlib's window bits for each.
-_INFLATE_WBITS: Final = {b"gzip": zlib.MAX_WBITS | 16, b"deflate": zlib.MAX_WBITS}
-
-
-class _Inflater:
-    """Undoes one gzip or deflate coding (deflate zlib-wrapped or raw, as httpx accepts).
-
-    `limit` caps the output of one call (0: no cap), so a small compressed body cannot
-    inflate into a large one here.
-    """
-
-    __slots__ = ("_inflater", "_raw_fallback")
-
-    def __init__(self, coding: bytes) -> None:
-        self._inflater = zlib.decompressobj(_INFLATE_WBITS[coding])
-        self._raw_fallback = coding == b"deflate"
-
-    def __call__(self, data: bytes, limit: int) -> bytes:
-        fallback, self._raw_fallback = self._raw_fallback, False
-        try:
-            return self._inflater.decompress(data, limit)
-        except zlib.error:
-            if not fallback:
-                raise
-            self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-            return self._inflater.decompress(data, limit)
+    codings = content_codings(response.headers)
+    return await read_prefix(
+        response.stream, codings, limit=RESPONSE_PREFIX, read_limit=_DRAIN_LIMIT
+    )

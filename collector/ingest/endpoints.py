@@ -3,8 +3,10 @@
 It serves every path the Segment and RudderStack client libraries post to (`/v1/t`, `/v1/b`,
 ... of analytics.js; `/beacon/v1/batch?writeKey=` of RudderStack's beacon transport), reads
 the body under the size limits, inflates gzip, checks the write key (body, HTTP Basic, or the
-query string), decodes with the prebuilt decoders, hands the events to the pipeline and answers
-with orjson. It answers CORS preflights itself so browsers can send from any allowed origin.
+query string), decodes with the prebuilt decoders, refuses identities it cannot believe (when
+identity verification is on, `collector.ingest.verification`), hands the events to the pipeline
+and answers with orjson. It answers CORS preflights itself so browsers can send from any allowed
+origin.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from collector.ingest.messages import (
     decode_single,
     raise_all_rejected,
 )
+from collector.ingest.verification import IdentityCheck, without_hashes
 from collector.metrics import IngestMetrics
 
 log = logging.getLogger("tripwire.ingest")
@@ -60,8 +63,11 @@ class IngestApp:
         allowed_origins: Sequence[str],
         accept: Accept,
         metrics: IngestMetrics,
+        identity: IdentityCheck | None = None,
+        server_write_keys: Sequence[str] = (),
     ) -> None:
-        self._write_keys = frozenset(write_keys)
+        self._write_keys = frozenset([*write_keys, *server_write_keys])
+        self._identity = identity if identity is not None and identity.on else None
         self._any_origin = "*" in allowed_origins
         self._origins = frozenset(allowed_origins)
         self._accept = accept
@@ -82,7 +88,11 @@ class IngestApp:
             body = await _read_body(receive, headers)
             now = time.time()
             decoded = decode_batch(body, now) if kind == "batch" else decode_single(body, kind, now)
-            self._authenticate(decoded, headers, scope.get("query_string", b""))
+            key = self._authenticate(decoded, headers, scope.get("query_string", b""))
+            if self._identity is not None and not self._identity.trusted(key):
+                _verify(self._identity, decoded, kind == "batch")
+            else:
+                decoded.events = without_hashes(decoded.events)
             failed = await self._accept(decoded.events, now)
             if failed:
                 _add_failures(decoded, failed, kind == "batch")
@@ -109,7 +119,7 @@ class IngestApp:
             payload = _OK
         await _respond(send, 200, payload, [*cors, _CONTENT_JSON])
 
-    def _authenticate(self, decoded: Decoded, headers: dict[bytes, bytes], query: bytes) -> None:
+    def _authenticate(self, decoded: Decoded, headers: dict[bytes, bytes], query: bytes) -> str:
         key = (
             decoded.write_key
             or _basic_user(headers.get(b"authorization"))
@@ -121,6 +131,7 @@ class IngestApp:
             )
         if key not in self._write_keys:
             raise Unauthorized("$.writeKey: unknown write key")
+        return key
 
     def _cors_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
         origin = None
@@ -157,6 +168,27 @@ _ENDPOINTS = {
     "/beacon/v1/batch": "batch",
 }
 INGEST_PREFIXES = ("/v1/", "/beacon/v1/")
+
+
+def _verify(check: IdentityCheck, decoded: Decoded, batch: bool) -> None:
+    """Keep the events whose identity can be believed; list the others as rejected."""
+    events: list[Event] = []
+    indexes: list[int] = []
+    for event, index in zip(decoded.events, decoded.indexes, strict=True):
+        event, problem = check.verify(event)
+        if problem is None:
+            events.append(event)
+            indexes.append(index)
+        else:
+            path = f"$.batch[{index}]" if batch else "$"
+            decoded.rejected.append(Rejection(index, path + problem))
+    if len(events) == len(decoded.events):
+        decoded.events = events  # the same, without their hashes
+        return
+    decoded.rejected.sort(key=lambda r: r.index)
+    decoded.events, decoded.indexes = events, indexes
+    if not events:
+        raise_all_rejected(decoded.rejected)
 
 
 def _add_failures(decoded: Decoded, failed: Sequence[tuple[int, str]], batch: bool) -> None:
@@ -220,16 +252,24 @@ async def _read_body(receive: Receive, headers: dict[bytes, bytes]) -> bytes:
 
 
 def _gunzip(body: bytes) -> bytes:
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        data = inflater.decompress(body, MAX_BATCH_BYTES + 1)
-    except zlib.error as exc:
-        raise BadRequest(f"$: body is not valid gzip ({exc})") from exc
-    if len(data) > MAX_BATCH_BYTES:
-        raise PayloadTooLarge(f"$: inflated body is over {MAX_BATCH_BYTES} bytes")
-    if not inflater.eof:
-        raise BadRequest("$: gzip body is truncated")
-    return data
+    """Inflate a gzip body of one member or several (RFC 1952), at most MAX_BATCH_BYTES."""
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    while rest[:2] == b"\x1f\x8b" or not parts:  # past the last member: trailing bytes ignored
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            data = inflater.decompress(rest, MAX_BATCH_BYTES + 1 - size)  # never 0 (no limit)
+        except zlib.error as exc:
+            raise BadRequest(f"$: body is not valid gzip ({exc})") from exc
+        size += len(data)
+        if size > MAX_BATCH_BYTES:
+            raise PayloadTooLarge(f"$: inflated body is over {MAX_BATCH_BYTES} bytes")
+        if not inflater.eof:
+            raise BadRequest("$: gzip body is truncated")
+        parts.append(data)
+        rest = inflater.unused_data
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _basic_user(header: bytes | None) -> str | None:

@@ -124,12 +124,13 @@ class MemoryBackend:
         """Decisions by (campaign, outcome, reason), kept across restarts."""
         return self._decisions
 
-    async def put_campaign(self, spec: CampaignSpec) -> None:
-        """Add or replace a campaign and keep the change before returning."""
+    async def put_campaign(self, spec: CampaignSpec, *, if_unchanged: bool = False) -> None:
+        """Add or replace a campaign and keep the change before returning (one process holds
+        the campaigns: a change checked against them is unchanged when written)."""
         self._live.put(spec, time.time())
         await self._keep_change(spec.id)
 
-    async def remove_campaign(self, campaign_id: str) -> None:
+    async def remove_campaign(self, campaign_id: str, *, if_unchanged: bool = False) -> None:
         """Delete a campaign and keep the change before returning."""
         self._live.remove(campaign_id)
         await self._keep_change(campaign_id)
@@ -140,6 +141,9 @@ class MemoryBackend:
         if self._definition_rows is not None:
             self._definition_rows.mark(row_key(change.kind, change.name))
             await self.keep()
+
+    async def refresh_campaigns(self) -> None:
+        """Nothing to do: no other process changes this one's campaigns."""
 
     async def _keep_change(self, campaign_id: str) -> None:
         if self._campaign_rows is not None:

@@ -18,15 +18,21 @@ being killed at any moment; it is not fsynced on the request's path (a power cut
 last moments, never what was compacted).
 
 The log is a series of segments (`log.<n>`); frames carry their length and a CRC, so a frame
-torn by a crash is recognised and ignored. A frame's records are compressed with Zstandard by
-the writer thread (level 1; snapshots at 3): profiles repeat each other's campaign
-names and field layout, so a frame of many profiles shrinks about tenfold, which keeps the
-bytes written, the disk used and the compactions few. (Frames of earlier versions, not
-compressed, are read as they are.) Past `SEGMENT_BYTES` the writer starts a new segment and a
-separate process (`python -m collector.memory.disk compact`, off this process's core and GIL) folds
-the old snapshot and the closed segments into a new snapshot (`snapshot.<n>`, fsynced, then
-renamed), keeping each key's latest value, and removes what it folded. A start reads the newest
-snapshot, then the segments after it.
+torn by a crash is recognised and ignored, and a frame damaged in the middle of a segment is
+skipped (logged as an error) with reading resumed at the next frame that checks out: one bad
+frame loses only its own records. A frame's records are compressed with Zstandard by the
+writer thread (level 1; snapshots at 3): profiles repeat each other's campaign names and field
+layout, so a frame of many profiles shrinks about tenfold, which keeps the bytes written, the
+disk used and the compactions few. (Frames of earlier versions, not compressed, are read as
+they are.) Past `SEGMENT_BYTES` the writer starts a new segment and a separate process
+(`python -m collector.memory.disk compact`, off this process's core and GIL) folds the old snapshot
+and the closed segments into a new snapshot (`snapshot.<n>`, fsynced, then renamed), keeping
+each key's latest value, and removes what it folded — except a file it could not read whole,
+which it keeps as `<name>.damaged` for inspection. A compaction that fails removes its partial
+`snapshot.tmp`. A start reads the newest snapshot, then the segments after it.
+
+One process at a time uses a data directory: `open` locks it (the file `lock`, which names the
+holder) and a second process is refused with a `ConfigError` naming the first.
 
 When a write fails (disk full, I/O error) the partial frame is cut off, what was staged is kept,
 waiting commits raise `Unavailable` (503, the client retries), `failure` says why, and the
@@ -38,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -105,6 +112,29 @@ def check_data_dir(path: str | os.PathLike[str]) -> Path:
             probe.unlink()
         raise ConfigError([f"{where}: not writable ({exc.strerror or exc})"]) from None
     return directory
+
+
+def lock_data_dir(directory: Path) -> int:
+    """Lock the data directory for this process (its open lock file, to keep open); a
+    ConfigError naming the holder when another process has it."""
+    path = directory / "lock"
+    where = f"data directory {str(directory)!r}"
+    try:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ConfigError([f"{where}: cannot be locked ({exc.strerror or exc})"]) from None
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(handle, 512, 0).decode("utf-8", "replace").strip() or "another process"
+        os.close(handle)
+        raise ConfigError(
+            [f"{where}: in use by {holder}; stop it, or give this one another --data-dir"]
+        ) from None
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:400]
+    os.ftruncate(handle, 0)
+    os.pwrite(handle, f"process {os.getpid()} ({command})\n".encode(), 0)
+    return handle
 
 
 class Table:
@@ -188,6 +218,7 @@ class Contents:
     tables: dict[str, dict[str, bytes]] = field(default_factory=dict)
     journals: dict[str, deque[tuple[float, bytes]]] = field(default_factory=dict)
     lists: dict[str, dict[str, deque[bytes]]] = field(default_factory=dict)
+    damaged: list[Path] = field(default_factory=list)  # files with a frame that did not read
 
 
 class Disk:
@@ -197,6 +228,7 @@ class Disk:
         self.directory = Path(directory)
         self.loaded = Contents()
         self._fd: int | None = None
+        self._lock: int | None = None  # the open lock file while this process holds it
         self._segment = 0
         self._size = 0
         self._cut_failed = False  # a failed write left bytes that could not be cut off
@@ -225,6 +257,8 @@ class Disk:
     def open(self) -> None:
         """Check the directory, read what it holds and start a new segment."""
         check_data_dir(self.directory)
+        if self._lock is None:
+            self._lock = lock_data_dir(self.directory)
         with contextlib.suppress(OSError):
             (self.directory / "snapshot.tmp").unlink()  # a compaction that did not finish
         try:
@@ -296,14 +330,21 @@ class Disk:
                 await self._compaction
         self._thread.shutdown(wait=True)
         if self._fd is None:
+            self._unlock()
             return
         self._flush_now()
         fd, self._fd = self._fd, None
         with contextlib.suppress(OSError):
             os.fsync(fd)
         os.close(fd)
+        self._unlock()
         if self.failure is not None:
             raise OSError(errno.EIO, f"{self.directory}: unsaved changes: {self.failure}")
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # releases the lock
+            self._lock = None
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -508,6 +549,8 @@ class Disk:
         )
         _, errors = await process.communicate()
         if process.returncode != 0:
+            with contextlib.suppress(OSError):
+                (self.directory / "snapshot.tmp").unlink()  # left if the process was killed
             log.warning("compacting %s failed: %s", self.directory, errors.decode().strip())
 
 
@@ -535,21 +578,56 @@ def _files(directory: Path) -> tuple[Path | None, list[tuple[int, Path]]]:
     return snapshot, sorted(s for s in segments if s[0] > covered)
 
 
-def _frames(path: Path) -> Iterator[list[Record]]:
-    """The records of each whole frame in a file; a torn or damaged tail ends it."""
+def _frames(path: Path, damaged: list[Path] | None = None) -> Iterator[list[Record]]:
+    """The records of each whole frame in a file. A frame that does not check out is skipped
+    when a later one does (reading resumes there), and ends the file when none does (a torn
+    tail); either way the file is added to `damaged`."""
     data = path.read_bytes()
     offset = 0
     while offset + _HEADER <= len(data):
-        length = int.from_bytes(data[offset : offset + 4], "little")
-        crc = int.from_bytes(data[offset + 4 : offset + 8], "little")
-        payload = data[offset + _HEADER : offset + _HEADER + length]
-        if len(payload) < length or zlib.crc32(payload) != crc:
-            log.warning("%s: ignoring a torn or damaged frame at byte %d", path, offset)
-            return
+        payload = _checked(data, offset)
+        if payload is None:
+            resume = _next_frame(data, offset + 1)
+            if resume is None:
+                log.warning("%s: ignoring a torn or damaged frame at byte %d", path, offset)
+            else:
+                log.error(
+                    "%s: skipped a damaged frame: bytes %d to %d are lost; reading on",
+                    path, offset, resume,
+                )
+            if damaged is not None:
+                damaged.append(path)
+            if resume is None:
+                return
+            offset = resume
+            continue
+        offset += _HEADER + len(payload)
         if payload[:4] == _ZSTD_MAGIC:
             payload = _decompressor.decompress(payload)
         yield _decode_records(payload)
-        offset += _HEADER + length
+    if offset != len(data) and damaged is not None:
+        damaged.append(path)  # a few bytes short of a frame header: torn
+
+
+def _checked(data: bytes, offset: int) -> bytes | None:
+    """The payload of the frame at `offset`, or None when it is cut short or its CRC is wrong."""
+    length = int.from_bytes(data[offset : offset + 4], "little")
+    crc = int.from_bytes(data[offset + 4 : offset + 8], "little")
+    payload = data[offset + _HEADER : offset + _HEADER + length]
+    if len(payload) < length or zlib.crc32(payload) != crc:
+        return None
+    return payload
+
+
+def _next_frame(data: bytes, start: int) -> int | None:
+    """Where the next frame that checks out begins, at or after `start` (compressed frames
+    only: their payload starts with Zstandard's magic, which finds candidates quickly)."""
+    found = data.find(_ZSTD_MAGIC, start + _HEADER)
+    while found != -1:
+        if _checked(data, found - _HEADER) is not None:
+            return found - _HEADER
+        found = data.find(_ZSTD_MAGIC, found + 1)
+    return None
 
 
 def fold(snapshot: Path | None, segments: list[tuple[int, Path]]) -> Contents:
@@ -558,7 +636,7 @@ def fold(snapshot: Path | None, segments: list[tuple[int, Path]]) -> Contents:
     tables, journals, lists = contents.tables, contents.journals, contents.lists
     paths = ([snapshot] if snapshot else []) + [path for _, path in segments]
     for path in paths:
-        for records in _frames(path):
+        for records in _frames(path, contents.damaged):
             for kind, name, key, raw in records:
                 if kind == _SET:
                     table = tables.setdefault(name, {})
@@ -624,6 +702,29 @@ def compact(directory: Path, upto: int, limits: dict[str, Any]) -> None:
             if kept:
                 records.append((_LIST_SET, name, key, kept))
     partial = directory / "snapshot.tmp"
+    try:
+        _write_snapshot(partial, records)
+        os.replace(partial, directory / f"snapshot.{upto:08d}")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink()  # a full disk must not stay full of a snapshot that never was
+        raise
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+    damaged = set(contents.damaged)
+    for path in ([snapshot] if snapshot else []) + [path for _, path in segments]:
+        if path in damaged:  # not read whole: kept for inspection, never read again
+            path.replace(path.with_name(f"{path.name}.damaged"))
+            log.error("%s could not be read whole: kept as %s.damaged", path, path.name)
+        else:
+            path.unlink()
+
+
+def _write_snapshot(partial: Path, records: list[Record]) -> None:
+    """Write records as snapshot frames to `partial`, fsynced."""
     compressor = zstandard.ZstdCompressor(level=3)  # off the request path: smaller, slower
     with partial.open("wb") as out:
         frame: list[Record] = []
@@ -638,16 +739,6 @@ def compact(directory: Path, upto: int, limits: dict[str, Any]) -> None:
             out.write(_frame(_encode(frame), compressor))
         out.flush()
         os.fsync(out.fileno())
-    os.replace(partial, directory / f"snapshot.{upto:08d}")
-    handle = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-    if snapshot is not None:
-        snapshot.unlink()
-    for _, path in segments:
-        path.unlink()
 
 
 def _encode_records(records: list[Record]) -> bytes:

@@ -71,14 +71,19 @@ class RedisBackend:
         """Every process's decisions by (campaign, outcome, reason)."""
         return self.counts.current()
 
-    async def put_campaign(self, spec: CampaignSpec) -> None:
-        """Add or replace a campaign in every process, this one first."""
+    async def put_campaign(self, spec: CampaignSpec, *, if_unchanged: bool = False) -> None:
+        """Add or replace a campaign in every process, this one first; `if_unchanged` is
+        checked in Redis, where it is written."""
         self._live.engine.rules.with_campaign(spec, 0.0)  # ConfigError before anything is stored
-        await self.campaigns.put(spec)
+        await self.campaigns.put(spec, if_unchanged=if_unchanged)
 
-    async def remove_campaign(self, campaign_id: str) -> None:
+    async def remove_campaign(self, campaign_id: str, *, if_unchanged: bool = False) -> None:
         """Delete a campaign in every process."""
-        await self.campaigns.remove(campaign_id)
+        await self.campaigns.remove(campaign_id, if_unchanged=if_unchanged)
+
+    async def refresh_campaigns(self) -> None:
+        """Apply the campaign changes other processes stored since the last poll."""
+        await self.campaigns.refresh()
 
     async def put_definition(self, change: DefinitionChange) -> None:
         """Set or delete a variable or segment in every process, this one first."""
