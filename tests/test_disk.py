@@ -253,7 +253,9 @@ def test_a_second_process_on_the_data_directory_is_refused_naming_the_first(
 ) -> None:
     owner = Owner(tmp_path)
     program = (
-        "import sys\nfrom collector.memory.disk import Disk\nfrom collector.errors import ConfigError\n"
+        "import sys\n"
+        "from collector.memory.disk import Disk\n"
+        "from collector.errors import ConfigError\n"
         "try:\n    Disk(sys.argv[1]).open()\n"
         "except ConfigError as exc:\n    print(exc.problems[0]); sys.exit(2)\n"
     )
