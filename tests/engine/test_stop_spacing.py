@@ -20,11 +20,11 @@ from collector.redis.connection import RedisConnection
 from collector.redis.store import RedisStore
 from collector.store.base import Store
 from collector.store.pipeline import ingest
+from tests.engine.test_campaigns import HOOK, T, User, campaign, engine_for, tokyo
 from tests.support.poll import wait_until
 from tests.support.redis import RedisServer
 from tests.support.server import run_tripwire
 from tests.support.sink import Sink
-from tests.test_campaigns import HOOK, T, User, campaign, engine_for, tokyo
 
 
 def fire(engine: Engine, user: str, deliveries: dict[str, Tally], t: float = T) -> dict[str, str]:

@@ -21,6 +21,7 @@ import pytest
 import yaml
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
 
+from tests.support.paths import ARTIFACTS, ROOT
 from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire
 from tests.support.sink import Received, Sink
 
@@ -29,7 +30,6 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-background-networking", "--disable-gpu",
     "--disable-component-update", "--no-first-run",
 ]
-ARTIFACTS = Path(__file__).parent / "artifacts"
 WRITE_KEY = "builder-key"
 PHONE = {"width": 390, "height": 844}
 
@@ -415,7 +415,7 @@ EVERY_KEY = {
 def test_the_form_saves_every_campaign_as_it_was(browser: Browser) -> None:
     """Opening a campaign in the form and saving it changes nothing, whatever keys it uses;
     the YAML tab and the form carry each other's edits."""
-    config = yaml.safe_load((Path(__file__).parents[1] / "demo_site/tripwire.yaml").read_text())
+    config = yaml.safe_load((ROOT / "demo_site/tripwire.yaml").read_text())
     config["campaigns"].append(EVERY_KEY)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(10_000)

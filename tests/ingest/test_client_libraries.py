@@ -21,7 +21,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,13 +35,13 @@ from playwright.sync_api import (
 )
 from segment.analytics.client import Client
 
+from tests.support.paths import TESTS
 from tests.support.poll import wait_until
 from tests.support.server import Tripwire, run_tripwire
 from tests.support.sink import Received, Sink
 
-HERE = Path(__file__).resolve().parent
-PAGES = HERE / "client_pages"
-CLIENTS = HERE / "clients"
+PAGES = TESTS / "client_pages"
+CLIENTS = TESTS / "clients"
 MODULES = CLIENTS / "node_modules"
 SEGMENT_DIST = MODULES / "@segment" / "analytics-next" / "dist" / "umd"
 RUDDERSTACK_DIST = MODULES / "@rudderstack" / "analytics-js" / "dist" / "npm" / "modern"

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from tests.redis_mode.test_redis_mode import config, post_concurrently
 from tests.support.poll import wait_until
 from tests.support.redis import RedisServer
 from tests.support.server import run_tripwire
 from tests.support.sink import Sink
-from tests.test_redis_mode import config, post_concurrently
 
 
 def hook(sink: Sink, id_: str, frequency: dict[str, Any] | None) -> dict[str, Any]:

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from tests.admin.test_dashboard import CHROMIUM, CHROMIUM_ARGS
+from tests.support.paths import ARTIFACTS
 from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire
-from tests.test_dashboard import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 
 WRITE_KEY = "results-key"
 HOOK = "http://127.0.0.1:9/hook"

@@ -10,7 +10,6 @@ every campaign key.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -23,8 +22,8 @@ from collector.config.schema import OPERAND_KINDS, VALUE_OPERATORS, CampaignSpec
 from collector.config.settings import decode_config
 from collector.engine.engine import compile_rules
 from collector.engine.templates import BUILTINS, PAGE_FIELDS, WHOLE
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "docs" / "reference.md"
 EXAMPLE = ROOT / "examples" / "tripwire.yaml"
 TEXT = REFERENCE.read_text()

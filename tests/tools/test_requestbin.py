@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,6 +22,7 @@ from collector.tools.requestbin import (
     RequestBin,
     _stream,
 )
+from tests.support.paths import ARTIFACTS
 from tests.support.poll import wait_until
 from tests.support.ports import free_port
 from tests.support.server import run_tripwire, stop_process
@@ -32,7 +32,6 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-background-networking", "--disable-gpu",
     "--disable-component-update", "--no-first-run",
 ]
-ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
 def client_for(app: Starlette) -> httpx.AsyncClient:

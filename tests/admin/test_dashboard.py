@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
+from tests.support.paths import ARTIFACTS
 from tests.support.poll import wait_until
 from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire
 from tests.support.sink import Received, Sink
@@ -19,7 +19,6 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-background-networking", "--disable-gpu",
     "--disable-component-update", "--no-first-run",
 ]
-ARTIFACTS = Path(__file__).parent / "artifacts"
 WRITE_KEY = "dashboard-key"
 
 

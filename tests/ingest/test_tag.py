@@ -29,13 +29,14 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
+from tests.support.paths import ROOT, TESTS
 from tests.support.poll import wait_until
 from tests.support.ports import free_port
 from tests.support.server import Tripwire, run_tripwire
 from tests.support.sink import Sink
 
-PAGES = Path(__file__).resolve().parent / "tag_pages"
-TAG_DIR = Path(__file__).resolve().parent.parent / "tag"
+PAGES = TESTS / "tag_pages"
+TAG_DIR = ROOT / "tag"
 DIST = TAG_DIR / "dist" / "tripwire.min.js"
 PACKAGED = TAG_DIR.parent / "collector" / "ingest" / "static" / "tripwire.min.js"
 BUDGET = 2048  # bytes, gzip -9

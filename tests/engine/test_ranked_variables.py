@@ -19,9 +19,9 @@ from collector.redis.connection import RedisConnection
 from collector.redis.store import RedisStore
 from collector.store.base import Store
 from collector.store.pipeline import ingest
+from tests.engine.test_variables import Feed, T, engine_for, tokyo
+from tests.store.test_contract import event
 from tests.support.redis import RedisServer
-from tests.test_store import event
-from tests.test_variables import Feed, T, engine_for, tokyo
 
 CATEGORIES = ["shoes", "bags", "shoes", "hats", None, "bags", "shoes", 42, "hats", "hats"]
 

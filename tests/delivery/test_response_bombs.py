@@ -18,8 +18,8 @@ from collector.delivery.bounded import read_prefix
 from collector.delivery.sender import RESPONSE_PREFIX, Sender
 from collector.delivery.signing import Signer
 from collector.delivery.ssrf import Guard, Policy
+from tests.delivery.test_dispatcher import webhook
 from tests.support.sink import Reply, Sink
-from tests.test_dispatcher import webhook
 
 
 def gzip_of_zeros(size: int) -> bytes:

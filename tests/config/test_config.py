@@ -11,8 +11,9 @@ import pytest
 
 from collector.config.settings import build_settings, decode_config, load_config
 from collector.errors import ConfigError
+from tests.support.paths import ROOT
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "tripwire.yaml"
+EXAMPLE = ROOT / "examples" / "tripwire.yaml"
 
 
 def tripwire(*args: str) -> subprocess.CompletedProcess[str]:

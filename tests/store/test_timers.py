@@ -26,11 +26,11 @@ from collector.redis.scripts import CLAIM_TIMERS
 from collector.redis.store import TIMER_LEASE, RedisStore
 from collector.store.base import Store
 from collector.store.pipeline import ingest
+from tests.engine.test_campaigns import T, User, engine_for
 from tests.support.poll import wait_until
 from tests.support.redis import RedisClusterServers, RedisServer
 from tests.support.server import ADMIN_TOKEN, Tripwire, run_tripwire
 from tests.support.sink import Sink
-from tests.test_campaigns import T, User, engine_for
 
 WAIT = 1800.0
 BODY = {"product": "#{properties.name}", "plan": "#{traits.plan|free}", "event": "#{event_id}"}

@@ -19,6 +19,7 @@ from collector.config.schema import ConfigFile
 from collector.config.settings import decode_config
 from collector.engine.campaigns import sticky_bucket
 from collector.tools.replay import run_replay
+from tests.support.paths import ROOT
 
 START = datetime(2026, 3, 2, 0, 0, tzinfo=UTC).timestamp()
 HOOK = {"webhook": {"url": "https://hooks.example/#{campaign_id}", "body": {"u": "#{visitor_id}"}}}
@@ -259,7 +260,7 @@ def test_batches_in_one_line_and_a_missing_file(
 
 
 def test_the_example_events_replay_against_the_example_config() -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     result = subprocess.run(
         [sys.executable, "-m", "collector.cli", "replay", str(root / "examples" / "events.jsonl"),
          "--config", str(root / "examples" / "tripwire.yaml")],
