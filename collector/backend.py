@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Protocol
 
+from collector.config.checks import is_redis_url
 from collector.config.schema import CampaignSpec
-from collector.config.settings import Settings, is_redis_url
+from collector.config.settings import Settings
 from collector.definitions import DefinitionChange
 from collector.delivery.log import DeliveryLog
 from collector.delivery.outbox import Outbox

@@ -13,15 +13,9 @@ from typing import Any
 import msgspec
 
 from collector import __version__
+from collector.config.checks import check_store, config_warnings
 from collector.config.schema import ServerSettings
-from collector.config.settings import (
-    Settings,
-    build_settings,
-    check_serving,
-    check_store,
-    config_warnings,
-    load_config,
-)
+from collector.config.settings import Settings, build_settings, check_serving, load_config
 from collector.errors import ConfigError
 
 UVICORN_OPTIONS: dict[str, Any] = {
@@ -201,7 +195,7 @@ def server_options(server: ServerSettings) -> dict[str, Any]:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from collector.config.settings import is_redis_url
+    from collector.config.checks import is_redis_url
     from collector.redis.worker import run_worker
 
     settings = build_settings(_cli_values(args, "config_path", "store"))
