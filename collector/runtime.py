@@ -35,6 +35,7 @@ from collector.events import Event
 from collector.feed import EventFeed
 from collector.live import LiveConfig
 from collector.metrics import IngestMetrics
+from collector.services import Deliveries, Users
 from collector.store.base import Store
 from collector.store.pipeline import ingest
 from collector.store.sessions import Sessions
@@ -73,6 +74,9 @@ class Runtime:
             registry,
             timezone=ZoneInfo(settings.config.timezone),
         )
+        # what admin uses: user lookups and deliveries, not the store and the dispatcher
+        self.users = Users(self.store)
+        self.deliveries = Deliveries(self.dispatcher, self.outbox, self.delivery_log)
         # accepted events, for the admin live streams (at most server.max_streams of them)
         self.events = EventFeed(max_subscribers=settings.config.server.max_streams)
         self._timers: asyncio.Task[None] | None = None
@@ -273,6 +277,10 @@ class Runtime:
         new = not self.live.has(spec.id)
         await self.backend.put_campaign(spec, if_unchanged=if_unchanged)
         return new
+
+    async def refresh_campaigns(self) -> None:
+        """Apply the campaign changes other processes made (Redis mode) before a check."""
+        await self.backend.refresh_campaigns()
 
     async def remove_campaign(self, campaign_id: str, *, if_unchanged: bool = False) -> bool:
         """Delete a campaign everywhere it runs; False when there was none."""

@@ -163,7 +163,7 @@ async def test_fire(runtime: Runtime, campaign_id: str, user: str | None) -> Del
     find_campaign(runtime, campaign_id)
     now = time.time()
     if user:
-        state = await runtime.store.user_state(user)
+        state = await runtime.users.state(user)
         if state is None:
             raise NotFound(f"no user {user!r}")
     else:
@@ -172,7 +172,7 @@ async def test_fire(runtime: Runtime, campaign_id: str, user: str | None) -> Del
         state.anonymous_ids = [SAMPLE_VISITOR_ID]
         state.traits = dict(SAMPLE_TRAITS)
     request = render_test(runtime.engine, campaign_id, state, now)
-    return await runtime.dispatcher.send_now(request)
+    return await runtime.deliveries.send_now(request)
 
 
 def render_test(engine: Engine, campaign_id: str, state: UserState, now: float) -> WebhookRequest:
@@ -194,7 +194,7 @@ def render_test(engine: Engine, campaign_id: str, state: UserState, now: float) 
 
 def resume(runtime: Runtime, campaign_id: str, endpoint: str | None) -> int:
     """Resume a campaign's endpoints paused after 410 Gone (all, or one); NotFound if none."""
-    resumed = runtime.dispatcher.resume(campaign_id, endpoint)
+    resumed = runtime.deliveries.resume(campaign_id, endpoint)
     if not resumed:
         which = f"endpoint {endpoint!r} of campaign" if endpoint else "endpoint of campaign"
         raise NotFound(f"no paused {which} {campaign_id!r}")
@@ -331,7 +331,7 @@ async def latest_if_conditional(request: Request, runtime: Runtime) -> bool:
     processes changed (Redis mode) are applied here first, so the check sees the latest."""
     conditional = "if-match" in request.headers or "if-none-match" in request.headers
     if conditional:
-        await runtime.backend.refresh_campaigns()
+        await runtime.refresh_campaigns()
     return conditional
 
 
@@ -405,7 +405,7 @@ async def deliveries(request: Request) -> Response:
         limit = int(query.get("limit") or 100)
     except ValueError:
         raise BadRequest("limit: expected a whole number") from None
-    found = await auth.runtime_of(request).delivery_log.query(
+    found = await auth.runtime_of(request).deliveries.log(
         campaign=query.get("campaign") or None,
         status=status,
         delivery_id=query.get("id") or None,

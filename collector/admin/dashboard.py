@@ -368,7 +368,7 @@ async def _editor_page(
     results = ""
     if spec is not None:
         stats = _stats_html(admin.campaign_stats(runtime).get(spec.id))
-        paused = [p for p in runtime.dispatcher.paused() if p.campaign_id == spec.id]
+        paused = [p for p in runtime.deliveries.paused() if p.campaign_id == spec.id]
         side = _paused_html(action, paused) + _views()["editor_side"].substitute(
             action=action, stats=stats, id=_e(spec.id), deliveries=quote(spec.id)
         )
@@ -413,11 +413,11 @@ async def deliveries(request: Request) -> Response:
     status = query.get("status") or None
     if status not in STATUSES:
         status = None
-    found = await runtime.delivery_log.query(campaign=campaign, status=status, limit=200)
+    found = await runtime.deliveries.log(campaign=campaign, status=status, limit=200)
     filters = {"campaign": campaign or "", "status": status or ""}
     here = "/admin/deliveries?" + urlencode(filters)
     # Replay is offered for dead letters only: a test-fire that failed was never queued
-    dead = {letter.delivery_id for letter in await runtime.outbox.dead_letters(campaign=campaign)}
+    dead = {letter.delivery_id for letter in await runtime.deliveries.dead_letters(campaign)}
     rows = "".join(_delivery_row(d, here, d.delivery_id in dead) for d in found)
     rows = rows or '<tr><td colspan="7" class="muted">No deliveries match.</td></tr>'
     body = _views()["deliveries"].substitute(
@@ -452,7 +452,7 @@ async def users(request: Request) -> Response:
     identity = (request.query_params.get("id") or "").strip()
     result, status, title = "", 200, "User lookup"
     if identity:
-        view = await runtime.store.lookup(identity, time.time())
+        view = await runtime.users.lookup(identity, time.time())
         if view is None:
             result = f'<div class="notice error">No user {_e(identity)} is known.</div>'
             status = 404

@@ -43,8 +43,8 @@ async def dry_run(
     properties: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every step's outcome for this user now, and the request that would be sent."""
-    view = await runtime.store.lookup(identity, time.time())
-    state = await runtime.store.user_state(identity)
+    view = await runtime.users.lookup(identity, time.time())
+    state = await runtime.users.state(identity)
     if view is None or state is None:
         raise NotFound(f"no user {identity!r}")
     now = time.time()

@@ -38,7 +38,7 @@ async def profiles(runtime: Runtime, budget: float = REACH_SECONDS,
                    limit: int | None = None) -> AsyncIterator[tuple[UserState, int]]:
     """Profiles from the store (`Store.sample`: newest first in memory mode, a sample in Redis
     mode) within `budget` seconds; each with the number of profiles the store holds."""
-    async for item in runtime.store.sample(time.monotonic() + budget, limit):
+    async for item in runtime.users.sample(time.monotonic() + budget, limit):
         yield item
 
 
