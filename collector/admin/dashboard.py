@@ -5,6 +5,9 @@ it and sends the browser to the login page without it. Changes are plain form po
 with a redirect (a notice rides along in the query string); the live events page is the one
 place where script does real work. Page templates live in `collector/admin/templates/`. The
 pages read the running collector from `request.app.state`; `collector.app` lists their routes.
+
+Past 500 lines on purpose: the pages' handlers and the HTML they render, page by page, read
+best side by side; shared layout and guards are in `pages.py`, the builders in `builder.py`.
 """
 
 from __future__ import annotations

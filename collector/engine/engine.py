@@ -1,5 +1,9 @@
 """The campaign engine: one event in; state changes, decisions and webhooks out. Pure.
 
+(Past 500 lines on purpose: the per-event path — observe, record variables, arm timers, decide,
+render — is kept in one class, so that what runs for every event can be read and measured as
+one piece.)
+
 What the store and app call::
 
     rules = compile_rules(config, updated_at={"cart-followup": 1767225600.0})  # or ConfigError

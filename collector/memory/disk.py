@@ -1,5 +1,8 @@
 """The data directory: what memory mode keeps, appended to a log before each request is answered.
 
+(Past 500 lines on purpose: the writer, the reader and the compaction process share one frame
+format and one set of recovery rules, which must change together.)
+
 Parts of the process register what they keep:
 
 - a `Table` mirrors a live mapping (profiles, pending webhooks, dead letters, campaigns…): a
