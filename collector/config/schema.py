@@ -265,6 +265,8 @@ class StateSettings(Base, frozen=True):
     # A profile's traits, JSON-encoded: a trait that would take them past this is not kept.
     trait_bytes: Annotated[int, Meta(ge=256, le=16_777_216)] = 16_384
     max_timers: Annotated[int, Meta(ge=1, le=1000)] = 20  # pending absence-trigger waits per user
+    # Memory mode: profiles held take at most about this many MB (measured as they grow).
+    max_memory_mb: Annotated[int, Meta(ge=1)] | None = None
 
 
 class ServerSettings(Base, frozen=True):

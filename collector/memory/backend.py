@@ -85,6 +85,13 @@ class MemoryBackend:
         self._counts_task: asyncio.Task[None] | None = None
         store = self.store
         metrics.gauge("tripwire_profiles", "Profiles held in memory", lambda: float(len(store)))
+        metrics.counter(
+            "tripwire_profiles_evicted",
+            "Profiles let go, by reason (expired: unseen for state.user_ttl; capacity: past "
+            "state.max_users or state.max_memory_mb)",
+            "reason",
+            store.evictions.counts,
+        )
 
     async def open(self) -> None:
         """Apply the kept campaign changes and counts, load the profiles, start writing."""

@@ -5,7 +5,8 @@ request's dedupe marks are staged for the data directory's database (`collector.
 which the backend commits before the request is answered; a start reads them back.
 
 All work for a batch happens without awaiting, so within one event loop each user's update is
-atomic. Inactive profiles are evicted by TTL and by a size bound, least recently seen first.
+atomic. Inactive profiles are evicted by TTL and by a size bound (a count, or bytes), least recently
+seen first, sparing those with a pending absence wait (`collector.memory.eviction`).
 
 Stop conditions' tallies (deliveries per campaign across every user) and A/B results (users
 assigned, converted and goal value per campaign arm) live here, beside the profiles, and are kept
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import itertools
 import logging
 import time
 from collections import OrderedDict, deque
@@ -41,6 +43,7 @@ from collector.engine.profile import Decision, Tally, Timer, UserState
 from collector.engine.results import Counts
 from collector.events import Event
 from collector.memory.disk import Disk
+from collector.memory.eviction import ESTIMATE_SAMPLE, SPARE_AT_MOST, Evictions
 from collector.memory.records import (
     EarlierState,
     Packed,
@@ -107,6 +110,7 @@ class MemoryStore:
         self._hourly: dict[str, dict[int, tuple[int, int]]] = {}  # for the dashboard's charts
         self._due: list[tuple[float, str]] = []  # heap of (due, key), possibly stale
         self._scheduled: dict[str, float] = {}  # key -> the due time its live heap entry has
+        self.evictions = Evictions(limits)
         if disk is not None:
             self._tallies = disk.table("tallies", self._tally_record)
             self._result_rows = disk.table("results", self._results_record)
@@ -229,6 +233,8 @@ class MemoryStore:
     ) -> MemoryLoaded:
         """The profiles the events name, as they are (the plan changes them in place), with a
         snapshot of each to put back if the attempt is discarded."""
+        if self.evictions.due_for_measuring(len(events)):
+            self._measure_profiles()
         self._expire(now)
         users = self._users
         owners = self._index
@@ -502,18 +508,42 @@ class MemoryStore:
             del seen[order.popleft()]
         users = self._users
         ttl = self._limits.user_ttl
+        capacity = self.evictions.capacity()
+        spared = 0
         while users:
             key, state = next(iter(users.items()))
-            if len(users) <= self._limits.max_users and state.last_seen >= now - ttl:
+            expired = state.last_seen < now - ttl
+            if not expired and len(users) <= capacity:
                 break
-            users.popitem(last=False)
-            self._mark(key)
-            if self._recent.pop(key, None) is not None and self._disk is not None:
-                self._recent_rows.reset(key, None)
-            self._scheduled.pop(key, None)
-            for id_ in self._ids.pop(key, ()):
-                if self._index.get(id_) == key:
-                    del self._index[id_]
+            if not expired and state.timers and spared < SPARE_AT_MOST:
+                # a profile waiting to fire an absence trigger stays; the next oldest goes
+                users.move_to_end(key)
+                spared += 1
+                continue
+            self._evict(key)
+            self.evictions.count("expired" if expired else "capacity", now)
+
+    def _evict(self, key: str) -> None:
+        """Let a profile go with everything that was its: ids, recent events, its timer."""
+        del self._users[key]
+        self._mark(key)
+        if self._recent.pop(key, None) is not None and self._disk is not None:
+            self._recent_rows.reset(key, None)
+        self._scheduled.pop(key, None)
+        if len(self._due) > 2 * len(self._scheduled) + 1024:  # mostly stale entries: rebuild
+            self._due = [(due, k) for k, due in self._scheduled.items()]
+            heapq.heapify(self._due)
+        for id_ in self._ids.pop(key, ()):
+            if self._index.get(id_) == key:
+                del self._index[id_]
+
+    def _measure_profiles(self) -> None:
+        """What the newest profiles take, for a memory budget (see `eviction`)."""
+        newest = list(itertools.islice(reversed(self._users), ESTIMATE_SAMPLE))
+        self.evictions.measure(
+            (self._users[key], self._ids.get(key, ()), self._recent.get(key, ()))
+            for key in newest
+        )
 
 
 class MemoryLoaded(Loaded):
