@@ -15,11 +15,14 @@ written in the same commit. Absence timers live in the profiles; a heap of (due,
 finds the users whose earliest timer is due (stale entries are skipped when popped), so 10,000
 pending timers cost ingest only a heap push per armed timer.
 
-Per-visitor memory is what bounds this store, so what it keeps is compact: a profile's recent
-events are packed (msgpack arrays of their fields, unpacked only for a lookup), id lists are
-tuples, and an anonymous visitor's profile key doubles as its index entry. Few of these objects
-are containers the cyclic garbage collector must walk, which keeps its pauses short as the
-store grows.
+Per-visitor memory is what bounds this store, so what it keeps is compact: a profile is held
+encoded (msgpack, `kept`) between events and decoded for each attempt (`held`), so a profile
+costs a few hundred bytes instead of a tree of Python objects several times that, and the
+decoded copy doubles as the rollback: an attempt that is not committed leaves what is held as
+it was. A profile's recent events are packed (msgpack arrays of their fields, unpacked only for
+a lookup), id lists are tuples, and an anonymous visitor's profile key doubles as its index
+entry. Few of these objects are containers the cyclic garbage collector must walk, which keeps
+its pauses short as the store grows.
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ from collector.webhook import WebhookRequest
 
 log = logging.getLogger("tripwire.store")
 
+Kept = bytes | UserState  # a held profile: msgpack, or the state past msgpack's integers
+
 EARLIER_STATE = "state.msgpack"  # what versions before the log saved at a clean stop
 MAX_REMEMBERED_MESSAGES = 5_000_000
 KEEP_HOURS = 72  # hours of fired/suppressed counts kept per campaign
@@ -94,7 +99,7 @@ class MemoryStore:
         self._outbox = outbox  # where fired webhooks go; None = only report them (replay)
         self._limits = limits
         self._disk = disk  # None: nothing kept (replay, tests)
-        self._users: OrderedDict[str, UserState] = OrderedDict()  # least recently seen first
+        self._users: OrderedDict[str, Kept] = OrderedDict()  # least recently seen first (`kept`)
         self._index: dict[str, str] = {}  # namespaced id -> profile key
         self._ids: dict[str, tuple[str, ...]] = {}  # profile key -> its namespaced ids
         # dedupe key (`identity.dedupe_key`) -> time first seen, and the same keys oldest first
@@ -111,6 +116,8 @@ class MemoryStore:
         self._due: list[tuple[float, str]] = []  # heap of (due, key), possibly stale
         self._scheduled: dict[str, float] = {}  # key -> the due time its live heap entry has
         self.evictions = Evictions(limits)
+        self._oldest: str | None = None  # the least recently seen profile's key, as last read
+        self._oldest_seen = 0.0  # and when it was seen
         if disk is not None:
             self._tallies = disk.table("tallies", self._tally_record)
             self._result_rows = disk.table("results", self._results_record)
@@ -141,7 +148,7 @@ class MemoryStore:
         if not loaded:
             loaded = await self._import_earlier(self._disk)
         loaded.sort(key=lambda item: item[1].last_seen)  # least recently seen first
-        self._users = OrderedDict(loaded)
+        self._users = OrderedDict((key, kept(state)) for key, state in loaded)
         seen = self._seen
         for at, value in self._seen_journal.entries():
             for dedupe in decode_dedupe_keys(value):
@@ -152,7 +159,7 @@ class MemoryStore:
         }
         self._results = {cid: decode_results(value) for cid, value in self._result_rows.rows()}
         self._hourly = {cid: decode_hours(value) for cid, value in self._hour_rows.rows()}
-        for key, state in self._users.items():
+        for key, state in loaded:
             if state.timers:
                 self._schedule(key, state.timers)
         log.info(
@@ -181,7 +188,9 @@ class MemoryStore:
                 items = [bytes(p) for p in packed[-size:]]
                 self._recent[key] = tuple(items)
                 self._recent_rows.reset(key, items)
-        self._users = OrderedDict(earlier.users)  # for the records staged below
+        self._users = OrderedDict(  # for the records staged below
+            (key, kept(state)) for key, state in earlier.users.items()
+        )
         for key in earlier.users:
             self._profiles.mark(key)
         await disk.commit()
@@ -209,11 +218,16 @@ class MemoryStore:
         hours = self._hourly.get(campaign_id)
         return None if hours is None else pack_plain(hours)
 
-    def _profile_record(self, key: str) -> tuple[UserState, tuple[str, ...]] | None:
+    def _profile_record(
+        self, key: str
+    ) -> tuple[msgspec.Raw | UserState, tuple[str, ...]] | None:
         """A profile as the data directory keeps it (the fields of `Profile`, encoded with the
         rest of its frame); None when there is none (deleted)."""
-        state = self._users.get(key)
-        return None if state is None else (state, self._ids.get(key, ()))
+        stored = self._users.get(key)
+        if stored is None:
+            return None
+        state = msgspec.Raw(stored) if isinstance(stored, bytes) else stored
+        return state, self._ids.get(key, ())
 
     async def ping(self) -> bool:
         """Always reachable: it lives in this process."""
@@ -230,9 +244,9 @@ class MemoryStore:
 
     async def load(
         self, events: Sequence[Event], digests: Sequence[bytes], now: float
-    ) -> MemoryLoaded:
-        """The profiles the events name, as they are (the plan changes them in place), with a
-        snapshot of each to put back if the attempt is discarded."""
+    ) -> Loaded:
+        """The profiles the events name, decoded for this attempt (the plan changes them in
+        place; what is held changes only when the plan is committed)."""
         if self.evictions.due_for_measuring(len(events)):
             self._measure_profiles()
         self._expire(now)
@@ -247,29 +261,22 @@ class MemoryStore:
                 if key is not None and key in users:
                     index[id_] = key
                     if key not in records:
-                        records[key] = Record(key, users[key])
+                        records[key] = Record(key, held(users[key]))
             if ids and ids[0] not in records and ids[0] in users:  # a new profile's key
-                records[ids[0]] = Record(ids[0], users[ids[0]])
+                records[ids[0]] = Record(ids[0], held(users[ids[0]]))
         seen = self._seen
         deliveries = self._deliveries  # copied: counted in the live ones only when committed
-        return MemoryLoaded(
+        return Loaded(
             index,
             records,
             {digest for digest in digests if digest in seen},
             {cid: msgspec.structs.replace(tally) for cid, tally in deliveries.items()}
             if deliveries
             else {},
-            {key: save_state(r.state) for key, r in records.items() if r.state is not None}
-            if records
-            else _NO_SNAPSHOTS,
         )
 
     def discard(self, loaded: Loaded) -> None:
-        """Put back the states the engine changed in place."""
-        assert isinstance(loaded, MemoryLoaded)
-        for key, saved in loaded.snapshots.items():
-            if key in self._users:
-                self._users[key] = load_state(saved)
+        """Nothing to undo: the states were decoded for the attempt; what is held is as it was."""
 
     async def commit(self, plan: Plan, loaded: Loaded, now: float) -> set[str]:
         """Apply a plan: merges, states, identity links, seen marks, recent events, results and
@@ -280,6 +287,8 @@ class MemoryStore:
         for loser, target in plan.losers.items():
             if users.pop(loser, None) is not None:
                 mark(loser)
+                if loser == self._oldest:
+                    self._oldest = None
             self._recent_merge(target, loser)
             for id_ in self._ids.pop(loser, ()):
                 self._link(id_, target)
@@ -294,10 +303,12 @@ class MemoryStore:
             if not positions or state is None:
                 continue
             if key in users:
-                users[key] = state
+                users[key] = kept(state)
                 users.move_to_end(key)
+                if key == self._oldest:
+                    self._oldest = None
             else:
-                users[key] = state  # a new key goes in last: the most recently seen
+                users[key] = kept(state)  # a new key goes in last: the most recently seen
             for digest in plan.seen.get(key, ()):
                 seen[digest] = now
                 order.append(digest)
@@ -341,12 +352,14 @@ class MemoryStore:
             if self._scheduled.get(key) != due:
                 continue  # superseded by an earlier due time, or the user is gone
             del self._scheduled[key]
-            state = self._users.get(key)
+            stored = self._users.get(key)
+            state = None if stored is None else held(stored)
             if state is None or not state.timers:
                 continue
             outcome = engine.fire_due(
                 state, due if event_time else now, deliveries=self._deliveries
             )
+            self._users[key] = kept(state)
             self._mark(key)
             if outcome.ticks:
                 self._count(outcome.ticks)
@@ -418,14 +431,14 @@ class MemoryStore:
     async def user_state(self, identity_: str) -> UserState | None:
         """The engine state of a user found by any of its ids or its key."""
         key = self._find(identity_)
-        return None if key is None else self._users[key]
+        return None if key is None else held(self._users[key])
 
     async def lookup(self, identity_: str, now: float) -> UserView | None:
         """Find a profile by any of its ids or its key."""
         key = self._find(identity_)
         if key is None:
             return None
-        state = self._users[key]
+        state = held(self._users[key])
         recent = [event_as_message(unpack(p)) for p in self._recent.get(key, ())]
         engine = self._engine()
         stopped = engine.stopped(self._deliveries, now)
@@ -454,9 +467,9 @@ class MemoryStore:
                 if time.monotonic() > deadline:
                     return
                 await asyncio.sleep(0)
-            state = users.get(key)
-            if state is not None:
-                yield state, total
+            stored = users.get(key)
+            if stored is not None:
+                yield held(stored), total
 
     def _link(self, id_: str, key: str) -> None:
         previous = self._index.get(id_)
@@ -511,11 +524,13 @@ class MemoryStore:
         capacity = self.evictions.capacity()
         spared = 0
         while users:
-            key, state = next(iter(users.items()))
-            expired = state.last_seen < now - ttl
+            key = next(iter(users))
+            if key != self._oldest:  # read when the least recently seen was seen, once
+                self._oldest, self._oldest_seen = key, held(users[key]).last_seen
+            expired = self._oldest_seen < now - ttl
             if not expired and len(users) <= capacity:
                 break
-            if not expired and state.timers and spared < SPARE_AT_MOST:
+            if not expired and key in self._scheduled and spared < SPARE_AT_MOST:
                 # a profile waiting to fire an absence trigger stays; the next oldest goes
                 users.move_to_end(key)
                 spared += 1
@@ -526,6 +541,7 @@ class MemoryStore:
     def _evict(self, key: str) -> None:
         """Let a profile go with everything that was its: ids, recent events, its timer."""
         del self._users[key]
+        self._oldest = None
         self._mark(key)
         if self._recent.pop(key, None) is not None and self._disk is not None:
             self._recent_rows.reset(key, None)
@@ -546,23 +562,7 @@ class MemoryStore:
         )
 
 
-class MemoryLoaded(Loaded):
-    """What one attempt loaded, with the states as they were before the engine ran."""
-
-    def __init__(
-        self,
-        index: dict[str, str],
-        records: dict[str, Record],
-        seen: set[bytes],
-        deliveries: dict[str, Tally] | None,
-        snapshots: dict[str, bytes],
-    ) -> None:
-        super().__init__(index, records, seen, deliveries)
-        self.snapshots = snapshots
-
-
 _NOT_HELD: contextlib.nullcontext[None] = contextlib.nullcontext()
-_NO_SNAPSHOTS: dict[str, bytes] = {}  # shared, never written: a load of only new profiles
 
 
 def _in_order(by_key: dict[str, list[tuple[int, WebhookRequest]]]) -> list[WebhookRequest]:
@@ -571,6 +571,20 @@ def _in_order(by_key: dict[str, list[tuple[int, WebhookRequest]]]) -> list[Webho
     if len(pairs) > 1:
         pairs.sort(key=lambda pair: pair[0])
     return [webhook for _, webhook in pairs]
+
+
+def kept(state: UserState) -> Kept:
+    """A profile as held between events: encoded (a few hundred bytes instead of a tree of
+    Python objects several times that), or the state itself when msgpack cannot carry it."""
+    try:
+        return save_state(state)
+    except OverflowError:  # an integer past 64 bits
+        return state
+
+
+def held(stored: Kept) -> UserState:
+    """A held profile, decoded afresh (a copy the caller may change)."""
+    return load_state(stored) if isinstance(stored, bytes) else stored
 
 
 def _ignore(_: str) -> None:
