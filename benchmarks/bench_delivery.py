@@ -42,9 +42,9 @@ from collector.config.schema import WebhookSettings
 from collector.delivery import ssrf
 from collector.delivery.dispatcher import Dispatcher
 from collector.delivery.log import DeliveryLog
-from collector.delivery.outbox import MemoryOutbox
 from collector.delivery.sender import USER_AGENT
 from collector.delivery.transport import TransportStream
+from collector.memory.outbox import MemoryOutbox
 from collector.webhook import WebhookRequest
 
 BODY = {"user_id": "u-1", "viewed_path": "/cart", "spent": 4200, "campaign": "cart-followup"}

@@ -171,6 +171,7 @@ async def round_trips(url: str) -> dict[int, int]:
     from collector.events import Event
     from collector.redis.connection import RedisConnection
     from collector.redis.store import RedisStore
+    from collector.store import pipeline
 
     flush(url)
     config = decode_config(pipeline_config("http://127.0.0.1:9"))
@@ -193,7 +194,7 @@ async def round_trips(url: str) -> dict[int, int]:
             for _ in range(size)
         ]
         before = connection.round_trips
-        await store.ingest(batch, now)
+        await pipeline.ingest(store, batch, now)
         counts[size] = connection.round_trips - before  # the first 1 includes connecting
     await connection.close()
     return counts

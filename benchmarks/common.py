@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+METRICS_TOKEN = "bench-metrics-token"  # the servers started here open /metrics with it
 UVICORN_FLAGS = [
     "--loop",
     "uvloop",
@@ -60,7 +61,8 @@ def process(
     command: Sequence[str], ready_url: str, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run a server process until the block ends (taskset execs it: the pid is the server's)."""
-    proc = subprocess.Popen(list(command), cwd=ROOT, env={**os.environ, **(env or {})})
+    environment = {**os.environ, "TRIPWIRE_METRICS_TOKEN": METRICS_TOKEN, **(env or {})}
+    proc = subprocess.Popen(list(command), cwd=ROOT, env=environment)
     try:
         wait_http(ready_url)
         yield proc
@@ -247,7 +249,9 @@ def redis_server(cores: str = "1") -> Iterator[str]:
 def metric_sum(base_url: str, name: str, **labels: str) -> float:
     """Sum of a Prometheus metric's samples whose labels include `labels`."""
     total = 0.0
-    for line in httpx.get(base_url + "/metrics", trust_env=False).text.splitlines():
+    headers = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    text = httpx.get(base_url + "/metrics", headers=headers, trust_env=False).text
+    for line in text.splitlines():
         if not line.startswith(name):
             continue
         sample, _, value = line.rpartition(" ")

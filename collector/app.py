@@ -9,6 +9,7 @@ plain functions in their modules, reading what they need from `request.app.state
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -27,11 +28,13 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ExceptionHandler, Receive, Scope, Send
 
 from collector import __version__
-from collector.admin import api, dashboard
+from collector.admin import api, audiences, auth, builder, dashboard
+from collector.admin.guessing import weakness
 from collector.config.settings import Settings
-from collector.errors import HTTPError
-from collector.ingest.endpoints import IngestApp
+from collector.errors import ConfigError, HTTPError, NotFound, Unauthorized
+from collector.ingest.endpoints import INGEST_PREFIXES, IngestApp
 from collector.ingest.tagfile import TagFile, tag_js
+from collector.ingest.verification import IdentityCheck
 from collector.metrics import IngestMetrics, render
 from collector.runtime import Runtime
 from collector.security import SecurityHeaders
@@ -60,7 +63,7 @@ class CollectorApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Route one ASGI connection."""
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        if scope["type"] == "http" and scope["path"].startswith(INGEST_PREFIXES):
             await self.ingest(scope, receive, send)
         else:
             await self.app(scope, receive, send)
@@ -91,11 +94,18 @@ def settle_gc() -> None:
 
 def create_app(settings: Settings) -> CollectorApp:
     """Build the collector app for these settings."""
+    warn_about_weak_tokens(settings)
     registry = CollectorRegistry(auto_describe=True)
     metrics = IngestMetrics(registry)
     runtime = Runtime(settings, registry, metrics)
+    identity = settings.config.identity
     ingest = IngestApp(
-        settings.config.write_keys, settings.config.allowed_origins, runtime.accept, metrics
+        settings.config.write_keys,
+        settings.config.allowed_origins,
+        runtime.accept,
+        metrics,
+        IdentityCheck(identity),
+        identity.server_write_keys,
     )
     tag = TagFile()
     bin_settings = settings.config.request_bin
@@ -117,7 +127,15 @@ def create_app(settings: Settings) -> CollectorApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        await runtime.start()
+        try:
+            await runtime.start()
+        except ConfigError as exc:
+            # found only when opening what the data directory holds (a legacy file that is a
+            # directory, say): one line and status 2, like every other start-up error
+            for problem in exc.problems:
+                sys.stderr.write(f"{problem}\n")
+            sys.stderr.flush()
+            os._exit(2)
         settle_gc()
         try:
             yield
@@ -141,6 +159,20 @@ def create_app(settings: Settings) -> CollectorApp:
     app.state.tag = tag
     app.state.request_bin = request_bin
     return CollectorApp(ingest, app)
+
+
+def warn_about_weak_tokens(settings: Settings) -> None:
+    """Log a warning for an admin or metrics token that is easy to guess."""
+    for name, token in (("TRIPWIRE_ADMIN_TOKEN", settings.admin_token),
+                        ("TRIPWIRE_METRICS_TOKEN", settings.metrics_token)):
+        reason = weakness(token) if token else None
+        if reason is not None:
+            log.warning(
+                "%s is easy to guess (%s): anyone who guesses it %s; use a long random one, "
+                "e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))'",
+                name, reason,
+                "controls every campaign" if name == "TRIPWIRE_ADMIN_TOKEN" else "reads /metrics",
+            )
 
 
 def create_bin_app(request_bin: RequestBin) -> Starlette:
@@ -177,6 +209,21 @@ ADMIN_API_ROUTES: list[BaseRoute] = [
             Route("/campaigns/{id}/test", api.fire_test, methods=["POST"]),
             Route("/campaigns/{id}/results", api.results, methods=["GET"]),
             Route("/campaigns/{id}/resume", api.resume_campaign, methods=["POST"]),
+            Route("/campaigns/{id}/dry-run", audiences.campaign_dry_run, methods=["POST"]),
+            *(
+                route
+                for kind in ("variables", "segments")
+                for route in (
+                    Route(f"/{kind}", audiences.list_definitions, methods=["GET"]),
+                    Route(f"/{kind}/{{name}}", audiences.get_definition, methods=["GET"]),
+                    Route(f"/{kind}/{{name}}", audiences.put_definition, methods=["PUT"]),
+                    Route(f"/{kind}/{{name}}", audiences.delete_definition, methods=["DELETE"]),
+                )
+            ),
+            Route("/segments/{name}/reach", audiences.segment_reach, methods=["GET"]),
+            Route("/reach", audiences.draft_reach, methods=["POST"]),
+            Route("/vocabulary", audiences.vocabulary, methods=["GET"]),
+            Route("/campaign-text", audiences.campaign_text, methods=["POST"]),
             Route("/paused", api.paused_endpoints, methods=["GET"]),
             Route("/users/{identity:path}", api.user, methods=["GET"]),
             Route("/deliveries", api.deliveries, methods=["GET"]),
@@ -188,6 +235,7 @@ ADMIN_API_ROUTES: list[BaseRoute] = [
 
 DASHBOARD_ROUTES: list[BaseRoute] = [
     Route("/admin", dashboard.to_index),
+    Route("/favicon.ico", dashboard.favicon, methods=["GET", "HEAD"]),
     Mount(
         "/admin",
         routes=[
@@ -207,6 +255,18 @@ DASHBOARD_ROUTES: list[BaseRoute] = [
             Route("/deliveries", dashboard.deliveries, methods=["GET"]),
             Route("/deliveries/{id}/replay", dashboard.replay, methods=["POST"]),
             Route("/users", dashboard.users, methods=["GET"]),
+            *(
+                route
+                for kind in ("variables", "segments")
+                for route in (
+                    Route(f"/{kind}", builder.list_page, methods=["GET"]),
+                    Route(f"/{kind}", builder.save_page, methods=["POST"]),
+                    Route(f"/{kind}/new", builder.form_page, methods=["GET"]),
+                    Route(f"/{kind}/{{name}}", builder.form_page, methods=["GET"]),
+                    Route(f"/{kind}/{{name}}", builder.save_page, methods=["POST"]),
+                    Route(f"/{kind}/{{name}}/delete", builder.delete_page, methods=["POST"]),
+                )
+            ),
         ],
     ),
 ]
@@ -233,16 +293,36 @@ async def healthz(_: Request) -> Response:
     return JSONResponse({"status": "ok", "version": __version__})
 
 
+READY_SECONDS = 2.0  # /readyz answers within this, whatever the store does
+
+
 async def readyz(request: Request) -> Response:
-    """GET /readyz: the store answers and the data directory takes writes (503, with why)."""
-    reason = await request.app.state.runtime.unready_reason()
+    """GET /readyz: the store answers and the data directory takes writes (503, with why),
+    within READY_SECONDS: a frozen store is not ready, and a probe gets its answer in time."""
+    try:
+        async with asyncio.timeout(READY_SECONDS):
+            reason = await request.app.state.runtime.unready_reason()
+    except TimeoutError:
+        reason = f"the store did not answer within {READY_SECONDS:g} s"
     if reason is None:
         return JSONResponse({"ready": True})
     return JSONResponse({"ready": False, "reason": reason}, status_code=503)
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    """GET /metrics: Prometheus metrics."""
+    """GET /metrics: Prometheus metrics, for a bearer of the metrics or the admin token."""
+    settings = request.app.state.runtime.settings
+    tokens = [t for t in (settings.metrics_token, settings.admin_token) if t]
+    if not tokens:
+        raise NotFound("/metrics is off: set TRIPWIRE_METRICS_TOKEN to turn it on")
+    verdict = auth.check_bearer(request, tokens)
+    if verdict == "too_many_tries":
+        raise api.too_many_tries(request)
+    if verdict != "ok":
+        raise Unauthorized(
+            "metrics token required: Authorization: Bearer <TRIPWIRE_METRICS_TOKEN>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     await request.app.state.runtime.refresh_results()  # A/B results live in the store
     body = render(request.app.state.registry)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -259,7 +339,7 @@ async def bin_healthz(_: Request) -> Response:
 
 
 async def render_error(_: Request, exc: Exception) -> Response:
-    """Every HTTPError answered alike: its status, headers and `{"error", "detail"}` body."""
+    """Every HTTPError answered alike: its status, headers and its `payload()` body."""
     assert isinstance(exc, HTTPError)
     return JSONResponse(exc.payload(), status_code=exc.status, headers=dict(exc.headers))
 

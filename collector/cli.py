@@ -13,15 +13,9 @@ from typing import Any
 import msgspec
 
 from collector import __version__
+from collector.config.checks import check_store, config_warnings
 from collector.config.schema import ServerSettings
-from collector.config.settings import (
-    Settings,
-    build_settings,
-    check_serving,
-    check_store,
-    config_warnings,
-    load_config,
-)
+from collector.config.settings import Settings, build_settings, check_serving, load_config
 from collector.errors import ConfigError
 
 UVICORN_OPTIONS: dict[str, Any] = {
@@ -182,13 +176,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_port(settings: Settings) -> None:
-    from collector.tools.demo import port_free
+    from collector.demo import port_free
 
     if not port_free(settings.host, settings.port):
         raise ConfigError(
             [f"tripwire serve: port {settings.port} on {settings.host} is in use (by the demo or "
              f"another collector?); choose another with --port {settings.port + 1} "
-             "or TRIPWIRE_PORT"]
+             "or TRIPWIRE_PORT (and, in memory mode, another --data-dir: one process per "
+             "data directory)"]
         )
 
 
@@ -200,8 +195,8 @@ def server_options(server: ServerSettings) -> dict[str, Any]:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from collector.delivery.worker import run_worker
-    from collector.redis.mode import is_redis_url
+    from collector.config.checks import is_redis_url
+    from collector.redis.worker import run_worker
 
     settings = build_settings(_cli_values(args, "config_path", "store"))
     problems: list[str] = []
@@ -223,7 +218,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from collector.tools.demo import DemoOptions, run_demo
+    from collector.demo import DemoOptions, run_demo
 
     options = DemoOptions(
         port=args.port, site_port=args.site_port, open_browser=not args.no_browser,
@@ -243,7 +238,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _bin(args: argparse.Namespace) -> int:
-    from collector.tools.demo import run_bin
+    from collector.demo import run_bin
 
     return run_bin(args.host, args.port, args.max_requests)
 
@@ -272,12 +267,18 @@ def _check(args: argparse.Namespace) -> int:
     config = load_config(args.config, verify=compile_rules)  # every problem in one round
     for warning in config_warnings(config):
         print(f"{args.config}: warning: {warning}", file=sys.stderr)
-    print(
-        f"{args.config}: OK — {len(config.campaigns)} campaigns, "
-        f"{len(config.variables)} variables, "
-        f"{len(config.segments)} segments"
+    counts = (
+        _counted(len(config.campaigns), "campaign"),
+        _counted(len(config.variables), "variable"),
+        _counted(len(config.segments), "segment"),
     )
+    print(f"{args.config}: OK — {', '.join(counts)}")
     return 0
+
+
+def _counted(n: int, noun: str) -> str:
+    """`1 campaign`, `2 campaigns`."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@
 TripwireError
 ├── ConfigError              a config file or campaign is invalid (every problem, with paths)
 ├── TagNotBuiltError         the built tag is missing from the package (tagfile.py)
-└── HTTPError                answered to a client as {"error": code, "detail": ...}
+└── HTTPError                answered as {"error": code, "detail": ...} (+ "code", "message")
     ├── BadRequest           400 malformed body, wrong types, missing ids
     │   └── InvalidCampaign  400 a campaign sent to the admin API (every problem, with paths)
     ├── Unauthorized         401 unknown or missing write key / admin token
@@ -43,8 +43,13 @@ class HTTPError(TripwireError):
         self.headers = headers or {}
 
     def payload(self) -> dict[str, object]:
-        """The JSON body every HTTP answer for this error carries."""
-        return {"error": self.code, "detail": self.detail}
+        """The JSON body every HTTP answer for this error carries.
+
+        `error` and `detail` are Tripwire's own names; `code` and `message` repeat them under
+        the names Segment's client libraries read, so they can show why a request was refused.
+        """
+        code, detail = self.code, self.detail
+        return {"error": code, "detail": detail, "code": code, "message": detail}
 
 
 class BadRequest(HTTPError):
@@ -101,6 +106,13 @@ class PayloadTooLarge(HTTPError):
 
     status = 413
     code = "payload_too_large"
+
+
+class Conflict(HTTPError):
+    """A change the current state refuses, such as deleting a segment a campaign uses."""
+
+    status = 409
+    code = "conflict"
 
 
 class PreconditionFailed(HTTPError):

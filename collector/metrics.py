@@ -26,8 +26,13 @@ class IngestMetrics(Collector):
         # (campaign, outcome, reason); reason is None for fired
         self.decisions: Counter[tuple[str, str, str | None]] = Counter()
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.counters: dict[str, tuple[str, str, Counter[str]]] = {}
         self.results: dict[str, list[ArmResult]] = {}  # A/B results per campaign with a goal
         registry.register(self)
+
+    def counter(self, name: str, help_text: str, label: str, counts: Counter[str]) -> None:
+        """Expose counts by one label, read at scrape time (profiles evicted by reason, ...)."""
+        self.counters[name] = (help_text, label, counts)
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """Expose a value read at scrape time (profiles held, queue depth, ...)."""
@@ -60,6 +65,11 @@ class IngestMetrics(Collector):
         yield from self._results()
         for name, (help_text, read) in self.gauges.items():
             yield GaugeMetricFamily(name, help_text, value=read())
+        for name, (help_text, label, counts) in self.counters.items():
+            family = CounterMetricFamily(name, help_text, labels=[label])
+            for value, count in sorted(counts.items()):
+                family.add_metric([value], count)
+            yield family
 
 
     def _results(self) -> Iterator[Metric]:

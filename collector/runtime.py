@@ -1,6 +1,8 @@
-"""What one collector process runs: the engine, the store, the outbox and delivery, wired.
+"""What one collector process runs: the live config, a backend and delivery, wired.
 
 The app's lifespan calls `start` and `stop`; ingest calls `accept` for every request's events.
+Where state lives is the backend's business (`collector.backend`): nothing here asks which one
+it runs on.
 """
 
 from __future__ import annotations
@@ -12,63 +14,39 @@ import logging
 import operator
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import msgspec
 from prometheus_client import CollectorRegistry
 
-from collector.config.changes import CampaignChange, decode_change, encode_change
-from collector.config.schema import CampaignSpec
+from collector.backend import Backend, open_backend
+from collector.config.changes import CampaignChange
+from collector.config.schema import CampaignSpec, ConfigFile
 from collector.config.settings import Settings
+from collector.definitions import Definitions
 from collector.delivery.dispatcher import Dispatcher
 from collector.delivery.log import DeliveryLog
-from collector.delivery.outbox import MemoryOutbox, Outbox
-from collector.disk import Disk
-from collector.engine.engine import Engine, compile_rules
+from collector.delivery.outbox import Outbox
+from collector.engine.engine import Engine
 from collector.engine.results import evaluate, report
 from collector.errors import Unavailable
 from collector.events import Event
 from collector.feed import EventFeed
+from collector.live import LiveConfig
 from collector.metrics import IngestMetrics
-from collector.redis.counts import RedisCounts
-from collector.redis.mode import RedisMode, is_redis_url
+from collector.services import Deliveries, Users
 from collector.store.base import Store
-from collector.store.memory import MemoryStore
-from collector.store.sessions import MemorySessions, Sessions
+from collector.store.pipeline import ingest
+from collector.store.sessions import Sessions
 
 log = logging.getLogger("tripwire")
 _DECISION_LABELS = operator.attrgetter("campaign_id", "outcome", "reason")
-
-_encode_counts = msgspec.msgpack.Encoder().encode
-_decode_counts = msgspec.msgpack.Decoder(list[tuple[str, str, str | None, int]]).decode
-
-COUNTS_SECONDS = 1.0  # how often the campaigns' decision counts are written (memory mode)
 
 # Beyond this many undelivered webhooks, ingest sheds load (503) rather than grow without bound.
 MAX_PENDING_WEBHOOKS = 200_000
 HOUR_SAMPLE = 10.0  # seconds between countings of decisions into hours
 TIMER_TICK = 0.2  # seconds between looks for due absence timers: they fire within this of due
-
-
-@contextlib.contextmanager
-def _loading() -> Iterator[None]:
-    """Load without the cyclic garbage collector, then set what was loaded aside from it.
-
-    Reading 100,000 profiles creates millions of objects; collections triggered meanwhile would
-    scan them again and again. Frozen afterwards, they are never scanned by later collections
-    either (they are freed by reference counting like any other object), which keeps the
-    pauses of a big store short.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-        gc.freeze()
 
 
 class Runtime:
@@ -80,28 +58,14 @@ class Runtime:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
-        self.config = settings.config  # the live config: the file plus admin campaign changes
-        self.engine = Engine(compile_rules(settings.config, updated_at={}))
-        self.redis: RedisMode | None = None  # store, outbox, log and campaigns in Redis mode
-        # memory mode's data directory; opened now so that an unusable one stops the start
-        self.disk: Disk | None = None
-        if settings.store == "memory" and settings.data_dir is not None:
-            self.disk = Disk(settings.data_dir)
-            with _loading():
-                self.disk.open()
-        self.outbox: Outbox = MemoryOutbox(self.disk)  # Redis mode swaps in its own
-        self.store: Store = self._make_store()
-        self.delivery_log = self.redis.log if self.redis else DeliveryLog(disk=self.disk)
-        # Redis mode: every process's decision counts, kept in Redis (memory mode: on disk)
-        self.shared_counts = (
-            RedisCounts(self.redis.connection, metrics.decisions) if self.redis else None
-        )
-        self.campaign_changes: dict[str, CampaignChange] = {}  # made while running, kept
-        self._campaign_rows = (
-            self.disk.table("campaigns", self._campaign_record) if self.disk else None
-        )
-        self._count_rows = self.disk.table("counters", self._counts_record) if self.disk else None
-        self._counts_task: asyncio.Task[None] | None = None
+        self.live = LiveConfig(settings.config)  # the file plus campaign changes made while running
+        self.backend: Backend = open_backend(settings, self.live, metrics)
+        self.store: Store = self.backend.store
+        self.outbox: Outbox = self.backend.outbox
+        self.delivery_log: DeliveryLog = self.backend.delivery_log
+        self.sessions: Sessions = self.backend.sessions  # dashboard logins
+        # live variables and segments: read here, changed through the backend, which keeps them
+        self.definitions = Definitions(self.live, self.backend.put_definition)
         self.stop_error: str | None = None  # set when stopping could not save everything
         self.dispatcher = Dispatcher(
             self.outbox,
@@ -110,55 +74,45 @@ class Runtime:
             registry,
             timezone=ZoneInfo(settings.config.timezone),
         )
+        # what admin uses: user lookups and deliveries, not the store and the dispatcher
+        self.users = Users(self.store)
+        self.deliveries = Deliveries(self.dispatcher, self.outbox, self.delivery_log)
         # accepted events, for the admin live streams (at most server.max_streams of them)
         self.events = EventFeed(max_subscribers=settings.config.server.max_streams)
-        # dashboard logins: in Redis when shared, so every process knows them
-        self.sessions: Sessions = self.redis.sessions if self.redis else MemorySessions()
         self._timers: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
         self._sampled: dict[str, tuple[int, int]] = {}  # decisions counted into hours so far
         self._sampling = asyncio.Lock()
 
-    def _make_store(self) -> Store:
-        config = self.settings.config
-        if self.settings.store == "memory":
-            store = MemoryStore(lambda: self.engine, config.state, self.disk, self.outbox)
-            self.metrics.gauge(
-                "tripwire_profiles", "Profiles held in memory", lambda: float(len(store))
-            )
-            return store
-        if is_redis_url(self.settings.store):
-            self.redis = RedisMode(
-                self.settings.store,
-                engine=lambda: self.engine,
-                limits=config.state,
-                apply_put=self._apply_put,
-                apply_remove=self._apply_remove,
-            )
-            self.outbox = self.redis.outbox
-            return self.redis.store
-        raise ValueError(f"unsupported store {self.settings.store!r}")
+    @property
+    def config(self) -> ConfigFile:
+        """The live config: the file plus the campaign changes made while running."""
+        return self.live.config
+
+    @property
+    def engine(self) -> Engine:
+        """The engine of the live config."""
+        return self.live.engine
+
+    @property
+    def campaign_changes(self) -> dict[str, CampaignChange]:
+        """Campaign changes made while running (kept across restarts), by campaign id."""
+        return self.live.changes
 
     async def start(self) -> None:
-        """Open the store and start delivery."""
-        if self.disk is not None:
-            with _loading():
-                self._load_disk()
-                await self.store.open()
-            self.disk.start()
-            self._counts_task = asyncio.create_task(self._save_counts(), name="save-counts")
-        else:
-            await self.store.open()
-        if self.redis is not None:
-            await self.redis.campaigns.start()
-        if self.shared_counts is not None:
-            await self.shared_counts.start()
+        """Open the backend and start delivery."""
+        await self.backend.open()
         if self.settings.deliver_in_process:
             await self.dispatcher.start()
         else:
             await self.outbox.open()
+        # What start-up built (modules, the compiled rules, loaded profiles) lives as long as the
+        # process: set aside from the cyclic collector, it is never walked again by the
+        # collections that ingest's allocations trigger.
+        gc.collect()
+        gc.freeze()
         self._timers = asyncio.create_task(self._fire_timers(), name="tripwire-timers")
-        self._sampled = self._decision_totals()  # counts read back from the data directory
+        self._sampled = self._decision_totals()  # counts read back from what the backend kept
         self._sampler = asyncio.create_task(self._sample_hours(), name="tripwire-hours")
 
     async def _fire_timers(self) -> None:
@@ -176,9 +130,8 @@ class Runtime:
                 continue
             if result.decisions:
                 self.metrics.decisions.update(map(_DECISION_LABELS, result.decisions))
-                if self.disk is not None:  # memory mode: the fired waits are kept now
-                    with contextlib.suppress(Unavailable):  # kept by a later commit
-                        await self.disk.commit()
+                with contextlib.suppress(Unavailable):  # else kept with a later change
+                    await self.backend.keep()
 
     async def stopped(self) -> dict[str, str]:
         """Campaigns stopped by their stop conditions, with the condition reached."""
@@ -271,64 +224,16 @@ class Runtime:
             await self.dispatcher.stop(grace=5.0)
         else:
             await self.outbox.close()
-        await self.store.close()
-        if self.shared_counts is not None:
-            await self.shared_counts.stop()
-        if self.redis is not None:
-            await self.redis.close()
-        if self.disk is not None:
-            if self._counts_task is not None:
-                self._counts_task.cancel()
-                await asyncio.gather(self._counts_task, return_exceptions=True)
-            if self._count_rows is not None:
-                self._count_rows.mark("decisions")
-            try:
-                await self.disk.close()
-            except OSError as exc:  # the command exits non-zero with this
-                self.stop_error = f"the last changes could not be saved: {exc.strerror or exc}"
-                log.error("%s", self.stop_error)
-
-    def _load_disk(self) -> None:
-        """Apply what the data directory holds besides profiles: campaign changes, counters."""
-        assert self._campaign_rows is not None and self._count_rows is not None
-        for campaign_id, value in sorted(self._campaign_rows.rows()):
-            try:
-                change = decode_change(value)
-                if change.spec is None:
-                    self._apply_remove(campaign_id)
-                else:
-                    self._apply_put(change.spec, change.updated_at)
-            except Exception:  # written by another version; the file's campaign stays
-                log.exception("cannot apply the saved change of campaign %s", campaign_id)
-        for _, value in self._count_rows.rows():
-            for campaign, outcome, reason, count in _decode_counts(value):
-                self.metrics.decisions[(campaign, outcome, reason)] += count
-
-    async def _save_counts(self) -> None:
-        """Write the campaigns' decision counts once a second when they moved (a kill loses at
-        most the last second of counts; the caps that decide firing are kept per request)."""
-        assert self._count_rows is not None
-        saved = -1
-        while True:
-            await asyncio.sleep(COUNTS_SECONDS)
-            total = self.metrics.messages["accepted"]
-            if total != saved:
-                saved = total
-                self._count_rows.mark("decisions")
-
-    def _campaign_record(self, campaign_id: str) -> bytes | None:
-        change = self.campaign_changes.get(campaign_id)
-        return None if change is None else encode_change(change)
-
-    def _counts_record(self, _: str) -> bytes | None:
-        return _encode_counts([(*labels, n) for labels, n in self.metrics.decisions.items()])
+        try:
+            await self.backend.close()
+        except OSError as exc:  # the command exits non-zero with this
+            self.stop_error = f"the last changes could not be saved: {exc.strerror or exc}"
+            log.error("%s", self.stop_error)
 
     def campaign_counts(self) -> Counter[tuple[str, str, str | None]]:
         """Decisions by (campaign, outcome, reason), kept across restarts (every process's in
         Redis mode)."""
-        if self.shared_counts is not None:
-            return self.shared_counts.current()
-        return self.metrics.decisions
+        return self.backend.decision_counts()
 
     async def ready(self) -> bool:
         """True when the store answers and the data directory takes writes."""
@@ -336,8 +241,9 @@ class Runtime:
 
     async def unready_reason(self) -> str | None:
         """Why this process cannot take events now, or None when it can."""
-        if self.disk is not None and self.disk.failure is not None:
-            return f"cannot save to the data directory: {self.disk.failure}"
+        failure = self.backend.failure()
+        if failure is not None:
+            return failure
         if not await self.store.ping():
             return "the store does not answer"
         return None
@@ -349,10 +255,10 @@ class Runtime:
         """
         if self.outbox.depth() > MAX_PENDING_WEBHOOKS:
             raise Unavailable("too many webhooks waiting to be sent; retry shortly", retry_after=5)
-        disk = self.disk
-        if disk is not None and disk.failure is not None:
-            raise Unavailable(f"cannot save to the data directory: {disk.failure}", retry_after=5)
-        result = await self.store.ingest(events, now)
+        failure = self.backend.failure()
+        if failure is not None:
+            raise Unavailable(failure, retry_after=5)
+        result = await ingest(self.store, events, now)
         if result.rejected:
             failed = {position for position, _ in result.rejected}
             events = [e for position, e in enumerate(events) if position not in failed]
@@ -362,60 +268,26 @@ class Runtime:
             self.metrics.messages["duplicate"] += result.duplicates
         # map + attrgetter + Counter.update keep this per-decision loop in C.
         self.metrics.decisions.update(map(_DECISION_LABELS, result.decisions))
-        if disk is not None:
-            await disk.commit()  # the answer waits until all of it is written
+        await self.backend.keep()  # the answer waits until all of it is kept
         return result.rejected
 
-    async def put_campaign(self, spec: CampaignSpec) -> bool:
-        """Add or replace a campaign everywhere it runs; True when it is new."""
-        new = all(c.id != spec.id for c in self.config.campaigns)
-        if self.redis is not None:
-            self.engine.rules.with_campaign(spec, 0.0)  # ConfigError before anything is stored
-            await self.redis.campaigns.put(spec)  # every process applies it, this one first
-        else:
-            updated_at = time.time()
-            self._apply_put(spec, updated_at)
-            await self._keep_change(spec.id, CampaignChange(spec=spec, updated_at=updated_at))
+    async def put_campaign(self, spec: CampaignSpec, *, if_unchanged: bool = False) -> bool:
+        """Add or replace a campaign everywhere it runs; True when it is new. `if_unchanged`:
+        the backend checks, where it writes, that nobody changed it since this process saw it."""
+        new = not self.live.has(spec.id)
+        await self.backend.put_campaign(spec, if_unchanged=if_unchanged)
         return new
 
-    def _apply_put(self, spec: CampaignSpec, updated_at: float) -> None:
-        """Add or replace a campaign in this process."""
-        campaigns = list(self.config.campaigns)
-        index = next((i for i, c in enumerate(campaigns) if c.id == spec.id), None)
-        if index is None:
-            campaigns.append(spec)
-        else:
-            campaigns[index] = spec
-        self.config = msgspec.structs.replace(self.config, campaigns=campaigns)
-        self.engine.replace_campaign(spec, updated_at)
-        self.campaign_changes[spec.id] = CampaignChange(spec=spec, updated_at=updated_at)
+    async def refresh_campaigns(self) -> None:
+        """Apply the campaign changes other processes made (Redis mode) before a check."""
+        await self.backend.refresh_campaigns()
 
-    async def remove_campaign(self, campaign_id: str) -> bool:
+    async def remove_campaign(self, campaign_id: str, *, if_unchanged: bool = False) -> bool:
         """Delete a campaign everywhere it runs; False when there was none."""
-        if all(c.id != campaign_id for c in self.config.campaigns):
+        if not self.live.has(campaign_id):
             return False
-        if self.redis is not None:
-            await self.redis.campaigns.remove(campaign_id)  # every process applies it
-        else:
-            self._apply_remove(campaign_id)
-            change = CampaignChange(spec=None, updated_at=time.time())
-            await self._keep_change(campaign_id, change)
+        await self.backend.remove_campaign(campaign_id, if_unchanged=if_unchanged)
         return True
-
-    def _apply_remove(self, campaign_id: str) -> None:
-        """Delete a campaign in this process."""
-        self.config = msgspec.structs.replace(
-            self.config, campaigns=[c for c in self.config.campaigns if c.id != campaign_id]
-        )
-        self.engine.remove_campaign(campaign_id)
-        self.campaign_changes[campaign_id] = CampaignChange(spec=None, updated_at=time.time())
-
-    async def _keep_change(self, campaign_id: str, change: CampaignChange) -> None:
-        """Write a campaign change to the data directory before the caller answers."""
-        self.campaign_changes[campaign_id] = change
-        if self.disk is not None and self._campaign_rows is not None:
-            self._campaign_rows.mark(campaign_id)
-            await self.disk.commit()
 
     def begin_shutdown(self) -> None:
         """End the live event streams so the server can stop without waiting for them."""

@@ -5,7 +5,10 @@ connects and sends nothing, or sends its headers or body a byte at a time, is wa
 forever; a few thousand such connections exhaust the file descriptors and every normal request
 fails. `GuardedHttp` gives each phase of a request a deadline — the request line and headers
 `header_timeout` from the first byte (or from connecting), the body `body_timeout` from the end
-of the headers — and answers 408 and closes when one passes. It also caps the connections one
+of the headers — and answers 408 and closes when one passes. A request answered before its body
+was all received (an early 401, 413 or 415) is answered with `Connection: close` and its
+connection closed once the answer is sent: a body arriving after the answer would otherwise
+complete a request nobody handles, outside every deadline. It also caps the connections one
 client address may hold at once (`max_connections_per_client`).
 
 It keeps one timer per connection that re-arms itself, so a request costs two clock reads, not
@@ -17,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from collector.config.schema import ServerSettings
 
@@ -39,6 +42,16 @@ _TOO_MANY = _answer(
     b'{"error":"too_many_connections","detail":"too many connections from one address"}',
     b"retry-after: 1",
 )
+
+
+class _Cycle(RequestResponseCycle):
+    """uvicorn's request cycle, closing the connection when answered before the body came."""
+
+    async def send(self, message: Any) -> None:
+        """Send a response message; an answer started while the body is still due closes."""
+        if message["type"] == "http.response.start" and self.more_body:
+            self.keep_alive = False  # uvicorn says `connection: close` and closes once sent
+        await super().send(message)
 
 
 class GuardedHttp(HttpToolsProtocol):
@@ -85,13 +98,16 @@ class GuardedHttp(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         """Headers done: the body is due within body_timeout."""
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.__class__ = _Cycle  # the same object, with the early answer's close
         self._phase = _BODY
         self._since = self.loop.time()
 
     def on_message_complete(self) -> None:
         """The request is in: the app has as long as it needs (streams may last)."""
         super().on_message_complete()
-        self._phase = _HANDLING
+        if self._phase == _BODY:
+            self._phase = _HANDLING
 
     def on_response_complete(self) -> None:
         """Answered: waiting for the next request (uvicorn's keep-alive timeout also runs)."""

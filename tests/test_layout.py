@@ -109,6 +109,76 @@ def test_no_import_cycles() -> None:
     assert cycles == []
 
 
+# The layering, bottom up: each part of the package and the parts it may import (besides itself
+# and the package's face, `collector/__init__.py`). A module not in a part listed here, or an
+# import a part is not given, fails `test_the_layering_holds`: place new code in this table.
+LAYERS: dict[str, set[str]] = {
+    "events": set(),
+    "webhook": set(),
+    "errors": set(),
+    "security": set(),
+    "config": {"errors"},
+    "engine": {"config", "errors", "events", "webhook"},
+    "metrics": {"engine"},
+    "feed": {"events"},
+    "server": {"config"},
+    "delivery": {"config", "errors", "webhook"},
+    "ingest": {"config", "errors", "events", "metrics", "security"},
+    "store": {"config", "engine", "errors", "events", "webhook"},
+    "definitions": {"config", "engine", "errors"},
+    "live": {"config", "definitions", "engine"},
+    "memory": {"config", "definitions", "delivery", "engine", "errors", "events", "live",
+               "metrics", "store", "webhook"},
+    "redis": {"config", "definitions", "delivery", "engine", "errors", "events", "live",
+              "metrics", "store", "webhook"},
+    "backend": {"config", "definitions", "delivery", "live", "memory", "metrics", "redis",
+                "store"},
+    "services": {"delivery", "engine", "store", "webhook"},
+    "runtime": {"backend", "config", "definitions", "delivery", "engine", "errors", "events",
+                "feed", "live", "metrics", "services", "store"},
+    "tools": {"config", "definitions", "delivery", "engine", "errors", "events", "ingest",
+              "memory", "redis", "server", "store", "webhook"},
+    "admin": {"config", "definitions", "delivery", "engine", "errors", "events", "feed",
+              "ingest", "runtime", "security", "store", "webhook"},
+    "app": {"admin", "config", "errors", "ingest", "metrics", "runtime", "security", "server",
+            "tools"},
+    "demo": {"app", "config", "errors", "ingest", "server", "tools"},
+    "cli": {"app", "config", "demo", "engine", "errors", "redis", "server", "tools"},
+}
+
+
+def part(module: str) -> str:
+    """`collector.redis.store` -> `redis`; `collector` itself -> ``."""
+    return module.split(".")[1] if "." in module else ""
+
+
+def test_every_module_has_a_place_in_the_layering() -> None:
+    assert {part(m) for m in MODULES} - {""} - set(LAYERS) == set()
+
+
+def test_the_layering_holds() -> None:
+    upward = sorted(
+        f"{module} imports {target}"
+        for module in MODULES
+        if part(module)
+        for target in internal(module)
+        if part(target) not in ("", part(module), *LAYERS[part(module)])
+    )
+    assert upward == []
+
+
+def test_the_layering_table_runs_one_way() -> None:
+    # a part may only import parts listed before it: the table is an order, not a web
+    order = list(LAYERS)
+    backwards = sorted(
+        f"{name} -> {other}"
+        for name, allowed in LAYERS.items()
+        for other in allowed
+        if order.index(other) >= order.index(name)
+    )
+    assert backwards == []
+
+
 ENGINE_MAY_IMPORT = ("collector.engine", "collector.config", "collector.errors",
                      "collector.events", "collector.webhook")
 ENGINE_MAY_NOT_USE = {"starlette", "redis", "httpx", "httpcore", "uvicorn"}
@@ -136,7 +206,7 @@ def test_a_library_is_imported_only_by_its_package(library: str, home: str) -> N
 
 
 # The demo shop (a static site served beside the collector by `tripwire demo`) is its own app.
-ASSEMBLERS = {"collector.app", "collector.tools.demo"}
+ASSEMBLERS = {"collector.app", "collector.demo"}
 
 
 def test_routes_are_assembled_only_in_the_app() -> None:

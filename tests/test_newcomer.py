@@ -59,7 +59,7 @@ def collector(demo: Demo) -> str:
 
 
 def test_the_demo_takes_the_admin_token_from_the_environment(demo: Demo) -> None:
-    assert demo.url("Dashboard") == f"{collector(demo)}/admin/login?token={TOKEN}"
+    assert demo.url("Dashboard") == f"{collector(demo)}/admin/login#token={TOKEN}"
     response = httpx.get(
         f"{collector(demo)}/admin/api/campaigns/welcome-member",
         headers={"Authorization": f"Bearer {TOKEN}"}, trust_env=False,
@@ -113,7 +113,8 @@ def test_each_visitor_sees_only_their_own_webhooks_in_the_panel(
 
 
 SHOP_PAGES = ["", "products/grinder", "cart", "signup", "app/wishlist"]
-ADMIN_PAGES = ["", "campaigns/cart-twice", "new", "events", "deliveries", "users"]
+ADMIN_PAGES = ["", "campaigns/cart-twice", "new", "events", "deliveries", "users", "segments",
+               "segments/browsers", "variables", "variables/cart_value"]
 
 
 def test_the_shop_and_the_dashboard_fit_a_phone(demo: Demo, browser: Browser) -> None:
@@ -132,6 +133,7 @@ def test_the_shop_and_the_dashboard_fit_a_phone(demo: Demo, browser: Browser) ->
             too_wide |= _overflow(page, "shop/" + path)
         page.screenshot(path=str(ARTIFACTS / "phone-shop.png"), full_page=True)
         page.goto(login)
+        page.wait_for_url("**/admin/")  # the login page logs in with the token after the `#`
         for path in ADMIN_PAGES:
             response = page.goto(f"{collector(demo)}/admin/{path}")
             assert response is not None and response.ok, path
@@ -182,3 +184,12 @@ def test_serve_on_a_port_in_use_says_so_in_one_line() -> None:
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert f"port {port} on 127.0.0.1 is in use" in result.stderr
     assert "--port" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_make_serve_keeps_its_state_apart_from_the_demo() -> None:
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-n", "serve"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, env=_without_make_variables(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "TRIPWIRE_DATA_DIR=" in result.stdout and ".tripwire-serve" in result.stdout

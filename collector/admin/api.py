@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from collector.admin import auth, editing
+from collector.admin.guessing import retry_after
 from collector.admin.openapi import document as openapi_document
 from collector.admin.replay import replay_dead_letter
 from collector.config.schema import CampaignSpec, encode_hook
@@ -99,8 +100,11 @@ def parse_campaign_text(text: str) -> Any:
         raise InvalidCampaign([f"not valid YAML or JSON: {one_line(exc)}"]) from exc
 
 
-async def save_campaign(runtime: Runtime, campaign_id: str, raw: Any) -> tuple[CampaignSpec, bool]:
-    """Validate and apply a campaign; return it and whether it is new. Raises InvalidCampaign."""
+async def save_campaign(
+    runtime: Runtime, campaign_id: str, raw: Any, *, if_unchanged: bool = False
+) -> tuple[CampaignSpec, bool]:
+    """Validate and apply a campaign; return it and whether it is new. Raises InvalidCampaign,
+    and PreconditionFailed when `if_unchanged` and another process changed it meanwhile."""
     if not isinstance(raw, dict):
         raise InvalidCampaign(["$: expected a campaign mapping"])
     raw = {"id": campaign_id, **editing.writable(raw)}
@@ -111,7 +115,7 @@ async def save_campaign(runtime: Runtime, campaign_id: str, raw: Any) -> tuple[C
         spec = decode_campaign(
             raw, runtime.config, verify=lambda c: runtime.engine.rules.with_campaign(c, 0.0)
         )
-        created = await runtime.put_campaign(spec)
+        created = await runtime.put_campaign(spec, if_unchanged=if_unchanged)
     except ConfigError as exc:
         raise InvalidCampaign(exc.problems) from exc
     return spec, created
@@ -159,7 +163,7 @@ async def test_fire(runtime: Runtime, campaign_id: str, user: str | None) -> Del
     find_campaign(runtime, campaign_id)
     now = time.time()
     if user:
-        state = await runtime.store.user_state(user)
+        state = await runtime.users.state(user)
         if state is None:
             raise NotFound(f"no user {user!r}")
     else:
@@ -168,7 +172,7 @@ async def test_fire(runtime: Runtime, campaign_id: str, user: str | None) -> Del
         state.anonymous_ids = [SAMPLE_VISITOR_ID]
         state.traits = dict(SAMPLE_TRAITS)
     request = render_test(runtime.engine, campaign_id, state, now)
-    return await runtime.dispatcher.send_now(request)
+    return await runtime.deliveries.send_now(request)
 
 
 def render_test(engine: Engine, campaign_id: str, state: UserState, now: float) -> WebhookRequest:
@@ -190,7 +194,7 @@ def render_test(engine: Engine, campaign_id: str, state: UserState, now: float) 
 
 def resume(runtime: Runtime, campaign_id: str, endpoint: str | None) -> int:
     """Resume a campaign's endpoints paused after 410 Gone (all, or one); NotFound if none."""
-    resumed = runtime.dispatcher.resume(campaign_id, endpoint)
+    resumed = runtime.deliveries.resume(campaign_id, endpoint)
     if not resumed:
         which = f"endpoint {endpoint!r} of campaign" if endpoint else "endpoint of campaign"
         raise NotFound(f"no paused {which} {campaign_id!r}")
@@ -200,8 +204,18 @@ def resume(runtime: Runtime, campaign_id: str, endpoint: str | None) -> int:
 # -- endpoints -------------------------------------------------------------------------------
 
 
+def too_many_tries(request: Request) -> TooManyRequests:
+    """The refusal of a client that tried too many wrong tokens."""
+    wait = retry_after(auth.wait_before_trying(request))
+    return TooManyRequests(
+        f"too many wrong tokens from this address; try again in {wait} s",
+        headers={"Retry-After": wait},
+    )
+
+
 def guarded(endpoint: Endpoint) -> Endpoint:
-    """An API endpoint answering 404 when admin is off, 401 without the token, 403 cross-origin."""
+    """An API endpoint answering 404 when admin is off, 401 without the token, 403 cross-origin,
+    429 after too many wrong tokens."""
 
     async def guarded_endpoint(request: Request) -> Response:
         refused = await auth.refusal(request)
@@ -211,6 +225,8 @@ def guarded(endpoint: Endpoint) -> Endpoint:
             raise Unauthorized("admin token required: Authorization: Bearer <token>")
         if refused == "cross_origin":
             raise Forbidden("cross-origin admin request refused")
+        if refused == "too_many_tries":
+            raise too_many_tries(request)
         return await endpoint(request)
 
     guarded_endpoint.__name__ = endpoint.__name__
@@ -262,10 +278,11 @@ async def put_campaign(request: Request) -> Response:
     campaign_id = request.path_params["id"]
     raw = parse_campaign_text((await request.body()).decode("utf-8", "replace"))
     async with editing.write_lock(request):
+        conditional = await latest_if_conditional(request, runtime)
         editing.check_preconditions(
             request, campaign_etag(existing_campaign(runtime, campaign_id))
         )
-        spec, created = await save_campaign(runtime, campaign_id, raw)
+        spec, created = await save_campaign(runtime, campaign_id, raw, if_unchanged=conditional)
     return _campaign_answer(spec, 201 if created else 200)
 
 
@@ -285,11 +302,12 @@ async def patch_campaign(request: Request) -> Response:
     runtime = auth.runtime_of(request)
     campaign_id = request.path_params["id"]
     async with editing.write_lock(request):
+        conditional = await latest_if_conditional(request, runtime)
         current = find_campaign(runtime, campaign_id)
         data = campaign_as_data(current)
         editing.check_preconditions(request, editing.etag(data))
         merged = editing.merge_patch(data, editing.writable(patch))
-        spec, _ = await save_campaign(runtime, campaign_id, merged)
+        spec, _ = await save_campaign(runtime, campaign_id, merged, if_unchanged=conditional)
     return _campaign_answer(spec, 200)
 
 
@@ -299,12 +317,22 @@ async def delete_campaign(request: Request) -> Response:
     runtime = auth.runtime_of(request)
     campaign_id = request.path_params["id"]
     async with editing.write_lock(request):
+        conditional = await latest_if_conditional(request, runtime)
         current = existing_campaign(runtime, campaign_id)
         if current is None:
             raise NotFound(f"no campaign {campaign_id!r}")
         editing.check_preconditions(request, campaign_etag(current))
-        await runtime.remove_campaign(campaign_id)
+        await runtime.remove_campaign(campaign_id, if_unchanged=conditional)
     return Response(status_code=204)
+
+
+async def latest_if_conditional(request: Request, runtime: Runtime) -> bool:
+    """Whether the write is conditional (If-Match, If-None-Match); if so, the campaigns other
+    processes changed (Redis mode) are applied here first, so the check sees the latest."""
+    conditional = "if-match" in request.headers or "if-none-match" in request.headers
+    if conditional:
+        await runtime.refresh_campaigns()
+    return conditional
 
 
 def _campaign_answer(spec: CampaignSpec, status: int) -> Response:
@@ -377,7 +405,7 @@ async def deliveries(request: Request) -> Response:
         limit = int(query.get("limit") or 100)
     except ValueError:
         raise BadRequest("limit: expected a whole number") from None
-    found = await auth.runtime_of(request).delivery_log.query(
+    found = await auth.runtime_of(request).deliveries.log(
         campaign=query.get("campaign") or None,
         status=status,
         delivery_id=query.get("id") or None,

@@ -40,7 +40,7 @@ def _percent(value: float | None) -> str:
 def conversion_chart(campaign_id: str, arms: Sequence[dict[str, Any]]) -> str:
     """Conversion rate per arm with its 95 % interval (arms as `results.report` gives them)."""
     highs = [a["interval"][1] for a in arms if a["interval"] is not None]
-    top = max([0.01, *highs]) * 1.1
+    top = min(1.0, max([0.01, *highs]) * 1.1)  # some room to the right, never past 100 %
     plot = WIDTH - LABEL_WIDTH - TEXT_WIDTH
     height = ROW * len(arms) + 24
 

@@ -5,18 +5,22 @@ it and sends the browser to the login page without it. Changes are plain form po
 with a redirect (a notice rides along in the query string); the live events page is the one
 place where script does real work. Page templates live in `collector/admin/templates/`. The
 pages read the running collector from `request.app.state`; `collector.app` lists their routes.
+
+Past 500 lines on purpose: the pages' handlers and the HTML they render, page by page, read
+best side by side; shared layout and guards are in `pages.py`, the builders in `builder.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import string
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import quote, urlencode
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -25,28 +29,29 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from collector.admin import api as admin
-from collector.admin import auth, charts, editing
+from collector.admin import auth, builder, charts, editing
+from collector.admin.audiences import as_yaml
+from collector.admin.guessing import retry_after
+from collector.admin.pages import (
+    guarded,
+    plain,
+    read_form,
+    redirect,
+    render_page,
+)
 from collector.admin.replay import replay_dead_letter
 from collector.config.durations import format_duration
 from collector.config.schema import CampaignSpec, campaign_as_written
 from collector.delivery.dispatcher import PausedEndpoint
 from collector.delivery.log import STATUSES, DeliveryAttempt
-from collector.errors import HTTPError, InvalidCampaign, NotFound, Unavailable
+from collector.errors import InvalidCampaign, NotFound, PreconditionFailed, Unavailable
 from collector.events import Event
 from collector.store.sessions import SESSION_SECONDS
 
 if TYPE_CHECKING:
     from collector.runtime import Runtime
 
-Page = Callable[[Request], Awaitable[Response]]
 COOKIE_SECONDS = SESSION_SECONDS
-MAX_FORM_BYTES = 256 * 1024
-NAV = (
-    ("/admin/", "Campaigns"),
-    ("/admin/events", "Live events"),
-    ("/admin/deliveries", "Deliveries"),
-    ("/admin/users", "User lookup"),
-)
 REPLAYABLE = frozenset({"failed", "dead", "refused", "paused"})
 STATUS_CHOICES = ("published", "paused", "draft", "archived")
 TEMPLATES = (
@@ -75,6 +80,15 @@ WHY = {
 }
 
 
+def _why(reason: Any, detail: Any) -> str:
+    """Why a campaign was suppressed, in words, naming what the reason is about when known."""
+    if reason == "missing_variable" and detail:
+        return f"#{{{detail}}} had no value, no fallback and no default"
+    if reason == "invalid_header" and detail:
+        return f"the rendered header {detail} held a line break"
+    return WHY.get(str(reason), str(reason))
+
+
 @functools.cache
 def _views() -> dict[str, string.Template]:
     return {name: string.Template(_resource("templates", f"{name}.html")) for name in TEMPLATES}
@@ -90,49 +104,20 @@ def _assets() -> dict[str, tuple[str, str]]:
     return {
         "tripwire.css": (_resource("static", "tripwire.css"), "text/css; charset=utf-8"),
         "dashboard.js": (_resource("static", "dashboard.js"), "text/javascript; charset=utf-8"),
+        "favicon.svg": (_resource("static", "favicon.svg"), "image/svg+xml"),
+        "login.js": (_resource("static", "login.js"), "text/javascript; charset=utf-8"),
+        "builder.js": (_resource("static", "builder.js"), "text/javascript; charset=utf-8"),
     }
 
 
-def _page(request: Request, title: str, body: str, status: int = 200) -> Response:
-    """A page in the dashboard's layout, with the notice or error the redirect carried."""
-    path = request.url.path
-    nav = "".join(
-        f'<a href="{href}"{" class=active" if _current(path, href) else ""}>{label}</a>'
-        for href, label in NAV
-    )
-    flash = ""
-    if notice := request.query_params.get("notice"):
-        flash = f'<div class="notice ok">{_e(notice)}</div>'
-    if error := request.query_params.get("error"):
-        flash = f'<div class="notice error">{_e(error)}</div>'
-    text = _views()["layout"].substitute(title=_e(title), nav=nav, notice=flash, body=body)
-    return HTMLResponse(text, status_code=status, headers={"Cache-Control": "no-store"})
-
-
-def guarded(endpoint: Page) -> Page:
-    """A page answering 404 when admin is off, sending to the login page without the token,
-    refusing cross-origin changes, and showing HTTP errors as a page."""
-
-    async def guarded_page(request: Request) -> Response:
-        refused = await auth.refusal(request)
-        if refused == "off":
-            return _plain("not found", 404)
-        if refused == "unauthorized":
-            return RedirectResponse("/admin/login", status_code=303)
-        if refused == "cross_origin":
-            return _plain("cross-origin request refused", 403)
-        try:
-            return await endpoint(request)
-        except HTTPError as exc:
-            body = f'<div class="notice error">{_e(exc.detail)}</div>'
-            return _page(request, "Error", body, exc.status)
-
-    guarded_page.__name__ = endpoint.__name__
-    guarded_page.__doc__ = endpoint.__doc__
-    return guarded_page
-
-
 # -- login -----------------------------------------------------------------------------------
+
+
+def _too_many_tries(request: Request) -> Response:
+    wait = retry_after(auth.wait_before_trying(request))
+    response = _login_form(f"Too many wrong tokens from this address: wait {wait} s.", 429)
+    response.headers["Retry-After"] = wait
+    return response
 
 
 def _login_form(message: str | None, status: int) -> Response:
@@ -143,16 +128,20 @@ def _login_form(message: str | None, status: int) -> Response:
 async def login(request: Request) -> Response:
     """GET/POST /admin/login: the token in, the cookie out."""
     if not auth.runtime_of(request).settings.admin_token:
-        return _plain("not found", 404)
+        return plain("not found", 404)
     if request.method == "POST":
-        given = (await _form(request)).get("token", "")
+        given = (await read_form(request)).get("token", "")
     else:
         given = request.query_params.get("token", "")
         if not given:
             return _login_form(None, 200)
-    if not auth.valid_token(request, given.strip()):
+    verdict = auth.valid_token(request, given.strip())
+    if verdict == "too_many_tries":
+        return _too_many_tries(request)
+    if verdict != "ok":
         return _login_form("That is not the admin token.", 401)
-    session = await auth.runtime_of(request).sessions.create()
+    token = auth.runtime_of(request).settings.admin_token or ""
+    session = await auth.runtime_of(request).sessions.create(auth.token_tag(token))
     response = RedirectResponse("/admin/", status_code=303)
     response.set_cookie(
         auth.COOKIE,
@@ -169,8 +158,9 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     """POST /admin/logout: end the session (its cookie stops working everywhere) and forget it."""
     session = request.cookies.get(auth.COOKIE)
-    if session and auth.runtime_of(request).settings.admin_token:
-        await auth.runtime_of(request).sessions.revoke(session)
+    token = auth.runtime_of(request).settings.admin_token
+    if session and token:
+        await auth.runtime_of(request).sessions.revoke(session, auth.token_tag(token))
     response = RedirectResponse("/admin/login", status_code=303)
     response.delete_cookie(auth.COOKIE, path="/admin", httponly=True, samesite="strict")
     return response
@@ -180,9 +170,15 @@ async def asset(request: Request) -> Response:
     """GET /admin/static/{file}: the dashboard's stylesheet and script."""
     found = _assets().get(request.path_params["file"])
     if found is None:
-        return _plain("not found", 404)
+        return plain("not found", 404)
     text, media_type = found
     return Response(text, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+
+async def favicon(_: Request) -> Response:
+    """GET /favicon.ico: the dashboard's icon (browsers ask for it on every page)."""
+    text, media_type = _assets()["favicon.svg"]
+    return Response(text, media_type=media_type, headers={"Cache-Control": "max-age=86400"})
 
 
 async def to_index(_: Request) -> Response:
@@ -209,7 +205,7 @@ async def campaigns(request: Request) -> Response:
     )
     results = f'<h2 id="results">A/B results</h2>{shown}' if shown else ""
     body = _views()["campaigns"].substitute(rows=rows) + results
-    return _page(request, "Campaigns", body)
+    return render_page(request, "Campaigns", body)
 
 
 async def _charts_html(runtime: Runtime, spec: CampaignSpec) -> str:
@@ -241,12 +237,12 @@ async def _charts_html(runtime: Runtime, spec: CampaignSpec) -> str:
 async def set_status(request: Request) -> Response:
     """POST /admin/campaigns/{id}/status: publish, pause, draft or archive."""
     campaign_id = request.path_params["id"]
-    status = (await _form(request)).get("status", "")
+    status = (await read_form(request)).get("status", "")
     if status not in STATUS_CHOICES:
-        return _back("/admin/", error=f"unknown status {status!r}")
+        return redirect("/admin/", error=f"unknown status {status!r}")
     await admin.set_status(auth.runtime_of(request), campaign_id, status)
     verb = {"published": "Published", "paused": "Paused"}.get(status, f"Set to {status}:")
-    return _back("/admin/", notice=f"{verb} {campaign_id}.")
+    return redirect("/admin/", notice=f"{verb} {campaign_id}.")
 
 
 @guarded
@@ -254,12 +250,18 @@ async def editor(request: Request) -> Response:
     """GET /admin/new, /admin/campaigns/{id}: the campaign editor."""
     campaign_id = request.path_params.get("id")
     if campaign_id is None:
-        return _editor_page(request, None, _new_campaign(), [], 200)
+        return await _editor_page(request, None, _new_campaign(), [], 200)
     runtime = auth.runtime_of(request)
     spec = admin.find_campaign(runtime, campaign_id)
     version = admin.campaign_etag(spec) or ""
     below = await _charts_html(runtime, spec)
-    return _editor_page(request, spec, _campaign_yaml(spec), [], 200, version, below)
+    return await _editor_page(request, spec, _campaign_yaml(spec), [], 200, version, below)
+
+
+_SAVED_MEANWHILE = (
+    "someone else saved this campaign since you opened it: your text is kept below; open the "
+    "campaign again to see their change, then redo yours"
+)
 
 
 @guarded
@@ -267,9 +269,10 @@ async def save(request: Request) -> Response:
     """POST /admin/campaigns[/{id}]: create or replace a campaign from the editor."""
     runtime = auth.runtime_of(request)
     original = request.path_params.get("id")
-    form = await _form(request)
+    form = await read_form(request)
     source = form.get("source", "")
     version = form.get("version", "")  # the campaign's ETag when the editor was opened
+    origin = "form" if form.get("origin") == "form" else "yaml"  # the builder sends JSON
     spec = admin.find_campaign(runtime, original) if original else None
     try:
         raw = admin.parse_campaign_text(source)
@@ -285,14 +288,20 @@ async def save(request: Request) -> Response:
             if spec is not None and version and version != admin.campaign_etag(
                 admin.existing_campaign(runtime, spec.id)
             ):
-                raise InvalidCampaign([
-                    "someone else saved this campaign since you opened it: your text is kept "
-                    "below; open the campaign again to see their change, then redo yours"
-                ])
-            saved, _ = await admin.save_campaign(runtime, campaign_id, raw)
+                raise InvalidCampaign([_SAVED_MEANWHILE])
+            try:  # checked again where it is written (in Redis mode, another process may save)
+                saved, _ = await admin.save_campaign(
+                    runtime, campaign_id, raw, if_unchanged=bool(spec and version)
+                )
+            except PreconditionFailed:
+                raise InvalidCampaign([_SAVED_MEANWHILE]) from None
     except InvalidCampaign as exc:
-        return _editor_page(request, spec, source, exc.problems, 400, version)
-    return _back("/admin/", notice=f"Saved {saved.id}.")
+        if origin == "form":
+            with contextlib.suppress(InvalidCampaign):
+                source = as_yaml(admin.parse_campaign_text(source))
+        below = await _charts_html(runtime, spec) if spec is not None else ""
+        return await _editor_page(request, spec, source, exc.problems, 400, version, below, origin)
+    return redirect("/admin/", notice=f"Saved {saved.id}.")
 
 
 @guarded
@@ -301,43 +310,43 @@ async def delete(request: Request) -> Response:
     campaign_id = request.path_params["id"]
     if not await auth.runtime_of(request).remove_campaign(campaign_id):
         raise NotFound(f"no campaign {campaign_id!r}")
-    return _back("/admin/", notice=f"Deleted {campaign_id}.")
+    return redirect("/admin/", notice=f"Deleted {campaign_id}.")
 
 
 @guarded
 async def fire_test(request: Request) -> Response:
     """POST /admin/campaigns/{id}/test: send the campaign's webhook once, now."""
     campaign_id = request.path_params["id"]
-    user = (await _form(request)).get("user", "").strip() or None
+    user = (await read_form(request)).get("user", "").strip() or None
     target = f"/admin/campaigns/{quote(campaign_id)}"
     try:
         attempt = await admin.test_fire(auth.runtime_of(request), campaign_id, user)
     except InvalidCampaign as exc:
-        return _back(target, error="Test not sent: " + "; ".join(exc.problems))
+        return redirect(target, error="Test not sent: " + "; ".join(exc.problems))
     except NotFound as exc:
-        return _back(target, error=f"Test not sent: {exc.detail}")
+        return redirect(target, error=f"Test not sent: {exc.detail}")
     code = attempt.status_code
     outcome = f"HTTP {code}" if code else (attempt.error or attempt.status)
     message = f"Test webhook {attempt.status}: {attempt.method} {attempt.url} → {outcome}"
     kind = "notice" if attempt.status == "delivered" else "error"
-    return _back(target, **{kind: message})
+    return redirect(target, **{kind: message})
 
 
 @guarded
 async def resume(request: Request) -> Response:
     """POST /admin/campaigns/{id}/resume: deliver again to endpoints paused after 410 Gone."""
     campaign_id = request.path_params["id"]
-    endpoint = (await _form(request)).get("endpoint") or None
+    endpoint = (await read_form(request)).get("endpoint") or None
     target = f"/admin/campaigns/{quote(campaign_id)}"
     try:
         resumed = admin.resume(auth.runtime_of(request), campaign_id, endpoint)
     except NotFound as exc:
-        return _back(target, error=f"Nothing resumed: {exc.detail}")
+        return redirect(target, error=f"Nothing resumed: {exc.detail}")
     plural = "s" if resumed != 1 else ""
-    return _back(target, notice=f"Resumed {resumed} endpoint{plural} of {campaign_id}.")
+    return redirect(target, notice=f"Resumed {resumed} endpoint{plural} of {campaign_id}.")
 
 
-def _editor_page(
+async def _editor_page(
     request: Request,
     spec: CampaignSpec | None,
     source: str,
@@ -345,30 +354,48 @@ def _editor_page(
     status: int,
     version: str = "",
     below: str = "",
+    origin: str = "yaml",
 ) -> Response:
+    """The campaign page: results (an existing campaign opens on them), the form, the YAML."""
+    runtime = auth.runtime_of(request)
     action = f"/admin/campaigns/{quote(spec.id)}" if spec else "/admin/campaigns"
-    title = f"Edit {spec.id}" if spec else "New campaign"
+    title = f"Campaign {spec.name or spec.id}" if spec else "New campaign"
     errors = ""
     if problems:
         items = "".join(f"<li>{_e(p)}</li>" for p in problems)
         count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
         errors = (
-            f'<div class="notice error" id="problems"><strong>Not saved: {count}</strong>'
-            f'<ul class="problems">{items}</ul></div>'
+            f'<div class="notice error" id="problems" role="alert"><strong>Not saved: '
+            f'{count}</strong><ul class="problems">{items}</ul></div>'
         )
-    side = ""
+    results = ""
     if spec is not None:
-        runtime = auth.runtime_of(request)
         stats = _stats_html(admin.campaign_stats(runtime).get(spec.id))
-        paused = [p for p in runtime.dispatcher.paused() if p.campaign_id == spec.id]
+        paused = [p for p in runtime.deliveries.paused() if p.campaign_id == spec.id]
         side = _paused_html(action, paused) + _views()["editor_side"].substitute(
-            action=action, stats=stats, id=_e(spec.id)
+            action=action, stats=stats, id=_e(spec.id), deliveries=quote(spec.id)
         )
+        results = (
+            '<section id="panel-results" role="tabpanel" aria-labelledby="tab-results" '
+            f'tabindex="-1"><div class="grid2"><div>{below}</div><div>{side}</div></div></section>'
+        )
+    try:
+        document = admin.parse_campaign_text(source)
+    except InvalidCampaign:
+        document = {}
+    opening = "results" if spec is not None and not problems else origin
+    if spec is None and not problems:
+        opening = "form"
+    form = await builder.campaign_form(runtime, document, problems, spec is None, origin)
     body = _views()["editor"].substitute(
-        title=_e(title), errors=errors, action=action, source=_e(source), side=side,
-        version=_e(version),
+        title=_e(title), errors=errors, action=action, source=_e(source), results=results,
+        version=_e(version), form=form, opening=opening,
+        results_tab=(
+            '<button type="button" role="tab" id="tab-results" aria-controls="panel-results">'
+            "Results</button>" if spec is not None else ""
+        ),
     )
-    return _page(request, title, body + below, status)
+    return render_page(request, title, body, status)
 
 
 # -- events, deliveries, users ---------------------------------------------------------------
@@ -377,7 +404,7 @@ def _editor_page(
 @guarded
 async def events(request: Request) -> Response:
     """GET /admin/events: the live events page."""
-    return _page(request, "Live events", _views()["events"].substitute())
+    return render_page(request, "Live events", _views()["events"].substitute())
 
 
 @guarded
@@ -389,10 +416,12 @@ async def deliveries(request: Request) -> Response:
     status = query.get("status") or None
     if status not in STATUSES:
         status = None
-    found = await runtime.delivery_log.query(campaign=campaign, status=status, limit=200)
+    found = await runtime.deliveries.log(campaign=campaign, status=status, limit=200)
     filters = {"campaign": campaign or "", "status": status or ""}
     here = "/admin/deliveries?" + urlencode(filters)
-    rows = "".join(_delivery_row(d, here) for d in found)
+    # Replay is offered for dead letters only: a test-fire that failed was never queued
+    dead = {letter.delivery_id for letter in await runtime.deliveries.dead_letters(campaign)}
+    rows = "".join(_delivery_row(d, here, d.delivery_id in dead) for d in found)
     rows = rows or '<tr><td colspan="7" class="muted">No deliveries match.</td></tr>'
     body = _views()["deliveries"].substitute(
         here=_e(here),
@@ -402,21 +431,21 @@ async def deliveries(request: Request) -> Response:
         ),
         status_options=_options(list(STATUSES), status, "any status"),
     )
-    return _page(request, "Deliveries", body)
+    return render_page(request, "Deliveries", body)
 
 
 @guarded
 async def replay(request: Request) -> Response:
     """POST /admin/deliveries/{id}/replay: send a dead letter again."""
     delivery_id = request.path_params["id"]
-    back = (await _form(request)).get("back") or "/admin/deliveries"
+    back = (await read_form(request)).get("back") or "/admin/deliveries"
     if not back.startswith("/admin/"):
         back = "/admin/deliveries"
     try:
         answer = await replay_dead_letter(auth.runtime_of(request), delivery_id)
     except NotFound:
-        return _back(back, error=f"{delivery_id} is not a dead letter: nothing to replay.")
-    return _back(back, notice=f"Replaying {delivery_id}, {answer.reason}.")
+        return redirect(back, error=f"{delivery_id} is not a dead letter: nothing to replay.")
+    return redirect(back, notice=f"Replaying {delivery_id}, {answer.reason}.")
 
 
 @guarded
@@ -426,7 +455,7 @@ async def users(request: Request) -> Response:
     identity = (request.query_params.get("id") or "").strip()
     result, status, title = "", 200, "User lookup"
     if identity:
-        view = await runtime.store.lookup(identity, time.time())
+        view = await runtime.users.lookup(identity, time.time())
         if view is None:
             result = f'<div class="notice error">No user {_e(identity)} is known.</div>'
             status = 404
@@ -436,7 +465,7 @@ async def users(request: Request) -> Response:
     if not identity:
         result = _recent_users(runtime.events.recent)
     body = _views()["users"].substitute(identity=_e(identity), result=result)
-    return _page(request, title, body, status)
+    return render_page(request, title, body, status)
 
 
 # -- fragments -------------------------------------------------------------------------------
@@ -518,14 +547,22 @@ def _trigger_text(spec: CampaignSpec) -> str:
 
 
 def _reasons_html(stats: dict[str, Any] | None) -> str:
-    suppressed: dict[str, int] = stats["suppressed"] if stats else {}
-    if not suppressed:
-        return '<span class="muted">—</span>'
-    return "".join(
+    """Suppressions by reason; events that did not match the trigger apart, as they are not
+    deliveries held back but events the campaign is not about."""
+    counted: dict[str, int] = stats["suppressed"] if stats else {}
+    missed = counted.get("trigger", 0)
+    suppressed = {reason: n for reason, n in counted.items() if reason != "trigger"}
+    shown = "".join(
         f'<span class="badge suppressed" title="{_e(WHY.get(reason, reason))}">'
         f"{_e(reason)} {count}</span>"
         for reason, count in sorted(suppressed.items(), key=lambda item: -item[1])
-    )
+    ) or '<span class="muted">—</span>'
+    if missed:
+        shown += (
+            f'<div class="small muted trigger-misses" title="{_e(WHY["trigger"])}">'
+            f"not triggered: {missed} {'event' if missed == 1 else 'events'}</div>"
+        )
+    return shown
 
 
 def _stats_html(stats: dict[str, Any] | None) -> str:
@@ -536,7 +573,7 @@ def _stats_html(stats: dict[str, Any] | None) -> str:
     )
 
 
-def _delivery_row(entry: DeliveryAttempt, here: str) -> str:
+def _delivery_row(entry: DeliveryAttempt, here: str, dead_letter: bool) -> str:
     latency = f"{entry.latency_ms:.0f} ms" if entry.latency_ms is not None else "—"
     code = f"HTTP {entry.status_code}" if entry.status_code is not None else ""
     response = _e(code)
@@ -546,7 +583,7 @@ def _delivery_row(entry: DeliveryAttempt, here: str) -> str:
     if entry.error:
         response += f'<div class="small muted">{_e(entry.error)}</div>'
     replay = ""
-    if entry.status in REPLAYABLE:
+    if dead_letter and entry.status in REPLAYABLE:
         action = f"/admin/deliveries/{quote(entry.delivery_id)}/replay"
         replay = (
             f'<form class="inline" method="post" action="{action}">'
@@ -578,7 +615,7 @@ def _user_html(
         for position, decision in enumerate([latest, *earlier]):
             outcome = str(decision.get("outcome", ""))
             reason = decision.get("reason")
-            why = "it fired" if outcome == "fired" else WHY.get(str(reason), str(reason))
+            why = "it fired" if outcome == "fired" else _why(reason, decision.get("detail"))
             variant = decision.get("variant_id")
             if position == 0:
                 opening = f'<tr data-campaign="{_e(campaign_id)}">'
@@ -637,7 +674,30 @@ def _facts(profile: dict[str, Any], shown: set[str]) -> dict[str, Any]:
     stopped = profile.get("stopped")
     if isinstance(stopped, dict):
         facts["stopped"] = ", ".join(f"{c} (stopped: {r})" for c, r in stopped.items()) or "none"
+    counts = profile.get("event_counts")
+    if isinstance(counts, dict):
+        facts["event counts"] = ", ".join(f"{name} {n}" for name, n in counts.items()) or "none"
+        facts.pop("event_counts", None)
+    caps = profile.get("caps")
+    if isinstance(caps, dict):
+        facts["deliveries"] = "; ".join(_caps_text(cid, c) for cid, c in caps.items()) or "none"
+        facts.pop("caps", None)
+    goals = profile.get("goals")
+    if isinstance(goals, dict):
+        facts["goals"] = "; ".join(
+            f"{cid}: arm {g['arm']} since {_clock(g['assigned_at'])}, "
+            f"{'converted' if g['converted'] else 'not converted yet'}"
+            for cid, g in goals.items()
+        ) or "none"
     return facts
+
+
+def _caps_text(campaign_id: str, caps: dict[str, int]) -> str:
+    """A campaign's deliveries to the user, as frequency caps count them, in words."""
+    text = f"{campaign_id}: {caps['total']} in all"
+    if caps["session"] >= 0:
+        text += f", {caps['in_session']} in session #{caps['session']}"
+    return text + f", {caps['in_day']} on the last day it fired"
 
 
 def _stopped_badge(reason: str | None) -> str:
@@ -698,34 +758,6 @@ def _options(values: list[str], selected: str | None, blank: str) -> str:
 def _campaign_yaml(spec: CampaignSpec) -> str:
     data = campaign_as_written(spec)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=96)
-
-
-def _back(path: str, **message: str) -> Response:
-    query = urlencode(message)
-    if query:
-        path = f"{path}{'&' if '?' in path else '?'}{query}"
-    return RedirectResponse(path, status_code=303)
-
-
-async def _form(request: Request) -> dict[str, str]:
-    """A urlencoded form body, decoded without extra dependencies."""
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            break
-    text = body[:MAX_FORM_BYTES].decode("utf-8", "replace")
-    return dict(parse_qsl(text, keep_blank_values=True))
-
-
-def _plain(text: str, status: int) -> Response:
-    return Response(text, status_code=status, media_type="text/plain")
-
-
-def _current(path: str, href: str) -> bool:
-    if href == "/admin/":
-        return path in ("/admin/", "/admin/new") or path.startswith("/admin/campaigns")
-    return path.startswith(href)
 
 
 def _clock(at: Any) -> str:

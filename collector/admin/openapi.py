@@ -9,14 +9,21 @@ method; a test checks that they are exactly the admin routes the app serves.
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 
 from collector import __version__
 from collector.admin.replay import ReplayAnswer
 from collector.config.durations import Duration
-from collector.config.schema import CampaignSpec, ConditionTree, Hours, TimezoneName, Window
+from collector.config.schema import (
+    CampaignSpec,
+    ConditionTree,
+    Hours,
+    Stat,
+    TimezoneName,
+    Window,
+)
 from collector.delivery.dispatcher import PausedEndpoint
 from collector.delivery.log import STATUSES, DeliveryAttempt
 from collector.engine.results import ArmResult
@@ -178,6 +185,91 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     },
 }
 
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_REACH = _json({"type": "object", "properties": {
+    "users": {"type": "integer", "description": "users matching now (scaled from the sample "
+              "when `estimate`)"},
+    "matched": {"type": "integer"}, "checked": {"type": "integer"},
+    "known": {"type": "integer", "description": "known users (profiles) in the store"},
+    "estimate": {"type": "boolean", "description": "counted over a sample, not every profile"},
+    "seconds": {"type": "number"}, "summary": {"type": "string"}}})
+_DEFINITIONS = {"variables": ("variable", _ref("VariableSpec")),
+                "segments": ("segment", _ref("Condition"))}
+for _kind, (_noun, _schema) in _DEFINITIONS.items():
+    _answer = {**_json(_schema, f"the {_noun}"), "headers": {
+        "ETag": {"description": f"the {_noun}'s version", "schema": {"type": "string"}}}}
+    OPERATIONS[(f"/admin/api/{_kind}", "get")] = {
+        "summary": f"Every {_noun}, by name, as in the config file",
+        "responses": {"200": _json({"type": "object", "properties": {
+            _kind: {"type": "object", "additionalProperties": _schema}}})},
+    }
+    OPERATIONS[(f"/admin/api/{_kind}/{{name}}", "get")] = {
+        "summary": f"One {_noun}", "parameters": [_NAME],
+        "responses": {"200": _answer, "404": _ERROR},
+    }
+    OPERATIONS[(f"/admin/api/{_kind}/{{name}}", "put")] = {
+        "summary": f"Create or replace a {_noun}: checked like the config file, applied to the "
+        "next event in every process, kept over the config file",
+        "parameters": [_NAME, _IF_MATCH],
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": _schema}, "application/yaml": {"schema": _schema}}},
+        "responses": {"200": _answer, "201": _answer, "400": _ERROR, "412": _ERROR},
+    }
+    OPERATIONS[(f"/admin/api/{_kind}/{{name}}", "delete")] = {
+        "summary": f"Delete a {_noun}; refused (409) while a campaign, segment, variable or "
+        "the test users use it, naming them",
+        "parameters": [_NAME, _IF_MATCH],
+        "responses": {"204": {"description": "deleted"}, "404": _ERROR, "409": _ERROR,
+                      "412": _ERROR},
+    }
+OPERATIONS.update({
+    ("/admin/api/segments/{name}/reach", "get"): {
+        "summary": "How many known users are in a segment now (memory mode counts every "
+        "profile within a time bound; Redis mode samples, and says it is an estimate)",
+        "parameters": [_NAME], "responses": {"200": _REACH, "404": _ERROR},
+    },
+    ("/admin/api/reach", "post"): {
+        "summary": "How many known users match a draft: a segment condition and/or a "
+        "campaign's target (optionally test users only)",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "properties": {
+                "condition": _ref("Condition"), "target": {"type": "object"},
+                "test_mode": {"type": "boolean"}}}}}},
+        "responses": {"200": _REACH, "400": _ERROR},
+    },
+    ("/admin/api/campaigns/{id}/dry-run", "post"): {
+        "summary": "Would the campaign (or a draft of it) fire for a user now, and with what "
+        "request? Every step's outcome; nothing is sent or changed",
+        "parameters": [_ID],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["user"], "properties": {
+                "user": {"type": "string"},
+                "properties": {"type": "object", "description": "the trigger event's "
+                               "properties (default: those of the user's latest such event)"},
+                "campaign": _ref("Campaign")}}}}},
+        "responses": {"200": _json({"type": "object", "properties": {
+            "would_fire": {"type": "boolean"}, "verdict": {"type": "string"},
+            "failed": {"type": "array", "items": {"type": "string"}},
+            "steps": {"type": "array", "items": {"type": "object", "properties": {
+                "step": {"type": "string"}, "outcome": {"enum": ["pass", "fail", "info"]},
+                "detail": {"type": "string"}}}},
+            "request": {"type": ["object", "null"]}, "sent": {"const": False}}}),
+            "400": _ERROR, "404": _ERROR},
+    },
+    ("/admin/api/vocabulary", "get"): {
+        "summary": "What the dashboard's pickers offer: event, property and trait names seen "
+        "lately, variables, segments, built-ins, and the operators for each type",
+        "responses": {"200": _json({"type": "object"})},
+    },
+    ("/admin/api/campaign-text", "post"): {
+        "summary": "A campaign's YAML as a document ({yaml}), or a document as YAML ({campaign})",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "properties": {"yaml": {"type": "string"},
+                                             "campaign": {"type": "object"}}}}}},
+        "responses": {"200": _json({"type": "object"}), "400": _ERROR},
+    },
+})
+
 
 @cache
 def document() -> dict[str, Any]:
@@ -197,8 +289,24 @@ def document() -> dict[str, Any]:
         "description": "a campaign as in the config file; `stats` and `stopped` are read-only "
         "and ignored on write, so a GET's answer can be edited and PUT back",
     }
+    components["Condition"] = _schema_hook(ConditionTree)
+    components["VariableSpec"] = {  # by hand: its window's default is one of the config's types
+        "type": "object", "required": ["event", "stat"], "additionalProperties": False,
+        "properties": {
+            "event": {"anyOf": [{"type": "string"},
+                                {"type": "array", "items": {"type": "string"}}]},
+            "stat": {"enum": list(get_args(Stat))},
+            "field": {"type": "string", "examples": ["properties.revenue"]},
+            "where": _ref("Condition"),
+            "window": {**_schema_hook(Window), "default": "all"},
+            "default": {},
+            "size": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5},
+        },
+    }
     components["Error"] = {"type": "object", "required": ["error", "detail"], "properties": {
         "error": {"type": "string"}, "detail": {"type": "string"},
+        "code": {"type": "string", "description": "the same as `error`"},
+        "message": {"type": "string", "description": "the same as `detail`"},
         "problems": {"type": "array", "items": {"type": "string"}}}}
     paths: dict[str, dict[str, Any]] = {}
     for (path, method), operation in OPERATIONS.items():

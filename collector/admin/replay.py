@@ -45,13 +45,13 @@ class ReplayAnswer(msgspec.Struct, frozen=True, kw_only=True):
 
 async def replay_dead_letter(runtime: Runtime, delivery_id: str) -> ReplayAnswer:
     """Put a dead letter back on the outbox, re-rendered when the stored one cannot succeed."""
-    letter = await runtime.dispatcher.dead_letter(delivery_id)
+    letter = await runtime.deliveries.dead_letter(delivery_id)
     if letter is None:
         raise NotFound(f"no dead letter {delivery_id!r}: only failed deliveries replay")
     fresh = await rerender(runtime, letter.request)
     request, sent, reason = choose(letter, fresh)
     replacement = request if sent == "rerendered" else None
-    replayed = await runtime.dispatcher.replay(delivery_id, replacement)
+    replayed = await runtime.deliveries.replay(delivery_id, replacement)
     if not replayed.count:  # replayed meanwhile, by another click or process
         raise NotFound(f"no dead letter {delivery_id!r}: only failed deliveries replay")
     return ReplayAnswer(
@@ -88,7 +88,7 @@ async def rerender(runtime: Runtime, stored: WebhookRequest) -> WebhookRequest |
     """The campaign's current action for the stored request's user and event, or why not."""
     if stored.campaign_id not in runtime.engine.rules.campaigns:
         return f"campaign {stored.campaign_id!r} no longer exists"
-    state = await runtime.store.user_state(stored.user_key)
+    state = await runtime.users.state(stored.user_key)
     if state is None:
         return "its user is no longer known"
     now = time.time()
@@ -107,7 +107,7 @@ async def rerender(runtime: Runtime, stored: WebhookRequest) -> WebhookRequest |
 
 async def _event_of(runtime: Runtime, stored: WebhookRequest, now: float) -> Event:
     """The triggering event, from the user's recent events; else a stand-in with its id."""
-    view = await runtime.store.lookup(stored.user_key, now)
+    view = await runtime.users.lookup(stored.user_key, now)
     for message in view.recent_events if view is not None else ():
         if message.get("messageId") == stored.event_id:
             try:

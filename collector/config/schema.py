@@ -18,6 +18,7 @@ from msgspec import Meta
 
 from collector.config.durations import Duration, format_duration, parse_duration
 from collector.config.patterns import compile_pattern
+from collector.config.registry import OPERATORS
 
 
 class TimezoneName(str):
@@ -240,6 +241,18 @@ class RequestBinSettings(Base, frozen=True):
     max_requests: Annotated[int, Meta(ge=1)] = 200
 
 
+class IdentitySettings(Base, frozen=True):
+    """Identity verification: which user ids the collector believes (see `ingest.verification`).
+
+    With `secrets` set, a message claiming a user id through a public write key must carry
+    `context.userHash`, the HMAC-SHA256 of the user id under one of them (computed by the
+    site's server); `server_write_keys` are kept on servers, and the ids they send are believed.
+    """
+
+    secrets: list[str] = []  # several while rotating; none: off
+    server_write_keys: list[str] = []
+
+
 class StateSettings(Base, frozen=True):
     """Bounds on per-user state: how long, how many, and how many bytes a profile may take."""
 
@@ -252,6 +265,8 @@ class StateSettings(Base, frozen=True):
     # A profile's traits, JSON-encoded: a trait that would take them past this is not kept.
     trait_bytes: Annotated[int, Meta(ge=256, le=16_777_216)] = 16_384
     max_timers: Annotated[int, Meta(ge=1, le=1000)] = 20  # pending absence-trigger waits per user
+    # Memory mode: profiles held take at most about this many MB (measured as they grow).
+    max_memory_mb: Annotated[int, Meta(ge=1)] | None = None
 
 
 class ServerSettings(Base, frozen=True):
@@ -278,6 +293,7 @@ class ConfigFile(Base, frozen=True):
     spacing: Spacing = Spacing()
     campaigns: list[CampaignSpec] = []
     request_bin: RequestBinSettings = RequestBinSettings()
+    identity: IdentitySettings = IdentitySettings()
     server: ServerSettings = ServerSettings()
     state: StateSettings = StateSettings()
 
@@ -407,21 +423,21 @@ def _parse_leaf(raw: dict[str, Any], path: str, errors: list[str]) -> Leaf | Non
 
 
 def _check_value(op: str, value: Any, path: str, errors: list[str]) -> Any:
-    if op == "between":
+    """The value of operator `op` checked against its shape (`registry.OPERATORS`)."""
+    shape = OPERATORS[op].value
+    if shape == "pair":
         if not (isinstance(value, list) and len(value) == 2):
             errors.append(f"{path}: expected [low, high]")
-        return value
-    if op in ("in", "not_in"):
+    elif shape == "list":
         if not isinstance(value, list):
             errors.append(f"{path}: expected a list")
-        return value
-    if op in ("gt", "gte", "lt", "lte") and not isinstance(value, int | float | str):
-        errors.append(f"{path}: expected a number or string")
-    if op in ("contains", "not_contains", "starts_with", "ends_with") and not isinstance(
-        value, str | int | float
-    ):
-        errors.append(f"{path}: expected a string")
-    if op == "regex":
+    elif shape == "scalar":
+        if not isinstance(value, int | float | str):
+            errors.append(f"{path}: expected a number or string")
+    elif shape == "text":
+        if not isinstance(value, str | int | float):
+            errors.append(f"{path}: expected a string")
+    elif shape == "pattern":
         if not isinstance(value, str):
             errors.append(f"{path}: expected a regular expression string")
             return value
@@ -429,9 +445,10 @@ def _check_value(op: str, value: Any, path: str, errors: list[str]) -> Any:
             compile_pattern(value)
         except ValueError as exc:
             errors.append(f"{path}: {exc}")
-    if op == "exists" and not isinstance(value, bool):
-        errors.append(f"{path}: expected true or false")
-    if op in ("within", "older_than"):
+    elif shape == "flag":
+        if not isinstance(value, bool):
+            errors.append(f"{path}: expected true or false")
+    elif shape == "duration":
         try:
             return parse_duration(value)
         except ValueError as exc:

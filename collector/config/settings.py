@@ -7,7 +7,6 @@ the first, then checks what a type cannot: references between names, cycles, rat
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import types
@@ -15,12 +14,11 @@ import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 import yaml
 
-from collector.config import schema
+from collector.config.checks import check_campaign, check_config, check_store, join_path
 from collector.config.schema import (
     PLACEHOLDER,
     Action,
@@ -28,13 +26,13 @@ from collector.config.schema import (
     ConditionTree,
     ConfigFile,
     Leaf,
+    TimezoneName,
     VariableSpec,
     Variant,
     WebhookAction,
     decode_hook,
     parse_condition,
 )
-from collector.delivery.signing import InvalidSecret, decode_secret
 from collector.errors import ConfigError
 
 
@@ -49,6 +47,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     workers: int = 1
     data_dir: str | None = ".tripwire"  # None: memory mode keeps nothing (benchmark baselines)
     admin_token: str | None = None
+    metrics_token: str | None = None  # opens /metrics (as does the admin token); unset: closed
     request_bin: bool = False
     deliver_in_process: bool = True
 
@@ -91,7 +90,7 @@ def decode_campaign(
     if campaign is None:
         raise ConfigError(problems)
     later: list[str] = []
-    _check_campaign(campaign, "", config, later)
+    check_campaign(campaign, "", config, later)
     _verify(campaign, verify, problems or later, later)
     _add_unrelated(problems, later)
     if problems:
@@ -106,10 +105,33 @@ def _verify(value: Any, verify: Callable[[Any], object] | None, known: list[str]
     try:
         verify(value)
     except ConfigError as exc:
-        problems.extend(exc.problems)
+        problems.extend(_not_echoes(exc.problems, problems))
     except Exception:  # a config already known to be broken may trip the compiler otherwise
         if not known:
             raise
+
+
+_HOST_TEMPLATE = re.compile(r"^(.*): the host cannot be a template \((.*)\);")
+_UNKNOWN_NAME = re.compile(r"^(.*): unknown variable '(.*)'$")
+
+
+def _not_echoes(compiled: list[str], checked: list[str]) -> list[str]:
+    """The compiler's problems less those repeating a checked one: a placeholder in a URL's
+    host is reported as such, not again as an unknown variable."""
+    in_hosts: set[tuple[str, str]] = set()
+    for problem in checked:
+        match = _HOST_TEMPLATE.match(problem)
+        if match is not None:
+            path, host = match.groups()
+            in_hosts.update(
+                (path, inside.partition("|")[0].strip()) for inside in PLACEHOLDER.findall(host)
+            )
+    echoes: set[str] = set()
+    for problem in compiled:
+        match = _UNKNOWN_NAME.match(problem)
+        if match is not None and match.groups() in in_hosts:
+            echoes.add(problem)
+    return [p for p in compiled if p not in echoes]
 
 
 def _path_of(problem: str) -> str:
@@ -211,12 +233,6 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _join(path: str, key: str | int) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    return f"{path}.{key}" if path else key
-
-
 def _stand_in(typ: Any, where: str | int) -> Any:
     """What takes the place of a list or dict item that could not be decoded (None: nothing).
 
@@ -270,17 +286,17 @@ def _convert(raw: Any, typ: Any, path: str, problems: list[str]) -> Any:
         failed = False
         for key in raw:
             if key not in fields:
-                problems.append(f"{_join(path, str(key))}: unknown key")
+                problems.append(f"{join_path(path, str(key))}: unknown key")
         for name, field in fields.items():
             if name in raw:
                 before = len(problems)
-                value = _convert(raw[name], field.type, _join(path, name), problems)
+                value = _convert(raw[name], field.type, join_path(path, name), problems)
                 if value is not None or len(problems) == before:  # whole, or what could be had
                     values[field.name] = value
                 elif field.required:
                     failed = True
             elif field.required:
-                problems.append(f"{_join(path, name)}: required")
+                problems.append(f"{join_path(path, name)}: required")
                 failed = True
         return None if failed else typ(**values)
     if origin is list and isinstance(raw, list):
@@ -288,7 +304,7 @@ def _convert(raw: Any, typ: Any, path: str, problems: list[str]) -> Any:
         items = []
         for index, item in enumerate(raw):
             before = len(problems)
-            value = _convert(item, item_type, _join(path, index), problems)
+            value = _convert(item, item_type, join_path(path, index), problems)
             if value is not None or len(problems) == before:
                 items.append(value)
             elif (stand_in := _stand_in(item_type, index)) is not None:
@@ -298,7 +314,7 @@ def _convert(raw: Any, typ: Any, path: str, problems: list[str]) -> Any:
         key_type, value_type = typing.get_args(typ)
         entries = {}
         for key, value in raw.items():
-            where = _join(path, str(key))
+            where = join_path(path, str(key))
             if key_type is str and not isinstance(key, str):
                 problems.append(f"{where}: expected a name, got {type(key).__name__} {key!r}")
                 continue
@@ -339,107 +355,6 @@ def _validation_message(exc: msgspec.ValidationError, path: str) -> str:
 # -- warnings: valid, but probably not what was meant ---------------------------------------
 
 
-def config_warnings(config: ConfigFile) -> list[str]:
-    """`path: message` for each valid setting whose meaning changed or that does nothing."""
-    warnings: list[str] = []
-    for index, campaign in enumerate(config.campaigns):
-        warnings.extend(campaign_warnings(campaign, f"campaigns[{index}]"))
-    return warnings
-
-
-def campaign_warnings(campaign: CampaignSpec, path: str = "") -> list[str]:
-    """Warnings about one campaign: frequencies that relied on the old "every event" meaning."""
-    found: list[str] = []
-    frequency = campaign.frequency
-    where = _join(path, "frequency")
-    if frequency is None:
-        found.append(
-            f"{where}: not set, so the campaign fires at most once per session (the default); "
-            "older versions fired on every matching event: add `frequency: {per: event}` for that"
-        )
-        return found
-    if frequency.per is None:
-        found.append(
-            f"{where}.per: not set, so the campaign fires at most once per session (the "
-            "default); older versions applied only the caps: add `per: event` for that"
-        )
-    elif frequency.per == "user" and frequency.max_total is None:
-        found.append(
-            f"{where}.per: 'user' now means at most once per user; older versions fired on "
-            "every matching event unless max_total was set (add `max_total: 1` to say you mean it)"
-        )
-    elif frequency.per == "user" and frequency.max_total is not None and frequency.max_total > 1:
-        found.append(
-            f"{where}.max_total: {frequency.max_total} has no effect with `per: user` (at most "
-            f"once per user); for up to {frequency.max_total} deliveries per user use `per: event`"
-        )
-    elif frequency.per == "session" and frequency.max_total == 1:
-        found.append(
-            f"{where}.max_total: 1 with `per: session` now means once per user (max_total counts "
-            "across all time); older versions meant once per session: drop max_total for that"
-        )
-    return found
-
-
-# -- checks a type cannot express ------------------------------------------------------------
-
-
-def check_config(config: ConfigFile, problems: list[str]) -> None:
-    """Append every cross-reference, cycle, rate and secret problem of a decoded config."""
-    for index, secret in enumerate(config.webhooks.signing_secrets):
-        try:
-            decode_secret(secret)
-        except InvalidSecret as exc:
-            problems.append(f"webhooks.signing_secrets[{index}]: {exc}")
-    for name, variable in config.variables.items():
-        path = f"variables.{name}"
-        if variable.field is None and variable.stat not in ("count", "first_at", "last_at"):
-            problems.append(f"{path}.field: stat '{variable.stat}' needs a field")
-        if variable.where is not None:
-            _check_condition(variable.where, f"{path}.where", config, problems)
-    for name, condition in config.segments.items():
-        _check_condition(condition, f"segments.{name}", config, problems)
-    _check_segment_cycles(config, problems)
-    if config.test_users is not None:
-        _check_condition(config.test_users, "test_users", config, problems)
-    _check_limits(config, problems)
-    seen: set[str] = set()
-    for index, campaign in enumerate(config.campaigns):
-        path = f"campaigns[{index}]"
-        if campaign.id in seen:
-            problems.append(f"{path}.id: duplicate campaign id {campaign.id!r}")
-        seen.add(campaign.id)
-        _check_campaign(campaign, path, config, problems)
-
-
-_HOST_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,253}$")
-
-
-def _check_limits(config: ConfigFile, problems: list[str]) -> None:
-    """Durations that must not be zero, and allow-list entries that must be addresses."""
-    durations = {
-        "session_timeout": config.session_timeout,
-        "webhooks.timeout": config.webhooks.timeout,
-        "webhooks.max_age": config.webhooks.max_age,
-        "state.user_ttl": config.state.user_ttl,
-        "server.header_timeout": config.server.header_timeout,
-        "server.body_timeout": config.server.body_timeout,
-        "server.keep_alive_timeout": config.server.keep_alive_timeout,
-    }
-    for path, seconds in durations.items():
-        if seconds <= 0:
-            problems.append(f"{path}: must be more than zero")
-    for index, entry in enumerate(config.webhooks.allow_list):
-        text = entry.strip().strip("[]")
-        try:
-            ipaddress.ip_network(text, strict=False)
-        except ValueError as exc:
-            if "/" in text or ":" in text or not _HOST_NAME.match(text):
-                problems.append(
-                    f"webhooks.allow_list[{index}]: {exc} (give a host name, an IP or a CIDR)"
-                )
-
-
 def check_serving(settings: Settings, problems: list[str]) -> None:
     """What `serve` needs beyond a valid config: a port, workers, a store, write keys.
 
@@ -456,232 +371,6 @@ def check_serving(settings: Settings, problems: list[str]) -> None:
             "(write_keys: [...]) or set TRIPWIRE_WRITE_KEYS"
         )
 
-
-def check_store(store: str, problems: list[str]) -> None:
-    """`memory`, or a Redis URL with a host and a numeric port."""
-    if store == "memory":
-        return
-    parts = urlsplit(store)
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        problems.append(f"--store: {store!r}; use memory or redis://host:port/db")
-        return
-    try:
-        parts.port  # noqa: B018 - reading it checks it
-    except ValueError:
-        problems.append(f"--store: {store!r}: the port is not a number from 1 to 65535")
-
-
-def _check_campaign(
-    campaign: CampaignSpec, path: str, config: ConfigFile, problems: list[str]
-) -> None:
-    if (campaign.action is None) == (campaign.variants is None):
-        problems.append(f"{_join(path, 'action')}: give exactly one of 'action' or 'variants'")
-    if campaign.variants is not None:
-        if not campaign.variants:
-            problems.append(f"{_join(path, 'variants')}: expected at least one variant")
-        if sum(v.rate for v in campaign.variants) > 100:
-            problems.append(f"{_join(path, 'variants')}: rates add up to more than 100")
-        ids = [v.id for v in campaign.variants]
-        if len(set(ids)) != len(ids):
-            problems.append(f"{_join(path, 'variants')}: variant ids must be unique")
-    for i, segment in enumerate(campaign.target.segments):
-        if segment not in config.segments:
-            problems.append(f"{_join(path, 'target.segments')}[{i}]: unknown segment {segment!r}")
-    trigger = campaign.trigger
-    if trigger is not None:
-        tpath = _join(path, "trigger")
-        kinds = [trigger.event, trigger.segment_entered, trigger.after]
-        if sum(kind is not None for kind in kinds) != 1:
-            problems.append(f"{tpath}: give exactly one of 'event', 'segment_entered' or 'after'")
-        if trigger.segment_entered is not None and trigger.segment_entered not in config.segments:
-            problems.append(f"{tpath}.segment_entered: unknown segment {trigger.segment_entered!r}")
-        if trigger.where is not None:
-            if trigger.event is None and trigger.after is None:
-                problems.append(f"{tpath}.where: only an event or 'after' trigger takes 'where'")
-            _check_condition(trigger.where, f"{tpath}.where", config, problems)
-        if trigger.after is not None and trigger.wait is None:
-            problems.append(f"{tpath}.wait: required with 'after' (e.g. wait: 30m)")
-        if trigger.after is None:
-            for key in ("wait", "unless"):
-                if getattr(trigger, key) is not None:
-                    problems.append(f"{tpath}.{key}: only an 'after' trigger takes '{key}'")
-        if trigger.wait is not None and trigger.wait <= 0:
-            problems.append(f"{tpath}.wait: must be longer than 0 s")
-        if trigger.unless is not None and trigger.unless.where is not None:
-            _check_condition(trigger.unless.where, f"{tpath}.unless.where", config, problems)
-    actions: list[tuple[str, Action]] = []
-    if campaign.action is not None:
-        actions.append((_join(path, "action.webhook"), campaign.action))
-    for index, variant in enumerate(campaign.variants or ()):
-        actions.append((_join(path, f"variants[{index}].action.webhook"), variant.action))
-    for where, action in actions:
-        _check_webhook(action.webhook, where, problems)
-    schedule = campaign.schedule
-    if (
-        schedule
-        and schedule.start
-        and schedule.end
-        and _aware(schedule.end) <= _aware(schedule.start)
-    ):
-        problems.append(f"{_join(path, 'schedule.end')}: must be after start")
-
-
-_URL_START = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(//((?:#\{[^{}]*\}?|[^/?#])*))?")
-
-
-def _check_webhook(webhook: WebhookAction, path: str, problems: list[str]) -> None:
-    """The URL must be http(s) with a fixed host; every template must be well formed."""
-    url = webhook.url
-    start = _URL_START.match(url)
-    if start is None or start.group(1).lower() not in ("http", "https"):
-        problems.append(f"{path}.url: expected an http:// or https:// URL, got {url!r}")
-    elif start.group(3) is None or not start.group(3).strip():
-        problems.append(f"{path}.url: no host in {url!r}")
-    elif "#{" in start.group(3):
-        problems.append(
-            f"{path}.url: the host cannot be a template ({start.group(3)!r}); placeholders may "
-            "go in the path and query"
-        )
-    _check_template(url, f"{path}.url", problems)
-    for name, value in webhook.headers.items():
-        _check_template(value, f"{path}.headers.{name}", problems)
-    _check_body(webhook.body, f"{path}.body", problems)
-
-
-def _check_body(body: Any, path: str, problems: list[str]) -> None:
-    if isinstance(body, str):
-        _check_template(body, path, problems)
-    elif isinstance(body, dict):
-        for key, value in body.items():
-            _check_body(value, f"{path}.{key}", problems)
-    elif isinstance(body, list):
-        for index, value in enumerate(body):
-            _check_body(value, f"{path}[{index}]", problems)
-
-
-def _check_template(text: str, path: str, problems: list[str]) -> None:
-    """`#{` must open a placeholder closed by `}` (names are checked when compiling)."""
-    rest = PLACEHOLDER.sub("", text)
-    opened = rest.find("#{")
-    if opened >= 0:
-        fragment = rest[opened : opened + 30]
-        problems.append(f"{path}: unclosed placeholder {fragment!r} (write #{{name}})")
-
-
-_NUMERIC_STATS = frozenset(
-    ("count", "sum", "avg", "min", "max", "distinct_count", "first_at", "last_at")
-)
-_TIME_STATS = frozenset(("first_at", "last_at"))
-_TEXT_OPERATORS = frozenset(("contains", "not_contains", "starts_with", "ends_with", "regex"))
-
-
-def _is_number(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int | float):
-        return True
-    if isinstance(value, str):
-        try:
-            float(value)
-        except ValueError:
-            return False
-        return True
-    return False
-
-
-def _check_types(leaf: Leaf, path: str, stat: str, what: str, problems: list[str]) -> None:
-    """A numeric variable or count compared with something that is not a number."""
-    if stat not in _NUMERIC_STATS:
-        return  # latest, previous, first: whatever the field holds
-    op = leaf.op
-    where = f"{path}.{op}"
-    if op in ("within", "older_than"):
-        if stat not in _TIME_STATS:
-            problems.append(f"{where}: {what} is a number, not a time; use gt, gte, lt or lte")
-        return
-    if op in _TEXT_OPERATORS:
-        problems.append(f"{where}: {what} is a number; '{op}' compares text")
-        return
-    if op in ("between", "in", "not_in"):
-        values = leaf.value if isinstance(leaf.value, list) else []
-    elif op in ("eq", "ne", "gt", "gte", "lt", "lte"):
-        values = [leaf.value]
-    else:
-        return
-    for value in values:
-        if not _is_number(value) and not (value is None and op in ("eq", "ne", "in", "not_in")):
-            problems.append(f"{where}: {what} is a number; expected a number, got {value!r}")
-            return
-
-
-def _aware(moment: Any) -> Any:
-    from datetime import UTC
-
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _check_condition(
-    tree: ConditionTree, path: str, config: ConfigFile, problems: list[str]
-) -> None:
-    for leaf_path, leaf in _leaves(tree.root, path):
-        if leaf.kind == "var":
-            variable = config.variables.get(leaf.name)
-            if variable is None:
-                problems.append(f"{leaf_path}.var: unknown variable {leaf.name!r}")
-            else:
-                what = f"variable '{leaf.name}' ({variable.stat})"
-                _check_types(leaf, leaf_path, variable.stat, what, problems)
-        if leaf.kind == "event_count":
-            _check_types(leaf, leaf_path, "count", f"event_count '{leaf.name}'", problems)
-        if leaf.kind == "segment" and leaf.name not in config.segments:
-            problems.append(f"{leaf_path}.segment: unknown segment {leaf.name!r}")
-
-
-def _leaves(tree: schema.Condition, path: str) -> typing.Iterator[tuple[str, Leaf]]:
-    if isinstance(tree, Leaf):
-        yield path, tree
-    elif isinstance(tree, schema.Not):
-        yield from _leaves(tree.item, f"{path}.not")
-    else:
-        key = "all" if isinstance(tree, schema.All) else "any"
-        for i, item in enumerate(tree.items):
-            yield from _leaves(item, f"{path}.{key}[{i}]")
-
-
-def segment_references(raw: Any) -> set[str]:
-    """Names of the segments a raw condition mentions (for ordering and cycle checks)."""
-    found: set[str] = set()
-    if isinstance(raw, dict):
-        if isinstance(raw.get("segment"), str):
-            found.add(raw["segment"])
-        for value in raw.values():
-            found |= segment_references(value)
-    elif isinstance(raw, list):
-        for item in raw:
-            found |= segment_references(item)
-    return found
-
-
-def _check_segment_cycles(config: ConfigFile, problems: list[str]) -> None:
-    state: dict[str, int] = {}  # 1 = visiting, 2 = done
-
-    def visit(name: str, trail: list[str]) -> None:
-        if state.get(name) == 2 or name not in config.segments:
-            return
-        if state.get(name) == 1:
-            cycle = [*trail[trail.index(name) :], name]
-            problems.append(f"segments.{name}: cycle {' -> '.join(cycle)}")
-            return
-        state[name] = 1
-        for ref in sorted(segment_references(config.segments[name].raw)):
-            visit(ref, [*trail, name])
-        state[name] = 2
-
-    for name in config.segments:
-        visit(name, [])
-
-
-# -- settings --------------------------------------------------------------------------------
 
 ENV_PREFIX = "TRIPWIRE_"
 
@@ -718,12 +407,20 @@ def _config_overrides(config: ConfigFile, env: Mapping[str, str]) -> ConfigFile:
     if keys := env.get(ENV_PREFIX + "WRITE_KEYS"):
         changes["write_keys"] = [k.strip() for k in keys.split(",") if k.strip()]
     if timezone := env.get(ENV_PREFIX + "TIMEZONE"):
-        changes["timezone"] = timezone
+        try:
+            changes["timezone"] = decode_hook(TimezoneName, timezone)
+        except ValueError as exc:
+            raise ConfigError([f"{ENV_PREFIX}TIMEZONE: {exc}"]) from None
     if secrets := env.get(ENV_PREFIX + "SIGNING_SECRETS"):
         hooks = msgspec.structs.replace(
             config.webhooks, signing_secrets=[s.strip() for s in secrets.split(",") if s.strip()]
         )
         changes["webhooks"] = hooks
+    if secrets := env.get(ENV_PREFIX + "IDENTITY_SECRETS"):
+        identity = msgspec.structs.replace(
+            config.identity, secrets=[s.strip() for s in secrets.split(",") if s.strip()]
+        )
+        changes["identity"] = identity
     if not changes:
         return config
     updated = msgspec.structs.replace(config, **changes)

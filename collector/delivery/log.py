@@ -4,20 +4,18 @@
     await log.add(entry)
     await log.query(campaign="cart-followup", status="dead", limit=50)   # newest first
 
-Methods are async so that a shared (Redis) log can satisfy the same interface. Given the data
-directory's database (memory mode), the log is kept there too, newest `capacity` entries.
+Methods are async so that a shared (Redis) log can satisfy the same interface. Given a journal
+(memory mode's data directory), the log is kept there too, newest `capacity` entries.
 """
 
 from __future__ import annotations
 
 import functools
 from collections import deque
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
-
-from collector.disk import Disk
 
 Status = Literal["delivered", "retrying", "failed", "dead", "refused", "quota_exceeded", "paused"]
 STATUSES: Final[tuple[Status, ...]] = (
@@ -85,14 +83,24 @@ def matches(
     )
 
 
-class DeliveryLog:
-    """The last `capacity` attempts, in memory."""
+class Journal(Protocol):
+    """Where a log's entries are kept (memory mode: a journal of the data directory)."""
 
-    def __init__(self, capacity: int = 10_000, *, disk: Disk | None = None) -> None:
+    def append(self, at: float, value: bytes) -> None:
+        """Keep one entry, written with the next commit."""
+
+    def entries(self) -> list[tuple[float, bytes]]:
+        """What was kept, oldest first."""
+
+
+class DeliveryLog:
+    """The last `capacity` attempts, in memory (and in `journal` when given one)."""
+
+    def __init__(self, capacity: int = 10_000, *, journal: Journal | None = None) -> None:
         self._entries: deque[DeliveryAttempt] = deque(maxlen=capacity)
-        self._journal = None if disk is None else disk.journal("deliveries", keep=capacity)
-        if self._journal is not None:
-            self._entries.extend(_DECODE(value) for _, value in self._journal.entries())
+        self._journal = journal
+        if journal is not None:
+            self._entries.extend(_DECODE(value) for _, value in journal.entries())
 
     async def add(self, entry: DeliveryAttempt) -> None:
         """Append one attempt, evicting the oldest past capacity."""

@@ -12,9 +12,10 @@ addresses the SSRF guard checked, while the URL keeps its host name: the `Host` 
 SNI, certificate checks and the endpoints (keyed by host name) all stay right.
 
 Request shape: GET merges the body (an object) into the URL's query, body keys replacing
-same-named URL keys, and signs an empty payload; other methods send the body as JSON with
-`Content-Type: application/json` unless the campaign's headers set one. Campaign headers cannot
-override framing headers (Host, Content-Length, ...) or the `webhook-*` signature headers.
+same-named URL keys; other methods send the body as JSON with `Content-Type: application/json`
+unless the campaign's headers set one. A request without a body signs its request target (see
+`signing`). Campaign headers cannot override framing headers (Host, Content-Length, ...) or
+the `webhook-*` signature headers.
 
     sender = Sender(signer=Signer(secrets), guard=Guard(policy), timeout=10.0)
     result = await sender.send(request)      # AttemptResult; never raises for the target's faults
@@ -41,7 +42,8 @@ import msgspec
 import orjson
 
 from collector import __version__
-from collector.delivery.signing import Signer
+from collector.delivery.bounded import content_codings, read_prefix
+from collector.delivery.signing import Signer, signed_payload
 from collector.delivery.ssrf import Guard, TargetRefused
 from collector.delivery.transport import GuardedBackend
 from collector.webhook import WebhookRequest
@@ -273,7 +275,8 @@ class Sender:
             url, content, headers = self.prepare(request)
         except InvalidRequest as exc:
             return AttemptResult(outcome="failed", error=str(exc))
-        headers.update(self._signer.headers(request.webhook_id, int(self._clock()), content))
+        signed = signed_payload(url.url.raw_path, content)
+        headers.update(self._signer.headers(request.webhook_id, int(self._clock()), signed))
         method = request.method.upper()
         # The header block httpx would send: Host first, Content-Length last (or 0 after Host).
         raw_headers = [(b"Host", url.host)]
@@ -425,52 +428,7 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
 async def _read_prefix(response: httpcore.Response) -> bytes:
     """The first RESPONSE_PREFIX bytes of the decoded body, reading at most _DRAIN_LIMIT bytes."""
     assert isinstance(response.stream, AsyncIterable)
-    codings = [
-        coding
-        for key, value in response.headers
-        if key.lower() == b"content-encoding"
-        for coding in value.lower().replace(b" ", b"").split(b",")
-        if coding in _INFLATE_WBITS
-    ]
-    inflaters = [_Inflater(coding) for coding in reversed(codings)]
-    kept = b""
-    seen = 0
-    async for chunk in response.stream:
-        seen += len(chunk)
-        if len(kept) < RESPONSE_PREFIX:
-            for inflate in inflaters[:-1]:
-                chunk = inflate(chunk, 0)
-            if inflaters:  # the last step inflates no more than the prefix needs
-                chunk = inflaters[-1](chunk, RESPONSE_PREFIX - len(kept))
-            kept += chunk[: RESPONSE_PREFIX - len(kept)]
-        if seen > _DRAIN_LIMIT:
-            break
-    return kept
-
-
-# Content codings httpx undoes without optional packages, with zlib's window bits for each.
-_INFLATE_WBITS: Final = {b"gzip": zlib.MAX_WBITS | 16, b"deflate": zlib.MAX_WBITS}
-
-
-class _Inflater:
-    """Undoes one gzip or deflate coding (deflate zlib-wrapped or raw, as httpx accepts).
-
-    `limit` caps the output of one call (0: no cap), so a small compressed body cannot
-    inflate into a large one here.
-    """
-
-    __slots__ = ("_inflater", "_raw_fallback")
-
-    def __init__(self, coding: bytes) -> None:
-        self._inflater = zlib.decompressobj(_INFLATE_WBITS[coding])
-        self._raw_fallback = coding == b"deflate"
-
-    def __call__(self, data: bytes, limit: int) -> bytes:
-        fallback, self._raw_fallback = self._raw_fallback, False
-        try:
-            return self._inflater.decompress(data, limit)
-        except zlib.error:
-            if not fallback:
-                raise
-            self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-            return self._inflater.decompress(data, limit)
+    codings = content_codings(response.headers)
+    return await read_prefix(
+        response.stream, codings, limit=RESPONSE_PREFIX, read_limit=_DRAIN_LIMIT
+    )

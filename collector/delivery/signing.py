@@ -3,36 +3,40 @@
     signer = Signer(["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])
     headers = signer.headers("msg_1", 1_700_000_000, b'{"a":1}')
 
-The signature is `v1,` + base64(HMAC-SHA256(key, "<id>.<timestamp>.<body>")), one entry per
+The signature is `v1,` + base64(HMAC-SHA256(key, "<id>.<timestamp>.<payload>")), one entry per
 configured secret, space-separated, so receivers holding either secret verify during a rotation.
 A secret is `whsec_<base64 key>`; the key is the decoded part.
+
+The payload is what the request carries: its body when it has one; a request without a body (a
+GET, whose data travels in the query string, or another method with no body) signs its request
+target instead — the path and query exactly as on the request line — as a JSON string, so what
+a receiver reads from the URL is covered and a Standard Webhooks library verifies it as it is:
+
+    Webhook(secret).verify(json.dumps("/hook?user=u-1&plan=pro"), headers)  # -> the target
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 from collections.abc import Sequence
 
-_PREFIX = "whsec_"
+import orjson
+
+from collector.config.secrets import InvalidSecret, decode_secret
+
+__all__ = ["InvalidSecret", "Signer", "decode_secret"]
 
 
-class InvalidSecret(ValueError):
-    """A signing secret is not `whsec_` followed by base64."""
+def signed_payload(target: bytes, body: bytes) -> bytes:
+    """What a request's signature covers: its body, or without one its request target as JSON.
 
-
-def decode_secret(secret: str) -> bytes:
-    """Return the HMAC key of a `whsec_<base64>` secret (the prefix is optional)."""
-    encoded = secret.removeprefix(_PREFIX)
-    try:
-        key = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidSecret("signing secret must be 'whsec_' followed by base64") from exc
-    if not key:
-        raise InvalidSecret("signing secret is empty")
-    return key
+    `target` is the path and query as sent (`/hook?user=u-1`), already percent-encoded ASCII.
+    """
+    if body:
+        return body
+    return orjson.dumps(target.decode("latin-1"))
 
 
 class Signer:

@@ -31,13 +31,13 @@ from collections.abc import Callable
 from datetime import datetime
 
 from collector.config.patterns import compile_pattern
+from collector.config.registry import MISSING_IS_TRUE
 from collector.config.schema import All, Condition, Leaf, Not
 from collector.engine.schedule import Calendar
 from collector.engine.scope import Getter, Predicate, Scope, as_number, path_getter
 from collector.engine.values import MISSING, Missing, Value
 
 Test = Callable[[Value, Scope], bool]
-_MISSING_IS_TRUE = frozenset({"ne", "not_in", "not_contains"})
 
 
 def same(a: Value, b: Value) -> bool:
@@ -132,7 +132,7 @@ class ConditionCompiler:
         if fused is not None:
             return fused
         test = self._test(leaf.op, leaf.value, f"{path}.{leaf.op}", problems)
-        on_missing = leaf.op in _MISSING_IS_TRUE
+        on_missing = leaf.op in MISSING_IS_TRUE
 
         def predicate(scope: Scope) -> bool:
             value = get(scope)

@@ -1,5 +1,9 @@
 """The campaign engine: one event in; state changes, decisions and webhooks out. Pure.
 
+(Past 500 lines on purpose: the per-event path — observe, record variables, arm timers, decide,
+render — is kept in one class, so that what runs for every event can be read and measured as
+one piece.)
+
 What the store and app call::
 
     rules = compile_rules(config, updated_at={"cart-followup": 1767225600.0})  # or ConfigError
@@ -56,6 +60,7 @@ run is suppressed with decisions made once per `now` and shared by every event o
 from __future__ import annotations
 
 import hashlib
+import logging
 import sys
 
 import msgspec
@@ -108,6 +113,10 @@ def key_for(event: Event) -> str:
     return event.user_id or event.anonymous_id or event.message_id
 
 
+log = logging.getLogger("tripwire.engine")
+_MAX_TOLD = 1000  # (campaign, placeholder) pairs logged per process, at most
+
+
 class Engine:
     """Runs events through compiled rules; holds no per-user data itself."""
 
@@ -119,6 +128,7 @@ class Engine:
         self._made_at: float | None = None
         self._shut: dict[tuple[Run, str], tuple[list[Decision], Verdict]] = {}
         self._verdicts: dict[str, Verdict] = {}
+        self._told: set[tuple[str, str]] = set()  # (campaign, placeholder) missing, logged once
 
     def replace_campaign(self, spec: CampaignSpec, updated_at: float) -> None:
         """Add or replace one campaign (raises ConfigError if its templates are invalid)."""
@@ -376,17 +386,20 @@ class Engine:
                         remember(state, campaign_id, shared)
                     continue
                 variant_id = arm.variant_id
+                detail: str | None = None
                 if campaign.exclusive and exclusive_fired:
                     reason: str | None = "exclusive"
                 else:
-                    reason = self._fire(campaign, arm, scope, now, webhooks)
+                    failure = self._fire(campaign, arm, scope, now, webhooks)
+                    reason = None if failure is None else failure.reason
+                    detail = None if failure is None else failure.detail
                     if reason is None and campaign.exclusive:
                         exclusive_fired = True
                     if reason is None and campaign.stops and deliveries is not None:
                         count_delivery(deliveries, campaign_id, self._day(now))
                 outcome: DecisionOutcome = FIRED if reason is None else SUPPRESSED
-                record(Decision(campaign_id, variant_id, outcome, reason, now))
-                remember(state, campaign_id, Verdict(variant_id, reason, now))
+                record(Decision(campaign_id, variant_id, outcome, reason, now, detail))
+                remember(state, campaign_id, Verdict(variant_id, reason, now, detail))
 
     def _enrol(self, campaign: Campaign, arm: Arm | str, scope: Scope, ticks: list[Tick]) -> None:
         """Enrol the user in the campaign's results once they have their arm."""
@@ -402,13 +415,28 @@ class Engine:
 
     def _fire(
         self, campaign: Campaign, arm: Arm, scope: Scope, now: float, webhooks: list[WebhookRequest]
-    ) -> str | None:
+    ) -> Suppressed | None:
+        """Render and queue the campaign's webhook; None, or why it was not sent."""
         try:
             webhooks.append(_render(campaign, arm, scope, now))
         except Suppressed as suppressed:
-            return suppressed.reason
+            if suppressed.reason == "missing_variable":
+                self._tell_missing(campaign.id, suppressed.detail)
+            return suppressed
         campaign.count_fired(scope)
         return None
+
+    def _tell_missing(self, campaign_id: str, name: str) -> None:
+        """Log, once per campaign and placeholder, that a webhook was held back for it."""
+        if (campaign_id, name) in self._told or len(self._told) >= _MAX_TOLD:
+            return
+        self._told.add((campaign_id, name))
+        log.warning(
+            "campaign %s: #{%s} had no value for a user, so its webhook was not sent "
+            "(suppressed as missing_variable; #{%s|fallback} gives a fallback). "
+            "Told once; the user lookup shows each user's.",
+            campaign_id, name, name,
+        )
 
     def preview(
         self, campaign_id: str, state: UserState, now: float, event: Event,
@@ -505,8 +533,11 @@ class Engine:
 
 
 def _decision(verdict: Verdict) -> dict[str, Value]:
-    return {"variant_id": verdict.variant_id, "outcome": verdict.outcome,
-            "reason": verdict.reason, "at": verdict.at}
+    shown: dict[str, Value] = {"variant_id": verdict.variant_id, "outcome": verdict.outcome,
+                               "reason": verdict.reason, "at": verdict.at}
+    if verdict.detail is not None:  # what the reason is about: `missing_variable`'s placeholder
+        shown["detail"] = verdict.detail
+    return shown
 
 
 def _render(campaign: Campaign, arm: Arm, scope: Scope, now: float) -> WebhookRequest:

@@ -53,7 +53,7 @@ class Session(msgspec.Struct, array_like=True, gc=False):
     last: float  # last activity
 
 
-class Decision(msgspec.Struct, array_like=True, frozen=True, gc=False):
+class Decision(msgspec.Struct, array_like=True, frozen=True, gc=False, omit_defaults=True):
     """What happened to one campaign on one event: fired, or suppressed with a reason."""
 
     campaign_id: str
@@ -61,9 +61,10 @@ class Decision(msgspec.Struct, array_like=True, frozen=True, gc=False):
     outcome: DecisionOutcome
     reason: str | None  # None when fired
     at: float
+    detail: str | None = None  # what the reason is about: the placeholder missing, the header
 
 
-class Verdict(msgspec.Struct, array_like=True, frozen=True, gc=False):
+class Verdict(msgspec.Struct, array_like=True, frozen=True, gc=False, omit_defaults=True):
     """The latest decision about one campaign, as a profile keeps it (keyed by campaign id)."""
 
     # Campaigns decided alike on one event share one Verdict (typically all those behind a
@@ -71,6 +72,9 @@ class Verdict(msgspec.Struct, array_like=True, frozen=True, gc=False):
     variant_id: str | None
     reason: str | None  # None when fired
     at: float
+    # What the reason is about, when there is more to say: the placeholder with no value
+    # (`missing_variable`), the header (`invalid_header`). Kept only when set.
+    detail: str | None = None
 
     @property
     def outcome(self) -> DecisionOutcome:

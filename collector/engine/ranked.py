@@ -116,15 +116,15 @@ class LastUnique(Stat):
     def folded(self, bucket: Bucket, value: Value, t: float) -> tuple[Value, ...]:
         key, shown = _keyed(value)
         entries = bucket[1]
-        if any(e[0] == key and e[1] >= t for e in entries):
+        if any(e[0] == key and e[1] > t for e in entries):
             return tuple(bucket)  # seen again later already
-        kept = [e for e in entries if e[0] != key]
-        kept.append([key, t, shown])
-        kept.sort(key=lambda e: -e[1])
+        # Between equal times, the order received decides: the value folded in last is newer.
+        kept = [[key, t, shown], *(e for e in entries if e[0] != key)]
+        kept.sort(key=lambda e: -e[1])  # stable: the new entry stays first among its equals
         return (bucket[0], kept[: self.size])
 
     def _latest(self, buckets: Sequence[Bucket], low: int, high: int) -> list[list[Any]]:
-        found = [e for b in buckets if low <= b[0] <= high for e in b[1]]
+        found = [e for b in reversed(buckets) if low <= b[0] <= high for e in b[1]]
         found.sort(key=lambda e: -e[1])
         seen: set[str] = set()
         latest: list[list[Any]] = []

@@ -83,7 +83,8 @@ def wilson(converted: int, assigned: int, z: float = Z95) -> tuple[float, float]
     denominator = 1 + z2 / assigned
     centre = (p + z2 / (2 * assigned)) / denominator
     half = z / denominator * math.sqrt(p * (1 - p) / assigned + z2 / (4 * assigned * assigned))
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # The interval contains its rate; rounding may leave an end of it a hair past (at 0 or 100 %).
+    return (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))
 
 
 def z_test(c1: int, n1: int, c2: int, n2: int) -> tuple[float, float] | None:

@@ -7,17 +7,19 @@ Names resolve at load time, so a typo is a config error with its path:
   delivery_id timestamp session_id` (`delivery_id` is the webhook id, `timestamp` the event's
   time in ISO-8601 UTC, `variant_id` is empty for a campaign without variants);
 - `traits.X`, `properties.X`, `context.X` (dotted paths), and `page.path|url|title|referrer|search`
-  (from the event's `context.page`, else the user's latest page).
+  (from the event's `context.page`, else the user's latest page);
+- `traits` and `properties` alone: the user's traits and the event's properties, whole.
 
 Rendering: in the URL a value is URL-encoded (a value `.` or `..` has its dots encoded too, so
-it cannot move the path); in header values it is inserted as text, and a rendered value
-holding CR or LF suppresses the delivery (`invalid_header`); in the body, strings are rendered
-through dicts and lists, and a string that is exactly one placeholder keeps the value's JSON
-type. Text forms: strings as they are, `true`/`false`, numbers as Python prints
-them, lists and dicts as JSON. `#{name|fallback}` gives a fallback for a missing (absent or
-null) value; as a whole body string, a fallback that reads as a JSON number, `true`, `false` or
-`null` keeps that type. A missing value with neither fallback nor default suppresses the
-delivery (`missing_variable`).
+it cannot move the path); in header values it is inserted as text, and a rendered value holding
+a control character (CR, LF, NUL or any other but tab: HTTP allows none of them in a field
+value, and receivers refuse the request) suppresses the delivery (`invalid_header`); in the
+body, strings are rendered through dicts and lists, and a string that is exactly one
+placeholder keeps the value's JSON type. Text forms: strings as they are, `true`/`false`,
+numbers as Python prints them, lists and dicts as JSON. `#{name|fallback}` gives a fallback for
+a missing (absent or null) value; as a whole body string, a fallback that reads as a JSON
+number, `true`, `false` or `null` keeps that type. A missing value with neither fallback nor
+default suppresses the delivery (`missing_variable`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from collector.engine.values import MISSING, Missing, Value
 
 PAGE_FIELDS = ("path", "url", "title", "referrer", "search")
 _TIMESTAMP_MEMO = "\x00timestamp"  # a key no variable can clash with in the per-event memo
+
+# What HTTP does not allow in a field value: every control character but horizontal tab.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class Suppressed(Exception):
@@ -106,10 +111,24 @@ def _page_getter(field: str) -> Getter:
     return get
 
 
+def _traits(scope: Scope) -> Value:
+    return scope.state.traits
+
+
+def _properties(scope: Scope) -> Value:
+    return scope.event.properties
+
+
+# Whole objects: `"#{traits}"` alone in a body string sends every trait as a JSON object.
+WHOLE: dict[str, Getter] = {"traits": _traits, "properties": _properties}
+
+
 def builtin_getter(name: str) -> Getter | None:
     """A reader for a built-in or prefixed name (`traits.plan`), or None if it is not one."""
     if name in BUILTINS:
         return BUILTINS[name]
+    if name in WHOLE:
+        return WHOLE[name]
     prefix, _, rest = name.partition(".")
     if not rest:
         return None
@@ -184,6 +203,10 @@ class TemplateCompiler:
             hpath = f"{path}.headers.{name}"
             if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
                 self._problems.append(f"{hpath}: header names and values cannot hold CR or LF")
+            elif _CONTROL.search(name) or _CONTROL.search(value):
+                self._problems.append(
+                    f"{hpath}: header names and values cannot hold control characters"
+                )
             headers.append((name, self._string(value, hpath, encode=False)))
         body = self._body(action.body, f"{path}.body")
         return ActionTemplate(action.method, url, tuple(headers), body)
@@ -318,7 +341,7 @@ class ActionTemplate:
                 headers[name] = value
                 continue
             rendered = value(scope)
-            if "\r" in rendered or "\n" in rendered:
+            if _CONTROL.search(rendered):
                 raise Suppressed("invalid_header", name)
             headers[name] = rendered
         return url, headers, self.body(scope)

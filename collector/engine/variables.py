@@ -42,6 +42,7 @@ from typing import Literal, cast
 
 import msgspec
 
+from collector.config.registry import TIME_STATS
 from collector.config.schema import window_seconds
 from collector.engine.buckets import Bucket, Stat
 from collector.engine.profile import State
@@ -363,7 +364,6 @@ STATS: dict[str, Stat] = {
     "first_at": First(),
     "last_at": Latest(),
 }
-_TIME_STATS = frozenset({"first_at", "last_at"})
 
 
 def _sized(stat: str, size: int) -> Stat | None:
@@ -427,7 +427,7 @@ class Variable:
         self.name = name
         self.events = events
         self.stat = _sized(stat, size) or STATS[stat]
-        self.time_value = stat in _TIME_STATS
+        self.time_value = stat in TIME_STATS
         self.window = Window(window)
         self.index = self.window.index
         self.keep = 1 + self.window.offset if self.stat.single else self.window.keep

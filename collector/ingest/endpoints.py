@@ -1,8 +1,12 @@
 """The ingest endpoints (`/v1/batch`, `/v1/track`, ...) as a plain ASGI app: the hot path.
 
-It reads the body under the size limits, inflates gzip, checks the write key (body or HTTP
-Basic), decodes with the prebuilt decoders, hands the events to the pipeline and answers with
-orjson. It answers CORS preflights itself so browsers can send from any allowed origin.
+It serves every path the Segment and RudderStack client libraries post to (`/v1/t`, `/v1/b`,
+... of analytics.js; `/beacon/v1/batch?writeKey=` of RudderStack's beacon transport), reads
+the body under the size limits, inflates gzip, checks the write key (body, HTTP Basic, or the
+query string), decodes with the prebuilt decoders, refuses identities it cannot believe (when
+identity verification is on, `collector.ingest.verification`), hands the events to the pipeline
+and answers with orjson. It answers CORS preflights itself so browsers can send from any allowed
+origin.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
+from urllib.parse import parse_qs
 
 import orjson
 from starlette.types import Receive, Scope, Send
@@ -36,6 +41,7 @@ from collector.ingest.messages import (
     decode_single,
     raise_all_rejected,
 )
+from collector.ingest.verification import IdentityCheck, without_hashes
 from collector.metrics import IngestMetrics
 
 log = logging.getLogger("tripwire.ingest")
@@ -57,8 +63,11 @@ class IngestApp:
         allowed_origins: Sequence[str],
         accept: Accept,
         metrics: IngestMetrics,
+        identity: IdentityCheck | None = None,
+        server_write_keys: Sequence[str] = (),
     ) -> None:
-        self._write_keys = frozenset(write_keys)
+        self._write_keys = frozenset([*write_keys, *server_write_keys])
+        self._identity = identity if identity is not None and identity.on else None
         self._any_origin = "*" in allowed_origins
         self._origins = frozenset(allowed_origins)
         self._accept = accept
@@ -79,7 +88,11 @@ class IngestApp:
             body = await _read_body(receive, headers)
             now = time.time()
             decoded = decode_batch(body, now) if kind == "batch" else decode_single(body, kind, now)
-            self._authenticate(decoded, headers)
+            key = self._authenticate(decoded, headers, scope.get("query_string", b""))
+            if self._identity is not None and not self._identity.trusted(key):
+                _verify(self._identity, decoded, kind == "batch")
+            else:
+                decoded.events = without_hashes(decoded.events)
             failed = await self._accept(decoded.events, now)
             if failed:
                 _add_failures(decoded, failed, kind == "batch")
@@ -106,12 +119,19 @@ class IngestApp:
             payload = _OK
         await _respond(send, 200, payload, [*cors, _CONTENT_JSON])
 
-    def _authenticate(self, decoded: Decoded, headers: dict[bytes, bytes]) -> None:
-        key = decoded.write_key or _basic_user(headers.get(b"authorization"))
+    def _authenticate(self, decoded: Decoded, headers: dict[bytes, bytes], query: bytes) -> str:
+        key = (
+            decoded.write_key
+            or _basic_user(headers.get(b"authorization"))
+            or _query_write_key(query)
+        )
         if key is None:
-            raise Unauthorized("$.writeKey: missing write key (body writeKey or HTTP Basic user)")
+            raise Unauthorized(
+                "$.writeKey: missing write key (body writeKey, HTTP Basic user or ?writeKey=)"
+            )
         if key not in self._write_keys:
             raise Unauthorized("$.writeKey: unknown write key")
+        return key
 
     def _cors_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
         origin = None
@@ -136,7 +156,39 @@ _PREFLIGHT = [
 ]
 
 
-_ENDPOINTS = {f"/v1/{kind}": kind for kind in ("batch", *MESSAGE_TYPES)}
+# Every path a Segment or RudderStack client library posts to, as it sends it: the long forms,
+# analytics.js's one-letter forms, and RudderStack's beacon (write key in the query string).
+_SHORT_FORMS = {
+    "b": "batch", "t": "track", "p": "page", "i": "identify", "a": "alias", "g": "group",
+    "s": "screen",
+}
+_ENDPOINTS = {
+    **{f"/v1/{kind}": kind for kind in ("batch", *MESSAGE_TYPES)},
+    **{f"/v1/{short}": kind for short, kind in _SHORT_FORMS.items()},
+    "/beacon/v1/batch": "batch",
+}
+INGEST_PREFIXES = ("/v1/", "/beacon/v1/")
+
+
+def _verify(check: IdentityCheck, decoded: Decoded, batch: bool) -> None:
+    """Keep the events whose identity can be believed; list the others as rejected."""
+    events: list[Event] = []
+    indexes: list[int] = []
+    for event, index in zip(decoded.events, decoded.indexes, strict=True):
+        event, problem = check.verify(event)
+        if problem is None:
+            events.append(event)
+            indexes.append(index)
+        else:
+            path = f"$.batch[{index}]" if batch else "$"
+            decoded.rejected.append(Rejection(index, path + problem))
+    if len(events) == len(decoded.events):
+        decoded.events = events  # the same, without their hashes
+        return
+    decoded.rejected.sort(key=lambda r: r.index)
+    decoded.events, decoded.indexes = events, indexes
+    if not events:
+        raise_all_rejected(decoded.rejected)
 
 
 def _add_failures(decoded: Decoded, failed: Sequence[tuple[int, str]], batch: bool) -> None:
@@ -154,7 +206,8 @@ def _endpoint(path: str) -> str:
     found = _ENDPOINTS.get(path)
     if found is not None:
         return found
-    kind = path.rstrip("/").rsplit("/", 1)[-1]
+    last = path.rstrip("/").rsplit("/", 1)[-1]
+    kind = _SHORT_FORMS.get(last, last)
     if kind != "batch" and kind not in MESSAGE_TYPES:
         raise NotFound(f"{path}: no such endpoint")
     return kind
@@ -199,16 +252,24 @@ async def _read_body(receive: Receive, headers: dict[bytes, bytes]) -> bytes:
 
 
 def _gunzip(body: bytes) -> bytes:
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        data = inflater.decompress(body, MAX_BATCH_BYTES + 1)
-    except zlib.error as exc:
-        raise BadRequest(f"$: body is not valid gzip ({exc})") from exc
-    if len(data) > MAX_BATCH_BYTES:
-        raise PayloadTooLarge(f"$: inflated body is over {MAX_BATCH_BYTES} bytes")
-    if not inflater.eof:
-        raise BadRequest("$: gzip body is truncated")
-    return data
+    """Inflate a gzip body of one member or several (RFC 1952), at most MAX_BATCH_BYTES."""
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    while rest[:2] == b"\x1f\x8b" or not parts:  # past the last member: trailing bytes ignored
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            data = inflater.decompress(rest, MAX_BATCH_BYTES + 1 - size)  # never 0 (no limit)
+        except zlib.error as exc:
+            raise BadRequest(f"$: body is not valid gzip ({exc})") from exc
+        size += len(data)
+        if size > MAX_BATCH_BYTES:
+            raise PayloadTooLarge(f"$: inflated body is over {MAX_BATCH_BYTES} bytes")
+        if not inflater.eof:
+            raise BadRequest("$: gzip body is truncated")
+        parts.append(data)
+        rest = inflater.unused_data
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _basic_user(header: bytes | None) -> str | None:
@@ -219,6 +280,14 @@ def _basic_user(header: bytes | None) -> str | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     return user or None
+
+
+def _query_write_key(query: bytes) -> str | None:
+    """The `writeKey` of a query string (RudderStack's beacon sends it there)."""
+    if b"writeKey=" not in query:
+        return None
+    found = parse_qs(query.decode("latin-1")).get("writeKey")
+    return found[0] if found and found[0] else None
 
 
 _OK_HEADERS = (_CONTENT_JSON, (b"content-length", b"%d" % len(_OK)))

@@ -178,3 +178,11 @@ def is_error(result: Any) -> bool:
 def error_text(result: Any) -> str:
     """The message of a pipelined error reply."""
     return str(result)
+
+
+def raise_errors(results: Sequence[Any]) -> None:
+    """Fail the request on an error reply (a script bug or a key of the wrong type)."""
+    for result in results:
+        if is_error(result):
+            log.error("Redis refused a store command: %s", result)
+            raise Unavailable("the state store refused a command", retry_after=RETRY_AFTER)

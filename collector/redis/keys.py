@@ -72,6 +72,10 @@ class Keys:
         """The entry pointing a namespaced id at its profile key."""
         return f"{self._tags[self.shard(id_)]}:i:{id_}"
 
+    def profiles(self, shard: int) -> str:
+        """What the names of a shard's profile hashes start with."""
+        return f"{self._tags[shard]}:p:"
+
     def timers(self, shard: int) -> str:
         """Sorted set of a shard's profiles with absence timers, by earliest due time."""
         return f"{self._tags[shard]}:t"

@@ -200,6 +200,30 @@ return 1
 """,
 )
 
+# Up to ARGV[2] profiles' states of one shard, from cursor ARGV[4] on, examining at most ARGV[3]
+# keys: KEYS[1] is a key of the shard (its timer set), so the script runs on the node holding it
+# and reads only keys starting with the shard's profile prefix ARGV[1]. Returns the cursor to go
+# on from ("0": done), the keys examined, the node's key count and the states found.
+SAMPLE_PROFILES: Final = Script(
+    "sample_profiles",
+    """
+local prefix, want, budget, cursor = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local found, examined = {}, 0
+repeat
+  local reply = redis.call('SCAN', cursor, 'COUNT', 200)
+  cursor = reply[1]
+  for _, key in ipairs(reply[2]) do
+    examined = examined + 1
+    if string.sub(key, 1, #prefix) == prefix then
+      local state = redis.call('HGET', key, 's')
+      if state then found[#found + 1] = state end
+    end
+  end
+until cursor == '0' or #found >= want or examined >= budget
+return {cursor, examined, redis.call('DBSIZE'), found}
+""",
+)
+
 # --- outbox: KEYS are always Keys.outbox_keys(shard): stream, live, retries, dead, dead order ---
 
 # Enqueue webhooks unless already pending. ARGV: (id, envelope) pairs. Returns how many were new.
@@ -349,5 +373,5 @@ return 1
 
 ALL: Final = (
     COMMIT, FREEZE, CLEAN, REDIRECT, CLAIM_TIMERS, DROP_TIMER, PUT, PROMOTE, SETTLE, REVIVE,
-    RELEASE, HOLD,
+    RELEASE, HOLD, SAMPLE_PROFILES,
 )

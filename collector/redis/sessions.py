@@ -1,4 +1,8 @@
-"""Dashboard sessions in Redis, shared by every process: one key per session, with a TTL."""
+"""Dashboard sessions in Redis, shared by every process: one key per session, with a TTL.
+
+A key is the digest of the session id and the admin token's tag: a process started with
+another token finds none of the sessions made with the old one.
+"""
 
 from __future__ import annotations
 
@@ -14,20 +18,20 @@ class RedisSessions:
         self._connection = connection
         self._seconds = seconds
 
-    async def create(self) -> str:
+    async def create(self, tag: str) -> str:
         """Start a session; returns its id."""
         session_id = new_session_id()
-        key = Keys.session(digest(session_id))
+        key = Keys.session(digest(session_id, tag))
         await self._connection.pipeline([("SET", key, 1, "EX", self._seconds)], "saving a session")
         return session_id
 
-    async def valid(self, session_id: str) -> bool:
-        """True while the session is live."""
-        key = Keys.session(digest(session_id))
+    async def valid(self, session_id: str, tag: str) -> bool:
+        """True while the session is live (made under the token `tag`)."""
+        key = Keys.session(digest(session_id, tag))
         (found,) = await self._connection.pipeline([("EXISTS", key)], "checking a session")
         return bool(found == 1)
 
-    async def revoke(self, session_id: str) -> None:
+    async def revoke(self, session_id: str, tag: str) -> None:
         """End the session."""
-        key = Keys.session(digest(session_id))
+        key = Keys.session(digest(session_id, tag))
         await self._connection.pipeline([("DEL", key)], "ending a session")

@@ -1,11 +1,12 @@
 """The shared store: per-user state in Redis or Redis Cluster, for any number of processes.
 
-A request's events are handled in a fixed number of round trips, whatever the batch size:
+The pipeline (`collector.store.pipeline`) handles a request's events in a fixed number of round
+trips, whatever the batch size:
 
-1. resolve: GETEX of every identity the events name (refreshing their TTL);
-2. load: each profile's version and state, and which of the events' messageIds it has seen;
-3. the engine runs every event in order, in this process, on the loaded states;
-4. commit: one COMMIT script per profile writes its new state, the messageIds, recent events,
+1. `load` resolves: GETEX of every identity the events name (refreshing their TTL);
+2. and loads each profile's version and state, and which of the events' messageIds it has seen;
+3. the pipeline runs every event in order, in this process, on the loaded states;
+4. `commit`: one COMMIT script per profile writes its new state, the messageIds, recent events,
    identity links and the webhooks (XADD to its shard's outbox stream) only if the profile's
    version is unchanged. So a webhook is queued exactly when the state change that fired it is
    stored, and an event answered 200 cannot lose its webhooks.
@@ -33,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
@@ -41,39 +42,37 @@ from typing import Any
 import msgspec
 
 from collector.config.schema import StateSettings
-from collector.delivery.outbox import Envelope
-from collector.engine import goals
-from collector.engine.engine import Engine, new_state
-from collector.engine.profile import Decision, UserState, next_due
+from collector.engine.engine import Engine
+from collector.engine.profile import Decision, UserState
 from collector.engine.results import Counts
 from collector.errors import Unavailable
 from collector.events import Event
-from collector.redis.connection import RETRY_AFTER, Command, RedisConnection, evalsha, is_error
-from collector.redis.keys import Keys
-from collector.redis.plan import MAX_CHAIN, Plan, Record, run_events
-from collector.redis.scripts import CLAIM_TIMERS, CLEAN, COMMIT, DROP_TIMER, FREEZE, REDIRECT
+from collector.redis.commit import Committer
+from collector.redis.connection import (
+    Command,
+    RedisConnection,
+    evalsha,
+    raise_errors,
+)
+from collector.redis.scripts import CLAIM_TIMERS, DROP_TIMER, SAMPLE_PROFILES
 from collector.redis.tallies import Tallies
 from collector.store import identity
-from collector.store.base import (
-    NOT_PROCESSED,
-    IngestResult,
-    UserView,
-    bounded_recent,
-    event_as_message,
-)
+from collector.store.base import IngestResult, UserView, event_as_message
+from collector.store.plan import MAX_CHAIN, Loaded, Outcome, Plan, Record
 from collector.webhook import WebhookRequest
 
 log = logging.getLogger("tripwire.store")
 
-DEDUPE_SECONDS = 24 * 3600.0
 MAX_SEEN_PER_USER = 10_000  # messageIds remembered per profile (within the 24 h)
-MAX_ATTEMPTS = 50  # conflicts tolerated before a request is answered 503
 TIMER_LEASE = 5.0  # seconds a claimed timer is left to its process before others may take it
 TIMER_BATCH = 500  # due profiles claimed per shard and poll
+SAMPLE_PROFILES_AT_MOST = 5_000  # profiles a sample reads by default
+SCAN_KEYS = 2_000  # keys one call of the sampling script examines at most
 HOURLY_TTL = 3 * 86400  # decisions per hour are kept this long after the last addition
 
 _ENCODER = msgspec.msgpack.Encoder()
 _EVENT_DECODER = msgspec.msgpack.Decoder(Event)
+_STATE_DECODER = msgspec.msgpack.Decoder(UserState)
 
 
 class RedisStore:
@@ -86,6 +85,7 @@ class RedisStore:
         self._engine = engine
         self._limits = limits
         self._ttl = max(1, int(limits.user_ttl))
+        self._committer = Committer(connection, limits)
         self._locks: dict[str, asyncio.Lock] = {}
         self._users_of_lock: dict[str, int] = {}
 
@@ -101,64 +101,12 @@ class RedisStore:
         """True when Redis answers."""
         return await self.connection.ping()
 
-    async def ingest(self, events: Sequence[Event], now: float) -> IngestResult:
-        """Dedupe and process each event against its user's state, in order, atomically per user.
+    def engine(self) -> Engine:
+        """The live engine."""
+        return self._engine()
 
-        An event the engine fails on is logged and left out, and the others are run again from
-        the stored profiles: it leaves no trace and costs the others nothing.
-        """
-        digests = [identity.dedupe_key(event) for event in events]
-        firsts: set[bytes] = set()
-        pending: list[int] = []
-        duplicates = 0
-        for position, digest in enumerate(digests):
-            if digest in firsts:
-                duplicates += 1
-            else:
-                firsts.add(digest)
-                pending.append(position)
-        webhooks: list[tuple[int, WebhookRequest]] = []
-        decisions: list[tuple[int, Decision]] = []
-        rejected: list[tuple[int, str]] = []
-        accepted = 0
-        names = {i for position in pending for i in identity.ids_of(events[position])}
-        async with self._holding(names):
-            attempt = 0
-            while pending and attempt < MAX_ATTEMPTS:
-                if attempt:  # another process just wrote these users: let it finish
-                    await asyncio.sleep(random.uniform(0, 0.001 * min(attempt, 20)))
-                plan, conflicts = await self._attempt(
-                    [events[i] for i in pending], [digests[i] for i in pending], now
-                )
-                if plan.failed:  # nothing was written: run the others again without them
-                    for local in plan.failed:
-                        rejected.append((pending[local], NOT_PROCESSED))
-                    failed = set(plan.failed)
-                    pending = [p for local, p in enumerate(pending) if local not in failed]
-                    continue
-                attempt += 1
-                for local in range(len(pending)):
-                    if local not in conflicts:
-                        if local in plan.duplicates:
-                            duplicates += 1
-                        else:
-                            accepted += 1
-                for key, locals_ in plan.owner_events.items():
-                    if locals_ and locals_[0] not in conflicts:
-                        webhooks.extend((pending[i], w) for i, w in plan.webhooks.get(key, []))
-                        decisions.extend((pending[i], d) for i, d in plan.decisions.get(key, []))
-                pending = [pending[i] for i in sorted(conflicts)]
-            if pending:
-                raise Unavailable("too many concurrent updates of one user; retry", retry_after=1)
-        webhooks.sort(key=lambda pair: pair[0])
-        decisions.sort(key=lambda pair: pair[0])
-        return IngestResult(
-            accepted,
-            duplicates,
-            [w for _, w in webhooks],
-            [d for _, d in decisions],
-            sorted(rejected),
-        )
+    def discard(self, loaded: Loaded) -> None:
+        """Nothing to undo: the states were decoded for this attempt alone."""
 
     async def lookup(self, identity_: str, now: float) -> UserView | None:
         """Find a profile by any of its ids or its key."""
@@ -179,7 +127,7 @@ class RedisStore:
             return {}
         tallies = Tallies(await self.connection.names(), engine, now)
         results = await self.connection.pipeline(tallies.commands(), "reading stop tallies")
-        _raise_errors(results)
+        raise_errors(results)
         tallies.read(results)
         return engine.stopped(tallies.deliveries, now)
 
@@ -191,7 +139,7 @@ class RedisStore:
             for shard in range(keys.shards)
         ]
         results = await self.connection.pipeline(claims, "claiming timers")
-        _raise_errors(results)
+        raise_errors(results)
         claimed = sorted({key.decode() for found in results for key in found})
         webhooks: list[WebhookRequest] = []
         decisions: list[Decision] = []
@@ -214,14 +162,14 @@ class RedisStore:
         tallies = Tallies(keys, engine, now)
         loads: list[Command] = [("HMGET", keys.profile(key), "v", "s", "to") for key in claimed]
         loaded = await self.connection.pipeline([*loads, *tallies.commands()], "loading timers")
-        _raise_errors(loaded)
+        raise_errors(loaded)
         tallies.read(loaded[len(claimed) :])
         plan = Plan()
         records: dict[str, Record] = {}
         commands: list[Command] = []
         starts: list[tuple[str, int]] = []
         for key, fields in zip(claimed, loaded, strict=False):
-            record = records[key] = Record(key, fields)
+            record = records[key] = _record(key, fields)
             if record.state is None or record.moved_to is not None:
                 shard = keys.shard(key)
                 commands.append(evalsha(DROP_TIMER, [keys.timers(shard), keys.profile(key)], [key]))
@@ -229,19 +177,19 @@ class RedisStore:
             outcome = engine.fire_due(record.state, now, deliveries=tallies.deliveries)
             plan.states[key] = outcome.state
             plan.webhooks[key] = [(0, w) for w in outcome.webhooks]
-            plan.decisions[key] = [(0, d) for d in outcome.decisions]
+            plan.outcomes.append(Outcome(len(starts), outcome.webhooks, outcome.decisions))
             plan.ticks[key] = outcome.ticks
             starts.append((key, len(commands)))
-            commands += self._commit_commands(plan, records, key, [], {}, {}, now, tallies)
+            commands += self._committer.commands(plan, records, key, [], {}, {}, now, tallies)
         results = await self.connection.pipeline(commands, "firing timers")
-        _raise_errors(results)
+        raise_errors(results)
         conflicts: list[str] = []
-        for key, start in starts:
+        for (key, start), fired in zip(starts, plan.outcomes, strict=True):
             if results[start] in (0, -1):
                 conflicts.append(key)
                 continue
-            webhooks.extend(w for _, w in plan.webhooks[key])
-            decisions.extend(d for _, d in plan.decisions[key])
+            webhooks.extend(fired.webhooks)
+            decisions.extend(fired.decisions)
         return conflicts
 
     async def results(self, campaign_ids: Sequence[str]) -> dict[str, dict[str, Counts]]:
@@ -253,7 +201,7 @@ class RedisStore:
             for shard in range(keys.shards)
         ]
         replies = await self.connection.pipeline(commands, "reading results")
-        _raise_errors(replies)
+        raise_errors(replies)
         found: dict[str, dict[str, Counts]] = {cid: {} for cid in campaign_ids}
         position = 0
         for cid in campaign_ids:
@@ -286,7 +234,7 @@ class RedisStore:
                 commands.append(("HINCRBY", name, f"{hour}:s", suppressed))
             commands.append(("EXPIRE", name, HOURLY_TTL))
         if commands:
-            _raise_errors(await self.connection.pipeline(commands, "counting decisions"))
+            raise_errors(await self.connection.pipeline(commands, "counting decisions"))
 
     async def hourly(
         self, campaign_ids: Sequence[str], since: int
@@ -296,7 +244,7 @@ class RedisStore:
         replies = await self.connection.pipeline(
             [("HGETALL", keys.hourly(cid)) for cid in campaign_ids], "reading decisions"
         )
-        _raise_errors(replies)
+        raise_errors(replies)
         found: dict[str, dict[int, tuple[int, int]]] = {}
         for cid, reply in zip(campaign_ids, replies, strict=True):
             hours: dict[int, tuple[int, int]] = {}
@@ -321,13 +269,11 @@ class RedisStore:
 
     # -- one attempt: resolve, load, run, commit ------------------------------------------
 
-    async def _attempt(
-        self, events: list[Event], digests: list[bytes], now: float
-    ) -> tuple[Plan, set[int]]:
-        """Run events once; return the plan and the positions of events whose commit conflicted.
-
-        When the engine failed on some events (`plan.failed`), nothing is written.
-        """
+    async def load(
+        self, events: Sequence[Event], digests: Sequence[bytes], now: float
+    ) -> RedisLoaded:
+        """Resolve the events' identities and load their profiles and seen messageIds, with the
+        stop tallies: two round trips, more only to follow merge redirects."""
         keys = await self.connection.names()
         engine = self._engine()
         ids = sorted({i for event in events for i in identity.ids_of(event)})
@@ -336,7 +282,7 @@ class RedisStore:
             [*(("GETEX", keys.identity(i), "EX", self._ttl) for i in ids), *tallies.commands()],
             "resolving identities",
         )
-        _raise_errors(results)
+        raise_errors(results)
         tallies.read(results[len(ids) :])
         index = {i: r.decode() for i, r in zip(ids, results, strict=False) if r}
         wanted: dict[str, set[bytes]] = defaultdict(set)  # key -> dedupe keys to check it for
@@ -347,11 +293,12 @@ class RedisStore:
             }:
                 wanted[key].add(digest)
         records, seen = await self._load(wanted)
-        plan = run_events(engine, events, digests, now, index, records, seen, tallies.deliveries)
-        if plan.failed:
-            return plan, set()
-        conflicts = await self._commit(plan, records, now, tallies)
-        return plan, {i for key in conflicts for i in plan.owner_events.get(key, ())}
+        return RedisLoaded(index, records, seen, tallies)
+
+    async def commit(self, plan: Plan, loaded: Loaded, now: float) -> set[str]:
+        """Write every changed profile with one COMMIT each; return the keys that conflicted."""
+        assert isinstance(loaded, RedisLoaded)
+        return await self._committer.commit(plan, loaded.records, now, loaded.tallies)
 
     async def _load(self, wanted: dict[str, set[bytes]]) -> tuple[dict[str, Record], set[bytes]]:
         """Load profiles, following merge redirects; return them and the dedupe keys seen."""
@@ -375,11 +322,11 @@ class RedisStore:
                     commands.append(("ZMSCORE", keys.seen(key), *fresh))
                 order.append((key, fresh, markers))
             results = await self.connection.pipeline(commands, "loading profiles")
-            _raise_errors(results)
+            raise_errors(results)
             position = 0
             following: dict[str, tuple[set[bytes], set[str]]] = {}
             for key, fresh, markers in order:
-                record = Record(key, results[position], markers)
+                record = _record(key, results[position], markers)
                 position += 1
                 if fresh:
                     seen.update(
@@ -407,183 +354,38 @@ class RedisStore:
                     todo[target] = (mids, sources)
         return records, seen
 
-    async def _commit(
-        self, plan: Plan, records: dict[str, Record], now: float, tallies: Tallies
-    ) -> set[str]:
-        """Write every changed profile; return the keys whose commit conflicted."""
-        keys = await self.connection.names()
-        conflicts: set[str] = set()
-        changed = [k for k in plan.owner_events if plan.seen.get(k) or plan.pending.get(k)]
-        merged: dict[str, list[str]] = defaultdict(list)  # key -> profiles merged into it now
-        for loser, target in plan.losers.items():
-            merged[target].append(loser)
-        # A merge needs the merged-away profiles' recent events and messageIds; one in another
-        # shard is frozen first, so that writers still holding its old version conflict.
-        reads: list[tuple[str, str]] = []
-        commands: list[Command] = []
-        for target in changed:
-            absorbed = [*merged.get(target, []), *plan.pending.get(target, [])]
-            if not absorbed:
-                continue
-            reads.append((target, "recent"))
-            commands.append(("LRANGE", keys.recent(target), 0, -1))
-            for other in absorbed:
-                if other in plan.losers and keys.shard(other) != keys.shard(target):
-                    args = [records[other].version, target, self._ttl]
-                    commands.append(
-                        evalsha(FREEZE, [keys.profile(other), keys.identity(other)], args)
-                    )
-                    reads.append((other, "freeze"))
-                commands.append(("LRANGE", keys.recent(other), 0, -1))
-                reads.append((other, "recent"))
-                commands.append(("ZRANGE", keys.seen(other), 0, -1, "WITHSCORES"))
-                reads.append((other, "seen"))
-        recent_of: dict[str, list[bytes]] = {}
-        seen_of: dict[str, list[Any]] = {}
-        results = await self.connection.pipeline(commands, "merging profiles")
-        _raise_errors(results)
-        for (key, kind), result in zip(reads, results, strict=True):
-            if kind == "freeze":
-                if result != 1:
-                    conflicts.add(plan.losers[key])
-            elif kind == "recent":
-                recent_of[key] = list(result)
-            else:
-                seen_of[key] = list(result)
-        commands = []
-        starts: list[tuple[str, int]] = []
-        for target in changed:
-            if target not in conflicts:
-                starts.append((target, len(commands)))
-                commands.extend(
-                    self._commit_commands(
-                        plan, records, target, merged.get(target, []), recent_of, seen_of, now,
-                        tallies,
-                    )
+    async def sample(
+        self, deadline: float, limit: int | None = None
+    ) -> AsyncIterator[tuple[UserState, int]]:
+        """A sample of profiles (at most `limit`, SAMPLE_PROFILES_AT_MOST by default), shard by
+        shard; the total is exact when every shard was read to its end, else scaled from the
+        share of keys examined (see `scripts.SAMPLE_PROFILES`)."""
+        connection = self.connection
+        keys = await connection.names()
+        per_shard = max(1, (limit or SAMPLE_PROFILES_AT_MOST) // keys.shards)
+        states: list[UserState] = []
+        total = 0.0
+        for shard in range(keys.shards):
+            prefix = keys.profiles(shard)
+            cursor, found, examined, size = "0", 0, 0, 0
+            while time.monotonic() < deadline and found < per_shard:
+                args = [prefix, per_shard - found, SCAN_KEYS, cursor]
+                replies = await connection.pipeline(
+                    [evalsha(SAMPLE_PROFILES, [keys.timers(shard)], args)], "sampling profiles"
                 )
-        for key, target in plan.stale.items():
-            commands.append(
-                evalsha(CLEAN, [keys.profile(key), keys.recent(key), keys.seen(key)], [target])
-            )
-        commands += _shortcuts(records, keys)
-        results = await self.connection.pipeline(commands, "storing profiles")
-        _raise_errors(results)
-        cleanups: list[Command] = []
-        for target, start in starts:
-            if results[start] in (0, -1):  # -1: a stop condition would be passed; run again
-                conflicts.add(target)
-                continue
-            for other in [*merged.get(target, []), *plan.pending.get(target, [])]:
-                if keys.shard(other) != keys.shard(target):
-                    cleanup_keys = [keys.profile(other), keys.recent(other), keys.seen(other)]
-                    cleanups.append(evalsha(CLEAN, cleanup_keys, [target]))
-        if cleanups:
-            _raise_errors(await self.connection.pipeline(cleanups, "cleaning merged profiles"))
-        return conflicts
-
-    def _commit_commands(
-        self,
-        plan: Plan,
-        records: dict[str, Record],
-        key: str,
-        losers: list[str],
-        recent_of: dict[str, list[bytes]],
-        seen_of: dict[str, list[Any]],
-        now: float,
-        tallies: Tallies,
-    ) -> list[Command]:
-        """The COMMIT script call for one profile, plus SETs linking identities of other shards."""
-        keys = self.connection.keys  # connected: called after loading
-        shard = keys.shard(key)
-        record = records.get(key)
-        same = [o for o in losers if keys.shard(o) == shard]
-        folded = [*losers, *plan.pending.get(key, [])]  # every profile merged into this one
-        absorbed = [o for o in folded if o not in same]
-        links = [i for i, k in plan.links.items() if k == key]
-        local_links = [i for i in links if keys.shard(i) == shard]
-        pairs: list[Any] = []
-        for mid in plan.seen.get(key, []):
-            pairs.extend((now, mid))
-        events = list(plan.recent.get(key, []))
-        if folded:
-            old = [blob for k in (key, *folded) for blob in recent_of.get(k, [])]
-            events = sorted([*map(_EVENT_DECODER.decode, old), *events], key=lambda e: e.timestamp)
-            for other in folded:
-                for member, score in seen_of.get(other, []):
-                    pairs.extend((score, member))
-        cap = self._limits.recent_events
-        size = self._limits.recent_event_bytes
-        recent = [bounded_recent(e, size, _ENCODER.encode) for e in events[-cap:]] if cap else []
-        hooks: list[Any] = []
-        for _, webhook in plan.webhooks.get(key, []):
-            envelope = Envelope(request=webhook, enqueued_at=now, due_at=now)
-            hooks.extend((webhook.webhook_id, _ENCODER.encode(envelope)))
-        script_keys = [
-            keys.profile(key),
-            keys.recent(key),
-            keys.seen(key),
-            keys.outbox(shard),
-            keys.outbox_live(shard),
-            *(keys.identity(i) for i in local_links),
-        ]
-        for other in same:
-            script_keys += [
-                keys.profile(other),
-                keys.recent(other),
-                keys.seen(other),
-                keys.identity(other),
-            ]
-        state = plan.states.get(key) or new_state(key, now)
-        webhooks = [webhook for _, webhook in plan.webhooks.get(key, [])]
-        stop_keys, stop_args = tallies.commit_part(shard, webhooks) if webhooks else ([], [])
-        counted: list[Any] = []
-        ticks = plan.ticks.get(key)
-        if ticks:
-            hashes: dict[str, int] = {}
-            for (campaign_id, arm), counts in goals.summed(ticks).items():
-                index = hashes.get(campaign_id)
-                if index is None:
-                    script_keys.append(keys.results(shard, campaign_id))
-                    index = hashes[campaign_id] = len(script_keys)  # Lua's KEYS are 1-based
-                value = repr(counts.value) if counts.value else "0"
-                counted += [index, arm, counts.assigned, counts.converted, value]
-        script_keys += [keys.timers(shard), *stop_keys]
-        due = next_due(state)
-        if due is not None:
-            timer = repr(due)
-        else:
-            timer = "-" if (record is not None and record.had_timers) or folded else ""
-        args: list[Any] = [
-            record.version if record is not None else 0,
-            _ENCODER.encode(state),
-            self._ttl,
-            now - DEDUPE_SECONDS,
-            cap,
-            MAX_SEEN_PER_USER,
-            key,
-            1 if folded else 0,
-            len(local_links),
-            len(same),
-            *(records[o].version for o in same),
-            len(pairs) // 2,
-            *pairs,
-            len(recent),
-            *recent,
-            len(hooks) // 2,
-            *hooks,
-            len(absorbed),
-            *absorbed,
-            len(counted) // 5,
-            *counted,
-            *stop_args,
-            timer,
-            len(stop_args) // 6,
-        ]
-        commands: list[Command] = [evalsha(COMMIT, script_keys, args)]
-        commands += [
-            ("SET", keys.identity(i), key, "EX", self._ttl) for i in links if i not in local_links
-        ]
-        return commands
+                raise_errors(replies)
+                cursor, seen, size, blobs = replies[0]
+                cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+                examined += int(seen)
+                found += len(blobs)
+                states += [_STATE_DECODER.decode(blob) for blob in blobs]
+                if cursor == "0":
+                    break
+            finished = cursor == "0"
+            total += found if finished or not examined else found * max(int(size), 1) / examined
+        known = max(round(total), len(states))
+        for state in states:
+            yield state, known
 
     # -- lookups and locks ---------------------------------------------------------------
 
@@ -594,25 +396,26 @@ class RedisStore:
         results = await self.connection.pipeline(
             [("GET", keys.identity(i)) for i in names], "looking up a user"
         )
-        _raise_errors(results)
+        raise_errors(results)
         key = next((r.decode() for r in results if r), identity_)
         for _ in range(MAX_CHAIN):
             found = await self.connection.pipeline(
                 [("HMGET", keys.profile(key), "v", "s", "to"), ("LRANGE", keys.recent(key), 0, -1)],
                 "looking up a user",
             )
-            _raise_errors(found)
-            record = Record(key, found[0])
+            raise_errors(found)
+            record = _record(key, found[0])
             if record.moved_to is None:
                 return (record, list(found[1])) if record.state is not None else None
             key = record.moved_to
         return None
 
     @contextlib.asynccontextmanager
-    async def _holding(self, names: Iterable[str]) -> AsyncIterator[None]:
-        """Serialise, within this process, requests that name the same identities."""
+    async def holding(self, events: Iterable[Event]) -> AsyncIterator[None]:
+        """Serialise, within this process, requests that name the same identities (so that
+        conflicts only arise between processes)."""
         held: list[asyncio.Lock] = []
-        counted = sorted(names)
+        counted = sorted({i for event in events for i in identity.ids_of(event)})
         for name in counted:
             self._users_of_lock[name] = self._users_of_lock.get(name, 0) + 1
         try:
@@ -635,6 +438,32 @@ class RedisStore:
                     self._locks.pop(name, None)
 
 
+class RedisLoaded(Loaded):
+    """What one attempt loaded, with the stop tallies its commit checks."""
+
+    def __init__(
+        self,
+        index: dict[str, str],
+        records: dict[str, Record],
+        seen: set[bytes],
+        tallies: Tallies,
+    ) -> None:
+        super().__init__(index, records, seen, tallies.deliveries)
+        self.tallies = tallies
+
+
+def _record(key: str, fields: Sequence[bytes | None], checks: Sequence[str] = ()) -> Record:
+    """A profile from its hash fields `v`, `s`, `to` and then one `a:` marker per check."""
+    version, state, moved_to = fields[0], fields[1], fields[2]
+    return Record(
+        key,
+        _STATE_DECODER.decode(state) if state else None,
+        int(version) if version else 0,
+        moved_to.decode() if moved_to else None,
+        {q for q, flag in zip(checks, fields[3:], strict=True) if flag},
+    )
+
+
 def _pairs(reply: Any) -> Iterable[tuple[Any, Any]]:
     """A HGETALL reply's (field, value) pairs, whether the client gave a dict or a flat list."""
     if isinstance(reply, dict):
@@ -644,29 +473,3 @@ def _pairs(reply: Any) -> Iterable[tuple[Any, Any]]:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _shortcuts(records: dict[str, Record], keys: Keys) -> list[Command]:
-    """REDIRECT calls pointing pure redirects met on a chain of two or more at its end."""
-    commands: list[Command] = []
-    for key, record in records.items():
-        hop = record.moved_to
-        if hop is None or record.state is not None or hop not in records:
-            continue
-        end = hop
-        for _ in range(MAX_CHAIN):
-            following = records.get(end)
-            if following is None or following.moved_to is None:
-                break
-            end = following.moved_to
-        if end != hop and end != key:
-            commands.append(evalsha(REDIRECT, [keys.profile(key)], [hop, end]))
-    return commands
-
-
-def _raise_errors(results: Sequence[Any]) -> None:
-    """Fail the request on an error reply (a script bug or a key of the wrong type)."""
-    for result in results:
-        if is_error(result):
-            log.error("Redis refused a store command: %s", result)
-            raise Unavailable("the state store refused a command", retry_after=RETRY_AFTER)

@@ -1,20 +1,26 @@
 """The store interface: per-user state, identities, dedupe and recent events, in memory or Redis.
 
-A store runs each accepted event through the engine against the user's state, atomically per
-user, and returns the webhooks to send. Both implementations pass `tests/test_store.py`.
+A store loads what a group of events names and commits the plan the pipeline made of them
+(`collector.store.pipeline`, which holds the per-event algorithm for every store); it never runs
+the engine on an event itself. Both implementations pass `tests/store/test_contract.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from collector.engine.engine import Engine
 from collector.engine.profile import Decision, UserState
 from collector.engine.results import Counts
 from collector.events import Event
 from collector.webhook import WebhookRequest
+
+if TYPE_CHECKING:
+    from collector.store.plan import Loaded, Plan
 
 
 class IngestResult(msgspec.Struct):
@@ -32,6 +38,7 @@ class IngestResult(msgspec.Struct):
 
 
 NOT_PROCESSED = "the collector could not process this message; it was not applied"
+DEDUPE_SECONDS = 24 * 3600.0  # how long a messageId is remembered, per sender
 
 
 def bounded_recent(event: Event, limit: int, encode: Callable[[Event], bytes]) -> bytes:
@@ -66,8 +73,21 @@ class Store(Protocol):
     async def close(self) -> None:
         """Persist what must survive a restart and disconnect."""
 
-    async def ingest(self, events: Sequence[Event], now: float) -> IngestResult:
-        """Dedupe, resolve identities, run each event through the engine, queue its webhooks."""
+    def engine(self) -> Engine:
+        """The engine the plans are made with (the live one: campaigns change while running)."""
+
+    def holding(self, events: Iterable[Event]) -> AbstractAsyncContextManager[None]:
+        """Keep other requests of this process naming the same users out until it exits."""
+
+    async def load(self, events: Sequence[Event], digests: Sequence[bytes], now: float) -> Loaded:
+        """What the events name: index entries, profiles, which digests were seen, tallies."""
+
+    async def commit(self, plan: Plan, loaded: Loaded, now: float) -> set[str]:
+        """Write a plan and queue its webhooks; return the profiles whose write conflicted (their
+        events' effects were not written and must be run again)."""
+
+    def discard(self, loaded: Loaded) -> None:
+        """Forget an attempt that will not be committed: loaded states are as they were."""
 
     async def lookup(self, identity: str, now: float) -> UserView | None:
         """Find a user by anonymous id, user id or key."""
@@ -94,6 +114,13 @@ class Store(Protocol):
 
     async def user_state(self, identity: str) -> UserState | None:
         """The engine state of a user found by anonymous id, user id or key."""
+
+    def sample(
+        self, deadline: float, limit: int | None = None
+    ) -> AsyncIterator[tuple[UserState, int]]:
+        """Profiles, until `time.monotonic()` passes `deadline` or `limit` were given, each with
+        the number of profiles the store holds (estimated where it cannot be counted): all of
+        them newest first where they are at hand, else a sample."""
 
 
 def event_as_message(event: Event) -> dict[str, Any]:

@@ -75,8 +75,16 @@ def resolve(
       already belongs to another user: then the browser changed hands, and only the anonymous
       id moves to the new user.
     - A new user id on an anonymous profile makes that profile the user's.
-    - An alias merges the profile of `previousId` into the user's, whoever it belonged to.
+    - An alias merges the profile of `previousId` (an anonymous id, or a user id) into the
+      user's — unless that profile belongs to another user: alias never merges two known
+      users, and the other user's ids stay theirs (not linked), so an alias cannot take over
+      someone's identity.
     """
+    if not event.user_id and not event.previous_id:  # most events: an anonymous visitor
+        if not event.anonymous_id:
+            return Resolution(anonymous(event.message_id), [], [])
+        entry = anonymous(event.anonymous_id)
+        return Resolution(owner(entry) or entry, [], [entry])
     user_key = owner(user(event.user_id)) if event.user_id else None
     anonymous_key = owner(anonymous(event.anonymous_id)) if event.anonymous_id else None
     merge: list[str] = []
@@ -91,9 +99,24 @@ def resolve(
             key = user(event.user_id)
     else:
         key = anonymous_key or anonymous(event.anonymous_id or event.message_id)
+    link = ids_of(event)
     if event.previous_id:
+        claimant = event.user_id or user_of_key(key, user_of)
         for id_ in (user(event.previous_id), anonymous(event.previous_id)):
             previous = owner(id_)
-            if previous is not None and previous != key and previous not in merge:
-                merge.append(previous)
-    return Resolution(key, merge, ids_of(event))
+            if previous is None or previous == key or previous in merge:
+                continue
+            if user_of(previous) not in (None, claimant):  # another known user's profile
+                link.remove(id_)
+                continue
+            merge.append(previous)
+    return Resolution(key, merge, link)
+
+
+def user_of_key(key: str, user_of: Callable[[str], str | None]) -> str | None:
+    """The user a profile key belongs to: its profile's, or the user id it was made from."""
+    try:
+        found = user_of(key)
+    except KeyError:  # no profile under this key yet
+        found = None
+    return found or (key[2:] if key.startswith("u:") else None)

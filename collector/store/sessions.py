@@ -1,8 +1,11 @@
 """Dashboard sessions: a random id in the cookie, never the admin token; logging out revokes it.
 
 The store keeps a digest of each id with its expiry, so what it holds cannot be replayed as a
-cookie. Memory mode keeps them in this process (at most MAX_SESSIONS, the oldest go first);
-Redis mode keeps them in Redis (`collector.redis.sessions`), so every process knows them.
+cookie. The digest covers the `tag` of the admin token the session was made with (see
+`collector.admin.auth.token_tag`): once the token is changed, no session made with the old one
+is found, so rotating the token ends every session. Memory mode keeps them in this process
+(at most MAX_SESSIONS, the oldest go first); Redis mode keeps them in Redis
+(`collector.redis.sessions`), so every process knows them.
 """
 
 from __future__ import annotations
@@ -22,21 +25,22 @@ def new_session_id() -> str:
     return secrets.token_urlsafe(32)
 
 
-def digest(session_id: str) -> str:
-    """What a store keeps of a session id."""
-    return hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()
+def digest(session_id: str, tag: str) -> str:
+    """What a store keeps of a session id made under the token `tag`."""
+    text = f"{tag}\x00{session_id}"
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class Sessions(Protocol):
     """Where live dashboard sessions are kept."""
 
-    async def create(self) -> str:
-        """Start a session; returns its id (for the cookie)."""
+    async def create(self, tag: str) -> str:
+        """Start a session under the token `tag`; returns its id (for the cookie)."""
 
-    async def valid(self, session_id: str) -> bool:
-        """True while the session is live (not expired, not logged out)."""
+    async def valid(self, session_id: str, tag: str) -> bool:
+        """True while the session is live (not expired, not logged out) under `tag`."""
 
-    async def revoke(self, session_id: str) -> None:
+    async def revoke(self, session_id: str, tag: str) -> None:
         """End the session (log out)."""
 
 
@@ -48,19 +52,19 @@ class MemorySessions:
         self._limit = limit
         self._expiry: OrderedDict[str, float] = OrderedDict()  # digest -> expiry, oldest first
 
-    async def create(self) -> str:
+    async def create(self, tag: str) -> str:
         """Start a session; returns its id."""
         session_id = new_session_id()
-        self._expiry[digest(session_id)] = time.time() + self._seconds
+        self._expiry[digest(session_id, tag)] = time.time() + self._seconds
         while len(self._expiry) > self._limit:
             self._expiry.popitem(last=False)
         return session_id
 
-    async def valid(self, session_id: str) -> bool:
+    async def valid(self, session_id: str, tag: str) -> bool:
         """True while the session is live."""
-        expiry = self._expiry.get(digest(session_id))
+        expiry = self._expiry.get(digest(session_id, tag))
         return expiry is not None and expiry > time.time()
 
-    async def revoke(self, session_id: str) -> None:
+    async def revoke(self, session_id: str, tag: str) -> None:
         """End the session."""
-        self._expiry.pop(digest(session_id), None)
+        self._expiry.pop(digest(session_id, tag), None)

@@ -1,4 +1,4 @@
-"""`tripwire export`: the config file with the campaign changes made while running, as YAML.
+"""`tripwire export`: the config file with the changes made while running, as YAML.
 
 The config file seeds the campaigns; changes made through the admin API or the dashboard are
 kept (data directory or Redis) and win over the file at every start. Export writes the live set
@@ -17,12 +17,14 @@ import yaml
 from collector.config.changes import CampaignChange, decode_change
 from collector.config.schema import campaign_as_written
 from collector.config.settings import Settings
-from collector.disk import read_table
+from collector.definitions import DefinitionChange, apply_to_raw, in_order
 from collector.errors import ConfigError
+from collector.memory.disk import read_table
 
 HEADER = (
-    "# Written by `tripwire export`: the config file with the campaign changes made while\n"
-    "# running (admin API, dashboard). Replace the config file with it to keep them.\n"
+    "# Written by `tripwire export`: the config file with the campaign, variable and segment\n"
+    "# changes made while running (admin API, dashboard). Replace the config file with it to\n"
+    "# keep them.\n"
 )
 
 
@@ -46,6 +48,7 @@ def run_export(settings: Settings, out: TextIO) -> int:
         else:
             campaigns[at] = data
     raw["campaigns"] = campaigns
+    apply_to_raw(raw, _definition_changes(settings))  # variables and segments changed so
     out.write(HEADER)
     out.write(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True, width=96))
     return 0
@@ -72,3 +75,24 @@ def _changes(settings: Settings) -> dict[str, CampaignChange]:
     from collector.redis.campaignsync import read_changes
 
     return asyncio.run(read_changes(settings.store))
+
+
+def _definition_changes(settings: Settings) -> list[DefinitionChange]:
+    """The kept variable and segment changes, oldest first."""
+    if settings.store == "memory":
+        if settings.data_dir is None:
+            return []
+        return in_order(list(read_table(settings.data_dir, "definitions").values()))
+    return asyncio.run(_redis_definition_changes(settings.store))
+
+
+async def _redis_definition_changes(url: str) -> list[DefinitionChange]:
+    from collector.redis.connection import RedisConnection
+    from collector.redis.definitionsync import read_changes
+
+    connection = RedisConnection(url)
+    try:
+        return await read_changes(connection)
+    finally:
+        await connection.close()
+

@@ -31,8 +31,9 @@ from collector.engine.results import Counts
 from collector.engine.results import report as results_report
 from collector.errors import ConfigError, HTTPError
 from collector.ingest.messages import decode_recorded
+from collector.memory.store import MemoryStore
 from collector.store.base import IngestResult
-from collector.store.memory import MemoryStore
+from collector.store.pipeline import ingest
 from collector.webhook import WebhookRequest
 
 
@@ -44,6 +45,7 @@ class Tally:
         self.duplicates = 0
         self.webhooks = 0
         self.decisions: Counter[tuple[str, str | None]] = Counter()  # reason None = fired
+        self.missing: Counter[tuple[str, str]] = Counter()  # (campaign, placeholder) unfilled
         self.invalid: list[str] = []
         self.timers_pending = 0
         self.sent: list[WebhookRequest] | None = [] if keep_webhooks else None
@@ -56,6 +58,11 @@ class Tally:
         if self.sent is not None:
             self.sent.extend(result.webhooks)
         self.decisions.update((d.campaign_id, d.reason) for d in result.decisions)
+        self.missing.update(
+            (d.campaign_id, d.detail)
+            for d in result.decisions
+            if d.reason == "missing_variable" and d.detail is not None
+        )
 
     def report(self, campaign_ids: list[str], users: int) -> dict[str, Any]:
         """Counts per campaign (config order first), as plain data."""
@@ -68,6 +75,9 @@ class Tally:
                 "fired": self.decisions[(cid, None)],
                 "suppressed": dict(sorted(reasons.items())),
             }
+            missing = {name: n for (c, name), n in self.missing.items() if c == cid}
+            if missing:  # which placeholders `missing_variable` counts, and how often
+                campaigns[cid]["missing_variables"] = dict(sorted(missing.items()))
         return {
             "events": self.events,
             "duplicates": self.duplicates,
@@ -100,7 +110,7 @@ async def replay(
         for event in events:
             now = max(now, event.timestamp)
             tally.count(await store.fire_due(now, event_time=True))
-            result = await store.ingest([event], now)
+            result = await ingest(store, [event], now)
             tally.count(result)
             tally.invalid.extend(f"line {number}: {detail}" for _, detail in result.rejected)
     tally.timers_pending = store.pending_timers()
@@ -205,7 +215,8 @@ def _print_table(report: dict[str, Any], invalid: list[str], out: TextIO) -> Non
     out.write(
         f"{report['events']} events ({report['duplicates']} duplicates skipped, "
         f"{report['invalid']} invalid lines), {report['users']} users, "
-        f"{report['webhooks']} webhooks would have been sent{pending}\n"
+        f"{report['webhooks']} {'webhook' if report['webhooks'] == 1 else 'webhooks'} "
+        f"would have been sent{pending}\n"
     )
     for problem in invalid[:5]:
         out.write(f"  skipped {problem}\n")
@@ -216,6 +227,10 @@ def _print_table(report: dict[str, Any], invalid: list[str], out: TextIO) -> Non
         reasons = counts["suppressed"]
         ordered = sorted(reasons.items(), key=lambda item: -item[1])
         detail = ", ".join(f"{reason} {n}" for reason, n in ordered)
+        missing = counts.get("missing_variables")
+        if missing:
+            names = ", ".join(f"#{{{name}}} {n}" for name, n in missing.items())
+            detail += f" (missing: {names})"
         out.write(f"{cid:<{width}}  {counts['fired']:>8}  {sum(reasons.values()):>10}  {detail}\n")
     for cid, result in report.get("results", {}).items():
         goal = result["goal"]

@@ -6,8 +6,10 @@
 
 Memory is bounded in bytes, not only in counts: `max_requests` per bin and at most
 `MAX_BIN_BYTES` of them (the oldest go first), `MAX_BINS` bins (the least recently used goes),
-the first `MAX_BODY` bytes of each body, `MAX_HEADER_VALUE` characters of each header value and
-`MAX_HEADERS_BYTES` of headers per request; at most `max_streams` live views at once.
+the first `MAX_BODY` bytes of each body, `MAX_HEADER_VALUE` characters of each header value,
+`MAX_HEADERS` headers and `MAX_HEADERS_BYTES` of headers per request; at most `max_streams` live
+views at once. What an entry costs is what it holds in memory (each header's objects included,
+not only its characters), so many tiny headers cannot hold more than a bin's budget.
 Everything here is readable cross-origin, so a page on another origin (the demo shop) can show
 webhooks arriving.
 """
@@ -22,6 +24,7 @@ import html
 import itertools
 import re
 import string
+import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable
@@ -40,7 +43,8 @@ MAX_BODY = 64 * 1024
 MAX_WIRE_BODY = 10 * 1024 * 1024
 MAX_BIN_BYTES = 1024 * 1024  # per bin: kept bodies and headers together
 MAX_HEADER_VALUE = 1024  # characters kept of one header value
-MAX_HEADERS_BYTES = 8 * 1024  # header names and values kept per request
+MAX_HEADERS_BYTES = 8 * 1024  # header names and values kept per request, with their overhead
+MAX_HEADERS = 100  # headers kept per request
 MAX_TARGET = 2048  # characters kept of the path and of the query
 MAX_STREAMS = 100
 HEARTBEAT_SECONDS = 10.0
@@ -72,10 +76,11 @@ class BinRequest(msgspec.Struct, frozen=True, kw_only=True):
     headers_truncated: bool = False  # values cut at MAX_HEADER_VALUE or headers left out
 
     def cost(self) -> int:
-        """About how many bytes this entry holds."""
+        """About how many bytes of memory this entry holds."""
         return (
-            len(self.body) + len(self.path) + len(self.query)
-            + sum(len(k) + len(v) for k, v in self.headers) + 200
+            sys.getsizeof(self.body) + sys.getsizeof(self.path) + sys.getsizeof(self.query)
+            + sys.getsizeof(self.headers) + sum(_header_cost(k, v) for k, v in self.headers)
+            + _ENTRY_SIZE
         )
 
 
@@ -309,17 +314,29 @@ async def _stream(bin_: RequestBin, name: str, after: int) -> AsyncIterator[byte
         bin_.streams -= 1
 
 
+_TUPLE_SIZE = sys.getsizeof(("", ""))
+_ENTRY_SIZE = 400  # the entry itself, its numbers and flags
+
+
+def _header_cost(name: str, value: str) -> int:
+    """The memory one kept header holds: its pair and its two strings."""
+    return _TUPLE_SIZE + sys.getsizeof(name) + sys.getsizeof(value)
+
+
 def _bounded_headers(headers: Iterable[tuple[str, str]]) -> tuple[list[tuple[str, str]], bool]:
-    """Headers as kept: each value cut at MAX_HEADER_VALUE, MAX_HEADERS_BYTES in all."""
+    """Headers as kept: each value cut at MAX_HEADER_VALUE, at most MAX_HEADERS of them and
+    MAX_HEADERS_BYTES in all (counting what each holds in memory)."""
     kept: list[tuple[str, str]] = []
     total = 0
     cut = False
     for name, value in headers:
+        if len(kept) >= MAX_HEADERS:
+            return kept, True
         if len(value) > MAX_HEADER_VALUE:
             value = value[:MAX_HEADER_VALUE]
             cut = True
         name = name[:MAX_HEADER_VALUE]
-        total += len(name) + len(value)
+        total += _header_cost(name, value)
         if total > MAX_HEADERS_BYTES:
             return kept, True
         kept.append((name, value))

@@ -83,10 +83,14 @@
       e.preventDefault();
       var email = form.elements.email.value.trim();
       var traits = {email: email, name: form.elements.name.value.trim(), plan: form.elements.plan.value};
-      tw("identify", email, traits);
-      tw("track", "Signed Up", {plan: traits.plan});
-      document.getElementById("welcome").hidden = false;
-      document.getElementById("welcome-name").textContent = traits.name || email;
+      // The shop's server makes the member's id and signs it (identity verification): the
+      // tag sends the signature with every event, so nobody else can claim this member.
+      fetch("/api/signup", {method: "POST"}).then(function (r) { return r.json(); }).then(function (member) {
+        tw("identify", member.userId, traits, member.userHash);
+        tw("track", "Signed Up", {plan: traits.plan});
+        document.getElementById("welcome").hidden = false;
+        document.getElementById("welcome-name").textContent = traits.name || email;
+      });
     });
   }
 

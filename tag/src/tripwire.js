@@ -13,6 +13,7 @@
   var endpoint;
   var anonymousId;
   var userId = load("uid");
+  var userHash = load("uh"); // the site's signature of userId (identity verification)
   var optedOut = load("off");
   var held = []; // calls made before init, replayed right after it
   var queue = []; // unsent messages, oldest first, mirrored in localStorage
@@ -132,6 +133,7 @@
       userAgent: nav.userAgent,
       campaign: utm && campaign,
       library: { name: "tripwire.js", version: VERSION },
+      userHash: (userId && userHash) || undefined,
     };
     JSON.stringify(message); // a property that cannot be sent (a cycle) fails this call only
     queue.push(message) > KEPT && queue.shift();
@@ -224,11 +226,15 @@
           traits = id;
           id = 0;
         }
-        if (id) store("uid", (userId = "" + id));
+        if (id) {
+          store("uid", (userId = "" + id));
+          store("uh", (userHash = args[3]));
+        }
         send("identify", { traits: traits || {} });
       } else if (method == "reset") {
-        userId = 0;
+        userId = userHash = 0;
         store("uid");
+        store("uh");
         setAnonymousId(uuid());
       }
     } catch (e) {}

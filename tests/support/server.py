@@ -18,9 +18,10 @@ import httpx
 from tests.support.poll import wait_until
 from tests.support.ports import free_port
 
-__all__ = ["ADMIN_TOKEN", "Tripwire", "run_tripwire", "stop_process", "wait_until"]
+__all__ = ["ADMIN_TOKEN", "METRICS_TOKEN", "Tripwire", "run_tripwire", "stop_process", "wait_until"]
 
 ADMIN_TOKEN = "test-admin-token"
+METRICS_TOKEN = "test-metrics-token"
 
 
 class Tripwire:
@@ -48,9 +49,14 @@ class Tripwire:
         response = self.admin_get(f"/admin/api/users/{identity}")
         return None if response.status_code == 404 else response.raise_for_status().json()
 
+    def metrics(self) -> str:
+        """The Prometheus text of /metrics, read with the metrics token."""
+        headers = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+        return self.client.get("/metrics", headers=headers).raise_for_status().text
+
     def metric(self, name: str, **labels: str) -> float:
         """The current value of one Prometheus sample (0 when absent)."""
-        text = self.client.get("/metrics").text
+        text = self.metrics()
         wanted = name + (
             "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else ""
         )
@@ -95,7 +101,12 @@ def run_tripwire(
             str(data),
             *args,
         ]
-        full_env = {**os.environ, "TRIPWIRE_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})}
+        full_env = {
+            **os.environ,
+            "TRIPWIRE_ADMIN_TOKEN": ADMIN_TOKEN,
+            "TRIPWIRE_METRICS_TOKEN": METRICS_TOKEN,
+            **(env or {}),
+        }
         with log.open("wb") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=full_env)
         server = Tripwire(f"http://127.0.0.1:{port}", process, data, log)

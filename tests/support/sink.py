@@ -58,6 +58,7 @@ class Received:
     body: bytes
     received_at: float  # time.time() when the body was complete
     received_mono: float  # time.perf_counter() at the same moment (same clock as the tests')
+    target: str = ""  # the request target as on the request line: raw path, `?`, raw query
 
     @property
     def params(self) -> dict[str, list[str]]:
@@ -70,6 +71,13 @@ class Received:
 
 
 Handler = Callable[[Received], "Reply | int | Awaitable[Reply | int]"]
+
+
+def _target(scope: dict[str, Any]) -> str:
+    """The raw request target (path and query, still percent-encoded) of an ASGI scope."""
+    raw = scope.get("raw_path") or scope["path"].encode()
+    query = scope["query_string"]
+    return (raw + b"?" + query if query else raw).decode("latin-1")
 
 
 def _as_reply(value: Reply | int) -> Reply:
@@ -253,6 +261,7 @@ class Sink:
             body=b"".join(chunks),
             received_at=time.time(),
             received_mono=time.perf_counter(),
+            target=_target(scope),
         )
         with self._changed:
             self._received.append(received)

@@ -1,0 +1,591 @@
+"""The embedded store: every user's state in this process, kept in the data directory.
+
+Every profile an ingest request changed (its state, caps and ids, and its recent events) and the
+request's dedupe marks are staged for the data directory's database (`collector.memory.disk`),
+which the backend commits before the request is answered; a start reads them back.
+
+All work for a batch happens without awaiting, so within one event loop each user's update is
+atomic. Inactive profiles are evicted by TTL and by a size bound (a count, or bytes), least recently
+seen first, sparing those with a pending absence wait (`collector.memory.eviction`).
+
+Stop conditions' tallies (deliveries per campaign across every user) and A/B results (users
+assigned, converted and goal value per campaign arm) live here, beside the profiles, and are kept
+with them; results change in the same step as the profile whose event counted them, and are
+written in the same commit. Absence timers live in the profiles; a heap of (due, key)
+finds the users whose earliest timer is due (stale entries are skipped when popped), so 10,000
+pending timers cost ingest only a heap push per armed timer.
+
+Per-visitor memory is what bounds this store, so what it keeps is compact: a profile is held
+encoded (msgpack, `kept`) between events and decoded for each attempt (`held`), so a profile
+costs a few hundred bytes instead of a tree of Python objects several times that, and the
+decoded copy doubles as the rollback: an attempt that is not committed leaves what is held as
+it was. A profile's recent events are packed (msgpack arrays of their fields, unpacked only for
+a lookup), id lists are tuples, and an anonymous visitor's profile key doubles as its index
+entry. Few of these objects are containers the cyclic garbage collector must walk, which keeps
+its pauses short as the store grows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+
+import msgspec
+
+from collector.config.schema import StateSettings
+from collector.delivery.outbox import Outbox
+from collector.engine import goals
+from collector.engine.engine import Engine
+from collector.engine.profile import Decision, Tally, Timer, UserState
+from collector.engine.results import Counts
+from collector.events import Event
+from collector.memory.disk import Disk
+from collector.memory.eviction import ESTIMATE_SAMPLE, SPARE_AT_MOST, Evictions
+from collector.memory.records import (
+    EarlierState,
+    Packed,
+    decode_dedupe_keys,
+    decode_hours,
+    decode_json_profile,
+    decode_profile,
+    decode_results,
+    decode_tally,
+    encode_tally,
+    load_state,
+    pack_bytes,
+    pack_plain,
+    save_state,
+    storable,
+    stored_event,
+    unpack,
+)
+from collector.store import identity
+from collector.store.base import (
+    DEDUPE_SECONDS,
+    IngestResult,
+    UserView,
+    bounded_recent,
+    event_as_message,
+)
+from collector.store.plan import Loaded, Plan, Record
+from collector.webhook import WebhookRequest
+
+log = logging.getLogger("tripwire.store")
+
+Kept = bytes | UserState  # a held profile: msgpack, or the state past msgpack's integers
+
+EARLIER_STATE = "state.msgpack"  # what versions before the log saved at a clean stop
+MAX_REMEMBERED_MESSAGES = 5_000_000
+KEEP_HOURS = 72  # hours of fired/suppressed counts kept per campaign
+SLICE = 500  # profiles a sample gives between yields to the event loop
+
+class MemoryStore:
+    """Per-user state held in this process (the default, zero set-up mode)."""
+
+    def __init__(
+        self,
+        engine: Callable[[], Engine],
+        limits: StateSettings,
+        disk: Disk | None,
+        outbox: Outbox | None = None,
+    ) -> None:
+        self._engine = engine
+        self._outbox = outbox  # where fired webhooks go; None = only report them (replay)
+        self._limits = limits
+        self._disk = disk  # None: nothing kept (replay, tests)
+        self._users: OrderedDict[str, Kept] = OrderedDict()  # least recently seen first (`kept`)
+        self._index: dict[str, str] = {}  # namespaced id -> profile key
+        self._ids: dict[str, tuple[str, ...]] = {}  # profile key -> its namespaced ids
+        # dedupe key (`identity.dedupe_key`) -> time first seen, and the same keys oldest first
+        # (a plain dict cannot find its oldest entry cheaply once many are deleted; an
+        # OrderedDict costs ~50 bytes more each)
+        self._seen: dict[bytes | str, float] = {}
+        self._seen_order: deque[bytes | str] = deque()
+        self._recent: dict[str, tuple[Packed, ...]] = {}  # key -> recent events, oldest first
+        self._deliveries: dict[str, Tally] = {}  # campaign id -> deliveries, for stop conditions
+        # campaign id -> arm -> users assigned, converted, value: counted in the same step as
+        # the state change that made them (the engine's ticks)
+        self._results: dict[str, dict[str, Counts]] = {}
+        self._hourly: dict[str, dict[int, tuple[int, int]]] = {}  # for the dashboard's charts
+        self._due: list[tuple[float, str]] = []  # heap of (due, key), possibly stale
+        self._scheduled: dict[str, float] = {}  # key -> the due time its live heap entry has
+        self.evictions = Evictions(limits)
+        self._oldest: str | None = None  # the least recently seen profile's key, as last read
+        self._oldest_seen = 0.0  # and when it was seen
+        if disk is not None:
+            self._tallies = disk.table("tallies", self._tally_record)
+            self._result_rows = disk.table("results", self._results_record)
+            self._hour_rows = disk.table("hourly", self._hours_record)
+            self._profiles = disk.table("profiles", self._profile_record)
+            self._seen_journal = disk.journal("seen", max_age=DEDUPE_SECONDS)
+            self._recent_rows = disk.lists("recent", keep=max(limits.recent_events, 1))
+        self._mark: Callable[[str], None] = (
+            self._profiles.mark if disk is not None else _ignore
+        )
+
+    async def open(self) -> None:
+        """Load the profiles and dedupe marks the data directory holds."""
+        if self._disk is None:
+            return
+        began = time.perf_counter()
+        size = self._limits.recent_events
+        loaded: list[tuple[str, UserState]] = []
+        for key, value in self._profiles.rows():
+            profile = decode_json_profile(value) if value[:1] == b"[" else decode_profile(value)
+            loaded.append((key, profile.state))
+            self._ids[key] = profile.ids
+            for id_ in profile.ids:
+                self._index[key if id_ == key else id_] = key
+        for key, items in self._recent_rows.stored().items():
+            if size and key in self._ids:
+                self._recent[key] = tuple(stored_event(item) for item in items[-size:])
+        if not loaded:
+            loaded = await self._import_earlier(self._disk)
+        loaded.sort(key=lambda item: item[1].last_seen)  # least recently seen first
+        self._users = OrderedDict((key, kept(state)) for key, state in loaded)
+        seen = self._seen
+        for at, value in self._seen_journal.entries():
+            for dedupe in decode_dedupe_keys(value):
+                seen[dedupe] = at
+        self._seen_order = deque(seen)
+        self._deliveries = {
+            campaign_id: decode_tally(value) for campaign_id, value in self._tallies.rows()
+        }
+        self._results = {cid: decode_results(value) for cid, value in self._result_rows.rows()}
+        self._hourly = {cid: decode_hours(value) for cid, value in self._hour_rows.rows()}
+        for key, state in loaded:
+            if state.timers:
+                self._schedule(key, state.timers)
+        log.info(
+            "loaded %d profiles and %d dedupe marks from %s in %.2f s",
+            len(self._users),
+            len(seen),
+            self._disk.path,
+            time.perf_counter() - began,
+        )
+
+    async def _import_earlier(self, disk: Disk) -> list[tuple[str, UserState]]:
+        """The profiles an earlier version saved in `state.msgpack`, written to the log (once:
+        the file is renamed `state.msgpack.imported` when they are)."""
+        earlier = disk.earlier(EARLIER_STATE, EarlierState)
+        if earlier is None:
+            return []
+        ids: dict[str, list[str]] = {}
+        for id_, key in earlier.index.items():
+            if key in earlier.users:
+                self._index[id_] = key
+                ids.setdefault(key, []).append(id_)
+        self._ids = {key: tuple(found) for key, found in ids.items()}
+        size = self._limits.recent_events
+        for key, packed in earlier.recent.items():
+            if size and packed and key in earlier.users:
+                items = [bytes(p) for p in packed[-size:]]
+                self._recent[key] = tuple(items)
+                self._recent_rows.reset(key, items)
+        self._users = OrderedDict(  # for the records staged below
+            (key, kept(state)) for key, state in earlier.users.items()
+        )
+        for key in earlier.users:
+            self._profiles.mark(key)
+        await disk.commit()
+        disk.imported(EARLIER_STATE)
+        log.warning(
+            "imported %d profiles saved by an earlier version (%s is now %s.imported)",
+            len(earlier.users),
+            EARLIER_STATE,
+            EARLIER_STATE,
+        )
+        return list(earlier.users.items())
+
+    async def close(self) -> None:
+        """Nothing to do: every change was written as it was made."""
+
+    def _tally_record(self, campaign_id: str) -> bytes | None:
+        tally = self._deliveries.get(campaign_id)
+        return None if tally is None else encode_tally(tally)
+
+    def _results_record(self, campaign_id: str) -> bytes | None:
+        arms = self._results.get(campaign_id)
+        return None if arms is None else pack_plain(arms)
+
+    def _hours_record(self, campaign_id: str) -> bytes | None:
+        hours = self._hourly.get(campaign_id)
+        return None if hours is None else pack_plain(hours)
+
+    def _profile_record(
+        self, key: str
+    ) -> tuple[msgspec.Raw | UserState, tuple[str, ...]] | None:
+        """A profile as the data directory keeps it (the fields of `Profile`, encoded with the
+        rest of its frame); None when there is none (deleted)."""
+        stored = self._users.get(key)
+        if stored is None:
+            return None
+        state = msgspec.Raw(stored) if isinstance(stored, bytes) else stored
+        return state, self._ids.get(key, ())
+
+    async def ping(self) -> bool:
+        """Always reachable: it lives in this process."""
+        return True
+
+    def engine(self) -> Engine:
+        """The live engine."""
+        return self._engine()
+
+    def holding(self, events: Iterable[Event]) -> contextlib.nullcontext[None]:
+        """Nothing to hold: a load, its plan and its commit run without giving the event loop
+        away until the webhooks are queued, so no other request sees a profile half-done."""
+        return _NOT_HELD
+
+    async def load(
+        self, events: Sequence[Event], digests: Sequence[bytes], now: float
+    ) -> Loaded:
+        """The profiles the events name, decoded for this attempt (the plan changes them in
+        place; what is held changes only when the plan is committed)."""
+        if self.evictions.due_for_measuring(len(events)):
+            self._measure_profiles()
+        self._expire(now)
+        users = self._users
+        owners = self._index
+        index: dict[str, str] = {}
+        records: dict[str, Record] = {}
+        for event in events:
+            ids = identity.ids_of(event)
+            for id_ in ids:
+                key = owners.get(id_)
+                if key is not None and key in users:
+                    index[id_] = key
+                    if key not in records:
+                        records[key] = Record(key, held(users[key]))
+            if ids and ids[0] not in records and ids[0] in users:  # a new profile's key
+                records[ids[0]] = Record(ids[0], held(users[ids[0]]))
+        seen = self._seen
+        deliveries = self._deliveries  # copied: counted in the live ones only when committed
+        return Loaded(
+            index,
+            records,
+            {digest for digest in digests if digest in seen},
+            {cid: msgspec.structs.replace(tally) for cid, tally in deliveries.items()}
+            if deliveries
+            else {},
+        )
+
+    def discard(self, loaded: Loaded) -> None:
+        """Nothing to undo: the states were decoded for the attempt; what is held is as it was."""
+
+    async def commit(self, plan: Plan, loaded: Loaded, now: float) -> set[str]:
+        """Apply a plan: merges, states, identity links, seen marks, recent events, results and
+        stop tallies, then queue its webhooks. Never conflicts; staged for the data directory,
+        which the runtime commits before answering."""
+        users = self._users
+        mark = self._mark
+        for loser, target in plan.losers.items():
+            if users.pop(loser, None) is not None:
+                mark(loser)
+                if loser == self._oldest:
+                    self._oldest = None
+            self._recent_merge(target, loser)
+            for id_ in self._ids.pop(loser, ()):
+                self._link(id_, target)
+        for id_, key in plan.links.items():
+            self._link(id_, key)
+        keep_recent = self._limits.recent_events > 0
+        seen = self._seen
+        order = self._seen_order
+        new_keys: list[bytes] = []
+        for key, positions in plan.owner_events.items():
+            state = plan.states.get(key)
+            if not positions or state is None:
+                continue
+            if key in users:
+                users[key] = kept(state)
+                users.move_to_end(key)
+                if key == self._oldest:
+                    self._oldest = None
+            else:
+                users[key] = kept(state)  # a new key goes in last: the most recently seen
+            for digest in plan.seen.get(key, ()):
+                seen[digest] = now
+                order.append(digest)
+                new_keys.append(digest)
+            ticks = plan.ticks.get(key)
+            if ticks:
+                self._count(ticks)
+            if state.timers is not None:
+                self._schedule(key, state.timers)
+            if keep_recent:
+                for event in plan.recent.get(key, ()):
+                    self._remember(key, event)
+            mark(key)
+        if loaded.deliveries:
+            self._deliveries.update(loaded.deliveries)
+        webhooks = _in_order(plan.webhooks) if plan.webhooks else []
+        if webhooks and self._outbox is not None:
+            await self._outbox.put(webhooks)
+        if self._disk is not None:
+            if new_keys:
+                self._seen_journal.append(now, pack_plain(new_keys))  # the caller commits
+            if webhooks:
+                self._mark_tallies(webhooks)
+        return set()
+
+    async def fire_due(self, now: float, *, event_time: bool = False) -> IngestResult:
+        """Fire the absence timers due by `now` and queue their webhooks.
+
+        With `event_time` (replay), each user's timers are decided at their due time rather than
+        at `now`, in due order across users. What it changed is staged for the data directory; the
+        runtime commits it.
+        """
+        heap = self._due
+        if not heap or heap[0][0] > now:
+            return IngestResult(0, 0, [], [])
+        engine = self._engine()
+        webhooks: list[WebhookRequest] = []
+        decisions: list[Decision] = []
+        while heap and heap[0][0] <= now:
+            due, key = heapq.heappop(heap)
+            if self._scheduled.get(key) != due:
+                continue  # superseded by an earlier due time, or the user is gone
+            del self._scheduled[key]
+            stored = self._users.get(key)
+            state = None if stored is None else held(stored)
+            if state is None or not state.timers:
+                continue
+            outcome = engine.fire_due(
+                state, due if event_time else now, deliveries=self._deliveries
+            )
+            self._users[key] = kept(state)
+            self._mark(key)
+            if outcome.ticks:
+                self._count(outcome.ticks)
+            webhooks.extend(outcome.webhooks)
+            decisions.extend(outcome.decisions)
+            if state.timers:
+                self._schedule(key, state.timers)
+        if webhooks and self._outbox is not None:
+            await self._outbox.put(webhooks)
+        if webhooks and self._disk is not None:
+            self._mark_tallies(webhooks)
+        return IngestResult(0, 0, webhooks, decisions)
+
+    def _mark_tallies(self, webhooks: list[WebhookRequest]) -> None:
+        """Fired webhooks count towards their campaigns' stop conditions: keep the tallies."""
+        mark = self._tallies.mark
+        for campaign_id in {webhook.campaign_id for webhook in webhooks}:
+            if campaign_id in self._deliveries:
+                mark(campaign_id)
+
+    def _count(self, ticks: list[goals.Tick]) -> None:
+        """Add an event's A/B ticks to the results; they are written with its profile."""
+        changed = goals.add(self._results, ticks)
+        if self._disk is not None:
+            for campaign_id in changed:
+                self._result_rows.mark(campaign_id)
+
+    async def results(self, campaign_ids: Sequence[str]) -> dict[str, dict[str, Counts]]:
+        """A/B counts per arm of each campaign named (copies)."""
+        return {
+            cid: {arm: msgspec.structs.replace(c) for arm, c in self._results.get(cid, {}).items()}
+            for cid in campaign_ids
+        }
+
+    async def add_hourly(self, counts: dict[tuple[str, int], tuple[int, int]]) -> None:
+        """Add (fired, suppressed) decisions per (campaign, hour); keeps KEEP_HOURS hours."""
+        for (campaign_id, hour), (fired, suppressed) in counts.items():
+            hours = self._hourly.setdefault(campaign_id, {})
+            before = hours.get(hour, (0, 0))
+            hours[hour] = (before[0] + fired, before[1] + suppressed)
+            for old in [h for h in hours if h <= hour - KEEP_HOURS]:
+                del hours[old]
+            if self._disk is not None:
+                self._hour_rows.mark(campaign_id)
+
+    async def hourly(
+        self, campaign_ids: Sequence[str], since: int
+    ) -> dict[str, dict[int, tuple[int, int]]]:
+        """(fired, suppressed) per hour from hour `since` on, per campaign."""
+        return {
+            cid: {h: n for h, n in self._hourly.get(cid, {}).items() if h >= since}
+            for cid in campaign_ids
+        }
+
+    def pending_timers(self) -> int:
+        """How many users have an absence timer pending."""
+        return len(self._scheduled)
+
+    async def stopped(self, now: float) -> dict[str, str]:
+        """Campaigns stopped by their stop conditions, with the condition reached."""
+        return self._engine().stopped(self._deliveries, now)
+
+    def _schedule(self, key: str, timers: list[Timer]) -> None:
+        due = timers[0].due  # the engine keeps them in due order
+        if self._scheduled.get(key, float("inf")) > due:
+            self._scheduled[key] = due
+            heapq.heappush(self._due, (due, key))
+
+    async def user_state(self, identity_: str) -> UserState | None:
+        """The engine state of a user found by any of its ids or its key."""
+        key = self._find(identity_)
+        return None if key is None else held(self._users[key])
+
+    async def lookup(self, identity_: str, now: float) -> UserView | None:
+        """Find a profile by any of its ids or its key."""
+        key = self._find(identity_)
+        if key is None:
+            return None
+        state = held(self._users[key])
+        recent = [event_as_message(unpack(p)) for p in self._recent.get(key, ())]
+        engine = self._engine()
+        stopped = engine.stopped(self._deliveries, now)
+        return UserView(key, engine.describe(state, now, stopped), recent)
+
+    def _find(self, identity_: str) -> str | None:
+        ids = identity.lookup_ids(identity_)
+        key = next((self._index[i] for i in ids if i in self._index), identity_)
+        return key if key in self._users else None
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    async def sample(
+        self, deadline: float, limit: int | None = None
+    ) -> AsyncIterator[tuple[UserState, int]]:
+        """Every profile, newest first, yielding to the event loop every SLICE profiles so that
+        ingest is not held up, until the deadline or the limit."""
+        users = self._users
+        keys = list(reversed(users))
+        total = len(keys)
+        for position, key in enumerate(keys):
+            if limit is not None and position >= limit:
+                return
+            if position % SLICE == SLICE - 1:
+                if time.monotonic() > deadline:
+                    return
+                await asyncio.sleep(0)
+            stored = users.get(key)
+            if stored is not None:
+                yield held(stored), total
+
+    def _link(self, id_: str, key: str) -> None:
+        previous = self._index.get(id_)
+        if previous == key:
+            return
+        if previous is not None and previous in self._ids:
+            self._ids[previous] = tuple(i for i in self._ids[previous] if i != id_)
+            self._mark(previous)
+        if id_ == key:
+            id_ = key  # an anonymous visitor's key doubles as its index entry: one string
+        self._index[id_] = key
+        self._ids[key] = (*self._ids.get(key, ()), id_)
+        self._mark(key)
+
+    def _remember(self, key: str, event: Event) -> None:
+        size = self._limits.recent_events
+        kept = self._recent.get(key, ())
+        if len(kept) >= size:
+            kept = kept[len(kept) - size + 1 :]
+        packed = self._pack_recent(event)
+        self._recent[key] = (*kept, packed)
+        if self._disk is not None:
+            self._recent_rows.append(key, storable(packed))
+
+    def _pack_recent(self, event: Event) -> Packed:
+        try:
+            return bounded_recent(event, self._limits.recent_event_bytes, pack_bytes)
+        except OverflowError:
+            return event
+
+    def _recent_merge(self, key: str, other: str) -> None:
+        events = [unpack(p) for p in (*self._recent.pop(other, ()), *self._recent.get(key, ()))]
+        events.sort(key=lambda e: e.timestamp)
+        size = self._limits.recent_events
+        if size and events:
+            self._recent[key] = tuple(self._pack_recent(e) for e in events[-size:])
+        if self._disk is not None:
+            self._recent_rows.reset(other, None)
+            kept = self._recent.get(key)
+            self._recent_rows.reset(key, [storable(p) for p in kept] if kept else None)
+
+    def _expire(self, now: float) -> None:
+        """Forget old messageIds and evict profiles unseen for the TTL or beyond the size bound."""
+        seen = self._seen
+        order = self._seen_order
+        while order and (
+            len(seen) > MAX_REMEMBERED_MESSAGES or seen[order[0]] < now - DEDUPE_SECONDS
+        ):
+            del seen[order.popleft()]
+        users = self._users
+        ttl = self._limits.user_ttl
+        capacity = self.evictions.capacity()
+        spared = 0
+        while users:
+            key = next(iter(users))
+            if key != self._oldest:  # read when the least recently seen was seen, once
+                self._oldest, self._oldest_seen = key, held(users[key]).last_seen
+            expired = self._oldest_seen < now - ttl
+            if not expired and len(users) <= capacity:
+                break
+            if not expired and key in self._scheduled and spared < SPARE_AT_MOST:
+                # a profile waiting to fire an absence trigger stays; the next oldest goes
+                users.move_to_end(key)
+                spared += 1
+                continue
+            self._evict(key)
+            self.evictions.count("expired" if expired else "capacity", now)
+
+    def _evict(self, key: str) -> None:
+        """Let a profile go with everything that was its: ids, recent events, its timer."""
+        del self._users[key]
+        self._oldest = None
+        self._mark(key)
+        if self._recent.pop(key, None) is not None and self._disk is not None:
+            self._recent_rows.reset(key, None)
+        self._scheduled.pop(key, None)
+        if len(self._due) > 2 * len(self._scheduled) + 1024:  # mostly stale entries: rebuild
+            self._due = [(due, k) for k, due in self._scheduled.items()]
+            heapq.heapify(self._due)
+        for id_ in self._ids.pop(key, ()):
+            if self._index.get(id_) == key:
+                del self._index[id_]
+
+    def _measure_profiles(self) -> None:
+        """What the newest profiles take, for a memory budget (see `eviction`)."""
+        newest = list(itertools.islice(reversed(self._users), ESTIMATE_SAMPLE))
+        self.evictions.measure(
+            (self._users[key], self._ids.get(key, ()), self._recent.get(key, ()))
+            for key in newest
+        )
+
+
+_NOT_HELD: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
+def _in_order(by_key: dict[str, list[tuple[int, WebhookRequest]]]) -> list[WebhookRequest]:
+    """A plan's webhooks in the order of the events that fired them."""
+    pairs = [pair for pairs in by_key.values() for pair in pairs]
+    if len(pairs) > 1:
+        pairs.sort(key=lambda pair: pair[0])
+    return [webhook for _, webhook in pairs]
+
+
+def kept(state: UserState) -> Kept:
+    """A profile as held between events: encoded (a few hundred bytes instead of a tree of
+    Python objects several times that), or the state itself when msgpack cannot carry it."""
+    try:
+        return save_state(state)
+    except OverflowError:  # an integer past 64 bits
+        return state
+
+
+def held(stored: Kept) -> UserState:
+    """A held profile, decoded afresh (a copy the caller may change)."""
+    return load_state(stored) if isinstance(stored, bytes) else stored
+
+
+def _ignore(_: str) -> None:
+    """Where changes go when nothing is kept."""
