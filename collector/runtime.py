@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import operator
 import time
@@ -106,11 +105,6 @@ class Runtime:
             await self.dispatcher.start()
         else:
             await self.outbox.open()
-        # What start-up built (modules, the compiled rules, loaded profiles) lives as long as the
-        # process: set aside from the cyclic collector, it is never walked again by the
-        # collections that ingest's allocations trigger.
-        gc.collect()
-        gc.freeze()
         self._timers = asyncio.create_task(self._fire_timers(), name="tripwire-timers")
         self._sampled = self._decision_totals()  # counts read back from what the backend kept
         self._sampler = asyncio.create_task(self._sample_hours(), name="tripwire-hours")
