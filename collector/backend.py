@@ -9,7 +9,8 @@ A backend holds the per-user store, the webhook outbox, the delivery log, the da
 sessions, the campaign, variable and segment changes and the decision counts. Memory mode
 (`collector.memory`) keeps them in this process and its data directory; Redis mode
 (`collector.redis`) shares them between processes.
-Adding a backend is a package with a class of this shape, and a line in `open_backend`.
+Adding a backend is a package with a class of this shape, a line in `open_backend` and one in
+`kept_changes`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Protocol
 
+from collector.config.changes import CampaignChange
 from collector.config.checks import is_redis_url
 from collector.config.schema import CampaignSpec
 from collector.config.settings import Settings
@@ -24,8 +26,10 @@ from collector.definitions import DefinitionChange
 from collector.delivery.log import DeliveryLog
 from collector.delivery.outbox import Outbox
 from collector.live import LiveConfig
+from collector.memory import backend as memory
 from collector.memory.backend import MemoryBackend
 from collector.metrics import IngestMetrics
+from collector.redis import backend as redis
 from collector.redis.backend import RedisBackend
 from collector.store.base import Store
 from collector.store.sessions import Sessions
@@ -88,4 +92,15 @@ def open_backend(settings: Settings, live: LiveConfig, metrics: IngestMetrics) -
         return MemoryBackend(settings, live, metrics)
     if is_redis_url(settings.store):
         return RedisBackend(settings.store, settings, live, metrics)
+    raise ValueError(f"unsupported store {settings.store!r}")
+
+
+def kept_changes(settings: Settings) -> tuple[dict[str, CampaignChange], list[DefinitionChange]]:
+    """What the backend `settings.store` names keeps of the changes made while running, read
+    without opening it (`tripwire export`, also while a server runs): campaigns by id, and the
+    variable and segment changes oldest first."""
+    if settings.store == "memory":
+        return memory.kept_changes(settings)
+    if is_redis_url(settings.store):
+        return redis.kept_changes(settings)
     raise ValueError(f"unsupported store {settings.store!r}")

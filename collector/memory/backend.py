@@ -27,7 +27,7 @@ from collector.definitions import DefinitionChange, in_order, row_key
 from collector.definitions import encode_change as encode_definition
 from collector.delivery.log import DeliveryLog
 from collector.live import LiveConfig
-from collector.memory.disk import Disk
+from collector.memory.disk import Disk, read_table
 from collector.memory.outbox import MemoryOutbox
 from collector.memory.store import MemoryStore
 from collector.metrics import IngestMetrics
@@ -36,6 +36,7 @@ from collector.store.sessions import MemorySessions
 log = logging.getLogger("tripwire")
 
 Label = tuple[str, str, str | None]  # campaign id, outcome, reason
+Kept = tuple[dict[str, CampaignChange], list[DefinitionChange]]  # campaigns by id; definitions
 COUNTS_SECONDS = 1.0  # how often the campaigns' decision counts are written
 DELIVERY_LOG_SIZE = 10_000
 
@@ -197,3 +198,16 @@ class MemoryBackend:
 
     def _counts_record(self, _: str) -> bytes | None:
         return _encode_counts([(*labels, n) for labels, n in self._decisions.items()])
+
+
+def kept_changes(settings: Settings) -> Kept:
+    """The campaign, variable and segment changes a data directory keeps (for `tripwire export`;
+    it reads the files, so it works while a server runs)."""
+    if settings.data_dir is None:
+        return {}, []
+    campaigns = read_table(settings.data_dir, "campaigns")
+    definitions = read_table(settings.data_dir, "definitions")
+    return (
+        {campaign_id: decode_change(value) for campaign_id, value in campaigns.items()},
+        in_order(list(definitions.values())),
+    )

@@ -9,21 +9,27 @@ using the same Redis.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
+from collector.config.changes import CampaignChange
 from collector.config.schema import CampaignSpec
 from collector.config.settings import Settings
 from collector.definitions import DefinitionChange
 from collector.live import LiveConfig
 from collector.metrics import IngestMetrics
 from collector.redis.campaignsync import RedisCampaignSync
+from collector.redis.campaignsync import read_changes as read_campaign_changes
 from collector.redis.connection import RedisConnection
 from collector.redis.counts import Label, RedisCounts
 from collector.redis.definitionsync import RedisDefinitionSync
+from collector.redis.definitionsync import read_changes as read_definition_changes
 from collector.redis.deliverylog import RedisDeliveryLog
 from collector.redis.outbox import RedisOutbox
 from collector.redis.sessions import RedisSessions
 from collector.redis.store import RedisStore
+
+Kept = tuple[dict[str, CampaignChange], list[DefinitionChange]]  # campaigns by id; definitions
 
 
 class RedisBackend:
@@ -88,3 +94,16 @@ class RedisBackend:
     async def put_definition(self, change: DefinitionChange) -> None:
         """Set or delete a variable or segment in every process, this one first."""
         await self.definitions.put(change)
+
+
+def kept_changes(settings: Settings) -> Kept:
+    """The campaign, variable and segment changes stored in Redis (for `tripwire export`)."""
+    return asyncio.run(_kept_changes(settings.store))
+
+
+async def _kept_changes(url: str) -> Kept:
+    connection = RedisConnection(url)
+    try:
+        return await read_campaign_changes(connection), await read_definition_changes(connection)
+    finally:
+        await connection.close()

@@ -177,11 +177,7 @@ class RedisCampaignSync:
                 await asyncio.sleep(1.0)
 
 
-async def read_changes(url: str) -> dict[str, CampaignChange]:
-    """The campaign changes stored in the Redis at `url`, by campaign id (for export)."""
-    connection = RedisConnection(url)
-    try:
-        stored = await connection.call("HGETALL", Keys.campaigns(), what="reading campaigns")
-    finally:
-        await connection.close()
+async def read_changes(connection: RedisConnection) -> dict[str, CampaignChange]:
+    """The campaign changes stored in Redis, by campaign id (for export)."""
+    stored = await connection.call("HGETALL", Keys.campaigns(), what="reading campaigns")
     return {raw_id.decode(): decode_change(blob) for raw_id, blob in stored.items()}
