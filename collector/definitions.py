@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -32,9 +32,6 @@ from collector.config.schema import (
 from collector.config.settings import decode_config
 from collector.engine.rules import compile_rules
 from collector.errors import ConfigError, Conflict
-
-if TYPE_CHECKING:
-    from collector.live import LiveConfig
 
 Kind = Literal["variables", "segments"]
 KINDS: tuple[Kind, ...] = ("variables", "segments")
@@ -133,11 +130,18 @@ def _mentions(value: Any, kind: Kind, name: str) -> bool:
     return False
 
 
+class Running(Protocol):
+    """What the service reads of the running config (`collector.live.LiveConfig`)."""
+
+    config: ConfigFile
+    definitions: dict[str, DefinitionChange]  # changes made while running, by `row_key`
+
+
 class Definitions:
     """The running process's variables and segments: reading them, and changing them through
     the backend (`keep`), which applies each change here and keeps and shares it."""
 
-    def __init__(self, live: LiveConfig, keep: Keep) -> None:
+    def __init__(self, live: Running, keep: Keep) -> None:
         self._live = live
         self._keep = keep
 
