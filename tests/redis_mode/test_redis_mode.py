@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import tempfile
 import time
 import uuid
 from typing import Any
@@ -245,3 +246,20 @@ def test_readyz_answers_in_time_while_redis_is_frozen() -> None:
         assert took < 5.0, f"/readyz took {took:.1f} s"
         wait_until(lambda: server.client.get("/readyz").status_code == 200,
                    message="ready again once Redis answers")
+
+
+def test_serve_runs_on_a_redis_unix_socket() -> None:
+    socket_dir = tempfile.mkdtemp(prefix="tripwire-sock-")
+    path = f"{socket_dir}/redis.sock"
+    with (
+        RedisServer(extra=["--unixsocket", path, "--unixsocketperm", "700"]) as redis,
+        Sink() as sink,
+    ):
+        assert redis.process is not None
+        cfg = config(sink, campaign(sink, "welcome", "Signed Up", {"per": "user", "max_total": 1}))
+        with run_tripwire(cfg, args=["--store", f"unix://{path}"]) as server:
+            answer = server.post("/v1/batch", {"writeKey": WRITE_KEY,
+                                               "batch": [track("Signed Up", "by-socket")]})
+            assert answer.status_code == 200
+            sink.wait_for(1, timeout=15)
+            assert [r.path for r in sink.requests] == ["/welcome"]
