@@ -18,11 +18,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Protocol
 
-from collector.config.changes import CampaignChange
 from collector.config.checks import is_redis_url
 from collector.config.schema import CampaignSpec
 from collector.config.settings import Settings
-from collector.definitions import DefinitionChange
+from collector.definitions import DefinitionChange, KeptChanges
 from collector.delivery.log import DeliveryLog
 from collector.delivery.outbox import Outbox
 from collector.live import LiveConfig
@@ -95,7 +94,7 @@ def open_backend(settings: Settings, live: LiveConfig, metrics: IngestMetrics) -
     raise ValueError(f"unsupported store {settings.store!r}")
 
 
-def kept_changes(settings: Settings) -> tuple[dict[str, CampaignChange], list[DefinitionChange]]:
+def kept_changes(settings: Settings) -> KeptChanges:
     """What the backend `settings.store` names keeps of the changes made while running, read
     without opening it (`tripwire export`, also while a server runs): campaigns by id, and the
     variable and segment changes oldest first."""

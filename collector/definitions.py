@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
+from collector.config.changes import CampaignChange
 from collector.config.schema import (
     PLACEHOLDER,
     ConfigFile,
@@ -51,6 +52,9 @@ class DefinitionChange(msgspec.Struct, kw_only=True):
 encode_change = msgspec.json.Encoder(enc_hook=encode_hook).encode
 decode_change = msgspec.json.Decoder(DefinitionChange).decode
 Keep = Callable[[DefinitionChange], Awaitable[None]]  # applies a change and keeps it
+# What a backend keeps of the changes made while running: campaigns by id, and the variable
+# and segment changes oldest first (`backend.kept_changes`, for `tripwire export`).
+KeptChanges = tuple[dict[str, CampaignChange], list[DefinitionChange]]
 
 
 def in_order(blobs: list[bytes]) -> list[DefinitionChange]:

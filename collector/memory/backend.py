@@ -23,7 +23,7 @@ import msgspec
 from collector.config.changes import CampaignChange, decode_change, encode_change
 from collector.config.schema import CampaignSpec
 from collector.config.settings import Settings
-from collector.definitions import DefinitionChange, in_order, row_key
+from collector.definitions import DefinitionChange, KeptChanges, in_order, row_key
 from collector.definitions import encode_change as encode_definition
 from collector.delivery.log import DeliveryLog
 from collector.live import LiveConfig
@@ -36,7 +36,6 @@ from collector.store.sessions import MemorySessions
 log = logging.getLogger("tripwire")
 
 Label = tuple[str, str, str | None]  # campaign id, outcome, reason
-Kept = tuple[dict[str, CampaignChange], list[DefinitionChange]]  # campaigns by id; definitions
 COUNTS_SECONDS = 1.0  # how often the campaigns' decision counts are written
 DELIVERY_LOG_SIZE = 10_000
 
@@ -200,7 +199,7 @@ class MemoryBackend:
         return _encode_counts([(*labels, n) for labels, n in self._decisions.items()])
 
 
-def kept_changes(settings: Settings) -> Kept:
+def kept_changes(settings: Settings) -> KeptChanges:
     """The campaign, variable and segment changes a data directory keeps (for `tripwire export`;
     it reads the files, so it works while a server runs)."""
     if settings.data_dir is None:

@@ -324,7 +324,7 @@ class MemoryStore:
             mark(key)
         if loaded.deliveries:
             self._deliveries.update(loaded.deliveries)
-        webhooks = _in_order(plan.webhooks) if plan.webhooks else []
+        webhooks = [w for outcome in plan.outcomes for w in outcome.webhooks]  # in event order
         if webhooks and self._outbox is not None:
             await self._outbox.put(webhooks)
         if self._disk is not None:
@@ -563,14 +563,6 @@ class MemoryStore:
 
 
 _NOT_HELD: contextlib.nullcontext[None] = contextlib.nullcontext()
-
-
-def _in_order(by_key: dict[str, list[tuple[int, WebhookRequest]]]) -> list[WebhookRequest]:
-    """A plan's webhooks in the order of the events that fired them."""
-    pairs = [pair for pairs in by_key.values() for pair in pairs]
-    if len(pairs) > 1:
-        pairs.sort(key=lambda pair: pair[0])
-    return [webhook for _, webhook in pairs]
 
 
 def kept(state: UserState) -> Kept:

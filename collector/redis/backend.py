@@ -12,10 +12,9 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from collector.config.changes import CampaignChange
 from collector.config.schema import CampaignSpec
 from collector.config.settings import Settings
-from collector.definitions import DefinitionChange
+from collector.definitions import DefinitionChange, KeptChanges
 from collector.live import LiveConfig
 from collector.metrics import IngestMetrics
 from collector.redis.campaignsync import RedisCampaignSync
@@ -28,8 +27,6 @@ from collector.redis.deliverylog import RedisDeliveryLog
 from collector.redis.outbox import RedisOutbox
 from collector.redis.sessions import RedisSessions
 from collector.redis.store import RedisStore
-
-Kept = tuple[dict[str, CampaignChange], list[DefinitionChange]]  # campaigns by id; definitions
 
 
 class RedisBackend:
@@ -96,12 +93,12 @@ class RedisBackend:
         await self.definitions.put(change)
 
 
-def kept_changes(settings: Settings) -> Kept:
+def kept_changes(settings: Settings) -> KeptChanges:
     """The campaign, variable and segment changes stored in Redis (for `tripwire export`)."""
     return asyncio.run(_kept_changes(settings.store))
 
 
-async def _kept_changes(url: str) -> Kept:
+async def _kept_changes(url: str) -> KeptChanges:
     connection = RedisConnection(url)
     try:
         return await read_campaign_changes(connection), await read_definition_changes(connection)
