@@ -44,14 +44,62 @@ _TOO_MANY = _answer(
 )
 
 
+class _Held:
+    """Stands in for a connection's transport while uvicorn writes one response message: keeps
+    what it writes, and a close, for the cycle to write (and close) afterwards."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        self.closing = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 class _Cycle(RequestResponseCycle):
-    """uvicorn's request cycle, closing the connection when answered before the body came."""
+    """uvicorn's request cycle, closing the connection when answered before the body came, and
+    writing a response of known length together with its first body part: a small answer is
+    one send(2) and one TCP segment instead of two (a streamed answer, with no length, is
+    written as it comes)."""
+
+    _head: bytes | None = None  # a sized response's head, waiting for its body
 
     async def send(self, message: Any) -> None:
         """Send a response message; an answer started while the body is still due closes."""
-        if message["type"] == "http.response.start" and self.more_body:
-            self.keep_alive = False  # uvicorn says `connection: close` and closes once sent
+        if message["type"] == "http.response.start":
+            if self.more_body:
+                self.keep_alive = False  # uvicorn says `connection: close` and closes once sent
+            if any(name.lower() == b"content-length" for name, _ in message.get("headers", ())):
+                written, _ = await self._held(message)
+                self._head = b"".join(written)
+                return
+        elif self._head is not None:
+            head, self._head = self._head, None
+            written, closing = await self._held(message)
+            self.transport.write(b"".join([head, *written]))
+            if closing:
+                self.transport.close()
+            return
         await super().send(message)
+
+    async def _held(self, message: Any) -> tuple[list[bytes], bool]:
+        """Let uvicorn handle `message` with its writes (and a close) held back: what it wrote,
+        and whether it closed."""
+        transport = self.transport
+        held = _Held(transport)
+        self.transport = held  # type: ignore[assignment]
+        try:
+            await super().send(message)
+        finally:
+            self.transport = transport
+        return held.written, held.closing
 
 
 class GuardedHttp(HttpToolsProtocol):
