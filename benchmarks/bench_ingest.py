@@ -18,7 +18,10 @@ The pipeline config is SPEC §10's: 20 published campaigns, 10 variables, 100,00
 One webhook: two fresh servers with the same variables and a single campaign, which in the one
 fires on every page view (its body carries every variable) and in the other can never match;
 the difference in CPU per message, both counted until sent, divided by the webhooks sent per
-message, is what one webhook costs (rendered, queued, signed, sent over HTTP, logged).
+message, is what one webhook costs (rendered, queued, signed, sent over HTTP, logged). A
+difference of two figures taken at different moments on a shared machine swings with whatever
+else runs, and another process only ever adds to a figure: the pair runs three times,
+alternating, and each side's least CPU per message is kept.
 
 Redis mode (a redis-server started here on a free port, core 1): the same two ingest figures
 through one `serve` process, its target read as messages per second of the process's own CPU
@@ -55,6 +58,8 @@ USERS = 100_000
 CONNECTIONS = 32
 # Redis mode before this work, messages/s per serve process (1-message, 20-message requests).
 REDIS_BEFORE = {1: 2_167, 20: 6_192}
+# Rounds of the one-webhook pair, alternating; each side's least CPU per message is kept.
+WEBHOOK_ROUNDS = 3
 SETTLED = ("delivered", "failed", "dead", "refused", "paused", "quota_exceeded")
 
 
@@ -289,9 +294,13 @@ def run(seconds: float, with_redis: bool) -> dict[str, Figure]:
         for batch in (1, 20):
             with collector(pipeline_config(sink)) as (url, cpu):
                 figures[f"memory {batch}"] = measure(url, cpu, seconds, batch)
-        for fires in (False, True):
-            with collector(single_config(sink, fires)) as (url, cpu):
-                figures[f"webhook {fires}"] = measure(url, cpu, min(seconds, 2), 1)
+        for _ in range(WEBHOOK_ROUNDS):
+            for fires in (False, True):
+                with collector(single_config(sink, fires)) as (url, cpu):
+                    figure = measure(url, cpu, min(seconds, 2), 1)
+                best = figures.get(f"webhook {fires}")
+                if best is None or figure.cpu_sent < best.cpu_sent:
+                    figures[f"webhook {fires}"] = figure
         if with_redis:
             for batch in (1, 20):
                 with (
