@@ -5,10 +5,11 @@
 The sink runs in its own process (uvicorn, a bare ASGI app answering 200), so the figures
 measure the sending side. The bare loop is a plain httpx client (keep-alive pool, same timeout,
 no env, no redirects) at the same concurrency, posting the same JSON body without signing,
-logging or scheduling. Beside both, the floor under the dispatcher: httpcore's HTTP/1.1
-connections alone (the layer the dispatcher sends with), one per worker, on the same streams,
-the same body; and below that, the same exchange written out by hand (`rawhttp`: one prebuilt
-request, the answer's head and body read), which is what the network and the event loop cost.
+logging or scheduling. Beside both, the floor under the dispatcher: its HTTP/1.1 connections
+alone (`delivery.http11`, the layer it sends with), one per worker, on the same streams, the
+same body; httpcore's HTTP/1.1 connections (h11) on those streams, for comparison; and the
+same exchange written out by hand (`rawhttp`: one prebuilt request, the answer's head and body
+read), which is what the network and the event loop cost.
 Rounds alternate; the best of each is kept. The event loop is uvloop, as in
 `tripwire serve`.
 Also printed: the cost of a host-name resolution with and without the SSRF guard's cache, and
@@ -39,7 +40,7 @@ from prometheus_client import CollectorRegistry
 
 from benchmarks import rawhttp
 from collector.config.schema import WebhookSettings
-from collector.delivery import ssrf
+from collector.delivery import http11, ssrf
 from collector.delivery.dispatcher import Dispatcher
 from collector.delivery.log import DeliveryLog
 from collector.delivery.sender import USER_AGENT
@@ -147,6 +148,39 @@ async def connections_alone(url: str, requests: int, concurrency: int) -> float:
                 await response.aread()
                 await response.aclose()
                 assert response.status == 200
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return requests / (time.perf_counter() - started)
+
+
+async def delivery_connections(url: str, requests: int, concurrency: int) -> float:
+    """Deliveries/s of N workers, each posting over one of delivery's own HTTP/1.1 connections
+    (`http11.Connection`, on the same streams): the layer the dispatcher sends with."""
+    target = httpcore.URL(url)
+    origin = target.origin
+    body = orjson.dumps(BODY)
+    message = (
+        b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nuser-agent: %s\r\n"
+        b"content-type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (target.target, target.host, target.port or 80, USER_AGENT.encode(), len(body), body)
+    )
+    address = (await ssrf.Guard(ssrf.Policy(allow_all=True)).resolve(origin.host.decode()))[0]
+    remaining = requests
+    loop = asyncio.get_running_loop()
+
+    async def worker() -> None:
+        nonlocal remaining
+        stream = await TransportStream.connect(address, origin.port, 10.0, None, None)
+        connection = http11.Connection(stream, keepalive_expiry=30)
+        while remaining > 0:
+            remaining -= 1
+            deadline = loop.time() + 10.0
+            response = await connection.send(message, deadline)
+            async for _ in connection.body(deadline):
+                pass
+            assert response.status == 200 and connection.reusable
+        await connection.aclose()
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -297,16 +331,20 @@ async def main(args: argparse.Namespace) -> None:
         print(f"resolve localhost: {cold:.0f} us uncached, {warm:.1f} us cached")
         await bare_loop(url, 500, args.concurrency, 10.0)  # warm up every path
         await connections_alone(url, 500, args.concurrency)
+        await delivery_connections(url, 500, args.concurrency)
         await dispatcher_run(url, 500, args.concurrency, 10.0)
         bare_best = ours_best = 0.0
-        bare_cpu = ours_cpu = floor_cpu = hand_cpu = float("inf")
+        bare_cpu = ours_cpu = floor_cpu = core_cpu = hand_cpu = float("inf")
         for round_no in range(1, args.rounds + 1):
             cpu = time.process_time()
             await by_hand(url, args.requests, args.concurrency)
             hand_cpu = min(hand_cpu, (time.process_time() - cpu) / args.requests * 1e6)
             cpu = time.process_time()
-            await connections_alone(url, args.requests, args.concurrency)
+            await delivery_connections(url, args.requests, args.concurrency)
             floor_cpu = min(floor_cpu, (time.process_time() - cpu) / args.requests * 1e6)
+            cpu = time.process_time()
+            await connections_alone(url, args.requests, args.concurrency)
+            core_cpu = min(core_cpu, (time.process_time() - cpu) / args.requests * 1e6)
             cpu = time.process_time()
             bare = await bare_loop(url, args.requests, args.concurrency, 10.0)
             bare_cpu = min(bare_cpu, (time.process_time() - cpu) / args.requests * 1e6)
@@ -330,9 +368,10 @@ async def main(args: argparse.Namespace) -> None:
             "(the throughput ratio a CPU-bound client would reach)"
         )
         print(
-            f"  the floor, httpcore's HTTP/1.1 connections alone: {floor_cpu:.0f} us per request; "
+            f"  the floor, its HTTP/1.1 connections alone: {floor_cpu:.0f} us per request; "
             f"the dispatcher adds {ours_cpu - floor_cpu:.0f} us (queue, signing, log, metrics)"
         )
+        print(f"  httpcore's HTTP/1.1 connections (h11) alone: {core_cpu:.0f} us per request")
         print(f"  the same exchange written out by hand (rawhttp): {hand_cpu:.0f} us per request")
         p99 = await beside_a_hanging_endpoint(url, args.concurrency)
         print(

@@ -18,7 +18,10 @@ The pipeline config is SPEC §10's: 20 published campaigns, 10 variables, 100,00
 One webhook: two fresh servers with the same variables and a single campaign, which in the one
 fires on every page view (its body carries every variable) and in the other can never match;
 the difference in CPU per message, both counted until sent, divided by the webhooks sent per
-message, is what one webhook costs (rendered, queued, signed, sent over HTTP, logged).
+message, is what one webhook costs (rendered, queued, signed, sent over HTTP, logged). A
+difference of two figures taken at different moments on a shared machine swings with whatever
+else runs, and another process only ever adds to a figure: the pair runs three times,
+alternating, and each side's least CPU per message is kept.
 
 Redis mode (a redis-server started here on a free port, core 1): the same two ingest figures
 through one `serve` process, its target read as messages per second of the process's own CPU
@@ -39,7 +42,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import httpx
+
 from benchmarks.common import (
+    METRICS_TOKEN,
     bare_app,
     free_port,
     metric_sum,
@@ -52,6 +58,8 @@ USERS = 100_000
 CONNECTIONS = 32
 # Redis mode before this work, messages/s per serve process (1-message, 20-message requests).
 REDIS_BEFORE = {1: 2_167, 20: 6_192}
+# Rounds of the one-webhook pair, alternating; each side's least CPU per message is kept.
+WEBHOOK_ROUNDS = 3
 SETTLED = ("delivered", "failed", "dead", "refused", "paused", "quota_exceeded")
 
 
@@ -179,20 +187,47 @@ def single_config(sink_url: str, fires: bool) -> dict[str, Any]:
     return config
 
 
+def scrape(url: str) -> list[tuple[str, float]]:
+    """Every sample of the server's /metrics: (name with labels, value)."""
+    headers = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    text = httpx.get(url + "/metrics", headers=headers, trust_env=False).text
+    return [
+        (sample, float(value))
+        for sample, _, value in (line.rpartition(" ") for line in text.splitlines())
+        if sample and not sample.startswith("#")
+    ]
+
+
+def total(samples: list[tuple[str, float]], name: str, **labels: str) -> float:
+    """Sum of a metric's samples whose labels include `labels` (as `metric_sum` reads them)."""
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
+    return sum(
+        value
+        for sample, value in samples
+        if sample.startswith(name) and all(label in sample for label in wanted)
+    )
+
+
 def drained(url: str, timeout: float = 180.0) -> None:
-    """Wait until every webhook that fired has been settled (sent, or failed for good)."""
+    """Wait until every webhook that fired has been settled (sent, or failed for good).
+
+    The server's CPU is counted until this returns, so looking must cost it little: one scrape
+    a look (a scrape costs the server about 1.5 ms), five looks a second. Looking more often
+    would charge the server that takes longer to drain for the looking, not for its webhooks.
+    """
     deadline = time.monotonic() + timeout
     while True:
-        fired = metric_sum(url, "tripwire_campaign_decisions_total", outcome="fired")
+        samples = scrape(url)
+        fired = total(samples, "tripwire_campaign_decisions_total", outcome="fired")
         settled = sum(
-            metric_sum(url, "tripwire_webhook_deliveries_total", outcome=outcome)
+            total(samples, "tripwire_webhook_deliveries_total", outcome=outcome)
             for outcome in SETTLED
         )
-        if settled >= fired and metric_sum(url, "tripwire_webhook_queue_depth") == 0:
+        if settled >= fired and total(samples, "tripwire_webhook_queue_depth") == 0:
             return
         if time.monotonic() > deadline:
             raise RuntimeError(f"{url}: {fired - settled:.0f} webhooks unsent after {timeout:.0f}s")
-        time.sleep(0.05)
+        time.sleep(0.2)
 
 
 def measure(url: str, cpu: Callable[[], float], seconds: float, batch: int) -> Figure:
@@ -259,9 +294,13 @@ def run(seconds: float, with_redis: bool) -> dict[str, Figure]:
         for batch in (1, 20):
             with collector(pipeline_config(sink)) as (url, cpu):
                 figures[f"memory {batch}"] = measure(url, cpu, seconds, batch)
-        for fires in (False, True):
-            with collector(single_config(sink, fires)) as (url, cpu):
-                figures[f"webhook {fires}"] = measure(url, cpu, min(seconds, 2), 1)
+        for _ in range(WEBHOOK_ROUNDS):
+            for fires in (False, True):
+                with collector(single_config(sink, fires)) as (url, cpu):
+                    figure = measure(url, cpu, min(seconds, 2), 1)
+                best = figures.get(f"webhook {fires}")
+                if best is None or figure.cpu_sent < best.cpu_sent:
+                    figures[f"webhook {fires}"] = figure
         if with_redis:
             for batch in (1, 20):
                 with (

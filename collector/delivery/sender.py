@@ -1,15 +1,17 @@
 """One webhook attempt over HTTP: shape the request, sign it, send it through the SSRF guard.
 
-This module, `transport` and `delivery` are the only ones that import httpx. Attempts go to
-httpcore's HTTP/1.1 connections (httpx's transport layer), kept alive per endpoint: at most
-`connections_per_endpoint` idle ones each, the most recently used taken first. The client
-layer's auth, redirect and cookie handling has no work here (redirects are not followed), and
-the dispatcher already bounds the attempts in flight per endpoint, so a connection pool's
-bookkeeping (a lock, a scan of every connection, a wrapper stream, per request) is not needed
-either: an attempt takes an idle connection or opens one, and puts it back when its response
-is read. Connections are dialled through `transport.GuardedBackend`, which connects only to
-addresses the SSRF guard checked, while the URL keeps its host name: the `Host` header, TLS
-SNI, certificate checks and the endpoints (keyed by host name) all stay right.
+This module, `transport` and `http11` are the only ones that import httpx and httpcore. Attempts
+go over HTTP/1.1 connections kept alive per endpoint (`http11`: the request written as bytes,
+the answer parsed by llhttp): at most `connections_per_endpoint` idle ones each, the most
+recently used taken first. A client's auth, redirect and cookie handling has no work here
+(redirects are not followed), and the dispatcher already bounds the attempts in flight per
+endpoint, so a connection pool's bookkeeping (a lock, a scan of every connection, a wrapper
+stream, per request) is not needed either: an attempt takes an idle connection or opens one,
+and puts it back when its response is read. Connections are dialled through
+`transport.GuardedBackend` (an httpcore network backend), which connects only to addresses the
+SSRF guard checked, while the URL keeps its host name: the `Host` header, TLS SNI, certificate
+checks and the endpoints (keyed by host name) all stay right. One deadline bounds an attempt:
+each wait for the network is given what is left of it (no timeout scope per attempt).
 
 Request shape: GET merges the body (an object) into the URL's query, body keys replacing
 same-named URL keys; other methods send the body as JSON with `Content-Type: application/json`
@@ -32,7 +34,7 @@ import ssl
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import AsyncIterable, Callable
+from collections.abc import Callable
 from typing import Any, Final, Literal, NamedTuple
 from urllib.parse import urlsplit
 
@@ -43,6 +45,7 @@ import orjson
 
 from collector import __version__
 from collector.delivery.bounded import content_codings, read_prefix
+from collector.delivery.http11 import Connection, ProtocolError, Response
 from collector.delivery.signing import Signer, signed_payload
 from collector.delivery.ssrf import Guard, TargetRefused
 from collector.delivery.transport import GuardedBackend
@@ -54,9 +57,10 @@ _DRAIN_LIMIT: Final = 65536  # read this much of a response at most, so its conn
 _URL_CACHE_SIZE: Final = 1024
 _ENDPOINT_LIMIT: Final = 256  # endpoints kept past a sweep (the least recently used go first)
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})  # sent with Content-Length: 0 if empty
-_TRANSPORT_ERRORS: Final = (httpcore.NetworkError, httpcore.ProtocolError)
+_TRANSPORT_ERRORS: Final = (httpcore.NetworkError, httpcore.ProtocolError, ProtocolError)
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\x00]")
+_CONTROL = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")  # besides CR, LF, NUL (and tab)
 # Set by delivery itself: framing headers could smuggle requests, webhook-* must stay genuine.
 _RESERVED = frozenset(
     {
@@ -172,17 +176,16 @@ class _Url(NamedTuple):
     """A webhook URL as httpx parses it, with what a request to it carries (built once)."""
 
     url: httpx.URL
-    target: httpcore.URL
-    origin: httpcore.Origin  # the endpoint
+    target: bytes  # the request target: path and query, percent-encoded
+    origin: tuple[bytes, bytes, int]  # the endpoint: scheme, host, port
     host: bytes  # the Host header
 
     @classmethod
     def of(cls, url: httpx.URL) -> _Url:
         """Build the request parts of a parsed URL."""
-        target = httpcore.URL(
-            scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
-        )
-        return cls(url, target, target.origin, url.netloc)
+        scheme = url.raw_scheme
+        port = url.port or (443 if scheme == b"https" else 80)
+        return cls(url, url.raw_path, (scheme, url.raw_host, port), url.netloc)
 
 
 class _Endpoint:
@@ -190,9 +193,9 @@ class _Endpoint:
 
     __slots__ = ("active", "idle", "origin", "used_at")
 
-    def __init__(self, origin: httpcore.Origin) -> None:
+    def __init__(self, origin: tuple[bytes, bytes, int]) -> None:
         self.origin = origin
-        self.idle: list[httpcore.AsyncHTTP11Connection] = []  # the last one used is last
+        self.idle: list[Connection] = []  # the last one used is last
         self.active = 0  # attempts in flight
         self.used_at = 0.0  # event-loop time the last attempt ended
 
@@ -227,7 +230,7 @@ class Sender:
         self._ssl_context = ssl_context or httpx.create_ssl_context(trust_env=False)
         self._ssl_context.set_alpn_protocols(["http/1.1"])
         self._backend = network_backend or GuardedBackend(guard)
-        self._endpoints: OrderedDict[tuple[bytes, bytes, int | None], _Endpoint] = OrderedDict()
+        self._endpoints: OrderedDict[tuple[bytes, bytes, int], _Endpoint] = OrderedDict()
         self._next_sweep = 0.0
 
     async def aclose(self) -> None:
@@ -247,6 +250,8 @@ class Sender:
                 raise InvalidRequest(f"invalid header name {name!r}")
             if _FORBIDDEN_IN_VALUE.search(value):
                 raise InvalidRequest(f"header {name!r} contains CR, LF or NUL")
+            if _CONTROL.search(value):
+                raise InvalidRequest(f"header {name!r} contains a control character")
             lower = name.lower()
             if lower not in _RESERVED:
                 headers[lower] = value
@@ -277,21 +282,7 @@ class Sender:
             return AttemptResult(outcome="failed", error=str(exc))
         signed = signed_payload(url.url.raw_path, content)
         headers.update(self._signer.headers(request.webhook_id, int(self._clock()), signed))
-        method = request.method.upper()
-        # The header block httpx would send: Host first, Content-Length last (or 0 after Host).
-        raw_headers = [(b"Host", url.host)]
-        if not content and method in _BODY_METHODS:
-            raw_headers.append((b"Content-Length", b"0"))
-        raw_headers += [
-            # Values may carry templated user data in any language: sent as UTF-8 octets, which
-            # HTTP passes through as opaque field content (names were checked to be tokens).
-            (name.encode("ascii"), value.encode("utf-8"))
-            for name, value in headers.items()
-        ]
-        if content:
-            raw_headers.append((b"Content-Length", b"%d" % len(content)))
-        # No per-read or per-write timeouts: the attempt's deadline bounds it all (_exchange).
-        core_request = httpcore.Request(method, url.target, headers=raw_headers, content=content)
+        message = _request_bytes(request.method.upper(), url, headers, content)
         loop = asyncio.get_running_loop()
         now = loop.time()
         if now >= self._next_sweep:
@@ -299,72 +290,62 @@ class Sender:
         endpoint = self._endpoint(url.origin)
         endpoint.active += 1
         try:
-            return await self._exchange(endpoint, core_request, now + self._timeout)
+            return await self._exchange(endpoint, message, now + self._timeout)
         finally:
             endpoint.active -= 1
             endpoint.used_at = loop.time()
 
     async def _exchange(
-        self, endpoint: _Endpoint, request: httpcore.Request, deadline: float
+        self, endpoint: _Endpoint, message: bytes, deadline: float
     ) -> AttemptResult:
         started = time.perf_counter()
         try:
-            async with asyncio.timeout_at(deadline):
-                connection = await self._connection(endpoint)
-                try:
-                    response = await connection.handle_async_request(request)
-                except BaseException:
-                    await connection.aclose()
-                    raise
+            connection = await self._connection(endpoint, deadline)
+            try:
+                response = await connection.send(message, deadline)
+            except BaseException:
+                await connection.aclose()
+                raise
         except TargetRefused as exc:
             return AttemptResult(outcome="refused", error=str(exc))
         except (TimeoutError, httpcore.TimeoutException):
             return self._failure("retry", f"timed out after {self._timeout:g}s", started)
-        except (httpcore.LocalProtocolError, httpcore.UnsupportedProtocol) as exc:
-            return self._failure("failed", f"{type(exc).__name__}: {exc}", started)
         except _TRANSPORT_ERRORS as exc:
             return self._failure("retry", f"{type(exc).__name__}: {exc}", started)
         try:
-            async with asyncio.timeout_at(deadline):
-                prefix = await _read_prefix(response)
-        except (TimeoutError, httpcore.TimeoutException, *_TRANSPORT_ERRORS, zlib.error):
+            prefix = await _read_prefix(connection, response, deadline)
+        except (httpcore.TimeoutException, *_TRANSPORT_ERRORS, zlib.error):
             prefix = b""  # the status line already decides the outcome
         finally:
-            try:
-                await response.aclose()
-            finally:
-                await self._release(endpoint, connection)
+            await self._release(endpoint, connection)
         return self._result(response, prefix, started)
 
-    async def _connection(self, endpoint: _Endpoint) -> httpcore.AsyncHTTP11Connection:
+    async def _connection(self, endpoint: _Endpoint, deadline: float) -> Connection:
         """An idle connection to the endpoint that is still open, or a new one."""
         idle = endpoint.idle
         while idle:
             connection = idle.pop()
-            if not connection.has_expired():  # expired, or closed by the server meanwhile
+            if not connection.expired():  # expired, or closed by the server meanwhile
                 return connection
             await connection.aclose()
-        origin = endpoint.origin
-        host = origin.host.decode("ascii")
-        stream = await self._backend.connect_tcp(host, origin.port, timeout=self._timeout)
-        if origin.scheme == b"https":
-            stream = await stream.start_tls(
-                self._ssl_context, server_hostname=host, timeout=self._timeout
-            )
-        return httpcore.AsyncHTTP11Connection(
-            origin, stream, keepalive_expiry=self._keepalive_expiry
-        )
+        scheme, host_bytes, port = endpoint.origin
+        host = host_bytes.decode("ascii")
+        async with asyncio.timeout_at(deadline):  # resolving included
+            stream = await self._backend.connect_tcp(host, port, timeout=self._timeout)
+            if scheme == b"https":
+                stream = await stream.start_tls(
+                    self._ssl_context, server_hostname=host, timeout=self._timeout
+                )
+        return Connection(stream, self._keepalive_expiry)
 
-    async def _release(
-        self, endpoint: _Endpoint, connection: httpcore.AsyncHTTP11Connection
-    ) -> None:
+    async def _release(self, endpoint: _Endpoint, connection: Connection) -> None:
         """Keep a connection whose response was read whole for the next attempt, or close it."""
-        if connection.is_idle() and len(endpoint.idle) < self._keepalive:
+        if connection.reusable and len(endpoint.idle) < self._keepalive:
             endpoint.idle.append(connection)
         else:
             await connection.aclose()
 
-    def _result(self, response: httpcore.Response, prefix: bytes, started: float) -> AttemptResult:
+    def _result(self, response: Response, prefix: bytes, started: float) -> AttemptResult:
         """How an attempt ended that got a response."""
         latency_ms = (time.perf_counter() - started) * 1000.0
         code = response.status
@@ -392,13 +373,12 @@ class Sender:
             retry_after=retry_after,
         )
 
-    def _endpoint(self, origin: httpcore.Origin) -> _Endpoint:
-        key = (origin.scheme, origin.host, origin.port)
-        endpoint = self._endpoints.get(key)
+    def _endpoint(self, origin: tuple[bytes, bytes, int]) -> _Endpoint:
+        endpoint = self._endpoints.get(origin)
         if endpoint is not None:
-            self._endpoints.move_to_end(key)
+            self._endpoints.move_to_end(origin)
             return endpoint
-        endpoint = self._endpoints[key] = _Endpoint(origin)
+        endpoint = self._endpoints[origin] = _Endpoint(origin)
         return endpoint
 
     async def _sweep(self, now: float) -> None:
@@ -425,10 +405,26 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
     return ", ".join(values) if values else None
 
 
-async def _read_prefix(response: httpcore.Response) -> bytes:
+def _request_bytes(method: str, url: _Url, headers: dict[str, str], content: bytes) -> bytes:
+    """The request as sent: request line, Host first, Content-Length last (or 0 after Host),
+    then the body. Header names were checked to be tokens and values to hold no control
+    characters; values may carry templated user data in any language: sent as UTF-8 octets,
+    which HTTP passes through as opaque field content."""
+    lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode("ascii"), url.target, url.host)]
+    if not content and method in _BODY_METHODS:
+        lines.append(b"Content-Length: 0\r\n")
+    for name, value in headers.items():
+        lines.append(b"%s: %s\r\n" % (name.encode("ascii"), value.strip(" \t").encode("utf-8")))
+    if content:
+        lines.append(b"Content-Length: %d\r\n" % len(content))
+    lines.append(b"\r\n")
+    lines.append(content)
+    return b"".join(lines)
+
+
+async def _read_prefix(connection: Connection, response: Response, deadline: float) -> bytes:
     """The first RESPONSE_PREFIX bytes of the decoded body, reading at most _DRAIN_LIMIT bytes."""
-    assert isinstance(response.stream, AsyncIterable)
     codings = content_codings(response.headers)
     return await read_prefix(
-        response.stream, codings, limit=RESPONSE_PREFIX, read_limit=_DRAIN_LIMIT
+        connection.body(deadline), codings, limit=RESPONSE_PREFIX, read_limit=_DRAIN_LIMIT
     )

@@ -1,11 +1,12 @@
 """The network under webhook delivery: httpcore streams on asyncio transports, guarded dials.
 
-`GuardedBackend` plugs into httpcore's network-backend slot. It resolves a target host with the
-SSRF guard and connects only to the addresses it checked, so nothing re-resolves the name
-between check and connect. `TransportStream` is the stream httpcore reads and writes: the
-asyncio protocol is the stream itself, so "did the server close this idle connection?" is a
-flag the transport sets rather than a poll of the socket, and a request's writes are held until
-its response is awaited and then leave in one send.
+`GuardedBackend` is an httpcore network backend (the interface the sender dials through). It
+resolves a target host with the SSRF guard and connects only to the addresses it checked, so
+nothing re-resolves the name between check and connect. `TransportStream` is the stream the
+sender's HTTP/1.1 connections (`http11`) read and write: the asyncio protocol is the stream
+itself, so "did the server close this idle connection?" is a flag the transport sets rather
+than a poll of the socket, and a request's writes are held until its response is awaited and
+then leave in one send.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ class TransportStream(asyncio.Protocol, httpcore.AsyncNetworkStream):
         self._writing_paused = False
         _wake(self._drainer)
 
-    # httpcore.AsyncNetworkStream: httpcore calls these.
+    # httpcore.AsyncNetworkStream: the HTTP/1.1 connection calls these.
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         """Return received bytes, b"" at the end of the stream; send held writes first."""
@@ -169,8 +170,8 @@ class TransportStream(asyncio.Protocol, httpcore.AsyncNetworkStream):
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         """Queue bytes to send; they leave with the next read, or now past _CORK_LIMIT.
 
-        httpcore writes a request's head and body separately and then reads the response:
-        holding the writes until then sends each request in one segment and one syscall.
+        A request may be written in parts before its response is read: holding the writes
+        until then sends each request in one segment and one syscall.
         """
         if not buffer:
             return
@@ -212,7 +213,7 @@ class TransportStream(asyncio.Protocol, httpcore.AsyncNetworkStream):
         return self
 
     def get_extra_info(self, info: str) -> Any:
-        """What httpcore asks of a stream; "is_readable" without a system call."""
+        """What a connection asks of its stream; "is_readable" without a system call."""
         if info == "is_readable":
             # Only asked of idle connections: anything received, or the end, means it is done.
             return bool(self._received) or self._eof or self._lost

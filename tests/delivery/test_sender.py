@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from collector.delivery.sender import Sender
@@ -31,6 +32,7 @@ class Receiver:
     connections: int = 0
     requests: int = 0
     close_after_answer: bool = False
+    answer: bytes = ANSWER
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -45,7 +47,7 @@ class Receiver:
                 )
                 await reader.readexactly(length)
                 self.requests += 1
-                writer.write(ANSWER)
+                writer.write(self.answer)
                 await writer.drain()
                 if self.close_after_answer:  # no `Connection: close`: the client finds out
                     break
@@ -56,10 +58,10 @@ class Receiver:
 
 @asynccontextmanager
 async def receiver(
-    tls: ssl.SSLContext | None = None, *, close_after_answer: bool = False
+    tls: ssl.SSLContext | None = None, *, close_after_answer: bool = False, answer: bytes = ANSWER
 ) -> AsyncIterator[Receiver]:
     """A started receiver (over TLS with a context); it stops with the block."""
-    state = Receiver(url="", close_after_answer=close_after_answer)
+    state = Receiver(url="", close_after_answer=close_after_answer, answer=answer)
     server = await asyncio.start_server(state.handle, "127.0.0.1", 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
     state.url = f"https://localhost:{port}/hook" if tls else f"http://127.0.0.1:{port}/hook"
@@ -181,3 +183,67 @@ async def test_https_checks_the_certificate_for_the_host_name_and_keeps_the_conn
     assert "CERTIFICATE_VERIFY_FAILED" in (by_address.error or "")  # issued for localhost only
     assert unknown.outcome == "retry"
     assert "CERTIFICATE_VERIFY_FAILED" in (unknown.error or "")
+
+
+async def twice(answer: bytes, *, close_after_answer: bool = False) -> tuple[list[str], Receiver]:
+    """Send two webhooks one after the other to a receiver answering `answer`: the logged
+    responses (outcome and kept body), and the receiver."""
+    async with receiver(answer=answer, close_after_answer=close_after_answer) as target:
+        send = sender()
+        results = [await send.send(webhook(target.url)) for _ in range(2)]
+        await send.aclose()
+    return [f"{r.outcome} {r.status_code} {r.response}" for r in results], target
+
+
+async def test_a_chunked_answer_is_read_whole_and_its_connection_kept() -> None:
+    answer = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n"
+    )
+    results, target = await twice(answer)
+    assert results == ["delivered 200 abcdefg"] * 2
+    assert (target.requests, target.connections) == (2, 1)
+
+
+async def test_an_answer_saying_connection_close_is_not_reused() -> None:
+    answer = b"HTTP/1.1 202 Accepted\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"
+    results, target = await twice(answer)
+    assert results == ["delivered 202 ok"] * 2
+    assert (target.requests, target.connections) == (2, 2)
+
+
+async def test_an_answer_ending_with_its_connection_is_read_to_the_end() -> None:
+    answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nthanks, got it"
+    results, target = await twice(answer, close_after_answer=True)
+    assert results == ["delivered 200 thanks, got it"] * 2
+    assert (target.requests, target.connections) == (2, 2)
+
+
+async def test_an_interim_100_continue_is_skipped_for_the_final_answer() -> None:
+    answer = b"HTTP/1.1 100 Continue\r\n\r\n" + ANSWER
+    results, target = await twice(answer)
+    assert results == ["delivered 200 ok"] * 2
+    assert (target.requests, target.connections) == (2, 1)
+
+
+async def test_bytes_after_the_answer_leave_the_connection_unused_again() -> None:
+    results, target = await twice(ANSWER + b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+    assert results == ["delivered 200 ok"] * 2
+    assert (target.requests, target.connections) == (2, 2)
+
+
+async def test_an_answer_that_is_not_http_is_retried_on_a_new_connection() -> None:
+    results, target = await twice(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+    assert [result.split()[0] for result in results] == ["retry"] * 2
+    assert (target.requests, target.connections) == (2, 2)
+
+
+async def test_a_header_value_with_a_control_character_is_refused_before_sending() -> None:
+    async with receiver() as target:
+        send = sender()
+        request = webhook(target.url)
+        request = msgspec.structs.replace(request, headers={"x-note": "a\x07b"})
+        result = await send.send(request)
+        await send.aclose()
+    assert (result.outcome, target.connections) == ("failed", 0)
+    assert "control character" in (result.error or "")
