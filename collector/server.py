@@ -83,6 +83,8 @@ class _Cycle(RequestResponseCycle):
         elif self._head is not None:
             head, self._head = self._head, None
             written, closing = await self._held(message)
+            if self.disconnected:
+                return  # the client left meanwhile: nothing to write to
             self.transport.write(b"".join([head, *written]))
             if closing:
                 self.transport.close()
