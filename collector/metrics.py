@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from collector.engine.campaigns import Missed
 from collector.engine.results import ArmResult
 
 
@@ -25,10 +26,20 @@ class IngestMetrics(Collector):
         self.messages: Counter[str] = Counter()  # accepted, duplicate, rejected
         # (campaign, outcome, reason); reason is None for fired
         self.decisions: Counter[tuple[str, str, str | None]] = Counter()
+        # trigger misses not yet spread into `decisions`: one count per event and shared Missed
+        self.missed: Counter[Missed] = Counter()
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.counters: dict[str, tuple[str, str, Counter[str]]] = {}
         self.results: dict[str, list[ArmResult]] = {}  # A/B results per campaign with a goal
         registry.register(self)
+
+    def settle(self) -> None:
+        """Spread the trigger misses counted so far over `decisions`, a count per campaign."""
+        missed, self.missed = self.missed, Counter()
+        decisions = self.decisions
+        for group, count in missed.items():
+            for label in group.counted():
+                decisions[label] += count
 
     def counter(self, name: str, help_text: str, label: str, counts: Counter[str]) -> None:
         """Expose counts by one label, read at scrape time (profiles evicted by reason, ...)."""
@@ -40,6 +51,7 @@ class IngestMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Yield the current values for a scrape."""
+        self.settle()
         requests = CounterMetricFamily(
             "tripwire_ingest_requests", "Ingest requests by HTTP status", labels=["status"]
         )

@@ -7,7 +7,8 @@ per-campaign steps for one event and give the `Arm` to fire or the reason it is 
     schedule    outside start/end, days or hours (configured timezone)
     target      users: `members` need a user id, `visitors` must have none
     not_in_segment  not in every one of `target.segments`
-    trigger     the trigger's `where` is false for this event
+    trigger     the trigger's `where` is false for this event (counted, not kept per user:
+                see `Missed`)
     test_mode   a test-mode campaign and the user does not match `test_users`
     control_group   the user's sticky bucket is outside the rate / every variant
     frequency   a cap is reached
@@ -33,6 +34,13 @@ Stop conditions (`stop`) count every user's deliveries, so the store holds their
 the engine checks them before `qualify` (`stopped`): `max_deliveries` or
 `max_deliveries_per_day` (the local day of the decision's `now`) is the reason.
 
+Trigger misses: an event that does not match a campaign's trigger is one the campaign is not
+about, so it leaves no Decision and no Verdict in the profile; the campaign's `Missed` is
+counted instead, one count per event however many campaigns it names. A trigger whose `where`
+is one text equality on the event (`{context: page.path, eq: /products/7}`, `prop` alike) has
+a `key`: the rules look such campaigns up by the event's value (`collector.engine.rules`), so
+an event with another value misses them before their gate is checked, at no cost per campaign.
+
 Absence triggers (`trigger.after`) are not indexed by event: the `after` event arms a timer in
 the user's state (if the trigger's `where` holds) and the `unless` event cancels it; when the
 timer is due the campaign is decided like any other, on the state as it is then.
@@ -41,11 +49,11 @@ timer is due the campaign is decided like any other, on the state as it is then.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from itertools import groupby
 from operator import attrgetter
 
-from collector.config.schema import DEFAULT_PER, CampaignSpec
+from collector.config.schema import DEFAULT_PER, CampaignSpec, Leaf
 from collector.engine.goals import Goal, arm_key
 from collector.engine.profile import Caps, Spaced, Tally
 from collector.engine.results import CONTROL
@@ -71,6 +79,57 @@ class Arm:
         self.variant_id = variant_id
         self.end = end
         self.template = template
+
+
+Label = tuple[str, str, str | None]  # a decision's (campaign id, outcome, reason)
+
+
+class Missed:
+    """Campaigns an event did not trigger, counted as a `trigger` suppression of each.
+
+    Made when the rules are compiled and shared by every event, so counting one is a single
+    increment keyed by the object itself (hashed by identity); the counts are spread over the
+    campaigns' labels only when they are read (`collector.metrics`). `labels` may be shared by
+    several: those of a lookup name every campaign it indexes, and spare the ones the value hit.
+    """
+
+    __slots__ = ("labels", "spared")
+
+    def __init__(
+        self, labels: tuple[Label, ...], spared: frozenset[str] = frozenset()
+    ) -> None:
+        self.labels = labels
+        self.spared = spared
+
+    def counted(self) -> Iterator[Label]:
+        """The (campaign, "suppressed", "trigger") labels this miss counts once each."""
+        spared = self.spared
+        return (label for label in self.labels if label[0] not in spared)
+
+
+def trigger_labels(campaign_ids: Iterable[str]) -> tuple[Label, ...]:
+    """The labels a trigger miss of each campaign is counted under."""
+    return tuple((cid, "suppressed", "trigger") for cid in campaign_ids)
+
+
+IndexKey = tuple[str, str, str]  # ("context" or "prop", dotted path, the text it must equal)
+
+
+def index_key(spec: CampaignSpec) -> IndexKey | None:
+    """The (operand kind, path, text) a campaign's trigger requires of the event, when its
+    `where` is a single text equality on the event; else None."""
+    trigger = spec.trigger
+    if trigger is None or trigger.after is not None or trigger.segment_entered is not None:
+        return None
+    where = trigger.where.root if trigger.where is not None else None
+    if (
+        isinstance(where, Leaf)
+        and where.op == "eq"
+        and where.kind in ("context", "prop")
+        and where.value.__class__ is str
+    ):
+        return (where.kind, where.name, where.value)
+    return None
 
 
 class Gate:
@@ -120,8 +179,10 @@ class Campaign:
         "goal",
         "has_caps",
         "id",
+        "key",
         "max_per_day",
         "max_total",
+        "missed",
         "name",
         "order",
         "per",
@@ -174,6 +235,8 @@ class Campaign:
         # an absence trigger's `where` is about its `after` event: checked when arming the timer
         self.arm_where = where if self.after is not None else None
         self.where = None if self.after is not None else where
+        self.key = index_key(spec)  # set: the rules look the campaign up by the event's value
+        self.missed = Missed(trigger_labels((self.id,)))  # what a trigger miss counts
         self.spacing = spacing if spec.spacing else None
         self.stop_total = spec.stop.max_deliveries
         self.stop_day = spec.stop.max_deliveries_per_day

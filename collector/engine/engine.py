@@ -12,6 +12,7 @@ What the store and app call::
     outcome = engine.fire_due(state, now, deliveries=tallies)  # absence timers due by `now`
     outcome.state       # the same object, mutated (or a new one); store it under its `key`
     outcome.decisions   # one Decision per campaign considered: fired, or suppressed + reason
+    outcome.missed      # the campaigns the event did not trigger, as shared `Missed` to count
     outcome.webhooks    # one WebhookRequest per fired campaign, for the outbox
     outcome.entered     # segments the user newly entered on this event
     outcome.ticks       # A/B results counted: enrolments in an arm, conversions, goal values
@@ -35,9 +36,13 @@ then the campaigns indexed under the event's name (plus those whose segment was 
 are checked in exclusivity-rank order: their gate (status, schedule, target users, segments;
 checked once per event for all the campaigns sharing it), then `Campaign.qualify` (trigger,
 test users, rate or variant, frequency caps), exclusivity (one `exclusive` campaign at most
-fires per event: the best ranked that passes and renders), then rendering. Every campaign
-considered leaves a Decision; the state keeps the latest per campaign as a Verdict, and the
-few before it once the outcome changes ("why didn't it fire?", see `profile.remember`).
+fires per event: the best ranked that passes and renders), then rendering. Campaigns whose
+trigger requires one text of an event field are looked up by the event's value first
+(`rules.Lookup`): those it does not hit are missed before their gate is checked. Every
+campaign considered leaves a Decision, except a trigger miss, which the event is not about: it
+is counted through `outcome.missed` and leaves the profile as it was. The state keeps the
+latest Decision per campaign as a Verdict, and the few before it once the outcome changes
+("why didn't it fire?", see `profile.remember`).
 
 Stop conditions count every user's deliveries: the store owns those tallies (`deliveries`,
 campaign id -> Tally, for the campaigns with a `stop`), hands them to each call, and the engine
@@ -66,7 +71,7 @@ import sys
 import msgspec
 
 from collector.config.schema import CampaignSpec
-from collector.engine.campaigns import Arm, Campaign, Gate, Run, count_delivery, runs
+from collector.engine.campaigns import Arm, Campaign, Gate, Missed, Run, count_delivery, runs
 from collector.engine.goals import ASSIGNED_REASONS, Tick, arm_key, enrol
 from collector.engine.profile import (
     FIRED,
@@ -106,6 +111,7 @@ class Outcome(msgspec.Struct):
     webhooks: list[WebhookRequest]
     entered: list[str]
     ticks: list[Tick] = []  # changes to campaigns' A/B results, for the store to count
+    missed: list[Missed] = []  # campaigns the event did not trigger: counted, not decided
 
 
 def key_for(event: Event) -> str:
@@ -177,16 +183,24 @@ class Engine:
         if goals is not None and state.goals is not None:
             for goal in goals:  # before any decision: an enrolment on this event is not reached
                 goal.reach(scope, ticks)
-        candidates = rules.runs_by_event.get(event.name, ())
+        missed: list[Missed] = []
+        lookup = rules.lookups.get(event.name)
+        if lookup is None:
+            candidates = rules.runs_by_event.get(event.name, ())
+            triggered = rules.by_event.get(event.name, ())
+        else:
+            choice = lookup.choose(event)
+            candidates, triggered = choice.runs, choice.ranked
+            if choice.missed is not None:
+                missed.append(choice.missed)
         if entered:
             extra = [c for name in entered for c in rules.by_segment[name]]
-            ranked = sorted((*rules.by_event.get(event.name, ()), *extra), key=Campaign.rank)
-            candidates = runs(ranked)
+            candidates = runs(sorted((*triggered, *extra), key=Campaign.rank))
         decisions: list[Decision] = []
         webhooks: list[WebhookRequest] = []
         if candidates:
-            self._decide(candidates, scope, now, decisions, webhooks, deliveries, ticks)
-        return Outcome(state, decisions, webhooks, entered, ticks)
+            self._decide(candidates, scope, now, decisions, webhooks, deliveries, ticks, missed)
+        return Outcome(state, decisions, webhooks, entered, ticks, missed)
 
     def fire_due(
         self, state: UserState, now: float, *, deliveries: dict[str, Tally] | None = None
@@ -218,7 +232,8 @@ class Engine:
                 received_at=now,
             )
             scope = Scope(state, event, t, rules.calendar, self._session_at(state, t))
-            self._decide(candidates, scope, now, decisions, webhooks, deliveries, ticks)
+            # an absence trigger has no `where` left to check when due: nothing is missed
+            self._decide(candidates, scope, now, decisions, webhooks, deliveries, ticks, [])
         return Outcome(state, decisions, webhooks, [], ticks)
 
     def _session_at(self, state: UserState, t: float) -> int:
@@ -320,6 +335,7 @@ class Engine:
         webhooks: list[WebhookRequest],
         deliveries: dict[str, Tally] | None,
         ticks: list[Tick],
+        missed: list[Missed],
     ) -> None:
         if now != self._made_at:
             self._made_at = now
@@ -372,6 +388,9 @@ class Engine:
                         remember(state, campaign_id, Verdict(None, stop, now))
                         continue
                 arm = campaign.qualify(scope)
+                if arm == "trigger":  # an event the campaign is not about: counted, not kept
+                    missed.append(campaign.missed)
+                    continue
                 if campaign.goal is not None:
                     self._enrol(campaign, arm, scope, ticks)
                 if isinstance(arm, str):  # suppressed before a variant was picked: the usual case

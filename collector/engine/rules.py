@@ -4,7 +4,10 @@ Only variables that some condition or template uses are maintained: resolving a 
 compiling marks the variable used, and the `where` of a used variable may in turn use more.
 `event_count: NAME, window: W` becomes an implicit count variable. Campaigns are indexed by
 trigger event name (no trigger = `page`) and by `segment_entered` segment, each list sorted by
-exclusivity rank, so an event only pays for the campaigns that could fire on it. Absence
+exclusivity rank, so an event only pays for the campaigns that could fire on it. Within an event
+name, the campaigns whose trigger requires one text of one event field (`Campaign.key`; the
+field most of them name, when they name several) are also looked up by the event's value
+(`Lookup`): the others are missed all at once, as one shared `Missed`. Absence
 triggers are indexed by their `after` event (arming) and `unless` event (cancelling) instead.
 
 Changing one campaign (`Rules.with_campaign`, `Rules.without_campaign`) compiles the config
@@ -15,18 +18,86 @@ with it. (Compiling is cheap: a thousand campaigns take well under a second.)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from collector.config.schema import CampaignSpec, ConditionTree, ConfigFile
-from collector.engine.campaigns import Campaign, Gate, build_arms, runs
+from collector.engine.campaigns import (
+    Campaign,
+    Gate,
+    Missed,
+    Run,
+    build_arms,
+    runs,
+    trigger_labels,
+)
 from collector.engine.conditions import ConditionCompiler
 from collector.engine.goals import Goal
 from collector.engine.schedule import Calendar, CompiledSchedule
-from collector.engine.scope import Getter, Predicate, Scope
+from collector.engine.scope import Getter, Predicate, Scope, path_getter
 from collector.engine.templates import TemplateCompiler
 from collector.engine.values import MISSING, UNSET, Missing, Value
 from collector.engine.variables import Variable, event_field
 from collector.errors import ConfigError
+from collector.events import Event
+
+
+class Choice:
+    """The campaigns an event may trigger, ranked and cut into runs, and those it missed."""
+
+    __slots__ = ("missed", "ranked", "runs")
+
+    def __init__(self, ranked: tuple[Campaign, ...], missed: Missed | None) -> None:
+        self.ranked = ranked
+        self.runs: tuple[Run, ...] = runs(ranked)
+        self.missed = missed
+
+
+class Lookup:
+    """One event name's campaigns, looked up by the text their trigger requires of one field."""
+
+    __slots__ = ("choices", "otherwise", "read")
+
+    def __init__(self, kind: str, path: str, ranked: tuple[Campaign, ...]) -> None:
+        get = path_getter(path)  # what the trigger's `where` reads, so they agree
+        self.read: Callable[[Event], object] = (
+            (lambda event: get(event.context)) if kind == "context"
+            else (lambda event: get(event.properties))
+        )
+        indexed = [c for c in ranked if c.key is not None and c.key[:2] == (kind, path)]
+        rest = tuple(c for c in ranked if c.key is None or c.key[:2] != (kind, path))
+        every = trigger_labels(c.id for c in indexed)
+        by_value: dict[str, list[Campaign]] = {}
+        for campaign in indexed:
+            assert campaign.key is not None
+            by_value.setdefault(campaign.key[2], []).append(campaign)
+        self.choices: dict[str, Choice] = {}
+        for value, hits in by_value.items():
+            spared = frozenset(c.id for c in hits)
+            missed = Missed(every, spared) if len(spared) < len(indexed) else None
+            self.choices[value] = Choice(
+                tuple(sorted((*rest, *hits), key=Campaign.rank)), missed
+            )
+        self.otherwise = Choice(rest, Missed(every))
+
+    def choose(self, event: Event) -> Choice:
+        """The event's candidates: the campaigns its value hits, and all not indexed here."""
+        value = self.read(event)
+        if value.__class__ is not str:  # an equality with a text holds for texts only
+            return self.otherwise
+        return self.choices.get(value, self.otherwise)
+
+
+def _lookup(ranked: tuple[Campaign, ...]) -> Lookup | None:
+    """The lookup of one event name's campaigns, on the field most of their triggers name."""
+    fields: dict[tuple[str, str], int] = {}
+    for campaign in ranked:
+        if campaign.key is not None:
+            field = campaign.key[:2]
+            fields[field] = fields.get(field, 0) + 1
+    if not fields:
+        return None
+    (kind, path), _ = max(fields.items(), key=lambda item: item[1])
+    return Lookup(kind, path, ranked)
 
 
 class _Registry:
@@ -246,6 +317,11 @@ class Rules:
                 triggered.setdefault(campaign.trigger_event, []).append(campaign)
         self.by_event = {name: tuple(found) for name, found in triggered.items()}
         self.runs_by_event = {name: runs(found) for name, found in self.by_event.items()}
+        self.lookups = {
+            name: lookup
+            for name, found in self.by_event.items()
+            if (lookup := _lookup(found)) is not None
+        }
         self.by_segment = {name: tuple(found) for name, found in entered.items()}
         self.tracked = tuple((name, self.segments[name]) for name in sorted(entered))
         arming: dict[str, list[Campaign]] = {}

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from collector.engine.campaigns import Missed
 from collector.engine.engine import Engine
 from collector.engine.profile import Decision, UserState
 from collector.engine.results import Counts
@@ -35,6 +36,7 @@ class IngestResult(msgspec.Struct):
     webhooks: list[WebhookRequest]
     decisions: list[Decision]
     rejected: list[tuple[int, str]] = []
+    missed: list[Missed] = []  # campaigns the events did not trigger, to count (not decisions)
 
 
 NOT_PROCESSED = "the collector could not process this message; it was not applied"

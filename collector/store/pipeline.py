@@ -24,6 +24,7 @@ import asyncio
 import random
 from collections.abc import Sequence
 
+from collector.engine.campaigns import Missed
 from collector.engine.profile import Decision
 from collector.errors import Unavailable
 from collector.events import Event
@@ -79,7 +80,7 @@ async def ingest(store: Store, events: Sequence[Event], now: float) -> IngestRes
                     if outcome.position not in conflicts:
                         position = pending[outcome.position]
                         if position != outcome.position:
-                            outcome = Outcome(position, outcome.webhooks, outcome.decisions)
+                            outcome = outcome._replace(position=position)
                         done.append(outcome)
                 if not conflicts:
                     pending = []
@@ -93,12 +94,17 @@ async def ingest(store: Store, events: Sequence[Event], now: float) -> IngestRes
     rejected.sort()
     if len(done) == 1:  # the commonest case: one event
         outcome = done[0]
-        return IngestResult(accepted, duplicates, outcome.webhooks, outcome.decisions, rejected)
+        return IngestResult(
+            accepted, duplicates, outcome.webhooks, outcome.decisions, rejected,
+            list(outcome.missed),
+        )
     if attempt > 1:  # events run again after a conflict: back in the order they came
         done.sort(key=lambda outcome: outcome.position)
     webhooks: list[WebhookRequest] = []
     decisions: list[Decision] = []
+    missed: list[Missed] = []
     for outcome in done:
         webhooks += outcome.webhooks
         decisions += outcome.decisions
-    return IngestResult(accepted, duplicates, webhooks, decisions, rejected)
+        missed += outcome.missed
+    return IngestResult(accepted, duplicates, webhooks, decisions, rejected, missed)

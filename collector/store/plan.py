@@ -16,6 +16,7 @@ from typing import NamedTuple, TypeVar
 
 import msgspec
 
+from collector.engine.campaigns import Missed
 from collector.engine.engine import Engine, new_state
 from collector.engine.goals import Tick
 from collector.engine.profile import Decision, Tally, UserState
@@ -73,11 +74,13 @@ class Loaded:
 
 
 class Outcome(NamedTuple):
-    """What one event did: its position in the group, its webhooks and decisions."""
+    """What one event did: its position in the group, its webhooks, decisions and the campaigns
+    it did not trigger (counted apart, see `collector.engine.campaigns.Missed`)."""
 
     position: int
     webhooks: list[WebhookRequest]
     decisions: list[Decision]
+    missed: Sequence[Missed] = ()
 
 
 class Plan:
@@ -236,7 +239,9 @@ def run_events(
             owned.append(position)
             plan.seen[key].append(digests[position])
             plan.recent[key].append(event)
-        plan.outcomes.append(Outcome(position, outcome.webhooks, outcome.decisions))
+        plan.outcomes.append(
+            Outcome(position, outcome.webhooks, outcome.decisions, outcome.missed)
+        )
         if outcome.webhooks:
             plan.webhooks.setdefault(key, []).extend((position, w) for w in outcome.webhooks)
         if outcome.ticks:

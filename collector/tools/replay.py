@@ -58,6 +58,8 @@ class Tally:
         if self.sent is not None:
             self.sent.extend(result.webhooks)
         self.decisions.update((d.campaign_id, d.reason) for d in result.decisions)
+        for missed in result.missed:  # campaigns the event did not trigger
+            self.decisions.update((campaign, reason) for campaign, _, reason in missed.counted())
         self.missing.update(
             (d.campaign_id, d.detail)
             for d in result.decisions

@@ -89,6 +89,10 @@ class User:
         outcome = self.send(name, t, **fields)
         fired = {w.campaign_id for w in outcome.webhooks}
         result = {d.campaign_id: d.reason or "fired" for d in outcome.decisions}
+        for missed in outcome.missed:  # counted apart from the decisions: never both
+            for campaign_id, _, why in missed.counted():
+                assert campaign_id not in result
+                result[campaign_id] = str(why)
         assert fired == {cid for cid, r in result.items() if r == "fired"}
         return result
 
@@ -371,6 +375,15 @@ ORDER_TABLE = [
         "not_in_segment",
     ),
     (
+        # a trigger requiring one text of the event is looked up before any gate is checked
+        {
+            "target": {"segments": ["pro"]},
+            "trigger": {"event": "Clicked", "where": {"prop": "x", "eq": "a"}},
+        },
+        {},
+        "trigger",
+    ),
+    (
         {"trigger": {"event": "Clicked", "where": {"prop": "x", "eq": 1}}, "test_mode": True},
         {},
         "trigger",
@@ -410,3 +423,54 @@ def test_segment_entered_fires_when_the_user_newly_enters() -> None:
     assert user.reasons(name="Viewed", t=T + 2) == {}  # still in: not entered again
     assert user.reasons(name="identify", t=T + 3, kind="identify", traits={"plan": "free"}) == {}
     assert user.reasons(name="Viewed", t=T + 4, traits={"plan": "pro"}) == {"welcome-pro": "fired"}
+
+
+# -- campaigns looked up by the text their trigger requires --------------------------------------
+
+LOOKED_UP = [
+    campaign("a1", trigger={"event": "Clicked", "where": {"prop": "sku", "eq": "A"}},
+             exclusive=True, priority=1),
+    campaign("a2", trigger={"event": "Clicked", "where": {"prop": "sku", "eq": "A"}},
+             exclusive=True, priority=2),
+    campaign("b", trigger={"event": "Clicked", "where": {"prop": "sku", "eq": "B"}}),
+    campaign("seven", trigger={"event": "Clicked", "where": {"prop": "sku", "eq": "7"}}),
+    campaign("path", trigger={"event": "Clicked", "where": {"context": "page.path", "eq": "/x"}}),
+    campaign("any", exclusive=True),
+    campaign("big", trigger={"event": "Clicked", "where": {"prop": "n", "gte": 2}}),
+]
+
+
+def unindexed(spec: dict[str, Any]) -> dict[str, Any]:
+    """The same campaign with its `where` wrapped in `all`, which no lookup indexes."""
+    where = spec["trigger"].get("where")
+    return spec if where is None else {**spec, "trigger": {**spec["trigger"], "where": {
+        "all": [where]}}}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"properties": {"sku": "A"}},
+        {"properties": {"sku": "B", "n": 3}},
+        {"properties": {"sku": "C"}, "context": {"page": {"path": "/x"}}},
+        {"properties": {"sku": 7}},  # a number is not the text "7"
+        {"properties": {"sku": "7"}},
+        {"properties": {"sku": ["A"]}},
+        {"properties": {}},
+    ],
+)
+def test_a_lookup_decides_as_checking_every_trigger_would(fields: dict[str, Any]) -> None:
+    looked_up = User(engine_for(*LOOKED_UP)).reasons(**fields)
+    checked = User(engine_for(*map(unindexed, LOOKED_UP))).reasons(**fields)
+    assert looked_up == checked
+    assert set(looked_up) == {spec["id"] for spec in LOOKED_UP}
+
+
+def test_an_event_that_misses_every_looked_up_campaign_counts_one_miss() -> None:
+    user = User(engine_for(*LOOKED_UP))
+    outcome = user.send(properties={"sku": "Z"})
+    # one count for the looked-up campaigns together, one for each other campaign missed
+    assert [sorted(c for c, _, _ in m.counted()) for m in outcome.missed] == [
+        ["a1", "a2", "b", "seven"], ["path"], ["big"]
+    ]
+    assert user.state is not None and "a1" not in user.state.decisions

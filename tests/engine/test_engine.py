@@ -158,36 +158,45 @@ def test_decisions_are_kept_per_campaign_for_why_didnt_it_fire() -> None:
 
 def test_the_last_few_distinct_decisions_are_kept_newest_first() -> None:
     engine = make_engine(
+        segments={"vip": {"trait": "vip", "eq": True}},
         campaigns=[
             {
                 "id": "once",
                 "status": "published",
                 "trigger": {"event": "Order", "where": {"prop": "sku", "eq": "A"}},
+                "target": {"segments": ["vip"]},
                 "frequency": {"per": "user"},
                 "action": {"webhook": {"url": "https://hooks.example/o"}},
             }
-        ]
+        ],
     )
 
-    def order(t: float, sku: str) -> Event:
-        return event("Order", t, properties={"sku": sku})
+    def order(t: float, sku: str, vip: bool) -> Event:
+        return event("Order", t, properties={"sku": sku}, traits={"vip": vip})
 
-    state, _ = run(engine, [order(T, "B"), order(T + 1, "B"), order(T + 2, "A")])
-    state, _ = run(engine, [order(T + 3, "A"), order(T + 4, "B"), order(T + 5, "B")], state)
+    state, _ = run(
+        engine, [order(T, "A", False), order(T + 1, "A", False), order(T + 2, "A", True)]
+    )
+    state, outcomes = run(
+        engine, [order(T + 3, "A", True), order(T + 4, "B", True), order(T + 5, "A", True)], state
+    )
+    # an event the campaign is not about (another sku) is counted apart and kept by nobody
+    assert outcomes[1].decisions == [] and [m.labels for m in outcomes[1].missed] == [
+        (("once", "suppressed", "trigger"),)
+    ]
     history = engine.describe(state, T + 60)["decision_history"]["once"]
     # repeats of one outcome are one entry, stamped with the latest
     assert [(d["reason"], d["at"]) for d in history] == [
-        ("trigger", T + 5),
-        ("frequency", T + 3),
+        ("frequency", T + 5),
         (None, T + 2),
-        ("trigger", T + 1),
+        ("not_in_segment", T + 1),
     ]
-    assert engine.describe(state, T + 60)["decisions"]["once"]["reason"] == "trigger"
+    assert engine.describe(state, T + 60)["decisions"]["once"]["reason"] == "frequency"
     for i in range(10):  # bounded: the newest MAX_DECISIONS
-        state, _ = run(engine, [order(T + 10 + i, "A" if i % 2 else "B")], state)
+        state, _ = run(engine, [order(T + 10 + i, "A", i % 2 == 1)], state)
     history = engine.describe(state, T + 60)["decision_history"]["once"]
     assert [d["reason"] for d in history] == [
-        "frequency", "trigger", "frequency", "trigger", "frequency"
+        "frequency", "not_in_segment", "frequency", "not_in_segment", "frequency"
     ]
     assert history[0]["at"] == T + 19
 
