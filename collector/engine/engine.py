@@ -166,15 +166,13 @@ class Engine:
             if filtered:
                 # every `where` first, so each sees the variables as they were before this event
                 matched = [v for v in filtered if v.where is not None and v.where(scope)]
-                for variable in plain:
-                    variable.record(scope)
+                plain.record(scope)
                 for variable in matched:
                     variable.record(scope)
                 scope.values.clear()  # values read by a `where` are stale now
                 scope.segments.clear()
             else:
-                for variable in plain:
-                    variable.record(scope)
+                plain.record(scope)
         entered = self._entered(rules, scope) if rules.tracked else []
         if rules.arming or rules.cancelling:
             self._arm(rules, scope)

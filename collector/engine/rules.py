@@ -36,7 +36,7 @@ from collector.engine.schedule import Calendar, CompiledSchedule
 from collector.engine.scope import Getter, Predicate, Scope, path_getter
 from collector.engine.templates import TemplateCompiler
 from collector.engine.values import MISSING, UNSET, Missing, Value
-from collector.engine.variables import Variable, event_field
+from collector.engine.variables import Recording, Variable, event_field
 from collector.errors import ConfigError
 from collector.events import Event
 
@@ -299,7 +299,7 @@ class Rules:
         # per event name: the variables fed unconditionally, and those with a `where`
         self.variables_by_event = {
             name: (
-                tuple(v for v in found if v.where is None),
+                Recording(v for v in found if v.where is None),
                 tuple(v for v in found if v.where is not None),
             )
             for name, found in by_event.items()

@@ -36,7 +36,8 @@ and then the variable's `default` (if any) stands in.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import cache
 from operator import attrgetter
 from typing import Literal, cast
 
@@ -390,8 +391,12 @@ _EVENT_ATTRIBUTES = {
 _EVENT_DICTS = ("properties", "context", "traits")
 
 
+@cache
 def event_field(path: str) -> Callable[[Event], Value | Missing] | None:
-    """A reader of a dotted path into an event (`properties.revenue`), or None if not one."""
+    """A reader of a dotted path into an event (`properties.revenue`), or None if not one.
+
+    One reader per path, so that variables reading the same field can share one read per event
+    (`Recording`)."""
     root, _, rest = path.partition(".")
     if root in _EVENT_DICTS and rest:
         inner = path_getter(rest)
@@ -406,12 +411,16 @@ def event_field(path: str) -> Callable[[Event], Value | Missing] | None:
     return None
 
 
+Recorder = Callable[[dict[str, State], Value, Scope], None]
+"""Folds the value an event brings into one variable's state, in a user's variables."""
+
+
 class Variable:
     """A compiled variable: which events feed it, how, and how to read its value."""
 
     __slots__ = (
-        "default", "distinct", "events", "extract", "field", "flat", "fold", "index", "keep",
-        "name", "stat", "time_value", "where", "window",
+        "default", "distinct", "events", "extract", "field", "flat", "index", "keep", "name",
+        "record_value", "stat", "time_value", "where", "window",
     )
 
     def __init__(
@@ -438,7 +447,7 @@ class Variable:
         self.default = MISSING if default is None else default
         # what `record` runs, chosen once for the statistic, window and field
         self.extract = self._extractor()
-        self.fold = self._folder()
+        self.record_value = _recorder(self)
 
     def _extractor(self) -> Callable[[Scope], Value | Missing]:
         """The value an event brings, or MISSING when it brings none (the event is skipped)."""
@@ -454,27 +463,11 @@ class Variable:
             )
         return lambda scope: MISSING if (value := field(scope.event)) is None else value
 
-    def _folder(self) -> Callable[[State, int, Value, float], State]:
-        """The state with a value folded in at a bucket index and time."""
-        if self.flat:
-            return self.stat.record_one
-        keep = self.keep
-        if self.distinct is not None:
-            record_distinct = self.distinct.record_distinct
-            return lambda state, idx, value, t: record_distinct(state, idx, keep, value)
-        record = self.stat.record
-        return lambda state, idx, value, t: record(state, idx, keep, value, t)
-
     def record(self, scope: Scope) -> None:
         """Fold the current event into the user's state (the caller has checked `where`)."""
         value = self.extract(scope)
-        if value is MISSING:
-            return
-        variables = scope.state.variables
-        state = variables.get(self.name, ())
-        changed = self.fold(state, self.index(scope), value, scope.t)
-        if changed is not state:
-            variables[self.name] = changed
+        if value is not MISSING:
+            self.record_value(scope.state.variables, value, scope)
 
     def read(self, scope: Scope) -> Value | Missing:
         """The variable's current value: the statistic, else the default, else MISSING."""
@@ -500,3 +493,176 @@ class Variable:
 
 def _no_value(scope: Scope) -> None:
     return None  # `count` without a field counts the event itself
+
+
+class Recording:
+    """The variables an event feeds unconditionally, recorded together.
+
+    A field several of them read is read from the event once (and made a number once for those
+    taking numbers); each variable then costs one call of its `Recorder`.
+    """
+
+    __slots__ = ("counting", "fields", "timing")
+
+    def __init__(self, variables: Iterable[Variable]) -> None:
+        counting: list[Recorder] = []  # `count` without a field: every event counts
+        timing: list[Recorder] = []  # `first_at`, `last_at`: the event's time
+        fields: dict[tuple[Callable[[Event], Value | Missing], bool], list[Recorder]] = {}
+        for variable in variables:
+            if variable.time_value:
+                timing.append(variable.record_value)
+            elif variable.field is None:
+                counting.append(variable.record_value)
+            else:
+                key = (variable.field, variable.stat.numeric)
+                fields.setdefault(key, []).append(variable.record_value)
+        self.counting = tuple(counting)
+        self.timing = tuple(timing)
+        self.fields = tuple(
+            (read, numeric, tuple(found))
+            for (read, numeric), found in fields.items()
+        )
+
+    def record(self, scope: Scope) -> None:
+        """Fold the current event into the state of every variable it feeds."""
+        variables = scope.state.variables
+        for record in self.counting:
+            record(variables, None, scope)
+        t = scope.t
+        for record in self.timing:
+            record(variables, t, scope)
+        event = scope.event
+        for read, numeric, recorders in self.fields:
+            value = read(event)
+            if value is MISSING or value is None:
+                continue
+            if numeric:
+                value = as_number(value)
+                if value is MISSING:
+                    continue
+            for record in recorders:
+                record(variables, value, scope)
+
+
+def _recorder(variable: Variable) -> Recorder:
+    """How a value is folded into the variable's state, chosen once for statistic and window.
+
+    The common cases of `count`, `latest`/`last_at` and `first`/`first_at` are written out (one
+    call per event, no bucket tuples built only to be taken apart); every other case is the
+    statistic's own fold, so what is stored is the same either way.
+    """
+    name, stat, keep = variable.name, variable.stat, variable.keep
+    index = None if variable.window.kind == "all" else variable.index  # None: always bucket 0
+    at = index or _all_time
+    if variable.distinct is not None:
+        return _distinct(name, at, keep, variable.distinct)
+    fold = _flat(name, at, stat) if variable.flat else _buckets(name, at, keep, stat)
+    kind = stat.__class__
+    if kind is Count:
+        return _count_flat(name, index) if variable.flat else _count_buckets(name, index, fold)
+    if kind is Latest and variable.flat:
+        return _latest_flat(name, index, fold)
+    if kind is First and variable.flat:
+        return _first_flat(name, index, fold)
+    return fold
+
+
+def _flat(name: str, index: Callable[[Scope], int], stat: Stat) -> Recorder:
+    record_one = stat.record_one
+
+    def record(variables: dict[str, State], value: Value, scope: Scope) -> None:
+        state = variables.get(name, ())
+        changed = record_one(state, index(scope), value, scope.t)
+        if changed is not state:
+            variables[name] = changed
+
+    return record
+
+
+def _buckets(name: str, index: Callable[[Scope], int], keep: int, stat: Stat) -> Recorder:
+    record_many = stat.record
+
+    def record(variables: dict[str, State], value: Value, scope: Scope) -> None:
+        state = variables.get(name, ())
+        changed = record_many(state, index(scope), keep, value, scope.t)
+        if changed is not state:
+            variables[name] = changed
+
+    return record
+
+
+def _distinct(name: str, index: Callable[[Scope], int], keep: int, stat: Distinct) -> Recorder:
+    """(newest idx, map): a value already seen in the newest bucket changes nothing."""
+    record_distinct = stat.record_distinct
+
+    def record(variables: dict[str, State], value: Value, scope: Scope) -> None:
+        state = variables.get(name, ())
+        idx = index(scope)
+        if state and state[0] == idx and value.__class__ is str:
+            seen = state[1]
+            entry = seen.get(value) if len(value) <= _DISTINCT_KEY_LENGTH else None
+            if entry is not None and entry[0] == idx and len(seen) <= DISTINCT_LIMIT:
+                return
+        changed = record_distinct(state, idx, keep, value)
+        if changed is not state:
+            variables[name] = changed
+
+    return record
+
+
+def _count_flat(name: str, index: Callable[[Scope], int] | None) -> Recorder:
+    """(idx, n): a new bucket, or one more in the current one."""
+
+    def record(variables: dict[str, State], value: Value, scope: Scope) -> None:
+        state = variables.get(name)
+        idx = 0 if index is None else index(scope)
+        if not state or state[0] < idx:
+            variables[name] = (idx, 1)
+        elif state[0] == idx:
+            variables[name] = (idx, state[1] + 1)
+        # a late event for a bucket no longer kept changes nothing
+
+    return record
+
+
+def _count_buckets(name: str, index: Callable[[Scope], int] | None, fold: Recorder) -> Recorder:
+    """((idx, n), ...): one more in the newest bucket, else the statistic's own fold."""
+
+    def record(variables: dict[str, State], value: Value, scope: Scope) -> None:
+        buckets = variables.get(name)
+        idx = 0 if index is None else index(scope)
+        if buckets and buckets[-1][0] == idx:
+            variables[name] = (*buckets[:-1], (idx, buckets[-1][1] + 1))
+        else:
+            fold(variables, value, scope)
+
+    return record
+
+
+def _latest_flat(name: str, index: Callable[[Scope], int] | None, fold: Recorder) -> Recorder:
+    """(idx, value, t): the value unless an event seen earlier was newer."""
+
+    def record(variables: dict[str, State], value: Value, scope: Scope) -> None:
+        state = variables.get(name)
+        idx = 0 if index is None else index(scope)
+        t = scope.t
+        if not state or state[0] < idx or (state[0] == idx and t >= state[2]):
+            variables[name] = (idx, value, t)
+        else:
+            fold(variables, value, scope)
+
+    return record
+
+
+def _first_flat(name: str, index: Callable[[Scope], int] | None, fold: Recorder) -> Recorder:
+    """(idx, value, t): unchanged by a later event in the same bucket."""
+
+    def record(variables: dict[str, State], value: Value, scope: Scope) -> None:
+        state = variables.get(name)
+        idx = 0 if index is None else index(scope)
+        if not state or state[0] < idx:
+            variables[name] = (idx, value, scope.t)
+        elif state.__class__ is not tuple or state[0] != idx or scope.t < state[2]:
+            fold(variables, value, scope)
+
+    return record
