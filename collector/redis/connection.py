@@ -17,7 +17,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from hiredis import pack_command
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -125,14 +127,13 @@ class RedisConnection:
 
     async def _send(self, client: Client, commands: Sequence[Command]) -> list[Any]:
         self.round_trips += 1
-        pipe = (
-            client.pipeline(transaction=False)
-            if isinstance(client, aioredis.Redis)
-            else client.pipeline()
-        )
-        for command in commands:
-            pipe.execute_command(*command)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
+        if isinstance(client, RedisCluster):
+            pipe = client.pipeline()
+            for command in commands:
+                pipe.execute_command(*command)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        else:
+            results = await _exchange(client, commands)
         for result in results:
             if isinstance(result, RedisError) and not isinstance(result, ResponseError):
                 raise result
@@ -149,6 +150,38 @@ class RedisConnection:
                 for script in scripts.ALL:
                     await client.script_load(script.source)
                 return await client.execute_command(*command)
+
+
+async def _exchange(client: aioredis.Redis, commands: Sequence[Command]) -> list[Any]:
+    """Send commands to a single server in one write and read their replies in order.
+
+    Each command is packed by hiredis in one call (redis-py's pipeline encodes every argument
+    in Python, which was most of a request's cost); errors replied are returned, not raised,
+    and a lost connection is retried as the client's `Retry` says, like redis-py's pipeline.
+    Replies are read as the client reads them (RESP3 maps, its reply callbacks).
+    """
+    pool = client.connection_pool
+    packed = [pack_command(command) for command in commands]
+    connection: Connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+
+    async def send() -> list[Any]:
+        await connection.send_packed_command(packed)
+        results: list[Any] = []
+        try:
+            for command in commands:
+                try:
+                    results.append(await client.parse_response(connection, command[0]))
+                except ResponseError as error:
+                    results.append(error)
+        except BaseException:
+            await connection.disconnect(nowait=True)  # replies left unread: drop the socket
+            raise
+        return results
+
+    try:
+        return await connection.retry.call_with_retry(send, lambda _: connection.disconnect())
+    finally:
+        await pool.release(connection)
 
 
 def evalsha(script: scripts.Script, keys: Sequence[str], args: Sequence[Any]) -> Command:
