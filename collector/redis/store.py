@@ -42,23 +42,23 @@ from typing import Any
 import msgspec
 
 from collector.config.schema import StateSettings
-from collector.engine.engine import Engine
+from collector.engine.engine import Engine, Outcome
 from collector.engine.profile import Decision, UserState
 from collector.engine.results import Counts
 from collector.errors import Unavailable
 from collector.events import Event
-from collector.redis.commit import Committer
+from collector.redis.commit import CommitBatch, Committer
 from collector.redis.connection import (
     Command,
     RedisConnection,
     evalsha,
     raise_errors,
 )
-from collector.redis.scripts import CLAIM_TIMERS, DROP_TIMER, SAMPLE_PROFILES
+from collector.redis.scripts import CLAIM_TIMERS, DROP_TIMER, LOAD, RESOLVE, SAMPLE_PROFILES
 from collector.redis.tallies import Tallies
 from collector.store import identity
 from collector.store.base import IngestResult, UserView, event_as_message
-from collector.store.plan import MAX_CHAIN, Loaded, Outcome, Plan, Record
+from collector.store.plan import MAX_CHAIN, Loaded, Plan, Record
 from collector.webhook import WebhookRequest
 
 log = logging.getLogger("tripwire.store")
@@ -166,30 +166,28 @@ class RedisStore:
         tallies.read(loaded[len(claimed) :])
         plan = Plan()
         records: dict[str, Record] = {}
-        commands: list[Command] = []
-        starts: list[tuple[str, int]] = []
+        batch = CommitBatch()
+        drops: list[Command] = []
+        fired: dict[str, Outcome] = {}  # key -> what firing its timers did
         for key, fields in zip(claimed, loaded, strict=False):
             record = records[key] = _record(key, fields)
             if record.state is None or record.moved_to is not None:
                 shard = keys.shard(key)
-                commands.append(evalsha(DROP_TIMER, [keys.timers(shard), keys.profile(key)], [key]))
+                drops.append(evalsha(DROP_TIMER, [keys.timers(shard), keys.profile(key)], [key]))
                 continue
             outcome = engine.fire_due(record.state, now, deliveries=tallies.deliveries)
             plan.states[key] = outcome.state
             plan.webhooks[key] = [(0, w) for w in outcome.webhooks]
-            plan.outcomes.append(Outcome(len(starts), outcome.webhooks, outcome.decisions))
             plan.ticks[key] = outcome.ticks
-            starts.append((key, len(commands)))
-            commands += self._committer.commands(plan, records, key, [], {}, {}, now, tallies)
-        results = await self.connection.pipeline(commands, "firing timers")
+            fired[key] = outcome
+            self._committer.add(batch, plan, records, key, [], {}, {}, now, tallies)
+        results = await self.connection.pipeline([*batch.commands(), *drops], "firing timers")
         raise_errors(results)
-        conflicts: list[str] = []
-        for (key, start), fired in zip(starts, plan.outcomes, strict=True):
-            if results[start] in (0, -1):
-                conflicts.append(key)
-                continue
-            webhooks.extend(fired.webhooks)
-            decisions.extend(fired.decisions)
+        conflicts = batch.refused(results)
+        for key, outcome in fired.items():
+            if key not in conflicts:
+                webhooks.extend(outcome.webhooks)
+                decisions.extend(outcome.decisions)
         return conflicts
 
     async def results(self, campaign_ids: Sequence[str]) -> dict[str, dict[str, Counts]]:
@@ -276,15 +274,25 @@ class RedisStore:
         stop tallies: two round trips, more only to follow merge redirects."""
         keys = await self.connection.names()
         engine = self._engine()
-        ids = sorted({i for event in events for i in identity.ids_of(event)})
+        by_shard: dict[int, list[str]] = defaultdict(list)
+        for id_ in sorted({i for event in events for i in identity.ids_of(event)}):
+            by_shard[keys.shard(id_)].append(id_)
         tallies = Tallies(keys, engine, now)
+        resolves = [
+            evalsha(RESOLVE, [keys.identity(i) for i in ids], [self._ttl])
+            for ids in by_shard.values()
+        ]
         results = await self.connection.pipeline(
-            [*(("GETEX", keys.identity(i), "EX", self._ttl) for i in ids), *tallies.commands()],
-            "resolving identities",
+            [*resolves, *tallies.commands()], "resolving identities"
         )
         raise_errors(results)
-        tallies.read(results[len(ids) :])
-        index = {i: r.decode() for i, r in zip(ids, results, strict=False) if r}
+        tallies.read(results[len(resolves) :])
+        index = {
+            i: found.decode()
+            for ids, profiles in zip(by_shard.values(), results, strict=False)
+            for i, found in zip(ids, profiles, strict=True)
+            if found
+        }
         wanted: dict[str, set[bytes]] = defaultdict(set)  # key -> dedupe keys to check it for
         for event, digest in zip(events, digests, strict=True):
             for key in {
@@ -310,42 +318,42 @@ class RedisStore:
         for _depth in range(MAX_CHAIN):
             if not todo:
                 break
-            commands: list[Command] = []
-            order: list[tuple[str, list[bytes], list[str]]] = []
+            # one LOAD per shard: its (key, messageIds checked, markers) in order, keys, values
+            loads: dict[int, tuple[list[tuple[str, list[bytes], list[str]]], list[str], list[Any]]]
+            loads = defaultdict(lambda: ([], [], []))
             for key, (mids, sources) in todo.items():
                 fresh = sorted(mids - checked[key])
                 markers = sorted(sources)
-                commands.append(
-                    ("HMGET", keys.profile(key), "v", "s", "to", *(f"a:{q}" for q in markers))
-                )
-                if fresh:
-                    commands.append(("ZMSCORE", keys.seen(key), *fresh))
+                order, load_keys, args = loads[keys.shard(key)]
                 order.append((key, fresh, markers))
-            results = await self.connection.pipeline(commands, "loading profiles")
+                load_keys += (keys.profile(key), keys.seen(key))
+                args += (len(markers), *markers, len(fresh), *fresh)
+            results = await self.connection.pipeline(
+                [evalsha(LOAD, load_keys, args) for _, load_keys, args in loads.values()],
+                "loading profiles",
+            )
             raise_errors(results)
-            position = 0
             following: dict[str, tuple[set[bytes], set[str]]] = {}
-            for key, fresh, markers in order:
-                record = _record(key, results[position], markers)
-                position += 1
-                if fresh:
-                    seen.update(
-                        m
-                        for m, score in zip(fresh, results[position], strict=True)
-                        if score is not None
-                    )
-                    checked[key].update(fresh)
-                    position += 1
-                records[key] = record
-                if record.moved_to is None:
-                    continue
-                # Messages reaching a merged profile are checked against where it went, and a
-                # frozen profile still holding data is absorbed unless a hop on its way has it.
-                mids, sources = following.setdefault(record.moved_to, (set(), set()))
-                mids |= wanted.get(key, set()) | checked[key]
-                sources |= {q for q in markers if q not in record.absorbed}
-                if record.state is not None:
-                    sources.add(key)
+            for (order, _, _), loaded in zip(loads.values(), results, strict=True):
+                for (key, fresh, markers), fields, scores in zip(
+                    order, loaded[::2], loaded[1::2], strict=True
+                ):
+                    record = _record(key, fields, markers)
+                    if fresh:
+                        seen.update(
+                            m for m, score in zip(fresh, scores, strict=True) if score is not None
+                        )
+                        checked[key].update(fresh)
+                    records[key] = record
+                    if record.moved_to is None:
+                        continue
+                    # Messages reaching a merged profile are checked against where it went, and a
+                    # frozen profile still holding data is absorbed unless a hop on its way has it.
+                    mids, sources = following.setdefault(record.moved_to, (set(), set()))
+                    mids |= wanted.get(key, set()) | checked[key]
+                    sources |= {q for q in markers if q not in record.absorbed}
+                    if record.state is not None:
+                        sources.add(key)
             todo = {}
             for target, (mids, sources) in following.items():
                 known = records.get(target)

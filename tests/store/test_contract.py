@@ -25,6 +25,7 @@ from collector.memory.store import MemoryStore
 from collector.redis.connection import RedisConnection
 from collector.redis.outbox import RedisOutbox
 from collector.redis.store import RedisStore
+from collector.store import identity
 from collector.store.base import Store
 from collector.store.pipeline import ingest
 from tests.support.poll import wait_until_async
@@ -497,3 +498,26 @@ async def test_a_merge_interrupted_after_freezing_completes_later(
     assert again.accepted == 1
     fay = await store.lookup("fay", now)
     assert fay is not None and fay.profile["event_counts"] == {"page": 4, "identify": 1}
+
+
+async def test_a_conflict_on_one_profile_leaves_the_others_of_the_commit_written(
+    make_redis_store: _Factory,
+) -> None:
+    from collector.store.plan import run_events
+
+    first, second = await make_redis_store(), await make_redis_store()
+    assert isinstance(first, RedisStore)
+    now = time.time()
+    users = [f"user-{n}" for n in range(8)]  # several of them share a shard in a cluster too
+    batch = [event("Signed Up", anonymous_id=user) for user in users]
+    digests = [identity.dedupe_key(e) for e in batch]
+    loaded = await first.load(batch, digests, now)
+    # Another process writes one of the profiles between this one's load and its commit.
+    await ingest(second, [event("Step", anonymous_id="user-3")], now)
+    plan = run_events(first.engine(), batch, digests, now, loaded)
+    assert await first.commit(plan, loaded, now) == {"a:user-3"}
+    for user in users:
+        view = await first.lookup(user, now)
+        assert view is not None
+        expected = {"Step": 1} if user == "user-3" else {"Signed Up": 1}
+        assert view.profile["event_counts"] == expected
