@@ -19,10 +19,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from hiredis import pack_command
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from collector.errors import Unavailable
 from collector.redis import scripts
@@ -44,6 +45,7 @@ class RedisConnection:
         self.url = url
         self._options = client_options
         self._client: Client | None = None
+        self._pipelines: Pipelines | None = None  # a single server's (a cluster's: redis-py's)
         self._lock = asyncio.Lock()
         self.keys = Keys(1)
         self.cluster = False
@@ -78,6 +80,7 @@ class RedisConnection:
             self.keys = Keys(CLUSTER_SHARDS)
         else:
             client = aioredis.Redis.from_url(self.url, retry=Retry(NoBackoff(), 1), **options)
+            self._pipelines = Pipelines(client)
         self.round_trips += 1
         for script in scripts.ALL:
             await client.script_load(script.source)
@@ -92,6 +95,9 @@ class RedisConnection:
     async def close(self) -> None:
         """Close every connection."""
         client, self._client = self._client, None
+        pipelines, self._pipelines = self._pipelines, None
+        if pipelines is not None:
+            await pipelines.close()
         if client is not None:
             with contextlib.suppress(RedisError, OSError):
                 await client.aclose()
@@ -127,13 +133,13 @@ class RedisConnection:
 
     async def _send(self, client: Client, commands: Sequence[Command]) -> list[Any]:
         self.round_trips += 1
-        if isinstance(client, RedisCluster):
+        if self._pipelines is not None:
+            results = await self._pipelines.send(commands)
+        else:
             pipe = client.pipeline()
             for command in commands:
                 pipe.execute_command(*command)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-        else:
-            results = await _exchange(client, commands)
+            results = await pipe.execute(raise_on_error=False)
         for result in results:
             if isinstance(result, RedisError) and not isinstance(result, ResponseError):
                 raise result
@@ -152,36 +158,77 @@ class RedisConnection:
                 return await client.execute_command(*command)
 
 
-async def _exchange(client: aioredis.Redis, commands: Sequence[Command]) -> list[Any]:
-    """Send commands to a single server in one write and read their replies in order.
+class Pipelines:
+    """Pipelines to a single server, each sent in one write on a connection of its own.
 
-    Each command is packed by hiredis in one call (redis-py's pipeline encodes every argument
-    in Python, which was most of a request's cost); errors replied are returned, not raised,
-    and a lost connection is retried as the client's `Retry` says, like redis-py's pipeline.
-    Replies are read as the client reads them (RESP3 maps, its reply callbacks).
+    redis-py's pipeline encoded every argument in Python, took its connection from the pool
+    under a lock with a probe of the socket, and set a timer per write and per reply: together
+    most of what a request cost this process. Here each command is packed by hiredis in one
+    call, the connections are kept in a plain list (a connection goes back only with every
+    reply read, else it is dropped), and one timeout covers the whole exchange. Connections are
+    made and set up (auth, database, protocol) by redis-py, with the client's options, and a
+    lost connection is retried as the client's `Retry` says.
     """
-    pool = client.connection_pool
-    packed = [pack_command(command) for command in commands]
-    connection: Connection = await pool.get_connection()  # type: ignore[no-untyped-call]
 
-    async def send() -> list[Any]:
-        await connection.send_packed_command(packed)
-        results: list[Any] = []
-        try:
-            for command in commands:
-                try:
-                    results.append(await client.parse_response(connection, command[0]))
-                except ResponseError as error:
-                    results.append(error)
-        except BaseException:
-            await connection.disconnect(nowait=True)  # replies left unread: drop the socket
-            raise
+    def __init__(self, client: aioredis.Redis) -> None:
+        pool = client.connection_pool
+        options = dict(pool.connection_kwargs)
+        self._timeout = options.get("socket_timeout") or _TIMEOUT
+        options["socket_timeout"] = None  # the exchange's timeout covers every read and write
+        self._options = options
+        self._class: type[AbstractConnection] = pool.connection_class
+        self._idle: list[AbstractConnection] = []
+        self._callbacks: dict[str, Any] = {}  # command name -> the client's reply callback
+        self._client = client
+
+    async def send(self, commands: Sequence[Command]) -> list[Any]:
+        """Send the commands in one write and return their replies (error replies included)."""
+        packed = b"".join([pack_command(command) for command in commands])
+        connection = self._idle.pop() if self._idle else self._class(**self._options)
+        results: list[Any] = await connection.retry.call_with_retry(
+            lambda: self._exchange(connection, packed, commands),
+            lambda _: connection.disconnect(),
+        )
+        self._idle.append(connection)
         return results
 
-    try:
-        return await connection.retry.call_with_retry(send, lambda _: connection.disconnect())
-    finally:
-        await pool.release(connection)
+    async def _exchange(
+        self, connection: AbstractConnection, packed: bytes, commands: Sequence[Command]
+    ) -> list[Any]:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await connection.send_packed_command(packed, check_health=False)
+                results: list[Any] = []
+                for command in commands:
+                    try:
+                        reply = await connection.read_response()
+                    except ResponseError as error:
+                        results.append(error)
+                        continue
+                    callback = self._callback(command[0])
+                    results.append(reply if callback is None else callback(reply))
+                return results
+        except TimeoutError as exc:  # the exchange's own timeout
+            await connection.disconnect(nowait=True)
+            raise RedisTimeoutError(f"no answer from Redis within {self._timeout} s") from exc
+        except BaseException:
+            await connection.disconnect(nowait=True)  # replies may be left unread
+            raise
+
+    def _callback(self, name: str) -> Any:
+        """The client's callback shaping a command's reply (as its pipeline would), or None."""
+        try:
+            return self._callbacks[name]
+        except KeyError:
+            callback = self._callbacks[name] = self._client.response_callbacks.get(name)
+            return callback
+
+    async def close(self) -> None:
+        """Disconnect the idle connections."""
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            with contextlib.suppress(RedisError, OSError):
+                await connection.disconnect()
 
 
 def evalsha(script: scripts.Script, keys: Sequence[str], args: Sequence[Any]) -> Command:
