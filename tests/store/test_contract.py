@@ -7,6 +7,7 @@ a shared store can get wrong: concurrent processes, round trips, the outbox comm
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -461,6 +462,25 @@ async def test_an_unreachable_redis_is_unavailable_not_an_error() -> None:
         redis.start()
         result = await ingest(store, [event(anonymous_id="v2")], time.time())
         assert result.accepted == 1 and await store.ping()
+        await factory.close()
+
+
+async def test_a_frozen_redis_is_unavailable_after_the_timeout_and_recovers() -> None:
+    with RedisServer() as redis:
+        factory = _Factory("redis", redis.url, decode_config(CONFIG))
+        store = await factory(socket_timeout=0.5)
+        await ingest(store, [event(anonymous_id="v")], time.time())
+        assert redis.process is not None
+        redis.process.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(Unavailable):
+                await ingest(store, [event(anonymous_id="v")], time.time())
+        finally:
+            redis.process.send_signal(signal.SIGCONT)
+        result = await ingest(store, [event(anonymous_id="v2")], time.time())
+        assert result.accepted == 1
+        view = await store.lookup("v", time.time())
+        assert view is not None and view.profile["event_counts"] == {"page": 1}
         await factory.close()
 
 
