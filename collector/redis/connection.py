@@ -180,6 +180,7 @@ class Pipelines:
         self._idle: list[AbstractConnection] = []
         self._callbacks: dict[str, Any] = {}  # command name -> the client's reply callback
         self._client = client
+        self._closed = False
 
     async def send(self, commands: Sequence[Command]) -> list[Any]:
         """Send the commands in one write and return their replies (error replies included)."""
@@ -189,7 +190,10 @@ class Pipelines:
             lambda: self._exchange(connection, packed, commands),
             lambda _: connection.disconnect(),
         )
-        self._idle.append(connection)
+        if self._closed:
+            await connection.disconnect()
+        else:
+            self._idle.append(connection)
         return results
 
     async def _exchange(
@@ -224,7 +228,8 @@ class Pipelines:
             return callback
 
     async def close(self) -> None:
-        """Disconnect the idle connections."""
+        """Disconnect the idle connections, and the others as their exchange ends."""
+        self._closed = True
         idle, self._idle = self._idle, []
         for connection in idle:
             with contextlib.suppress(RedisError, OSError):
