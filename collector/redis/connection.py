@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -23,7 +24,6 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from collector.errors import Unavailable
 from collector.redis import scripts
@@ -165,22 +165,25 @@ class Pipelines:
     under a lock with a probe of the socket, and set a timer per write and per reply: together
     most of what a request cost this process. Here each command is packed by hiredis in one
     call, the connections are kept in a plain list (a connection goes back only with every
-    reply read, else it is dropped), and one timeout covers the whole exchange. Connections are
-    made and set up (auth, database, protocol) by redis-py, with the client's options, and a
-    lost connection is retried as the client's `Retry` says.
+    reply read, else it is dropped), and one watchdog disconnects the connections whose
+    exchange outlasts the socket timeout. Connections are made and set up (auth, database,
+    protocol) by redis-py, with the client's options, and a lost connection is retried as the
+    client's `Retry` says.
     """
 
     def __init__(self, client: aioredis.Redis) -> None:
         pool = client.connection_pool
         options = dict(pool.connection_kwargs)
         self._timeout = options.get("socket_timeout") or _TIMEOUT
-        options["socket_timeout"] = None  # the exchange's timeout covers every read and write
+        options["socket_timeout"] = None  # the watchdog times every exchange out as a whole
         self._options = options
         self._class: type[AbstractConnection] = pool.connection_class
         self._idle: list[AbstractConnection] = []
         self._callbacks: dict[str, Any] = {}  # command name -> the client's reply callback
         self._client = client
         self._closed = False
+        self._busy: dict[AbstractConnection, float] = {}  # connection -> when its exchange began
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def send(self, commands: Sequence[Command]) -> list[Any]:
         """Send the commands in one write and return their replies (error replies included)."""
@@ -199,25 +202,38 @@ class Pipelines:
     async def _exchange(
         self, connection: AbstractConnection, packed: bytes, commands: Sequence[Command]
     ) -> list[Any]:
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch(), name="tripwire-redis-watchdog")
+        self._busy[connection] = time.monotonic()
         try:
-            async with asyncio.timeout(self._timeout):
-                await connection.send_packed_command(packed, check_health=False)
-                results: list[Any] = []
-                for command in commands:
-                    try:
-                        reply = await connection.read_response()
-                    except ResponseError as error:
-                        results.append(error)
-                        continue
-                    callback = self._callback(command[0])
-                    results.append(reply if callback is None else callback(reply))
-                return results
-        except TimeoutError as exc:  # the exchange's own timeout
-            await connection.disconnect(nowait=True)
-            raise RedisTimeoutError(f"no answer from Redis within {self._timeout} s") from exc
+            await connection.send_packed_command(packed, check_health=False)
+            results: list[Any] = []
+            for command in commands:
+                try:
+                    reply = await connection.read_response()
+                except ResponseError as error:
+                    results.append(error)
+                    continue
+                callback = self._callback(command[0])
+                results.append(reply if callback is None else callback(reply))
+            return results
         except BaseException:
             await connection.disconnect(nowait=True)  # replies may be left unread
             raise
+        finally:
+            del self._busy[connection]
+
+    async def _watch(self) -> None:
+        """Disconnect connections whose exchange has lasted longer than the timeout: the reads
+        waiting on them fail, as a socket timeout would make them (one timer for all rather
+        than one per exchange, which cost as much as the exchange)."""
+        while not self._closed:
+            await asyncio.sleep(self._timeout / 4)
+            overdue = time.monotonic() - self._timeout
+            for connection, began in list(self._busy.items()):
+                if began < overdue:
+                    log.warning("no answer from Redis within %s s: reconnecting", self._timeout)
+                    await connection.disconnect(nowait=True)
 
     def _callback(self, name: str) -> Any:
         """The client's callback shaping a command's reply (as its pipeline would), or None."""
@@ -230,6 +246,10 @@ class Pipelines:
     async def close(self) -> None:
         """Disconnect the idle connections, and the others as their exchange ends."""
         self._closed = True
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
         idle, self._idle = self._idle, []
         for connection in idle:
             with contextlib.suppress(RedisError, OSError):
