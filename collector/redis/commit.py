@@ -1,10 +1,11 @@
-"""Committing a plan to Redis: one COMMIT script per profile, after the reads a merge needs.
+"""Committing a plan to Redis: one COMMIT script call per shard, after the reads a merge needs.
 
-A profile's COMMIT writes its new state, the messageIds, recent events, identity links and its
-webhooks (XADD to its shard's outbox stream) only if the profile's version is unchanged, and
-counts its stop tallies and A/B results in the same step. A merge first reads the merged-away
-profiles' recent events and messageIds and, across cluster shards, freezes them (FREEZE) so that
-stale writers conflict; once committed they are cleaned (CLEAN).
+The call carries every profile of its shard; for each it writes the new state, the messageIds,
+recent events, identity links and its webhooks (XADD to the shard's outbox stream) only if the
+profile's version is unchanged, and counts its stop tallies and A/B results in the same step.
+A merge first reads the merged-away profiles' recent events and messageIds and, across cluster
+shards, freezes them (FREEZE) so that stale writers conflict; once committed they are cleaned
+(CLEAN).
 """
 
 from __future__ import annotations

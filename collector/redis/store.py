@@ -315,7 +315,8 @@ class RedisStore:
         return RedisLoaded(index, records, seen, tallies)
 
     async def commit(self, plan: Plan, loaded: Loaded, now: float) -> set[str]:
-        """Write every changed profile with one COMMIT each; return the keys that conflicted."""
+        """Write every changed profile (one COMMIT call per shard); return the keys that
+        conflicted."""
         assert isinstance(loaded, RedisLoaded)
         return await self._committer.commit(plan, loaded.records, now, loaded.tallies)
 
