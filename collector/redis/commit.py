@@ -1,10 +1,11 @@
-"""Committing a plan to Redis: one COMMIT script per profile, after the reads a merge needs.
+"""Committing a plan to Redis: one COMMIT script call per shard, after the reads a merge needs.
 
-A profile's COMMIT writes its new state, the messageIds, recent events, identity links and its
-webhooks (XADD to its shard's outbox stream) only if the profile's version is unchanged, and
-counts its stop tallies and A/B results in the same step. A merge first reads the merged-away
-profiles' recent events and messageIds and, across cluster shards, freezes them (FREEZE) so that
-stale writers conflict; once committed they are cleaned (CLEAN).
+The call carries every profile of its shard; for each it writes the new state, the messageIds,
+recent events, identity links and its webhooks (XADD to the shard's outbox stream) only if the
+profile's version is unchanged, and counts its stop tallies and A/B results in the same step.
+A merge first reads the merged-away profiles' recent events and messageIds and, across cluster
+shards, freezes them (FREEZE) so that stale writers conflict; once committed they are cleaned
+(CLEAN).
 """
 
 from __future__ import annotations
@@ -83,17 +84,14 @@ class Committer:
                 recent_of[key] = list(result)
             else:
                 seen_of[key] = list(result)
-        commands = []
-        starts: list[tuple[str, int]] = []
+        batch = CommitBatch()
         for target in changed:
             if target not in conflicts:
-                starts.append((target, len(commands)))
-                commands.extend(
-                    self.commands(
-                        plan, records, target, merged.get(target, []), recent_of, seen_of, now,
-                        tallies,
-                    )
+                self.add(
+                    batch, plan, records, target, merged.get(target, []), recent_of, seen_of, now,
+                    tallies,
                 )
+        commands = batch.commands()
         for key, target in plan.stale.items():
             commands.append(
                 evalsha(CLEAN, [keys.profile(key), keys.recent(key), keys.seen(key)], [target])
@@ -101,10 +99,10 @@ class Committer:
         commands += _shortcuts(records, keys)
         results = await self.connection.pipeline(commands, "storing profiles")
         raise_errors(results)
+        conflicts.update(batch.refused(results))
         cleanups: list[Command] = []
-        for target, start in starts:
-            if results[start] in (0, -1):  # -1: a stop condition would be passed; run again
-                conflicts.add(target)
+        for target in batch.profiles():
+            if target in conflicts:
                 continue
             for other in [*merged.get(target, []), *plan.pending.get(target, [])]:
                 if keys.shard(other) != keys.shard(target):
@@ -114,8 +112,9 @@ class Committer:
             raise_errors(await self.connection.pipeline(cleanups, "cleaning merged profiles"))
         return conflicts
 
-    def commands(
+    def add(
         self,
+        batch: CommitBatch,
         plan: Plan,
         records: dict[str, Record],
         key: str,
@@ -124,8 +123,9 @@ class Committer:
         seen_of: dict[str, list[Any]],
         now: float,
         tallies: Tallies,
-    ) -> list[Command]:
-        """The COMMIT script call for one profile, plus SETs linking identities of other shards."""
+    ) -> None:
+        """Add one profile's part of its shard's COMMIT call to `batch`, and the SETs linking
+        identities of other shards."""
         keys = self.connection.keys  # connected: called after loading
         shard = keys.shard(key)
         record = records.get(key)
@@ -212,11 +212,54 @@ class Committer:
             timer,
             len(stop_args) // 6,
         ]
-        commands: list[Command] = [evalsha(COMMIT, script_keys, args)]
-        commands += [
+        batch.add(shard, key, script_keys, args)
+        batch.extra += [
             ("SET", keys.identity(i), key, "EX", self._ttl) for i in links if i not in local_links
         ]
-        return commands
+
+
+class CommitBatch:
+    """The COMMIT calls of one round trip: one per shard, carrying every profile of the shard
+    (a call per profile cost the process as much as the work it carried), then `extra`
+    commands (identity links across shards)."""
+
+    __slots__ = ("_shards", "extra")
+
+    def __init__(self) -> None:
+        # shard -> (its profiles, its COMMIT keys, its COMMIT values after the profile count)
+        self._shards: dict[int, tuple[list[str], list[str], list[Any]]] = {}
+        self.extra: list[Command] = []
+
+    def add(self, shard: int, key: str, keys: list[str], args: list[Any]) -> None:
+        """Add a profile's keys and values to its shard's call."""
+        part = self._shards.get(shard)
+        if part is None:
+            part = self._shards[shard] = ([], [], [])
+        profiles, all_keys, all_args = part
+        profiles.append(key)
+        all_keys += keys
+        all_args += (len(keys), len(args), *args)
+
+    def profiles(self) -> list[str]:
+        """Every profile committed, shard by shard."""
+        return [key for profiles, _, _ in self._shards.values() for key in profiles]
+
+    def commands(self) -> list[Command]:
+        """The COMMIT calls, first in the round trip, then the extra commands."""
+        return [
+            evalsha(COMMIT, keys, [len(profiles), *args])
+            for profiles, keys, args in self._shards.values()
+        ] + self.extra
+
+    def refused(self, results: list[Any]) -> list[str]:
+        """The profiles whose commit was refused (0: a version moved; -1: a stop condition would
+        be passed): their events run again. `results` start with the COMMIT calls' replies."""
+        return [
+            key
+            for (profiles, _, _), versions in zip(self._shards.values(), results, strict=False)
+            for key, version in zip(profiles, versions, strict=True)
+            if version in (0, -1)
+        ]
 
 
 def _shortcuts(records: dict[str, Record], keys: Keys) -> list[Command]:

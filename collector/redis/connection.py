@@ -13,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from hiredis import pack_command
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -42,6 +45,7 @@ class RedisConnection:
         self.url = url
         self._options = client_options
         self._client: Client | None = None
+        self._pipelines: Pipelines | None = None  # a single server's (a cluster's: redis-py's)
         self._lock = asyncio.Lock()
         self.keys = Keys(1)
         self.cluster = False
@@ -76,6 +80,7 @@ class RedisConnection:
             self.keys = Keys(CLUSTER_SHARDS)
         else:
             client = aioredis.Redis.from_url(self.url, retry=Retry(NoBackoff(), 1), **options)
+            self._pipelines = Pipelines(client)
         self.round_trips += 1
         for script in scripts.ALL:
             await client.script_load(script.source)
@@ -90,6 +95,9 @@ class RedisConnection:
     async def close(self) -> None:
         """Close every connection."""
         client, self._client = self._client, None
+        pipelines, self._pipelines = self._pipelines, None
+        if pipelines is not None:
+            await pipelines.close()
         if client is not None:
             with contextlib.suppress(RedisError, OSError):
                 await client.aclose()
@@ -125,14 +133,13 @@ class RedisConnection:
 
     async def _send(self, client: Client, commands: Sequence[Command]) -> list[Any]:
         self.round_trips += 1
-        pipe = (
-            client.pipeline(transaction=False)
-            if isinstance(client, aioredis.Redis)
-            else client.pipeline()
-        )
-        for command in commands:
-            pipe.execute_command(*command)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
+        if self._pipelines is not None:
+            results = await self._pipelines.send(commands)
+        else:
+            pipe = client.pipeline()
+            for command in commands:
+                pipe.execute_command(*command)
+            results = await pipe.execute(raise_on_error=False)
         for result in results:
             if isinstance(result, RedisError) and not isinstance(result, ResponseError):
                 raise result
@@ -149,6 +156,104 @@ class RedisConnection:
                 for script in scripts.ALL:
                     await client.script_load(script.source)
                 return await client.execute_command(*command)
+
+
+class Pipelines:
+    """Pipelines to a single server, each sent in one write on a connection of its own.
+
+    redis-py's pipeline encoded every argument in Python, took its connection from the pool
+    under a lock with a probe of the socket, and set a timer per write and per reply: together
+    most of what a request cost this process. Here each command is packed by hiredis in one
+    call, the connections are kept in a plain list (a connection goes back only with every
+    reply read, else it is dropped), and one watchdog disconnects the connections whose
+    exchange outlasts the socket timeout. Connections are made and set up (auth, database,
+    protocol) by redis-py, with the client's options, and a lost connection is retried as the
+    client's `Retry` says.
+    """
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        pool = client.connection_pool
+        options = dict(pool.connection_kwargs)
+        self._timeout = options.get("socket_timeout") or _TIMEOUT
+        options["socket_timeout"] = None  # the watchdog times every exchange out as a whole
+        self._options = options
+        self._class: type[AbstractConnection] = pool.connection_class
+        self._idle: list[AbstractConnection] = []
+        self._callbacks: dict[str, Any] = {}  # command name -> the client's reply callback
+        self._client = client
+        self._closed = False
+        self._busy: dict[AbstractConnection, float] = {}  # connection -> when its exchange began
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def send(self, commands: Sequence[Command]) -> list[Any]:
+        """Send the commands in one write and return their replies (error replies included)."""
+        packed = b"".join([pack_command(command) for command in commands])
+        connection = self._idle.pop() if self._idle else self._class(**self._options)
+        results: list[Any] = await connection.retry.call_with_retry(
+            lambda: self._exchange(connection, packed, commands),
+            lambda _: connection.disconnect(),
+        )
+        if self._closed:
+            await connection.disconnect()
+        else:
+            self._idle.append(connection)
+        return results
+
+    async def _exchange(
+        self, connection: AbstractConnection, packed: bytes, commands: Sequence[Command]
+    ) -> list[Any]:
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch(), name="tripwire-redis-watchdog")
+        self._busy[connection] = time.monotonic()
+        try:
+            await connection.send_packed_command(packed, check_health=False)
+            results: list[Any] = []
+            for command in commands:
+                try:
+                    reply = await connection.read_response()
+                except ResponseError as error:
+                    results.append(error)
+                    continue
+                callback = self._callback(command[0])
+                results.append(reply if callback is None else callback(reply))
+            return results
+        except BaseException:
+            await connection.disconnect(nowait=True)  # replies may be left unread
+            raise
+        finally:
+            del self._busy[connection]
+
+    async def _watch(self) -> None:
+        """Disconnect connections whose exchange has lasted longer than the timeout: the reads
+        waiting on them fail, as a socket timeout would make them (one timer for all rather
+        than one per exchange, which cost as much as the exchange)."""
+        while not self._closed:
+            await asyncio.sleep(self._timeout / 4)
+            overdue = time.monotonic() - self._timeout
+            for connection, began in list(self._busy.items()):
+                if began < overdue:
+                    log.warning("no answer from Redis within %s s: reconnecting", self._timeout)
+                    await connection.disconnect(nowait=True)
+
+    def _callback(self, name: str) -> Any:
+        """The client's callback shaping a command's reply (as its pipeline would), or None."""
+        try:
+            return self._callbacks[name]
+        except KeyError:
+            callback = self._callbacks[name] = self._client.response_callbacks.get(name)
+            return callback
+
+    async def close(self) -> None:
+        """Disconnect the idle connections, and the others as their exchange ends."""
+        self._closed = True
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            with contextlib.suppress(RedisError, OSError):
+                await connection.disconnect()
 
 
 def evalsha(script: scripts.Script, keys: Sequence[str], args: Sequence[Any]) -> Command:

@@ -22,26 +22,72 @@ class Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
 
-# Commit one profile: its new state, seen messageIds, recent events, webhooks, identity links
-# and the A/B results its events counted, only if its version (and that of every same-shard
-# profile merged into it) is unchanged.
-# Returns the new version, or 0 on a conflict.
+# Resolve identities of one shard, refreshing their TTL: one call for all of a request's.
+# KEYS: identity entries   ARGV: ttl. Returns each entry's profile key (nil where none).
+RESOLVE: Final = Script(
+    "resolve",
+    """
+local found = {}
+for i, key in ipairs(KEYS) do found[i] = redis.call('GETEX', key, 'EX', ARGV[1]) end
+return found
+""",
+)
+
+# Load profiles of one shard with which of the request's messageIds each has seen: one call for
+# all of a request's. KEYS: per profile its hash and its seen set. ARGV: per profile the number
+# of merge markers to read, the markers (profile keys), the number of messageIds, the messageIds.
+# Returns per profile two lists: its fields v, s, to and one `a:<marker>` per marker; the
+# messageIds' scores in its seen set (nil: not seen).
+LOAD: Final = Script(
+    "load",
+    """
+local loaded, a = {}, 1
+for p = 1, #KEYS / 2 do
+  local fields = {'v', 's', 'to'}
+  local n = tonumber(ARGV[a])
+  for i = 1, n do fields[3 + i] = 'a:' .. ARGV[a + i] end
+  a = a + 1 + n
+  loaded[2 * p - 1] = redis.call('HMGET', KEYS[2 * p - 1], unpack(fields))
+  n = tonumber(ARGV[a])
+  local scores = {}
+  local i, last = a + 1, a + n
+  while i <= last do
+    local j = math.min(i + 999, last)
+    for _, score in ipairs(redis.call('ZMSCORE', KEYS[2 * p], unpack(ARGV, i, j))) do
+      scores[#scores + 1] = score
+    end
+    i = j + 1
+  end
+  loaded[2 * p] = scores
+  a = last + 1
+end
+return loaded
+""",
+)
+
+# Commit the profiles of one shard: for each, its new state, seen messageIds, recent events,
+# webhooks, identity links and the A/B results its events counted, only if its version (and that
+# of every same-shard profile merged into it) is unchanged. One call carries every profile of a
+# request's shard, each judged on its own: a conflict leaves the others written.
 COMMIT: Final = Script(
     "commit",
     """
--- KEYS: profile, recent, seen, outbox stream, outbox live hash,
+-- ARGV: the number of profiles, then per profile: its number of KEYS, its number of values,
+--       its values. KEYS: every profile's keys in turn.
+-- A profile's KEYS: profile, recent, seen, outbox stream, outbox live hash,
 --       then NLINKS identity keys, then 4 keys (profile, recent, seen, identity) per merged
---       profile, then the results hashes ARGV names by index, and LAST: the shard's timer
+--       profile, then the results hashes its values name by index, and LAST: the shard's timer
 --       set, then 2 keys (total, day) per stop tally
--- ARGV: version, state, ttl, seen cutoff, recent cap, seen cap, profile key, replace recent (0|1),
---       NLINKS, NMERGED, NMERGED versions, then counted lists:
+-- A profile's values: version, state, ttl, seen cutoff, recent cap, seen cap, profile key,
+--       replace recent (0|1), NLINKS, NMERGED, NMERGED versions, then counted lists:
 --       seen (score member pairs), recent blobs, webhooks (id blob pairs), absorbed keys,
---       results (5 values each: KEYS index of the campaign's results hash, arm, users assigned,
---       converted, value added), and LAST (read from the end): per stop tally 6 values
---       (delivered now, total limit, day limit (-1 = none), other shards' total, other
---       shards' day, day ttl), then the earliest timer due ('' = unchanged, '-' = none
---       left), then the number of stop tallies
--- Returns the new version, 0 on a version conflict, -1 when a stop condition would be exceeded.
+--       results (5 values each: index among its KEYS of the campaign's results hash, arm, users
+--       assigned, converted, value added), and LAST (read from the end): per stop tally 6
+--       values (delivered now, total limit, day limit (-1 = none), other shards' total, other
+--       shards' day, day ttl), then the earliest timer due ('' = unchanged, '-' = none left),
+--       then the number of stop tallies
+-- Returns per profile the new version, 0 on a version conflict, -1 when a stop condition
+-- would be exceeded.
 local function chunked(cmd, key, from, to)
   local i = from
   while i <= to do
@@ -50,100 +96,114 @@ local function chunked(cmd, key, from, to)
     i = j + 1
   end
 end
-local nlinks = tonumber(ARGV[9])
-local nmerged = tonumber(ARGV[10])
-if tonumber(redis.call('HGET', KEYS[1], 'v') or '0') ~= tonumber(ARGV[1]) then return 0 end
-local a = 11
-for i = 1, nmerged do
-  local other = KEYS[5 + nlinks + (i - 1) * 4 + 1]
-  if tonumber(redis.call('HGET', other, 'v') or '0') ~= tonumber(ARGV[a]) then return 0 end
+-- One profile: its keys are KEYS[K + 1 .. K + nkeys], its values ARGV[A + 1 .. A + nargs].
+local function commit(K, nkeys, A, nargs)
+  local nlinks = tonumber(ARGV[A + 9])
+  local nmerged = tonumber(ARGV[A + 10])
+  local profile = KEYS[K + 1]
+  if tonumber(redis.call('HGET', profile, 'v') or '0') ~= tonumber(ARGV[A + 1]) then return 0 end
+  local a = A + 11
+  for i = 1, nmerged do
+    local other = KEYS[K + 5 + nlinks + (i - 1) * 4 + 1]
+    if tonumber(redis.call('HGET', other, 'v') or '0') ~= tonumber(ARGV[a]) then return 0 end
+    a = a + 1
+  end
+  local nstops = tonumber(ARGV[A + nargs])
+  local timer_due = ARGV[A + nargs - 1]
+  local k0 = K + nkeys - 2 * nstops  -- the timer set; the stop tallies follow it
+  local s0 = A + nargs - 1 - 6 * nstops
+  for i = 0, nstops - 1 do
+    local delta = tonumber(ARGV[s0 + 6 * i])
+    local total_limit, day_limit = tonumber(ARGV[s0 + 6 * i + 1]), tonumber(ARGV[s0 + 6 * i + 2])
+    local total = tonumber(redis.call('GET', KEYS[k0 + 1 + 2 * i]) or '0')
+    local day = tonumber(redis.call('GET', KEYS[k0 + 2 + 2 * i]) or '0')
+    if total_limit >= 0 and total + tonumber(ARGV[s0 + 6 * i + 3]) + delta > total_limit then
+      return -1
+    end
+    if day_limit >= 0 and day + tonumber(ARGV[s0 + 6 * i + 4]) + delta > day_limit then
+      return -1
+    end
+  end
+  for i = 0, nstops - 1 do
+    local delta = tonumber(ARGV[s0 + 6 * i])
+    local day_key = KEYS[k0 + 2 + 2 * i]
+    redis.call('INCRBY', KEYS[k0 + 1 + 2 * i], delta)
+    redis.call('INCRBY', day_key, delta)
+    redis.call('EXPIRE', day_key, tonumber(ARGV[s0 + 6 * i + 5]))
+  end
+  local key = ARGV[A + 7]
+  if timer_due == '-' then
+    redis.call('ZREM', KEYS[k0], key)
+  elseif timer_due ~= '' then
+    redis.call('ZADD', KEYS[k0], timer_due, key)
+  end
+  local ttl = tonumber(ARGV[A + 3])
+  local version = redis.call('HINCRBY', profile, 'v', 1)
+  redis.call('HSET', profile, 's', ARGV[A + 2])
+  redis.call('EXPIRE', profile, ttl)
+  local recent, seen = KEYS[K + 2], KEYS[K + 3]
+  local n = tonumber(ARGV[a])
   a = a + 1
-end
-local nstops = tonumber(ARGV[#ARGV])
-local timer_due = ARGV[#ARGV - 1]
-local timer_key = KEYS[#KEYS - 2 * nstops]
-local s0 = #ARGV - 1 - 6 * nstops
-for i = 0, nstops - 1 do
-  local delta = tonumber(ARGV[s0 + 6 * i])
-  local total_limit, day_limit = tonumber(ARGV[s0 + 6 * i + 1]), tonumber(ARGV[s0 + 6 * i + 2])
-  local total = tonumber(redis.call('GET', KEYS[#KEYS - 2 * nstops + 1 + 2 * i]) or '0')
-  local day = tonumber(redis.call('GET', KEYS[#KEYS - 2 * nstops + 2 + 2 * i]) or '0')
-  if total_limit >= 0 and total + tonumber(ARGV[s0 + 6 * i + 3]) + delta > total_limit then
-    return -1
-  end
-  if day_limit >= 0 and day + tonumber(ARGV[s0 + 6 * i + 4]) + delta > day_limit then
-    return -1
-  end
-end
-for i = 0, nstops - 1 do
-  local delta = tonumber(ARGV[s0 + 6 * i])
-  local day_key = KEYS[#KEYS - 2 * nstops + 2 + 2 * i]
-  redis.call('INCRBY', KEYS[#KEYS - 2 * nstops + 1 + 2 * i], delta)
-  redis.call('INCRBY', day_key, delta)
-  redis.call('EXPIRE', day_key, tonumber(ARGV[s0 + 6 * i + 5]))
-end
-if timer_due == '-' then
-  redis.call('ZREM', timer_key, ARGV[7])
-elseif timer_due ~= '' then
-  redis.call('ZADD', timer_key, timer_due, ARGV[7])
-end
-local ttl = tonumber(ARGV[3])
-local version = redis.call('HINCRBY', KEYS[1], 'v', 1)
-redis.call('HSET', KEYS[1], 's', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ttl)
-local n = tonumber(ARGV[a])
-a = a + 1
-if n > 0 then chunked('ZADD', KEYS[3], a, a + 2 * n - 1) end
-a = a + 2 * n
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[4])
-redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[6]) - 1)
-redis.call('EXPIRE', KEYS[3], ttl)
-if ARGV[8] == '1' then redis.call('DEL', KEYS[2]) end
-n = tonumber(ARGV[a])
-a = a + 1
-local cap = tonumber(ARGV[5])
-if n > 0 and cap > 0 then
-  chunked('RPUSH', KEYS[2], a, a + n - 1)
-  redis.call('LTRIM', KEYS[2], -cap, -1)
-  redis.call('EXPIRE', KEYS[2], ttl)
-end
-a = a + n
-n = tonumber(ARGV[a])
-a = a + 1
-for i = 1, n do
-  local id = ARGV[a]
-  if redis.call('HEXISTS', KEYS[5], id) == 0 then
-    local entry = redis.call('XADD', KEYS[4], '*', 'e', ARGV[a + 1])
-    redis.call('HSET', KEYS[5], id, entry)
-  end
-  a = a + 2
-end
-n = tonumber(ARGV[a])
-a = a + 1
-for i = 1, n do
-  redis.call('HSET', KEYS[1], 'a:' .. ARGV[a], '1')
+  if n > 0 then chunked('ZADD', seen, a, a + 2 * n - 1) end
+  a = a + 2 * n
+  redis.call('ZREMRANGEBYSCORE', seen, '-inf', ARGV[A + 4])
+  redis.call('ZREMRANGEBYRANK', seen, 0, -tonumber(ARGV[A + 6]) - 1)
+  redis.call('EXPIRE', seen, ttl)
+  if ARGV[A + 8] == '1' then redis.call('DEL', recent) end
+  n = tonumber(ARGV[a])
   a = a + 1
+  local cap = tonumber(ARGV[A + 5])
+  if n > 0 and cap > 0 then
+    chunked('RPUSH', recent, a, a + n - 1)
+    redis.call('LTRIM', recent, -cap, -1)
+    redis.call('EXPIRE', recent, ttl)
+  end
+  a = a + n
+  n = tonumber(ARGV[a])
+  a = a + 1
+  for i = 1, n do
+    local id = ARGV[a]
+    if redis.call('HEXISTS', KEYS[K + 5], id) == 0 then
+      local entry = redis.call('XADD', KEYS[K + 4], '*', 'e', ARGV[a + 1])
+      redis.call('HSET', KEYS[K + 5], id, entry)
+    end
+    a = a + 2
+  end
+  n = tonumber(ARGV[a])
+  a = a + 1
+  for i = 1, n do
+    redis.call('HSET', profile, 'a:' .. ARGV[a], '1')
+    a = a + 1
+  end
+  n = tonumber(ARGV[a])
+  a = a + 1
+  for i = 1, n do
+    local results, arm = KEYS[K + tonumber(ARGV[a])], ARGV[a + 1]
+    if ARGV[a + 2] ~= '0' then redis.call('HINCRBY', results, arm .. ':a', ARGV[a + 2]) end
+    if ARGV[a + 3] ~= '0' then redis.call('HINCRBY', results, arm .. ':c', ARGV[a + 3]) end
+    if ARGV[a + 4] ~= '0' then redis.call('HINCRBYFLOAT', results, arm .. ':v', ARGV[a + 4]) end
+    a = a + 5
+  end
+  for i = 1, nlinks do
+    redis.call('SET', KEYS[K + 5 + i], key, 'EX', ttl)
+  end
+  for i = 1, nmerged do
+    local base = K + 5 + nlinks + (i - 1) * 4
+    redis.call('DEL', KEYS[base + 1], KEYS[base + 2], KEYS[base + 3])
+    redis.call('HSET', KEYS[base + 1], 'v', tonumber(ARGV[A + 10 + i]) + 1, 'to', key)
+    redis.call('EXPIRE', KEYS[base + 1], ttl)
+    redis.call('SET', KEYS[base + 4], key, 'EX', ttl)
+  end
+  return version
 end
-n = tonumber(ARGV[a])
-a = a + 1
-for i = 1, n do
-  local key, arm = KEYS[tonumber(ARGV[a])], ARGV[a + 1]
-  if ARGV[a + 2] ~= '0' then redis.call('HINCRBY', key, arm .. ':a', ARGV[a + 2]) end
-  if ARGV[a + 3] ~= '0' then redis.call('HINCRBY', key, arm .. ':c', ARGV[a + 3]) end
-  if ARGV[a + 4] ~= '0' then redis.call('HINCRBYFLOAT', key, arm .. ':v', ARGV[a + 4]) end
-  a = a + 5
+local versions, k, a = {}, 0, 2
+for p = 1, tonumber(ARGV[1]) do
+  local nkeys, nargs = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  versions[p] = commit(k, nkeys, a + 1, nargs)
+  k = k + nkeys
+  a = a + 2 + nargs
 end
-for i = 1, nlinks do
-  redis.call('SET', KEYS[5 + i], ARGV[7], 'EX', ttl)
-end
-for i = 1, nmerged do
-  local base = 5 + nlinks + (i - 1) * 4
-  redis.call('DEL', KEYS[base + 1], KEYS[base + 2], KEYS[base + 3])
-  redis.call('HSET', KEYS[base + 1], 'v', tonumber(ARGV[10 + i]) + 1, 'to', ARGV[7])
-  redis.call('EXPIRE', KEYS[base + 1], ttl)
-  redis.call('SET', KEYS[base + 4], ARGV[7], 'EX', ttl)
-end
-return version
+return versions
 """,
 )
 
@@ -372,6 +432,6 @@ return 1
 )
 
 ALL: Final = (
-    COMMIT, FREEZE, CLEAN, REDIRECT, CLAIM_TIMERS, DROP_TIMER, PUT, PROMOTE, SETTLE, REVIVE,
-    RELEASE, HOLD, SAMPLE_PROFILES,
+    RESOLVE, LOAD, COMMIT, FREEZE, CLEAN, REDIRECT, CLAIM_TIMERS, DROP_TIMER, PUT, PROMOTE,
+    SETTLE, REVIVE, RELEASE, HOLD, SAMPLE_PROFILES,
 )

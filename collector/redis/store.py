@@ -3,13 +3,15 @@
 The pipeline (`collector.store.pipeline`) handles a request's events in a fixed number of round
 trips, whatever the batch size:
 
-1. `load` resolves: GETEX of every identity the events name (refreshing their TTL);
-2. and loads each profile's version and state, and which of the events' messageIds it has seen;
-3. the pipeline runs every event in order, in this process, on the loaded states;
-4. `commit`: one COMMIT script per profile writes its new state, the messageIds, recent events,
-   identity links and the webhooks (XADD to its shard's outbox stream) only if the profile's
-   version is unchanged. So a webhook is queued exactly when the state change that fired it is
-   stored, and an event answered 200 cannot lose its webhooks.
+1. `load` resolves every identity the events name (RESOLVE: GETEX, refreshing their TTL) and,
+   in the same round trip, loads the profiles under the events' own keys (LOAD: version, state,
+   and which of the events' messageIds each has seen); a second round trip loads the profiles
+   the index pointed to that were not among them (none for anonymous visitors);
+2. the pipeline runs every event in order, in this process, on the loaded states;
+3. `commit`: one COMMIT script per shard writes each profile's new state, the messageIds, recent
+   events, identity links and the webhooks (XADD to its shard's outbox stream), each profile
+   only if its version is unchanged. So a webhook is queued exactly when the state change that
+   fired it is stored, and an event answered 200 cannot lose its webhooks.
 
 A profile whose version moved meanwhile (another process committed first) is a conflict: its
 events are resolved, loaded and run again. Within one process, requests naming the same
@@ -42,23 +44,24 @@ from typing import Any
 import msgspec
 
 from collector.config.schema import StateSettings
-from collector.engine.engine import Engine
+from collector.engine.engine import Engine, Outcome
 from collector.engine.profile import Decision, UserState
 from collector.engine.results import Counts
 from collector.errors import Unavailable
 from collector.events import Event
-from collector.redis.commit import Committer
+from collector.redis.commit import CommitBatch, Committer
 from collector.redis.connection import (
     Command,
     RedisConnection,
     evalsha,
     raise_errors,
 )
-from collector.redis.scripts import CLAIM_TIMERS, DROP_TIMER, SAMPLE_PROFILES
+from collector.redis.keys import Keys
+from collector.redis.scripts import CLAIM_TIMERS, DROP_TIMER, LOAD, RESOLVE, SAMPLE_PROFILES
 from collector.redis.tallies import Tallies
 from collector.store import identity
 from collector.store.base import IngestResult, UserView, event_as_message
-from collector.store.plan import MAX_CHAIN, Loaded, Outcome, Plan, Record
+from collector.store.plan import MAX_CHAIN, Loaded, Plan, Record
 from collector.webhook import WebhookRequest
 
 log = logging.getLogger("tripwire.store")
@@ -166,30 +169,28 @@ class RedisStore:
         tallies.read(loaded[len(claimed) :])
         plan = Plan()
         records: dict[str, Record] = {}
-        commands: list[Command] = []
-        starts: list[tuple[str, int]] = []
+        batch = CommitBatch()
+        drops: list[Command] = []
+        fired: dict[str, Outcome] = {}  # key -> what firing its timers did
         for key, fields in zip(claimed, loaded, strict=False):
             record = records[key] = _record(key, fields)
             if record.state is None or record.moved_to is not None:
                 shard = keys.shard(key)
-                commands.append(evalsha(DROP_TIMER, [keys.timers(shard), keys.profile(key)], [key]))
+                drops.append(evalsha(DROP_TIMER, [keys.timers(shard), keys.profile(key)], [key]))
                 continue
             outcome = engine.fire_due(record.state, now, deliveries=tallies.deliveries)
             plan.states[key] = outcome.state
             plan.webhooks[key] = [(0, w) for w in outcome.webhooks]
-            plan.outcomes.append(Outcome(len(starts), outcome.webhooks, outcome.decisions))
             plan.ticks[key] = outcome.ticks
-            starts.append((key, len(commands)))
-            commands += self._committer.commands(plan, records, key, [], {}, {}, now, tallies)
-        results = await self.connection.pipeline(commands, "firing timers")
+            fired[key] = outcome
+            self._committer.add(batch, plan, records, key, [], {}, {}, now, tallies)
+        results = await self.connection.pipeline([*batch.commands(), *drops], "firing timers")
         raise_errors(results)
-        conflicts: list[str] = []
-        for (key, start), fired in zip(starts, plan.outcomes, strict=True):
-            if results[start] in (0, -1):
-                conflicts.append(key)
-                continue
-            webhooks.extend(fired.webhooks)
-            decisions.extend(fired.decisions)
+        conflicts = batch.refused(results)
+        for key, outcome in fired.items():
+            if key not in conflicts:
+                webhooks.extend(outcome.webhooks)
+                decisions.extend(outcome.decisions)
         return conflicts
 
     async def results(self, campaign_ids: Sequence[str]) -> dict[str, dict[str, Counts]]:
@@ -273,18 +274,35 @@ class RedisStore:
         self, events: Sequence[Event], digests: Sequence[bytes], now: float
     ) -> RedisLoaded:
         """Resolve the events' identities and load their profiles and seen messageIds, with the
-        stop tallies: two round trips, more only to follow merge redirects."""
+        stop tallies: one round trip, a second where the index points elsewhere than the
+        events' own keys, more only to follow merge redirects."""
         keys = await self.connection.names()
         engine = self._engine()
-        ids = sorted({i for event in events for i in identity.ids_of(event)})
+        by_shard: dict[int, list[str]] = defaultdict(list)
+        for id_ in sorted({i for event in events for i in identity.ids_of(event)}):
+            by_shard[keys.shard(id_)].append(id_)
         tallies = Tallies(keys, engine, now)
+        resolves = [
+            evalsha(RESOLVE, [keys.identity(i) for i in ids], [self._ttl])
+            for ids in by_shard.values()
+        ]
+        # Each event's own key is loaded whatever the index says (a new visitor's profile is
+        # made under it), so it goes with the identities: for anonymous visitors, all there is.
+        own: dict[str, set[bytes]] = defaultdict(set)
+        for event, digest in zip(events, digests, strict=True):
+            own[identity.new_key(event)].add(digest)
+        loads = _Loads(keys, {key: (mids, set()) for key, mids in own.items()}, {})
         results = await self.connection.pipeline(
-            [*(("GETEX", keys.identity(i), "EX", self._ttl) for i in ids), *tallies.commands()],
-            "resolving identities",
+            [*resolves, *loads.commands, *tallies.commands()], "resolving identities"
         )
         raise_errors(results)
-        tallies.read(results[len(ids) :])
-        index = {i: r.decode() for i, r in zip(ids, results, strict=False) if r}
+        tallies.read(results[len(resolves) + len(loads.commands) :])
+        index = {
+            i: found.decode()
+            for ids, profiles in zip(by_shard.values(), results, strict=False)
+            for i, found in zip(ids, profiles, strict=True)
+            if found
+        }
         wanted: dict[str, set[bytes]] = defaultdict(set)  # key -> dedupe keys to check it for
         for event, digest in zip(events, digests, strict=True):
             for key in {
@@ -292,66 +310,42 @@ class RedisStore:
                 *(index[i] for i in identity.ids_of(event) if i in index),
             }:
                 wanted[key].add(digest)
-        records, seen = await self._load(wanted)
+        replies = results[len(resolves) : len(resolves) + len(loads.commands)]
+        records, seen = await self._load(wanted, loads, replies)
         return RedisLoaded(index, records, seen, tallies)
 
     async def commit(self, plan: Plan, loaded: Loaded, now: float) -> set[str]:
-        """Write every changed profile with one COMMIT each; return the keys that conflicted."""
+        """Write every changed profile (one COMMIT call per shard); return the keys that
+        conflicted."""
         assert isinstance(loaded, RedisLoaded)
         return await self._committer.commit(plan, loaded.records, now, loaded.tallies)
 
-    async def _load(self, wanted: dict[str, set[bytes]]) -> tuple[dict[str, Record], set[bytes]]:
-        """Load profiles, following merge redirects; return them and the dedupe keys seen."""
+    async def _load(
+        self, wanted: dict[str, set[bytes]], loads: _Loads, replies: list[Any]
+    ) -> tuple[dict[str, Record], set[bytes]]:
+        """Take the profiles `loads` asked for (their `replies`), then load the rest of `wanted`
+        and follow merge redirects; return the profiles and the dedupe keys seen."""
         keys = await self.connection.names()
         records: dict[str, Record] = {}
         seen: set[bytes] = set()
         checked: dict[str, set[bytes]] = defaultdict(set)  # key -> dedupe keys checked against it
-        todo = {key: (mids, set[str]()) for key, mids in wanted.items()}
         for _depth in range(MAX_CHAIN):
-            if not todo:
-                break
-            commands: list[Command] = []
-            order: list[tuple[str, list[bytes], list[str]]] = []
-            for key, (mids, sources) in todo.items():
-                fresh = sorted(mids - checked[key])
-                markers = sorted(sources)
-                commands.append(
-                    ("HMGET", keys.profile(key), "v", "s", "to", *(f"a:{q}" for q in markers))
-                )
-                if fresh:
-                    commands.append(("ZMSCORE", keys.seen(key), *fresh))
-                order.append((key, fresh, markers))
-            results = await self.connection.pipeline(commands, "loading profiles")
-            raise_errors(results)
-            position = 0
-            following: dict[str, tuple[set[bytes], set[str]]] = {}
-            for key, fresh, markers in order:
-                record = _record(key, results[position], markers)
-                position += 1
-                if fresh:
-                    seen.update(
-                        m
-                        for m, score in zip(fresh, results[position], strict=True)
-                        if score is not None
-                    )
-                    checked[key].update(fresh)
-                    position += 1
-                records[key] = record
-                if record.moved_to is None:
-                    continue
-                # Messages reaching a merged profile are checked against where it went, and a
-                # frozen profile still holding data is absorbed unless a hop on its way has it.
-                mids, sources = following.setdefault(record.moved_to, (set(), set()))
-                mids |= wanted.get(key, set()) | checked[key]
-                sources |= {q for q in markers if q not in record.absorbed}
-                if record.state is not None:
-                    sources.add(key)
-            todo = {}
+            following = loads.take(replies, wanted, records, seen, checked)
+            todo: dict[str, tuple[set[bytes], set[str]]] = {
+                key: (mids, set()) for key, mids in wanted.items() if mids - checked[key]
+            }
             for target, (mids, sources) in following.items():
                 known = records.get(target)
                 sources = {q for q in sources if known is None or q not in known.absorbed}
                 if known is None or mids - checked[target] or sources:
-                    todo[target] = (mids, sources)
+                    more, markers = todo.setdefault(target, (set(), set()))
+                    more |= mids
+                    markers |= sources
+            if not todo:
+                break
+            loads = _Loads(keys, todo, checked)
+            replies = await self.connection.pipeline(loads.commands, "loading profiles")
+            raise_errors(replies)
         return records, seen
 
     async def sample(
@@ -436,6 +430,66 @@ class RedisStore:
                 else:
                     del self._users_of_lock[name]
                     self._locks.pop(name, None)
+
+
+class _Loads:
+    """LOAD calls, one per shard, for profiles each with the messageIds to check against it
+    and the merge markers to read; `take` reads their replies."""
+
+    __slots__ = ("_asked", "commands")
+
+    def __init__(
+        self,
+        keys: Keys,
+        todo: dict[str, tuple[set[bytes], set[str]]],
+        checked: dict[str, set[bytes]],
+    ) -> None:
+        shards: dict[int, tuple[list[tuple[str, list[bytes], list[str]]], list[str], list[Any]]]
+        shards = defaultdict(lambda: ([], [], []))
+        for key, (mids, sources) in todo.items():
+            fresh = sorted(mids - checked.get(key, set()))
+            markers = sorted(sources)
+            asked, load_keys, args = shards[keys.shard(key)]
+            asked.append((key, fresh, markers))
+            load_keys += (keys.profile(key), keys.seen(key))
+            args += (len(markers), *markers, len(fresh), *fresh)
+        self.commands = [evalsha(LOAD, load_keys, args) for _, load_keys, args in shards.values()]
+        # per call: (key, messageIds checked, markers read) in order
+        self._asked = [asked for asked, _, _ in shards.values()]
+
+    def take(
+        self,
+        replies: list[Any],
+        wanted: dict[str, set[bytes]],
+        records: dict[str, Record],
+        seen: set[bytes],
+        checked: dict[str, set[bytes]],
+    ) -> dict[str, tuple[set[bytes], set[str]]]:
+        """Add the profiles loaded to `records`, the messageIds found to `seen` and those
+        checked to `checked`; return the merge redirects to follow: where to, with which
+        messageIds to check there and which frozen profiles to look for."""
+        following: dict[str, tuple[set[bytes], set[str]]] = {}
+        for asked, loaded in zip(self._asked, replies, strict=True):
+            for (key, fresh, markers), fields, scores in zip(
+                asked, loaded[::2], loaded[1::2], strict=True
+            ):
+                record = _record(key, fields, markers)
+                if fresh:
+                    seen.update(
+                        m for m, score in zip(fresh, scores, strict=True) if score is not None
+                    )
+                    checked[key].update(fresh)
+                records[key] = record
+                if record.moved_to is None:
+                    continue
+                # Messages reaching a merged profile are checked against where it went, and a
+                # frozen profile still holding data is absorbed unless a hop on its way has it.
+                mids, sources = following.setdefault(record.moved_to, (set(), set()))
+                mids |= wanted.get(key, set()) | checked[key]
+                sources |= {q for q in markers if q not in record.absorbed}
+                if record.state is not None:
+                    sources.add(key)
+        return following
 
 
 class RedisLoaded(Loaded):

@@ -7,6 +7,7 @@ a shared store can get wrong: concurrent processes, round trips, the outbox comm
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +26,7 @@ from collector.memory.store import MemoryStore
 from collector.redis.connection import RedisConnection
 from collector.redis.outbox import RedisOutbox
 from collector.redis.store import RedisStore
+from collector.store import identity
 from collector.store.base import Store
 from collector.store.pipeline import ingest
 from tests.support.poll import wait_until_async
@@ -402,7 +404,7 @@ async def test_round_trips_do_not_grow_with_the_batch(redis_server: RedisServer)
         return _Counting.writes - before
 
     one, hundred = await trips(1), await trips(100)
-    assert one == hundred == 3
+    assert one == hundred == 2  # identities and own profiles, then the commit
     await factory.close()
 
 
@@ -419,7 +421,7 @@ async def test_round_trips_in_a_cluster_do_not_grow_with_the_batch(
         before = store.connection.round_trips
         await ingest(store, [event(anonymous_id=uuid.uuid4().hex) for _ in range(size)], now)
         counts.append(store.connection.round_trips - before)
-    assert counts == [3, 3]
+    assert counts == [2, 2]
     await factory.close()
 
 
@@ -463,6 +465,25 @@ async def test_an_unreachable_redis_is_unavailable_not_an_error() -> None:
         await factory.close()
 
 
+async def test_a_frozen_redis_is_unavailable_after_the_timeout_and_recovers() -> None:
+    with RedisServer() as redis:
+        factory = _Factory("redis", redis.url, decode_config(CONFIG))
+        store = await factory(socket_timeout=0.5)
+        await ingest(store, [event(anonymous_id="v")], time.time())
+        assert redis.process is not None
+        redis.process.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(Unavailable):
+                await ingest(store, [event(anonymous_id="v")], time.time())
+        finally:
+            redis.process.send_signal(signal.SIGCONT)
+        result = await ingest(store, [event(anonymous_id="v2")], time.time())
+        assert result.accepted == 1
+        view = await store.lookup("v", time.time())
+        assert view is not None and view.profile["event_counts"] == {"page": 1}
+        await factory.close()
+
+
 async def test_a_merge_interrupted_after_freezing_completes_later(
     make_redis_store: _Factory,
 ) -> None:
@@ -497,3 +518,26 @@ async def test_a_merge_interrupted_after_freezing_completes_later(
     assert again.accepted == 1
     fay = await store.lookup("fay", now)
     assert fay is not None and fay.profile["event_counts"] == {"page": 4, "identify": 1}
+
+
+async def test_a_conflict_on_one_profile_leaves_the_others_of_the_commit_written(
+    make_redis_store: _Factory,
+) -> None:
+    from collector.store.plan import run_events
+
+    first, second = await make_redis_store(), await make_redis_store()
+    assert isinstance(first, RedisStore)
+    now = time.time()
+    users = [f"user-{n}" for n in range(8)]  # several of them share a shard in a cluster too
+    batch = [event("Signed Up", anonymous_id=user) for user in users]
+    digests = [identity.dedupe_key(e) for e in batch]
+    loaded = await first.load(batch, digests, now)
+    # Another process writes one of the profiles between this one's load and its commit.
+    await ingest(second, [event("Step", anonymous_id="user-3")], now)
+    plan = run_events(first.engine(), batch, digests, now, loaded)
+    assert await first.commit(plan, loaded, now) == {"a:user-3"}
+    for user in users:
+        view = await first.lookup(user, now)
+        assert view is not None
+        expected = {"Step": 1} if user == "user-3" else {"Signed Up": 1}
+        assert view.profile["event_counts"] == expected
