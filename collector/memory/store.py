@@ -19,8 +19,8 @@ Per-visitor memory is what bounds this store, so what it keeps is compact: a pro
 encoded (msgpack, `kept`) between events and decoded for each attempt (`held`), so a profile
 costs a few hundred bytes instead of a tree of Python objects several times that, and the
 decoded copy doubles as the rollback: an attempt that is not committed leaves what is held as
-it was. A profile's recent events are packed (msgpack arrays of their fields, unpacked only for
-a lookup), id lists are tuples, and an anonymous visitor's profile key doubles as its index
+it was. A profile's recent events are compressed, all in one bytes object (`recent`), id lists
+are tuples, and an anonymous visitor's profile key doubles as its index
 entry. Few of these objects are containers the cyclic garbage collector must walk, which keeps
 its pauses short as the store grows.
 """
@@ -47,9 +47,9 @@ from collector.engine.results import Counts
 from collector.events import Event
 from collector.memory.disk import Disk
 from collector.memory.eviction import ESTIMATE_SAMPLE, SPARE_AT_MOST, Evictions
+from collector.memory.recent import RecentEvents
 from collector.memory.records import (
     EarlierState,
-    Packed,
     decode_dedupe_keys,
     decode_hours,
     decode_json_profile,
@@ -58,19 +58,14 @@ from collector.memory.records import (
     decode_tally,
     encode_tally,
     load_state,
-    pack_bytes,
     pack_plain,
     save_state,
-    storable,
-    stored_event,
-    unpack,
 )
 from collector.store import identity
 from collector.store.base import (
     DEDUPE_SECONDS,
     IngestResult,
     UserView,
-    bounded_recent,
     event_as_message,
 )
 from collector.store.plan import Loaded, Plan, Record
@@ -84,6 +79,7 @@ EARLIER_STATE = "state.msgpack"  # what versions before the log saved at a clean
 MAX_REMEMBERED_MESSAGES = 5_000_000
 KEEP_HOURS = 72  # hours of fired/suppressed counts kept per campaign
 SLICE = 500  # profiles a sample gives between yields to the event loop
+RECENT_DICTIONARY = "recent"  # the dictionaries table's row for recent events' (see `recent`)
 
 class MemoryStore:
     """Per-user state held in this process (the default, zero set-up mode)."""
@@ -107,7 +103,9 @@ class MemoryStore:
         # OrderedDict costs ~50 bytes more each)
         self._seen: dict[bytes | str, float] = {}
         self._seen_order: deque[bytes | str] = deque()
-        self._recent: dict[str, tuple[Packed, ...]] = {}  # key -> recent events, oldest first
+        self._recent = RecentEvents(  # key -> recent events, oldest first
+            lambda: self._limits.recent_events, lambda: self._limits.recent_event_bytes
+        )
         self._deliveries: dict[str, Tally] = {}  # campaign id -> deliveries, for stop conditions
         # campaign id -> arm -> users assigned, converted, value: counted in the same step as
         # the state change that made them (the engine's ticks)
@@ -125,6 +123,8 @@ class MemoryStore:
             self._profiles = disk.table("profiles", self._profile_record)
             self._seen_journal = disk.journal("seen", max_age=DEDUPE_SECONDS)
             self._recent_rows = disk.lists("recent", keep=max(limits.recent_events, 1))
+            self._dictionaries = disk.table("dictionaries", self._dictionary_record)
+            self._recent.trained = lambda _: self._dictionaries.mark(RECENT_DICTIONARY)
         self._mark: Callable[[str], None] = (
             self._profiles.mark if disk is not None else _ignore
         )
@@ -142,11 +142,16 @@ class MemoryStore:
             self._ids[key] = profile.ids
             for id_ in profile.ids:
                 self._index[key if id_ == key else id_] = key
-        for key, items in self._recent_rows.stored().items():
-            if size and key in self._ids:
-                self._recent[key] = tuple(stored_event(item) for item in items[-size:])
+        for name, value in self._dictionaries.rows():
+            if name == RECENT_DICTIONARY:
+                self._recent.codec.set_dictionary(value)
+        if size:
+            stored = self._recent_rows.stored().items()
+            self._recent.load((key, items) for key, items in stored if key in self._ids)
         if not loaded:
             loaded = await self._import_earlier(self._disk)
+        for key in self._recent.compress_held():  # kept before there was a dictionary
+            self._recent_rows.reset(key, self._recent.items(key))
         loaded.sort(key=lambda item: item[1].last_seen)  # least recently seen first
         self._users = OrderedDict((key, kept(state)) for key, state in loaded)
         seen = self._seen
@@ -186,7 +191,7 @@ class MemoryStore:
         for key, packed in earlier.recent.items():
             if size and packed and key in earlier.users:
                 items = [bytes(p) for p in packed[-size:]]
-                self._recent[key] = tuple(items)
+                self._recent.put(key, items)
                 self._recent_rows.reset(key, items)
         self._users = OrderedDict(  # for the records staged below
             (key, kept(state)) for key, state in earlier.users.items()
@@ -217,6 +222,9 @@ class MemoryStore:
     def _hours_record(self, campaign_id: str) -> bytes | None:
         hours = self._hourly.get(campaign_id)
         return None if hours is None else pack_plain(hours)
+
+    def _dictionary_record(self, name: str) -> bytes | None:
+        return self._recent.codec.dictionary if name == RECENT_DICTIONARY else None
 
     def _profile_record(
         self, key: str
@@ -439,7 +447,7 @@ class MemoryStore:
         if key is None:
             return None
         state = held(self._users[key])
-        recent = [event_as_message(unpack(p)) for p in self._recent.get(key, ())]
+        recent = [event_as_message(event) for event in self._recent.events(key)]
         engine = self._engine()
         stopped = engine.stopped(self._deliveries, now)
         return UserView(key, engine.describe(state, now, stopped), recent)
@@ -485,31 +493,17 @@ class MemoryStore:
         self._mark(key)
 
     def _remember(self, key: str, event: Event) -> None:
-        size = self._limits.recent_events
-        kept = self._recent.get(key, ())
-        if len(kept) >= size:
-            kept = kept[len(kept) - size + 1 :]
-        packed = self._pack_recent(event)
-        self._recent[key] = (*kept, packed)
+        item = self._recent.add(key, event)
         if self._disk is not None:
-            self._recent_rows.append(key, storable(packed))
-
-    def _pack_recent(self, event: Event) -> Packed:
-        try:
-            return bounded_recent(event, self._limits.recent_event_bytes, pack_bytes)
-        except OverflowError:
-            return event
+            self._recent_rows.append(key, item)
 
     def _recent_merge(self, key: str, other: str) -> None:
-        events = [unpack(p) for p in (*self._recent.pop(other, ()), *self._recent.get(key, ()))]
-        events.sort(key=lambda e: e.timestamp)
-        size = self._limits.recent_events
-        if size and events:
-            self._recent[key] = tuple(self._pack_recent(e) for e in events[-size:])
+        if other not in self._recent:
+            return
+        items = self._recent.merge(key, other)
         if self._disk is not None:
             self._recent_rows.reset(other, None)
-            kept = self._recent.get(key)
-            self._recent_rows.reset(key, [storable(p) for p in kept] if kept else None)
+            self._recent_rows.reset(key, items or None)
 
     def _expire(self, now: float) -> None:
         """Forget old messageIds and evict profiles unseen for the TTL or beyond the size bound."""
@@ -543,7 +537,7 @@ class MemoryStore:
         del self._users[key]
         self._oldest = None
         self._mark(key)
-        if self._recent.pop(key, None) is not None and self._disk is not None:
+        if self._recent.pop(key) and self._disk is not None:
             self._recent_rows.reset(key, None)
         self._scheduled.pop(key, None)
         if len(self._due) > 2 * len(self._scheduled) + 1024:  # mostly stale entries: rebuild
@@ -557,7 +551,7 @@ class MemoryStore:
         """What the newest profiles take, for a memory budget (see `eviction`)."""
         newest = list(itertools.islice(reversed(self._users), ESTIMATE_SAMPLE))
         self.evictions.measure(
-            (self._users[key], self._ids.get(key, ()), self._recent.get(key, ()))
+            (self._users[key], self._ids.get(key, ()), self._recent.blob(key))
             for key in newest
         )
 
