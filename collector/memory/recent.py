@@ -2,12 +2,13 @@
 
 What the admin shows of a user's recent events (`state.recent_events` of them) is read only when
 someone looks the user up, replays a delivery or dry-runs a campaign, yet it was most of what a
-visitor cost: a few hundred bytes per message even packed. So each event is packed (msgpack, see
-`records.pack`) and compressed with Zstandard against a dictionary trained on the events this data
-directory has seen (a site's events repeat their field layout, URLs, user agents and names, which
-a dictionary of a few KB captures: a 460-byte page view takes about 70 to 120 bytes), and all of a
-profile's events sit in one bytes object (a count, then each item after its length), so a profile
-costs one object, not one per event.
+visitor cost: a few hundred bytes per message even packed. So each event is packed (msgpack,
+see `records.pack_bytes`) and compressed with Zstandard against a dictionary trained on the
+events this data directory has seen: a site's events repeat their field layout, URLs, user
+agents and names, which a dictionary of a few KB captures (the demo shop's page views go from
+about 460 bytes to 72; page views with varied user agents, paths, referrers and campaign
+parameters from 495 to about 120). All of a profile's events sit in one bytes object (a count,
+then each item after its length), so a profile costs one object, not one per event.
 
 The dictionary is trained once, in a worker thread, from the first TRAIN_EVENTS events packed
 (until then events are kept packed and uncompressed, and are compressed once it exists), and is
