@@ -11,15 +11,15 @@ from typing import Any
 
 import msgspec
 
-from collector.engine.profile import Tally, UserState
+from collector.engine.profile import Tally, UserState, encode_state
 from collector.engine.results import Counts
 from collector.events import Event
 
 _EVENT_FIELDS = msgspec.structs.fields(Event)
 pack_plain = msgspec.msgpack.Encoder().encode
 _unpack = msgspec.msgpack.Decoder(list[Any]).decode
-save_state = msgspec.msgpack.Encoder().encode
-load_state = msgspec.msgpack.Decoder(UserState).decode
+save_state = encode_state
+load_state = msgspec.msgpack.Decoder(UserState).decode  # only the array form, as held
 
 
 def pack_bytes(event: Event) -> bytes:
@@ -37,7 +37,7 @@ def unpack(packed: bytes) -> Event:
 class EarlierState(msgspec.Struct):
     """`state.msgpack`, as versions before the log saved it at a clean stop."""
 
-    users: dict[str, UserState]
+    users: dict[str, msgspec.Raw]  # map-form profiles (see `decode_state`)
     index: dict[str, str]
     seen: list[tuple[str, float]] = []  # messageIds: dedupe is per sender now, so not imported
     recent: dict[str, list[msgspec.Raw]] = {}  # packed events (see `pack_bytes`)
@@ -45,9 +45,11 @@ class EarlierState(msgspec.Struct):
 
 class Profile(msgspec.Struct, array_like=True):
     """One profile as the data directory keeps it (its recent events are kept apart); written
-    as the tuple `_profile_record` gives, JSON past 64-bit integers."""
+    as the tuple `_profile_record` gives, JSON past 64-bit integers. The state is read with
+    `decode_state` (or `decode_json_state`), which also reads the map form earlier versions
+    wrote."""
 
-    state: UserState
+    state: msgspec.Raw
     ids: tuple[str, ...]
 
 

@@ -42,7 +42,14 @@ from collector.config.schema import StateSettings
 from collector.delivery.outbox import Outbox
 from collector.engine import goals
 from collector.engine.engine import Engine
-from collector.engine.profile import Decision, Tally, Timer, UserState
+from collector.engine.profile import (
+    Decision,
+    Tally,
+    Timer,
+    UserState,
+    decode_json_state,
+    decode_state,
+)
 from collector.engine.results import Counts
 from collector.events import Event
 from collector.memory.disk import Disk
@@ -137,8 +144,13 @@ class MemoryStore:
         size = self._limits.recent_events
         loaded: list[tuple[str, UserState]] = []
         for key, value in self._profiles.rows():
-            profile = decode_json_profile(value) if value[:1] == b"[" else decode_profile(value)
-            loaded.append((key, profile.state))
+            if value[:1] == b"[":
+                profile = decode_json_profile(value)
+                state = decode_json_state(profile.state)
+            else:
+                profile = decode_profile(value)
+                state = decode_state(profile.state)
+            loaded.append((key, state))
             self._ids[key] = profile.ids
             for id_ in profile.ids:
                 self._index[key if id_ == key else id_] = key
@@ -181,32 +193,33 @@ class MemoryStore:
         earlier = disk.earlier(EARLIER_STATE, EarlierState)
         if earlier is None:
             return []
+        users = {key: decode_state(state) for key, state in earlier.users.items()}
         ids: dict[str, list[str]] = {}
         for id_, key in earlier.index.items():
-            if key in earlier.users:
+            if key in users:
                 self._index[id_] = key
                 ids.setdefault(key, []).append(id_)
         self._ids = {key: tuple(found) for key, found in ids.items()}
         size = self._limits.recent_events
         for key, packed in earlier.recent.items():
-            if size and packed and key in earlier.users:
+            if size and packed and key in users:
                 items = [bytes(p) for p in packed[-size:]]
                 self._recent.put(key, items)
                 self._recent_rows.reset(key, items)
         self._users = OrderedDict(  # for the records staged below
-            (key, kept(state)) for key, state in earlier.users.items()
+            (key, kept(state)) for key, state in users.items()
         )
-        for key in earlier.users:
+        for key in users:
             self._profiles.mark(key)
         await disk.commit()
         disk.imported(EARLIER_STATE)
         log.warning(
             "imported %d profiles saved by an earlier version (%s is now %s.imported)",
-            len(earlier.users),
+            len(users),
             EARLIER_STATE,
             EARLIER_STATE,
         )
-        return list(earlier.users.items())
+        return list(users.items())
 
     async def close(self) -> None:
         """Nothing to do: every change was written as it was made."""
