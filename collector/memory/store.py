@@ -20,9 +20,9 @@ encoded (msgpack, `kept`) between events and decoded for each attempt (`held`), 
 costs a few hundred bytes instead of a tree of Python objects several times that, and the
 decoded copy doubles as the rollback: an attempt that is not committed leaves what is held as
 it was. A profile's recent events are compressed, all in one bytes object (`recent`), id lists
-are tuples, and an anonymous visitor's profile key doubles as its index
-entry. Few of these objects are containers the cyclic garbage collector must walk, which keeps
-its pauses short as the store grows.
+are tuples, and a profile's key, one of its ids, needs no index entry of its own: an anonymous
+visitor has none. Few of these objects are containers the cyclic garbage collector must
+walk, which keeps its pauses short as the store grows.
 """
 
 from __future__ import annotations
@@ -103,8 +103,11 @@ class MemoryStore:
         self._limits = limits
         self._disk = disk  # None: nothing kept (replay, tests)
         self._users: OrderedDict[str, Kept] = OrderedDict()  # least recently seen first (`kept`)
-        self._index: dict[str, str] = {}  # namespaced id -> profile key
-        self._ids: dict[str, tuple[str, ...]] = {}  # profile key -> its namespaced ids
+        # A profile's key is one of its ids (the first it was seen with) unless `_index` sends
+        # it elsewhere, so only its other ids are indexed: most profiles, an anonymous
+        # visitor's, have no entry in either dict.
+        self._index: dict[str, str] = {}  # namespaced id -> profile key, for other ids
+        self._ids: dict[str, tuple[str, ...]] = {}  # profile key -> its other namespaced ids
         # dedupe key (`identity.dedupe_key`) -> time first seen, and the same keys oldest first
         # (a plain dict cannot find its oldest entry cheaply once many are deleted; an
         # OrderedDict costs ~50 bytes more each)
@@ -151,15 +154,14 @@ class MemoryStore:
                 profile = decode_profile(value)
                 state = decode_state(profile.state)
             loaded.append((key, state))
-            self._ids[key] = profile.ids
-            for id_ in profile.ids:
-                self._index[key if id_ == key else id_] = key
+            self._index_ids(key, profile.ids)
         for name, value in self._dictionaries.rows():
             if name == RECENT_DICTIONARY:
                 self._recent.codec.set_dictionary(value)
         if size:
             stored = self._recent_rows.stored().items()
-            self._recent.load((key, items) for key, items in stored if key in self._ids)
+            keys = {key for key, _ in loaded}
+            self._recent.load((key, items) for key, items in stored if key in keys)
         if not loaded:
             loaded = await self._import_earlier(self._disk)
         for key in self._recent.compress_held():  # kept before there was a dictionary
@@ -197,9 +199,9 @@ class MemoryStore:
         ids: dict[str, list[str]] = {}
         for id_, key in earlier.index.items():
             if key in users:
-                self._index[id_] = key
                 ids.setdefault(key, []).append(id_)
-        self._ids = {key: tuple(found) for key, found in ids.items()}
+        for key, found in ids.items():
+            self._index_ids(key, found)
         size = self._limits.recent_events
         for key, packed in earlier.recent.items():
             if size and packed and key in users:
@@ -220,6 +222,14 @@ class MemoryStore:
             EARLIER_STATE,
         )
         return list(users.items())
+
+    def _index_ids(self, key: str, ids: Iterable[str]) -> None:
+        """Index a loaded profile's ids (all but its key, which is an id of its own)."""
+        others = tuple(id_ for id_ in ids if id_ != key)
+        if others:
+            self._ids[key] = others
+            for id_ in others:
+                self._index[id_] = key
 
     async def close(self) -> None:
         """Nothing to do: every change was written as it was made."""
@@ -243,12 +253,13 @@ class MemoryStore:
         self, key: str
     ) -> tuple[msgspec.Raw | UserState, tuple[str, ...]] | None:
         """A profile as the data directory keeps it (the fields of `Profile`, encoded with the
-        rest of its frame); None when there is none (deleted)."""
+        rest of its frame): its state and all its ids; None when there is none (deleted)."""
         stored = self._users.get(key)
         if stored is None:
             return None
         state = msgspec.Raw(stored) if isinstance(stored, bytes) else stored
-        return state, self._ids.get(key, ())
+        ids = self._ids.get(key, ())
+        return state, (key, *ids) if self._index.get(key, key) == key else ids
 
     async def ping(self) -> bool:
         """Always reachable: it lives in this process."""
@@ -276,15 +287,12 @@ class MemoryStore:
         index: dict[str, str] = {}
         records: dict[str, Record] = {}
         for event in events:
-            ids = identity.ids_of(event)
-            for id_ in ids:
-                key = owners.get(id_)
-                if key is not None and key in users:
+            for id_ in identity.ids_of(event):
+                key = owners.get(id_, id_)  # an id not indexed elsewhere is its profile's key
+                if key in users:
                     index[id_] = key
                     if key not in records:
                         records[key] = Record(key, held(users[key]))
-            if ids and ids[0] not in records and ids[0] in users:  # a new profile's key
-                records[ids[0]] = Record(ids[0], held(users[ids[0]]))
         seen = self._seen
         deliveries = self._deliveries  # copied: counted in the live ones only when committed
         return Loaded(
@@ -311,6 +319,8 @@ class MemoryStore:
                 if loser == self._oldest:
                     self._oldest = None
             self._recent_merge(target, loser)
+            if self._index.get(loser, loser) == loser:  # its key was one of its ids
+                self._link(loser, target)
             for id_ in self._ids.pop(loser, ()):
                 self._link(id_, target)
         for id_, key in plan.links.items():
@@ -466,9 +476,11 @@ class MemoryStore:
         return UserView(key, engine.describe(state, now, stopped), recent)
 
     def _find(self, identity_: str) -> str | None:
-        ids = identity.lookup_ids(identity_)
-        key = next((self._index[i] for i in ids if i in self._index), identity_)
-        return key if key in self._users else None
+        for id_ in identity.lookup_ids(identity_):
+            key = self._index.get(id_, id_)
+            if key in self._users:
+                return key
+        return identity_ if identity_ in self._users else None
 
     def __len__(self) -> int:
         return len(self._users)
@@ -493,16 +505,23 @@ class MemoryStore:
                 yield held(stored), total
 
     def _link(self, id_: str, key: str) -> None:
-        previous = self._index.get(id_)
+        """Point an id at profile `key`, taking it from the profile that had it."""
+        previous = self._index.get(id_, id_)  # not indexed: its own profile's key, if any
         if previous == key:
             return
-        if previous is not None and previous in self._ids:
-            self._ids[previous] = tuple(i for i in self._ids[previous] if i != id_)
+        if previous != id_:
+            others = tuple(i for i in self._ids.get(previous, ()) if i != id_)
+            if others:
+                self._ids[previous] = others
+            else:
+                self._ids.pop(previous, None)
+        if previous in self._users:
             self._mark(previous)
-        if id_ == key:
-            id_ = key  # an anonymous visitor's key doubles as its index entry: one string
-        self._index[id_] = key
-        self._ids[key] = (*self._ids.get(key, ()), id_)
+        if id_ == key:  # back to the profile it is the key of: nothing to index
+            del self._index[id_]
+        else:
+            self._index[id_] = key
+            self._ids[key] = (*self._ids.get(key, ()), id_)
         self._mark(key)
 
     def _remember(self, key: str, event: Event) -> None:

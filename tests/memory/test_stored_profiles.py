@@ -107,3 +107,42 @@ def test_profiles_an_earlier_version_wrote_are_read_and_rewritten(tmp_path: Path
     with run_tripwire({"write_keys": [WRITE_KEY]}, data_dir=tmp_path) as server:
         assert counts(server, "returning") == {"page": 2, "Viewed": 1}
         assert counts(server, "phone") == {"Signed Up": 1, "Viewed": 1}
+
+
+def identify(user_id: str, anonymous_id: str) -> dict[str, Any]:
+    return {
+        "type": "identify",
+        "userId": user_id,
+        "anonymousId": anonymous_id,
+        "messageId": uuid.uuid4().hex,
+    }
+
+
+def test_a_browser_that_changed_hands_is_found_as_it_was_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    # The profile first seen as anonymous "shared" becomes bob's; then carol signs in on the
+    # same browser, and the anonymous id moves to her profile while bob's keeps its key.
+    batch = [
+        track("Viewed", "shared"),
+        identify("bob", "shared"),
+        identify("carol", "shared"),
+        track("Bought", "shared"),
+    ]
+
+    def check(server: Tripwire) -> None:
+        bob, carol, shared = server.user("bob"), server.user("carol"), server.user("shared")
+        assert bob is not None and carol is not None and shared is not None
+        assert bob["key"] == "a:shared" and carol["key"] == "u:carol"
+        assert shared["key"] == "u:carol" and "Bought" in shared["profile"]["event_counts"]
+        assert "Bought" not in bob["profile"]["event_counts"]
+
+    with run_tripwire({"write_keys": [WRITE_KEY]}, data_dir=tmp_path) as server:
+        for message in batch:  # one request each, in order
+            body = {"writeKey": WRITE_KEY, "batch": [message]}
+            assert server.post("/v1/batch", body).status_code == 200
+        check(server)
+        server.process.kill()
+        server.process.wait()
+    with run_tripwire({"write_keys": [WRITE_KEY]}, data_dir=tmp_path) as server:
+        check(server)
