@@ -33,7 +33,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import msgspec
@@ -84,6 +84,14 @@ Kept = bytes | UserState  # a held profile: msgpack, or the state past msgpack's
 
 EARLIER_STATE = "state.msgpack"  # what versions before the log saved at a clean stop
 MAX_REMEMBERED_MESSAGES = 5_000_000
+FORGET_BELOW_MAX = MAX_REMEMBERED_MESSAGES - 50_000
+FORGET_EVERY = 60.0  # seconds between looks for expired dedupe marks
+# A dedupe mark is MARK_BITS of the message's digest (`identity.dedupe_key`) as an int: an int
+# below 2**60 takes 32 bytes, the digest as bytes 64 (48 cut to 15 bytes). With
+# MAX_REMEMBERED_MESSAGES marks held, a new message is taken for a duplicate by chance once in
+# 2**60 / 5e6, over 10**11, messages.
+MARK_BITS = 60
+_MARK_MASK = (1 << MARK_BITS) - 1
 KEEP_HOURS = 72  # hours of fired/suppressed counts kept per campaign
 SLICE = 500  # profiles a sample gives between yields to the event loop
 RECENT_DICTIONARY = "recent"  # the dictionaries table's row for recent events' (see `recent`)
@@ -108,11 +116,9 @@ class MemoryStore:
         # visitor's, have no entry in either dict.
         self._index: dict[str, str] = {}  # namespaced id -> profile key, for other ids
         self._ids: dict[str, tuple[str, ...]] = {}  # profile key -> its other namespaced ids
-        # dedupe key (`identity.dedupe_key`) -> time first seen, and the same keys oldest first
-        # (a plain dict cannot find its oldest entry cheaply once many are deleted; an
-        # OrderedDict costs ~50 bytes more each)
-        self._seen: dict[bytes | str, float] = {}
-        self._seen_order: deque[bytes | str] = deque()
+        # dedupe mark (`seen_mark`) -> time first seen, oldest first (as inserted)
+        self._seen: dict[int, float] = {}
+        self._forget_at = 0.0  # when expired dedupe marks are next looked for
         self._recent = RecentEvents(  # key -> recent events, oldest first
             lambda: self._limits.recent_events, lambda: self._limits.recent_event_bytes
         )
@@ -171,8 +177,8 @@ class MemoryStore:
         seen = self._seen
         for at, value in self._seen_journal.entries():
             for dedupe in decode_dedupe_keys(value):
-                seen[dedupe] = at
-        self._seen_order = deque(seen)
+                # (marks written by earlier versions are whole digests)
+                seen[dedupe if isinstance(dedupe, int) else seen_mark(dedupe)] = at
         self._deliveries = {
             campaign_id: decode_tally(value) for campaign_id, value in self._tallies.rows()
         }
@@ -298,7 +304,7 @@ class MemoryStore:
         return Loaded(
             index,
             records,
-            {digest for digest in digests if digest in seen},
+            {digest for digest in digests if seen_mark(digest) in seen},
             {cid: msgspec.structs.replace(tally) for cid, tally in deliveries.items()}
             if deliveries
             else {},
@@ -327,8 +333,7 @@ class MemoryStore:
             self._link(id_, key)
         keep_recent = self._limits.recent_events > 0
         seen = self._seen
-        order = self._seen_order
-        new_keys: list[bytes] = []
+        new_keys: list[int] = []
         for key, positions in plan.owner_events.items():
             state = plan.states.get(key)
             if not positions or state is None:
@@ -341,9 +346,9 @@ class MemoryStore:
             else:
                 users[key] = kept(state)  # a new key goes in last: the most recently seen
             for digest in plan.seen.get(key, ()):
-                seen[digest] = now
-                order.append(digest)
-                new_keys.append(digest)
+                remembered = seen_mark(digest)
+                seen[remembered] = now
+                new_keys.append(remembered)
             ticks = plan.ticks.get(key)
             if ticks:
                 self._count(ticks)
@@ -539,12 +544,8 @@ class MemoryStore:
 
     def _expire(self, now: float) -> None:
         """Forget old messageIds and evict profiles unseen for the TTL or beyond the size bound."""
-        seen = self._seen
-        order = self._seen_order
-        while order and (
-            len(seen) > MAX_REMEMBERED_MESSAGES or seen[order[0]] < now - DEDUPE_SECONDS
-        ):
-            del seen[order.popleft()]
+        if now >= self._forget_at or len(self._seen) > MAX_REMEMBERED_MESSAGES:
+            self._forget_seen(now)
         users = self._users
         ttl = self._limits.user_ttl
         capacity = self.evictions.capacity()
@@ -563,6 +564,27 @@ class MemoryStore:
                 continue
             self._evict(key)
             self.evictions.count("expired" if expired else "capacity", now)
+
+    def _forget_seen(self, now: float) -> None:
+        """Forget the dedupe marks older than DEDUPE_SECONDS, and the oldest past
+        MAX_REMEMBERED_MESSAGES (down to FORGET_BELOW_MAX of them, so that a full store does
+        not look again on every request).
+
+        The marks are oldest first, so this reads from the front; but a dict's deleted entries
+        stay as gaps at its front until it grows, and every look steps over them: looking every
+        FORGET_EVERY seconds, rather than on each request, keeps that cost negligible.
+        """
+        seen = self._seen
+        cutoff = now - DEDUPE_SECONDS
+        keep = FORGET_BELOW_MAX if len(seen) > MAX_REMEMBERED_MESSAGES else len(seen)
+        forgotten: list[int] = []
+        for mark, at in seen.items():
+            if at >= cutoff and len(seen) - len(forgotten) <= keep:
+                break
+            forgotten.append(mark)
+        for mark in forgotten:
+            del seen[mark]
+        self._forget_at = now + FORGET_EVERY
 
     def _evict(self, key: str) -> None:
         """Let a profile go with everything that was its: ids, recent events, its timer."""
@@ -603,6 +625,12 @@ def kept(state: UserState) -> Kept:
 def held(stored: Kept) -> UserState:
     """A held profile, decoded afresh (a copy the caller may change)."""
     return load_state(stored) if isinstance(stored, bytes) else stored
+
+
+def seen_mark(digest: bytes) -> int:
+    """What a message's dedupe digest is remembered as: MARK_BITS of it, as an int (masked
+    rather than shifted: a shifted int keeps the allocation of the digest's size)."""
+    return int.from_bytes(digest) & _MARK_MASK
 
 
 def _ignore(_: str) -> None:
