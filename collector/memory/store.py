@@ -159,6 +159,7 @@ class MemoryStore:
             else:
                 profile = decode_profile(value)
                 state = decode_state(profile.state)
+            state.key = key  # left out of what is held and written (see `kept`)
             loaded.append((key, state))
             self._index_ids(key, profile.ids)
         for name, value in self._dictionaries.rows():
@@ -298,7 +299,7 @@ class MemoryStore:
                 if key in users:
                     index[id_] = key
                     if key not in records:
-                        records[key] = Record(key, held(users[key]))
+                        records[key] = Record(key, held(key, users[key]))
         seen = self._seen
         deliveries = self._deliveries  # copied: counted in the live ones only when committed
         return Loaded(
@@ -389,7 +390,7 @@ class MemoryStore:
                 continue  # superseded by an earlier due time, or the user is gone
             del self._scheduled[key]
             stored = self._users.get(key)
-            state = None if stored is None else held(stored)
+            state = None if stored is None else held(key, stored)
             if state is None or not state.timers:
                 continue
             outcome = engine.fire_due(
@@ -467,14 +468,14 @@ class MemoryStore:
     async def user_state(self, identity_: str) -> UserState | None:
         """The engine state of a user found by any of its ids or its key."""
         key = self._find(identity_)
-        return None if key is None else held(self._users[key])
+        return None if key is None else held(key, self._users[key])
 
     async def lookup(self, identity_: str, now: float) -> UserView | None:
         """Find a profile by any of its ids or its key."""
         key = self._find(identity_)
         if key is None:
             return None
-        state = held(self._users[key])
+        state = held(key, self._users[key])
         recent = [event_as_message(event) for event in self._recent.events(key)]
         engine = self._engine()
         stopped = engine.stopped(self._deliveries, now)
@@ -507,7 +508,7 @@ class MemoryStore:
                 await asyncio.sleep(0)
             stored = users.get(key)
             if stored is not None:
-                yield held(stored), total
+                yield held(key, stored), total
 
     def _link(self, id_: str, key: str) -> None:
         """Point an id at profile `key`, taking it from the profile that had it."""
@@ -553,7 +554,7 @@ class MemoryStore:
         while users:
             key = next(iter(users))
             if key != self._oldest:  # read when the least recently seen was seen, once
-                self._oldest, self._oldest_seen = key, held(users[key]).last_seen
+                self._oldest, self._oldest_seen = key, held(key, users[key]).last_seen
             expired = self._oldest_seen < now - ttl
             if not expired and len(users) <= capacity:
                 break
@@ -615,16 +616,28 @@ _NOT_HELD: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 def kept(state: UserState) -> Kept:
     """A profile as held between events: encoded (a few hundred bytes instead of a tree of
-    Python objects several times that), or the state itself when msgpack cannot carry it."""
+    Python objects several times that), or the state itself when msgpack cannot carry it.
+
+    The encoded form leaves the key out (it is the profile's key in the store and in the data
+    directory, so `held` and `open` put it back): a visitor's id, it was a tenth of the bytes.
+    """
+    key = state.key
+    state.key = ""
     try:
         return save_state(state)
     except OverflowError:  # an integer past 64 bits
         return state
+    finally:
+        state.key = key
 
 
-def held(stored: Kept) -> UserState:
-    """A held profile, decoded afresh (a copy the caller may change)."""
-    return load_state(stored) if isinstance(stored, bytes) else stored
+def held(key: str, stored: Kept) -> UserState:
+    """Profile `key` as held, decoded afresh (a copy the caller may change)."""
+    if isinstance(stored, bytes):
+        state = load_state(stored)
+        state.key = key
+        return state
+    return stored
 
 
 def seen_mark(digest: bytes) -> int:
