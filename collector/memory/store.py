@@ -33,7 +33,6 @@ import heapq
 import itertools
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import msgspec
@@ -86,6 +85,7 @@ EARLIER_STATE = "state.msgpack"  # what versions before the log saved at a clean
 MAX_REMEMBERED_MESSAGES = 5_000_000
 FORGET_BELOW_MAX = MAX_REMEMBERED_MESSAGES - 50_000
 FORGET_EVERY = 60.0  # seconds between looks for expired dedupe marks
+SWEEP_EVERY = 60.0  # seconds between looks for profiles unseen for the TTL
 # A dedupe mark is MARK_BITS of the message's digest (`identity.dedupe_key`) as an int: an int
 # below 2**60 takes 32 bytes, the digest as bytes 64 (48 cut to 15 bytes). With
 # MAX_REMEMBERED_MESSAGES marks held, a new message is taken for a duplicate by chance once in
@@ -110,7 +110,9 @@ class MemoryStore:
         self._outbox = outbox  # where fired webhooks go; None = only report them (replay)
         self._limits = limits
         self._disk = disk  # None: nothing kept (replay, tests)
-        self._users: OrderedDict[str, Kept] = OrderedDict()  # least recently seen first (`kept`)
+        # key -> profile (`kept`), least recently seen first: a profile seen again is taken out
+        # and put back last (a plain dict, not an OrderedDict: that costs 55 bytes more a key)
+        self._users: dict[str, Kept] = {}
         # A profile's key is one of its ids (the first it was seen with) unless `_index` sends
         # it elsewhere, so only its other ids are indexed: most profiles, an anonymous
         # visitor's, have no entry in either dict.
@@ -130,8 +132,7 @@ class MemoryStore:
         self._due: list[tuple[float, str]] = []  # heap of (due, key), possibly stale
         self._scheduled: dict[str, float] = {}  # key -> the due time its live heap entry has
         self.evictions = Evictions(limits)
-        self._oldest: str | None = None  # the least recently seen profile's key, as last read
-        self._oldest_seen = 0.0  # and when it was seen
+        self._sweep_at = 0.0  # when profiles unseen for the TTL are next looked for
         if disk is not None:
             self._tallies = disk.table("tallies", self._tally_record)
             self._result_rows = disk.table("results", self._results_record)
@@ -174,7 +175,7 @@ class MemoryStore:
         for key in self._recent.compress_held():  # kept before there was a dictionary
             self._recent_rows.reset(key, self._recent.items(key))
         loaded.sort(key=lambda item: item[1].last_seen)  # least recently seen first
-        self._users = OrderedDict((key, kept(state)) for key, state in loaded)
+        self._users = {key: kept(state) for key, state in loaded}
         seen = self._seen
         for at, value in self._seen_journal.entries():
             for dedupe in decode_dedupe_keys(value):
@@ -215,9 +216,7 @@ class MemoryStore:
                 items = [bytes(p) for p in packed[-size:]]
                 self._recent.put(key, items)
                 self._recent_rows.reset(key, items)
-        self._users = OrderedDict(  # for the records staged below
-            (key, kept(state)) for key, state in users.items()
-        )
+        self._users = {key: kept(state) for key, state in users.items()}  # for the records below
         for key in users:
             self._profiles.mark(key)
         await disk.commit()
@@ -323,8 +322,6 @@ class MemoryStore:
         for loser, target in plan.losers.items():
             if users.pop(loser, None) is not None:
                 mark(loser)
-                if loser == self._oldest:
-                    self._oldest = None
             self._recent_merge(target, loser)
             if self._index.get(loser, loser) == loser:  # its key was one of its ids
                 self._link(loser, target)
@@ -339,13 +336,8 @@ class MemoryStore:
             state = plan.states.get(key)
             if not positions or state is None:
                 continue
-            if key in users:
-                users[key] = kept(state)
-                users.move_to_end(key)
-                if key == self._oldest:
-                    self._oldest = None
-            else:
-                users[key] = kept(state)  # a new key goes in last: the most recently seen
+            users.pop(key, None)
+            users[key] = kept(state)  # in last: the most recently seen
             for digest in plan.seen.get(key, ()):
                 remembered = seen_mark(digest)
                 seen[remembered] = now
@@ -547,24 +539,40 @@ class MemoryStore:
         """Forget old messageIds and evict profiles unseen for the TTL or beyond the size bound."""
         if now >= self._forget_at or len(self._seen) > MAX_REMEMBERED_MESSAGES:
             self._forget_seen(now)
-        users = self._users
-        ttl = self._limits.user_ttl
         capacity = self.evictions.capacity()
-        spared = 0
-        while users:
-            key = next(iter(users))
-            if key != self._oldest:  # read when the least recently seen was seen, once
-                self._oldest, self._oldest_seen = key, held(key, users[key]).last_seen
-            expired = self._oldest_seen < now - ttl
-            if not expired and len(users) <= capacity:
+        if len(self._users) > capacity or now >= self._sweep_at:
+            self._let_go(now, capacity)
+
+    def _let_go(self, now: float, capacity: int) -> None:
+        """Evict the profiles unseen for the TTL and, past `capacity`, the least recently seen
+        (a hundredth more, so that the next requests need not look again), sparing at most
+        SPARE_AT_MOST of those waiting to fire an absence trigger.
+
+        Like `_forget_seen`, this reads the dict from its front, over the gaps its deleted
+        entries leave there until it grows: hence a look every SWEEP_EVERY seconds for the TTL
+        rather than on each request, and evictions for capacity in batches.
+        """
+        users = self._users
+        cutoff = now - self._limits.user_ttl
+        excess = len(users) - capacity
+        if excess > 0:
+            excess += capacity // 100
+        going: list[tuple[str, bool]] = []  # key, and whether it expired
+        spared: list[str] = []
+        for key, stored in users.items():
+            expired = held(key, stored).last_seen < cutoff
+            if not expired and len(going) >= excess:
                 break
-            if not expired and key in self._scheduled and spared < SPARE_AT_MOST:
-                # a profile waiting to fire an absence trigger stays; the next oldest goes
-                users.move_to_end(key)
-                spared += 1
+            if not expired and key in self._scheduled and len(spared) < SPARE_AT_MOST:
+                spared.append(key)  # a profile waiting to fire stays; the next oldest goes
                 continue
+            going.append((key, expired))
+        for key in spared:
+            users[key] = users.pop(key)
+        for key, expired in going:
             self._evict(key)
             self.evictions.count("expired" if expired else "capacity", now)
+        self._sweep_at = now + SWEEP_EVERY
 
     def _forget_seen(self, now: float) -> None:
         """Forget the dedupe marks older than DEDUPE_SECONDS, and the oldest past
@@ -590,7 +598,6 @@ class MemoryStore:
     def _evict(self, key: str) -> None:
         """Let a profile go with everything that was its: ids, recent events, its timer."""
         del self._users[key]
-        self._oldest = None
         self._mark(key)
         if self._recent.pop(key) and self._disk is not None:
             self._recent_rows.reset(key, None)
