@@ -11,15 +11,24 @@ from typing import Any
 
 import msgspec
 
-from collector.engine.profile import Tally, UserState, encode_state
+from collector.engine.profile import Tally, UserState
 from collector.engine.results import Counts
 from collector.events import Event
 
 _EVENT_FIELDS = msgspec.structs.fields(Event)
 pack_plain = msgspec.msgpack.Encoder().encode
 _unpack = msgspec.msgpack.Decoder(list[Any]).decode
-save_state = encode_state
+_encode_state_into = msgspec.msgpack.Encoder().encode_into
+_state_buffer = bytearray()  # reused: only the finished bytes are kept
 load_state = msgspec.msgpack.Decoder(UserState).decode  # only the array form, as held
+
+
+def save_state(state: UserState) -> bytes:
+    """A profile as memory mode holds it (see `profile.encode_state`), in a bytes object of its
+    own size: `encode` hands back one sized to its 512-byte starting buffer, so a profile of
+    350 bytes held that way took 545 (OverflowError past 64-bit integers)."""
+    _encode_state_into(state, _state_buffer)
+    return bytes(_state_buffer)
 
 
 def pack_bytes(event: Event) -> bytes:
