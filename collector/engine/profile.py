@@ -125,8 +125,15 @@ class Tally(msgspec.Struct, array_like=True, gc=False):
     in_day: int = 0
 
 
-class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
-    """Everything the engine knows about one user."""
+class UserState(msgspec.Struct, array_like=True, kw_only=True, gc=False):
+    """Everything the engine knows about one user.
+
+    Encoded as an array of its fields in this order, without their names: a profile is read
+    and written on every event, and is what memory mode holds per visitor, so the names would
+    be a sixth of its bytes and more of the work. New fields therefore go at the end (an array
+    written before they existed decodes with their defaults), and none is moved or removed.
+    Older versions wrote a map of the fields by name: `decode_state` reads both forms.
+    """
 
     key: str  # the store's key for this profile; also seeds sticky rate/variant assignment
     user_id: str | None = None
@@ -162,6 +169,50 @@ class UserState(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     @anonymous_ids.setter
     def anonymous_ids(self, ids: list[str]) -> None:
         self.anonymous = tuple(ids)
+
+
+def _by_name(form: type[UserState]) -> type[msgspec.Struct]:
+    """The fields of `form` encoded as a map by name, as versions before the array form did."""
+    fields = [
+        (f.name, f.type, msgspec.field(default=f.default, name=f.encode_name))
+        if f.default_factory is msgspec.NODEFAULT
+        else (f.name, f.type, msgspec.field(default_factory=f.default_factory, name=f.encode_name))
+        for f in msgspec.structs.fields(form)
+    ]
+    return msgspec.defstruct(
+        "UserStateByName", fields, kw_only=True, omit_defaults=True, gc=False, module=__name__
+    )
+
+
+UserStateByName = _by_name(UserState)
+"""A profile as versions before the array form encoded it: a map of the fields by name."""
+
+encode_state = msgspec.msgpack.Encoder().encode
+"""A profile as stored: a msgpack array of its fields (OverflowError past 64-bit integers)."""
+_decode_array = msgspec.msgpack.Decoder(UserState).decode
+_decode_map = msgspec.msgpack.Decoder(UserStateByName).decode
+_MAP_HEADS = frozenset((*range(0x80, 0x90), 0xDE, 0xDF))  # how a msgpack map begins
+_decode_json_map = msgspec.json.Decoder(UserStateByName).decode
+_decode_json_array = msgspec.json.Decoder(UserState).decode
+
+
+def decode_state(data: bytes | msgspec.Raw) -> UserState:
+    """A stored profile (msgpack), in the array form written now or the map form written before."""
+    if memoryview(data)[0] in _MAP_HEADS:
+        return by_name(_decode_map(data))
+    return _decode_array(data)
+
+
+def decode_json_state(data: bytes | msgspec.Raw) -> UserState:
+    """A profile stored as JSON (one holding an integer past 64 bits), in either form."""
+    if bytes(data).lstrip()[:1] == b"{":
+        return by_name(_decode_json_map(data))
+    return _decode_json_array(data)
+
+
+def by_name(state: msgspec.Struct) -> UserState:
+    """A profile decoded from the map form, as a `UserState`."""
+    return UserState(**msgspec.structs.asdict(state))
 
 
 VariableMerger = Callable[[str, State, State, bool], State]

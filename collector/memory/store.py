@@ -19,10 +19,10 @@ Per-visitor memory is what bounds this store, so what it keeps is compact: a pro
 encoded (msgpack, `kept`) between events and decoded for each attempt (`held`), so a profile
 costs a few hundred bytes instead of a tree of Python objects several times that, and the
 decoded copy doubles as the rollback: an attempt that is not committed leaves what is held as
-it was. A profile's recent events are packed (msgpack arrays of their fields, unpacked only for
-a lookup), id lists are tuples, and an anonymous visitor's profile key doubles as its index
-entry. Few of these objects are containers the cyclic garbage collector must walk, which keeps
-its pauses short as the store grows.
+it was. A profile's recent events are compressed, all in one bytes object (`recent`), id lists
+are tuples, and a profile's key, one of its ids, needs no index entry of its own: an anonymous
+visitor has none. Few of these objects are containers the cyclic garbage collector must
+walk, which keeps its pauses short as the store grows.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import heapq
 import itertools
 import logging
 import time
-from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import msgspec
@@ -42,14 +41,21 @@ from collector.config.schema import StateSettings
 from collector.delivery.outbox import Outbox
 from collector.engine import goals
 from collector.engine.engine import Engine
-from collector.engine.profile import Decision, Tally, Timer, UserState
+from collector.engine.profile import (
+    Decision,
+    Tally,
+    Timer,
+    UserState,
+    decode_json_state,
+    decode_state,
+)
 from collector.engine.results import Counts
 from collector.events import Event
 from collector.memory.disk import Disk
 from collector.memory.eviction import ESTIMATE_SAMPLE, SPARE_AT_MOST, Evictions
+from collector.memory.recent import RecentEvents
 from collector.memory.records import (
     EarlierState,
-    Packed,
     decode_dedupe_keys,
     decode_hours,
     decode_json_profile,
@@ -58,19 +64,14 @@ from collector.memory.records import (
     decode_tally,
     encode_tally,
     load_state,
-    pack_bytes,
     pack_plain,
     save_state,
-    storable,
-    stored_event,
-    unpack,
 )
 from collector.store import identity
 from collector.store.base import (
     DEDUPE_SECONDS,
     IngestResult,
     UserView,
-    bounded_recent,
     event_as_message,
 )
 from collector.store.plan import Loaded, Plan, Record
@@ -82,8 +83,18 @@ Kept = bytes | UserState  # a held profile: msgpack, or the state past msgpack's
 
 EARLIER_STATE = "state.msgpack"  # what versions before the log saved at a clean stop
 MAX_REMEMBERED_MESSAGES = 5_000_000
+FORGET_BELOW_MAX = MAX_REMEMBERED_MESSAGES - 50_000
+FORGET_EVERY = 60.0  # seconds between looks for expired dedupe marks
+SWEEP_EVERY = 60.0  # seconds between looks for profiles unseen for the TTL
+# A dedupe mark is MARK_BITS of the message's digest (`identity.dedupe_key`) as an int: an int
+# below 2**60 takes 32 bytes, the digest as bytes 64 (48 cut to 15 bytes). With
+# MAX_REMEMBERED_MESSAGES marks held, a new message is taken for a duplicate by chance once in
+# 2**60 / 5e6, over 10**11, messages.
+MARK_BITS = 60
+_MARK_MASK = (1 << MARK_BITS) - 1
 KEEP_HOURS = 72  # hours of fired/suppressed counts kept per campaign
 SLICE = 500  # profiles a sample gives between yields to the event loop
+RECENT_DICTIONARY = "recent"  # the dictionaries table's row for recent events' (see `recent`)
 
 class MemoryStore:
     """Per-user state held in this process (the default, zero set-up mode)."""
@@ -99,15 +110,20 @@ class MemoryStore:
         self._outbox = outbox  # where fired webhooks go; None = only report them (replay)
         self._limits = limits
         self._disk = disk  # None: nothing kept (replay, tests)
-        self._users: OrderedDict[str, Kept] = OrderedDict()  # least recently seen first (`kept`)
-        self._index: dict[str, str] = {}  # namespaced id -> profile key
-        self._ids: dict[str, tuple[str, ...]] = {}  # profile key -> its namespaced ids
-        # dedupe key (`identity.dedupe_key`) -> time first seen, and the same keys oldest first
-        # (a plain dict cannot find its oldest entry cheaply once many are deleted; an
-        # OrderedDict costs ~50 bytes more each)
-        self._seen: dict[bytes | str, float] = {}
-        self._seen_order: deque[bytes | str] = deque()
-        self._recent: dict[str, tuple[Packed, ...]] = {}  # key -> recent events, oldest first
+        # key -> profile (`kept`), least recently seen first: a profile seen again is taken out
+        # and put back last (a plain dict, not an OrderedDict: that costs 55 bytes more a key)
+        self._users: dict[str, Kept] = {}
+        # A profile's key is one of its ids (the first it was seen with) unless `_index` sends
+        # it elsewhere, so only its other ids are indexed: most profiles, an anonymous
+        # visitor's, have no entry in either dict.
+        self._index: dict[str, str] = {}  # namespaced id -> profile key, for other ids
+        self._ids: dict[str, tuple[str, ...]] = {}  # profile key -> its other namespaced ids
+        # dedupe mark (`seen_mark`) -> time first seen, oldest first (as inserted)
+        self._seen: dict[int, float] = {}
+        self._forget_at = 0.0  # when expired dedupe marks are next looked for
+        self._recent = RecentEvents(  # key -> recent events, oldest first
+            lambda: self._limits.recent_events, lambda: self._limits.recent_event_bytes
+        )
         self._deliveries: dict[str, Tally] = {}  # campaign id -> deliveries, for stop conditions
         # campaign id -> arm -> users assigned, converted, value: counted in the same step as
         # the state change that made them (the engine's ticks)
@@ -116,8 +132,7 @@ class MemoryStore:
         self._due: list[tuple[float, str]] = []  # heap of (due, key), possibly stale
         self._scheduled: dict[str, float] = {}  # key -> the due time its live heap entry has
         self.evictions = Evictions(limits)
-        self._oldest: str | None = None  # the least recently seen profile's key, as last read
-        self._oldest_seen = 0.0  # and when it was seen
+        self._sweep_at = 0.0  # when profiles unseen for the TTL are next looked for
         if disk is not None:
             self._tallies = disk.table("tallies", self._tally_record)
             self._result_rows = disk.table("results", self._results_record)
@@ -125,6 +140,8 @@ class MemoryStore:
             self._profiles = disk.table("profiles", self._profile_record)
             self._seen_journal = disk.journal("seen", max_age=DEDUPE_SECONDS)
             self._recent_rows = disk.lists("recent", keep=max(limits.recent_events, 1))
+            self._dictionaries = disk.table("dictionaries", self._dictionary_record)
+            self._recent.trained = lambda _: self._dictionaries.mark(RECENT_DICTIONARY)
         self._mark: Callable[[str], None] = (
             self._profiles.mark if disk is not None else _ignore
         )
@@ -137,23 +154,33 @@ class MemoryStore:
         size = self._limits.recent_events
         loaded: list[tuple[str, UserState]] = []
         for key, value in self._profiles.rows():
-            profile = decode_json_profile(value) if value[:1] == b"[" else decode_profile(value)
-            loaded.append((key, profile.state))
-            self._ids[key] = profile.ids
-            for id_ in profile.ids:
-                self._index[key if id_ == key else id_] = key
-        for key, items in self._recent_rows.stored().items():
-            if size and key in self._ids:
-                self._recent[key] = tuple(stored_event(item) for item in items[-size:])
+            if value[:1] == b"[":
+                profile = decode_json_profile(value)
+                state = decode_json_state(profile.state)
+            else:
+                profile = decode_profile(value)
+                state = decode_state(profile.state)
+            state.key = key  # left out of what is held and written (see `kept`)
+            loaded.append((key, state))
+            self._index_ids(key, profile.ids)
+        for name, value in self._dictionaries.rows():
+            if name == RECENT_DICTIONARY:
+                self._recent.codec.set_dictionary(value)
+        if size:
+            stored = self._recent_rows.stored().items()
+            keys = {key for key, _ in loaded}
+            self._recent.load((key, items) for key, items in stored if key in keys)
         if not loaded:
             loaded = await self._import_earlier(self._disk)
+        for key in self._recent.compress_held():  # kept before there was a dictionary
+            self._recent_rows.reset(key, self._recent.items(key))
         loaded.sort(key=lambda item: item[1].last_seen)  # least recently seen first
-        self._users = OrderedDict((key, kept(state)) for key, state in loaded)
+        self._users = {key: kept(state) for key, state in loaded}
         seen = self._seen
         for at, value in self._seen_journal.entries():
             for dedupe in decode_dedupe_keys(value):
-                seen[dedupe] = at
-        self._seen_order = deque(seen)
+                # (marks written by earlier versions are whole digests)
+                seen[dedupe if isinstance(dedupe, int) else seen_mark(dedupe)] = at
         self._deliveries = {
             campaign_id: decode_tally(value) for campaign_id, value in self._tallies.rows()
         }
@@ -176,32 +203,39 @@ class MemoryStore:
         earlier = disk.earlier(EARLIER_STATE, EarlierState)
         if earlier is None:
             return []
+        users = {key: decode_state(state) for key, state in earlier.users.items()}
         ids: dict[str, list[str]] = {}
         for id_, key in earlier.index.items():
-            if key in earlier.users:
-                self._index[id_] = key
+            if key in users:
                 ids.setdefault(key, []).append(id_)
-        self._ids = {key: tuple(found) for key, found in ids.items()}
+        for key, found in ids.items():
+            self._index_ids(key, found)
         size = self._limits.recent_events
         for key, packed in earlier.recent.items():
-            if size and packed and key in earlier.users:
+            if size and packed and key in users:
                 items = [bytes(p) for p in packed[-size:]]
-                self._recent[key] = tuple(items)
+                self._recent.put(key, items)
                 self._recent_rows.reset(key, items)
-        self._users = OrderedDict(  # for the records staged below
-            (key, kept(state)) for key, state in earlier.users.items()
-        )
-        for key in earlier.users:
+        self._users = {key: kept(state) for key, state in users.items()}  # for the records below
+        for key in users:
             self._profiles.mark(key)
         await disk.commit()
         disk.imported(EARLIER_STATE)
         log.warning(
             "imported %d profiles saved by an earlier version (%s is now %s.imported)",
-            len(earlier.users),
+            len(users),
             EARLIER_STATE,
             EARLIER_STATE,
         )
-        return list(earlier.users.items())
+        return list(users.items())
+
+    def _index_ids(self, key: str, ids: Iterable[str]) -> None:
+        """Index a loaded profile's ids (all but its key, which is an id of its own)."""
+        others = tuple(id_ for id_ in ids if id_ != key)
+        if others:
+            self._ids[key] = others
+            for id_ in others:
+                self._index[id_] = key
 
     async def close(self) -> None:
         """Nothing to do: every change was written as it was made."""
@@ -218,16 +252,20 @@ class MemoryStore:
         hours = self._hourly.get(campaign_id)
         return None if hours is None else pack_plain(hours)
 
+    def _dictionary_record(self, name: str) -> bytes | None:
+        return self._recent.codec.dictionary if name == RECENT_DICTIONARY else None
+
     def _profile_record(
         self, key: str
     ) -> tuple[msgspec.Raw | UserState, tuple[str, ...]] | None:
         """A profile as the data directory keeps it (the fields of `Profile`, encoded with the
-        rest of its frame); None when there is none (deleted)."""
+        rest of its frame): its state and all its ids; None when there is none (deleted)."""
         stored = self._users.get(key)
         if stored is None:
             return None
         state = msgspec.Raw(stored) if isinstance(stored, bytes) else stored
-        return state, self._ids.get(key, ())
+        ids = self._ids.get(key, ())
+        return state, (key, *ids) if self._index.get(key, key) == key else ids
 
     async def ping(self) -> bool:
         """Always reachable: it lives in this process."""
@@ -255,21 +293,18 @@ class MemoryStore:
         index: dict[str, str] = {}
         records: dict[str, Record] = {}
         for event in events:
-            ids = identity.ids_of(event)
-            for id_ in ids:
-                key = owners.get(id_)
-                if key is not None and key in users:
+            for id_ in identity.ids_of(event):
+                key = owners.get(id_, id_)  # an id not indexed elsewhere is its profile's key
+                if key in users:
                     index[id_] = key
                     if key not in records:
-                        records[key] = Record(key, held(users[key]))
-            if ids and ids[0] not in records and ids[0] in users:  # a new profile's key
-                records[ids[0]] = Record(ids[0], held(users[ids[0]]))
+                        records[key] = Record(key, held(key, users[key]))
         seen = self._seen
         deliveries = self._deliveries  # copied: counted in the live ones only when committed
         return Loaded(
             index,
             records,
-            {digest for digest in digests if digest in seen},
+            {digest for digest in digests if seen_mark(digest) in seen},
             {cid: msgspec.structs.replace(tally) for cid, tally in deliveries.items()}
             if deliveries
             else {},
@@ -287,32 +322,26 @@ class MemoryStore:
         for loser, target in plan.losers.items():
             if users.pop(loser, None) is not None:
                 mark(loser)
-                if loser == self._oldest:
-                    self._oldest = None
             self._recent_merge(target, loser)
+            if self._index.get(loser, loser) == loser:  # its key was one of its ids
+                self._link(loser, target)
             for id_ in self._ids.pop(loser, ()):
                 self._link(id_, target)
         for id_, key in plan.links.items():
             self._link(id_, key)
         keep_recent = self._limits.recent_events > 0
         seen = self._seen
-        order = self._seen_order
-        new_keys: list[bytes] = []
+        new_keys: list[int] = []
         for key, positions in plan.owner_events.items():
             state = plan.states.get(key)
             if not positions or state is None:
                 continue
-            if key in users:
-                users[key] = kept(state)
-                users.move_to_end(key)
-                if key == self._oldest:
-                    self._oldest = None
-            else:
-                users[key] = kept(state)  # a new key goes in last: the most recently seen
+            users.pop(key, None)
+            users[key] = kept(state)  # in last: the most recently seen
             for digest in plan.seen.get(key, ()):
-                seen[digest] = now
-                order.append(digest)
-                new_keys.append(digest)
+                remembered = seen_mark(digest)
+                seen[remembered] = now
+                new_keys.append(remembered)
             ticks = plan.ticks.get(key)
             if ticks:
                 self._count(ticks)
@@ -353,7 +382,7 @@ class MemoryStore:
                 continue  # superseded by an earlier due time, or the user is gone
             del self._scheduled[key]
             stored = self._users.get(key)
-            state = None if stored is None else held(stored)
+            state = None if stored is None else held(key, stored)
             if state is None or not state.timers:
                 continue
             outcome = engine.fire_due(
@@ -431,23 +460,25 @@ class MemoryStore:
     async def user_state(self, identity_: str) -> UserState | None:
         """The engine state of a user found by any of its ids or its key."""
         key = self._find(identity_)
-        return None if key is None else held(self._users[key])
+        return None if key is None else held(key, self._users[key])
 
     async def lookup(self, identity_: str, now: float) -> UserView | None:
         """Find a profile by any of its ids or its key."""
         key = self._find(identity_)
         if key is None:
             return None
-        state = held(self._users[key])
-        recent = [event_as_message(unpack(p)) for p in self._recent.get(key, ())]
+        state = held(key, self._users[key])
+        recent = [event_as_message(event) for event in self._recent.events(key)]
         engine = self._engine()
         stopped = engine.stopped(self._deliveries, now)
         return UserView(key, engine.describe(state, now, stopped), recent)
 
     def _find(self, identity_: str) -> str | None:
-        ids = identity.lookup_ids(identity_)
-        key = next((self._index[i] for i in ids if i in self._index), identity_)
-        return key if key in self._users else None
+        for id_ in identity.lookup_ids(identity_):
+            key = self._index.get(id_, id_)
+            if key in self._users:
+                return key
+        return identity_ if identity_ in self._users else None
 
     def __len__(self) -> int:
         return len(self._users)
@@ -469,81 +500,106 @@ class MemoryStore:
                 await asyncio.sleep(0)
             stored = users.get(key)
             if stored is not None:
-                yield held(stored), total
+                yield held(key, stored), total
 
     def _link(self, id_: str, key: str) -> None:
-        previous = self._index.get(id_)
+        """Point an id at profile `key`, taking it from the profile that had it."""
+        previous = self._index.get(id_, id_)  # not indexed: its own profile's key, if any
         if previous == key:
             return
-        if previous is not None and previous in self._ids:
-            self._ids[previous] = tuple(i for i in self._ids[previous] if i != id_)
+        if previous != id_:
+            others = tuple(i for i in self._ids.get(previous, ()) if i != id_)
+            if others:
+                self._ids[previous] = others
+            else:
+                self._ids.pop(previous, None)
+        if previous in self._users:
             self._mark(previous)
-        if id_ == key:
-            id_ = key  # an anonymous visitor's key doubles as its index entry: one string
-        self._index[id_] = key
-        self._ids[key] = (*self._ids.get(key, ()), id_)
+        if id_ == key:  # back to the profile it is the key of: nothing to index
+            del self._index[id_]
+        else:
+            self._index[id_] = key
+            self._ids[key] = (*self._ids.get(key, ()), id_)
         self._mark(key)
 
     def _remember(self, key: str, event: Event) -> None:
-        size = self._limits.recent_events
-        kept = self._recent.get(key, ())
-        if len(kept) >= size:
-            kept = kept[len(kept) - size + 1 :]
-        packed = self._pack_recent(event)
-        self._recent[key] = (*kept, packed)
+        item = self._recent.add(key, event)
         if self._disk is not None:
-            self._recent_rows.append(key, storable(packed))
-
-    def _pack_recent(self, event: Event) -> Packed:
-        try:
-            return bounded_recent(event, self._limits.recent_event_bytes, pack_bytes)
-        except OverflowError:
-            return event
+            self._recent_rows.append(key, item)
 
     def _recent_merge(self, key: str, other: str) -> None:
-        events = [unpack(p) for p in (*self._recent.pop(other, ()), *self._recent.get(key, ()))]
-        events.sort(key=lambda e: e.timestamp)
-        size = self._limits.recent_events
-        if size and events:
-            self._recent[key] = tuple(self._pack_recent(e) for e in events[-size:])
+        if other not in self._recent:
+            return
+        items = self._recent.merge(key, other)
         if self._disk is not None:
             self._recent_rows.reset(other, None)
-            kept = self._recent.get(key)
-            self._recent_rows.reset(key, [storable(p) for p in kept] if kept else None)
+            self._recent_rows.reset(key, items or None)
 
     def _expire(self, now: float) -> None:
         """Forget old messageIds and evict profiles unseen for the TTL or beyond the size bound."""
-        seen = self._seen
-        order = self._seen_order
-        while order and (
-            len(seen) > MAX_REMEMBERED_MESSAGES or seen[order[0]] < now - DEDUPE_SECONDS
-        ):
-            del seen[order.popleft()]
-        users = self._users
-        ttl = self._limits.user_ttl
+        if now >= self._forget_at or len(self._seen) > MAX_REMEMBERED_MESSAGES:
+            self._forget_seen(now)
         capacity = self.evictions.capacity()
-        spared = 0
-        while users:
-            key = next(iter(users))
-            if key != self._oldest:  # read when the least recently seen was seen, once
-                self._oldest, self._oldest_seen = key, held(users[key]).last_seen
-            expired = self._oldest_seen < now - ttl
-            if not expired and len(users) <= capacity:
+        if len(self._users) > capacity or now >= self._sweep_at:
+            self._let_go(now, capacity)
+
+    def _let_go(self, now: float, capacity: int) -> None:
+        """Evict the profiles unseen for the TTL and, past `capacity`, the least recently seen
+        (a hundredth more, so that the next requests need not look again), sparing at most
+        SPARE_AT_MOST of those waiting to fire an absence trigger.
+
+        Like `_forget_seen`, this reads the dict from its front, over the gaps its deleted
+        entries leave there until it grows: hence a look every SWEEP_EVERY seconds for the TTL
+        rather than on each request, and evictions for capacity in batches.
+        """
+        users = self._users
+        cutoff = now - self._limits.user_ttl
+        excess = len(users) - capacity
+        if excess > 0:
+            excess += capacity // 100
+        going: list[tuple[str, bool]] = []  # key, and whether it expired
+        spared: list[str] = []
+        for key, stored in users.items():
+            expired = held(key, stored).last_seen < cutoff
+            if not expired and len(going) >= excess:
                 break
-            if not expired and key in self._scheduled and spared < SPARE_AT_MOST:
-                # a profile waiting to fire an absence trigger stays; the next oldest goes
-                users.move_to_end(key)
-                spared += 1
+            if not expired and key in self._scheduled and len(spared) < SPARE_AT_MOST:
+                spared.append(key)  # a profile waiting to fire stays; the next oldest goes
                 continue
+            going.append((key, expired))
+        for key in spared:
+            users[key] = users.pop(key)
+        for key, expired in going:
             self._evict(key)
             self.evictions.count("expired" if expired else "capacity", now)
+        self._sweep_at = now + SWEEP_EVERY
+
+    def _forget_seen(self, now: float) -> None:
+        """Forget the dedupe marks older than DEDUPE_SECONDS, and the oldest past
+        MAX_REMEMBERED_MESSAGES (down to FORGET_BELOW_MAX of them, so that a full store does
+        not look again on every request).
+
+        The marks are oldest first, so this reads from the front; but a dict's deleted entries
+        stay as gaps at its front until it grows, and every look steps over them: looking every
+        FORGET_EVERY seconds, rather than on each request, keeps that cost negligible.
+        """
+        seen = self._seen
+        cutoff = now - DEDUPE_SECONDS
+        keep = FORGET_BELOW_MAX if len(seen) > MAX_REMEMBERED_MESSAGES else len(seen)
+        forgotten: list[int] = []
+        for mark, at in seen.items():
+            if at >= cutoff and len(seen) - len(forgotten) <= keep:
+                break
+            forgotten.append(mark)
+        for mark in forgotten:
+            del seen[mark]
+        self._forget_at = now + FORGET_EVERY
 
     def _evict(self, key: str) -> None:
         """Let a profile go with everything that was its: ids, recent events, its timer."""
         del self._users[key]
-        self._oldest = None
         self._mark(key)
-        if self._recent.pop(key, None) is not None and self._disk is not None:
+        if self._recent.pop(key) and self._disk is not None:
             self._recent_rows.reset(key, None)
         self._scheduled.pop(key, None)
         if len(self._due) > 2 * len(self._scheduled) + 1024:  # mostly stale entries: rebuild
@@ -557,7 +613,7 @@ class MemoryStore:
         """What the newest profiles take, for a memory budget (see `eviction`)."""
         newest = list(itertools.islice(reversed(self._users), ESTIMATE_SAMPLE))
         self.evictions.measure(
-            (self._users[key], self._ids.get(key, ()), self._recent.get(key, ()))
+            (self._users[key], self._ids.get(key, ()), self._recent.blob(key))
             for key in newest
         )
 
@@ -567,16 +623,34 @@ _NOT_HELD: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 def kept(state: UserState) -> Kept:
     """A profile as held between events: encoded (a few hundred bytes instead of a tree of
-    Python objects several times that), or the state itself when msgpack cannot carry it."""
+    Python objects several times that), or the state itself when msgpack cannot carry it.
+
+    The encoded form leaves the key out (it is the profile's key in the store and in the data
+    directory, so `held` and `open` put it back): a visitor's id, it was a tenth of the bytes.
+    """
+    key = state.key
+    state.key = ""
     try:
         return save_state(state)
     except OverflowError:  # an integer past 64 bits
         return state
+    finally:
+        state.key = key
 
 
-def held(stored: Kept) -> UserState:
-    """A held profile, decoded afresh (a copy the caller may change)."""
-    return load_state(stored) if isinstance(stored, bytes) else stored
+def held(key: str, stored: Kept) -> UserState:
+    """Profile `key` as held, decoded afresh (a copy the caller may change)."""
+    if isinstance(stored, bytes):
+        state = load_state(stored)
+        state.key = key
+        return state
+    return stored
+
+
+def seen_mark(digest: bytes) -> int:
+    """What a message's dedupe digest is remembered as: MARK_BITS of it, as an int (masked
+    rather than shifted: a shifted int keeps the allocation of the digest's size)."""
+    return int.from_bytes(digest) & _MARK_MASK
 
 
 def _ignore(_: str) -> None:

@@ -45,7 +45,7 @@ import msgspec
 
 from collector.config.schema import StateSettings
 from collector.engine.engine import Engine, Outcome
-from collector.engine.profile import Decision, UserState
+from collector.engine.profile import Decision, UserState, decode_state
 from collector.engine.results import Counts
 from collector.errors import Unavailable
 from collector.events import Event
@@ -75,7 +75,6 @@ HOURLY_TTL = 3 * 86400  # decisions per hour are kept this long after the last a
 
 _ENCODER = msgspec.msgpack.Encoder()
 _EVENT_DECODER = msgspec.msgpack.Decoder(Event)
-_STATE_DECODER = msgspec.msgpack.Decoder(UserState)
 
 
 class RedisStore:
@@ -372,7 +371,7 @@ class RedisStore:
                 cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
                 examined += int(seen)
                 found += len(blobs)
-                states += [_STATE_DECODER.decode(blob) for blob in blobs]
+                states += [decode_state(blob) for blob in blobs]
                 if cursor == "0":
                     break
             finished = cursor == "0"
@@ -511,7 +510,7 @@ def _record(key: str, fields: Sequence[bytes | None], checks: Sequence[str] = ()
     version, state, moved_to = fields[0], fields[1], fields[2]
     return Record(
         key,
-        _STATE_DECODER.decode(state) if state else None,
+        decode_state(state) if state else None,
         int(version) if version else 0,
         moved_to.decode() if moved_to else None,
         {q for q, flag in zip(checks, fields[3:], strict=True) if flag},

@@ -17,7 +17,6 @@ import msgspec
 import yaml
 
 from collector.delivery.outbox import Envelope
-from collector.engine.profile import Caps, UserState
 from collector.store import identity
 from collector.webhook import WebhookRequest
 from tests.support.mounts import fill, tmpfs
@@ -246,14 +245,14 @@ def test_a_data_dir_left_by_a_version_before_the_log_is_imported_once(tmp_path: 
     cfg = config(sink, once_per_user(sink, "welcome", "Signed Up"))
     now = time.time()
     key = identity.anonymous("returning")
-    state = UserState(
-        key=key,
-        anonymous=("returning",),
-        traits={"plan": "pro"},
-        first_seen=now - 3600,
-        last_seen=now - 60,
-        caps={"welcome": Caps(total=1)},  # the campaign fired for them before the upgrade
-    )
+    state = {  # a profile as those versions encoded it: a map of its fields by name
+        "key": key,
+        "anonymous_ids": ["returning"],
+        "traits": {"plan": "pro"},
+        "first_seen": now - 3600,
+        "last_seen": now - 60,
+        "caps": {"welcome": [1, 0, 0, 0, 0]},  # the campaign fired for them before the upgrade
+    }
     saved_state = {"users": {key: state}, "index": {key: key}, "seen": [], "recent": {}}
     (tmp_path / "state.msgpack").write_bytes(msgspec.msgpack.encode(saved_state))
     unsent = WebhookRequest(

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from collector.config.settings import decode_config
 from collector.engine.engine import Engine, compile_rules
 from collector.events import Event
-from collector.memory.store import MemoryStore
+from collector.memory.store import SWEEP_EVERY, MemoryStore
 from collector.metrics import IngestMetrics
 from collector.store.pipeline import ingest
 
@@ -83,6 +83,19 @@ async def test_the_timers_of_evicted_profiles_go_with_them() -> None:
     assert len(store) <= 10 + 64  # the bound, plus the waiting it spared at most once
     assert store.pending_timers() == len(store)
     assert len(store._due) <= 2 * store.pending_timers() + 1024  # no pile of stale entries
+
+
+async def test_profiles_unseen_for_the_ttl_go_and_those_seen_again_stay() -> None:
+    store = store_for(user_ttl="1h")
+    for n in range(5):
+        await ingest(store, [track("page", f"v-{n}", T + n)], T + n)
+    await ingest(store, [track("page", "v-0", T + 1800)], T + 1800)  # v-0 came back
+    later = T + 3600 + SWEEP_EVERY + 10  # looked for at most SWEEP_EVERY late
+    await ingest(store, [track("page", "v-new", later)], later)
+    assert [await store.user_state(f"v-{n}") is not None for n in range(5)] == [
+        True, False, False, False, False
+    ]
+    assert store.evictions.counts == {"expired": 4}
 
 
 async def test_a_memory_budget_bounds_the_profiles_held() -> None:

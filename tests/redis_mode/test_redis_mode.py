@@ -10,6 +10,8 @@ import uuid
 from typing import Any
 
 import httpx
+import msgspec
+import redis
 
 from collector.redis.keys import Keys
 from tests.support.poll import wait_until
@@ -263,3 +265,38 @@ def test_serve_runs_on_a_redis_unix_socket() -> None:
             assert answer.status_code == 200
             sink.wait_for(1, timeout=15)
             assert [r.path for r in sink.requests] == ["/welcome"]
+
+
+def test_a_profile_an_earlier_version_wrote_is_read_and_rewritten(
+    redis_server: RedisServer,
+) -> None:
+    # Versions before the array form stored a profile's state as a map of its fields by name.
+    keys = Keys(1)
+    now = time.time()
+    earlier = {
+        "key": "a:returning",
+        "anonymous_ids": ["returning"],
+        "traits": {"plan": "pro"},
+        "first_seen": now - 3600,
+        "last_seen": now - 60,
+        "event_counts": {"Signed Up": 1},
+        "caps": {"welcome": [1, 0, 0, 0, 0]},  # welcome fired for them before the upgrade
+    }
+    client = redis.Redis(port=redis_server.port)
+    client.hset(keys.profile("a:returning"), mapping={"v": 1, "s": msgspec.msgpack.encode(earlier)})
+    client.set(keys.identity("a:returning"), "a:returning")
+    with Sink() as sink:
+        cfg = config(sink, campaign(sink, "welcome", "Signed Up", {"per": "user", "max_total": 1}))
+        with run_tripwire(cfg, args=["--store", redis_server.url]) as server:
+            user = server.user("returning")
+            assert user is not None and user["profile"]["traits"] == {"plan": "pro"}
+            signed_up = {"writeKey": WRITE_KEY, **track("Signed Up", "returning")}
+            assert server.post("/v1/track", signed_up).status_code == 200
+            user = server.user("returning")
+            assert user is not None and user["profile"]["event_counts"] == {"Signed Up": 2}
+            fired = {"campaign": "welcome", "outcome": "fired", "reason": ""}
+            assert server.metric("tripwire_campaign_decisions_total", **fired) == 0
+        assert sink.requests == []
+    stored = client.hget(keys.profile("a:returning"), "s")
+    assert isinstance(stored, bytes) and isinstance(msgspec.msgpack.decode(stored), list)
+    client.close()
