@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -103,17 +104,19 @@ def test_one_address_cannot_hold_every_connection(tripwire: Tripwire) -> None:
     wait_until(lambda: good_request(tripwire) == 200, message="a normal request served")
 
 
-_seen: dict[int, bytes] = {}
+# What each socket received so far, forgotten with the socket (an id() would be reused by a
+# later socket and hand it an earlier one's bytes).
+_seen: weakref.WeakKeyDictionary[socket.socket, bytes] = weakref.WeakKeyDictionary()
 
 
 def _answered(sock: socket.socket) -> bytes:
     """What the server sent on a non-blocking socket so far (remembered per socket)."""
     try:
         chunk = sock.recv(4096)
-        _seen[id(sock)] = _seen.get(id(sock), b"") + chunk
+        _seen[sock] = _seen.get(sock, b"") + chunk
     except (BlockingIOError, OSError):
         pass
-    return _seen.get(id(sock), b"")
+    return _seen.get(sock, b"")
 
 
 def test_a_body_sent_after_the_answer_does_not_hold_the_connection(tripwire: Tripwire) -> None:
