@@ -33,13 +33,15 @@ class IngestMetrics(Collector):
         self.results: dict[str, list[ArmResult]] = {}  # A/B results per campaign with a goal
         registry.register(self)
 
-    def settle(self) -> None:
-        """Spread the trigger misses counted so far over `decisions`, a count per campaign."""
+    def decision_counts(self) -> Counter[tuple[str, str, str | None]]:
+        """`decisions`, with the trigger misses counted so far spread over it, a count per
+        campaign: what every reader of the counts reads (a scrape, the backends keeping them)."""
         missed, self.missed = self.missed, Counter()
         decisions = self.decisions
         for group, count in missed.items():
             for label in group.counted():
                 decisions[label] += count
+        return decisions
 
     def counter(self, name: str, help_text: str, label: str, counts: Counter[str]) -> None:
         """Expose counts by one label, read at scrape time (profiles evicted by reason, ...)."""
@@ -51,7 +53,7 @@ class IngestMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Yield the current values for a scrape."""
-        self.settle()
+        self.decision_counts()
         requests = CounterMetricFamily(
             "tripwire_ingest_requests", "Ingest requests by HTTP status", labels=["status"]
         )

@@ -46,7 +46,6 @@ _DECISION_LABELS = operator.attrgetter("campaign_id", "outcome", "reason")
 MAX_PENDING_WEBHOOKS = 200_000
 HOUR_SAMPLE = 10.0  # seconds between countings of decisions into hours
 TIMER_TICK = 0.2  # seconds between looks for due absence timers: they fire within this of due
-SETTLE_TICK = 0.2  # seconds between spreadings of trigger misses over the decision counts
 
 
 class Runtime:
@@ -80,7 +79,6 @@ class Runtime:
         # accepted events, for the admin live streams (at most server.max_streams of them)
         self.events = EventFeed(max_subscribers=settings.config.server.max_streams)
         self._timers: asyncio.Task[None] | None = None
-        self._settler: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
         self._sampled: dict[str, tuple[int, int]] = {}  # decisions counted into hours so far
         self._sampling = asyncio.Lock()
@@ -108,7 +106,6 @@ class Runtime:
         else:
             await self.outbox.open()
         self._timers = asyncio.create_task(self._fire_timers(), name="tripwire-timers")
-        self._settler = asyncio.create_task(self._settle_misses(), name="tripwire-misses")
         self._sampled = self._decision_totals()  # counts read back from what the backend kept
         self._sampler = asyncio.create_task(self._sample_hours(), name="tripwire-hours")
 
@@ -129,13 +126,6 @@ class Runtime:
                 self.metrics.decisions.update(map(_DECISION_LABELS, result.decisions))
                 with contextlib.suppress(Unavailable):  # else kept with a later change
                     await self.backend.keep()
-
-    async def _settle_misses(self) -> None:
-        """Spread the trigger misses counted per event over the per-campaign decision counts,
-        every SETTLE_TICK, well within the second in which the backend keeps those counts."""
-        while True:
-            await asyncio.sleep(SETTLE_TICK)
-            self.metrics.settle()
 
     async def stopped(self) -> dict[str, str]:
         """Campaigns stopped by their stop conditions, with the condition reached."""
@@ -190,9 +180,8 @@ class Runtime:
 
     def _decision_totals(self) -> dict[str, tuple[int, int]]:
         """(fired, suppressed) decisions per campaign, as the metrics count them."""
-        self.metrics.settle()
         totals: dict[str, tuple[int, int]] = {}
-        for (campaign, outcome, _reason), count in self.metrics.decisions.items():
+        for (campaign, outcome, _reason), count in self.metrics.decision_counts().items():
             fired, suppressed = totals.get(campaign, (0, 0))
             if outcome == "fired":
                 totals[campaign] = (fired + count, suppressed)
@@ -216,12 +205,11 @@ class Runtime:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for running in (self._sampler, self._settler):
-            if running is not None:
-                running.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await running
-        self._sampler = self._settler = None
+        sampler, self._sampler = self._sampler, None
+        if sampler is not None:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
         try:
             await self.sample_hours()  # the last decisions' hour, before the store closes
         except Exception:
@@ -239,7 +227,6 @@ class Runtime:
     def campaign_counts(self) -> Counter[tuple[str, str, str | None]]:
         """Decisions by (campaign, outcome, reason), kept across restarts (every process's in
         Redis mode)."""
-        self.metrics.settle()
         return self.backend.decision_counts()
 
     async def ready(self) -> bool:
@@ -274,7 +261,7 @@ class Runtime:
         if result.duplicates:
             self.metrics.messages["duplicate"] += result.duplicates
         # map + attrgetter + Counter.update keep these loops in C; a trigger miss is one count
-        # per event whatever the campaigns it names (spread over them by `metrics.settle`)
+        # per event whatever the campaigns it names (spread over them by `metrics.decision_counts`)
         if result.decisions:
             self.metrics.decisions.update(map(_DECISION_LABELS, result.decisions))
         if result.missed:

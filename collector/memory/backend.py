@@ -67,7 +67,7 @@ class MemoryBackend:
 
     def __init__(self, settings: Settings, live: LiveConfig, metrics: IngestMetrics) -> None:
         self._live = live
-        self._decisions: Counter[Label] = metrics.decisions
+        self._decisions = metrics.decision_counts  # settled as they are read
         # opened now, so that an unusable data directory stops the start
         self.disk = Disk(settings.data_dir) if settings.data_dir is not None else None
         if self.disk is not None:
@@ -129,7 +129,7 @@ class MemoryBackend:
 
     def decision_counts(self) -> Counter[Label]:
         """Decisions by (campaign, outcome, reason), kept across restarts."""
-        return self._decisions
+        return self._decisions()
 
     async def put_campaign(self, spec: CampaignSpec, *, if_unchanged: bool = False) -> None:
         """Add or replace a campaign and keep the change before returning (one process holds
@@ -172,9 +172,10 @@ class MemoryBackend:
                     self._live.put(change.spec, change.updated_at)
             except Exception:  # written by another version; the file's campaign stays
                 log.exception("cannot apply the saved change of campaign %s", campaign_id)
+        counts = self._decisions()
         for _, value in self._count_rows.rows():
             for campaign, outcome, reason, count in _decode_counts(value):
-                self._decisions[(campaign, outcome, reason)] += count
+                counts[(campaign, outcome, reason)] += count
 
     async def _save_counts(self) -> None:
         """Write the campaigns' decision counts once a second when they moved (a kill loses at
@@ -183,8 +184,9 @@ class MemoryBackend:
         saved: Counter[Label] | None = None
         while True:
             await asyncio.sleep(COUNTS_SECONDS)
-            if saved != self._decisions:
-                saved = Counter(self._decisions)
+            counts = self._decisions()
+            if saved != counts:
+                saved = Counter(counts)
                 self._count_rows.mark("decisions")
 
     def _campaign_record(self, campaign_id: str) -> bytes | None:
@@ -196,7 +198,7 @@ class MemoryBackend:
         return None if change is None else encode_definition(change)
 
     def _counts_record(self, _: str) -> bytes | None:
-        return _encode_counts([(*labels, n) for labels, n in self._decisions.items()])
+        return _encode_counts([(*labels, n) for labels, n in self._decisions().items()])
 
 
 def kept_changes(settings: Settings) -> KeptChanges:

@@ -43,7 +43,7 @@ class RedisBackend:
         self.sessions = RedisSessions(self.connection)
         self.definitions = RedisDefinitionSync(self.connection, live)
         self.campaigns = RedisCampaignSync(self.connection, live.put, live.remove)
-        self.counts = RedisCounts(self.connection, metrics.decisions)
+        self.counts = RedisCounts(self.connection, metrics.decision_counts)
 
     async def open(self) -> None:
         """Connect if Redis answers (else on first use); apply and follow campaign changes."""

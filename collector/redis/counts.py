@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Callable
 
 from collector.errors import Unavailable
 from collector.redis.connection import Command, RedisConnection
@@ -38,9 +39,14 @@ def _label(field: bytes) -> Label:
 class RedisCounts:
     """Adds this process's decision counts to Redis and reads everyone's."""
 
-    def __init__(self, connection: RedisConnection, local: Counter[Label], interval: float = 1.0):
+    def __init__(
+        self,
+        connection: RedisConnection,
+        local: Callable[[], Counter[Label]],
+        interval: float = 1.0,
+    ):
         self._connection = connection
-        self._local = local  # this process's counts since it started
+        self._local = local  # this process's counts since it started, as they are read
         self._sent: Counter[Label] = Counter()  # the part of them already added to Redis
         self._interval = interval
         self.totals: Counter[Label] = Counter()  # every process's, as last read
@@ -63,12 +69,12 @@ class RedisCounts:
 
     def current(self) -> Counter[Label]:
         """Every process's counts: the totals last read plus what this process has not sent."""
-        unsent = self._local - self._sent
+        unsent = self._local() - self._sent
         return self.totals + unsent if unsent else self.totals
 
     async def sync(self) -> None:
         """Add this process's new counts to Redis and read the totals back."""
-        delta = self._local - self._sent
+        delta = self._local() - self._sent
         commands: list[Command] = [
             ("HINCRBY", KEY, _field(label), count) for label, count in delta.items()
         ]
