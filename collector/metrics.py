@@ -7,7 +7,7 @@ own metrics on the same registry, and `/metrics` renders it.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -15,6 +15,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from collector.engine.campaigns import Missed
+from collector.engine.profile import Decision
 from collector.engine.results import ArmResult
 
 
@@ -32,6 +33,18 @@ class IngestMetrics(Collector):
         self.counters: dict[str, tuple[str, str, Counter[str]]] = {}
         self.results: dict[str, list[ArmResult]] = {}  # A/B results per campaign with a goal
         registry.register(self)
+
+    def count_decisions(self, decisions: Iterable[Decision], missed: Iterable[Missed]) -> None:
+        """Count a request's decisions, and its trigger misses (one count per event and shared
+        `Missed`, spread over its campaigns by `decision_counts`). A plain loop: a request has a
+        decision or two, where `Counter.update` first asks whether it was given a Mapping (an
+        abstract-class check that cost more than the counting)."""
+        counts = self.decisions
+        for decision in decisions:
+            counts[decision.campaign_id, decision.outcome, decision.reason] += 1
+        misses = self.missed
+        for group in missed:
+            misses[group] += 1
 
     def decision_counts(self) -> Counter[tuple[str, str, str | None]]:
         """`decisions`, with the trigger misses counted so far spread over it, a count per

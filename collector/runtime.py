@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import operator
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -40,7 +39,6 @@ from collector.store.pipeline import ingest
 from collector.store.sessions import Sessions
 
 log = logging.getLogger("tripwire")
-_DECISION_LABELS = operator.attrgetter("campaign_id", "outcome", "reason")
 
 # Beyond this many undelivered webhooks, ingest sheds load (503) rather than grow without bound.
 MAX_PENDING_WEBHOOKS = 200_000
@@ -123,7 +121,7 @@ class Runtime:
                 await asyncio.sleep(1.0)
                 continue
             if result.decisions:
-                self.metrics.decisions.update(map(_DECISION_LABELS, result.decisions))
+                self.metrics.count_decisions(result.decisions, ())
                 with contextlib.suppress(Unavailable):  # else kept with a later change
                     await self.backend.keep()
 
@@ -260,12 +258,7 @@ class Runtime:
         self.metrics.messages["accepted"] += result.accepted
         if result.duplicates:
             self.metrics.messages["duplicate"] += result.duplicates
-        # map + attrgetter + Counter.update keep these loops in C; a trigger miss is one count
-        # per event whatever the campaigns it names (spread over them by `metrics.decision_counts`)
-        if result.decisions:
-            self.metrics.decisions.update(map(_DECISION_LABELS, result.decisions))
-        if result.missed:
-            self.metrics.missed.update(result.missed)
+        self.metrics.count_decisions(result.decisions, result.missed)
         await self.backend.keep()  # the answer waits until all of it is kept
         return result.rejected
 

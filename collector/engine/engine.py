@@ -64,7 +64,6 @@ run is suppressed with decisions made once per `now` and shared by every event o
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sys
 
@@ -90,6 +89,7 @@ from collector.engine.profile import (
     merge,
     new_state,
     remember,
+    session_id,
 )
 from collector.engine.results import arm_name
 from collector.engine.rules import Rules, compile_rules
@@ -310,7 +310,7 @@ class Engine:
         session = state.session
         if session is None or t - session.last > rules.session_timeout:
             number = 1 if session is None else session.number + 1
-            state.session = Session(_session_id(state.key, number, t), number, t, t)
+            state.session = Session("", number, t, t)  # its id is derived when read
             return number
         if t > session.last:
             session.last = t
@@ -523,8 +523,9 @@ class Engine:
             "event_counts": dict(state.event_counts),
             "session": None
             if session is None
-            else {"id": session.id, "number": session.number, "start": session.start,
-                  "last_activity": session.last, "active": number == session.number},
+            else {"id": session_id(state.key, session), "number": session.number,
+                  "start": session.start, "last_activity": session.last,
+                  "active": number == session.number},
             "variables": variables,
             "segments": [name for name, member in rules.segments.items() if member(scope)],
             "decisions": {cid: _decision(d) for cid, d in state.decisions.items()},
@@ -600,6 +601,3 @@ def _fit_traits(
     return traits
 
 
-def _session_id(key: str, number: int, start: float) -> str:
-    digest = hashlib.blake2b(f"{key}\x1f{number}\x1f{start!r}".encode(), digest_size=8)
-    return f"s_{digest.hexdigest()}"

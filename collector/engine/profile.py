@@ -22,6 +22,7 @@ the profile seen last.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Final, Literal
 
@@ -47,10 +48,21 @@ MAX_DECISIONS = 5  # decisions kept per campaign for "why did it not fire?", new
 class Session(msgspec.Struct, array_like=True, gc=False):
     """The user's current session; `number` counts sessions from 1."""
 
+    # Empty: the id is derived when read (`session_id`) from what the session holds, so a
+    # profile does not carry 19 bytes it can compute; profiles of earlier versions hold it.
     id: str
     number: int
     start: float
     last: float  # last activity
+
+
+def session_id(key: str, session: Session) -> str:
+    """A session's id (`#{session_id}`): stable for the session, different for the next."""
+    if session.id:
+        return session.id
+    start = session.start
+    digest = hashlib.blake2b(f"{key}\x1f{session.number}\x1f{start!r}".encode(), digest_size=8)
+    return f"s_{digest.hexdigest()}"
 
 
 class Decision(msgspec.Struct, array_like=True, frozen=True, gc=False, omit_defaults=True):

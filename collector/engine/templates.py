@@ -32,6 +32,7 @@ from urllib.parse import quote
 import msgspec
 
 from collector.config.schema import PLACEHOLDER, WebhookAction
+from collector.engine.profile import session_id
 from collector.engine.scope import Getter, Scope, TextGetter, path_getter
 from collector.engine.values import MISSING, Missing, Value
 
@@ -80,8 +81,8 @@ def _visitor_id(scope: Scope) -> str | Missing:
 
 
 def _session_id(scope: Scope) -> str | Missing:
-    session = scope.state.session
-    return session.id if session is not None else MISSING
+    state = scope.state
+    return MISSING if state.session is None else session_id(state.key, state.session)
 
 
 BUILTINS: dict[str, Getter] = {

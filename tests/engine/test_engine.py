@@ -11,7 +11,7 @@ import pytest
 
 from collector.config.settings import decode_campaign, decode_config
 from collector.engine.engine import Engine, Outcome, compile_rules
-from collector.engine.profile import MAX_ANONYMOUS_IDS, UserState, new_state
+from collector.engine.profile import MAX_ANONYMOUS_IDS, Session, UserState, new_state, session_id
 from collector.errors import ConfigError
 from collector.events import Event
 
@@ -131,12 +131,23 @@ def test_sessions_start_after_the_timeout_of_inactivity() -> None:
     engine = make_engine(session_timeout="30m")
     state, _ = run(engine, [event("page", T, type="page"), event("page", T + 1799, type="page")])
     assert state.session is not None
-    first = state.session.id
+    first = session_id(state.key, state.session)
+    assert first.startswith("s_") and len(first) == 18
     assert (state.session.number, state.session.start, state.session.last) == (1, T, T + 1799)
     state, _ = run(engine, [event("page", T + 1799 + 1801, type="page")], state)
     assert state.session.number == 2
-    assert state.session.id != first
+    assert session_id(state.key, state.session) != first
     assert state.session.start == T + 3600
+
+
+def test_a_session_id_is_the_same_derived_or_kept_by_an_earlier_version() -> None:
+    """Profiles no longer hold their session's id (it is derived when read); one written by an
+    earlier version, which holds it, reads the id it held."""
+    derived = session_id("k1", Session("", 3, T, T))
+    assert derived == session_id("k1", Session("", 3, T, T + 60))  # the same all session long
+    assert derived not in (session_id("k2", Session("", 3, T, T)),
+                           session_id("k1", Session("", 4, T, T)))
+    assert session_id("k1", Session("s_kept", 3, T, T)) == "s_kept"
 
 
 def test_the_engine_clock_is_the_event_time_but_never_after_now() -> None:

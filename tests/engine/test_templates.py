@@ -11,7 +11,7 @@ import pytest
 
 from collector.config.settings import decode_config
 from collector.engine.engine import Engine, Outcome, compile_rules
-from collector.engine.profile import UserState
+from collector.engine.profile import UserState, session_id
 from collector.errors import ConfigError
 from collector.events import Event
 from collector.webhook import WebhookRequest
@@ -193,7 +193,7 @@ def test_builtins() -> None:
         "event_id": "msg-1",
         "delivery_id": webhook.webhook_id,
         "timestamp": "2026-03-10T12:00:00.250Z",
-        "session_id": outcome.state.session.id,
+        "session_id": session_id(outcome.state.key, outcome.state.session),
     }
 
 
