@@ -1,11 +1,16 @@
 """Cost per event: ingest and webhook CPU of `tripwire serve` beside the bare ASGI app, one run.
 
-    python -m benchmarks.bench_ingest [--seconds 5] [--skip-redis]
+    python -m benchmarks.bench_ingest [--seconds 5] [--rounds 3] [--skip-redis]
 
 Each figure gets a fresh server on core 0 (wrk, the webhook sink and Redis share core 1), and
 fresh messages: every wrk run sends messageIds no earlier run sent, from visitors drawn by a
 generator seeded for that run. The floor, a bare ASGI app that reads the body and answers 204
 (`benchmarks.bare_app`), is measured in the same run, for both request sizes.
+
+On a shared machine one server measured twice swings by a fifth and more, so the floor and the
+memory-mode figures are taken in `--rounds` rounds (three by default), alternating — a round
+is the two floors, then the two collectors — and each is printed as its median round, with
+the least and the most beside it.
 
 Figures are CPU time of the server process itself (/proc/PID/stat, user + system), per request
 or per message, beside the ratio to the floor's CPU per request (the throughput ratio the
@@ -64,6 +69,7 @@ REDIS_BEFORE = {1: 2_167, 20: 6_192}
 TARGET_FLOOR = 16.8
 # Rounds of the one-webhook pair, alternating; each side's least CPU per message is kept.
 WEBHOOK_ROUNDS = 3
+ROUNDS = 3  # rounds of the floors and the memory-mode figures; each prints its median
 SETTLED = ("delivered", "failed", "dead", "refused", "paused", "quota_exceeded")
 
 
@@ -289,15 +295,24 @@ def collector(config: dict[str, Any], args: tuple[str, ...] = ()) -> Iterator[tu
         yield url, process_cpu(pid)
 
 
-def run(seconds: float, with_redis: bool) -> dict[str, Figure]:
-    """Every figure, each from a fresh server."""
-    figures: dict[str, Figure] = {}
-    figures["floor 1"] = floor(seconds, 1)
-    figures["floor 20"] = floor(seconds, 20)
+def run(seconds: float, with_redis: bool, rounds: int) -> tuple[dict[str, Figure], Spread]:
+    """Every figure, each from a fresh server: the floors and memory mode's as the median of
+    `rounds` rounds (with their spread), the others once (the webhook pair: its best round)."""
+    taken: dict[str, list[Figure]] = {}
     with bare_app(free_port(), cores="1") as sink:
-        for batch in (1, 20):
-            with collector(pipeline_config(sink)) as (url, cpu):
-                figures[f"memory {batch}"] = measure(url, cpu, seconds, batch)
+        for _ in range(rounds):
+            for batch in (1, 20):
+                taken.setdefault(f"floor {batch}", []).append(floor(seconds, batch))
+            for batch in (1, 20):
+                with collector(pipeline_config(sink)) as (url, cpu):
+                    taken.setdefault(f"memory {batch}", []).append(
+                        measure(url, cpu, seconds, batch)
+                    )
+        figures = {name: median(each) for name, each in taken.items()}
+        spread = {
+            name: (min(f.cpu_sent for f in each), max(f.cpu_sent for f in each), len(each))
+            for name, each in taken.items()
+        }
         for _ in range(WEBHOOK_ROUNDS):
             for fires in (False, True):
                 with collector(single_config(sink, fires)) as (url, cpu):
@@ -312,7 +327,17 @@ def run(seconds: float, with_redis: bool) -> dict[str, Figure]:
                     collector(pipeline_config(sink), ("--store", store)) as (url, cpu),
                 ):
                     figures[f"redis {batch}"] = measure(url, cpu, seconds, batch)
-    return figures
+    return figures, spread
+
+
+Spread = dict[str, tuple[float, float, int]]  # a figure's least and most CPU/message, rounds
+
+
+def median(figures: list[Figure]) -> Figure:
+    """The round whose CPU per message is the median (of an even count, the costlier middle:
+    a figure must not flatter)."""
+    ordered = sorted(figures, key=lambda figure: figure.cpu_sent)
+    return ordered[len(ordered) // 2]
 
 
 def verdict(ok: bool) -> str:
@@ -329,14 +354,17 @@ def _verdicts(cpu: float, target: float, speed: float) -> str:
     return f"NOT MET as set; {at_speed} at this machine's speed (≤ {scaled:.0f} µs)"
 
 
-def report(figures: dict[str, Figure]) -> None:
+def report(figures: dict[str, Figure], spread: Spread) -> None:
     """Print every figure beside its floor, then each target with met / not met."""
     floor_cpu = {1: figures["floor 1"].cpu, 20: figures["floor 20"].cpu}
     floor_rate = figures["floor 1"].rate  # requests/s: what SPEC §10's ratios are set against
     print(f"{'':34}{'messages/s':>11}{'CPU µs/msg':>12}{'ratio to floor':>16}")
     for batch in (1, 20):
         base = figures[f"floor {batch}"]
-        print(f"bare ASGI app, {batch:2}-message requests  {base.rate:11,.0f}{base.cpu:12.1f}")
+        print(
+            f"bare ASGI app, {batch:2}-message requests  {base.rate:11,.0f}{base.cpu:12.1f}"
+            f"{'':18}{_rounds(spread, f'floor {batch}')}"
+        )
     for mode in ("memory", "redis"):
         for batch in (1, 20):
             figure = figures.get(f"{mode} {batch}")
@@ -347,6 +375,7 @@ def report(figures: dict[str, Figure]) -> None:
                 f"{figure.sustained:11,.0f}{figure.cpu_sent:12.1f}"
                 f"{floor_cpu[batch] / figure.cpu_sent:9.2f} CPU  "
                 f"{figure.sustained / floor_rate:.2f} msg/s vs the floor's requests/s"
+                + (f"; {_rounds(spread, f'{mode} {batch}')}" if f"{mode} {batch}" in spread else "")
             )
             print(
                 f"  while the load ran{'':15}{figure.rate:11,.0f}{figure.cpu:12.1f}"
@@ -398,13 +427,22 @@ def report(figures: dict[str, Figure]) -> None:
         )
 
 
+def _rounds(spread: Spread, name: str) -> str:
+    """A median figure's spread over its rounds."""
+    least, most, rounds = spread[name]
+    if rounds == 1:
+        return "one round"
+    return f"median of {rounds} rounds ({least:.1f}–{most:.1f})"
+
+
 def main() -> None:
     """Measure and print the figures and targets."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--skip-redis", action="store_true", help="memory mode only")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="rounds of the medians")
     args = parser.parse_args()
-    report(run(args.seconds, not args.skip_redis))
+    report(*run(args.seconds, not args.skip_redis, max(1, args.rounds)))
 
 
 if __name__ == "__main__":
