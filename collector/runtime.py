@@ -37,6 +37,7 @@ from collector.services import Deliveries, Users
 from collector.store.base import Store
 from collector.store.pipeline import ingest
 from collector.store.sessions import Sessions
+from collector.store.together import Together
 
 log = logging.getLogger("tripwire")
 
@@ -76,6 +77,7 @@ class Runtime:
         self.deliveries = Deliveries(self.dispatcher, self.outbox, self.delivery_log)
         # accepted events, for the admin live streams (at most server.max_streams of them)
         self.events = EventFeed(max_subscribers=settings.config.server.max_streams)
+        self._together = Together(self._accept_together)  # a turn's requests, one batch
         self._timers: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
         self._sampled: dict[str, tuple[int, int]] = {}  # decisions counted into hours so far
@@ -241,7 +243,8 @@ class Runtime:
         return None
 
     async def accept(self, events: Sequence[Event], now: float) -> list[tuple[int, str]]:
-        """Run accepted events through the store and engine and queue their webhooks.
+        """Run accepted events through the store and engine and queue their webhooks, with the
+        other requests of this turn of the event loop (`collector.store.together`).
 
         Returns the events the store could not apply (by position, with why): they left no trace.
         """
@@ -250,6 +253,12 @@ class Runtime:
         failure = self.backend.failure()
         if failure is not None:
             raise Unavailable(failure, retry_after=5)
+        return await self._together.run(events, now)
+
+    async def _accept_together(
+        self, events: Sequence[Event], now: float
+    ) -> list[tuple[int, str]]:
+        """One pass of the pipeline for the events of a turn's requests, kept before returning."""
         result = await ingest(self.store, events, now)
         if result.rejected:
             failed = {position for position, _ in result.rejected}
@@ -259,7 +268,7 @@ class Runtime:
         if result.duplicates:
             self.metrics.messages["duplicate"] += result.duplicates
         self.metrics.count_decisions(result.decisions, result.missed)
-        await self.backend.keep()  # the answer waits until all of it is kept
+        await self.backend.keep()  # the answers wait until all of it is kept
         return result.rejected
 
     async def put_campaign(self, spec: CampaignSpec, *, if_unchanged: bool = False) -> bool:
