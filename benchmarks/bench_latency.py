@@ -2,9 +2,12 @@
 
 Events go out at a steady 500/s, one per request, each firing one webhook. The sender and the
 sink live in this process and speak bare HTTP/1.1 (`rawhttp`), so they stay cheap and both
-ends read one clock. Two figures are printed: from the collector's answer (event accepted) to
-the webhook's arrival, and from sending the event (an upper bound including the ingest request).
-Targets (SPEC §10): memory mode p50 ≤ 2 ms, p99 ≤ 10 ms; redis mode p99 ≤ 20 ms.
+ends read one clock. Two figures are printed: from sending the event to the webhook's arrival
+(the ingest request included: an upper bound), and from the collector's answer (event
+accepted). The answer waits for the event to be kept (and for the other requests of its turn),
+while the webhook may be on its way meanwhile, so the second can be negative; the targets are
+judged on the first. Targets (SPEC §10): memory mode p50 ≤ 2 ms, p99 ≤ 10 ms; redis mode
+p99 ≤ 20 ms.
 
     python -m benchmarks.bench_latency [--store redis://127.0.0.1:PORT/0] [--seconds 10]
 """
@@ -133,11 +136,14 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"trigger → webhook, {mode} mode, {RATE} events/s, {len(ids)} events ({target}):")
     accepted = [measured.arrived[m] - measured.accepted[m] for m in ids]
     sent = [measured.arrived[m] - measured.sent[m] for m in ids]
-    print(f"  accepted → received   {percentiles(accepted)}")
     print(f"  sent → received       {percentiles(sent)}")
+    print(f"  accepted → received   {percentiles(accepted)}")
     limit = 0.010 if mode == "memory" else 0.020
-    verdict = "met" if p99(accepted) <= limit else "NOT MET"
-    print(f"  target p99 ≤ {limit * 1000:.0f} ms (accepted → received): {verdict}")
+    verdict = "met" if p99(sent) <= limit else "NOT MET"
+    print(f"  target p99 ≤ {limit * 1000:.0f} ms (sent → received): {verdict}")
+    if mode == "memory":
+        verdict = "met" if statistics.median(sent) <= 0.002 else "NOT MET"
+        print(f"  target p50 ≤ 2 ms (sent → received): {verdict}")
 
 
 def main() -> None:

@@ -112,8 +112,8 @@ def environment(**values: str) -> Iterator[None]:
 
 
 async def latency(url: str, seconds: int, separate_worker: bool) -> tuple[str, str, float]:
-    """Accepted → received and sent → received percentiles at 500 events/s, and the first's
-    p99 in seconds."""
+    """Accepted → received and sent → received percentiles at 500 events/s, and the second's
+    p99 in seconds (the upper bound the target is judged on, see `bench_latency`)."""
     flush(url)
     warm_up, measured = Run(), Run()
     current = [warm_up]
@@ -134,7 +134,7 @@ async def latency(url: str, seconds: int, separate_worker: bool) -> tuple[str, s
     ids = list(measured.sent)
     accepted = [measured.arrived[m] - measured.accepted[m] for m in ids]
     sent = [measured.arrived[m] - measured.sent[m] for m in ids]
-    return percentiles(accepted), percentiles(sent), p99(accepted)
+    return percentiles(accepted), percentiles(sent), p99(sent)
 
 
 def campaign_propagation(url: str, changes: int = 5) -> list[float]:
@@ -240,7 +240,7 @@ def main() -> None:
         print(f"    accepted → received   {accepted}")
         print(f"    sent → received       {sent}")
         verdict = "met" if slowest <= 0.020 else "NOT MET"
-        print(f"    target p99 ≤ 20 ms (accepted → received), {label}: {verdict}")
+        print(f"    target p99 ≤ 20 ms (sent → received), {label}: {verdict}")
 
 
 if __name__ == "__main__":
