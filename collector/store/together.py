@@ -23,7 +23,6 @@ from collector.events import Event
 Rejected = list[tuple[int, str]]  # (position, why) of the events that left no trace
 Run = Callable[[Sequence[Event], float], Awaitable[Rejected]]
 
-
 GROUP_EVENTS = 32  # a group holds at most this many events (unless one request has more)
 
 
@@ -46,9 +45,10 @@ class _Group:
 
 class Together:
     """Runs the requests of each turn of the event loop as one batch of at most GROUP_EVENTS
-    events. A request with more than half as many runs alone, at once: it is a batch already,
-    and waiting for company cost it more than company saved (a group far bigger than a batch
-    also ran slower per event)."""
+    events: every request of a group is answered when the whole group is kept, so its size
+    bounds how long one waits for the others. A request of more than half as many events runs
+    alone, at once: it is a batch already (its fixed costs shared by its own events), and
+    waiting a turn for company would only delay it."""
 
     def __init__(self, run: Run) -> None:
         self._run = run
