@@ -47,7 +47,7 @@ test: $(VENV)/.test tag/node_modules/.package-lock.json tests/clients/node_modul
 
 ## Run the benchmarks and print their figures and ratios.
 bench: $(VENV)/.test
-	./scripts/system-deps.sh wrk redis-server
+	./scripts/system-deps.sh wrk redis-server valgrind
 	$(PY) benchmarks/run.py
 
 lint: $(VENV)/.test

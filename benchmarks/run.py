@@ -22,6 +22,7 @@ ARGS: dict[str, list[str]] = {
     "bench_ingest": ["--seconds", "5"],
     "bench_delivery": ["--rounds", "2"],
     "bench_durability": ["--seconds", "3", "--messages", "20000"],
+    "bench_instructions": ["--requests", "1000"],
     "bench_latency": ["--seconds", "5"],
     "bench_memory": ["--visitors", "20000"],
     "bench_recovery": ["--visitors", "50000"],
