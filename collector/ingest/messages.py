@@ -292,7 +292,7 @@ def _decode_message(
         raise BadRequest(f"{path}.previousId: required for alias")
     message_id = _text(message.messageId)
     ids = (anonymous_id, user_id, previous_id, message_id)
-    if max(len(i) if i else 0 for i in ids) > MAX_ID_LENGTH:
+    if max(map(len, filter(None, ids))) > MAX_ID_LENGTH:  # one of them is set (checked above)
         _refuse_long_id(path, ids)
     properties = message.properties or {}
     if kind in ("page", "screen") and message.name is not None and "name" not in properties:

@@ -40,9 +40,10 @@ def user_hash(secret: str, user_id: str) -> str:
 
 def without_hashes(events: list[Event]) -> list[Event]:
     """The events with `context.userHash` taken out (the same list when none has one)."""
-    if not any(HASH_FIELD in event.context for event in events):
-        return events
-    return [_without_hash(event) for event in events]
+    for event in events:
+        if HASH_FIELD in event.context:
+            return [_without_hash(event) for event in events]
+    return events
 
 
 def _without_hash(event: Event) -> Event:
