@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import redis.asyncio as aioredis
 from hiredis import pack_command
@@ -28,6 +28,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from collector.errors import Unavailable
 from collector.redis import scripts
 from collector.redis.keys import CLUSTER_SHARDS, Keys
+from collector.store.turns import Gathering
 
 log = logging.getLogger("tripwire.redis")
 
@@ -191,51 +192,33 @@ class Pipelines:
         self._closed = False
         self._busy: dict[AbstractConnection, float] = {}  # connection -> when its exchange began
         self._watchdog: asyncio.Task[None] | None = None
-        self._waiting: list[_Waiting] = []  # pipelines to send at the end of this turn
-        self._sending: set[asyncio.Task[None]] = set()  # groups sent, replies not all read
+        # the pipelines of a turn, sent at its end
+        self._turn: Gathering[Sequence[Command], list[Any]] = Gathering(self._send_group)
 
     async def send(self, commands: Sequence[Command]) -> list[Any]:
         """Send the commands in one pipeline and return their replies (error replies
         included), sent with the other pipelines of this turn of the event loop."""
-        waiting = _Waiting(commands, asyncio.get_running_loop().create_future())
-        if not self._waiting:
-            waiting.replies.get_loop().call_soon(self._send_waiting)
-        self._waiting.append(waiting)
-        return await waiting.replies
+        return await self._turn.add(commands)
 
-    def _send_waiting(self) -> None:
-        group, self._waiting = self._waiting, []
-        task = asyncio.get_running_loop().create_task(self._send_group(group))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _send_group(self, group: list[_Waiting]) -> None:
-        """Send a group of pipelines in one write on one connection; hand each its replies."""
-        commands = [command for waiting in group for command in waiting.commands]
+    async def _send_group(self, group: list[Sequence[Command]]) -> list[list[Any]]:
+        """Send a group of pipelines in one write on one connection; each one's replies."""
+        commands = [command for pipeline in group for command in pipeline]
         packed = b"".join([pack_command(command) for command in commands])
         connection = self._idle.pop() if self._idle else self._class(**self._options)
-        try:
-            replies: list[Any] = await connection.retry.call_with_retry(
-                lambda: self._exchange(connection, packed, commands),
-                lambda _: connection.disconnect(),
-            )
-        except BaseException as exc:  # each pipeline of the group fails alike
-            for waiting in group:
-                if not waiting.replies.done():
-                    waiting.replies.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
+        replies: list[Any] = await connection.retry.call_with_retry(
+            lambda: self._exchange(connection, packed, commands),
+            lambda _: connection.disconnect(),
+        )
         if self._closed:
             await connection.disconnect()
         else:
             self._idle.append(connection)
+        each: list[list[Any]] = []
         start = 0
-        for waiting in group:
-            end = start + len(waiting.commands)
-            if not waiting.replies.done():  # else its request was cancelled meanwhile
-                waiting.replies.set_result(replies[start:end])
-            start = end
+        for pipeline in group:
+            each.append(replies[start : start + len(pipeline)])
+            start += len(pipeline)
+        return each
 
     async def _exchange(
         self, connection: AbstractConnection, packed: bytes, commands: Sequence[Command]
@@ -292,13 +275,6 @@ class Pipelines:
         for connection in idle:
             with contextlib.suppress(RedisError, OSError):
                 await connection.disconnect()
-
-
-class _Waiting(NamedTuple):
-    """A pipeline waiting for the end of this turn of the event loop to be sent."""
-
-    commands: Sequence[Command]
-    replies: asyncio.Future[list[Any]]
 
 
 def evalsha(script: scripts.Script, keys: Sequence[str], args: Sequence[Any]) -> Command:

@@ -14,33 +14,16 @@ not writable) fails each of its requests alike, as it would have failed each alo
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import NamedTuple
 
 from collector.events import Event
+from collector.store.turns import Gathering
 
 Rejected = list[tuple[int, str]]  # (position, why) of the events that left no trace
 Run = Callable[[Sequence[Event], float], Awaitable[Rejected]]
+Request = tuple[Sequence[Event], float]  # a request's events, and when it came
 
 GROUP_EVENTS = 32  # a group holds at most this many events (unless one request has more)
-
-
-class _Waiting(NamedTuple):
-    events: Sequence[Event]
-    now: float
-    rejected: asyncio.Future[Rejected]
-
-
-class _Group:
-    """The requests gathered for one pass, and their events' count."""
-
-    __slots__ = ("events", "started", "waiting")
-
-    def __init__(self) -> None:
-        self.waiting: list[_Waiting] = []
-        self.events = 0
-        self.started = False
 
 
 class Together:
@@ -52,58 +35,33 @@ class Together:
 
     def __init__(self, run: Run) -> None:
         self._run = run
-        self._group: _Group | None = None  # gathering in this turn
-        self._running: set[asyncio.Task[None]] = set()  # groups under way
+        self._requests: Gathering[Request, Rejected] = Gathering(
+            self._run_group, limit=GROUP_EVENTS, size=lambda request: len(request[0])
+        )
 
     async def run(self, events: Sequence[Event], now: float) -> Rejected:
         """Run a request's events with the others of this turn; its events' rejections."""
         if 2 * len(events) > GROUP_EVENTS:  # no room for company: it runs alone, at once
             return await self._run(events, now)
-        loop = asyncio.get_running_loop()
-        group = self._group
-        if group is None or group.events + len(events) > GROUP_EVENTS:
-            if group is not None:
-                self._start(group)  # full: it goes now, the next requests make another
-            group = self._group = _Group()
-            loop.call_soon(self._start, group)
-        waiting = _Waiting(events, now, loop.create_future())
-        group.waiting.append(waiting)
-        group.events += len(events)
-        return await waiting.rejected
+        return await self._requests.add((events, now))
 
-    def _start(self, group: _Group) -> None:
-        if group.started:
-            return
-        group.started = True
-        if self._group is group:
-            self._group = None
-        task = asyncio.get_running_loop().create_task(self._run_group(group.waiting))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-
-    async def _run_group(self, group: list[_Waiting]) -> None:
+    async def _run_group(self, group: list[Request]) -> list[Rejected]:
+        """One pass for a group's events; each request's rejections, by position in it."""
         if len(group) == 1:
-            events = group[0].events
+            events = group[0][0]
         else:
-            events = [event for waiting in group for event in waiting.events]
-        try:
-            rejected = await self._run(events, max(waiting.now for waiting in group))
-        except BaseException as exc:  # each request fails as it would have alone
-            for waiting in group:
-                if not waiting.rejected.done():
-                    waiting.rejected.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        start = 0
+            events = [event for request, _ in group for event in request]
+        rejected = await self._run(events, max(now for _, now in group))
         found = iter(rejected)  # in position order
         pending = next(found, None)
-        for waiting in group:
-            end = start + len(waiting.events)
+        each: list[Rejected] = []
+        start = 0
+        for request, _ in group:
+            end = start + len(request)
             own: Rejected = []
             while pending is not None and pending[0] < end:
                 own.append((pending[0] - start, pending[1]))
                 pending = next(found, None)
-            if not waiting.rejected.done():  # else its request was given up meanwhile
-                waiting.rejected.set_result(own)
+            each.append(own)
             start = end
+        return each

@@ -1,0 +1,90 @@
+"""What is handed in during one turn of the event loop, done together at its end.
+
+    gathering = Gathering(do, limit=32, size=len)
+    result = await gathering.add(item)  # done with the other items of this turn
+
+`do(items)` does a whole batch and returns one result per item, in order; each `add` gets its
+item's. What `do` raises, every item of its batch raises, as each would have alone. With a
+`limit`, a batch holds items of at most that total `size` (unless one item is bigger): a full
+batch is done at once and the items after it make the next. Used for the requests of a turn
+through the pipeline (`collector.store.together`) and for Redis mode's pipelines of a turn in
+one write (`collector.redis.connection`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class _Batch(Generic[Item, Result]):
+    """The items gathered for one go, their results to come, and their total size."""
+
+    __slots__ = ("items", "results", "size", "started")
+
+    def __init__(self) -> None:
+        self.items: list[Item] = []
+        self.results: list[asyncio.Future[Result]] = []
+        self.size = 0
+        self.started = False
+
+
+class Gathering(Generic[Item, Result]):
+    """Items handed in during a turn of the event loop, done as one batch at its end."""
+
+    def __init__(
+        self,
+        do: Callable[[list[Item]], Awaitable[list[Result]]],
+        *,
+        limit: int | None = None,
+        size: Callable[[Item], int] = lambda _: 1,
+    ) -> None:
+        self._do = do
+        self._limit = limit
+        self._size = size
+        self._batch: _Batch[Item, Result] | None = None  # gathering in this turn
+        self._running: set[asyncio.Task[None]] = set()  # batches under way
+
+    async def add(self, item: Item) -> Result:
+        """Do `item` with the others of this turn; its result."""
+        loop = asyncio.get_running_loop()
+        size = self._size(item)
+        batch = self._batch
+        if batch is None or (self._limit is not None and batch.size + size > self._limit):
+            if batch is not None:
+                self._start(batch)  # full: it goes now, the next items make another
+            batch = self._batch = _Batch()
+            loop.call_soon(self._start, batch)
+        result: asyncio.Future[Result] = loop.create_future()
+        batch.items.append(item)
+        batch.results.append(result)
+        batch.size += size
+        return await result
+
+    def _start(self, batch: _Batch[Item, Result]) -> None:
+        if batch.started:
+            return
+        batch.started = True
+        if self._batch is batch:
+            self._batch = None
+        task = asyncio.get_running_loop().create_task(self._done(batch))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _done(self, batch: _Batch[Item, Result]) -> None:
+        try:
+            results = await self._do(batch.items)
+        except BaseException as exc:  # each item fails as it would have alone
+            for future in batch.results:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for future, result in zip(batch.results, results, strict=True):
+            if not future.done():  # else whoever waited for it gave up meanwhile
+                future.set_result(result)
