@@ -3,14 +3,15 @@
     python -m benchmarks.bench_instructions [--requests 1000]
 
 Timings on a shared machine swing by a fifth from one run to the next; the instructions a
-message costs do not (the same to within about 1 % run after run), so this is the figure to
-judge a change by before timing it. The collector's ASGI app (`create_app`: memory mode with
-a data directory, `bench_ingest`'s pipeline config of 20 campaigns and 10 variables) is driven
-in process with `bench_ingest`'s page views from 100,000 visitors, 32 requests in flight,
-without an HTTP server or a load generator, and without sending the webhooks (they wait in the
-outbox). It runs under valgrind's callgrind twice, with N and then 3N requests after the same
-warm-up; the difference, divided by the 2N requests' messages, leaves start-up and warm-up
-out. For 1-message and 20-message requests (N / 10 of those).
+message costs barely do (over four runs, 1-message requests within 1.5 %, 20-message ones
+within 6 %), so this is the figure to judge a change by before timing it. The collector's ASGI
+app (`create_app`: memory mode with a data directory, `bench_ingest`'s pipeline config of 20
+campaigns and 10 variables) is driven in process with `bench_ingest`'s page views from 100,000
+visitors, 32 requests in flight, without an HTTP server or a load generator, and without
+sending the webhooks (they wait in the outbox). It runs under valgrind's callgrind twice, with
+N and then 3N requests after the same warm-up; the difference, divided by the 2N requests'
+messages, leaves start-up and warm-up out. For 1-message and 20-message requests (N / 10 of
+those).
 
 Instructions are not time: a cache miss or a system call costs none here, and the kernel's
 work is not counted. A change that saves instructions saves time; one that saves time in the
