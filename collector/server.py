@@ -12,7 +12,8 @@ complete a request nobody handles, outside every deadline. It also caps the conn
 client address may hold at once (`max_connections_per_client`).
 
 It keeps one timer per connection that re-arms itself, so a request costs two clock reads, not
-a timer of its own.
+a timer of its own, and writes what a turn of the event loop wrote to a connection in one go
+(`_Coalescing`), so a small answer is one send(2) and one TCP segment, not two.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from collector.config.schema import ServerSettings
 
@@ -44,64 +45,39 @@ _TOO_MANY = _answer(
 )
 
 
-class _Held:
-    """Stands in for a connection's transport while uvicorn writes one response message: keeps
-    what it writes, and a close, for the cycle to write (and close) afterwards."""
+class _Coalescing:
+    """A connection's transport that writes what one turn of the event loop wrote to it in one
+    go: a response's head and body, written by uvicorn as two messages, leave as one send(2)
+    and one TCP segment instead of two. Writes are held until the end of the turn (a stream's
+    part is sent in the turn it was written), and a close writes what is held first."""
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self.transport = transport
-        self.written: list[bytes] = []
-        self.closing = False
+        self._loop = loop
+        self._held: list[bytes] = []
 
     def write(self, data: bytes) -> None:
-        self.written.append(data)
+        if not self._held:
+            self._loop.call_soon(self.flush)
+        self._held.append(data)
+
+    def flush(self) -> None:
+        """Write what is held."""
+        held = self._held
+        if held:
+            self._held = []
+            if not self.transport.is_closing():  # the client may have gone meanwhile
+                self.transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def close(self) -> None:
-        self.closing = True
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.transport, name)
-
-
-class _Cycle(RequestResponseCycle):
-    """uvicorn's request cycle, closing the connection when answered before the body came, and
-    writing a response of known length together with its first body part: a small answer is
-    one send(2) and one TCP segment instead of two (a streamed answer, with no length, is
-    written as it comes)."""
-
-    _head: bytes | None = None  # a sized response's head, waiting for its body
-
-    async def send(self, message: Any) -> None:
-        """Send a response message; an answer started while the body is still due closes."""
-        if message["type"] == "http.response.start":
-            if self.more_body:
-                self.keep_alive = False  # uvicorn says `connection: close` and closes once sent
-            if any(name.lower() == b"content-length" for name, _ in message.get("headers", ())):
-                written, _ = await self._held(message)
-                self._head = b"".join(written)
-                return
-        elif self._head is not None:
-            head, self._head = self._head, None
-            written, closing = await self._held(message)
-            if self.disconnected:
-                return  # the client left meanwhile: nothing to write to
-            self.transport.write(b"".join([head, *written]))
-            if closing:
-                self.transport.close()
-            return
-        await super().send(message)
-
-    async def _held(self, message: Any) -> tuple[list[bytes], bool]:
-        """Let uvicorn handle `message` with its writes (and a close) held back: what it wrote,
-        and whether it closed."""
-        transport = self.transport
-        held = _Held(transport)
-        self.transport = held  # type: ignore[assignment]
-        try:
-            await super().send(message)
-        finally:
-            self.transport = transport
-        return held.written, held.closing
 
 
 class GuardedHttp(HttpToolsProtocol):
@@ -115,6 +91,8 @@ class GuardedHttp(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the connection's deadline; refuse it when its client holds too many already."""
         super().connection_made(transport)
+        self.transport = _Coalescing(transport, self.loop)  # type: ignore[assignment]
+        self._keep_alive = True  # whether the request being read may keep the connection
         self._phase = _WAITING
         self._since = self.loop.time()
         self._timer: asyncio.TimerHandle | None = self.loop.call_later(
@@ -146,18 +124,29 @@ class GuardedHttp(HttpToolsProtocol):
         self._since = self.loop.time()
 
     def on_headers_complete(self) -> None:
-        """Headers done: the body is due within body_timeout."""
+        """Headers done: the body is due within body_timeout. Until it is all in, an answer
+        closes the connection (uvicorn says `connection: close`, and closes once it is sent)."""
         super().on_headers_complete()
-        if self.cycle is not None:
-            self.cycle.__class__ = _Cycle  # the same object, with the early answer's close
+        cycle = self.cycle
+        if cycle is not None:
+            self._keep_alive = cycle.keep_alive
+            cycle.keep_alive = False
         self._phase = _BODY
         self._since = self.loop.time()
 
     def on_message_complete(self) -> None:
         """The request is in: the app has as long as it needs (streams may last)."""
         super().on_message_complete()
+        cycle = self.cycle
+        if cycle is not None and self._keep_alive and not cycle.response_started:
+            cycle.keep_alive = True  # not answered early: the connection may be kept
         if self._phase == _BODY:
             self._phase = _HANDLING
+
+    def shutdown(self) -> None:
+        """The server is stopping: the request being read does not keep the connection."""
+        self._keep_alive = False
+        super().shutdown()
 
     def on_response_complete(self) -> None:
         """Answered: waiting for the next request (uvicorn's keep-alive timeout also runs)."""
