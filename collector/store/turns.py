@@ -24,9 +24,10 @@ Result = TypeVar("Result")
 class _Batch(Generic[Item, Result]):
     """The items gathered for one go, their results to come, and their total size."""
 
-    __slots__ = ("items", "results", "size", "started")
+    __slots__ = ("items", "loop", "results", "size", "started")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop  # asked once a batch: asking costs a getpid(2) each time on Python 3.11
         self.items: list[Item] = []
         self.results: list[asyncio.Future[Result]] = []
         self.size = 0
@@ -51,15 +52,14 @@ class Gathering(Generic[Item, Result]):
 
     async def add(self, item: Item) -> Result:
         """Do `item` with the others of this turn; its result."""
-        loop = asyncio.get_running_loop()
         size = self._size(item)
         batch = self._batch
         if batch is None or (self._limit is not None and batch.size + size > self._limit):
             if batch is not None:
                 self._start(batch)  # full: it goes now, the next items make another
-            batch = self._batch = _Batch()
-            loop.call_soon(self._start, batch)
-        result: asyncio.Future[Result] = loop.create_future()
+            batch = self._batch = _Batch(asyncio.get_running_loop())
+            batch.loop.call_soon(self._start, batch)
+        result: asyncio.Future[Result] = batch.loop.create_future()
         batch.items.append(item)
         batch.results.append(result)
         batch.size += size
@@ -71,7 +71,7 @@ class Gathering(Generic[Item, Result]):
         batch.started = True
         if self._batch is batch:
             self._batch = None
-        task = asyncio.get_running_loop().create_task(self._done(batch))
+        task = batch.loop.create_task(self._done(batch))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
