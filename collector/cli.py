@@ -23,6 +23,7 @@ UVICORN_OPTIONS: dict[str, Any] = {
     "access_log": False,
     "loop": "uvloop",
     "timeout_graceful_shutdown": 10,
+    "server_header": False,  # answers do not name the server software (nor pay for the header)
 }
 
 

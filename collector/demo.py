@@ -44,7 +44,9 @@ from collector.tools.requestbin import RequestBin
 SITE_DIR = Path(__file__).resolve().parents[1] / "demo_site"  # a checkout (editable install)
 DEFAULT_COLLECTOR = "http://127.0.0.1:8000"  # as written in demo_site's pages and config
 DEMO_BIN = "demo"
-SERVER_OPTIONS: dict[str, Any] = {"log_level": "warning", "access_log": False, "lifespan": "on"}
+SERVER_OPTIONS: dict[str, Any] = {
+    "log_level": "warning", "access_log": False, "lifespan": "on", "server_header": False
+}
 
 
 class DemoOptions(msgspec.Struct, frozen=True, kw_only=True):
