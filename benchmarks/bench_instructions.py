@@ -16,12 +16,21 @@ those).
 Instructions are not time: a cache miss or a system call costs none here, and the kernel's
 work is not counted. A change that saves instructions saves time; one that saves time in the
 kernel (fewer writes, fewer wake-ups) shows only in `bench_ingest`.
+
+    python -m benchmarks.bench_instructions --server [--requests 2000]
+
+counts what the in-process drive leaves out, the HTTP server around the app: a real
+`tripwire serve` process (same config, data directory, messages) and the bare ASGI app on
+uvicorn beside it, each under callgrind, sent 1-message requests over 32 kept-alive
+connections; the counters are zeroed after the warm-up and read after the N requests. It
+takes a few minutes and is not part of `make bench`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -33,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_ingest import USERS, pipeline_config
+from benchmarks.common import ROOT, UVICORN_FLAGS, free_port, wait_http
+from benchmarks.rawhttp import Connection
 
 IN_FLIGHT = 32
 WARM_UP = 1_000  # messages before the counted ones (the recent events' dictionary is trained)
@@ -131,10 +142,76 @@ def counted(requests: int, batch: int) -> int:
     return int(found.group(1))
 
 
+async def post_over_http(port: int, requests: list[bytes]) -> None:
+    """POST each body to 127.0.0.1:port/v1/batch over IN_FLIGHT kept-alive connections."""
+    connections = [await Connection.open("127.0.0.1", port) for _ in range(IN_FLIGHT)]
+
+    async def one_at_a_time(connection: Connection, share: list[bytes]) -> None:
+        for body in share:
+            status = await connection.post("127.0.0.1", "/v1/batch", body)
+            if status not in (200, 204):
+                raise RuntimeError(f"answered {status}")
+
+    await asyncio.gather(
+        *(one_at_a_time(c, requests[i::IN_FLIGHT]) for i, c in enumerate(connections))
+    )
+    for connection in connections:
+        connection.close()
+
+
+def counted_server(command: list[str], port: int, ready: str, requests: int) -> int:
+    """Instructions a server process spends on `requests` 1-message requests after a warm-up,
+    counted by callgrind (zeroed after the warm-up, dumped after the requests)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = f"{tmp}/callgrind.out"
+        environment = {**os.environ, "PYTHONHASHSEED": "0"}
+        server = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *command],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment, cwd=ROOT,
+        )
+        try:
+            wait_http(ready, timeout=300)
+            asyncio.run(post_over_http(port, bodies(WARM_UP, 1, seed=1)))
+            control = ["callgrind_control"]
+            subprocess.run([*control, "-z", str(server.pid)], check=True, capture_output=True)
+            asyncio.run(post_over_http(port, bodies(requests, 1, seed=2)))
+            subprocess.run([*control, "-d", str(server.pid)], check=True, capture_output=True)
+        finally:
+            server.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.wait(60)
+            server.kill()
+        dumps = [p for p in Path(tmp).glob("callgrind.out.*")]
+        totals = [re.search(r"^summary: (\d+)", p.read_text(), re.M) for p in dumps]
+        if not dumps or None in totals:
+            raise RuntimeError("callgrind wrote no dump for the requests")
+        return sum(int(found.group(1)) for found in totals if found is not None)
+
+
+def servers(requests: int) -> None:
+    """Instructions per 1-message request through the bare ASGI app and `tripwire serve`."""
+    print("instructions per 1-message request, a real server process (callgrind):", flush=True)
+    port = free_port()
+    bare = [sys.executable, "-m", "uvicorn", "benchmarks.bare_app:app", "--port", str(port),
+            *UVICORN_FLAGS]
+    floor = counted_server(bare, port, f"http://127.0.0.1:{port}/", requests) / requests
+    print(f"  the bare ASGI app on uvicorn: {floor:9,.0f}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "tripwire.json"
+        config.write_text(json.dumps(pipeline_config("http://127.0.0.1:9")))
+        port = free_port()
+        serve = [sys.executable, "-m", "collector.cli", "serve", "--config", str(config),
+                 "--port", str(port), "--data-dir", f"{tmp}/data"]
+        ready = f"http://127.0.0.1:{port}/healthz"
+        collector = counted_server(serve, port, ready, requests) / requests
+    print(f"  tripwire serve (memory mode):  {collector:9,.0f} ({collector / floor:.1f}×)")
+
+
 def main() -> None:
     """Count and print instructions per message for both request sizes."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=1000, help="N (1-message requests)")
+    parser.add_argument("--server", action="store_true", help="through real server processes")
     parser.add_argument("--drive", type=int, help=argparse.SUPPRESS)  # the run callgrind counts
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -142,6 +219,9 @@ def main() -> None:
         import uvloop
 
         uvloop.run(drive(args.drive, args.batch))
+        return
+    if args.server:
+        servers(args.requests)
         return
     print("instructions per message, the whole app in process (callgrind; 32 requests in flight):")
     for batch in (1, 20):
