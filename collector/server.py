@@ -12,7 +12,7 @@ complete a request nobody handles, outside every deadline. It also caps the conn
 client address may hold at once (`max_connections_per_client`).
 
 It keeps one timer per connection that re-arms itself, so a request costs two clock reads, not
-a timer of its own, and writes what a turn of the event loop wrote to a connection in one go
+a timer of its own, and writes an answer of known length in one go once it is complete
 (`_Coalescing`), so a small answer is one send(2) and one TCP segment, not two.
 """
 
@@ -45,27 +45,43 @@ _TOO_MANY = _answer(
 )
 
 
-class _Coalescing:
-    """A connection's transport that writes what one turn of the event loop wrote to it in one
-    go: a response's head and body, written by uvicorn as two messages, leave as one send(2)
-    and one TCP segment instead of two. Writes are held until the end of the turn (a stream's
-    part is sent in the turn it was written), and a close writes what is held first."""
+_HOLD_BYTES = 64 * 1024  # a sized answer is held until complete up to this much, then streams
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+
+class _Coalescing:
+    """A connection's transport that writes an answer of known length in one go when it is
+    complete: its head and body, written by uvicorn as two messages, leave as one send(2) and
+    one TCP segment instead of two. A streamed answer (no length), a long one past _HOLD_BYTES
+    and anything written outside an answer go as they come; a close writes what is held first.
+    The protocol writes what is held when the answer is complete (`flush`)."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedHttp) -> None:
         self.transport = transport
-        self._loop = loop
+        self._protocol = protocol
         self._held: list[bytes] = []
+        self._size = 0
 
     def write(self, data: bytes) -> None:
-        if not self._held:
-            self._loop.call_soon(self.flush)
-        self._held.append(data)
+        cycle = self._protocol.cycle
+        if (
+            cycle is not None
+            and cycle.chunked_encoding is False  # sized: its length was in its head
+            and not cycle.response_complete
+            and self._size + len(data) <= _HOLD_BYTES
+        ):
+            self._held.append(data)
+            self._size += len(data)
+            return
+        self.flush()
+        if not self.transport.is_closing():
+            self.transport.write(data)
 
     def flush(self) -> None:
         """Write what is held."""
         held = self._held
         if held:
             self._held = []
+            self._size = 0
             if not self.transport.is_closing():  # the client may have gone meanwhile
                 self.transport.write(held[0] if len(held) == 1 else b"".join(held))
 
@@ -91,7 +107,8 @@ class GuardedHttp(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the connection's deadline; refuse it when its client holds too many already."""
         super().connection_made(transport)
-        self.transport = _Coalescing(transport, self.loop)  # type: ignore[assignment]
+        self._writer = _Coalescing(transport, self)
+        self.transport = self._writer  # type: ignore[assignment]
         self._keep_alive = True  # whether the request being read may keep the connection
         self._phase = _WAITING
         self._since = self.loop.time()
@@ -150,6 +167,7 @@ class GuardedHttp(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         """Answered: waiting for the next request (uvicorn's keep-alive timeout also runs)."""
+        self._writer.flush()  # the answer, in one write
         super().on_response_complete()
         self._phase = _WAITING
         self._since = self.loop.time()
