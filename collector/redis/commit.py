@@ -41,6 +41,16 @@ class Committer:
         self.connection = connection
         self._limits = limits
         self._ttl = max(1, int(limits.user_ttl))
+        self._times: tuple[float, str, str] = (-1.0, "", "")  # see `_as_text`
+
+    def _as_text(self, now: float) -> tuple[str, str]:
+        """`now` and the dedupe horizon as COMMIT's text (the bytes hiredis would send for the
+        floats: their repr), made once for all the profiles of a commit: hiredis took about
+        1.4 µs to pack each float, two thirds of what a profile's other values took together,
+        and every messageId's mark carried one."""
+        if self._times[0] != now:
+            self._times = (now, repr(now), repr(now - DEDUPE_SECONDS))
+        return self._times[1], self._times[2]
 
     async def commit(
         self, plan: Plan, records: dict[str, Record], now: float, tallies: Tallies
@@ -134,9 +144,10 @@ class Committer:
         absorbed = [o for o in folded if o not in same]
         links = [i for i, k in plan.links.items() if k == key]
         local_links = [i for i in links if keys.shard(i) == shard]
+        at, forget_before = self._as_text(now)
         pairs: list[Any] = []
         for mid in plan.seen.get(key, []):
-            pairs.extend((now, mid))
+            pairs.extend((at, mid))
         events = list(plan.recent.get(key, []))
         if folded:
             old = [blob for k in (key, *folded) for blob in recent_of.get(k, [])]
@@ -190,7 +201,7 @@ class Committer:
             record.version if record is not None else 0,
             _ENCODER.encode(state),
             self._ttl,
-            now - DEDUPE_SECONDS,
+            forget_before,
             cap,
             MAX_SEEN_PER_USER,
             key,
