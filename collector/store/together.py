@@ -23,7 +23,11 @@ Rejected = list[tuple[int, str]]  # (position, why) of the events that left no t
 Run = Callable[[Sequence[Event], float], Awaitable[Rejected]]
 Request = tuple[Sequence[Event], float]  # a request's events, and when it came
 
-GROUP_EVENTS = 32  # a group holds at most this many events (unless one request has more)
+# A group holds at most this many events (unless one request has more). At 64, 20-message
+# requests share a pass two or three at a time: 4 % fewer instructions per message in memory
+# mode than at 32, the same in Redis mode (at 128 memory mode gains no more and Redis mode
+# loses 3 %: its bigger scripts and replies cost more than the round trips they save).
+GROUP_EVENTS = 64
 
 
 class Together:

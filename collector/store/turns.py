@@ -24,14 +24,13 @@ Result = TypeVar("Result")
 class _Batch(Generic[Item, Result]):
     """The items gathered for one go, their results to come, and their total size."""
 
-    __slots__ = ("items", "loop", "results", "size", "started")
+    __slots__ = ("items", "loop", "results", "size")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop  # asked once a batch: asking costs a getpid(2) each time on Python 3.11
         self.items: list[Item] = []
         self.results: list[asyncio.Future[Result]] = []
         self.size = 0
-        self.started = False
 
 
 class Gathering(Generic[Item, Result]):
@@ -56,26 +55,26 @@ class Gathering(Generic[Item, Result]):
         batch = self._batch
         if batch is None or (self._limit is not None and batch.size + size > self._limit):
             if batch is not None:
-                self._start(batch)  # full: it goes now, the next items make another
+                self._close(batch)  # full: the next items make another
             batch = self._batch = _Batch(asyncio.get_running_loop())
-            batch.loop.call_soon(self._start, batch)
+            # its first step runs after everything already due in this turn: the items handed
+            # in meanwhile join it
+            task = batch.loop.create_task(self._done(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
         result: asyncio.Future[Result] = batch.loop.create_future()
         batch.items.append(item)
         batch.results.append(result)
         batch.size += size
         return await result
 
-    def _start(self, batch: _Batch[Item, Result]) -> None:
-        if batch.started:
-            return
-        batch.started = True
+    def _close(self, batch: _Batch[Item, Result]) -> None:
+        """Take no more items into `batch`."""
         if self._batch is batch:
             self._batch = None
-        task = batch.loop.create_task(self._done(batch))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
 
     async def _done(self, batch: _Batch[Item, Result]) -> None:
+        self._close(batch)
         try:
             results = await self._do(batch.items)
         except BaseException as exc:  # each item fails as it would have alone
