@@ -29,7 +29,7 @@ frame loses only its own records. A frame's records are compressed with Zstandar
 at level 3 and the log at level -1: the few records of a request or two compress as well as at
 level 1 for a third of its CPU (2.3 against 7.2 µs a frame, measured on this pipeline's frames),
 frames of many requests come out 6-8 % bigger for 15-30 % less. Profiles repeat each other's
-campaign names and field layout, so a frame of many profiles shrinks about fivefold, which keeps
+campaign names and field layout, so a frame of many profiles shrinks four- to fivefold, which keeps
 the bytes written, the disk used and the compactions few. (Frames of earlier versions, not
 compressed, are read as they are.) Past `SEGMENT_BYTES` the writer starts a new segment and a
 separate process (`python -m collector.memory.disk compact`, off this process's core and GIL)
