@@ -6,9 +6,9 @@
 `do(items)` does a whole batch and returns one result per item, in order; each `add` gets its
 item's. What `do` raises, every item of its batch raises, as each would have alone. With a
 `limit`, a batch holds items of at most that total `size` (unless one item is bigger): a full
-batch is done at once and the items after it make the next. Used for the requests of a turn
-through the pipeline (`collector.store.together`) and for Redis mode's pipelines of a turn in
-one write (`collector.redis.connection`).
+batch takes no more, and the items after it make the next, done at the same turn's end. Used
+for the requests of a turn through the pipeline (`collector.store.together`) and for Redis
+mode's pipelines of a turn in one write (`collector.redis.connection`).
 """
 
 from __future__ import annotations
