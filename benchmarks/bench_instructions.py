@@ -17,14 +17,17 @@ Instructions are not time: a cache miss or a system call costs none here, and th
 work is not counted. A change that saves instructions saves time; one that saves time in the
 kernel (fewer writes, fewer wake-ups) shows only in `bench_ingest`.
 
-    python -m benchmarks.bench_instructions --server [--requests 2000]
+    python -m benchmarks.bench_instructions --server [--requests 2000] [--redis]
 
 counts what the in-process drive leaves out, the HTTP server around the app: a real
 `tripwire serve` process (same config, data directory, messages) and the bare ASGI app on
-uvicorn beside it, each under callgrind, sent 1-message requests over 32 kept-alive
-connections; the counters are zeroed after the warm-up and read after the N requests (its
-webhooks go to a closed port and wait to be retried: pointed at a sink instead, the figure
-moved by 0.2 %). It takes about a minute and is not part of `make bench`.
+uvicorn beside it, each under callgrind, sent N 1-message requests, then N / 10 20-message
+ones, over 32 kept-alive connections; the counters are zeroed after the warm-up and read after
+the requests (its webhooks go to a closed port and wait to be retried: pointed at a sink
+instead, the figure moved by 0.2 %). With `--redis`, `serve` in Redis mode is counted too,
+against a private redis-server (Redis's own work is not counted). It takes a minute or two
+(three with `--redis`) and is not part of `make bench`; run twice, its figures agree within
+0.3 %.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_ingest import USERS, pipeline_config
-from benchmarks.common import ROOT, UVICORN_FLAGS, free_port, wait_http
+from benchmarks.common import ROOT, UVICORN_FLAGS, free_port, redis_server, wait_http
 from benchmarks.rawhttp import Connection
 
 IN_FLIGHT = 32
@@ -160,9 +163,11 @@ async def post_over_http(port: int, requests: list[bytes]) -> None:
         connection.close()
 
 
-def counted_server(command: list[str], port: int, ready: str, requests: int) -> int:
-    """Instructions a server process spends on `requests` 1-message requests after a warm-up,
-    counted by callgrind (zeroed after the warm-up, dumped after the requests)."""
+def counted_server(
+    command: list[str], port: int, ready: str, requests: int, batch: int
+) -> int:
+    """Instructions a server process spends on `requests` requests of `batch` messages after a
+    warm-up, counted by callgrind (zeroed after the warm-up, dumped after the requests)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = f"{tmp}/callgrind.out"
         environment = {**os.environ, "PYTHONHASHSEED": "0"}
@@ -172,10 +177,10 @@ def counted_server(command: list[str], port: int, ready: str, requests: int) -> 
         )
         try:
             wait_http(ready, timeout=300)
-            asyncio.run(post_over_http(port, bodies(WARM_UP, 1, seed=1)))
+            asyncio.run(post_over_http(port, bodies(max(1, WARM_UP // batch), batch, seed=1)))
             zero, dump = ["callgrind_control", "-z"], ["callgrind_control", "-d"]
             subprocess.run([*zero, str(server.pid)], check=True, capture_output=True)
-            asyncio.run(post_over_http(port, bodies(requests, 1, seed=2)))
+            asyncio.run(post_over_http(port, bodies(requests, batch, seed=2)))
             subprocess.run([*dump, str(server.pid)], check=True, capture_output=True)
         finally:
             server.terminate()
@@ -189,23 +194,29 @@ def counted_server(command: list[str], port: int, ready: str, requests: int) -> 
         return sum(int(found.group(1)) for found in totals if found is not None)
 
 
-def servers(requests: int) -> None:
-    """Instructions per 1-message request through the bare ASGI app and `tripwire serve`."""
-    print("instructions per 1-message request, a real server process (callgrind):", flush=True)
-    port = free_port()
-    bare = [sys.executable, "-m", "uvicorn", "benchmarks.bare_app:app", "--port", str(port),
-            *UVICORN_FLAGS]
-    floor = counted_server(bare, port, f"http://127.0.0.1:{port}/", requests) / requests
-    print(f"  the bare ASGI app on uvicorn: {floor:9,.0f}", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "tripwire.json"
-        config.write_text(json.dumps(pipeline_config("http://127.0.0.1:9")))
+def servers(requests: int, redis: bool) -> None:
+    """Instructions per message through the bare ASGI app and `tripwire serve`, both sizes."""
+    print("instructions per message, real server processes (callgrind; 32 connections):")
+    for batch in (1, 20):
+        n = max(1, requests // (1 if batch == 1 else 10))
+        print(f"  {batch}-message requests:", flush=True)
         port = free_port()
-        serve = [sys.executable, "-m", "collector.cli", "serve", "--config", str(config),
-                 "--port", str(port), "--data-dir", f"{tmp}/data"]
-        ready = f"http://127.0.0.1:{port}/healthz"
-        collector = counted_server(serve, port, ready, requests) / requests
-    print(f"  tripwire serve (memory mode):  {collector:9,.0f} ({collector / floor:.1f}×)")
+        bare = [sys.executable, "-m", "uvicorn", "benchmarks.bare_app:app", "--port", str(port),
+                *UVICORN_FLAGS]
+        floor = counted_server(bare, port, f"http://127.0.0.1:{port}/", n, batch) / (n * batch)
+        print(f"    the bare ASGI app on uvicorn: {floor:9,.0f}", flush=True)
+        for name in ("memory mode", "redis mode") if redis else ("memory mode",):
+            with contextlib.ExitStack() as stack:
+                args = ["--store", stack.enter_context(redis_server())] if "redis" in name else []
+                tmp = stack.enter_context(tempfile.TemporaryDirectory())
+                config = Path(tmp) / "tripwire.json"
+                config.write_text(json.dumps(pipeline_config("http://127.0.0.1:9")))
+                port = free_port()
+                serve = [sys.executable, "-m", "collector.cli", "serve", "--config", str(config),
+                         "--port", str(port), "--data-dir", f"{tmp}/data", *args]
+                ready = f"http://127.0.0.1:{port}/healthz"
+                spent = counted_server(serve, port, ready, n, batch) / (n * batch)
+            print(f"    tripwire serve ({name}): {spent:9,.0f} ({spent / floor:.1f}×)", flush=True)
 
 
 def main() -> None:
@@ -213,6 +224,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=1000, help="N (1-message requests)")
     parser.add_argument("--server", action="store_true", help="through real server processes")
+    parser.add_argument("--redis", action="store_true", help="--server: Redis mode too")
     parser.add_argument("--drive", type=int, help=argparse.SUPPRESS)  # the run callgrind counts
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -222,7 +234,7 @@ def main() -> None:
         uvloop.run(drive(args.drive, args.batch))
         return
     if args.server:
-        servers(args.requests)
+        servers(args.requests, args.redis)
         return
     print("instructions per message, the whole app in process (callgrind; 32 requests in flight):")
     for batch in (1, 20):
