@@ -206,11 +206,10 @@ class RecentEvents:
         dictionary), training one from them if there is none; the profiles compressed."""
         if self.codec.dictionary is None and self._plain:
             held = [item for key in self._plain for item in self.items(key)]
-            data = _train([item for item in held if item[0] == _PACKED])
+            samples = [item for item in held if item[0] == _PACKED]
+            data = _train(samples)
             if data is not None:
-                self.trained(data)
-                self.codec.set_dictionary(data)
-                self._samples = None
+                self._use(data, len(samples))
         if self.codec.dictionary is None:
             return set()
         plain, self._plain = self._plain, set()
@@ -219,6 +218,16 @@ class RecentEvents:
             if items:
                 self.put(key, [self.codec.compressed(item) for item in items])
         return plain
+
+    def _use(self, data: bytes, samples: int) -> None:
+        """Compress from now on with a dictionary just trained from `samples` events."""
+        self.trained(data)  # kept before any item it compresses
+        self.codec.set_dictionary(data)
+        self._samples = None
+        log.info(
+            "recent events are compressed from now on (a %d-byte dictionary trained from %d "
+            "events)", len(data), samples,
+        )
 
     def _sample(self, item: bytes) -> None:
         samples = self._samples
@@ -244,9 +253,7 @@ class RecentEvents:
         if data is None:  # too few or too alike to train from: take more, up to a point
             self._samples = samples if len(samples) < 16 * TRAIN_EVENTS else None
             return
-        self.trained(data)  # kept before any item it compresses
-        self.codec.set_dictionary(data)
-        self._samples = None
+        self._use(data, len(samples))
         self.compress_held()  # the few events kept while there was none
 
 

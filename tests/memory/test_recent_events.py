@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from collector.events import Event
 from collector.memory.disk import read_table
@@ -67,12 +70,19 @@ def event(n: int, visitor: str = "v") -> Event:
     )
 
 
-def test_events_kept_before_the_dictionary_are_compressed_once_it_exists() -> None:
+def test_events_kept_before_the_dictionary_are_compressed_once_it_exists(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     recent = RecentEvents(lambda: 3, lambda: 4096)
     first = recent.add("a:early", event(0, "early"))
     assert first[0] != COMPRESSED  # no dictionary yet
-    for n in range(1, TRAIN_EVENTS + 1):  # no event loop here: it is trained in place
-        recent.add(f"a:{n % 50}", event(n, str(n % 50)))
+    with caplog.at_level(logging.INFO, logger="tripwire.store"):
+        for n in range(1, TRAIN_EVENTS + 1):  # no event loop here: it is trained in place
+            recent.add(f"a:{n % 50}", event(n, str(n % 50)))
+            # the log says when compression starts (at the TRAIN_EVENTS-th event, the early
+            # one included), not before
+            assert ("compressed from now on" in caplog.text) == (n >= TRAIN_EVENTS - 1)
+    assert caplog.text.count("compressed from now on") == 1
     assert recent.codec.dictionary is not None
     assert all(item[0] == COMPRESSED for item in recent.items("a:early"))
     assert [e.message_id for e in recent.events("a:early")] == ["m-0"]
