@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 
 from collector.server import GuardedHttp
+from tests.support.poll import wait_until
 
 LONG = bytes(range(256)) * 800  # 200 KiB: past what is held before it is written
 PART = len(LONG) // 4
@@ -68,12 +69,9 @@ def served() -> Iterator[tuple[str, _App, asyncio.AbstractEventLoop]]:
         target=loop.run_until_complete, args=(server.serve(sockets=[sock]),), daemon=True
     )
     thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        if server.started:
-            break
-        threading.Event().wait(0.05)
-    yield url, app, loop
+    wait_until(lambda: server.started, message=f"the server on port {port}",
+               give_up=lambda: not thread.is_alive())
+    yield f"http://127.0.0.1:{port}", app, loop
     server.should_exit = True
     thread.join(10)
     loop.close()
