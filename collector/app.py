@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ExceptionHandler, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from collector import __version__
 from collector.admin import api, audiences, auth, builder, dashboard
@@ -67,6 +68,15 @@ class CollectorApp:
             await self.ingest(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+
+def proxy_headers() -> Middleware:
+    """A client's address, where the admin side counts wrong tokens by it, is the one a trusted
+    proxy names in X-Forwarded-For (FORWARDED_ALLOW_IPS, by default loopback), as uvicorn would
+    give it. Read here rather than by uvicorn for every request: ingest never reads it."""
+    return Middleware(
+        ProxyHeadersMiddleware, trusted_hosts=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+    )
 
 
 # The cyclic garbage collector's thresholds while serving (Python's defaults: 700, 10, 10).
@@ -152,7 +162,7 @@ def create_app(settings: Settings) -> CollectorApp:
         routes=routes,
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[Middleware(SecurityHeaders)],
+        middleware=[proxy_headers(), Middleware(SecurityHeaders)],
     )
     app.state.runtime = runtime
     app.state.registry = registry

@@ -24,6 +24,7 @@ UVICORN_OPTIONS: dict[str, Any] = {
     "loop": "uvloop",
     "timeout_graceful_shutdown": 10,
     "server_header": False,  # answers do not name the server software (nor pay for the header)
+    "proxy_headers": False,  # read by the app, on the routes that use the client's address
 }
 
 

@@ -45,7 +45,8 @@ SITE_DIR = Path(__file__).resolve().parents[1] / "demo_site"  # a checkout (edit
 DEFAULT_COLLECTOR = "http://127.0.0.1:8000"  # as written in demo_site's pages and config
 DEMO_BIN = "demo"
 SERVER_OPTIONS: dict[str, Any] = {
-    "log_level": "warning", "access_log": False, "lifespan": "on", "server_header": False
+    "log_level": "warning", "access_log": False, "lifespan": "on", "server_header": False,
+    "proxy_headers": False,  # as `tripwire serve`: the app reads them where it needs them
 }
 
 

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -242,18 +242,20 @@ class Runtime:
             return "the store does not answer"
         return None
 
-    async def accept(self, events: Sequence[Event], now: float) -> list[tuple[int, str]]:
+    def accept(self, events: Sequence[Event], now: float) -> Awaitable[list[tuple[int, str]]]:
         """Run accepted events through the store and engine and queue their webhooks, with the
         other requests of this turn of the event loop (`collector.store.together`).
 
-        Returns the events the store could not apply (by position, with why): they left no trace.
+        Awaited, gives the events the store could not apply (by position, with why): they left
+        no trace. Unavailable at once when the outbox is full or the store failing. (A plain
+        function handing back what to await, as `Together.run` is: a coroutine fewer a request.)
         """
         if self.outbox.depth() > MAX_PENDING_WEBHOOKS:
             raise Unavailable("too many webhooks waiting to be sent; retry shortly", retry_after=5)
         failure = self.backend.failure()
         if failure is not None:
             raise Unavailable(failure, retry_after=5)
-        return await self._together.run(events, now)
+        return self._together.run(events, now)
 
     async def _accept_together(
         self, events: Sequence[Event], now: float

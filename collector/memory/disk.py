@@ -441,11 +441,13 @@ class Disk:
         waiters, self._waiters = self._waiters, []
         records: list[Record] = []
         for table in self._tables:
-            table.stage(records)
+            if table.dirty:  # most of a process's tables change now and then, not every pass
+                table.stage(records)
         parts: list[Journal | Lists] = [*self._journals, *self._lists]
         for part in parts:
-            records.extend(part.pending)
-            part.pending = []
+            if part.pending:
+                records.extend(part.pending)
+                part.pending = []
         return records, waiters
 
     def _flush_now(self) -> None:

@@ -43,11 +43,12 @@ class Together:
             self._run_group, limit=GROUP_EVENTS, size=lambda request: len(request[0])
         )
 
-    async def run(self, events: Sequence[Event], now: float) -> Rejected:
-        """Run a request's events with the others of this turn; its events' rejections."""
+    def run(self, events: Sequence[Event], now: float) -> Awaitable[Rejected]:
+        """Run a request's events with the others of this turn: to await, its events'
+        rejections."""
         if 2 * len(events) > GROUP_EVENTS:  # no room for company: it runs alone, at once
-            return await self._run(events, now)
-        return await self._requests.add((events, now))
+            return self._run(events, now)
+        return self._requests.add((events, now))
 
     async def _run_group(self, group: list[Request]) -> list[Rejected]:
         """One pass for a group's events; each request's rejections, by position in it."""

@@ -49,8 +49,11 @@ class Gathering(Generic[Item, Result]):
         self._batch: _Batch[Item, Result] | None = None  # gathering in this turn
         self._running: set[asyncio.Task[None]] = set()  # batches under way
 
-    async def add(self, item: Item) -> Result:
-        """Do `item` with the others of this turn; its result."""
+    def add(self, item: Item) -> asyncio.Future[Result]:
+        """Do `item` with the others of this turn: a future of its result, to await.
+
+        A plain function handing back the future, not a coroutine awaiting it: the request's
+        own task waits on the future directly, one coroutine fewer per request."""
         size = self._size(item)
         batch = self._batch
         if batch is None or (self._limit is not None and batch.size + size > self._limit):
@@ -66,7 +69,7 @@ class Gathering(Generic[Item, Result]):
         batch.items.append(item)
         batch.results.append(result)
         batch.size += size
-        return await result
+        return result
 
     def _close(self, batch: _Batch[Item, Result]) -> None:
         """Take no more items into `batch`."""

@@ -64,6 +64,20 @@ def test_wrong_admin_tokens_are_refused_after_a_few_tries_even_the_right_one() -
         )
 
 
+def test_behind_a_proxy_on_loopback_wrong_tokens_are_limited_per_forwarded_client() -> None:
+    # a reverse proxy on the same host names each client in X-Forwarded-For: one client's
+    # guesses lock out that client, not everyone behind the proxy
+    def status(client: str, token: str) -> int:
+        headers = {**bearer(token), "X-Forwarded-For": client}
+        return server.client.get("/admin/api/campaigns", headers=headers).status_code
+
+    with run_tripwire(CONFIG) as server:
+        statuses = [status("203.0.113.7", f"guess-{n}") for n in range(12)]
+        assert statuses[:10] == [401] * 10 and statuses[10:] == [429, 429]
+        assert status("203.0.113.7", ADMIN_TOKEN) == 429
+        assert status("198.51.100.2", ADMIN_TOKEN) == 200  # another client behind the proxy
+
+
 def test_a_weak_admin_token_is_warned_about_at_start(tripwire: Tripwire) -> None:
     with run_tripwire(CONFIG, env={"TRIPWIRE_ADMIN_TOKEN": "secret"}) as server:
         wait_until(lambda: "TRIPWIRE_ADMIN_TOKEN is easy to guess" in server.output(),
