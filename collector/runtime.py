@@ -248,7 +248,8 @@ class Runtime:
 
         Awaited, gives the events the store could not apply (by position, with why): they left
         no trace. Unavailable at once when the outbox is full or the store failing. (A plain
-        function handing back what to await, as `Together.run` is: a coroutine fewer a request.)
+        function handing back what to await, as `Together.run` is: one coroutine fewer per
+        request.)
         """
         if self.outbox.depth() > MAX_PENDING_WEBHOOKS:
             raise Unavailable("too many webhooks waiting to be sent; retry shortly", retry_after=5)
