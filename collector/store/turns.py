@@ -57,8 +57,7 @@ class Gathering(Generic[Item, Result]):
         size = self._size(item)
         batch = self._batch
         if batch is None or (self._limit is not None and batch.size + size > self._limit):
-            if batch is not None:
-                self._close(batch)  # full: the next items make another
+            # none yet, or full (it takes no more): this item starts the next
             batch = self._batch = _Batch(asyncio.get_running_loop())
             # its first step runs after everything already due in this turn: the items handed
             # in meanwhile join it
@@ -71,13 +70,9 @@ class Gathering(Generic[Item, Result]):
         batch.size += size
         return result
 
-    def _close(self, batch: _Batch[Item, Result]) -> None:
-        """Take no more items into `batch`."""
-        if self._batch is batch:
-            self._batch = None
-
     async def _done(self, batch: _Batch[Item, Result]) -> None:
-        self._close(batch)
+        if self._batch is batch:  # it takes no more items: later ones start another
+            self._batch = None
         try:
             results = await self._do(batch.items)
         except BaseException as exc:  # each item fails as it would have alone
